@@ -1,0 +1,84 @@
+//! Log configuration.
+
+/// When an append is made durable. See the crate docs for the trade-offs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before the append is acknowledged; one fsync per partition is
+    /// shared by every producer waiting in the same round (group commit).
+    Always,
+    /// fsync at least every `ms` milliseconds or `bytes` bytes, whichever
+    /// comes first; an append is acknowledged once written.
+    Interval { ms: u64, bytes: u64 },
+    /// Never fsync on the write path; the OS writes back when it likes.
+    Os,
+}
+
+/// How a log is laid out and kept.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Number of partitions. Fixed once the log exists.
+    pub partitions: u32,
+    pub durability: Durability,
+    /// Roll the active segment once it reaches this many bytes.
+    pub segment_bytes: u64,
+    /// Roll the active segment once it is this old (ms).
+    pub segment_ms: u64,
+    /// A sparse index entry every this many bytes of segment.
+    pub index_interval_bytes: u64,
+    /// Keep at most this many bytes per partition (whole closed segments).
+    pub retention_bytes: Option<u64>,
+    /// Delete closed segments whose newest record is older than this (ms).
+    pub retention_ms: Option<u64>,
+    /// Never delete a segment a committed consumer has not moved past.
+    pub retention_respects_consumers: bool,
+    /// How often retention runs (ms).
+    pub retention_check_ms: u64,
+    /// The largest record accepted.
+    pub max_record_bytes: usize,
+    /// Appends waiting for the writer thread before producers wait.
+    pub queue_depth: usize,
+    /// Most requests the writer folds into one round.
+    pub max_requests_per_round: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            partitions: 8,
+            durability: Durability::Always,
+            segment_bytes: 128 * 1024 * 1024,
+            segment_ms: 60 * 60 * 1000,
+            index_interval_bytes: 4096,
+            retention_bytes: None,
+            retention_ms: Some(7 * 24 * 60 * 60 * 1000),
+            retention_respects_consumers: true,
+            retention_check_ms: 10_000,
+            max_record_bytes: 1024 * 1024,
+            queue_depth: 4096,
+            max_requests_per_round: 4096,
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.partitions == 0 || self.partitions > 4096 {
+            return Err("partitions must be between 1 and 4096".into());
+        }
+        if self.segment_bytes < 4096 || self.segment_bytes > u32::MAX as u64 {
+            return Err("segment_bytes must be between 4 KiB and 4 GiB".into());
+        }
+        if self.index_interval_bytes == 0 {
+            return Err("index_interval_bytes must be positive".into());
+        }
+        if self.queue_depth == 0 || self.max_requests_per_round == 0 {
+            return Err("queue_depth and max_requests_per_round must be positive".into());
+        }
+        if let Durability::Interval { ms, bytes } = self.durability {
+            if ms == 0 || bytes == 0 {
+                return Err("interval durability needs positive ms and bytes".into());
+            }
+        }
+        Ok(())
+    }
+}

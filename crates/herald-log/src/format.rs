@@ -1,0 +1,212 @@
+//! The on-disk record batch.
+//!
+//! ```text
+//! 0   u32  length of everything after this field
+//! 4   u32  CRC32C of everything after this field
+//! 8   u8   magic (format version) = 1
+//! 9   u64  base offset
+//! 17  u32  record count
+//! 21  i64  first timestamp (ms)
+//! 29  i64  last timestamp (ms)
+//! 37  records: u32 payload length, u32 timestamp delta (ms from first), payload
+//! ```
+//! All integers are little-endian. A batch is valid only if its length fits
+//! in the file, its CRC matches and its records exactly fill it.
+
+use bytes::Bytes;
+
+pub const MAGIC: u8 = 1;
+pub const HEADER_LEN: usize = 37;
+pub const RECORD_OVERHEAD: usize = 8;
+/// The largest batch the log will read back; guards against a corrupt length.
+pub const MAX_BATCH_LEN: usize = 64 * 1024 * 1024;
+
+/// One record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub payload: Bytes,
+}
+
+/// The header of a batch that passed validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: u64,
+    pub count: u32,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    /// Whole size on disk, including the length field.
+    pub size: usize,
+}
+
+impl BatchHeader {
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + self.count as u64
+    }
+}
+
+/// Appends one batch holding `records` (all stamped `ts`) to `out`.
+pub fn encode_batch<'a>(
+    out: &mut Vec<u8>,
+    base_offset: u64,
+    ts: i64,
+    records: impl Iterator<Item = &'a [u8]>,
+) -> BatchHeader {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    let mut count: u32 = 0;
+    for r in records {
+        out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(r);
+        count += 1;
+    }
+    let size = out.len() - start;
+    let h = &mut out[start..];
+    h[0..4].copy_from_slice(&((size - 4) as u32).to_le_bytes());
+    h[8] = MAGIC;
+    h[9..17].copy_from_slice(&base_offset.to_le_bytes());
+    h[17..21].copy_from_slice(&count.to_le_bytes());
+    h[21..29].copy_from_slice(&ts.to_le_bytes());
+    h[29..37].copy_from_slice(&ts.to_le_bytes());
+    let crc = crc32c::crc32c(&h[8..]);
+    h[4..8].copy_from_slice(&crc.to_le_bytes());
+    BatchHeader {
+        base_offset,
+        count,
+        first_ts: ts,
+        last_ts: ts,
+        size,
+    }
+}
+
+/// Why bytes at some position are not a valid batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// Fewer bytes than the batch claims: a torn tail, or need to read more.
+    Short { need: usize },
+    /// The bytes are there but wrong.
+    Corrupt(String),
+}
+
+/// Validates the batch at the start of `buf` and returns its header.
+pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, Invalid> {
+    if buf.len() < HEADER_LEN {
+        return Err(Invalid::Short { need: HEADER_LEN });
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len + 4 < HEADER_LEN || len > MAX_BATCH_LEN {
+        return Err(Invalid::Corrupt(format!("impossible batch length {len}")));
+    }
+    let size = len + 4;
+    if buf.len() < size {
+        return Err(Invalid::Short { need: size });
+    }
+    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if crc32c::crc32c(&buf[8..size]) != crc {
+        return Err(Invalid::Corrupt("crc mismatch".into()));
+    }
+    if buf[8] != MAGIC {
+        return Err(Invalid::Corrupt(format!("unknown magic {}", buf[8])));
+    }
+    let rd8 = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&buf[i..i + 8]);
+        a
+    };
+    let base_offset = u64::from_le_bytes(rd8(9));
+    let count = u32::from_le_bytes([buf[17], buf[18], buf[19], buf[20]]);
+    let first_ts = i64::from_le_bytes(rd8(21));
+    let last_ts = i64::from_le_bytes(rd8(29));
+    // The records must exactly fill the batch.
+    let mut pos = HEADER_LEN;
+    for _ in 0..count {
+        if pos + RECORD_OVERHEAD > size {
+            return Err(Invalid::Corrupt("record header past batch end".into()));
+        }
+        let rl = u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
+        pos += RECORD_OVERHEAD + rl;
+        if pos > size {
+            return Err(Invalid::Corrupt("record past batch end".into()));
+        }
+    }
+    if pos != size {
+        return Err(Invalid::Corrupt("records do not fill the batch".into()));
+    }
+    Ok(BatchHeader {
+        base_offset,
+        count,
+        first_ts,
+        last_ts,
+        size,
+    })
+}
+
+/// Splits a validated batch (held in `buf`, starting at 0) into records,
+/// keeping those at or after `from` and stopping before `until`.
+pub fn records_of(buf: &Bytes, h: &BatchHeader, from: u64, until: u64, out: &mut Vec<Record>) {
+    let mut pos = HEADER_LEN;
+    for i in 0..h.count as u64 {
+        let rl = u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
+        let delta = u32::from_le_bytes([buf[pos + 4], buf[pos + 5], buf[pos + 6], buf[pos + 7]]);
+        let off = h.base_offset + i;
+        let start = pos + RECORD_OVERHEAD;
+        if off >= until {
+            break;
+        }
+        if off >= from {
+            out.push(Record {
+                offset: off,
+                timestamp_ms: h.first_ts + delta as i64,
+                payload: buf.slice(start..start + rl),
+            });
+        }
+        pos = start + rl;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut buf = Vec::new();
+        let recs: Vec<&[u8]> = vec![b"a", b"", b"hello"];
+        let h = encode_batch(&mut buf, 10, 1234, recs.into_iter());
+        assert_eq!(h.size, buf.len());
+        let checked = check_batch(&buf).unwrap();
+        assert_eq!(checked, h);
+        let b = Bytes::from(buf);
+        let mut out = vec![];
+        records_of(&b, &checked, 11, u64::MAX, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].offset, 11);
+        assert_eq!(&out[1].payload[..], b"hello");
+    }
+
+    #[test]
+    fn detects_every_single_bit_flip() {
+        let mut buf = Vec::new();
+        let recs: Vec<&[u8]> = vec![b"abc", b"defgh"];
+        encode_batch(&mut buf, 0, 1, recs.into_iter());
+        for i in 0..buf.len() {
+            for bit in 0..8 {
+                let mut b = buf.clone();
+                b[i] ^= 1 << bit;
+                assert!(check_batch(&b).is_err(), "flip at {i}:{bit} undetected");
+            }
+        }
+    }
+
+    #[test]
+    fn short_is_short() {
+        let mut buf = Vec::new();
+        let recs: Vec<&[u8]> = vec![b"abc"];
+        encode_batch(&mut buf, 0, 1, recs.into_iter());
+        for cut in 0..buf.len() {
+            assert!(matches!(check_batch(&buf[..cut]), Err(Invalid::Short { .. })));
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! A partition's shared state and the read path.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::error::{LogError, Result};
+use crate::format::{check_batch, records_of, Invalid, Record};
+use crate::segment::SegmentInfo;
+
+/// The smallest chunk a read pulls from disk.
+const MIN_READ: usize = 64 * 1024;
+
+#[derive(Debug, Default)]
+pub struct PartitionState {
+    pub segments: BTreeMap<u64, SegmentInfo>,
+}
+
+impl PartitionState {
+    pub fn start_offset(&self) -> u64 {
+        self.segments.values().next().map_or(0, |s| s.base)
+    }
+
+    pub fn end_offset(&self) -> u64 {
+        self.segments
+            .values()
+            .next_back()
+            .map_or(0, |s| s.next_offset)
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+}
+
+/// Shared between the writer thread and readers.
+#[derive(Debug)]
+pub struct Partition {
+    pub id: u32,
+    pub dir: PathBuf,
+    pub state: RwLock<PartitionState>,
+    /// One past the last readable offset, for tailing readers.
+    pub end_tx: watch::Sender<u64>,
+}
+
+impl Partition {
+    pub fn new(id: u32, dir: PathBuf, state: PartitionState) -> Partition {
+        let end = state.end_offset();
+        Partition {
+            id,
+            dir,
+            state: RwLock::new(state),
+            end_tx: watch::channel(end).0,
+        }
+    }
+
+    pub fn read_state(&self) -> std::sync::RwLockReadGuard<'_, PartitionState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, PartitionState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads records from `from` on, up to about `max_bytes` of payload (at
+    /// least one record when any is readable).
+    pub fn read(&self, from: u64, max_bytes: usize) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        let mut from = from;
+        loop {
+            let (file, path, pos, size, until) = {
+                let st = self.read_state();
+                let start = st.start_offset();
+                let end = st.end_offset();
+                if from < start || from > end {
+                    return Err(LogError::OffsetOutOfRange {
+                        requested: from,
+                        start,
+                        end,
+                    });
+                }
+                if from == end {
+                    return Ok(out);
+                }
+                let Some((_, seg)) = st.segments.range(..=from).next_back() else {
+                    return Ok(out);
+                };
+                if from >= seg.next_offset {
+                    // At the end of a closed segment: the next one starts here.
+                    match st.segments.range(from..).next() {
+                        Some((_, next)) if next.base == from => {}
+                        _ => return Ok(out),
+                    }
+                    continue;
+                }
+                (
+                    seg.file.clone(),
+                    seg.path.clone(),
+                    seg.position_for(from),
+                    seg.size,
+                    seg.next_offset,
+                )
+            };
+            let budget = max_bytes.saturating_sub(payload_bytes(&out));
+            let n = self.read_segment(&file, &path, pos, size, from, until, budget, &mut out)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            from = out.last().map_or(from, |r| r.offset + 1);
+            if payload_bytes(&out) >= max_bytes || from < until {
+                return Ok(out);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read_segment(
+        &self,
+        file: &std::fs::File,
+        path: &std::path::Path,
+        mut pos: u64,
+        size: u64,
+        from: u64,
+        until: u64,
+        budget: usize,
+        out: &mut Vec<Record>,
+    ) -> Result<usize> {
+        let before = out.len();
+        let mut got = 0usize;
+        while pos < size {
+            let want = (size - pos).min(budget.max(MIN_READ) as u64 + MIN_READ as u64) as usize;
+            let mut buf = vec![0u8; want];
+            file.read_exact_at(&mut buf, pos)
+                .map_err(|e| LogError::io(path, e))?;
+            let mut buf = Bytes::from(buf);
+            let mut p = 0usize;
+            loop {
+                match check_batch(&buf[p..]) {
+                    Ok(h) => {
+                        if h.next_offset() > from {
+                            let b = buf.slice(p..p + h.size);
+                            records_of(&b, &h, from, until, out);
+                            got = out.len() - before;
+                        }
+                        p += h.size;
+                        if got > 0 && payload_bytes(&out[before..]) >= budget {
+                            return Ok(got);
+                        }
+                        if h.next_offset() >= until || pos + p as u64 >= size {
+                            return Ok(got);
+                        }
+                    }
+                    Err(Invalid::Short { need }) => {
+                        if p == 0 {
+                            // One batch larger than the chunk: read it whole.
+                            if pos + need as u64 > size {
+                                return Err(LogError::CorruptSegment {
+                                    path: path.to_path_buf(),
+                                    position: pos,
+                                    reason: "batch runs past the readable end".into(),
+                                });
+                            }
+                            let mut big = vec![0u8; need];
+                            file.read_exact_at(&mut big, pos)
+                                .map_err(|e| LogError::io(path, e))?;
+                            buf = Bytes::from(big);
+                            continue;
+                        }
+                        break;
+                    }
+                    Err(Invalid::Corrupt(reason)) => {
+                        return Err(LogError::CorruptSegment {
+                            path: path.to_path_buf(),
+                            position: pos + p as u64,
+                            reason,
+                        });
+                    }
+                }
+            }
+            pos += p as u64;
+        }
+        Ok(got)
+    }
+
+    /// The first offset whose timestamp is at or after `ts_ms` (the end
+    /// offset when there is none).
+    pub fn offset_for_time(&self, ts_ms: i64) -> Result<u64> {
+        let (file, path, pos, size, end) = {
+            let st = self.read_state();
+            let Some(seg) = st.segments.values().find(|s| s.max_ts >= ts_ms) else {
+                return Ok(st.end_offset());
+            };
+            (
+                seg.file.clone(),
+                seg.path.clone(),
+                seg.position_for_time(ts_ms),
+                seg.size,
+                seg.next_offset,
+            )
+        };
+        let mut pos = pos;
+        while pos < size {
+            let mut head = vec![0u8; crate::format::HEADER_LEN];
+            file.read_exact_at(&mut head, pos)
+                .map_err(|e| LogError::io(&path, e))?;
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64 + 4;
+            let mut last = [0u8; 8];
+            last.copy_from_slice(&head[29..37]);
+            if i64::from_le_bytes(last) >= ts_ms {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&head[9..17]);
+                return Ok(u64::from_le_bytes(b));
+            }
+            pos += len;
+        }
+        Ok(end)
+    }
+}
+
+fn payload_bytes(r: &[Record]) -> usize {
+    r.iter().map(|r| r.payload.len() + 16).sum()
+}
+
+pub type Shared = Arc<Partition>;

@@ -1,0 +1,297 @@
+//! One segment: a `.log` file of batches, with its sparse offset index and
+//! time index (kept in memory, written beside the segment when it closes,
+//! and always rebuildable from the segment itself).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{LogError, Result};
+use crate::format::{check_batch, BatchHeader, Invalid};
+
+/// `base` as a segment file stem: zero-padded so names sort by offset.
+pub fn stem(base: u64) -> String {
+    format!("{base:020}")
+}
+
+pub fn log_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{}.log", stem(base)))
+}
+
+fn index_path(log: &Path) -> PathBuf {
+    log.with_extension("index")
+}
+
+fn timeindex_path(log: &Path) -> PathBuf {
+    log.with_extension("timeindex")
+}
+
+/// What the log knows about one segment, shared by the writer and readers.
+#[derive(Debug)]
+pub struct SegmentInfo {
+    pub base: u64,
+    pub path: PathBuf,
+    /// Read handle (positional reads only).
+    pub file: Arc<File>,
+    /// Bytes readers may see (durable in `always` mode).
+    pub size: u64,
+    /// One past the last readable offset.
+    pub next_offset: u64,
+    /// Sparse offset index: (offset - base, byte position of the batch).
+    pub index: Vec<(u32, u32)>,
+    /// Time index: (first timestamp of the batch, offset - base), timestamps
+    /// made non-decreasing.
+    pub time_index: Vec<(i64, u32)>,
+    pub max_ts: i64,
+}
+
+impl SegmentInfo {
+    /// The byte position to start scanning from to find `offset`.
+    pub fn position_for(&self, offset: u64) -> u64 {
+        let rel = offset.saturating_sub(self.base);
+        let rel = u32::try_from(rel).unwrap_or(u32::MAX);
+        match self.index.partition_point(|&(r, _)| r <= rel) {
+            0 => 0,
+            i => self.index[i - 1].1 as u64,
+        }
+    }
+
+    /// The byte position to start scanning from to find the first batch
+    /// with a timestamp at or after `ts`.
+    pub fn position_for_time(&self, ts: i64) -> u64 {
+        let i = self.time_index.partition_point(|&(t, _)| t < ts);
+        if i == 0 {
+            return 0;
+        }
+        self.position_for(self.base + self.time_index[i - 1].1 as u64)
+    }
+
+    /// Records an index entry for a batch written at `pos`, if `interval`
+    /// bytes have passed since the previous one.
+    pub fn note_batch(&mut self, h: &BatchHeader, pos: u64, interval: u64) {
+        let rel = (h.base_offset - self.base) as u32;
+        let due = match self.index.last() {
+            None => true,
+            Some(&(_, last)) => pos >= last as u64 + interval,
+        };
+        if due {
+            self.index.push((rel, pos as u32));
+            let ts = h.first_ts.max(self.time_index.last().map_or(i64::MIN, |t| t.0));
+            self.time_index.push((ts, rel));
+        }
+        self.max_ts = self.max_ts.max(h.last_ts);
+        self.next_offset = h.next_offset();
+        self.size = pos + h.size as u64;
+    }
+
+    /// Writes both index files (temp file, then rename).
+    pub fn write_indexes(&self) -> Result<()> {
+        let mut a = Vec::with_capacity(self.index.len() * 8);
+        for &(r, p) in &self.index {
+            a.extend_from_slice(&r.to_le_bytes());
+            a.extend_from_slice(&p.to_le_bytes());
+        }
+        write_atomic(&index_path(&self.path), &a)?;
+        let mut t = Vec::with_capacity(self.time_index.len() * 12);
+        for &(ts, r) in &self.time_index {
+            t.extend_from_slice(&ts.to_le_bytes());
+            t.extend_from_slice(&r.to_le_bytes());
+        }
+        write_atomic(&timeindex_path(&self.path), &t)
+    }
+
+    pub fn remove_files(&self) -> Result<()> {
+        for p in [
+            self.path.clone(),
+            index_path(&self.path),
+            timeindex_path(&self.path),
+        ] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io(&p, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `data` to `path` so that a crash leaves either the old or the new
+/// content, never a mix: temp file, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f = File::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
+    f.write_all(data).map_err(|e| LogError::io(&tmp, e))?;
+    f.sync_data().map_err(|e| LogError::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| LogError::io(path, e))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| LogError::io(dir, e))?;
+    d.sync_all().map_err(|e| LogError::io(dir, e))
+}
+
+/// What recovery cut from a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub path: PathBuf,
+    pub valid_bytes: u64,
+    pub cut_bytes: u64,
+    pub reason: String,
+}
+
+fn load_index(log: &Path, size: u64) -> Option<(Vec<(u32, u32)>, Vec<(i64, u32)>)> {
+    let a = fs::read(index_path(log)).ok()?;
+    let t = fs::read(timeindex_path(log)).ok()?;
+    if a.len() % 8 != 0 || t.len() % 12 != 0 || a.len() / 8 != t.len() / 12 {
+        return None;
+    }
+    let mut index = Vec::with_capacity(a.len() / 8);
+    for c in a.chunks_exact(8) {
+        let r = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        let p = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+        if let Some(&(lr, lp)) = index.last() {
+            if r <= lr || p <= lp {
+                return None;
+            }
+        }
+        if p as u64 >= size {
+            return None;
+        }
+        index.push((r, p));
+    }
+    let mut time_index = Vec::with_capacity(t.len() / 12);
+    for c in t.chunks_exact(12) {
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&c[0..8]);
+        let ts = i64::from_le_bytes(ts);
+        let r = u32::from_le_bytes([c[8], c[9], c[10], c[11]]);
+        time_index.push((ts, r));
+    }
+    if index.first().is_some_and(|&(r, p)| r != 0 || p != 0) {
+        return None;
+    }
+    Some((index, time_index))
+}
+
+/// Opens the segment at `path` (base offset `base`). With `full_scan`, or
+/// when its index files are missing or corrupt, every batch is validated and
+/// the indexes rebuilt; otherwise only the batches after the last index entry
+/// are. A torn or corrupt tail is truncated away and reported.
+pub fn open_segment(
+    path: &Path,
+    base: u64,
+    full_scan: bool,
+    interval: u64,
+) -> Result<(SegmentInfo, Option<Truncation>)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| LogError::io(path, e))?;
+    let len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
+    let mut seg = SegmentInfo {
+        base,
+        path: path.to_path_buf(),
+        file: Arc::new(file),
+        size: 0,
+        next_offset: base,
+        index: Vec::new(),
+        time_index: Vec::new(),
+        max_ts: i64::MIN,
+    };
+    let mut start = 0u64;
+    if !full_scan {
+        if let Some((index, time_index)) = load_index(path, len) {
+            if let Some(&(_, p)) = index.last() {
+                start = p as u64;
+            }
+            seg.max_ts = time_index.last().map_or(i64::MIN, |t| t.0);
+            seg.index = index;
+            seg.time_index = time_index;
+            // Entries at `start` are re-noted by the scan below.
+            seg.index.pop();
+            seg.time_index.pop();
+        } else if len > 0 {
+            tracing::warn!(segment = %path.display(), "index missing or corrupt, rebuilding");
+        }
+    }
+    let mut buf = vec![0u8; (len - start) as usize];
+    seg.file
+        .read_exact_at(&mut buf, start)
+        .map_err(|e| LogError::io(path, e))?;
+    let mut pos = 0usize;
+    let mut expected = None::<u64>;
+    let mut trunc = None;
+    while pos < buf.len() {
+        match check_batch(&buf[pos..]) {
+            Ok(h) => {
+                if let Some(e) = expected {
+                    if h.base_offset != e {
+                        trunc = Some(format!(
+                            "batch offset {} where {} was expected",
+                            h.base_offset, e
+                        ));
+                        break;
+                    }
+                } else if start == 0 && h.base_offset != base {
+                    trunc = Some(format!(
+                        "first batch has offset {} but the file name says {}",
+                        h.base_offset, base
+                    ));
+                    break;
+                }
+                expected = Some(h.next_offset());
+                seg.note_batch(&h, start + pos as u64, interval);
+                pos += h.size;
+            }
+            Err(Invalid::Short { need }) => {
+                trunc = Some(format!(
+                    "torn batch: {} bytes present of {}",
+                    buf.len() - pos,
+                    need
+                ));
+                break;
+            }
+            Err(Invalid::Corrupt(why)) => {
+                trunc = Some(why);
+                break;
+            }
+        }
+    }
+    if pos == 0 && start == 0 {
+        seg.size = 0;
+    }
+    let valid = start + pos as u64;
+    let t = match trunc {
+        Some(reason) => {
+            seg.file.set_len(valid).map_err(|e| LogError::io(path, e))?;
+            seg.file.sync_all().map_err(|e| LogError::io(path, e))?;
+            tracing::warn!(
+                segment = %path.display(),
+                valid_bytes = valid,
+                cut_bytes = len - valid,
+                reason = %reason,
+                "truncated corrupt or torn tail"
+            );
+            Some(Truncation {
+                path: path.to_path_buf(),
+                valid_bytes: valid,
+                cut_bytes: len - valid,
+                reason,
+            })
+        }
+        None => None,
+    };
+    seg.size = valid;
+    Ok((seg, t))
+}

@@ -1,0 +1,63 @@
+//! How Herald names events and notifications.
+//!
+//! Ids are derived, never random, so that re-processing the same log record
+//! after a crash produces the same ids and clients can drop duplicates.
+
+use crate::UserId;
+
+/// The id of the event stored at `offset` of `partition`.
+pub fn event_id(partition: u32, offset: u64) -> String {
+    format!("e-{partition}-{offset}")
+}
+
+/// Parses an id made by [`event_id`].
+pub fn parse_event_id(id: &str) -> Option<(u32, u64)> {
+    let rest = id.strip_prefix("e-")?;
+    let (p, o) = rest.split_once('-')?;
+    Some((p.parse().ok()?, o.parse().ok()?))
+}
+
+/// The key that identifies an event for de-duplication: the client's
+/// idempotency key when it sent one, else the event id.
+pub fn dedup_key(client_id: Option<&str>, event_id: &str) -> String {
+    match client_id {
+        Some(k) => format!("k{:016x}", fnv1a64(k.as_bytes())),
+        None => event_id.to_string(),
+    }
+}
+
+/// The stable id of the notification `recipient` gets for an event: the same
+/// event (or a retry carrying the same client key) always yields the same id.
+pub fn notification_id(dedup_key: &str, recipient: UserId) -> String {
+    format!("n-{dedup_key}-{recipient}")
+}
+
+/// 64-bit FNV-1a: stable across builds and platforms (unlike `DefaultHasher`).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_round_trip() {
+        assert_eq!(parse_event_id(&event_id(3, 77)), Some((3, 77)));
+        assert_eq!(parse_event_id("x-1-2"), None);
+    }
+
+    #[test]
+    fn client_keys_give_stable_notification_ids() {
+        let a = notification_id(&dedup_key(Some("abc"), "e-0-1"), 9);
+        let b = notification_id(&dedup_key(Some("abc"), "e-4-100"), 9);
+        assert_eq!(a, b);
+        let c = notification_id(&dedup_key(None, "e-0-1"), 9);
+        assert_eq!(c, "n-e-0-1-9");
+    }
+}

@@ -1,0 +1,28 @@
+//! Types shared along Herald's data path.
+//!
+//! This crate is deliberately small and has few dependencies: the event as
+//! stored in the log ([`LogEvent`]), the notification a user receives
+//! ([`Notification`]), how ids are formed ([`ids`]), and the settle token that
+//! lets the fan-out stage know when a notification is safe ([`settle`]).
+
+pub mod event;
+pub mod ids;
+pub mod notification;
+pub mod settle;
+
+pub use event::{EventKind, LogEvent, UserId};
+pub use notification::{Notification, WireFormat};
+pub use settle::{SettleSink, SettleToken};
+
+/// Current wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// Current wall-clock time in microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,154 @@
+//! The notification a user receives, and its two wire encodings.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{EventKind, UserId};
+
+/// One notification for one recipient. Serialised as the `notification`
+/// object of the WebSocket contract (`type` is added by the encoder).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Stable: the same notification delivered twice carries the same id.
+    pub id: String,
+    /// The event that caused it (for an aggregate, the newest).
+    pub event_id: String,
+    pub kind: EventKind,
+    pub actor: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// When Herald accepted the event, in milliseconds since the epoch.
+    pub ts_ms: u64,
+    pub count: u64,
+    pub actors: Vec<UserId>,
+    /// Ordering key inside the recipient's inbox (microseconds of acceptance);
+    /// not part of the wire shape.
+    #[serde(skip)]
+    pub order: u64,
+}
+
+#[derive(Serialize)]
+struct Tagged<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    #[serde(flatten)]
+    n: &'a Notification,
+}
+
+#[derive(Serialize)]
+struct TaggedCompact<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    id: &'a str,
+    event_id: &'a str,
+    kind: EventKind,
+    actor: UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: &'a Option<String>,
+    ts_ms: u64,
+    count: u64,
+    actors: &'a [UserId],
+}
+
+/// How a WebSocket client wants its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireFormat {
+    /// JSON text frames (the default).
+    Json,
+    /// MessagePack binary frames (subprotocol `herald.msgpack`).
+    MsgPack,
+}
+
+impl Notification {
+    /// The wire frame for this notification.
+    pub fn encode(&self, format: WireFormat) -> bytes::Bytes {
+        match format {
+            WireFormat::Json => {
+                let v = serde_json::to_vec(&Tagged {
+                    ty: "notification",
+                    n: self,
+                })
+                .unwrap_or_default();
+                bytes::Bytes::from(v)
+            }
+            WireFormat::MsgPack => {
+                let t = TaggedCompact {
+                    ty: "notification",
+                    id: &self.id,
+                    event_id: &self.event_id,
+                    kind: self.kind,
+                    actor: self.actor,
+                    object: &self.object,
+                    text: &self.text,
+                    ts_ms: self.ts_ms,
+                    count: self.count,
+                    actors: &self.actors,
+                };
+                bytes::Bytes::from(rmp_serde::to_vec_named(&t).unwrap_or_default())
+            }
+        }
+    }
+
+    /// Compact storage form (inbox payloads): MessagePack with field names,
+    /// plus the ordering key.
+    pub fn to_storage(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(&Stored {
+            n: self.clone(),
+            order: self.order,
+        })
+        .unwrap_or_default()
+    }
+
+    pub fn from_storage(bytes: &[u8]) -> Result<Notification, rmp_serde::decode::Error> {
+        let s: Stored = rmp_serde::from_slice(bytes)?;
+        let mut n = s.n;
+        n.order = s.order;
+        Ok(n)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    n: Notification,
+    order: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n() -> Notification {
+        Notification {
+            id: "n-e-0-1-2".into(),
+            event_id: "e-0-1".into(),
+            kind: EventKind::Like,
+            actor: 42,
+            object: Some("post:7".into()),
+            text: None,
+            ts_ms: 1,
+            count: 1,
+            actors: vec![42],
+            order: 99,
+        }
+    }
+
+    #[test]
+    fn json_has_contract_fields() {
+        let v: serde_json::Value = serde_json::from_slice(&n().encode(WireFormat::Json)).unwrap();
+        assert_eq!(v["type"], "notification");
+        assert_eq!(v["kind"], "like");
+        assert_eq!(v["actor"], 42);
+        assert_eq!(v["actors"][0], 42);
+        assert!(v.get("order").is_none());
+    }
+
+    #[test]
+    fn storage_round_trips_with_order() {
+        let back = Notification::from_storage(&n().to_storage()).unwrap();
+        assert_eq!(back, n());
+        assert_eq!(back.order, 99);
+    }
+}
