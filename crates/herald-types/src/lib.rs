@@ -5,11 +5,13 @@
 //! ([`Notification`]), how ids are formed ([`ids`]), and the settle token that
 //! lets the fan-out stage know when a notification is safe ([`settle`]).
 
+pub mod deliver;
 pub mod event;
 pub mod ids;
 pub mod notification;
 pub mod settle;
 
+pub use deliver::{Deliver, Refusal, Refused};
 pub use event::{EventKind, LogEvent, UserId};
 pub use notification::{Notification, WireFormat};
 pub use settle::{SettleSink, SettleToken};

@@ -8,21 +8,30 @@
 //! that the record's offset is settled. A crash runs no destructor, so an
 //! unsettled record is simply processed again after restart.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Told when every notification of a record has been settled.
+/// Told when every notification of a record has been settled, or when one
+/// of them could not be (then the record must be processed again after a
+/// restart, so the checkpoint must never pass it).
 pub trait SettleSink: Send + Sync + 'static {
     fn settled(&self, offset: u64);
+    fn failed(&self, offset: u64);
 }
 
 struct Inner {
     offset: u64,
     sink: Arc<dyn SettleSink>,
+    failed: AtomicBool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.sink.settled(self.offset);
+        if self.failed.load(Ordering::Relaxed) {
+            self.sink.failed(self.offset);
+        } else {
+            self.sink.settled(self.offset);
+        }
     }
 }
 
@@ -33,12 +42,34 @@ pub struct SettleToken(Arc<Inner>);
 
 impl SettleToken {
     pub fn new(offset: u64, sink: Arc<dyn SettleSink>) -> SettleToken {
-        SettleToken(Arc::new(Inner { offset, sink }))
+        SettleToken(Arc::new(Inner {
+            offset,
+            sink,
+            failed: AtomicBool::new(false),
+        }))
+    }
+
+    /// Gives up on this notification: it could be neither delivered nor
+    /// stored. The record stays unsettled for the life of the process, so
+    /// it is processed again after a restart.
+    pub fn fail(self) {
+        self.0.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// A token tied to no record (for notifications that need no settling).
+    pub fn detached() -> SettleToken {
+        SettleToken::new(0, Arc::new(Detached))
     }
 
     pub fn offset(&self) -> u64 {
         self.0.offset
     }
+}
+
+struct Detached;
+impl SettleSink for Detached {
+    fn settled(&self, _: u64) {}
+    fn failed(&self, _: u64) {}
 }
 
 impl std::fmt::Debug for SettleToken {
@@ -57,6 +88,9 @@ mod tests {
         fn settled(&self, offset: u64) {
             self.0.lock().unwrap().push(offset);
         }
+        fn failed(&self, offset: u64) {
+            self.0.lock().unwrap().push(offset + 1000);
+        }
     }
 
     #[test]
@@ -68,5 +102,10 @@ mod tests {
         assert!(rec.0.lock().unwrap().is_empty());
         drop(t2);
         assert_eq!(*rec.0.lock().unwrap(), vec![7]);
+        let t = SettleToken::new(8, rec.clone());
+        let t2 = t.clone();
+        t.fail();
+        drop(t2);
+        assert_eq!(*rec.0.lock().unwrap(), vec![7, 1008]);
     }
 }

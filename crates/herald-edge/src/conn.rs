@@ -1,0 +1,380 @@
+//! One WebSocket connection's life.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use herald_types::{Notification, SettleToken, UserId, WireFormat};
+use tokio::sync::{mpsc, Notify};
+
+use crate::frames::{self, ClientFrame};
+use crate::{ConnHandle, Delivery, Edge};
+
+/// Most live notifications taken from the queue per socket flush.
+const COALESCE: usize = 64;
+
+struct Pending {
+    n: Notification,
+    /// Live notifications carry their settle token; inbox entries do not.
+    token: Option<SettleToken>,
+    sent: Instant,
+}
+
+struct Conn {
+    edge: Arc<Edge>,
+    user: UserId,
+    fmt: WireFormat,
+    sink: SplitSink<WebSocket, Message>,
+    unacked: HashMap<String, Pending>,
+    last_seen: Instant,
+}
+
+/// Why a connection ended (for logs and metrics).
+#[derive(Debug, Clone, Copy)]
+enum End {
+    ClientClosed,
+    Replaced,
+    Shutdown,
+    Idle,
+    SlowWrite,
+    SocketError,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::Replaced => "replaced",
+            End::Shutdown => "shutdown",
+            End::Idle => "idle",
+            End::SlowWrite => "slow_write",
+            End::SocketError => "socket_error",
+        }
+    }
+}
+
+pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFormat) {
+    let id = edge.opened();
+    let (tx, mut rx) = mpsc::channel::<Delivery>(edge.cfg.queue_capacity);
+    let poke = Arc::new(Notify::new());
+    let kick = Arc::new(Notify::new());
+    let handle = ConnHandle {
+        id,
+        tx,
+        poke: poke.clone(),
+        kick: kick.clone(),
+    };
+    if let Some(old) = edge.conns.insert(user, handle) {
+        old.kick.notify_one();
+    }
+    let store = edge.store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.set_presence(user).await {
+            tracing::warn!(user, error = %e, "presence not recorded");
+        }
+    });
+    let (sink, mut stream) = socket.split();
+    let mut c = Conn {
+        edge: edge.clone(),
+        user,
+        fmt,
+        sink,
+        unacked: HashMap::new(),
+        last_seen: Instant::now(),
+    };
+    let end = c.run(&mut stream, &mut rx, &poke, &kick).await;
+    tracing::debug!(user, reason = end.as_str(), "connection ended");
+    metrics::counter!("herald_ws_closed_total", "reason" => end.as_str()).increment(1);
+    let code = match end {
+        End::Replaced => Some((4000, "replaced by a newer connection")),
+        End::Shutdown => Some((1001, "server shutting down")),
+        End::Idle => Some((1001, "idle timeout")),
+        _ => None,
+    };
+    if let Some((code, reason)) = code {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = tokio::time::timeout(edge.cfg.write_timeout, c.sink.send(frame)).await;
+    }
+    edge.conns.remove_if(&user, |_, h| h.id == id);
+    c.settle_on_close(&mut rx).await;
+    if !edge.conns.contains_key(&user) {
+        if let Err(e) = edge.store.clear_presence(user).await {
+            tracing::debug!(user, error = %e, "presence not cleared");
+        }
+    }
+    edge.finished();
+}
+
+impl Conn {
+    async fn run(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        rx: &mut mpsc::Receiver<Delivery>,
+        poke: &Notify,
+        kick: &Notify,
+    ) -> End {
+        let mut shutdown = self.edge.shutdown.clone();
+        let pending = self.edge.store.inbox_len(self.user).await.unwrap_or(0);
+        if self.send(vec![frames::hello(self.user, pending, self.fmt)]).await.is_err() {
+            return End::SlowWrite;
+        }
+        if let Err(e) = self.drain_inbox().await {
+            return e;
+        }
+        let cfg = self.edge.cfg.clone();
+        let mut heartbeat = tokio::time::interval(cfg.heartbeat_interval);
+        heartbeat.reset();
+        let mut sweep = tokio::time::interval((cfg.ack_timeout / 4).max(std::time::Duration::from_millis(100)));
+        sweep.reset();
+        loop {
+            tokio::select! {
+                _ = kick.notified() => return End::Replaced,
+                _ = shutdown.changed() => return End::Shutdown,
+                d = rx.recv() => {
+                    let Some(first) = d else { return End::Shutdown };
+                    let mut batch = vec![first];
+                    while batch.len() < COALESCE {
+                        match rx.try_recv() {
+                            Ok(d) => batch.push(d),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.push_live(batch).await {
+                        return e;
+                    }
+                }
+                msg = stream.next() => {
+                    self.last_seen = Instant::now();
+                    match msg {
+                        None => return End::ClientClosed,
+                        Some(Err(_)) => return End::SocketError,
+                        Some(Ok(Message::Close(_))) => return End::ClientClosed,
+                        Some(Ok(Message::Text(t))) => self.on_frame(t.as_bytes(), false).await,
+                        Some(Ok(Message::Binary(b))) => self.on_frame(&b, true).await,
+                        Some(Ok(_)) => {}
+                    }
+                }
+                _ = poke.notified() => {
+                    if let Err(e) = self.drain_inbox().await {
+                        return e;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if self.last_seen.elapsed() > cfg.idle_timeout {
+                        return End::Idle;
+                    }
+                    if self.send(vec![Message::Ping(bytes::Bytes::new())]).await.is_err() {
+                        return End::SlowWrite;
+                    }
+                }
+                _ = sweep.tick() => self.sweep().await,
+            }
+        }
+    }
+
+    /// Feeds frames and flushes once, within the write timeout.
+    async fn send(&mut self, msgs: Vec<Message>) -> Result<(), ()> {
+        let n = msgs.len() as u64;
+        let sink = &mut self.sink;
+        let fut = async move {
+            for m in msgs {
+                sink.feed(m).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(self.edge.cfg.write_timeout, fut).await {
+            Ok(Ok(())) => {
+                metrics::counter!("herald_ws_frames_sent_total").increment(n);
+                Ok(())
+            }
+            _ => Err(()),
+        }
+    }
+
+    async fn push_live(&mut self, batch: Vec<Delivery>) -> Result<(), End> {
+        let now = Instant::now();
+        let mut msgs = Vec::with_capacity(batch.len());
+        for d in batch {
+            msgs.push(frames::message(d.n.encode(self.fmt), self.fmt));
+            // A re-push of something already pending replaces it (same id).
+            self.unacked.insert(
+                d.n.id.clone(),
+                Pending {
+                    n: d.n,
+                    token: d.token,
+                    sent: now,
+                },
+            );
+        }
+        let n = msgs.len() as u64;
+        self.send(msgs).await.map_err(|_| End::SlowWrite)?;
+        metrics::counter!("herald_notifications_delivered_total", "source" => "live").increment(n);
+        if self.unacked.len() > self.edge.cfg.max_unacked {
+            self.spill_oldest().await;
+        }
+        Ok(())
+    }
+
+    /// Sends what waits in the inbox and is not already pending, oldest first.
+    async fn drain_inbox(&mut self) -> Result<(), End> {
+        let items = match self
+            .edge
+            .store
+            .inbox_read(self.user, None, self.edge.cfg.drain_limit)
+            .await
+        {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(user = self.user, error = %e, "inbox drain failed");
+                return Ok(());
+            }
+        };
+        let now = Instant::now();
+        let mut msgs = Vec::new();
+        for n in items {
+            if self.unacked.contains_key(&n.id) {
+                continue;
+            }
+            msgs.push(frames::message(n.encode(self.fmt), self.fmt));
+            self.unacked.insert(
+                n.id.clone(),
+                Pending {
+                    n,
+                    token: None,
+                    sent: now,
+                },
+            );
+        }
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let n = msgs.len() as u64;
+        self.send(msgs).await.map_err(|_| End::SlowWrite)?;
+        metrics::counter!("herald_notifications_delivered_total", "source" => "inbox").increment(n);
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, data: &[u8], binary: bool) {
+        match frames::parse(data, binary) {
+            Ok(ClientFrame::Ack(ids)) => {
+                metrics::counter!("herald_acks_total").increment(ids.len() as u64);
+                let mut remove = Vec::new();
+                for id in ids {
+                    match self.unacked.remove(&id) {
+                        // Dropping the token settles a live notification.
+                        Some(p) if p.token.is_some() => drop(p),
+                        _ => remove.push(id),
+                    }
+                }
+                if !remove.is_empty() {
+                    if let Err(e) = self.edge.store.inbox_remove(self.user, &remove).await {
+                        tracing::warn!(user = self.user, error = %e, "ack not applied to inbox; will redeliver");
+                    }
+                }
+            }
+            Err(why) => {
+                metrics::counter!("herald_ws_bad_frames_total").increment(1);
+                let _ = self.send(vec![frames::error("bad_frame", &why, self.fmt)]).await;
+            }
+        }
+    }
+
+    /// Moves live notifications unacked past the ack timeout to the inbox.
+    async fn sweep(&mut self) {
+        let timeout = self.edge.cfg.ack_timeout;
+        let late: Vec<String> = self
+            .unacked
+            .iter()
+            .filter(|(_, p)| p.token.is_some() && p.sent.elapsed() >= timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.to_inbox(late).await;
+    }
+
+    async fn spill_oldest(&mut self) {
+        let mut live: Vec<(&String, Instant)> = self
+            .unacked
+            .iter()
+            .filter(|(_, p)| p.token.is_some())
+            .map(|(id, p)| (id, p.sent))
+            .collect();
+        live.sort_by_key(|(_, t)| *t);
+        let excess = self.unacked.len().saturating_sub(self.edge.cfg.max_unacked);
+        let ids: Vec<String> = live.into_iter().take(excess).map(|(id, _)| id.clone()).collect();
+        self.to_inbox(ids).await;
+    }
+
+    /// Writes these live notifications to the inbox; they stay pending as
+    /// inbox entries. Tokens are settled only once the write succeeded.
+    async fn to_inbox(&mut self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let items: Vec<(UserId, &Notification)> = ids
+            .iter()
+            .filter_map(|id| self.unacked.get(id).map(|p| (self.user, &p.n)))
+            .collect();
+        match self.edge.store.inbox_push(&items).await {
+            Ok(_) => {
+                for id in &ids {
+                    if let Some(p) = self.unacked.get_mut(id) {
+                        p.token = None;
+                    }
+                }
+                metrics::counter!("herald_notifications_total", "route" => "ack_timeout").increment(ids.len() as u64);
+            }
+            Err(e) => tracing::warn!(user = self.user, error = %e, "moving unacked to inbox failed; will retry"),
+        }
+    }
+
+    /// The connection is over: everything live that was not acked, and
+    /// everything still queued, goes to the inbox.
+    async fn settle_on_close(&mut self, rx: &mut mpsc::Receiver<Delivery>) {
+        rx.close();
+        let mut left: Vec<(Notification, SettleToken)> = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            match d.token {
+                Some(t) => left.push((d.n, t)),
+                None => left.push((d.n, SettleToken::detached())),
+            }
+        }
+        for (_, p) in self.unacked.drain() {
+            if let Some(t) = p.token {
+                left.push((p.n, t));
+            }
+        }
+        if left.is_empty() {
+            return;
+        }
+        let items: Vec<(UserId, &Notification)> = left.iter().map(|(n, _)| (self.user, n)).collect();
+        let mut ok = false;
+        for attempt in 0..3 {
+            match self.edge.store.inbox_push(&items).await {
+                Ok(_) => {
+                    ok = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(user = self.user, attempt, error = %e, "writing unacked to inbox failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+        metrics::counter!("herald_notifications_total", "route" => "queued_on_close").increment(left.len() as u64);
+        for (_, t) in left {
+            if !ok {
+                t.fail();
+            }
+        }
+        if ok && self.edge.conns.contains_key(&self.user) {
+            // A newer connection for this user may have drained already.
+            crate::Deliver::poke(&*self.edge, self.user);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Frames between the edge and its clients, other than notifications.
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use bytes::Bytes;
+use herald_types::{UserId, WireFormat};
+use serde::{Deserialize, Serialize};
+
+/// Most ids in one ack frame.
+pub const MAX_ACK_IDS: usize = 4096;
+/// Longest id accepted in an ack.
+pub const MAX_ID_LEN: usize = 256;
+
+#[derive(Serialize)]
+struct Hello {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    user: UserId,
+    pending: u64,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    code: &'a str,
+    message: &'a str,
+}
+
+/// Wraps encoded bytes as a frame of the connection's format.
+pub fn message(bytes: Bytes, fmt: WireFormat) -> Message {
+    match fmt {
+        WireFormat::Json => match Utf8Bytes::try_from(bytes) {
+            Ok(t) => Message::Text(t),
+            Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
+        },
+        WireFormat::MsgPack => Message::Binary(bytes),
+    }
+}
+
+fn encode<T: Serialize>(v: &T, fmt: WireFormat) -> Message {
+    let bytes = match fmt {
+        WireFormat::Json => serde_json::to_vec(v).unwrap_or_default(),
+        WireFormat::MsgPack => rmp_serde::to_vec_named(v).unwrap_or_default(),
+    };
+    message(Bytes::from(bytes), fmt)
+}
+
+pub fn hello(user: UserId, pending: u64, fmt: WireFormat) -> Message {
+    encode(
+        &Hello {
+            ty: "hello",
+            user,
+            pending,
+        },
+        fmt,
+    )
+}
+
+pub fn error(code: &str, message: &str, fmt: WireFormat) -> Message {
+    encode(
+        &ErrorFrame {
+            ty: "error",
+            code,
+            message,
+        },
+        fmt,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Incoming {
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default)]
+    ids: Vec<String>,
+}
+
+/// A client frame the edge understands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientFrame {
+    Ack(Vec<String>),
+}
+
+/// Parses a client frame (JSON text or MessagePack binary, whatever the
+/// connection's own format).
+pub fn parse(data: &[u8], binary: bool) -> Result<ClientFrame, String> {
+    let f: Incoming = if binary {
+        rmp_serde::from_slice(data).map_err(|e| format!("not a MessagePack frame: {e}"))?
+    } else {
+        serde_json::from_slice(data).map_err(|e| format!("not a JSON frame: {e}"))?
+    };
+    match f.ty.as_str() {
+        "ack" => {
+            if f.ids.len() > MAX_ACK_IDS {
+                return Err(format!("at most {MAX_ACK_IDS} ids per ack"));
+            }
+            if f.ids.iter().any(|i| i.is_empty() || i.len() > MAX_ID_LEN) {
+                return Err(format!("ids must be 1 to {MAX_ID_LEN} bytes"));
+            }
+            Ok(ClientFrame::Ack(f.ids))
+        }
+        other => Err(format!("unknown frame type {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_acks_and_refuses_junk() {
+        assert_eq!(
+            parse(br#"{"type":"ack","ids":["n-1"]}"#, false),
+            Ok(ClientFrame::Ack(vec!["n-1".into()]))
+        );
+        assert!(parse(b"{", false).is_err());
+        assert!(parse(br#"{"type":"nope"}"#, false).is_err());
+        assert!(parse(br#"{"type":"ack","ids":[""]}"#, false).is_err());
+        assert!(parse(b"\xff\x00", true).is_err());
+    }
+}

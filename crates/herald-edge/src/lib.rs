@@ -1,0 +1,263 @@
+//! Herald's WebSocket edge.
+//!
+//! `GET /v1/ws` authenticates (HS256 JWT, or `?user=` in development mode),
+//! registers the connection in a concurrent registry (one connection per
+//! user: a newer one replaces the older), sends `hello`, drains the user's
+//! inbox oldest first, then pushes live notifications handed over by
+//! fan-out through [`Deliver`]. It tracks what was sent and not acked: an ack
+//! of a live notification settles it; an ack of an inbox entry removes it
+//! from Redis; whatever is unacked when the connection ends, or unacked for
+//! `ack_timeout`, is written to the inbox. Each connection has a bounded
+//! queue; when it is full, fan-out writes to the inbox instead, so a slow
+//! consumer never stalls anyone else. The edge never reads the log.
+
+pub mod auth;
+mod conn;
+mod frames;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use dashmap::DashMap;
+use herald_store::Store;
+use herald_types::{Deliver, Notification, Refusal, Refused, SettleToken, UserId, WireFormat};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Edge settings.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Accept `?user=<id>` without a token. Development only.
+    pub dev_mode: bool,
+    /// HS256 secret for WebSocket JWTs; none disables JWT auth.
+    pub jwt_secret: Option<String>,
+    /// Notifications queued per connection before fan-out uses the inbox.
+    pub queue_capacity: usize,
+    /// Most notifications sent and not yet acked per connection; past it
+    /// the oldest are moved to the inbox.
+    pub max_unacked: usize,
+    /// A live notification unacked this long is written to the inbox.
+    pub ack_timeout: Duration,
+    /// How often the server pings.
+    pub heartbeat_interval: Duration,
+    /// A connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// A socket write that takes longer closes the connection.
+    pub write_timeout: Duration,
+    /// Most inbox entries sent on connect (the inbox cap is the natural bound).
+    pub drain_limit: usize,
+    /// Largest frame accepted from a client.
+    pub max_message_bytes: usize,
+    /// Most connections this node holds.
+    pub max_connections: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            dev_mode: false,
+            jwt_secret: None,
+            queue_capacity: 1024,
+            max_unacked: 4096,
+            ack_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            write_timeout: Duration::from_secs(10),
+            drain_limit: 1000,
+            max_message_bytes: 64 * 1024,
+            max_connections: 15_000,
+        }
+    }
+}
+
+/// What fan-out hands a connection.
+pub(crate) struct Delivery {
+    pub n: Notification,
+    pub token: Option<SettleToken>,
+}
+
+pub(crate) struct ConnHandle {
+    pub id: u64,
+    pub tx: mpsc::Sender<Delivery>,
+    pub poke: Arc<Notify>,
+    pub kick: Arc<Notify>,
+}
+
+/// The edge of one node: its connections and their settings.
+pub struct Edge {
+    pub(crate) cfg: EdgeConfig,
+    pub(crate) store: Store,
+    pub(crate) conns: DashMap<UserId, ConnHandle>,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+    closed: Notify,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Edge {
+    pub fn new(cfg: EdgeConfig, store: Store) -> Arc<Edge> {
+        if cfg.dev_mode {
+            tracing::warn!("websocket dev mode is on: ?user=<id> is accepted without a token");
+        }
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        Arc::new(Edge {
+            cfg,
+            store,
+            conns: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+            shutdown,
+            shutdown_tx,
+        })
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/ws", get(upgrade))
+            .with_state(self.clone())
+    }
+
+    /// Connections currently open.
+    pub fn connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Closes every connection (their unacked notifications go to the
+    /// inbox) and waits up to `timeout` for them to finish.
+    pub async fn close_all(&self, timeout: Duration) {
+        let _ = self.shutdown_tx.send(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.connections() > 0 {
+            let wait = self.closed.notified();
+            if self.connections() == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                tracing::warn!(open = self.connections(), "connections still open at shutdown");
+                break;
+            }
+        }
+    }
+
+    pub(crate) fn opened(&self) -> u64 {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("herald_connections").increment(1.0);
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn finished(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("herald_connections").decrement(1.0);
+        self.closed.notify_waiters();
+    }
+}
+
+impl Deliver for Edge {
+    fn push(&self, user: UserId, n: Notification, token: Option<SettleToken>) -> Result<(), Box<Refused>> {
+        let Some(h) = self.conns.get(&user) else {
+            return Err(Box::new(Refused {
+                notification: n,
+                token,
+                why: Refusal::Offline,
+            }));
+        };
+        match h.tx.try_send(Delivery { n, token }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(d)) => Err(Box::new(Refused {
+                notification: d.n,
+                token: d.token,
+                why: Refusal::Full,
+            })),
+            Err(mpsc::error::TrySendError::Closed(d)) => Err(Box::new(Refused {
+                notification: d.n,
+                token: d.token,
+                why: Refusal::Offline,
+            })),
+        }
+    }
+
+    fn is_online(&self, user: UserId) -> bool {
+        self.conns.contains_key(&user)
+    }
+
+    fn poke(&self, user: UserId) {
+        if let Some(h) = self.conns.get(&user) {
+            h.poke.notify_one();
+        }
+    }
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn upgrade(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let user = match authenticate(&edge.cfg, &headers, &q) {
+        Ok(u) => u,
+        Err(msg) => {
+            metrics::counter!("herald_ws_refused_total", "reason" => "auth").increment(1);
+            return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &msg);
+        }
+    };
+    if *edge.shutdown.borrow() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "node is shutting down");
+    }
+    if edge.connections() >= edge.cfg.max_connections {
+        metrics::counter!("herald_ws_refused_total", "reason" => "capacity").increment(1);
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "node is at its connection limit");
+    }
+    let ws = ws
+        .protocols(["herald.msgpack"])
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(edge.cfg.max_message_bytes)
+        .max_frame_size(edge.cfg.max_message_bytes);
+    let fmt = if ws.selected_protocol().is_some() {
+        WireFormat::MsgPack
+    } else {
+        WireFormat::Json
+    };
+    ws.on_upgrade(move |socket| conn::serve(edge, socket, user, fmt))
+}
+
+fn authenticate(
+    cfg: &EdgeConfig,
+    headers: &HeaderMap,
+    q: &std::collections::HashMap<String, String>,
+) -> Result<UserId, String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|s| s.trim().to_string());
+    if let Some(token) = bearer.or_else(|| q.get("token").cloned()) {
+        let Some(secret) = &cfg.jwt_secret else {
+            return Err("token auth is not configured on this node".into());
+        };
+        return auth::verify_jwt(&token, secret.as_bytes(), herald_types::now_ms() / 1000)
+            .map_err(|e| e.to_string());
+    }
+    if cfg.dev_mode {
+        if let Some(u) = q.get("user") {
+            return u
+                .parse::<u64>()
+                .map_err(|_| format!("user {u:?} is not a user id"));
+        }
+    }
+    Err(auth::AuthError::Missing.to_string())
+}

@@ -1,0 +1,172 @@
+//! Fan-out workers: one per log partition.
+//!
+//! A worker reads its partition from the committed checkpoint, expands each
+//! event into notifications (who is told, per kind, as the API contract
+//! says; a post reaches every follower of its actor), de-duplicates by the
+//! client's idempotency key, and routes each notification: live to the
+//! recipient's connection when it is on this node, else to the recipient's
+//! inbox in Redis. Each record gets a settle token ([`herald_types::settle`]);
+//! the checkpoint only moves past a record once every notification made
+//! from it has been acked by its client or written to an inbox, so a crash
+//! re-delivers and never loses.
+
+mod tracker;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_log::Log;
+use herald_store::Store;
+use herald_types::Deliver;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use tracker::Tracker;
+
+/// Fan-out settings.
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    /// Consumer group name used for checkpoints.
+    pub group: String,
+    /// Bytes of log read per batch.
+    pub read_max_bytes: usize,
+    /// A worker stops reading while this many records are unsettled.
+    pub max_in_flight: usize,
+    /// How often checkpoints are written.
+    pub checkpoint_every: Duration,
+    /// Wait between retries when Redis fails.
+    pub retry_backoff: Duration,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        FanoutConfig {
+            group: "fanout".into(),
+            read_max_bytes: 256 * 1024,
+            max_in_flight: 100_000,
+            checkpoint_every: Duration::from_millis(200),
+            retry_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The running workers.
+pub struct Fanout {
+    log: Log,
+    cfg: FanoutConfig,
+    trackers: Vec<Arc<Tracker>>,
+    workers: Vec<JoinHandle<()>>,
+    committers: Vec<JoinHandle<()>>,
+    stop_tx: watch::Sender<bool>,
+}
+
+impl Fanout {
+    /// Starts a worker and a checkpoint committer per partition.
+    pub fn start(log: Log, store: Store, deliver: Arc<dyn Deliver>, cfg: FanoutConfig) -> Fanout {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut trackers = Vec::new();
+        let mut workers = Vec::new();
+        let mut committers = Vec::new();
+        for p in 0..log.partitions() {
+            let start = log
+                .checkpoints()
+                .get(&cfg.group, p)
+                .unwrap_or_else(|| log.bounds(p).map(|b| b.0).unwrap_or(0));
+            let tracker = Tracker::new(start);
+            trackers.push(tracker.clone());
+            let w = worker::Worker {
+                partition: p,
+                log: log.clone(),
+                store: store.clone(),
+                deliver: deliver.clone(),
+                tracker: tracker.clone(),
+                cfg: cfg.clone(),
+                stop: stop_rx.clone(),
+            };
+            workers.push(tokio::spawn(w.run(start)));
+            committers.push(tokio::spawn(commit_loop(
+                log.clone(),
+                cfg.clone(),
+                p,
+                tracker,
+                start,
+                stop_rx.clone(),
+            )));
+        }
+        Fanout {
+            log,
+            cfg,
+            trackers,
+            workers,
+            committers,
+            stop_tx,
+        }
+    }
+
+    /// Stops reading new records and waits for the workers to finish the
+    /// batch in hand. Notifications already handed to connections stay
+    /// unsettled until those connections ack or close.
+    pub async fn stop_reading(&mut self) {
+        let _ = self.stop_tx.send(true);
+        for w in self.workers.drain(..) {
+            let _ = w.await;
+        }
+        for c in self.committers.drain(..) {
+            let _ = c.await;
+        }
+    }
+
+    /// Writes every partition's checkpoint as far as settlement allows.
+    pub async fn commit_final(&self) {
+        for (p, t) in self.trackers.iter().enumerate() {
+            commit(&self.log, &self.cfg.group, p as u32, t.committable()).await;
+        }
+    }
+
+    /// Unsettled records per partition (for metrics and tests).
+    pub fn in_flight(&self) -> Vec<usize> {
+        self.trackers.iter().map(|t| t.in_flight()).collect()
+    }
+}
+
+async fn commit(log: &Log, group: &str, p: u32, offset: u64) {
+    let log = log.clone();
+    let group = group.to_string();
+    let r = tokio::task::spawn_blocking(move || log.checkpoints().commit(&group, p, offset)).await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(partition = p, error = %e, "checkpoint write failed"),
+        Err(e) => tracing::error!(partition = p, error = %e, "checkpoint task failed"),
+    }
+}
+
+async fn commit_loop(
+    log: Log,
+    cfg: FanoutConfig,
+    p: u32,
+    tracker: Arc<Tracker>,
+    start: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = start;
+    let mut tick = tokio::time::interval(cfg.checkpoint_every);
+    let label = p.to_string();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let c = tracker.committable();
+        metrics::gauge!("herald_fanout_in_flight_records", "partition" => label.clone())
+            .set(tracker.in_flight() as f64);
+        if let Ok((_, end)) = log.bounds(p) {
+            metrics::gauge!("herald_fanout_lag_records", "partition" => label.clone())
+                .set(end.saturating_sub(c) as f64);
+        }
+        if c != last {
+            commit(&log, &cfg.group, p, c).await;
+            last = c;
+        }
+    }
+}

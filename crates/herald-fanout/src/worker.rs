@@ -1,0 +1,274 @@
+//! One partition's worker.
+
+use std::sync::Arc;
+
+use herald_log::{Log, LogError, Record};
+use herald_store::{GraphOp, Store};
+use herald_types::ids::{dedup_key, event_id, notification_id};
+use herald_types::{Deliver, EventKind, LogEvent, Notification, SettleToken, UserId};
+use tokio::sync::watch;
+
+use crate::{FanoutConfig, Tracker};
+
+pub struct Worker {
+    pub partition: u32,
+    pub log: Log,
+    pub store: Store,
+    pub deliver: Arc<dyn Deliver>,
+    pub tracker: Arc<Tracker>,
+    pub cfg: FanoutConfig,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// One event of a batch, on its way through the stages.
+struct Item {
+    offset: u64,
+    event_id: String,
+    dedup: String,
+    ev: LogEvent,
+    token: SettleToken,
+    /// Index into the follower lists answered by the graph pipeline.
+    followers: Option<usize>,
+}
+
+impl Worker {
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    pub async fn run(mut self, start: u64) {
+        let p = self.partition;
+        let mut next = start;
+        let mut end_rx = match self.log.subscribe(p) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(partition = p, error = %e, "cannot subscribe to partition");
+                return;
+            }
+        };
+        tracing::info!(partition = p, offset = next, "fan-out worker started");
+        while !self.stopped() {
+            if self.tracker.in_flight() >= self.cfg.max_in_flight {
+                // Backpressure: wait for clients to ack or connections to close.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                continue;
+            }
+            let records = match self.log.read(p, next, self.cfg.read_max_bytes) {
+                Ok(r) => r,
+                Err(LogError::OffsetOutOfRange { start, end, .. }) if next < start => {
+                    tracing::error!(
+                        partition = p,
+                        from = next,
+                        to = start,
+                        "records deleted by retention before fan-out; skipping"
+                    );
+                    metrics::counter!("herald_fanout_skipped_records_total")
+                        .increment(start - next);
+                    let _ = end;
+                    next = start;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(partition = p, offset = next, error = %e, "log read failed");
+                    self.pause().await;
+                    continue;
+                }
+            };
+            if records.is_empty() {
+                tokio::select! {
+                    r = end_rx.changed() => if r.is_err() { return },
+                    _ = self.stop.changed() => {}
+                }
+                continue;
+            }
+            next = records.last().map_or(next, |r| r.offset + 1);
+            self.process(records).await;
+        }
+        tracing::info!(partition = p, offset = next, "fan-out worker stopped");
+    }
+
+    async fn pause(&mut self) {
+        tokio::select! {
+            _ = tokio::time::sleep(self.cfg.retry_backoff) => {}
+            _ = self.stop.changed() => {}
+        }
+    }
+
+    /// Retries a Redis step until it works or the node stops.
+    async fn retry<T, F, Fut>(&mut self, what: &str, mut f: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = herald_store::Result<T>>,
+    {
+        loop {
+            match f().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    metrics::counter!("herald_fanout_redis_errors_total").increment(1);
+                    tracing::warn!(partition = self.partition, step = what, error = %e, "redis step failed, retrying");
+                    if self.stopped() {
+                        return None;
+                    }
+                    self.pause().await;
+                }
+            }
+        }
+    }
+
+    async fn process(&mut self, records: Vec<Record>) {
+        let p = self.partition;
+        metrics::counter!("herald_fanout_events_total").increment(records.len() as u64);
+        let mut items = Vec::with_capacity(records.len());
+        for r in records {
+            let token = self.tracker.begin(r.offset);
+            match LogEvent::decode(&r.payload) {
+                Ok(ev) => {
+                    let eid = event_id(p, r.offset);
+                    let dedup = dedup_key(ev.client_id.as_deref(), &eid);
+                    items.push(Item {
+                        offset: r.offset,
+                        event_id: eid,
+                        dedup,
+                        ev,
+                        token,
+                        followers: None,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(partition = p, offset = r.offset, error = %e, "undecodable record skipped");
+                    metrics::counter!("herald_fanout_undecodable_total").increment(1);
+                }
+            }
+        }
+        // Stage 1: client idempotency keys, one pipeline.
+        let claims: Vec<(String, String)> = items
+            .iter()
+            .filter(|i| i.ev.client_id.is_some())
+            .map(|i| (i.dedup.clone(), i.event_id.clone()))
+            .collect();
+        if !claims.is_empty() {
+            let store = self.store.clone();
+            let Some(owned) = self.retry("dedup", || store.claim_keys(&claims)).await else {
+                return self.abandon(items);
+            };
+            let mut owned = owned.into_iter();
+            items.retain(|i| {
+                if i.ev.client_id.is_none() {
+                    return true;
+                }
+                let keep = owned.next().unwrap_or(true);
+                if !keep {
+                    metrics::counter!("herald_fanout_duplicates_total").increment(1);
+                    tracing::debug!(partition = p, offset = i.offset, "duplicate client id dropped");
+                }
+                keep
+            });
+        }
+        // Stage 2: graph changes and follower reads, in log order.
+        let mut ops = Vec::new();
+        let mut asks = 0usize;
+        for i in items.iter_mut() {
+            match i.ev.kind {
+                EventKind::Follow | EventKind::Unfollow => {
+                    if let Some(followee) = i.ev.recipient {
+                        let follower = i.ev.actor;
+                        ops.push(if i.ev.kind == EventKind::Follow {
+                            GraphOp::Follow { follower, followee }
+                        } else {
+                            GraphOp::Unfollow { follower, followee }
+                        });
+                    }
+                }
+                EventKind::Post => {
+                    ops.push(GraphOp::Followers(i.ev.actor));
+                    i.followers = Some(asks);
+                    asks += 1;
+                }
+                _ => {}
+            }
+        }
+        let lists = if ops.is_empty() {
+            Vec::new()
+        } else {
+            let store = self.store.clone();
+            match self.retry("graph", || store.graph(&ops)).await {
+                Some(l) => l,
+                None => return self.abandon(items),
+            }
+        };
+        // Stage 3: build and route.
+        let mut to_inbox: Vec<(UserId, Notification, Option<SettleToken>)> = Vec::new();
+        let (mut pushed, mut queued) = (0u64, 0u64);
+        for i in &items {
+            let recipients: Vec<UserId> = match i.followers {
+                Some(k) => lists
+                    .get(k)
+                    .map(|l| l.iter().copied().filter(|&u| u != i.ev.actor).collect())
+                    .unwrap_or_default(),
+                None => i.ev.direct_recipients(),
+            };
+            for r in recipients {
+                let n = make(i, r);
+                match self.deliver.push(r, n, Some(i.token.clone())) {
+                    Ok(()) => pushed += 1,
+                    Err(refused) => {
+                        if refused.why == herald_types::Refusal::Full {
+                            metrics::counter!("herald_notifications_rerouted_total", "reason" => "slow_consumer").increment(1);
+                        }
+                        to_inbox.push((r, refused.notification, refused.token));
+                    }
+                }
+            }
+        }
+        // Stage 4: inbox writes, one pipeline; tokens go only once stored.
+        if !to_inbox.is_empty() {
+            let refs: Vec<(UserId, &Notification)> = to_inbox.iter().map(|(u, n, _)| (*u, n)).collect();
+            let store = self.store.clone();
+            match self.retry("inbox", || store.inbox_push(&refs)).await {
+                Some(dropped) => {
+                    if dropped > 0 {
+                        metrics::counter!("herald_notifications_dropped_total", "reason" => "inbox_full").increment(dropped);
+                    }
+                    queued = to_inbox.len() as u64;
+                    for (u, _, _) in &to_inbox {
+                        if self.deliver.is_online(*u) {
+                            self.deliver.poke(*u);
+                        }
+                    }
+                }
+                None => {
+                    for (_, _, t) in to_inbox.drain(..) {
+                        if let Some(t) = t {
+                            t.fail();
+                        }
+                    }
+                }
+            }
+        }
+        metrics::counter!("herald_notifications_total", "route" => "pushed").increment(pushed);
+        metrics::counter!("herald_notifications_total", "route" => "queued").increment(queued);
+    }
+
+    /// The node is stopping mid-batch: leave these records unsettled so they
+    /// are processed again after restart.
+    fn abandon(&self, items: Vec<Item>) {
+        for i in items {
+            i.token.fail();
+        }
+    }
+}
+
+fn make(i: &Item, recipient: UserId) -> Notification {
+    Notification {
+        id: notification_id(&i.dedup, recipient),
+        event_id: i.event_id.clone(),
+        kind: i.ev.kind,
+        actor: i.ev.actor,
+        object: i.ev.object.clone(),
+        text: i.ev.text.clone(),
+        ts_ms: i.ev.accepted_us / 1000,
+        count: 1,
+        actors: vec![i.ev.actor],
+        order: i.ev.accepted_us,
+    }
+}

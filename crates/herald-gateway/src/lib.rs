@@ -1,0 +1,113 @@
+//! Herald's HTTP API: the ingestion gateway and the read endpoints beside it.
+//!
+//! `POST /v1/events` validates a body (all or nothing), stamps each event
+//! with a monotonic acceptance time, groups the events by partition and
+//! appends them to the log in one request; the log's writer folds
+//! concurrent requests into one fsync (group commit). `202` is answered only
+//! once the events are durable. The graph import, follower count and inbox
+//! read endpoints live here too.
+
+pub mod body;
+pub mod error;
+mod routes;
+pub mod validate;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use herald_log::Log;
+use herald_store::Store;
+
+pub use error::ApiError;
+pub use routes::router;
+
+/// Gateway limits and keys.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Largest body of `POST /v1/events` (bytes).
+    pub max_body_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch: usize,
+    /// Largest body of `POST /v1/graph/follows` (bytes).
+    pub max_import_bytes: usize,
+    /// API keys accepted; empty means no key is needed.
+    pub api_keys: Vec<String>,
+    /// Requests per second allowed per API key (0: unlimited).
+    pub rate_per_key: u32,
+    /// Events per second allowed per actor (0: unlimited).
+    pub rate_per_actor: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_batch: 10_000,
+            max_import_bytes: 64 * 1024 * 1024,
+            api_keys: Vec::new(),
+            rate_per_key: 0,
+            rate_per_actor: 0,
+        }
+    }
+}
+
+type KeyedLimiter<K> = governor::DefaultKeyedRateLimiter<K>;
+
+fn limiter<K: std::hash::Hash + Eq + Clone>(rate: u32) -> Option<KeyedLimiter<K>> {
+    std::num::NonZeroU32::new(rate)
+        .map(|r| governor::RateLimiter::keyed(governor::Quota::per_second(r)))
+}
+
+/// Shared state of the HTTP handlers.
+pub struct Gateway {
+    pub cfg: GatewayConfig,
+    pub log: Log,
+    pub store: Store,
+    last_us: AtomicU64,
+    key_limiter: Option<KeyedLimiter<String>>,
+    actor_limiter: Option<KeyedLimiter<u64>>,
+}
+
+impl Gateway {
+    pub fn new(cfg: GatewayConfig, log: Log, store: Store) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            key_limiter: limiter(cfg.rate_per_key),
+            actor_limiter: limiter(cfg.rate_per_actor),
+            cfg,
+            log,
+            store,
+            last_us: AtomicU64::new(0),
+        })
+    }
+
+    /// Forgets rate-limit state of idle keys and actors (call periodically,
+    /// so the limiters' memory stays bounded).
+    pub fn housekeeping(&self) {
+        if let Some(l) = &self.key_limiter {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.actor_limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+
+    /// Reserves `n` consecutive acceptance times (µs), monotonic on this
+    /// node even if the wall clock steps back.
+    pub fn stamp(&self, n: u64) -> u64 {
+        let now = herald_types::now_us();
+        let mut prev = self.last_us.load(Ordering::Relaxed);
+        loop {
+            let start = now.max(prev + 1);
+            match self.last_us.compare_exchange_weak(
+                prev,
+                start + n - 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return start,
+                Err(p) => prev = p,
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The HTTP handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use herald_types::event::partition_for;
+use herald_types::{ids, WireFormat};
+use serde_json::{json, Value};
+
+use crate::body::{encoding, parse, read_limited, user_id};
+use crate::error::ApiError;
+use crate::{validate, Gateway};
+
+/// Most pairs in one graph import request.
+pub const MAX_IMPORT_PAIRS: usize = 1_000_000;
+/// Most notifications returned by one inbox read.
+pub const MAX_INBOX_LIMIT: usize = 1000;
+
+pub fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/v1/graph/follows", post(post_follows))
+        .route("/v1/users/{id}/followers/count", get(follower_count))
+        .route("/v1/users/{id}/inbox", get(inbox))
+        .with_state(gw)
+}
+
+fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<String, ApiError> {
+    if gw.cfg.api_keys.is_empty() {
+        return Ok(String::new());
+    }
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(ApiError::unauthorized)?;
+    if gw.cfg.api_keys.iter().any(|k| k == key) {
+        Ok(key.to_string())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+fn reject(e: ApiError) -> Response {
+    metrics::counter!("herald_gateway_rejected_total", "code" => e.code).increment(1);
+    e.into_response()
+}
+
+async fn post_events(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+    match accept(&gw, &headers, body).await {
+        Ok(ids) => {
+            metrics::counter!("herald_events_accepted_total").increment(ids.len() as u64);
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"accepted": ids.len(), "ids": ids})),
+            )
+                .into_response()
+        }
+        Err(e) => reject(e),
+    }
+}
+
+async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<String>, ApiError> {
+    let key = authorize(gw, headers)?;
+    if let Some(l) = &gw.key_limiter {
+        if l.check_key(&key).is_err() {
+            return Err(ApiError::rate_limited("API key", 1));
+        }
+    }
+    let enc = encoding(headers)?;
+    let bytes = read_limited(headers, body, gw.cfg.max_body_bytes).await?;
+    let mut events = validate::events(parse(&bytes, enc)?, gw.cfg.max_batch)?;
+    if let Some(l) = &gw.actor_limiter {
+        for (i, e) in events.iter().enumerate() {
+            if l.check_key(&e.actor).is_err() {
+                return Err(ApiError::rate_limited("actor", 1).at(i));
+            }
+        }
+    }
+    let start = gw.stamp(events.len() as u64);
+    let partitions = gw.log.partitions();
+    // Group by partition, remembering each event's place in its group.
+    let mut groups: HashMap<u32, Vec<Bytes>> = HashMap::new();
+    let mut place = Vec::with_capacity(events.len());
+    for (i, e) in events.iter_mut().enumerate() {
+        e.accepted_us = start + i as u64;
+        let p = partition_for(e.partition_key(), partitions);
+        let g = groups.entry(p).or_default();
+        place.push((p, g.len() as u64));
+        g.push(Bytes::from(e.encode()));
+    }
+    let order: Vec<u32> = groups.keys().copied().collect();
+    let parts: Vec<(u32, Vec<Bytes>)> = order
+        .iter()
+        .map(|p| (*p, groups.remove(p).unwrap_or_default()))
+        .collect();
+    let t = Instant::now();
+    let bases = gw.log.append_many(parts).await.map_err(|e| {
+        tracing::error!(error = %e, "log append failed");
+        ApiError::unavailable(format!("events could not be made durable: {e}"))
+    })?;
+    metrics::histogram!("herald_log_append_seconds").record(t.elapsed().as_secs_f64());
+    let base_of: HashMap<u32, u64> = order.into_iter().zip(bases).collect();
+    Ok(place
+        .into_iter()
+        .map(|(p, i)| ids::event_id(p, base_of.get(&p).copied().unwrap_or(0) + i))
+        .collect())
+}
+
+async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+    let r = async {
+        authorize(&gw, &headers)?;
+        let enc = encoding(&headers)?;
+        let bytes = read_limited(&headers, body, gw.cfg.max_import_bytes).await?;
+        let v = parse(&bytes, enc)?;
+        let Value::Object(mut m) = v else {
+            return Err(ApiError::malformed("body must be {\"follows\": [[follower, followee], ...]}"));
+        };
+        if let Some(k) = m.keys().find(|k| *k != "follows") {
+            return Err(ApiError::field("unknown_field", k.clone(), format!("unknown field {k:?}")));
+        }
+        let Some(Value::Array(list)) = m.remove("follows") else {
+            return Err(ApiError::field("missing_field", "follows", "follows must be an array of pairs"));
+        };
+        if list.len() > MAX_IMPORT_PAIRS {
+            return Err(ApiError::too_large(format!(
+                "{} pairs exceed the limit of {MAX_IMPORT_PAIRS} per request",
+                list.len()
+            )));
+        }
+        let mut pairs = Vec::with_capacity(list.len());
+        for (i, p) in list.iter().enumerate() {
+            let bad = || {
+                ApiError::field("invalid_field", "follows", "each pair must be [follower, followee] user ids, not equal")
+                    .at(i)
+            };
+            let Value::Array(a) = p else { return Err(bad()) };
+            if a.len() != 2 {
+                return Err(bad());
+            }
+            let (Some(f), Some(t)) = (user_id(&a[0]), user_id(&a[1])) else {
+                return Err(bad());
+            };
+            if f == t {
+                return Err(bad());
+            }
+            pairs.push((f, t));
+        }
+        gw.store.import_follows(&pairs).await.map_err(|e| {
+            ApiError::unavailable(format!("follower store unavailable: {e}"))
+        })?;
+        Ok(pairs.len())
+    }
+    .await;
+    match r {
+        Ok(n) => (StatusCode::OK, Json(json!({"imported": n}))).into_response(),
+        Err(e) => reject(e),
+    }
+}
+
+fn path_user(raw: &str) -> Result<u64, ApiError> {
+    user_id(&Value::String(raw.to_string()))
+        .ok_or_else(|| ApiError::field("invalid_field", "id", format!("{raw:?} is not a user id")))
+}
+
+async fn follower_count(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let r = async {
+        authorize(&gw, &headers)?;
+        let user = path_user(&id)?;
+        let n = gw
+            .store
+            .follower_count(user)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("follower store unavailable: {e}")))?;
+        Ok(json!({"user": user, "followers": n}))
+    }
+    .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => reject(e),
+    }
+}
+
+async fn inbox(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let r = async {
+        authorize(&gw, &headers)?;
+        let user = path_user(&id)?;
+        let limit = match q.get("limit") {
+            None => 100,
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_INBOX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::field("invalid_field", "limit", format!("limit must be 1 to {MAX_INBOX_LIMIT}"))
+                })?,
+        };
+        let unavailable = |e: herald_store::StoreError| ApiError::unavailable(format!("inbox store unavailable: {e}"));
+        let pending = gw.store.inbox_len(user).await.map_err(unavailable)?;
+        let items = gw.store.inbox_read(user, None, limit).await.map_err(unavailable)?;
+        let list: Vec<Value> = items
+            .iter()
+            .filter_map(|n| serde_json::from_slice(&n.encode(WireFormat::Json)).ok())
+            .collect();
+        Ok(json!({"user": user, "pending": pending, "notifications": list}))
+    }
+    .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => reject(e),
+    }
+}

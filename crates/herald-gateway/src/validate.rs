@@ -1,0 +1,206 @@
+//! Turning a request body into validated events, all or nothing.
+
+use herald_types::{EventKind, LogEvent};
+use serde_json::{Map, Value};
+
+use crate::body::user_id;
+use crate::error::ApiError;
+
+/// Limits on one event's fields (bytes).
+pub const MAX_ID: usize = 128;
+pub const MAX_OBJECT: usize = 128;
+pub const MAX_TEXT: usize = 1000;
+pub const MAX_MENTIONS: usize = 100;
+
+const FIELDS: [&str; 8] = [
+    "id", "kind", "actor", "recipient", "mentions", "object", "text", "ts_ms",
+];
+
+/// Validates a body: one event, or `{"events": [...]}` of at most
+/// `max_batch`. The first bad event rejects the whole body.
+pub fn events(body: Value, max_batch: usize) -> Result<Vec<LogEvent>, ApiError> {
+    let Value::Object(mut top) = body else {
+        return Err(ApiError::malformed(
+            "body must be an event object or {\"events\": [...]}",
+        ));
+    };
+    if let Some(list) = top.remove("events") {
+        if let Some(k) = top.keys().next() {
+            return Err(ApiError::field(
+                "unknown_field",
+                k.clone(),
+                format!("unknown field {k:?} beside \"events\""),
+            ));
+        }
+        let Value::Array(list) = list else {
+            return Err(ApiError::field("invalid_field", "events", "events must be an array"));
+        };
+        if list.is_empty() {
+            return Err(ApiError::field("invalid_field", "events", "events must not be empty"));
+        }
+        if list.len() > max_batch {
+            return Err(ApiError::too_large(format!(
+                "batch of {} events exceeds the limit of {max_batch}",
+                list.len()
+            )));
+        }
+        list.into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::Object(m) => event(m).map_err(|e| e.at(i)),
+                _ => Err(ApiError::malformed("each event must be an object").at(i)),
+            })
+            .collect()
+    } else {
+        Ok(vec![event(top)?])
+    }
+}
+
+fn string(m: &Map<String, Value>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            if s.len() > max {
+                Err(ApiError::field(
+                    "invalid_field",
+                    field,
+                    format!("{field} is {} bytes; the limit is {max}", s.len()),
+                ))
+            } else if s.is_empty() {
+                Err(ApiError::field("invalid_field", field, format!("{field} must not be empty")))
+            } else {
+                Ok(Some(s.clone()))
+            }
+        }
+        Some(_) => Err(ApiError::field("invalid_field", field, format!("{field} must be a string"))),
+    }
+}
+
+fn uid(m: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => user_id(v).map(Some).ok_or_else(|| {
+            ApiError::field(
+                "invalid_field",
+                field,
+                format!("{field} must be a user id (unsigned 64-bit integer or decimal string)"),
+            )
+        }),
+    }
+}
+
+fn missing(field: &str, why: &str) -> ApiError {
+    ApiError::field("missing_field", field, format!("{field} is required{why}"))
+}
+
+/// Validates one event object.
+pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
+    if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::field("unknown_field", k.clone(), format!("unknown field {k:?}")));
+    }
+    let kind = match m.get("kind") {
+        None | Some(Value::Null) => return Err(missing("kind", "")),
+        Some(Value::String(s)) => EventKind::parse(s).ok_or_else(|| {
+            ApiError::field(
+                "invalid_field",
+                "kind",
+                format!("unknown kind {s:?}; expected like, comment, mention, follow, unfollow or post"),
+            )
+        })?,
+        Some(_) => return Err(ApiError::field("invalid_field", "kind", "kind must be a string")),
+    };
+    let actor = uid(&m, "actor")?.ok_or_else(|| missing("actor", ""))?;
+    let recipient = uid(&m, "recipient")?;
+    if kind.needs_recipient() && recipient.is_none() {
+        return Err(missing("recipient", &format!(" for {}", kind.as_str())));
+    }
+    if matches!(kind, EventKind::Follow | EventKind::Unfollow) && recipient == Some(actor) {
+        return Err(ApiError::field(
+            "invalid_field",
+            "recipient",
+            "a user cannot follow or unfollow themselves",
+        ));
+    }
+    let mentions = match m.get("mentions") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => {
+            if a.len() > MAX_MENTIONS {
+                return Err(ApiError::field(
+                    "invalid_field",
+                    "mentions",
+                    format!("at most {MAX_MENTIONS} mentions"),
+                ));
+            }
+            a.iter()
+                .map(|v| {
+                    user_id(v).ok_or_else(|| {
+                        ApiError::field("invalid_field", "mentions", "mentions must be user ids")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        Some(_) => {
+            return Err(ApiError::field("invalid_field", "mentions", "mentions must be an array"))
+        }
+    };
+    if kind == EventKind::Mention && mentions.is_empty() {
+        return Err(missing("mentions", " for mention"));
+    }
+    let client_ts_ms = match m.get("ts_ms") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
+        Some(_) => return Err(ApiError::field("invalid_field", "ts_ms", "ts_ms must be an integer")),
+    };
+    Ok(LogEvent {
+        client_id: string(&m, "id", MAX_ID)?,
+        kind,
+        actor,
+        recipient,
+        mentions,
+        object: string(&m, "object", MAX_OBJECT)?,
+        text: string(&m, "text", MAX_TEXT)?,
+        client_ts_ms,
+        accepted_us: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn single_and_batch() {
+        let one = events(json!({"kind": "like", "actor": 1, "recipient": "2"}), 10).unwrap();
+        assert_eq!(one[0].recipient, Some(2));
+        let many = events(
+            json!({"events": [{"kind": "post", "actor": 1}, {"kind": "mention", "actor": 1, "mentions": [3]}]}),
+            10,
+        )
+        .unwrap();
+        assert_eq!(many.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_index_and_field() {
+        let e = events(
+            json!({"events": [{"kind": "post", "actor": 1}, {"kind": "like", "actor": 1}]}),
+            10,
+        )
+        .unwrap_err();
+        assert_eq!((e.index, e.field.as_deref()), (Some(1), Some("recipient")));
+        let e = events(json!({"kind": "poke", "actor": 1}), 10).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("kind"));
+        let e = events(json!({"kind": "post", "actor": -1}), 10).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("actor"));
+        let e = events(json!({"kind": "post", "actor": 1, "colour": 1}), 10).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("colour"));
+        let e = events(json!({"kind": "post", "actor": 1, "text": "x".repeat(1001)}), 10).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("text"));
+        let e = events(json!({"kind": "follow", "actor": 1, "recipient": 1}), 10).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("recipient"));
+        let e = events(json!({"events": [{"kind": "post", "actor": 1}, {"kind": "post", "actor": 1}]}), 1)
+            .unwrap_err();
+        assert_eq!(e.status.as_u16(), 413);
+    }
+}

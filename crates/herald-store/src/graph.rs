@@ -1,0 +1,79 @@
+//! The follower graph.
+
+use herald_types::UserId;
+
+use crate::{ukey, Result, Store};
+
+/// One step of graph work, run in order inside one pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphOp {
+    Follow { follower: UserId, followee: UserId },
+    Unfollow { follower: UserId, followee: UserId },
+    /// Read the followers of a user (answered in order).
+    Followers(UserId),
+}
+
+/// Pairs per pipeline in bulk import.
+const IMPORT_CHUNK: usize = 5000;
+
+impl Store {
+    /// Runs graph ops in order in one pipeline; returns the follower lists
+    /// asked for by `Followers`, in the order asked.
+    pub async fn graph(&self, ops: &[GraphOp]) -> Result<Vec<Vec<UserId>>> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        for op in ops {
+            match *op {
+                GraphOp::Follow { follower, followee } => {
+                    p.cmd("SADD")
+                        .arg(ukey(followee, "followers"))
+                        .arg(follower)
+                        .ignore();
+                    p.cmd("SADD")
+                        .arg(ukey(follower, "following"))
+                        .arg(followee)
+                        .ignore();
+                }
+                GraphOp::Unfollow { follower, followee } => {
+                    p.cmd("SREM")
+                        .arg(ukey(followee, "followers"))
+                        .arg(follower)
+                        .ignore();
+                    p.cmd("SREM")
+                        .arg(ukey(follower, "following"))
+                        .arg(followee)
+                        .ignore();
+                }
+                GraphOp::Followers(u) => {
+                    p.cmd("SMEMBERS").arg(ukey(u, "followers"));
+                }
+            }
+        }
+        if ops.iter().all(|o| !matches!(o, GraphOp::Followers(_))) {
+            self.run::<()>(&p).await?;
+            return Ok(Vec::new());
+        }
+        self.run(&p).await
+    }
+
+    /// Bulk import of `(follower, followee)` pairs, pipelined in chunks.
+    pub async fn import_follows(&self, pairs: &[(UserId, UserId)]) -> Result<()> {
+        for chunk in pairs.chunks(IMPORT_CHUNK) {
+            let ops: Vec<GraphOp> = chunk
+                .iter()
+                .map(|&(follower, followee)| GraphOp::Follow { follower, followee })
+                .collect();
+            self.graph(&ops).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn follower_count(&self, user: UserId) -> Result<u64> {
+        let mut p = redis::pipe();
+        p.cmd("SCARD").arg(ukey(user, "followers"));
+        let (n,): (u64,) = self.run(&p).await?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,138 @@
+//! Inbox queues: what waits for a user who is offline (or has not acked).
+//!
+//! A sorted set of notification ids scored by acceptance time keeps the
+//! order (oldest first) and makes writes idempotent: the same notification
+//! written twice (a re-processed record) stays one entry. The payloads sit
+//! in a hash beside it. Past `inbox_cap` the oldest entries are dropped.
+
+use herald_types::{Notification, UserId};
+
+use crate::{ukey, Result, Store, StoreError};
+
+impl Store {
+    /// Writes notifications to their recipients' inboxes in one pipeline
+    /// (plus one more to trim inboxes past the cap). Returns how many
+    /// entries were dropped by the cap.
+    pub async fn inbox_push(&self, items: &[(UserId, &Notification)]) -> Result<u64> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut p = redis::pipe();
+        for (user, n) in items {
+            let z = ukey(*user, "inbox");
+            p.cmd("HSET")
+                .arg(ukey(*user, "inbox:data"))
+                .arg(&n.id)
+                .arg(n.to_storage())
+                .ignore();
+            p.cmd("ZADD").arg(&z).arg("NX").arg(n.order).arg(&n.id).ignore();
+            p.cmd("ZCARD").arg(&z);
+        }
+        let sizes: Vec<u64> = self.run(&p).await?;
+        let cap = self.cfg.inbox_cap as u64;
+        let mut over: Vec<(UserId, u64)> = Vec::new();
+        for ((user, _), size) in items.iter().zip(sizes) {
+            if size > cap {
+                match over.iter_mut().find(|(u, _)| u == user) {
+                    Some(e) => e.1 = e.1.max(size - cap),
+                    None => over.push((*user, size - cap)),
+                }
+            }
+        }
+        let mut dropped = 0;
+        for (user, excess) in over {
+            dropped += self.inbox_trim(user, excess).await?;
+        }
+        Ok(dropped)
+    }
+
+    async fn inbox_trim(&self, user: UserId, excess: u64) -> Result<u64> {
+        let mut p = redis::pipe();
+        p.cmd("ZPOPMIN").arg(ukey(user, "inbox")).arg(excess);
+        let (popped,): (Vec<(String, f64)>,) = self.run(&p).await?;
+        if popped.is_empty() {
+            return Ok(0);
+        }
+        let mut p = redis::pipe();
+        let mut del = redis::cmd("HDEL");
+        del.arg(ukey(user, "inbox:data"));
+        for (id, _) in &popped {
+            del.arg(id);
+        }
+        p.add_command(del).ignore();
+        self.run::<()>(&p).await?;
+        tracing::debug!(user, dropped = popped.len(), "inbox over cap, dropped oldest");
+        Ok(popped.len() as u64)
+    }
+
+    /// Up to `limit` notifications waiting for `user`, oldest first,
+    /// strictly after `after` (an order key) when given. Nothing is removed.
+    pub async fn inbox_read(
+        &self,
+        user: UserId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Notification>> {
+        let mut p = redis::pipe();
+        let min = match after {
+            Some(a) => format!("({a}"),
+            None => "-inf".to_string(),
+        };
+        p.cmd("ZRANGEBYSCORE")
+            .arg(ukey(user, "inbox"))
+            .arg(min)
+            .arg("+inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit.max(1));
+        let (ids,): (Vec<String>,) = self.run(&p).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        let mut get = redis::cmd("HMGET");
+        get.arg(ukey(user, "inbox:data"));
+        for id in &ids {
+            get.arg(id);
+        }
+        p.add_command(get);
+        let (payloads,): (Vec<Option<Vec<u8>>>,) = self.run(&p).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, payload) in ids.iter().zip(payloads) {
+            // An id without payload was acked between the two reads.
+            let Some(bytes) = payload else { continue };
+            let n = Notification::from_storage(&bytes).map_err(|e| StoreError::Corrupt {
+                key: format!("{}#{id}", ukey(user, "inbox:data")),
+                reason: e.to_string(),
+            })?;
+            out.push(n);
+        }
+        Ok(out)
+    }
+
+    /// How many notifications wait for `user`.
+    pub async fn inbox_len(&self, user: UserId) -> Result<u64> {
+        let mut p = redis::pipe();
+        p.cmd("ZCARD").arg(ukey(user, "inbox"));
+        let (n,): (u64,) = self.run(&p).await?;
+        Ok(n)
+    }
+
+    /// Removes acknowledged notifications from `user`'s inbox.
+    pub async fn inbox_remove(&self, user: UserId, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        let mut z = redis::cmd("ZREM");
+        z.arg(ukey(user, "inbox"));
+        let mut h = redis::cmd("HDEL");
+        h.arg(ukey(user, "inbox:data"));
+        for id in ids {
+            z.arg(id);
+            h.arg(id);
+        }
+        p.add_command(z).ignore().add_command(h).ignore();
+        self.run::<()>(&p).await
+    }
+}

@@ -1,0 +1,170 @@
+//! Herald's Redis stores.
+//!
+//! One multiplexed, auto-reconnecting connection per process; every batch
+//! of work is one pipeline. Keys of one user share a hash tag (`{u:ID}`) so
+//! a user's keys live on one Redis Cluster slot:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `h:{u:ID}:followers` | set | who follows ID |
+//! | `h:{u:ID}:following` | set | whom ID follows |
+//! | `h:{u:ID}:inbox` | sorted set | notification ids, scored by acceptance time (µs) |
+//! | `h:{u:ID}:inbox:data` | hash | notification id -> stored notification |
+//! | `h:{u:ID}:presence` | string | the edge node holding ID, with a TTL |
+//! | `h:dedup:KEY` | string | event id that first claimed a client key, with a TTL |
+
+mod graph;
+mod inbox;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use graph::GraphOp;
+
+/// What the store can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("stored data for {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: String,
+    /// Most notifications kept per inbox; the oldest go first.
+    pub inbox_cap: usize,
+    /// How long a client idempotency key is remembered.
+    pub dedup_ttl: Duration,
+    /// Presence entries expire unless refreshed.
+    pub presence_ttl: Duration,
+    /// Every Redis call fails after this long.
+    pub timeout: Duration,
+    /// This node's name, written as presence.
+    pub node_id: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            inbox_cap: 1000,
+            dedup_ttl: Duration::from_secs(24 * 3600),
+            presence_ttl: Duration::from_secs(90),
+            timeout: Duration::from_secs(5),
+            node_id: "node-1".into(),
+        }
+    }
+}
+
+/// Handle on the Redis stores. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    cfg: StoreConfig,
+}
+
+pub(crate) fn ukey(user: u64, what: &str) -> String {
+    format!("h:{{u:{user}}}:{what}")
+}
+
+impl Store {
+    pub async fn connect(cfg: StoreConfig) -> Result<Store> {
+        let client = redis::Client::open(cfg.url.as_str())?;
+        let mcfg = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(cfg.timeout))
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = tokio::time::timeout(
+            cfg.timeout,
+            client.get_connection_manager_with_config(mcfg),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(cfg.timeout))??;
+        Ok(Store { conn, cfg })
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Runs a pipeline with the store's timeout.
+    pub(crate) async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
+        let mut c = self.conn();
+        match tokio::time::timeout(self.cfg.timeout, pipe.query_async(&mut c)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Timeout(self.cfg.timeout)),
+        }
+    }
+
+    /// Round trip to Redis.
+    pub async fn ping(&self) -> Result<()> {
+        let mut p = redis::pipe();
+        p.cmd("PING");
+        let _: (String,) = self.run(&p).await?;
+        Ok(())
+    }
+
+    /// Claims client idempotency keys for events, in one round trip. For
+    /// each `(key, event_id)` returns true when this event owns the key: it
+    /// is new, or the same event processed again after a restart.
+    pub async fn claim_keys(&self, claims: &[(String, String)]) -> Result<Vec<bool>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        for (k, ev) in claims {
+            p.cmd("SET")
+                .arg(format!("h:dedup:{k}"))
+                .arg(ev)
+                .arg("NX")
+                .arg("GET")
+                .arg("EX")
+                .arg(self.cfg.dedup_ttl.as_secs().max(1));
+        }
+        let prev: Vec<Option<String>> = self.run(&p).await?;
+        Ok(prev
+            .into_iter()
+            .zip(claims)
+            .map(|(prev, (_, ev))| prev.is_none_or(|p| &p == ev))
+            .collect())
+    }
+
+    /// Records that `user` is connected to this node.
+    pub async fn set_presence(&self, user: u64) -> Result<()> {
+        let mut p = redis::pipe();
+        p.cmd("SET")
+            .arg(ukey(user, "presence"))
+            .arg(&self.cfg.node_id)
+            .arg("EX")
+            .arg(self.cfg.presence_ttl.as_secs().max(1))
+            .ignore();
+        self.run::<()>(&p).await
+    }
+
+    /// Removes `user`'s presence if this node still holds it.
+    pub async fn clear_presence(&self, user: u64) -> Result<()> {
+        let mut p = redis::pipe();
+        let key = ukey(user, "presence");
+        p.cmd("GET").arg(&key);
+        let (cur,): (Option<String>,) = self.run(&p).await?;
+        if cur.as_deref() == Some(self.cfg.node_id.as_str()) {
+            let mut p = redis::pipe();
+            p.cmd("DEL").arg(&key).ignore();
+            self.run::<()>(&p).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! The Herald node: wires the log, the Redis stores, the gateway, the
+//! fan-out workers and the WebSocket edge into one process, serves HTTP and
+//! WebSocket on one address, and shuts down in order.
+
+pub mod config;
+mod ops;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// Raises the soft open-file limit to the hard limit; returns the new soft
+/// limit.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to and read from a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Files kept free for the log, Redis, and everything that is not a client.
+const RESERVED_FILES: usize = 1000;
+
+/// Runs a node on `listener` until `shutdown` completes, then stops in
+/// order: stop taking requests, stop fan-out reading, close connections
+/// (their unacked notifications go to the inbox), commit checkpoints, close
+/// the log.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = ops::install_metrics();
+    let nofile = raise_nofile_limit() as usize;
+    let max_conns = match cfg.websocket.max_connections {
+        0 => nofile.saturating_sub(RESERVED_FILES).max(16),
+        n => n,
+    };
+    tracing::info!(open_files = nofile, max_connections = max_conns, "connection capacity");
+
+    let log_dir = cfg.server.data_dir.join("log");
+    let log_cfg = cfg.log_config();
+    let log = tokio::task::spawn_blocking(move || herald_log::Log::open(&log_dir, log_cfg))
+        .await
+        .context("log open task")?
+        .context("cannot open the log")?;
+    for t in log.truncations() {
+        tracing::warn!(segment = %t.path.display(), cut_bytes = t.cut_bytes, reason = %t.reason, "log recovery truncated");
+    }
+    let store = herald_store::Store::connect(cfg.store_config())
+        .await
+        .with_context(|| format!("cannot connect to redis at {}", cfg.redis.url))?;
+    let gateway = herald_gateway::Gateway::new(cfg.gateway_config(), log.clone(), store.clone());
+    let edge = herald_edge::Edge::new(cfg.edge_config(max_conns), store.clone());
+    let mut fanout = herald_fanout::Fanout::start(
+        log.clone(),
+        store.clone(),
+        edge.clone(),
+        cfg.fanout_config(),
+    );
+
+    let app = herald_gateway::router(gateway.clone())
+        .merge(edge.router())
+        .merge(ops::router(ops::Ops {
+            log: log.clone(),
+            store: store.clone(),
+            metrics,
+        }));
+    let housekeeping = tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            let mut t = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                t.tick().await;
+                gateway.housekeeping();
+            }
+        }
+    });
+    tracing::info!(addr = %listener.local_addr()?, partitions = log.partitions(), "herald serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("http server")?;
+
+    tracing::info!("shutting down: stopping fan-out");
+    housekeeping.abort();
+    fanout.stop_reading().await;
+    tracing::info!(connections = edge.connections(), "closing connections");
+    edge.close_all(Duration::from_millis(cfg.server.shutdown_timeout_ms))
+        .await;
+    fanout.commit_final().await;
+    log.close().await.context("closing the log")?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("signal received");
+}
+
+/// Keeps `Arc` in the public surface simple for embedders.
+pub type Shared<T> = Arc<T>;

@@ -1,0 +1,269 @@
+//! Delivery as a user sees it: live pushes, the inbox, acks, redelivery,
+//! the follow graph, de-duplication and bad frames.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{inbox_ids, Client, Node, Redis};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Sends a like to `user` and waits until it is the next notification: proves
+/// nothing else was pending before it.
+async fn sentinel(node: &Node, c: &mut Client, object: &str) {
+    node.like(999_999, c.user, object).await;
+    let n = c.notification().await;
+    assert_eq!(n["object"], object, "expected the sentinel, got {n}");
+    let id = n["id"].as_str().unwrap().to_string();
+    c.ack(&[&id]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_like_reaches_the_online_recipient_with_the_contract_fields() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let mut bob = Client::connect(&node, 2).await;
+    assert_eq!(bob.hello["pending"], 0);
+    let (s, v) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "like", "actor": "1", "recipient": 2, "object": "post:7", "text": "Ana liked your post", "ts_ms": 5}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["accepted"], 1);
+    let event_id = v["ids"][0].as_str().unwrap();
+    let n = bob.notification().await;
+    assert_eq!(n["type"], "notification");
+    assert!(n["id"].as_str().unwrap().starts_with("n-"));
+    assert_eq!(n["event_id"], event_id);
+    assert_eq!(n["kind"], "like");
+    assert_eq!(n["actor"], 1);
+    assert_eq!(n["object"], "post:7");
+    assert_eq!(n["text"], "Ana liked your post");
+    assert_eq!(n["count"], 1);
+    assert_eq!(n["actors"], json!([1]));
+    assert!(n["ts_ms"].as_u64().unwrap() > 1_700_000_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_notifications_wait_in_order_and_leave_only_when_acked() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let user = 3;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let (s, v) = node
+            .post("/v1/events", &json!({"kind": "comment", "actor": 10 + i, "recipient": user, "object": format!("post:{i}")}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+        sent.push(v["ids"][0].as_str().unwrap().to_string());
+    }
+    support::eventually("inbox filled", || async {
+        (inbox_ids(&node, user).await.len() == 5).then_some(())
+    })
+    .await;
+
+    // First connect: all five, oldest first; no ack.
+    let mut c = Client::connect(&node, user).await;
+    assert_eq!(c.hello["pending"], 5);
+    let first = c.notifications(5).await;
+    let events: Vec<&str> = first.iter().map(|n| n["event_id"].as_str().unwrap()).collect();
+    assert_eq!(events, sent.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    c.close().await;
+
+    // Second connect: the same five again, same ids; ack three.
+    let mut c = Client::connect(&node, user).await;
+    let again = c.notifications(5).await;
+    let ids: Vec<String> = again.iter().map(|n| n["id"].as_str().unwrap().to_string()).collect();
+    let first_ids: Vec<String> = first.iter().map(|n| n["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, first_ids);
+    c.ack(&[&ids[0], &ids[1], &ids[2]]).await;
+    support::eventually("acked entries removed", || async {
+        (inbox_ids(&node, user).await == ids[3..].to_vec()).then_some(())
+    })
+    .await;
+    c.close().await;
+
+    // Third connect: only the two unacked.
+    let mut c = Client::connect(&node, user).await;
+    assert_eq!(c.hello["pending"], 2);
+    let rest = c.notifications(2).await;
+    assert_eq!(rest[0]["id"], ids[3].as_str());
+    assert_eq!(rest[1]["id"], ids[4].as_str());
+    c.ack(&[&ids[3], &ids[4]]).await;
+    sentinel(&node, &mut c, "post:sentinel").await;
+    assert!(inbox_ids(&node, user).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_notification_not_acked_comes_again_on_reconnect() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let mut c = Client::connect(&node, 4).await;
+    node.like(1, 4, "post:1").await;
+    let n = c.notification().await;
+    c.close().await;
+    let mut c = Client::connect(&node, 4).await;
+    assert_eq!(c.hello["pending"], 1);
+    let again = c.notification().await;
+    assert_eq!(again["id"], n["id"]);
+    c.ack(&[again["id"].as_str().unwrap()]).await;
+    sentinel(&node, &mut c, "post:s").await;
+    c.close().await;
+    let c = Client::connect(&node, 4).await;
+    assert_eq!(c.hello["pending"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_post_unfollow_and_nobody_hears_their_own_action() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let (fan, star) = (10u64, 20u64);
+    let mut f = Client::connect(&node, fan).await;
+    let mut s = Client::connect(&node, star).await;
+
+    let (st, v) = node.post("/v1/events", &json!({"kind": "follow", "actor": fan, "recipient": star})).await;
+    assert_eq!(st, 202, "{v}");
+    let n = s.notification().await;
+    assert_eq!((n["kind"].as_str(), n["actor"].as_u64()), (Some("follow"), Some(fan)));
+
+    let (st, _) = node.post("/v1/events", &json!({"kind": "post", "actor": star, "object": "post:1", "text": "hello"})).await;
+    assert_eq!(st, 202);
+    let n = f.notification().await;
+    assert_eq!((n["kind"].as_str(), n["object"].as_str()), (Some("post"), Some("post:1")));
+    let (_, count) = node.get(&format!("/v1/users/{star}/followers/count")).await;
+    assert_eq!(count["followers"], 1);
+
+    // The poster is not told of their own post; self-likes are silent too.
+    node.like(star, star, "post:1").await;
+    sentinel(&node, &mut s, "post:after-own").await;
+
+    let (st, _) = node.post("/v1/events", &json!({"kind": "unfollow", "actor": fan, "recipient": star})).await;
+    assert_eq!(st, 202);
+    node.post("/v1/events", &json!({"kind": "post", "actor": star, "object": "post:2"})).await;
+    // Events of one actor are in order on one partition, but the sentinel
+    // may sit elsewhere: wait for the follower count first.
+    support::eventually("unfollow applied", || async {
+        let (_, c) = node.get(&format!("/v1/users/{star}/followers/count")).await;
+        (c["followers"] == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sentinel(&node, &mut f, "post:after-unfollow").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_client_id_twice_yields_one_notification() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let mut c = Client::connect(&node, 5).await;
+    let ev = json!({"id": "retry-me-1", "kind": "like", "actor": 1, "recipient": 5, "object": "post:9"});
+    let (a, _) = node.post("/v1/events", &ev).await;
+    let (b, _) = node.post("/v1/events", &ev).await;
+    assert_eq!((a, b), (202, 202));
+    let n = c.notification().await;
+    assert_eq!(n["object"], "post:9");
+    c.ack(&[n["id"].as_str().unwrap()]).await;
+    sentinel(&node, &mut c, "post:sentinel").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_and_comments_reach_everyone_named_once() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let mut a = Client::connect(&node, 31).await;
+    let mut b = Client::connect(&node, 32).await;
+    let (s, v) = node
+        .post("/v1/events", &json!({"kind": "comment", "actor": 30, "recipient": 31, "mentions": [32, 31, 30], "object": "post:3"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(a.notification().await["kind"], "comment");
+    assert_eq!(b.notification().await["kind"], "comment");
+    sentinel(&node, &mut a, "post:s1").await;
+    let (s, _) = node.post("/v1/events", &json!({"kind": "mention", "actor": 30, "mentions": ["32"]})).await;
+    assert_eq!(s, 202);
+    assert_eq!(b.notification().await["kind"], "mention");
+    sentinel(&node, &mut b, "post:s2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgpack_clients_and_bodies_work_like_json() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let mut c = Client::connect_with(&node, 6, Some("herald.msgpack")).await;
+    let body = rmp_serde::to_vec_named(&json!({"events": [{"kind": "like", "actor": 1, "recipient": 6, "object": "post:mp"}]})).unwrap();
+    let (s, v) = node
+        .request("POST", "/v1/events", Some(body), &[("content-type", "application/msgpack")])
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let n = c.notification().await;
+    assert_eq!(n["object"], "post:mp");
+    // Acks may come as MessagePack too.
+    let ack = rmp_serde::to_vec_named(&json!({"type": "ack", "ids": [n["id"]]})).unwrap();
+    c.send_raw(Message::Binary(ack.into())).await;
+    support::eventually("ack applied", || async {
+        let c2 = inbox_ids(&node, 6).await;
+        c2.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_an_error_and_harm_nobody() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let mut bad = Client::connect(&node, 7).await;
+    let mut good = Client::connect(&node, 8).await;
+    for m in [
+        Message::text("{not json"),
+        Message::text(r#"{"type":"launch"}"#),
+        Message::text(r#"{"type":"ack","ids":[1,2]}"#),
+        Message::Binary(vec![0xc1, 0xff, 0x00].into()),
+    ] {
+        bad.send_raw(m).await;
+        let e = bad.next().await.expect("an error frame");
+        assert_eq!(e["type"], "error", "{e}");
+        assert_eq!(e["code"], "bad_frame");
+    }
+    // Both connections still work.
+    sentinel(&node, &mut bad, "post:bad-still-ok").await;
+    sentinel(&node, &mut good, "post:good-ok").await;
+    // A frame over the size limit closes only that connection.
+    bad.send_raw(Message::text("x".repeat(200_000))).await;
+    assert!(bad.next().await.is_none(), "oversized frame should close the connection");
+    sentinel(&node, &mut good, "post:good-still-ok").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_auth_is_required_without_dev_mode() {
+    let redis = Redis::start();
+    let node = Node::start(
+        &redis,
+        &[("HERALD_WEBSOCKET__DEV_MODE", "false"), ("HERALD_WEBSOCKET__JWT_SECRET", "s3cret")],
+    );
+    let r = tokio_tungstenite::connect_async(node.ws_url(1)).await;
+    assert!(r.is_err(), "?user= must be refused outside dev mode");
+    let token = herald_edge_token(9, "s3cret");
+    let url = format!("ws://{}/v1/ws?token={token}", node.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("jwt connect");
+    use futures_util::StreamExt;
+    let hello = ws.next().await.unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(hello.to_text().unwrap()).unwrap();
+    assert_eq!(v["user"], 9);
+    let bad = format!("ws://{}/v1/ws?token={}", node.addr, herald_edge_token(9, "wrong"));
+    assert!(tokio_tungstenite::connect_async(bad).await.is_err());
+}
+
+/// An HS256 JWT made independently of Herald's own code.
+fn herald_edge_token(sub: u64, secret: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let c = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":{sub},"exp":4102444800}}"#));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{h}.{c}").as_bytes());
+    format!("{h}.{c}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}

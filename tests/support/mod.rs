@@ -1,0 +1,422 @@
+//! Test harness: a real `redis-server` on a free port, the real `herald`
+//! binary against it with its data in a temp dir, HTTP over real sockets and
+//! real WebSocket clients.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A private redis-server, killed on drop.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (the test script installs it)");
+            let mut r = Redis { child, port, _dir: dir };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if r.ping() {
+                    return r;
+                }
+                if let Ok(Some(_)) = r.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = r.child.kill();
+        }
+        panic!("redis-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        self.cmd("PING").map(|r| r.starts_with("+PONG")).unwrap_or(false)
+    }
+
+    /// Sends one inline command and returns the raw reply.
+    pub fn cmd(&self, line: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).to_string())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `herald` process.
+pub struct Node {
+    child: Option<Child>,
+    pub addr: String,
+    pub data: PathBuf,
+    redis_url: String,
+    env: Vec<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn config_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/default.toml")
+}
+
+impl Node {
+    /// Starts a node on a fresh data dir; `env` adds HERALD_* overrides.
+    pub fn start(redis: &Redis, env: &[(&str, &str)]) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut n = Node {
+            child: None,
+            addr: String::new(),
+            data: dir.path().to_path_buf(),
+            redis_url: redis.url(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            _dir: Some(dir),
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.join("herald.log"))
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg("--config")
+            .arg(config_path())
+            .args(["--listen", "127.0.0.1:0", "--redis", &self.redis_url])
+            .arg("--data-dir")
+            .arg(self.data.join("node"))
+            .env("HERALD_LOG", "info,herald=debug")
+            .env("HERALD_LOG__PARTITIONS", "4")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn herald");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("herald listening: http://") {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        self.addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("herald did not start; log:\n{}", self.log_tail());
+            }
+        };
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = http_blocking(&self.addr, "GET", "/readyz", None, &[]) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "herald never became ready:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(self.data.join("herald.log")).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGKILL: no shutdown work at all.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return false };
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc_kill(c.id() as i32, 15);
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        false
+    }
+
+    /// Starts the node again on the same data dir and Redis.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub fn ws_url(&self, user: u64) -> String {
+        format!("ws://{}/v1/ws?user={user}", self.addr)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.request("POST", path, Some(body.to_string().into_bytes()), &[("content-type", "application/json")])
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.request("GET", path, None, &[]).await
+    }
+
+    pub async fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let addr = self.addr.clone();
+        let method = method.to_string();
+        let path = path.to_string();
+        let headers: Vec<(String, String)> = headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        tokio::task::spawn_blocking(move || {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            http_blocking(&addr, &method, &path, body.as_deref(), &h).expect("http request")
+        })
+        .await
+        .expect("http task")
+    }
+
+    /// Posts one like from `actor` to `recipient` and returns its event id.
+    pub async fn like(&self, actor: u64, recipient: u64, object: &str) -> String {
+        let (s, v) = self
+            .post("/v1/events", &serde_json::json!({"kind": "like", "actor": actor, "recipient": recipient, "object": object}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+        v["ids"][0].as_str().expect("event id").to_string()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A minimal HTTP/1.1 client (one request per connection), so tests see
+/// exactly what went over the wire.
+pub fn http_blocking(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, Value)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+            req.push_str(&format!("content-length: {}\r\n", b.len()));
+        }
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    if let Some(b) = body {
+        // The server may answer early (413) and close; that is fine.
+        let _ = s.write_all(b);
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    Ok((status, v))
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((len, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client as an app would be.
+pub struct Client {
+    pub ws: Ws,
+    pub user: u64,
+    pub hello: Value,
+}
+
+impl Client {
+    /// Connects (dev mode) and reads the hello.
+    pub async fn connect(node: &Node, user: u64) -> Client {
+        Self::connect_with(node, user, None).await
+    }
+
+    pub async fn connect_with(node: &Node, user: u64, protocol: Option<&str>) -> Client {
+        let mut req = node.ws_url(user).into_client_request().expect("request");
+        if let Some(p) = protocol {
+            req.headers_mut().insert("sec-websocket-protocol", p.parse().expect("header"));
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect timeout")
+            .expect("connect");
+        let mut c = Client { ws, user, hello: Value::Null };
+        let hello = c.next().await.expect("hello");
+        assert_eq!(hello["type"], "hello", "{hello}");
+        assert_eq!(hello["user"], user);
+        c.hello = hello;
+        c
+    }
+
+    /// The next server frame as JSON (MessagePack frames are decoded), or
+    /// None on close or after `WAIT`.
+    pub async fn next_within(&mut self, d: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??.ok()?;
+            match m {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).ok(),
+                Message::Binary(b) => return rmp_serde::from_slice(&b).ok(),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Option<Value> {
+        self.next_within(WAIT).await
+    }
+
+    /// The next notification (skipping other frame types).
+    pub async fn notification(&mut self) -> Value {
+        loop {
+            let v = self.next().await.expect("expected a notification, got nothing");
+            if v["type"] == "notification" {
+                return v;
+            }
+        }
+    }
+
+    pub async fn notifications(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.push(self.notification().await);
+        }
+        out
+    }
+
+    pub async fn ack(&mut self, ids: &[&str]) {
+        let f = serde_json::json!({"type": "ack", "ids": ids});
+        self.ws.send(Message::text(f.to_string())).await.expect("send ack");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Wait for the server's side to finish.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
+
+/// Polls `f` until it returns Some or `WAIT` passes.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ids of notifications waiting in `user`'s inbox, via the public API.
+pub async fn inbox_ids(node: &Node, user: u64) -> Vec<String> {
+    let (s, v) = node.get(&format!("/v1/users/{user}/inbox?limit=1000")).await;
+    assert_eq!(s, 200, "{v}");
+    v["notifications"]
+        .as_array()
+        .map(|a| a.iter().map(|n| n["id"].as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default()
+}
