@@ -69,15 +69,24 @@ async fn offline_notifications_wait_in_order_and_leave_only_when_acked() {
     let mut c = Client::connect(&node, user).await;
     assert_eq!(c.hello["pending"], 5);
     let first = c.notifications(5).await;
-    let events: Vec<&str> = first.iter().map(|n| n["event_id"].as_str().unwrap()).collect();
+    let events: Vec<&str> = first
+        .iter()
+        .map(|n| n["event_id"].as_str().unwrap())
+        .collect();
     assert_eq!(events, sent.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     c.close().await;
 
     // Second connect: the same five again, same ids; ack three.
     let mut c = Client::connect(&node, user).await;
     let again = c.notifications(5).await;
-    let ids: Vec<String> = again.iter().map(|n| n["id"].as_str().unwrap().to_string()).collect();
-    let first_ids: Vec<String> = first.iter().map(|n| n["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = again
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
+    let first_ids: Vec<String> = first
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids, first_ids);
     c.ack(&[&ids[0], &ids[1], &ids[2]]).await;
     support::eventually("acked entries removed", || async {
@@ -124,15 +133,31 @@ async fn follow_post_unfollow_and_nobody_hears_their_own_action() {
     let mut f = Client::connect(&node, fan).await;
     let mut s = Client::connect(&node, star).await;
 
-    let (st, v) = node.post("/v1/events", &json!({"kind": "follow", "actor": fan, "recipient": star})).await;
+    let (st, v) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "follow", "actor": fan, "recipient": star}),
+        )
+        .await;
     assert_eq!(st, 202, "{v}");
     let n = s.notification().await;
-    assert_eq!((n["kind"].as_str(), n["actor"].as_u64()), (Some("follow"), Some(fan)));
+    assert_eq!(
+        (n["kind"].as_str(), n["actor"].as_u64()),
+        (Some("follow"), Some(fan))
+    );
 
-    let (st, _) = node.post("/v1/events", &json!({"kind": "post", "actor": star, "object": "post:1", "text": "hello"})).await;
+    let (st, _) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "post", "actor": star, "object": "post:1", "text": "hello"}),
+        )
+        .await;
     assert_eq!(st, 202);
     let n = f.notification().await;
-    assert_eq!((n["kind"].as_str(), n["object"].as_str()), (Some("post"), Some("post:1")));
+    assert_eq!(
+        (n["kind"].as_str(), n["object"].as_str()),
+        (Some("post"), Some("post:1"))
+    );
     let (_, count) = node.get(&format!("/v1/users/{star}/followers/count")).await;
     assert_eq!(count["followers"], 1);
 
@@ -140,9 +165,18 @@ async fn follow_post_unfollow_and_nobody_hears_their_own_action() {
     node.like(star, star, "post:1").await;
     sentinel(&node, &mut s, "post:after-own").await;
 
-    let (st, _) = node.post("/v1/events", &json!({"kind": "unfollow", "actor": fan, "recipient": star})).await;
+    let (st, _) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "unfollow", "actor": fan, "recipient": star}),
+        )
+        .await;
     assert_eq!(st, 202);
-    node.post("/v1/events", &json!({"kind": "post", "actor": star, "object": "post:2"})).await;
+    node.post(
+        "/v1/events",
+        &json!({"kind": "post", "actor": star, "object": "post:2"}),
+    )
+    .await;
     // Events of one actor are in order on one partition, but the sentinel
     // may sit elsewhere: wait for the follower count first.
     support::eventually("unfollow applied", || async {
@@ -159,7 +193,8 @@ async fn the_same_client_id_twice_yields_one_notification() {
     let redis = Redis::start();
     let node = Node::start(&redis, &[]);
     let mut c = Client::connect(&node, 5).await;
-    let ev = json!({"id": "retry-me-1", "kind": "like", "actor": 1, "recipient": 5, "object": "post:9"});
+    let ev =
+        json!({"id": "retry-me-1", "kind": "like", "actor": 1, "recipient": 5, "object": "post:9"});
     let (a, _) = node.post("/v1/events", &ev).await;
     let (b, _) = node.post("/v1/events", &ev).await;
     assert_eq!((a, b), (202, 202));
@@ -182,7 +217,12 @@ async fn mentions_and_comments_reach_everyone_named_once() {
     assert_eq!(a.notification().await["kind"], "comment");
     assert_eq!(b.notification().await["kind"], "comment");
     sentinel(&node, &mut a, "post:s1").await;
-    let (s, _) = node.post("/v1/events", &json!({"kind": "mention", "actor": 30, "mentions": ["32"]})).await;
+    let (s, _) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "mention", "actor": 30, "mentions": ["32"]}),
+        )
+        .await;
     assert_eq!(s, 202);
     assert_eq!(b.notification().await["kind"], "mention");
     sentinel(&node, &mut b, "post:s2").await;
@@ -193,9 +233,17 @@ async fn msgpack_clients_and_bodies_work_like_json() {
     let redis = Redis::start();
     let node = Node::start(&redis, &[]);
     let mut c = Client::connect_with(&node, 6, Some("herald.msgpack")).await;
-    let body = rmp_serde::to_vec_named(&json!({"events": [{"kind": "like", "actor": 1, "recipient": 6, "object": "post:mp"}]})).unwrap();
+    let body = rmp_serde::to_vec_named(
+        &json!({"events": [{"kind": "like", "actor": 1, "recipient": 6, "object": "post:mp"}]}),
+    )
+    .unwrap();
     let (s, v) = node
-        .request("POST", "/v1/events", Some(body), &[("content-type", "application/msgpack")])
+        .request(
+            "POST",
+            "/v1/events",
+            Some(body),
+            &[("content-type", "application/msgpack")],
+        )
         .await;
     assert_eq!(s, 202, "{v}");
     let n = c.notification().await;
@@ -232,7 +280,10 @@ async fn malformed_frames_get_an_error_and_harm_nobody() {
     sentinel(&node, &mut good, "post:good-ok").await;
     // A frame over the size limit closes only that connection.
     bad.send_raw(Message::text("x".repeat(200_000))).await;
-    assert!(bad.next().await.is_none(), "oversized frame should close the connection");
+    assert!(
+        bad.next().await.is_none(),
+        "oversized frame should close the connection"
+    );
     sentinel(&node, &mut good, "post:good-still-ok").await;
 }
 
@@ -241,18 +292,27 @@ async fn websocket_auth_is_required_without_dev_mode() {
     let redis = Redis::start();
     let node = Node::start(
         &redis,
-        &[("HERALD_WEBSOCKET__DEV_MODE", "false"), ("HERALD_WEBSOCKET__JWT_SECRET", "s3cret")],
+        &[
+            ("HERALD_WEBSOCKET__DEV_MODE", "false"),
+            ("HERALD_WEBSOCKET__JWT_SECRET", "s3cret"),
+        ],
     );
     let r = tokio_tungstenite::connect_async(node.ws_url(1)).await;
     assert!(r.is_err(), "?user= must be refused outside dev mode");
     let token = herald_edge_token(9, "s3cret");
     let url = format!("ws://{}/v1/ws?token={token}", node.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("jwt connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("jwt connect");
     use futures_util::StreamExt;
     let hello = ws.next().await.unwrap().unwrap();
     let v: serde_json::Value = serde_json::from_str(hello.to_text().unwrap()).unwrap();
     assert_eq!(v["user"], 9);
-    let bad = format!("ws://{}/v1/ws?token={}", node.addr, herald_edge_token(9, "wrong"));
+    let bad = format!(
+        "ws://{}/v1/ws?token={}",
+        node.addr,
+        herald_edge_token(9, "wrong")
+    );
     assert!(tokio_tungstenite::connect_async(bad).await.is_err());
 }
 
@@ -265,5 +325,8 @@ fn herald_edge_token(sub: u64, secret: &str) -> String {
     let c = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":{sub},"exp":4102444800}}"#));
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{h}.{c}").as_bytes());
-    format!("{h}.{c}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    format!(
+        "{h}.{c}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
 }

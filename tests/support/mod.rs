@@ -37,14 +37,27 @@ impl Redis {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server must be installed (the test script installs it)");
-            let mut r = Redis { child, port, _dir: dir };
+            let mut r = Redis {
+                child,
+                port,
+                _dir: dir,
+            };
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(5) {
                 if r.ping() {
@@ -65,7 +78,9 @@ impl Redis {
     }
 
     fn ping(&self) -> bool {
-        self.cmd("PING").map(|r| r.starts_with("+PONG")).unwrap_or(false)
+        self.cmd("PING")
+            .map(|r| r.starts_with("+PONG"))
+            .unwrap_or(false)
     }
 
     /// Sends one inline command and returns the raw reply.
@@ -109,7 +124,10 @@ impl Node {
             addr: String::new(),
             data: dir.path().to_path_buf(),
             redis_url: redis.url(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _dir: Some(dir),
         };
         n.spawn();
@@ -160,7 +178,11 @@ impl Node {
             if let Ok((200, _)) = http_blocking(&self.addr, "GET", "/readyz", None, &[]) {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "herald never became ready:\n{}", self.log_tail());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "herald never became ready:\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -181,7 +203,9 @@ impl Node {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited 0.
     pub fn stop(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return false };
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
         // SAFETY: sending a signal to our own child process.
         unsafe {
             libc_kill(c.id() as i32, 15);
@@ -207,21 +231,38 @@ impl Node {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.request("POST", path, Some(body.to_string().into_bytes()), &[("content-type", "application/json")])
-            .await
+        self.request(
+            "POST",
+            path,
+            Some(body.to_string().into_bytes()),
+            &[("content-type", "application/json")],
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.request("GET", path, None, &[]).await
     }
 
-    pub async fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> (u16, Value) {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let addr = self.addr.clone();
         let method = method.to_string();
         let path = path.to_string();
-        let headers: Vec<(String, String)> = headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         tokio::task::spawn_blocking(move || {
-            let h: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(a, b)| (a.as_str(), b.as_str()))
+                .collect();
             http_blocking(&addr, &method, &path, body.as_deref(), &h).expect("http request")
         })
         .await
@@ -264,14 +305,25 @@ pub fn http_blocking(
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    let chunked = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"));
     if let Some(b) = body {
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+        if !chunked
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        {
             req.push_str(&format!("content-length: {}\r\n", b.len()));
         }
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
-    if let Some(b) = body {
+    if let (Some(b), true) = (body, chunked) {
+        let _ = s.write_all(format!("{:x}\r\n", b.len()).as_bytes());
+        let _ = s.write_all(b);
+        let _ = s.write_all(b"\r\n0\r\n\r\n");
+    } else if let Some(b) = body {
         // The server may answer early (413) and close; that is fine.
         let _ = s.write_all(b);
     }
@@ -284,7 +336,10 @@ pub fn http_blocking(
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -307,7 +362,8 @@ fn dechunk(s: &str) -> String {
     out
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client as an app would be.
 pub struct Client {
@@ -325,13 +381,18 @@ impl Client {
     pub async fn connect_with(node: &Node, user: u64, protocol: Option<&str>) -> Client {
         let mut req = node.ws_url(user).into_client_request().expect("request");
         if let Some(p) = protocol {
-            req.headers_mut().insert("sec-websocket-protocol", p.parse().expect("header"));
+            req.headers_mut()
+                .insert("sec-websocket-protocol", p.parse().expect("header"));
         }
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
             .await
             .expect("connect timeout")
             .expect("connect");
-        let mut c = Client { ws, user, hello: Value::Null };
+        let mut c = Client {
+            ws,
+            user,
+            hello: Value::Null,
+        };
         let hello = c.next().await.expect("hello");
         assert_eq!(hello["type"], "hello", "{hello}");
         assert_eq!(hello["user"], user);
@@ -344,7 +405,10 @@ impl Client {
     pub async fn next_within(&mut self, d: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + d;
         loop {
-            let m = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??.ok()?;
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
             match m {
                 Message::Text(t) => return serde_json::from_str(t.as_str()).ok(),
                 Message::Binary(b) => return rmp_serde::from_slice(&b).ok(),
@@ -361,7 +425,10 @@ impl Client {
     /// The next notification (skipping other frame types).
     pub async fn notification(&mut self) -> Value {
         loop {
-            let v = self.next().await.expect("expected a notification, got nothing");
+            let v = self
+                .next()
+                .await
+                .expect("expected a notification, got nothing");
             if v["type"] == "notification" {
                 return v;
             }
@@ -378,7 +445,10 @@ impl Client {
 
     pub async fn ack(&mut self, ids: &[&str]) {
         let f = serde_json::json!({"type": "ack", "ids": ids});
-        self.ws.send(Message::text(f.to_string())).await.expect("send ack");
+        self.ws
+            .send(Message::text(f.to_string()))
+            .await
+            .expect("send ack");
     }
 
     pub async fn send_raw(&mut self, m: Message) {
@@ -413,10 +483,16 @@ where
 
 /// Ids of notifications waiting in `user`'s inbox, via the public API.
 pub async fn inbox_ids(node: &Node, user: u64) -> Vec<String> {
-    let (s, v) = node.get(&format!("/v1/users/{user}/inbox?limit=1000")).await;
+    let (s, v) = node
+        .get(&format!("/v1/users/{user}/inbox?limit=1000"))
+        .await;
     assert_eq!(s, 200, "{v}");
     v["notifications"]
         .as_array()
-        .map(|a| a.iter().map(|n| n["id"].as_str().unwrap_or("").to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|n| n["id"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }

@@ -37,7 +37,8 @@ struct Claims {
 /// `exp` is required.
 pub fn verify_jwt(token: &str, secret: &[u8], now_s: u64) -> Result<u64, AuthError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthError::Malformed);
     };
@@ -49,7 +50,9 @@ pub fn verify_jwt(token: &str, secret: &[u8], now_s: u64) -> Result<u64, AuthErr
     if header.alg != "HS256" {
         return Err(AuthError::Algorithm);
     }
-    let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| AuthError::Malformed)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| AuthError::Malformed)?;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| AuthError::Signature)?;
     mac.update(h.as_bytes());
     mac.update(b".");

@@ -121,7 +121,11 @@ impl Conn {
     ) -> End {
         let mut shutdown = self.edge.shutdown.clone();
         let pending = self.edge.store.inbox_len(self.user).await.unwrap_or(0);
-        if self.send(vec![frames::hello(self.user, pending, self.fmt)]).await.is_err() {
+        if self
+            .send(vec![frames::hello(self.user, pending, self.fmt)])
+            .await
+            .is_err()
+        {
             return End::SlowWrite;
         }
         if let Err(e) = self.drain_inbox().await {
@@ -130,7 +134,8 @@ impl Conn {
         let cfg = self.edge.cfg.clone();
         let mut heartbeat = tokio::time::interval(cfg.heartbeat_interval);
         heartbeat.reset();
-        let mut sweep = tokio::time::interval((cfg.ack_timeout / 4).max(std::time::Duration::from_millis(100)));
+        let mut sweep =
+            tokio::time::interval((cfg.ack_timeout / 4).max(std::time::Duration::from_millis(100)));
         sweep.reset();
         loop {
             tokio::select! {
@@ -280,7 +285,9 @@ impl Conn {
             }
             Err(why) => {
                 metrics::counter!("herald_ws_bad_frames_total").increment(1);
-                let _ = self.send(vec![frames::error("bad_frame", &why, self.fmt)]).await;
+                let _ = self
+                    .send(vec![frames::error("bad_frame", &why, self.fmt)])
+                    .await;
             }
         }
     }
@@ -294,7 +301,7 @@ impl Conn {
             .filter(|(_, p)| p.token.is_some() && p.sent.elapsed() >= timeout)
             .map(|(id, _)| id.clone())
             .collect();
-        self.to_inbox(late).await;
+        self.move_to_inbox(late).await;
     }
 
     async fn spill_oldest(&mut self) {
@@ -306,13 +313,17 @@ impl Conn {
             .collect();
         live.sort_by_key(|(_, t)| *t);
         let excess = self.unacked.len().saturating_sub(self.edge.cfg.max_unacked);
-        let ids: Vec<String> = live.into_iter().take(excess).map(|(id, _)| id.clone()).collect();
-        self.to_inbox(ids).await;
+        let ids: Vec<String> = live
+            .into_iter()
+            .take(excess)
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.move_to_inbox(ids).await;
     }
 
     /// Writes these live notifications to the inbox; they stay pending as
     /// inbox entries. Tokens are settled only once the write succeeded.
-    async fn to_inbox(&mut self, ids: Vec<String>) {
+    async fn move_to_inbox(&mut self, ids: Vec<String>) {
         if ids.is_empty() {
             return;
         }
@@ -327,9 +338,12 @@ impl Conn {
                         p.token = None;
                     }
                 }
-                metrics::counter!("herald_notifications_total", "route" => "ack_timeout").increment(ids.len() as u64);
+                metrics::counter!("herald_notifications_total", "route" => "ack_timeout")
+                    .increment(ids.len() as u64);
             }
-            Err(e) => tracing::warn!(user = self.user, error = %e, "moving unacked to inbox failed; will retry"),
+            Err(e) => {
+                tracing::warn!(user = self.user, error = %e, "moving unacked to inbox failed; will retry")
+            }
         }
     }
 
@@ -352,7 +366,8 @@ impl Conn {
         if left.is_empty() {
             return;
         }
-        let items: Vec<(UserId, &Notification)> = left.iter().map(|(n, _)| (self.user, n)).collect();
+        let items: Vec<(UserId, &Notification)> =
+            left.iter().map(|(n, _)| (self.user, n)).collect();
         let mut ok = false;
         for attempt in 0..3 {
             match self.edge.store.inbox_push(&items).await {
@@ -366,7 +381,8 @@ impl Conn {
                 }
             }
         }
-        metrics::counter!("herald_notifications_total", "route" => "queued_on_close").increment(left.len() as u64);
+        metrics::counter!("herald_notifications_total", "route" => "queued_on_close")
+            .increment(left.len() as u64);
         for (_, t) in left {
             if !ok {
                 t.fail();

@@ -141,7 +141,10 @@ impl Edge {
                 break;
             }
             if tokio::time::timeout_at(deadline, wait).await.is_err() {
-                tracing::warn!(open = self.connections(), "connections still open at shutdown");
+                tracing::warn!(
+                    open = self.connections(),
+                    "connections still open at shutdown"
+                );
                 break;
             }
         }
@@ -161,7 +164,12 @@ impl Edge {
 }
 
 impl Deliver for Edge {
-    fn push(&self, user: UserId, n: Notification, token: Option<SettleToken>) -> Result<(), Box<Refused>> {
+    fn push(
+        &self,
+        user: UserId,
+        n: Notification,
+        token: Option<SettleToken>,
+    ) -> Result<(), Box<Refused>> {
         let Some(h) = self.conns.get(&user) else {
             return Err(Box::new(Refused {
                 notification: n,
@@ -197,7 +205,12 @@ impl Deliver for Edge {
 
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({"error": {"code": code, "message": message}});
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn upgrade(
@@ -214,11 +227,19 @@ async fn upgrade(
         }
     };
     if *edge.shutdown.borrow() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "node is shutting down");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "node is shutting down",
+        );
     }
     if edge.connections() >= edge.cfg.max_connections {
         metrics::counter!("herald_ws_refused_total", "reason" => "capacity").increment(1);
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "node is at its connection limit");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "node is at its connection limit",
+        );
     }
     let ws = ws
         .protocols(["herald.msgpack"])

@@ -159,7 +159,11 @@ impl Worker {
                 let keep = owned.next().unwrap_or(true);
                 if !keep {
                     metrics::counter!("herald_fanout_duplicates_total").increment(1);
-                    tracing::debug!(partition = p, offset = i.offset, "duplicate client id dropped");
+                    tracing::debug!(
+                        partition = p,
+                        offset = i.offset,
+                        "duplicate client id dropped"
+                    );
                 }
                 keep
             });
@@ -222,7 +226,8 @@ impl Worker {
         }
         // Stage 4: inbox writes, one pipeline; tokens go only once stored.
         if !to_inbox.is_empty() {
-            let refs: Vec<(UserId, &Notification)> = to_inbox.iter().map(|(u, n, _)| (*u, n)).collect();
+            let refs: Vec<(UserId, &Notification)> =
+                to_inbox.iter().map(|(u, n, _)| (*u, n)).collect();
             let store = self.store.clone();
             match self.retry("inbox", || store.inbox_push(&refs)).await {
                 Some(dropped) => {

@@ -18,7 +18,12 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
         return Ok(Encoding::Json);
     };
     let ct = ct.to_str().unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match mime.as_str() {
         "application/json" | "" => Ok(Encoding::Json),
         "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
@@ -30,7 +35,11 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
 
 /// Reads at most `limit` bytes of body; a `Content-Length` past the limit is
 /// refused before anything is read.
-pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -61,7 +70,9 @@ pub fn parse(bytes: &[u8], enc: Encoding) -> Result<Value, ApiError> {
 pub fn user_id(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64(),
-        Value::String(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
+        Value::String(s)
+            if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
             s.parse().ok()
         }
         _ => None,

@@ -34,7 +34,11 @@ impl ApiError {
     }
 
     /// A 400 about one field (of one event, when `index` is given).
-    pub fn field(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> ApiError {
+    pub fn field(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ApiError {
         let mut e = ApiError::new(StatusCode::BAD_REQUEST, code, message);
         e.field = Some(field.into());
         e
@@ -57,7 +61,9 @@ impl ApiError {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!("content type {ct:?} is not supported; use application/json or application/msgpack"),
+            format!(
+                "content type {ct:?} is not supported; use application/json or application/msgpack"
+            ),
         )
     }
 

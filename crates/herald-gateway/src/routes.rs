@@ -123,13 +123,23 @@ async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: 
         let bytes = read_limited(&headers, body, gw.cfg.max_import_bytes).await?;
         let v = parse(&bytes, enc)?;
         let Value::Object(mut m) = v else {
-            return Err(ApiError::malformed("body must be {\"follows\": [[follower, followee], ...]}"));
+            return Err(ApiError::malformed(
+                "body must be {\"follows\": [[follower, followee], ...]}",
+            ));
         };
         if let Some(k) = m.keys().find(|k| *k != "follows") {
-            return Err(ApiError::field("unknown_field", k.clone(), format!("unknown field {k:?}")));
+            return Err(ApiError::field(
+                "unknown_field",
+                k.clone(),
+                format!("unknown field {k:?}"),
+            ));
         }
         let Some(Value::Array(list)) = m.remove("follows") else {
-            return Err(ApiError::field("missing_field", "follows", "follows must be an array of pairs"));
+            return Err(ApiError::field(
+                "missing_field",
+                "follows",
+                "follows must be an array of pairs",
+            ));
         };
         if list.len() > MAX_IMPORT_PAIRS {
             return Err(ApiError::too_large(format!(
@@ -140,10 +150,16 @@ async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: 
         let mut pairs = Vec::with_capacity(list.len());
         for (i, p) in list.iter().enumerate() {
             let bad = || {
-                ApiError::field("invalid_field", "follows", "each pair must be [follower, followee] user ids, not equal")
-                    .at(i)
+                ApiError::field(
+                    "invalid_field",
+                    "follows",
+                    "each pair must be [follower, followee] user ids, not equal",
+                )
+                .at(i)
             };
-            let Value::Array(a) = p else { return Err(bad()) };
+            let Value::Array(a) = p else {
+                return Err(bad());
+            };
             if a.len() != 2 {
                 return Err(bad());
             }
@@ -155,9 +171,10 @@ async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: 
             }
             pairs.push((f, t));
         }
-        gw.store.import_follows(&pairs).await.map_err(|e| {
-            ApiError::unavailable(format!("follower store unavailable: {e}"))
-        })?;
+        gw.store
+            .import_follows(&pairs)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("follower store unavailable: {e}")))?;
         Ok(pairs.len())
     }
     .await;
@@ -210,12 +227,22 @@ async fn inbox(
                 .ok()
                 .filter(|n| (1..=MAX_INBOX_LIMIT).contains(n))
                 .ok_or_else(|| {
-                    ApiError::field("invalid_field", "limit", format!("limit must be 1 to {MAX_INBOX_LIMIT}"))
+                    ApiError::field(
+                        "invalid_field",
+                        "limit",
+                        format!("limit must be 1 to {MAX_INBOX_LIMIT}"),
+                    )
                 })?,
         };
-        let unavailable = |e: herald_store::StoreError| ApiError::unavailable(format!("inbox store unavailable: {e}"));
+        let unavailable = |e: herald_store::StoreError| {
+            ApiError::unavailable(format!("inbox store unavailable: {e}"))
+        };
         let pending = gw.store.inbox_len(user).await.map_err(unavailable)?;
-        let items = gw.store.inbox_read(user, None, limit).await.map_err(unavailable)?;
+        let items = gw
+            .store
+            .inbox_read(user, None, limit)
+            .await
+            .map_err(unavailable)?;
         let list: Vec<Value> = items
             .iter()
             .filter_map(|n| serde_json::from_slice(&n.encode(WireFormat::Json)).ok())

@@ -13,7 +13,14 @@ pub const MAX_TEXT: usize = 1000;
 pub const MAX_MENTIONS: usize = 100;
 
 const FIELDS: [&str; 8] = [
-    "id", "kind", "actor", "recipient", "mentions", "object", "text", "ts_ms",
+    "id",
+    "kind",
+    "actor",
+    "recipient",
+    "mentions",
+    "object",
+    "text",
+    "ts_ms",
 ];
 
 /// Validates a body: one event, or `{"events": [...]}` of at most
@@ -33,10 +40,18 @@ pub fn events(body: Value, max_batch: usize) -> Result<Vec<LogEvent>, ApiError> 
             ));
         }
         let Value::Array(list) = list else {
-            return Err(ApiError::field("invalid_field", "events", "events must be an array"));
+            return Err(ApiError::field(
+                "invalid_field",
+                "events",
+                "events must be an array",
+            ));
         };
         if list.is_empty() {
-            return Err(ApiError::field("invalid_field", "events", "events must not be empty"));
+            return Err(ApiError::field(
+                "invalid_field",
+                "events",
+                "events must not be empty",
+            ));
         }
         if list.len() > max_batch {
             return Err(ApiError::too_large(format!(
@@ -67,12 +82,20 @@ fn string(m: &Map<String, Value>, field: &str, max: usize) -> Result<Option<Stri
                     format!("{field} is {} bytes; the limit is {max}", s.len()),
                 ))
             } else if s.is_empty() {
-                Err(ApiError::field("invalid_field", field, format!("{field} must not be empty")))
+                Err(ApiError::field(
+                    "invalid_field",
+                    field,
+                    format!("{field} must not be empty"),
+                ))
             } else {
                 Ok(Some(s.clone()))
             }
         }
-        Some(_) => Err(ApiError::field("invalid_field", field, format!("{field} must be a string"))),
+        Some(_) => Err(ApiError::field(
+            "invalid_field",
+            field,
+            format!("{field} must be a string"),
+        )),
     }
 }
 
@@ -96,7 +119,11 @@ fn missing(field: &str, why: &str) -> ApiError {
 /// Validates one event object.
 pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
     if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::field("unknown_field", k.clone(), format!("unknown field {k:?}")));
+        return Err(ApiError::field(
+            "unknown_field",
+            k.clone(),
+            format!("unknown field {k:?}"),
+        ));
     }
     let kind = match m.get("kind") {
         None | Some(Value::Null) => return Err(missing("kind", "")),
@@ -104,10 +131,18 @@ pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
             ApiError::field(
                 "invalid_field",
                 "kind",
-                format!("unknown kind {s:?}; expected like, comment, mention, follow, unfollow or post"),
+                format!(
+                    "unknown kind {s:?}; expected like, comment, mention, follow, unfollow or post"
+                ),
             )
         })?,
-        Some(_) => return Err(ApiError::field("invalid_field", "kind", "kind must be a string")),
+        Some(_) => {
+            return Err(ApiError::field(
+                "invalid_field",
+                "kind",
+                "kind must be a string",
+            ))
+        }
     };
     let actor = uid(&m, "actor")?.ok_or_else(|| missing("actor", ""))?;
     let recipient = uid(&m, "recipient")?;
@@ -140,7 +175,11 @@ pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
                 .collect::<Result<Vec<_>, _>>()?
         }
         Some(_) => {
-            return Err(ApiError::field("invalid_field", "mentions", "mentions must be an array"))
+            return Err(ApiError::field(
+                "invalid_field",
+                "mentions",
+                "mentions must be an array",
+            ))
         }
     };
     if kind == EventKind::Mention && mentions.is_empty() {
@@ -149,7 +188,13 @@ pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
     let client_ts_ms = match m.get("ts_ms") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
-        Some(_) => return Err(ApiError::field("invalid_field", "ts_ms", "ts_ms must be an integer")),
+        Some(_) => {
+            return Err(ApiError::field(
+                "invalid_field",
+                "ts_ms",
+                "ts_ms must be an integer",
+            ))
+        }
     };
     Ok(LogEvent {
         client_id: string(&m, "id", MAX_ID)?,
@@ -195,12 +240,19 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("actor"));
         let e = events(json!({"kind": "post", "actor": 1, "colour": 1}), 10).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("colour"));
-        let e = events(json!({"kind": "post", "actor": 1, "text": "x".repeat(1001)}), 10).unwrap_err();
+        let e = events(
+            json!({"kind": "post", "actor": 1, "text": "x".repeat(1001)}),
+            10,
+        )
+        .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("text"));
         let e = events(json!({"kind": "follow", "actor": 1, "recipient": 1}), 10).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("recipient"));
-        let e = events(json!({"events": [{"kind": "post", "actor": 1}, {"kind": "post", "actor": 1}]}), 1)
-            .unwrap_err();
+        let e = events(
+            json!({"events": [{"kind": "post", "actor": 1}, {"kind": "post", "actor": 1}]}),
+            1,
+        )
+        .unwrap_err();
         assert_eq!(e.status.as_u16(), 413);
     }
 }

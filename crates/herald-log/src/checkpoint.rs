@@ -73,7 +73,9 @@ impl Checkpoints {
                 Some(off) => {
                     committed.insert((group.to_string(), part), off);
                 }
-                None => tracing::warn!(file = %entry.path().display(), "corrupt checkpoint ignored"),
+                None => {
+                    tracing::warn!(file = %entry.path().display(), "corrupt checkpoint ignored")
+                }
             }
         }
         Ok(Checkpoints {

@@ -23,7 +23,11 @@ pub enum LogError {
         found: u64,
     },
     #[error("offset {requested} is out of range [{start}, {end})")]
-    OffsetOutOfRange { requested: u64, start: u64, end: u64 },
+    OffsetOutOfRange {
+        requested: u64,
+        start: u64,
+        end: u64,
+    },
     #[error("unknown partition {0}")]
     UnknownPartition(u32),
     #[error("record of {size} bytes exceeds the limit of {limit}")]

@@ -206,7 +206,10 @@ mod tests {
         let recs: Vec<&[u8]> = vec![b"abc"];
         encode_batch(&mut buf, 0, 1, recs.into_iter());
         for cut in 0..buf.len() {
-            assert!(matches!(check_batch(&buf[..cut]), Err(Invalid::Short { .. })));
+            assert!(matches!(
+                check_batch(&buf[..cut]),
+                Err(Invalid::Short { .. })
+            ));
         }
     }
 }

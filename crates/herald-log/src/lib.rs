@@ -218,7 +218,13 @@ impl Log {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         // The directory is free for the next opener.
-        drop(self.inner.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(
+            self.inner
+                .lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         r
     }
 
@@ -280,11 +286,7 @@ impl Drop for Inner {
     /// waits for it, so the directory is free when this returns.
     fn drop(&mut self) {
         drop(self.tx.take());
-        let handle = self
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
             let _ = h.join();
         }

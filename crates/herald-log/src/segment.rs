@@ -78,7 +78,9 @@ impl SegmentInfo {
         };
         if due {
             self.index.push((rel, pos as u32));
-            let ts = h.first_ts.max(self.time_index.last().map_or(i64::MIN, |t| t.0));
+            let ts = h
+                .first_ts
+                .max(self.time_index.last().map_or(i64::MIN, |t| t.0));
             self.time_index.push((ts, rel));
         }
         self.max_ts = self.max_ts.max(h.last_ts);
@@ -149,7 +151,10 @@ pub struct Truncation {
     pub reason: String,
 }
 
-fn load_index(log: &Path, size: u64) -> Option<(Vec<(u32, u32)>, Vec<(i64, u32)>)> {
+/// Offset index and time index entries.
+type Indexes = (Vec<(u32, u32)>, Vec<(i64, u32)>);
+
+fn load_index(log: &Path, size: u64) -> Option<Indexes> {
     let a = fs::read(index_path(log)).ok()?;
     let t = fs::read(timeindex_path(log)).ok()?;
     if a.len() % 8 != 0 || t.len() % 12 != 0 || a.len() / 8 != t.len() / 12 {

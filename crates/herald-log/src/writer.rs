@@ -70,13 +70,18 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(cfg: LogConfig, parts: Vec<Shared>, checkpoints: Arc<Checkpoints>) -> Result<Writer> {
+    pub fn new(
+        cfg: LogConfig,
+        parts: Vec<Shared>,
+        checkpoints: Arc<Checkpoints>,
+    ) -> Result<Writer> {
         let mut active = Vec::with_capacity(parts.len());
         for p in &parts {
             let st = p.read_state();
-            let seg = st.segments.values().next_back().ok_or_else(|| {
-                LogError::Config(format!("partition {} has no segment", p.id))
-            })?;
+            let seg =
+                st.segments.values().next_back().ok_or_else(|| {
+                    LogError::Config(format!("partition {} has no segment", p.id))
+                })?;
             let file = OpenOptions::new()
                 .append(true)
                 .open(&seg.path)

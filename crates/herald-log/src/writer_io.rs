@@ -81,7 +81,8 @@ impl Writer {
         while i < staged.len() {
             let mut j = i;
             let mut bytes = HEADER_LEN as u64;
-            while j < staged.len() && (j == i || bytes + staged[j].len() as u64 + 8 <= MAX_WRITE_BATCH)
+            while j < staged.len()
+                && (j == i || bytes + staged[j].len() as u64 + 8 <= MAX_WRITE_BATCH)
             {
                 bytes += (staged[j].len() + RECORD_OVERHEAD) as u64;
                 j += 1;

@@ -59,7 +59,10 @@ async fn appends_read_back_across_segments_and_restarts() {
     let r = log.read(1, 1234, 100).unwrap();
     assert_eq!(r[0].offset, 1234);
     log.close().await.unwrap();
-    assert!(matches!(log.append(1, vec![rec(0)]).await, Err(LogError::Closed)));
+    assert!(matches!(
+        log.append(1, vec![rec(0)]).await,
+        Err(LogError::Closed)
+    ));
 
     // Clean reopen keeps everything and continues the offsets.
     let log = open(d.path(), cfg(2));
@@ -78,7 +81,10 @@ async fn appends_read_back_across_segments_and_restarts() {
 async fn partition_count_cannot_change() {
     let d = tempfile::tempdir().unwrap();
     open(d.path(), cfg(2)).close().await.unwrap();
-    assert!(matches!(Log::open(d.path(), cfg(3)), Err(LogError::Config(_))));
+    assert!(matches!(
+        Log::open(d.path(), cfg(3)),
+        Err(LogError::Config(_))
+    ));
 }
 
 #[tokio::test]
@@ -176,7 +182,10 @@ async fn retention_deletes_old_segments_but_respects_consumers() {
 #[tokio::test]
 async fn interval_and_os_modes_serve_reads() {
     for durability in [
-        Durability::Interval { ms: 5, bytes: 1 << 20 },
+        Durability::Interval {
+            ms: 5,
+            bytes: 1 << 20,
+        },
         Durability::Os,
     ] {
         let d = tempfile::tempdir().unwrap();

@@ -54,7 +54,9 @@ async fn build(dir: &Path) -> (u64, Vec<u8>) {
     let log = Log::open(dir, cfg()).unwrap();
     let mut n = 0;
     for size in [1u64, 5, 17, 3, 40, 2, 9, 30, 1, 12] {
-        log.append(0, (n..n + size).map(rec).collect()).await.unwrap();
+        log.append(0, (n..n + size).map(rec).collect())
+            .await
+            .unwrap();
         n += size;
     }
     log.close().await.unwrap();
@@ -66,7 +68,9 @@ async fn cut_anywhere_truncates_to_last_good_batch() {
     let d = tempfile::tempdir().unwrap();
     let (n, bytes) = build(d.path()).await;
     let mut rng = Rng(0x9e3779b97f4a7c15);
-    let mut cuts: Vec<usize> = (0..60).map(|_| (rng.next() as usize) % bytes.len()).collect();
+    let mut cuts: Vec<usize> = (0..60)
+        .map(|_| (rng.next() as usize) % bytes.len())
+        .collect();
     cuts.extend([0, 1, bytes.len() - 1]);
     for cut in cuts {
         let c = tempfile::tempdir().unwrap();
@@ -153,7 +157,12 @@ fn acknowledged_records_survive_sigkill() {
     for round in 0..6 {
         let d = tempfile::tempdir().unwrap();
         let mut child = Command::new(&exe)
-            .args(["--exact", "sigkill_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "sigkill_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("HERALD_LOG_CRASH_DIR", d.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -191,6 +200,9 @@ fn acknowledged_records_survive_sigkill() {
             let recs = log.read(0, *base, 1).unwrap();
             assert_eq!(recs[0].offset, *base);
         }
-        assert!(!acked.is_empty(), "round {round}: child acknowledged nothing");
+        assert!(
+            !acked.is_empty(),
+            "round {round}: child acknowledged nothing"
+        );
     }
 }

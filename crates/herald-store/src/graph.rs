@@ -7,8 +7,14 @@ use crate::{ukey, Result, Store};
 /// One step of graph work, run in order inside one pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GraphOp {
-    Follow { follower: UserId, followee: UserId },
-    Unfollow { follower: UserId, followee: UserId },
+    Follow {
+        follower: UserId,
+        followee: UserId,
+    },
+    Unfollow {
+        follower: UserId,
+        followee: UserId,
+    },
     /// Read the followers of a user (answered in order).
     Followers(UserId),
 }

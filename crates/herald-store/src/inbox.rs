@@ -25,7 +25,12 @@ impl Store {
                 .arg(&n.id)
                 .arg(n.to_storage())
                 .ignore();
-            p.cmd("ZADD").arg(&z).arg("NX").arg(n.order).arg(&n.id).ignore();
+            p.cmd("ZADD")
+                .arg(&z)
+                .arg("NX")
+                .arg(n.order)
+                .arg(&n.id)
+                .ignore();
             p.cmd("ZCARD").arg(&z);
         }
         let sizes: Vec<u64> = self.run(&p).await?;
@@ -61,7 +66,11 @@ impl Store {
         }
         p.add_command(del).ignore();
         self.run::<()>(&p).await?;
-        tracing::debug!(user, dropped = popped.len(), "inbox over cap, dropped oldest");
+        tracing::debug!(
+            user,
+            dropped = popped.len(),
+            "inbox over cap, dropped oldest"
+        );
         Ok(popped.len() as u64)
     }
 

@@ -83,12 +83,10 @@ impl Store {
             .set_connection_timeout(Some(cfg.timeout))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            cfg.timeout,
-            client.get_connection_manager_with_config(mcfg),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(cfg.timeout))??;
+        let conn =
+            tokio::time::timeout(cfg.timeout, client.get_connection_manager_with_config(mcfg))
+                .await
+                .map_err(|_| StoreError::Timeout(cfg.timeout))??;
         Ok(Store { conn, cfg })
     }
 

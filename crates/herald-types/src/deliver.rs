@@ -26,7 +26,12 @@ pub trait Deliver: Send + Sync + 'static {
     /// Queues `n` on `user`'s connection. On success the connection owns the
     /// token and settles it when the client acks (or when it writes `n` to
     /// the inbox).
-    fn push(&self, user: UserId, n: Notification, token: Option<SettleToken>) -> Result<(), Box<Refused>>;
+    fn push(
+        &self,
+        user: UserId,
+        n: Notification,
+        token: Option<SettleToken>,
+    ) -> Result<(), Box<Refused>>;
 
     /// Whether `user` has a connection on this node.
     fn is_online(&self, user: UserId) -> bool;

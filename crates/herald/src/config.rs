@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: Server,
@@ -84,19 +84,6 @@ pub struct Fanout {
     pub read_max_bytes: usize,
     pub max_in_flight: usize,
     pub checkpoint_ms: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: Server::default(),
-            redis: Redis::default(),
-            log: Log::default(),
-            gateway: Gateway::default(),
-            websocket: WebSocket::default(),
-            fanout: Fanout::default(),
-        }
-    }
 }
 
 impl Default for Server {
@@ -211,12 +198,23 @@ impl Config {
                 .parse::<toml::Table>()
                 .with_context(|| format!("config file {} is not valid TOML", path.display()))?,
             Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
-            Err(e) => return Err(e).with_context(|| format!("cannot read config {}", path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read config {}", path.display()))
+            }
         };
         for (k, v) in env {
-            let Some(rest) = k.strip_prefix("HERALD_") else { continue };
-            let Some((section, key)) = rest.split_once("__") else { continue };
-            set(&mut table, &section.to_lowercase(), &key.to_lowercase(), env_value(&v));
+            let Some(rest) = k.strip_prefix("HERALD_") else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
+            set(
+                &mut table,
+                &section.to_lowercase(),
+                &key.to_lowercase(),
+                env_value(&v),
+            );
         }
         for (s, k, v) in overrides {
             set(&mut table, s, k, v.clone());
@@ -327,15 +325,25 @@ mod tests {
         std::fs::write(&p, "[log]\npartitions = 4\n[websocket]\ndev_mode = true\n").unwrap();
         let env = vec![
             ("HERALD_LOG__PARTITIONS".to_string(), "6".to_string()),
-            ("HERALD_REDIS__URL".to_string(), "redis://127.0.0.1:1".to_string()),
-            ("HERALD_GATEWAY__API_KEYS".to_string(), "[\"a\", \"b\"]".to_string()),
+            (
+                "HERALD_REDIS__URL".to_string(),
+                "redis://127.0.0.1:1".to_string(),
+            ),
+            (
+                "HERALD_GATEWAY__API_KEYS".to_string(),
+                "[\"a\", \"b\"]".to_string(),
+            ),
             ("OTHER".to_string(), "x".to_string()),
         ];
         let c = Config::load(
             &p,
             false,
             env.into_iter(),
-            &[("server", "listen", toml::Value::String("127.0.0.1:1".into()))],
+            &[(
+                "server",
+                "listen",
+                toml::Value::String("127.0.0.1:1".into()),
+            )],
         )
         .unwrap();
         assert_eq!(c.log.partitions, 6);
@@ -350,7 +358,11 @@ mod tests {
         let p = d.path().join("c.toml");
         std::fs::write(&p, "[log]\npartitons = 4\n").unwrap();
         assert!(Config::load(&p, false, std::iter::empty(), &[]).is_err());
-        std::fs::write(&p, "[log]\ndurability = \"sometimes\"\n[websocket]\ndev_mode = true\n").unwrap();
+        std::fs::write(
+            &p,
+            "[log]\ndurability = \"sometimes\"\n[websocket]\ndev_mode = true\n",
+        )
+        .unwrap();
         assert!(Config::load(&p, false, std::iter::empty(), &[]).is_err());
     }
 }

@@ -57,7 +57,11 @@ pub async fn run(
         0 => nofile.saturating_sub(RESERVED_FILES).max(16),
         n => n,
     };
-    tracing::info!(open_files = nofile, max_connections = max_conns, "connection capacity");
+    tracing::info!(
+        open_files = nofile,
+        max_connections = max_conns,
+        "connection capacity"
+    );
 
     let log_dir = cfg.server.data_dir.join("log");
     let log_cfg = cfg.log_config();

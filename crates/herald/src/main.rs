@@ -7,7 +7,11 @@ use clap::Parser;
 use herald::Config;
 
 #[derive(Parser, Debug)]
-#[command(name = "herald", version, about = "Real-time notification fan-out node")]
+#[command(
+    name = "herald",
+    version,
+    about = "Real-time notification fan-out node"
+)]
 struct Args {
     /// The config file (default: config/default.toml).
     #[arg(long)]

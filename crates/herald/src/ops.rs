@@ -58,9 +58,5 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 
 async fn render(State(ops): State<Ops>) -> Response {
     let text = ops.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

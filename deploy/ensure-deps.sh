@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what Herald needs on a Debian machine when it is missing:
+# redis-server (from Debian's packages). The Rust toolchain must already be
+# there (rustup); Debian's own cargo is too old for this workspace.
+set -euo pipefail
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: cargo not found; install Rust with rustup (https://rustup.rs), 1.85 or newer" >&2
+    exit 1
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "installing redis-server..." >&2
+    SUDO=""
+    if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+# A Debian install starts a system Redis on 6379 on some machines; Herald's
+# scripts never rely on it.
+command -v redis-server >/dev/null
