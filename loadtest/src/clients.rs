@@ -1,0 +1,161 @@
+//! The WebSocket clients: connect, read, ack like a real app, go offline
+//! and come back when told.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::net::TcpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::stats::Stats;
+
+/// Commands to one client.
+#[derive(Debug, Clone, Copy)]
+pub enum Cmd {
+    /// Disconnect, stay away this long, reconnect.
+    Offline(Duration),
+}
+
+#[derive(Deserialize)]
+struct Frame {
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    pending: Option<u64>,
+}
+
+/// The sequence number the generator put in `text` ("lg:<seq>").
+fn seq_of(text: &Option<String>) -> Option<u64> {
+    text.as_deref()?.strip_prefix("lg:")?.parse().ok()
+}
+
+pub struct ClientSpec {
+    pub addr: SocketAddr,
+    pub user: u64,
+    /// Source addresses 127.0.0.1 .. 127.0.0.<sources>.
+    pub source: u8,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn connect(spec: &ClientSpec) -> anyhow::Result<Ws> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, spec.source)),
+        0,
+    ))?;
+    let stream = tokio::time::timeout(Duration::from_secs(10), sock.connect(spec.addr)).await??;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{}/v1/ws?user={}", spec.addr, spec.user);
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(url, stream),
+    )
+    .await??;
+    Ok(ws)
+}
+
+/// Runs one client until `stop` turns true; returns after closing.
+pub async fn run(
+    spec: ClientSpec,
+    stats: Arc<Stats>,
+    mut cmds: mpsc::Receiver<Cmd>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    'outer: while !*stop.borrow() {
+        let connected_at = Instant::now();
+        let mut ws = match connect(&spec).await {
+            Ok(ws) => ws,
+            Err(_) => {
+                stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        stats.connects.fetch_add(1, Ordering::Relaxed);
+        stats.online.fetch_add(1, Ordering::Relaxed);
+        let mut inbox_left = 0u64;
+        let mut acks: Vec<String> = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut offline_for = None;
+        loop {
+            tokio::select! {
+                m = ws.next() => {
+                    let Some(Ok(m)) = m else { break };
+                    let data = match &m {
+                        Message::Text(t) => t.as_bytes(),
+                        Message::Binary(b) => &b[..],
+                        _ => continue,
+                    };
+                    let Ok(f) = serde_json::from_slice::<Frame>(data) else { continue };
+                    match f.ty.as_str() {
+                        "hello" => inbox_left = f.pending.unwrap_or(0),
+                        "notification" => {
+                            let from_inbox = inbox_left > 0;
+                            if from_inbox {
+                                inbox_left -= 1;
+                                if inbox_left == 0 {
+                                    if let Ok(mut h) = stats.drains.lock() {
+                                        let _ = h.record(connected_at.elapsed().as_micros().max(1) as u64);
+                                    }
+                                }
+                            }
+                            if let Some(id) = f.id {
+                                stats.receive(&id, seq_of(&f.text), from_inbox);
+                                acks.push(id);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ = tick.tick() => {
+                    if !acks.is_empty() && send_acks(&mut ws, &stats, &mut acks).await.is_err() {
+                        break;
+                    }
+                }
+                c = cmds.recv() => {
+                    if let Some(Cmd::Offline(d)) = c {
+                        offline_for = Some(d);
+                    }
+                    break;
+                }
+                _ = stop.changed() => break,
+            }
+        }
+        let _ = send_acks(&mut ws, &stats, &mut acks).await;
+        // Give the acks a moment to land before closing.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let _ = ws.close(None).await;
+        stats.online.fetch_sub(1, Ordering::Relaxed);
+        if let Some(d) = offline_for {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = stop.changed() => break 'outer,
+            }
+        }
+    }
+}
+
+async fn send_acks(ws: &mut Ws, stats: &Stats, acks: &mut Vec<String>) -> anyhow::Result<()> {
+    if acks.is_empty() {
+        return Ok(());
+    }
+    let frame = serde_json::json!({"type": "ack", "ids": acks});
+    ws.send(Message::text(frame.to_string())).await?;
+    for id in acks.drain(..) {
+        stats.acked(&id);
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! `herald-loadgen`: seeds a follow graph, drives a Herald node with
+//! WebSocket clients and events, and reports what happened.
+
+mod clients;
+mod graph;
+mod http;
+mod report;
+mod run;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use graph::{Graph, GraphSpec};
+
+#[derive(Parser)]
+#[command(
+    name = "herald-loadgen",
+    about = "Load generator for Herald (loopback targets only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import a power-law follow graph through POST /v1/graph/follows.
+    Seed(GraphArgs),
+    /// Seed, connect clients, post a workload, report.
+    Run(RunArgs),
+}
+
+#[derive(Args, Clone)]
+struct GraphArgs {
+    /// Herald's address (must be a loopback address).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    target: SocketAddr,
+    #[arg(long)]
+    users: Option<u64>,
+    #[arg(long)]
+    mean_follows: Option<u64>,
+    #[arg(long)]
+    celebrities: Option<u64>,
+    /// Fraction of users following each celebrity.
+    #[arg(long)]
+    celebrity_share: Option<f64>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    Smoke,
+    Sustained,
+    Custom,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    graph: GraphArgs,
+    #[arg(long, value_enum, default_value = "smoke")]
+    scenario: Scenario,
+    /// WebSocket clients (users 1..=N).
+    #[arg(long)]
+    clients: Option<u64>,
+    /// Events per second.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Seconds of sending.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Weights like,comment,mention,post.
+    #[arg(long)]
+    mix: Option<String>,
+    /// Fraction of clients sent offline per second.
+    #[arg(long)]
+    churn: Option<f64>,
+    /// Celebrity posts per second.
+    #[arg(long)]
+    celebrity_posts: Option<f64>,
+    /// Source addresses 127.0.0.1..=127.0.0.N for client sockets.
+    #[arg(long, default_value_t = 4)]
+    sources: u8,
+    /// Herald's pid, to report its memory per connection.
+    #[arg(long)]
+    herald_pid: Option<u32>,
+    /// Skip seeding (the graph is already imported with the same flags).
+    #[arg(long)]
+    no_seed: bool,
+    /// Where to write report.json and report.html.
+    #[arg(long, default_value = "loadtest/reports")]
+    out: PathBuf,
+    /// Exit non-zero unless nothing was lost or duplicated.
+    #[arg(long)]
+    strict: bool,
+}
+
+fn graph_spec(a: &GraphArgs, users: u64, mean: u64, celebs: u64, share: f64) -> GraphSpec {
+    GraphSpec {
+        users: a.users.unwrap_or(users),
+        mean_follows: a.mean_follows.unwrap_or(mean),
+        celebrities: a.celebrities.unwrap_or(celebs),
+        celebrity_share: a.celebrity_share.unwrap_or(share),
+        seed: a.seed,
+    }
+}
+
+fn check_loopback(a: &SocketAddr) -> anyhow::Result<()> {
+    if !a.ip().is_loopback() {
+        anyhow::bail!("refusing to load {a}: targets must be loopback addresses");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Command::Seed(g) => {
+                check_loopback(&g.target)?;
+                let graph = Graph::build(graph_spec(&g, 10_000, 20, 2, 0.2));
+                run::seed(g.target, &graph).await?;
+                println!(
+                    "imported {} follows for {} users",
+                    graph.edges.len(),
+                    graph.spec.users
+                );
+                Ok(())
+            }
+            Command::Run(a) => run_cmd(a).await,
+        }
+    })
+}
+
+async fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
+    check_loopback(&a.graph.target)?;
+    // Presets: (users, clients, rate, seconds, churn, celebrity posts/s)
+    let (users, clients, rate, secs, churn, celeb) = match a.scenario {
+        Scenario::Smoke => (300, 300, 500, 5, 0.02, 0.0),
+        Scenario::Sustained => (15_000, 15_000, 20_000, 60, 0.001, 0.0),
+        Scenario::Custom => (1000, 1000, 1000, 10, 0.0, 0.0),
+    };
+    let clients = a.clients.unwrap_or(clients);
+    let spec = graph_spec(
+        &a.graph,
+        a.graph.users.unwrap_or(users).max(clients),
+        20,
+        2,
+        0.05,
+    );
+    let graph = Arc::new(Graph::build(spec.clone()));
+    let _ = &spec;
+    if !a.no_seed {
+        eprintln!(
+            "seeding {} follows for {} users",
+            graph.edges.len(),
+            spec.users
+        );
+        run::seed(a.graph.target, &graph).await.context("seeding")?;
+    }
+    let mix = match &a.mix {
+        None => [50, 20, 10, 20],
+        Some(s) => {
+            let v: Vec<u32> = s
+                .split(',')
+                .map(|x| x.trim().parse())
+                .collect::<Result<_, _>>()
+                .context("--mix like,comment,mention,post")?;
+            anyhow::ensure!(v.len() == 4, "--mix takes four weights");
+            [v[0], v[1], v[2], v[3]]
+        }
+    };
+    let rs = run::RunSpec {
+        target: a.graph.target,
+        clients,
+        rate: a.rate.unwrap_or(rate),
+        duration: Duration::from_secs(a.duration.unwrap_or(secs).clamp(1, 3600)),
+        mix,
+        churn: a.churn.unwrap_or(churn),
+        offline: Duration::from_secs(2),
+        celebrity_posts: a.celebrity_posts.unwrap_or(celeb),
+        grace: Duration::from_secs(15),
+        sources: a.sources.max(1),
+        herald_pid: a.herald_pid,
+        connect_rate: 5000,
+    };
+    let name = match a.scenario {
+        Scenario::Smoke => "smoke",
+        Scenario::Sustained => "sustained",
+        Scenario::Custom => "custom",
+    };
+    let o = run::run(rs, graph, true).await?;
+    let r = report::json_report(&o, name);
+    print!("{}", report::summary(&r));
+    std::fs::create_dir_all(&a.out).ok();
+    let json_path = a.out.join(format!("{name}.json"));
+    let html_path = a.out.join(format!("{name}.html"));
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&r)?)
+        .context("writing the JSON report")?;
+    std::fs::write(&html_path, report::html(&r)).context("writing the HTML report")?;
+    println!("reports: {} {}", json_path.display(), html_path.display());
+    if a.strict && r["verdict"] != "pass" {
+        anyhow::bail!("verdict: fail (lost or duplicated notifications)");
+    }
+    Ok(())
+}

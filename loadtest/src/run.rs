@@ -1,0 +1,305 @@
+//! Driving a run: seed, connect, send, churn, wait, verdict.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::clients::{self, ClientSpec, Cmd};
+use crate::graph::{Graph, Rng};
+use crate::http::Conn;
+use crate::stats::Stats;
+
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub target: SocketAddr,
+    /// Clients for users 1..=clients.
+    pub clients: u64,
+    pub rate: u64,
+    pub duration: Duration,
+    /// Mix weights: like, comment, mention, post.
+    pub mix: [u32; 4],
+    /// Fraction of clients sent offline per second.
+    pub churn: f64,
+    pub offline: Duration,
+    /// Celebrity posts per second during the run (0: none).
+    pub celebrity_posts: f64,
+    /// How long to wait for stragglers after sending stops.
+    pub grace: Duration,
+    pub sources: u8,
+    pub herald_pid: Option<u32>,
+    pub connect_rate: u64,
+}
+
+pub struct Outcome {
+    pub stats: Arc<Stats>,
+    pub spec: RunSpec,
+    pub send_secs: f64,
+    pub rss_idle_kib: Option<(u64, u64)>,
+    pub drain_secs: f64,
+}
+
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Bulk-imports the graph through the public API.
+pub async fn seed(target: SocketAddr, graph: &Graph) -> anyhow::Result<()> {
+    let mut conn = Conn::new(&target.to_string());
+    for chunk in graph.edges.chunks(50_000) {
+        let pairs: Vec<[u64; 2]> = chunk.iter().map(|&(a, b)| [a, b]).collect();
+        let body = serde_json::to_vec(&json!({ "follows": pairs }))?;
+        let (s, b) = conn
+            .request("POST", "/v1/graph/follows", "application/json", &body)
+            .await?;
+        if s != 200 {
+            bail!("graph import failed: {s} {}", String::from_utf8_lossy(&b));
+        }
+    }
+    Ok(())
+}
+
+fn recipients(graph: &Graph, ev: &Value, clients: u64) -> Vec<u64> {
+    let actor = ev["actor"].as_u64().unwrap_or(0);
+    let mut out: Vec<u64> = Vec::new();
+    let mut push = |u: u64| {
+        if u != actor && u <= clients && !out.contains(&u) {
+            out.push(u);
+        }
+    };
+    match ev["kind"].as_str() {
+        Some("like") => push(ev["recipient"].as_u64().unwrap_or(0)),
+        Some("comment") => {
+            push(ev["recipient"].as_u64().unwrap_or(0));
+            for m in ev["mentions"].as_array().into_iter().flatten() {
+                push(m.as_u64().unwrap_or(0));
+            }
+        }
+        Some("mention") => {
+            for m in ev["mentions"].as_array().into_iter().flatten() {
+                push(m.as_u64().unwrap_or(0));
+            }
+        }
+        Some("post") => {
+            let mut v: Vec<u64> = graph
+                .followers_of(actor)
+                .iter()
+                .copied()
+                .filter(|&u| u != actor && u <= clients)
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            return v;
+        }
+        _ => {}
+    }
+    out
+}
+
+fn make_event(rng: &mut Rng, spec: &RunSpec, seq: u64) -> Value {
+    let n = spec.clients.max(2);
+    let actor = rng.below(n) + 1;
+    let other = |rng: &mut Rng| rng.below(n) + 1;
+    let total: u32 = spec.mix.iter().sum::<u32>().max(1);
+    let mut pick = rng.below(total as u64) as u32;
+    let mut kind = 3;
+    for (i, w) in spec.mix.iter().enumerate() {
+        if pick < *w {
+            kind = i;
+            break;
+        }
+        pick -= w;
+    }
+    let text = format!("lg:{seq}");
+    let object = format!("post:{}", rng.below(1_000_000));
+    match kind {
+        0 => {
+            json!({"kind": "like", "actor": actor, "recipient": other(rng), "object": object, "text": text})
+        }
+        1 => {
+            json!({"kind": "comment", "actor": actor, "recipient": other(rng), "mentions": [other(rng)], "object": object, "text": text})
+        }
+        2 => {
+            json!({"kind": "mention", "actor": actor, "mentions": [other(rng), other(rng)], "object": object, "text": text})
+        }
+        _ => json!({"kind": "post", "actor": actor, "object": object, "text": text}),
+    }
+}
+
+pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Result<Outcome> {
+    let stats = Arc::new(Stats::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let rss_before = spec.herald_pid.and_then(rss_kib);
+
+    // Connect every client, at a bounded rate.
+    let mut cmd_txs = Vec::new();
+    let mut tasks = Vec::new();
+    let t_conn = Instant::now();
+    for user in 1..=spec.clients {
+        let (tx, rx) = mpsc::channel(4);
+        cmd_txs.push(tx);
+        let cs = ClientSpec {
+            addr: spec.target,
+            user,
+            source: 1 + (user % spec.sources.max(1) as u64) as u8,
+        };
+        tasks.push(tokio::spawn(clients::run(
+            cs,
+            stats.clone(),
+            rx,
+            stop_rx.clone(),
+        )));
+        if spec.connect_rate > 0 && user % 100 == 0 {
+            let due = Duration::from_secs_f64(user as f64 / spec.connect_rate as f64);
+            if let Some(wait) = due.checked_sub(t_conn.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stats.online.load(Ordering::Relaxed) < spec.clients {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {} clients connected",
+                stats.online.load(Ordering::Relaxed),
+                spec.clients
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = spec.herald_pid.and_then(rss_kib);
+    let rss = rss_before.zip(rss_after);
+
+    // Senders: a few keep-alive connections fed with batches.
+    let (batch_tx, batch_rx) = mpsc::channel::<(Vec<u8>, usize)>(64);
+    let batch_rx = Arc::new(tokio::sync::Mutex::new(batch_rx));
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let rx = batch_rx.clone();
+        let stats = stats.clone();
+        let addr = spec.target.to_string();
+        senders.push(tokio::spawn(async move {
+            let mut conn = Conn::new(&addr);
+            loop {
+                let Some((body, n)) = rx.lock().await.recv().await else {
+                    return;
+                };
+                match conn
+                    .request("POST", "/v1/events", "application/json", &body)
+                    .await
+                {
+                    Ok((202, _)) => {
+                        stats.events_accepted.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Ok((s, b)) => {
+                        stats.http_errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("POST /v1/events -> {s}: {}", String::from_utf8_lossy(&b));
+                    }
+                    Err(e) => {
+                        stats.http_errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("POST /v1/events failed: {e}");
+                    }
+                }
+            }
+        }));
+    }
+
+    let mut rng = Rng::new(graph.spec.seed ^ 0xABCD);
+    let celebs = graph.celebrities();
+    let start = Instant::now();
+    let tick = Duration::from_millis(10);
+    let mut seq = 0u64;
+    let mut next_progress = Instant::now() + Duration::from_secs(1);
+    let mut celeb_credit = 0.0f64;
+    let mut churn_credit = 0.0f64;
+    let mut last_tick = Instant::now();
+    while start.elapsed() < spec.duration {
+        let due = (start.elapsed().as_secs_f64() * spec.rate as f64) as u64;
+        let mut events = Vec::new();
+        let now = Instant::now();
+        while seq < due {
+            seq += 1;
+            let ev = make_event(&mut rng, &spec, seq);
+            let r = recipients(&graph, &ev, spec.clients);
+            stats.expect(seq, now, r.len() as u32);
+            events.push(ev);
+        }
+        let dt = last_tick.elapsed().as_secs_f64();
+        last_tick = Instant::now();
+        celeb_credit += spec.celebrity_posts * dt;
+        while celeb_credit >= 1.0 && !celebs.is_empty() {
+            celeb_credit -= 1.0;
+            seq += 1;
+            let actor = celebs[rng.below(celebs.len() as u64) as usize];
+            let ev = json!({"kind": "post", "actor": actor, "object": format!("post:c{seq}"), "text": format!("lg:{seq}")});
+            let r = recipients(&graph, &ev, spec.clients);
+            stats.expect(seq, now, r.len() as u32);
+            events.push(ev);
+        }
+        churn_credit += spec.churn * spec.clients as f64 * dt;
+        while churn_credit >= 1.0 {
+            churn_credit -= 1.0;
+            let i = rng.below(cmd_txs.len() as u64) as usize;
+            let _ = cmd_txs[i].try_send(Cmd::Offline(spec.offline));
+        }
+        if !events.is_empty() {
+            stats
+                .events_sent
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            for chunk in events.chunks(1000) {
+                let body = serde_json::to_vec(&json!({ "events": chunk }))?;
+                batch_tx
+                    .send((body, chunk.len()))
+                    .await
+                    .context("senders gone")?;
+            }
+        }
+        if progress && Instant::now() >= next_progress {
+            next_progress += Duration::from_secs(1);
+            eprintln!(
+                "[{:>4.0}s] online {:>6}  sent {:>8}  accepted {:>8}  delivered {:>9}  p99 {:>7.1} ms  pending {:>7}",
+                start.elapsed().as_secs_f64(),
+                stats.online.load(Ordering::Relaxed),
+                stats.events_sent.load(Ordering::Relaxed),
+                stats.events_accepted.load(Ordering::Relaxed),
+                stats.delivered(),
+                stats.p99_ms(),
+                stats.pending.len()
+            );
+        }
+        tokio::time::sleep(tick).await;
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    drop(batch_tx);
+    for s in senders {
+        let _ = s.await;
+    }
+    // Wait for stragglers: everything expected, or the grace period.
+    let t_drain = Instant::now();
+    while t_drain.elapsed() < spec.grace && !stats.pending.is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drain_secs = t_drain.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    Ok(Outcome {
+        stats,
+        spec,
+        send_secs,
+        rss_idle_kib: rss,
+        drain_secs,
+    })
+}

@@ -1,0 +1,133 @@
+//! What the generator observed, shared by every task.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use dashmap::DashMap;
+use hdrhistogram::Histogram;
+
+pub struct Stats {
+    pub start: Instant,
+    /// seq -> (send time, recipients still expected)
+    pub pending: DashMap<u64, (Instant, u32)>,
+    /// notification id -> acked
+    pub seen: DashMap<String, bool>,
+    pub expected: AtomicU64,
+    pub delivered_live: AtomicU64,
+    pub delivered_inbox: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Live deliveries later than 1 s after the send.
+    pub late: AtomicU64,
+    pub events_sent: AtomicU64,
+    pub events_accepted: AtomicU64,
+    pub http_errors: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub online: AtomicU64,
+    /// End-to-end latency (µs) of notifications pushed live.
+    pub live: Mutex<Histogram<u64>>,
+    /// Per-second live latency histograms, for the timeline.
+    pub timeline: Mutex<Vec<Histogram<u64>>>,
+    /// Time from connect to the last inbox entry received (µs).
+    pub drains: Mutex<Histogram<u64>>,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            start: Instant::now(),
+            pending: DashMap::new(),
+            seen: DashMap::new(),
+            expected: AtomicU64::new(0),
+            delivered_live: AtomicU64::new(0),
+            delivered_inbox: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            events_sent: AtomicU64::new(0),
+            events_accepted: AtomicU64::new(0),
+            http_errors: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            online: AtomicU64::new(0),
+            live: Mutex::new(hist()),
+            timeline: Mutex::new(Vec::new()),
+            drains: Mutex::new(hist()),
+        }
+    }
+
+    pub fn expect(&self, seq: u64, at: Instant, recipients: u32) {
+        if recipients > 0 {
+            self.pending.insert(seq, (at, recipients));
+            self.expected
+                .fetch_add(recipients as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a notification received; returns false for a duplicate of
+    /// something already acked.
+    pub fn receive(&self, id: &str, seq: Option<u64>, from_inbox: bool) -> bool {
+        if let Some(acked) = self.seen.get(id) {
+            if *acked {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            return false;
+        }
+        self.seen.insert(id.to_string(), false);
+        let Some(seq) = seq else { return true };
+        let now = Instant::now();
+        let mut sent_at = None;
+        if let Some(mut e) = self.pending.get_mut(&seq) {
+            sent_at = Some(e.0);
+            e.1 = e.1.saturating_sub(1);
+        }
+        self.pending.remove_if(&seq, |_, v| v.1 == 0);
+        let Some(at) = sent_at else { return true };
+        let us = now.saturating_duration_since(at).as_micros() as u64;
+        if us > 1_000_000 && !from_inbox {
+            self.late.fetch_add(1, Ordering::Relaxed);
+        }
+        if from_inbox {
+            self.delivered_inbox.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.delivered_live.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut h) = self.live.lock() {
+                let _ = h.record(us.max(1));
+            }
+            let sec = now.saturating_duration_since(self.start).as_secs() as usize;
+            if let Ok(mut t) = self.timeline.lock() {
+                while t.len() <= sec {
+                    t.push(hist());
+                }
+                let _ = t[sec].record(us.max(1));
+            }
+        }
+        true
+    }
+
+    pub fn acked(&self, id: &str) {
+        if let Some(mut e) = self.seen.get_mut(id) {
+            *e = true;
+        }
+    }
+
+    pub fn delivered(&self) -> u64 {
+        self.delivered_live.load(Ordering::Relaxed) + self.delivered_inbox.load(Ordering::Relaxed)
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.pending.iter().map(|e| e.value().1 as u64).sum()
+    }
+
+    pub fn p99_ms(&self) -> f64 {
+        self.live
+            .lock()
+            .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
+            .unwrap_or(0.0)
+    }
+}
