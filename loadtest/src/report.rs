@@ -35,7 +35,7 @@ pub fn json_report(o: &Outcome, scenario: &str) -> Value {
         .map(|t| {
             t.iter()
                 .enumerate()
-                .filter(|(_, h)| h.len() > 0)
+                .filter(|(_, h)| !h.is_empty())
                 .map(|(i, h)| {
                     json!({"t_s": i, "count": h.len(), "p50_ms": ms(h.value_at_quantile(0.5)),
                            "p99_ms": ms(h.value_at_quantile(0.99)), "max_ms": ms(h.max())})
