@@ -10,6 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::stats::Stats;
@@ -56,9 +57,14 @@ async fn connect(spec: &ClientSpec) -> anyhow::Result<Ws> {
     let stream = tokio::time::timeout(Duration::from_secs(10), sock.connect(spec.addr)).await??;
     stream.set_nodelay(true)?;
     let url = format!("ws://{}/v1/ws?user={}", spec.addr, spec.user);
+    // A small read buffer: tungstenite zero-fills its whole read buffer
+    // (128 KiB by default) on every read, which dominated the generator's CPU.
+    let cfg = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::client_async(url, stream),
+        tokio_tungstenite::client_async_with_config(url, stream, Some(cfg)),
     )
     .await??;
     Ok(ws)
@@ -88,7 +94,9 @@ pub async fn run(
         stats.online.fetch_add(1, Ordering::Relaxed);
         let mut inbox_left = 0u64;
         let mut acks: Vec<String> = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        // Acks go out 20 ms after the first unacked receipt (no idle timers:
+        // thousands of clients must not wake up for nothing).
+        let mut ack_due: Option<tokio::time::Instant> = None;
         let mut offline_for = None;
         loop {
             tokio::select! {
@@ -115,13 +123,17 @@ pub async fn run(
                             if let Some(id) = f.id {
                                 stats.receive(&id, seq_of(&f.text), from_inbox);
                                 acks.push(id);
+                                if ack_due.is_none() {
+                                    ack_due = Some(tokio::time::Instant::now() + Duration::from_millis(20));
+                                }
                             }
                         }
                         _ => {}
                     }
                 }
-                _ = tick.tick() => {
-                    if !acks.is_empty() && send_acks(&mut ws, &stats, &mut acks).await.is_err() {
+                _ = async { tokio::time::sleep_until(ack_due.unwrap_or_else(tokio::time::Instant::now)).await }, if ack_due.is_some() => {
+                    ack_due = None;
+                    if send_acks(&mut ws, &stats, &mut acks).await.is_err() {
                         break;
                     }
                 }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One benchmark run on this machine: a private redis-server on port 6401, a
+# fresh release herald on 127.0.0.1:7401 (extra HERALD_* settings may be
+# given), then herald-loadgen with <clients> clients at <rate> events/s for
+# <secs> s. Prints herald's CPU seconds, its counters and the verdict.
+#
+#   cargo build --release -p herald -p herald-loadgen
+#   loadtest/bench-node.sh 5000 5000 20 [HERALD_LOG__PARTITIONS=2 ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir="${BENCH_DIR:-/tmp/herald-bench}"
+clients=$1 rate=$2 secs=$3
+shift 3
+mkdir -p "$dir"
+redis-cli -p 6401 ping >/dev/null 2>&1 ||
+    redis-server --port 6401 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile "$dir/redis.log"
+sleep 0.3
+pkill -f "listen 127.0.0.1:7401" || true
+sleep 1
+redis-cli -p 6401 flushall >/dev/null
+rm -rf "$dir/data"
+env HERALD_LOG=warn "$@" target/release/herald --config config/default.toml --listen 127.0.0.1:7401 \
+    --redis redis://127.0.0.1:6401 --data-dir "$dir/data" >"$dir/herald.out" 2>&1 &
+hp=$!
+sleep 1
+timeout 900 target/release/herald-loadgen run --scenario custom --clients "$clients" --rate "$rate" \
+    --duration "$secs" --target 127.0.0.1:7401 --herald-pid "$hp" --out "$dir/reports" >"$dir/lg.out" 2>&1 || true
+awk '{print "herald cpu_s", ($14+$15)/100}' "/proc/$hp/stat"
+curl -s 127.0.0.1:7401/metrics | grep -E '^herald_notifications_total\{route="pushed"\}|^herald_log_append_seconds_(sum|count)' || true
+tail -9 "$dir/lg.out" | head -7
+kill "$hp"
