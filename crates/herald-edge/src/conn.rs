@@ -120,6 +120,9 @@ impl Conn {
         kick: &Notify,
     ) -> End {
         let mut shutdown = self.edge.shutdown.clone();
+        if *shutdown.borrow_and_update() {
+            return End::Shutdown;
+        }
         let pending = self.edge.store.inbox_len(self.user).await.unwrap_or(0);
         if self
             .send(vec![frames::hello(self.user, pending, self.fmt)])
@@ -132,15 +135,26 @@ impl Conn {
             return e;
         }
         let cfg = self.edge.cfg.clone();
-        let mut heartbeat = tokio::time::interval(cfg.heartbeat_interval);
-        heartbeat.reset();
-        let mut sweep =
-            tokio::time::interval((cfg.ack_timeout / 4).max(std::time::Duration::from_millis(100)));
-        sweep.reset();
+        // Long-lived futures are pinned once, not rebuilt on every wake-up:
+        // a busy connection goes round this loop once per batch.
+        let kicked = kick.notified();
+        tokio::pin!(kicked);
+        let poked = poke.notified();
+        tokio::pin!(poked);
+        let stopping = shutdown.changed();
+        tokio::pin!(stopping);
+        // One timer for heartbeats, idle checks and the ack-timeout sweep.
+        let period = cfg
+            .heartbeat_interval
+            .min(cfg.ack_timeout / 4)
+            .max(std::time::Duration::from_millis(100));
+        let mut housekeeping = tokio::time::interval(period);
+        housekeeping.reset();
+        let mut last_ping = Instant::now();
         loop {
             tokio::select! {
-                _ = kick.notified() => return End::Replaced,
-                _ = shutdown.changed() => return End::Shutdown,
+                _ = &mut kicked => return End::Replaced,
+                _ = &mut stopping => return End::Shutdown,
                 d = rx.recv() => {
                     let Some(first) = d else { return End::Shutdown };
                     let mut batch = vec![first];
@@ -165,20 +179,24 @@ impl Conn {
                         Some(Ok(_)) => {}
                     }
                 }
-                _ = poke.notified() => {
+                _ = &mut poked => {
+                    poked.set(poke.notified());
                     if let Err(e) = self.drain_inbox().await {
                         return e;
                     }
                 }
-                _ = heartbeat.tick() => {
+                _ = housekeeping.tick() => {
                     if self.last_seen.elapsed() > cfg.idle_timeout {
                         return End::Idle;
                     }
-                    if self.send(vec![Message::Ping(bytes::Bytes::new())]).await.is_err() {
-                        return End::SlowWrite;
+                    if last_ping.elapsed() >= cfg.heartbeat_interval {
+                        last_ping = Instant::now();
+                        if self.send(vec![Message::Ping(bytes::Bytes::new())]).await.is_err() {
+                            return End::SlowWrite;
+                        }
                     }
+                    self.sweep().await;
                 }
-                _ = sweep.tick() => self.sweep().await,
             }
         }
     }
@@ -195,7 +213,7 @@ impl Conn {
         };
         match tokio::time::timeout(self.edge.cfg.write_timeout, fut).await {
             Ok(Ok(())) => {
-                metrics::counter!("herald_ws_frames_sent_total").increment(n);
+                self.edge.metrics.frames_sent.increment(n);
                 Ok(())
             }
             _ => Err(()),
@@ -206,7 +224,7 @@ impl Conn {
         let now = Instant::now();
         let mut msgs = Vec::with_capacity(batch.len());
         for d in batch {
-            msgs.push(frames::message(d.n.encode(self.fmt), self.fmt));
+            msgs.push(frames::notification(&d.n, self.fmt));
             // A re-push of something already pending replaces it (same id).
             self.unacked.insert(
                 d.n.id.clone(),
@@ -219,7 +237,7 @@ impl Conn {
         }
         let n = msgs.len() as u64;
         self.send(msgs).await.map_err(|_| End::SlowWrite)?;
-        metrics::counter!("herald_notifications_delivered_total", "source" => "live").increment(n);
+        self.edge.metrics.delivered_live.increment(n);
         if self.unacked.len() > self.edge.cfg.max_unacked {
             self.spill_oldest().await;
         }
@@ -246,7 +264,7 @@ impl Conn {
             if self.unacked.contains_key(&n.id) {
                 continue;
             }
-            msgs.push(frames::message(n.encode(self.fmt), self.fmt));
+            msgs.push(frames::notification(&n, self.fmt));
             self.unacked.insert(
                 n.id.clone(),
                 Pending {
@@ -261,14 +279,14 @@ impl Conn {
         }
         let n = msgs.len() as u64;
         self.send(msgs).await.map_err(|_| End::SlowWrite)?;
-        metrics::counter!("herald_notifications_delivered_total", "source" => "inbox").increment(n);
+        self.edge.metrics.delivered_inbox.increment(n);
         Ok(())
     }
 
     async fn on_frame(&mut self, data: &[u8], binary: bool) {
         match frames::parse(data, binary) {
             Ok(ClientFrame::Ack(ids)) => {
-                metrics::counter!("herald_acks_total").increment(ids.len() as u64);
+                self.edge.metrics.acks.increment(ids.len() as u64);
                 let mut remove = Vec::new();
                 for id in ids {
                     match self.unacked.remove(&id) {

@@ -2,7 +2,7 @@
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
-use herald_types::{UserId, WireFormat};
+use herald_types::{Notification, UserId, WireFormat};
 use serde::{Deserialize, Serialize};
 
 /// Most ids in one ack frame.
@@ -34,6 +34,14 @@ pub fn message(bytes: Bytes, fmt: WireFormat) -> Message {
             Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
         },
         WireFormat::MsgPack => Message::Binary(bytes),
+    }
+}
+
+/// A notification frame; JSON is built as a `String`, so no UTF-8 check.
+pub fn notification(n: &Notification, fmt: WireFormat) -> Message {
+    match fmt {
+        WireFormat::Json => Message::Text(Utf8Bytes::from(n.to_json())),
+        WireFormat::MsgPack => Message::Binary(n.encode(fmt)),
     }
 }
 

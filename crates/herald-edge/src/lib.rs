@@ -89,8 +89,28 @@ pub(crate) struct ConnHandle {
     pub kick: Arc<Notify>,
 }
 
+/// Counters touched on every push, registered once.
+pub(crate) struct EdgeMetrics {
+    pub frames_sent: metrics::Counter,
+    pub delivered_live: metrics::Counter,
+    pub delivered_inbox: metrics::Counter,
+    pub acks: metrics::Counter,
+}
+
+impl EdgeMetrics {
+    fn new() -> EdgeMetrics {
+        EdgeMetrics {
+            frames_sent: metrics::counter!("herald_ws_frames_sent_total"),
+            delivered_live: metrics::counter!("herald_notifications_delivered_total", "source" => "live"),
+            delivered_inbox: metrics::counter!("herald_notifications_delivered_total", "source" => "inbox"),
+            acks: metrics::counter!("herald_acks_total"),
+        }
+    }
+}
+
 /// The edge of one node: its connections and their settings.
 pub struct Edge {
+    pub(crate) metrics: EdgeMetrics,
     pub(crate) cfg: EdgeConfig,
     pub(crate) store: Store,
     pub(crate) conns: DashMap<UserId, ConnHandle>,
@@ -108,6 +128,7 @@ impl Edge {
         }
         let (shutdown_tx, shutdown) = watch::channel(false);
         Arc::new(Edge {
+            metrics: EdgeMetrics::new(),
             cfg,
             store,
             conns: DashMap::new(),

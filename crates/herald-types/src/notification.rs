@@ -29,14 +29,6 @@ pub struct Notification {
 }
 
 #[derive(Serialize)]
-struct Tagged<'a> {
-    #[serde(rename = "type")]
-    ty: &'static str,
-    #[serde(flatten)]
-    n: &'a Notification,
-}
-
-#[derive(Serialize)]
 struct TaggedCompact<'a> {
     #[serde(rename = "type")]
     ty: &'static str,
@@ -63,31 +55,32 @@ pub enum WireFormat {
 }
 
 impl Notification {
+    /// The JSON wire frame as a string.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.tagged()).unwrap_or_default()
+    }
+
+    fn tagged(&self) -> TaggedCompact<'_> {
+        TaggedCompact {
+            ty: "notification",
+            id: &self.id,
+            event_id: &self.event_id,
+            kind: self.kind,
+            actor: self.actor,
+            object: &self.object,
+            text: &self.text,
+            ts_ms: self.ts_ms,
+            count: self.count,
+            actors: &self.actors,
+        }
+    }
+
     /// The wire frame for this notification.
     pub fn encode(&self, format: WireFormat) -> bytes::Bytes {
         match format {
-            WireFormat::Json => {
-                let v = serde_json::to_vec(&Tagged {
-                    ty: "notification",
-                    n: self,
-                })
-                .unwrap_or_default();
-                bytes::Bytes::from(v)
-            }
+            WireFormat::Json => bytes::Bytes::from(self.to_json()),
             WireFormat::MsgPack => {
-                let t = TaggedCompact {
-                    ty: "notification",
-                    id: &self.id,
-                    event_id: &self.event_id,
-                    kind: self.kind,
-                    actor: self.actor,
-                    object: &self.object,
-                    text: &self.text,
-                    ts_ms: self.ts_ms,
-                    count: self.count,
-                    actors: &self.actors,
-                };
-                bytes::Bytes::from(rmp_serde::to_vec_named(&t).unwrap_or_default())
+                bytes::Bytes::from(rmp_serde::to_vec_named(&self.tagged()).unwrap_or_default())
             }
         }
     }

@@ -6,6 +6,10 @@ use anyhow::Context;
 use clap::Parser;
 use herald::Config;
 
+/// mimalloc: the glibc allocator showed up at ~15% of CPU under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "herald",
