@@ -61,6 +61,11 @@ struct GraphArgs {
 enum Scenario {
     Smoke,
     Sustained,
+    /// One post by a celebrity whom every user follows; time to the last
+    /// online follower.
+    Celebrity,
+    /// Every client offline with queued notifications, then all connect at once.
+    ReconnectStorm,
     Custom,
 }
 
@@ -100,6 +105,9 @@ struct RunArgs {
     /// Where to write report.json and report.html.
     #[arg(long, default_value = "loadtest/reports")]
     out: PathBuf,
+    /// Reconnect storm: notifications queued per user.
+    #[arg(long, default_value_t = 50)]
+    queued: u64,
     /// Exit non-zero unless nothing was lost or duplicated.
     #[arg(long)]
     strict: bool,
@@ -151,18 +159,24 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     let (users, clients, rate, secs, churn, celeb) = match a.scenario {
         Scenario::Smoke => (300, 300, 500, 5, 0.02, 0.0),
         Scenario::Sustained => (15_000, 15_000, 20_000, 60, 0.001, 0.0),
+        Scenario::Celebrity => (100_000, 15_000, 0, 1, 0.0, 0.0),
+        Scenario::ReconnectStorm => (15_000, 15_000, 0, 1, 0.0, 0.0),
         Scenario::Custom => (1000, 1000, 1000, 10, 0.0, 0.0),
     };
     let clients = a.clients.unwrap_or(clients);
+    let (celebs, share, mean) = match a.scenario {
+        Scenario::Celebrity => (1, 1.0, 0),
+        Scenario::ReconnectStorm => (0, 0.0, 0),
+        _ => (2, 0.05, 20),
+    };
     let spec = graph_spec(
         &a.graph,
         a.graph.users.unwrap_or(users).max(clients),
-        20,
-        2,
-        0.05,
+        mean,
+        celebs,
+        share,
     );
     let graph = Arc::new(Graph::build(spec.clone()));
-    let _ = &spec;
     if !a.no_seed {
         eprintln!(
             "seeding {} follows for {} users",
@@ -195,11 +209,23 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         grace: Duration::from_secs(15),
         sources: a.sources.max(1),
         herald_pid: a.herald_pid,
-        connect_rate: 5000,
+        connect_rate: if a.scenario == Scenario::ReconnectStorm {
+            0
+        } else {
+            5000
+        },
+        storm_queued: if a.scenario == Scenario::ReconnectStorm {
+            a.queued
+        } else {
+            0
+        },
+        celebrity_post: a.scenario == Scenario::Celebrity,
     };
     let name = match a.scenario {
         Scenario::Smoke => "smoke",
         Scenario::Sustained => "sustained",
+        Scenario::Celebrity => "celebrity",
+        Scenario::ReconnectStorm => "reconnect-storm",
         Scenario::Custom => "custom",
     };
     let o = run::run(rs, graph, true).await?;

@@ -60,11 +60,11 @@ pub fn json_report(o: &Outcome, scenario: &str) -> Value {
         "target_rate": o.spec.rate,
         "duration_s": o.send_secs,
         "events": {"sent": s.events_sent.load(Ordering::Relaxed), "accepted": accepted,
-                   "accepted_per_s": accepted as f64 / o.send_secs.max(1e-9),
+                   "accepted_per_s": if o.send_secs >= 0.5 { Some(accepted as f64 / o.send_secs) } else { None },
                    "http_errors": s.http_errors.load(Ordering::Relaxed)},
         "notifications": {"expected": expected, "delivered_live": s.delivered_live.load(Ordering::Relaxed),
                           "delivered_inbox": s.delivered_inbox.load(Ordering::Relaxed),
-                          "delivered_per_s": delivered as f64 / o.send_secs.max(1e-9),
+                          "delivered_per_s": if o.send_secs >= 0.5 { Some(delivered as f64 / o.send_secs) } else { None },
                           "lost": lost, "duplicated_after_ack": s.duplicates.load(Ordering::Relaxed),
                           "late_over_1s": s.late.load(Ordering::Relaxed)},
         "latency_live_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
@@ -76,6 +76,9 @@ pub fn json_report(o: &Outcome, scenario: &str) -> Value {
         "herald_rss_kib": o.rss_idle_kib.map(|(a, b)| json!({"before_clients": a, "after_clients": b,
             "per_connection_bytes": (b.saturating_sub(a) * 1024) as f64 / o.spec.clients.max(1) as f64})),
         "straggler_wait_s": o.drain_secs,
+        "herald_cpu_us_per_notification": o.cpu_us_per_notification,
+        "reconnect_storm_s": o.storm_secs,
+        "celebrity_last_online_ms": o.celebrity_last_ms,
         "timeline": timeline,
         "cdf": cdf,
         "verdict": if lost == 0 && s.duplicates.load(Ordering::Relaxed) == 0 { "pass" } else { "fail" },
@@ -128,6 +131,21 @@ pub fn summary(r: &Value) -> String {
             m["before_clients"],
             m["after_clients"],
             m["per_connection_bytes"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    if let Some(c) = r["herald_cpu_us_per_notification"].as_f64() {
+        out.push_str(&format!(
+            "herald CPU per notification delivered (while sending): {c:.1} us\n"
+        ));
+    }
+    if let Some(s) = r["reconnect_storm_s"].as_f64() {
+        out.push_str(&format!(
+            "reconnect storm: all queued notifications drained {s:.2} s after the first connect\n"
+        ));
+    }
+    if let Some(ms) = r["celebrity_last_online_ms"].as_f64() {
+        out.push_str(&format!(
+            "celebrity post: last online follower received it {ms:.1} ms after the send\n"
         ));
     }
     out.push_str(&format!(

@@ -32,7 +32,13 @@ pub struct RunSpec {
     pub grace: Duration,
     pub sources: u8,
     pub herald_pid: Option<u32>,
+    /// Clients connected per second (0: all at once).
     pub connect_rate: u64,
+    /// Reconnect storm: queue this many notifications per user while every
+    /// client is offline, then connect them all at once (0: no storm).
+    pub storm_queued: u64,
+    /// Send one post by the first celebrity right after connecting.
+    pub celebrity_post: bool,
 }
 
 pub struct Outcome {
@@ -41,6 +47,74 @@ pub struct Outcome {
     pub send_secs: f64,
     pub rss_idle_kib: Option<(u64, u64)>,
     pub drain_secs: f64,
+    /// Herald CPU (user+sys) per notification delivered while sending.
+    pub cpu_us_per_notification: Option<f64>,
+    /// Storm: connect of the first client to the last queued item received.
+    pub storm_secs: Option<f64>,
+    /// Celebrity post: send to the last online receipt.
+    pub celebrity_last_ms: Option<f64>,
+}
+
+/// user+sys CPU of `pid` in clock ticks (1/100 s).
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Queues `per_user` likes for every user while they are offline and waits
+/// until Herald has written them all to the inboxes.
+async fn queue_storm(spec: &RunSpec, stats: &Stats) -> anyhow::Result<()> {
+    let mut conn = Conn::new(&spec.target.to_string());
+    let mut seq = 1_000_000_000u64;
+    let mut events = Vec::new();
+    for round in 0..spec.storm_queued {
+        for user in 1..=spec.clients {
+            seq += 1;
+            let actor = user % spec.clients + 1;
+            events.push(json!({"kind": "like", "actor": actor, "recipient": user, "object": format!("post:s{round}"), "text": format!("lg:{seq}")}));
+            stats.expect(seq, Instant::now(), 1);
+        }
+    }
+    for chunk in events.chunks(1000) {
+        let body = serde_json::to_vec(&json!({ "events": chunk }))?;
+        let (s, b) = conn
+            .request("POST", "/v1/events", "application/json", &body)
+            .await?;
+        if s != 202 {
+            bail!("queueing failed: {s} {}", String::from_utf8_lossy(&b));
+        }
+        stats
+            .events_accepted
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        stats
+            .events_sent
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for user in [1, spec.clients / 2 + 1, spec.clients] {
+        loop {
+            let (_, b) = conn
+                .request(
+                    "GET",
+                    &format!("/v1/users/{user}/inbox?limit=1"),
+                    "application/json",
+                    b"",
+                )
+                .await?;
+            let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+            if v["pending"].as_u64().unwrap_or(0) >= spec.storm_queued {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("inboxes never filled");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
 }
 
 pub fn rss_kib(pid: u32) -> Option<u64> {
@@ -140,6 +214,13 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
     let stats = Arc::new(Stats::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let rss_before = spec.herald_pid.and_then(rss_kib);
+    if spec.storm_queued > 0 {
+        eprintln!(
+            "queueing {} notifications for each of {} offline users",
+            spec.storm_queued, spec.clients
+        );
+        queue_storm(&spec, &stats).await?;
+    }
 
     // Connect every client, at a bounded rate.
     let mut cmd_txs = Vec::new();
@@ -177,6 +258,20 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let storm_secs = (spec.storm_queued > 0).then(|| {
+        // Wait for every queued notification (bounded by the deadline).
+        t_conn
+    });
+    let storm_secs = match storm_secs {
+        Some(t) => {
+            let limit = Instant::now() + Duration::from_secs(60);
+            while !stats.pending.is_empty() && Instant::now() < limit {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Some(t.elapsed().as_secs_f64())
+        }
+        None => None,
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = spec.herald_pid.and_then(rss_kib);
     let rss = rss_before.zip(rss_after);
@@ -217,6 +312,25 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
 
     let mut rng = Rng::new(graph.spec.seed ^ 0xABCD);
     let celebs = graph.celebrities();
+    let cpu0 = spec.herald_pid.and_then(cpu_ticks);
+    let delivered0 = stats.delivered();
+    let mut celebrity_last_ms = None;
+    if spec.celebrity_post {
+        if let Some(&actor) = celebs.first() {
+            let ev = json!({"kind": "post", "actor": actor, "object": "post:celebrity", "text": "lg:999999999999"});
+            let r = recipients(&graph, &ev, spec.clients);
+            let sent = Instant::now();
+            stats.expect(999_999_999_999, sent, r.len() as u32);
+            eprintln!("celebrity {actor} posts to {} online followers", r.len());
+            let body = serde_json::to_vec(&json!({ "events": [ev] }))?;
+            batch_tx.send((body, 1)).await.context("senders gone")?;
+            let limit = Instant::now() + Duration::from_secs(30);
+            while stats.pending.contains_key(&999_999_999_999) && Instant::now() < limit {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            celebrity_last_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
     let start = Instant::now();
     let tick = Duration::from_millis(10);
     let mut seq = 0u64;
@@ -224,7 +338,9 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
     let mut celeb_credit = 0.0f64;
     let mut churn_credit = 0.0f64;
     let mut last_tick = Instant::now();
-    while start.elapsed() < spec.duration {
+    while start.elapsed() < spec.duration
+        && spec.rate + (spec.celebrity_posts as u64) + (spec.churn > 0.0) as u64 > 0
+    {
         let due = (start.elapsed().as_secs_f64() * spec.rate as f64) as u64;
         let mut events = Vec::new();
         let now = Instant::now();
@@ -291,6 +407,12 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let drain_secs = t_drain.elapsed().as_secs_f64();
+    let cpu1 = spec.herald_pid.and_then(cpu_ticks);
+    let delivered = stats.delivered() - delivered0;
+    let cpu_us_per_notification = match (cpu0, cpu1) {
+        (Some(a), Some(b)) if delivered > 0 => Some((b - a) as f64 * 10_000.0 / delivered as f64),
+        _ => None,
+    };
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
@@ -301,5 +423,8 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
         send_secs,
         rss_idle_kib: rss,
         drain_secs,
+        cpu_us_per_notification,
+        storm_secs,
+        celebrity_last_ms,
     })
 }

@@ -177,9 +177,20 @@ fn raw_disk(secs: f64, sync_every: usize) -> f64 {
 
 /// Pipelined XADD of `size`-byte values into a private redis-server.
 async fn redis_xadd(secs: f64, size: usize) -> Option<f64> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
     let mut child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .ok()?;
@@ -192,7 +203,12 @@ async fn redis_xadd(secs: f64, size: usize) -> Option<f64> {
     while start.elapsed().as_secs_f64() < secs {
         let mut p = redis::pipe();
         for _ in 0..1000 {
-            p.cmd("XADD").arg("bench").arg("*").arg("v").arg(&value).ignore();
+            p.cmd("XADD")
+                .arg("bench")
+                .arg("*")
+                .arg("v")
+                .arg(&value)
+                .ignore();
         }
         let _: () = p.query_async(&mut con).await.ok()?;
         n += 1000;
@@ -211,7 +227,13 @@ fn main() {
         .expect("runtime");
     let modes = [
         ("always", Durability::Always),
-        ("interval", Durability::Interval { ms: 5, bytes: 8 << 20 }),
+        (
+            "interval",
+            Durability::Interval {
+                ms: 5,
+                bytes: 8 << 20,
+            },
+        ),
         ("os", Durability::Os),
     ];
     println!(
@@ -253,7 +275,9 @@ fn main() {
                         "| baseline: redis XADD pipelined, {size} B | {r:.0} | {:.1} | | | | |",
                         r * size as f64 / 1e6
                     ),
-                    None => println!("| baseline: redis XADD, {size} B | redis-server unavailable | | | | | |"),
+                    None => println!(
+                        "| baseline: redis XADD, {size} B | redis-server unavailable | | | | | |"
+                    ),
                 }
             }
             println!(
