@@ -258,10 +258,8 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let storm_secs = (spec.storm_queued > 0).then(|| {
-        // Wait for every queued notification (bounded by the deadline).
-        t_conn
-    });
+    // Storm: wait for every queued notification (bounded).
+    let storm_secs = (spec.storm_queued > 0).then_some(t_conn);
     let storm_secs = match storm_secs {
         Some(t) => {
             let limit = Instant::now() + Duration::from_secs(60);
