@@ -123,7 +123,19 @@ impl Conn {
         if *shutdown.borrow_and_update() {
             return End::Shutdown;
         }
-        let pending = self.edge.store.inbox_len(self.user).await.unwrap_or(0);
+        // One round trip gives the hello's count and the first drain.
+        let (pending, items) = match self
+            .edge
+            .store
+            .inbox_snapshot(self.user, self.edge.cfg.drain_limit)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(user = self.user, error = %e, "inbox drain failed");
+                (0, Vec::new())
+            }
+        };
         if self
             .send(vec![frames::hello(self.user, pending, self.fmt)])
             .await
@@ -131,7 +143,7 @@ impl Conn {
         {
             return End::SlowWrite;
         }
-        if let Err(e) = self.drain_inbox().await {
+        if let Err(e) = self.send_inbox(items).await {
             return e;
         }
         let cfg = self.edge.cfg.clone();
@@ -229,7 +241,7 @@ impl Conn {
             self.unacked.insert(
                 d.n.id.clone(),
                 Pending {
-                    n: d.n,
+                    n: *d.n,
                     token: d.token,
                     sent: now,
                 },
@@ -249,15 +261,19 @@ impl Conn {
         let items = match self
             .edge
             .store
-            .inbox_read(self.user, None, self.edge.cfg.drain_limit)
+            .inbox_snapshot(self.user, self.edge.cfg.drain_limit)
             .await
         {
-            Ok(items) => items,
+            Ok((_, items)) => items,
             Err(e) => {
                 tracing::warn!(user = self.user, error = %e, "inbox drain failed");
                 return Ok(());
             }
         };
+        self.send_inbox(items).await
+    }
+
+    async fn send_inbox(&mut self, items: Vec<Notification>) -> Result<(), End> {
         let now = Instant::now();
         let mut msgs = Vec::new();
         for n in items {
@@ -372,8 +388,8 @@ impl Conn {
         let mut left: Vec<(Notification, SettleToken)> = Vec::new();
         while let Ok(d) = rx.try_recv() {
             match d.token {
-                Some(t) => left.push((d.n, t)),
-                None => left.push((d.n, SettleToken::detached())),
+                Some(t) => left.push((*d.n, t)),
+                None => left.push((*d.n, SettleToken::detached())),
             }
         }
         for (_, p) in self.unacked.drain() {

@@ -9,6 +9,28 @@ use herald_types::{Notification, UserId};
 
 use crate::{ukey, Result, Store, StoreError};
 
+/// Size and oldest entries of an inbox, in one round trip.
+const SNAPSHOT: &str = r#"
+local total = redis.call('ZCARD', KEYS[1])
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local vals = {}
+local i = 1
+while i <= #ids do
+  local j = math.min(i + 499, #ids)
+  local part = redis.call('HMGET', KEYS[2], unpack(ids, i, j))
+  for k = 1, #part do vals[#vals + 1] = part[k] end
+  i = j + 1
+end
+return {total, vals}
+"#;
+
+fn decode(user: UserId, id: &str, bytes: &[u8]) -> Result<Notification> {
+    Notification::from_storage(bytes).map_err(|e| StoreError::Corrupt {
+        key: format!("{}#{id}", ukey(user, "inbox:data")),
+        reason: e.to_string(),
+    })
+}
+
 impl Store {
     /// Writes notifications to their recipients' inboxes in one pipeline
     /// (plus one more to trim inboxes past the cap). Returns how many
@@ -110,13 +132,36 @@ impl Store {
         for (id, payload) in ids.iter().zip(payloads) {
             // An id without payload was acked between the two reads.
             let Some(bytes) = payload else { continue };
-            let n = Notification::from_storage(&bytes).map_err(|e| StoreError::Corrupt {
-                key: format!("{}#{id}", ukey(user, "inbox:data")),
-                reason: e.to_string(),
-            })?;
-            out.push(n);
+            out.push(decode(user, id, &bytes)?);
         }
         Ok(out)
+    }
+
+    /// How many notifications wait for `user`, and the oldest `limit` of
+    /// them, in one round trip (what a connection needs to say hello and
+    /// drain).
+    pub async fn inbox_snapshot(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<(u64, Vec<Notification>)> {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(SNAPSHOT));
+        let mut inv = script.prepare_invoke();
+        inv.key(ukey(user, "inbox"))
+            .key(ukey(user, "inbox:data"))
+            .arg(limit.max(1));
+        let mut c = self.conn();
+        let (total, payloads): (u64, Vec<Option<Vec<u8>>>) =
+            match tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut c)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(StoreError::Timeout(self.cfg.timeout)),
+            };
+        let mut out = Vec::with_capacity(payloads.len());
+        for p in payloads.into_iter().flatten() {
+            out.push(decode(user, "?", &p)?);
+        }
+        Ok((total, out))
     }
 
     /// How many notifications wait for `user`.

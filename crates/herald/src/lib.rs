@@ -39,6 +39,29 @@ pub fn raise_nofile_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// Accept-queue length asked for; the kernel caps it at `net.core.somaxconn`.
+/// tokio's default (1024) overflowed in reconnect storms, and each dropped
+/// SYN cost its client a 1 s retransmit.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds `addr` with a deep accept queue.
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let sock = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        match sock.bind(a).and_then(|_| sock.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("address resolved to nothing")))
+}
+
 /// Files kept free for the log, Redis, and everything that is not a client.
 const RESERVED_FILES: usize = 1000;
 

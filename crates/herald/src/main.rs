@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
+        let listener = herald::listen(&cfg.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
         let addr = listener.local_addr()?;
