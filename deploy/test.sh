@@ -2,12 +2,16 @@
 # Runs the whole test suite: installs what the tests need (redis-server),
 # then unit, property, crash and integration tests (the harness starts its
 # own redis-server and herald processes on free ports), then the format and
-# lint checks.
+# lint checks, and closes with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/ensure-deps.sh
 
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
 cargo build --workspace --all-targets
-cargo test --workspace
+cargo test --workspace 2>&1 | tee "$log"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
