@@ -16,25 +16,36 @@ use crate::{ConnHandle, Delivery, Edge};
 /// Most live notifications taken from the queue per socket flush.
 const COALESCE: usize = 64;
 
-struct Pending {
-    n: Notification,
-    /// Live notifications carry their settle token; inbox entries do not.
-    token: Option<SettleToken>,
-    sent: Instant,
+/// What a sent, unacked notification is, which says what its ack does.
+pub(crate) enum Kind {
+    /// Pushed live by fan-out: the ack settles its token. Kept whole so it
+    /// can be written to the inbox if the ack never comes.
+    Live(Box<Notification>, SettleToken),
+    /// From the inbox: the ack removes it there.
+    Stored,
+    /// A celebrity's post (outbox): the ack advances the read cursor.
+    Outbox { celebrity: UserId, order: u64 },
 }
 
-struct Conn {
-    edge: Arc<Edge>,
-    user: UserId,
-    fmt: WireFormat,
+pub(crate) struct Pending {
+    pub kind: Kind,
+    pub sent: Instant,
+}
+
+pub(crate) struct Conn {
+    pub edge: Arc<Edge>,
+    pub user: UserId,
+    pub fmt: WireFormat,
     sink: SplitSink<WebSocket, Message>,
-    unacked: HashMap<String, Pending>,
+    pub unacked: HashMap<String, Pending>,
     last_seen: Instant,
+    /// Celebrities this user follows (registered in the edge's index).
+    pub celebrities: Vec<UserId>,
 }
 
 /// Why a connection ended (for logs and metrics).
 #[derive(Debug, Clone, Copy)]
-enum End {
+pub(crate) enum End {
     ClientClosed,
     Replaced,
     Shutdown,
@@ -84,6 +95,7 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
         sink,
         unacked: HashMap::new(),
         last_seen: Instant::now(),
+        celebrities: Vec::new(),
     };
     let end = c.run(&mut stream, &mut rx, &poke, &kick).await;
     tracing::debug!(user, reason = end.as_str(), "connection ended");
@@ -102,6 +114,9 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
         let _ = tokio::time::timeout(edge.cfg.write_timeout, c.sink.send(frame)).await;
     }
     edge.conns.remove_if(&user, |_, h| h.id == id);
+    if !edge.conns.contains_key(&user) {
+        edge.unindex(user, &c.celebrities);
+    }
     c.settle_on_close(&mut rx).await;
     if !edge.conns.contains_key(&user) {
         if let Err(e) = edge.store.clear_presence(user).await {
@@ -123,7 +138,8 @@ impl Conn {
         if *shutdown.borrow_and_update() {
             return End::Shutdown;
         }
-        // One round trip gives the hello's count and the first drain.
+        // One round trip gives the hello's count and the first drain; the
+        // outboxes of followed celebrities take two more.
         let (pending, items) = match self
             .edge
             .store
@@ -136,14 +152,16 @@ impl Conn {
                 (0, Vec::new())
             }
         };
+        let pulled = self.pull_outboxes().await;
+        let total = pending + pulled.len() as u64;
         if self
-            .send(vec![frames::hello(self.user, pending, self.fmt)])
+            .send(vec![frames::hello(self.user, total, self.fmt)])
             .await
             .is_err()
         {
             return End::SlowWrite;
         }
-        if let Err(e) = self.send_inbox(items).await {
+        if let Err(e) = self.send_merged(items, pulled).await {
             return e;
         }
         let cfg = self.edge.cfg.clone();
@@ -193,7 +211,7 @@ impl Conn {
                 }
                 _ = &mut poked => {
                     poked.set(poke.notified());
-                    if let Err(e) = self.drain_inbox().await {
+                    if let Err(e) = self.resync().await {
                         return e;
                     }
                 }
@@ -214,7 +232,7 @@ impl Conn {
     }
 
     /// Feeds frames and flushes once, within the write timeout.
-    async fn send(&mut self, msgs: Vec<Message>) -> Result<(), ()> {
+    pub(crate) async fn send(&mut self, msgs: Vec<Message>) -> Result<(), ()> {
         let n = msgs.len() as u64;
         let sink = &mut self.sink;
         let fut = async move {
@@ -236,16 +254,33 @@ impl Conn {
         let now = Instant::now();
         let mut msgs = Vec::with_capacity(batch.len());
         for d in batch {
-            msgs.push(frames::notification(&d.n, self.fmt));
-            // A re-push of something already pending replaces it (same id).
-            self.unacked.insert(
-                d.n.id.clone(),
-                Pending {
-                    n: *d.n,
-                    token: d.token,
-                    sent: now,
-                },
-            );
+            match d {
+                Delivery::Direct { n, token } => {
+                    msgs.push(frames::notification(&n, self.fmt));
+                    let id = n.id.clone();
+                    let kind = match token {
+                        Some(t) => Kind::Live(n, t),
+                        None => Kind::Stored,
+                    };
+                    // A re-push of something already pending replaces it (same id).
+                    self.unacked.insert(id, Pending { kind, sent: now });
+                }
+                Delivery::Shared(f) => {
+                    if self.unacked.contains_key(&f.id) {
+                        continue;
+                    }
+                    msgs.push(f.message(self.fmt));
+                    let kind = Kind::Outbox {
+                        celebrity: f.celebrity,
+                        order: f.order,
+                    };
+                    self.unacked
+                        .insert(f.id.clone(), Pending { kind, sent: now });
+                }
+            }
+        }
+        if msgs.is_empty() {
+            return Ok(());
         }
         let n = msgs.len() as u64;
         self.send(msgs).await.map_err(|_| End::SlowWrite)?;
@@ -256,24 +291,8 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends what waits in the inbox and is not already pending, oldest first.
-    async fn drain_inbox(&mut self) -> Result<(), End> {
-        let items = match self
-            .edge
-            .store
-            .inbox_snapshot(self.user, self.edge.cfg.drain_limit)
-            .await
-        {
-            Ok((_, items)) => items,
-            Err(e) => {
-                tracing::warn!(user = self.user, error = %e, "inbox drain failed");
-                return Ok(());
-            }
-        };
-        self.send_inbox(items).await
-    }
-
-    async fn send_inbox(&mut self, items: Vec<Notification>) -> Result<(), End> {
+    /// Sends inbox entries not already pending, oldest first.
+    pub(crate) async fn send_inbox(&mut self, items: Vec<Notification>) -> Result<(), End> {
         let now = Instant::now();
         let mut msgs = Vec::new();
         for n in items {
@@ -284,8 +303,7 @@ impl Conn {
             self.unacked.insert(
                 n.id.clone(),
                 Pending {
-                    n,
-                    token: None,
+                    kind: Kind::Stored,
                     sent: now,
                 },
             );
@@ -304,16 +322,28 @@ impl Conn {
             Ok(ClientFrame::Ack(ids)) => {
                 self.edge.metrics.acks.increment(ids.len() as u64);
                 let mut remove = Vec::new();
+                let mut seen: Vec<(UserId, u64)> = Vec::new();
                 for id in ids {
-                    match self.unacked.remove(&id) {
+                    match self.unacked.remove(&id).map(|p| p.kind) {
                         // Dropping the token settles a live notification.
-                        Some(p) if p.token.is_some() => drop(p),
-                        _ => remove.push(id),
+                        Some(Kind::Live(_, token)) => drop(token),
+                        Some(Kind::Outbox { celebrity, order }) => {
+                            match seen.iter_mut().find(|(c, _)| *c == celebrity) {
+                                Some(e) => e.1 = e.1.max(order),
+                                None => seen.push((celebrity, order)),
+                            }
+                        }
+                        Some(Kind::Stored) | None => remove.push(id),
                     }
                 }
                 if !remove.is_empty() {
                     if let Err(e) = self.edge.store.inbox_remove(self.user, &remove).await {
                         tracing::warn!(user = self.user, error = %e, "ack not applied to inbox; will redeliver");
+                    }
+                }
+                if !seen.is_empty() {
+                    if let Err(e) = self.edge.store.outbox_seen(self.user, &seen).await {
+                        tracing::warn!(user = self.user, error = %e, "outbox cursor not moved; will redeliver");
                     }
                 }
             }
@@ -332,7 +362,7 @@ impl Conn {
         let late: Vec<String> = self
             .unacked
             .iter()
-            .filter(|(_, p)| p.token.is_some() && p.sent.elapsed() >= timeout)
+            .filter(|(_, p)| matches!(p.kind, Kind::Live(..)) && p.sent.elapsed() >= timeout)
             .map(|(id, _)| id.clone())
             .collect();
         self.move_to_inbox(late).await;
@@ -342,7 +372,7 @@ impl Conn {
         let mut live: Vec<(&String, Instant)> = self
             .unacked
             .iter()
-            .filter(|(_, p)| p.token.is_some())
+            .filter(|(_, p)| matches!(p.kind, Kind::Live(..)))
             .map(|(id, p)| (id, p.sent))
             .collect();
         live.sort_by_key(|(_, t)| *t);
@@ -363,13 +393,17 @@ impl Conn {
         }
         let items: Vec<(UserId, &Notification)> = ids
             .iter()
-            .filter_map(|id| self.unacked.get(id).map(|p| (self.user, &p.n)))
+            .filter_map(|id| match self.unacked.get(id).map(|p| &p.kind) {
+                Some(Kind::Live(n, _)) => Some((self.user, &**n)),
+                _ => None,
+            })
             .collect();
         match self.edge.store.inbox_push(&items).await {
             Ok(_) => {
                 for id in &ids {
                     if let Some(p) = self.unacked.get_mut(id) {
-                        p.token = None;
+                        // Settles the token: the inbox has it now.
+                        p.kind = Kind::Stored;
                     }
                 }
                 metrics::counter!("herald_notifications_total", "route" => "ack_timeout")
@@ -387,14 +421,14 @@ impl Conn {
         rx.close();
         let mut left: Vec<(Notification, SettleToken)> = Vec::new();
         while let Ok(d) = rx.try_recv() {
-            match d.token {
-                Some(t) => left.push((*d.n, t)),
-                None => left.push((*d.n, SettleToken::detached())),
+            // Shared (celebrity) frames stay in their outbox: nothing to do.
+            if let Delivery::Direct { n, token } = d {
+                left.push((*n, token.unwrap_or_else(SettleToken::detached)));
             }
         }
         for (_, p) in self.unacked.drain() {
-            if let Some(t) = p.token {
-                left.push((p.n, t));
+            if let Kind::Live(n, t) = p.kind {
+                left.push((*n, t));
             }
         }
         if left.is_empty() {

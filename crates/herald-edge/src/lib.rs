@@ -12,6 +12,7 @@
 //! consumer never stalls anyone else. The edge never reads the log.
 
 pub mod auth;
+mod celebrity;
 mod conn;
 mod frames;
 
@@ -56,6 +57,8 @@ pub struct EdgeConfig {
     pub max_message_bytes: usize,
     /// Most connections this node holds.
     pub max_connections: usize,
+    /// Followers pushed per slice of a celebrity broadcast before yielding.
+    pub broadcast_chunk: usize,
 }
 
 impl Default for EdgeConfig {
@@ -72,17 +75,22 @@ impl Default for EdgeConfig {
             drain_limit: 1000,
             max_message_bytes: 64 * 1024,
             max_connections: 15_000,
+            broadcast_chunk: 512,
         }
     }
 }
 
 /// What fan-out hands a connection.
-/// Boxed so each connection's queue slots stay small: tokio allocates a
-/// block of 32 slots per channel up front, which was ~6 KB per connection
-/// with the notification inline.
-pub(crate) struct Delivery {
-    pub n: Box<Notification>,
-    pub token: Option<SettleToken>,
+/// What fan-out hands a connection. Kept small (the notification is boxed,
+/// a shared frame is an `Arc`): tokio allocates a block of 32 slots per
+/// channel up front, which was ~6 KB per connection with it inline.
+pub(crate) enum Delivery {
+    Direct {
+        n: Box<Notification>,
+        token: Option<SettleToken>,
+    },
+    /// A celebrity's post, encoded once for every follower.
+    Shared(Arc<celebrity::SharedFrame>),
 }
 
 pub(crate) struct ConnHandle {
@@ -117,6 +125,11 @@ pub struct Edge {
     pub(crate) cfg: EdgeConfig,
     pub(crate) store: Store,
     pub(crate) conns: DashMap<UserId, ConnHandle>,
+    /// Celebrity -> its followers connected here.
+    pub(crate) index: DashMap<UserId, std::collections::HashSet<UserId>>,
+    pub(crate) celebrities: Arc<herald_store::CelebritySet>,
+    /// Self-reference for spawned broadcast tasks.
+    pub(crate) me: std::sync::Weak<Edge>,
     next_id: AtomicU64,
     open: AtomicUsize,
     closed: Notify,
@@ -125,16 +138,23 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn new(cfg: EdgeConfig, store: Store) -> Arc<Edge> {
+    pub fn new(
+        cfg: EdgeConfig,
+        store: Store,
+        celebrities: Arc<herald_store::CelebritySet>,
+    ) -> Arc<Edge> {
         if cfg.dev_mode {
             tracing::warn!("websocket dev mode is on: ?user=<id> is accepted without a token");
         }
         let (shutdown_tx, shutdown) = watch::channel(false);
-        Arc::new(Edge {
+        Arc::new_cyclic(|me| Edge {
             metrics: EdgeMetrics::new(),
             cfg,
             store,
             conns: DashMap::new(),
+            index: DashMap::new(),
+            celebrities,
+            me: me.clone(),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             closed: Notify::new(),
@@ -201,21 +221,21 @@ impl Deliver for Edge {
                 why: Refusal::Offline,
             }));
         };
-        match h.tx.try_send(Delivery {
+        let (d, why) = match h.tx.try_send(Delivery::Direct {
             n: Box::new(n),
             token,
         }) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(d)) => Err(Box::new(Refused {
-                notification: *d.n,
-                token: d.token,
-                why: Refusal::Full,
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(d)) => (d, Refusal::Full),
+            Err(mpsc::error::TrySendError::Closed(d)) => (d, Refusal::Offline),
+        };
+        match d {
+            Delivery::Direct { n, token } => Err(Box::new(Refused {
+                notification: *n,
+                token,
+                why,
             })),
-            Err(mpsc::error::TrySendError::Closed(d)) => Err(Box::new(Refused {
-                notification: *d.n,
-                token: d.token,
-                why: Refusal::Offline,
-            })),
+            Delivery::Shared(_) => Ok(()),
         }
     }
 
@@ -227,6 +247,18 @@ impl Deliver for Edge {
         if let Some(h) = self.conns.get(&user) {
             h.poke.notify_one();
         }
+    }
+
+    fn broadcast(&self, celebrity: UserId, n: Notification) {
+        celebrity::broadcast(self, celebrity, n);
+    }
+
+    fn follow_changed(&self, follower: UserId, celebrity: UserId, follows: bool) {
+        celebrity::follow_changed(self, follower, celebrity, follows);
+    }
+
+    fn celebrity_changed(&self, user: UserId, celebrity: bool) {
+        celebrity::celebrity_changed(self, user, celebrity);
     }
 }
 

@@ -9,6 +9,13 @@
 //! the checkpoint only moves past a record once every notification made
 //! from it has been acked by its client or written to an inbox, so a crash
 //! re-delivers and never loses.
+//!
+//! Celebrities (accounts past `celebrity.enter` followers, until they drop
+//! below `celebrity.exit`) take the pull path: their post is written once to
+//! their outbox and broadcast once to the edge, which pushes it to its
+//! connected followers; offline followers pull it when they connect. An
+//! account's status changes only while its own partition processes a follow
+//! or unfollow, so each post takes exactly one path.
 
 mod tracker;
 mod worker;
@@ -37,6 +44,10 @@ pub struct FanoutConfig {
     pub checkpoint_every: Duration,
     /// Wait between retries when Redis fails.
     pub retry_backoff: Duration,
+    /// When an account moves to (and off) the celebrity path.
+    pub celebrity: herald_store::CelebrityPolicy,
+    /// Most posts kept in a celebrity's outbox.
+    pub outbox_cap: usize,
 }
 
 impl Default for FanoutConfig {
@@ -47,6 +58,8 @@ impl Default for FanoutConfig {
             max_in_flight: 100_000,
             checkpoint_every: Duration::from_millis(200),
             retry_backoff: Duration::from_millis(200),
+            celebrity: herald_store::CelebrityPolicy::new(10_000, 0.1),
+            outbox_cap: 1000,
         }
     }
 }
@@ -63,7 +76,13 @@ pub struct Fanout {
 
 impl Fanout {
     /// Starts a worker and a checkpoint committer per partition.
-    pub fn start(log: Log, store: Store, deliver: Arc<dyn Deliver>, cfg: FanoutConfig) -> Fanout {
+    pub fn start(
+        log: Log,
+        store: Store,
+        deliver: Arc<dyn Deliver>,
+        celebrities: Arc<herald_store::CelebritySet>,
+        cfg: FanoutConfig,
+    ) -> Fanout {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut trackers = Vec::new();
         let mut workers = Vec::new();
@@ -80,6 +99,7 @@ impl Fanout {
                 log: log.clone(),
                 store: store.clone(),
                 deliver: deliver.clone(),
+                celebrities: celebrities.clone(),
                 tracker: tracker.clone(),
                 cfg: cfg.clone(),
                 stop: stop_rx.clone(),

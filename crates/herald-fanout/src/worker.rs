@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use herald_log::{Log, LogError, Record};
-use herald_store::{GraphOp, Store};
-use herald_types::ids::{dedup_key, event_id, notification_id};
+use herald_store::{CelebritySet, GraphAnswer, GraphOp, Store};
+use herald_types::ids::{broadcast_id, dedup_key, event_id, notification_id};
 use herald_types::{Deliver, EventKind, LogEvent, Notification, SettleToken, UserId};
 use tokio::sync::watch;
 
@@ -15,6 +15,7 @@ pub struct Worker {
     pub log: Log,
     pub store: Store,
     pub deliver: Arc<dyn Deliver>,
+    pub celebrities: Arc<CelebritySet>,
     pub tracker: Arc<Tracker>,
     pub cfg: FanoutConfig,
     pub stop: watch::Receiver<bool>,
@@ -27,8 +28,11 @@ struct Item {
     dedup: String,
     ev: LogEvent,
     token: SettleToken,
-    /// Index into the follower lists answered by the graph pipeline.
-    followers: Option<usize>,
+    /// Index into the answers of the graph pipeline: the follower list of
+    /// a post, or the follower count after a follow or unfollow.
+    answer: Option<usize>,
+    /// A post on the celebrity path.
+    celebrity_post: bool,
 }
 
 impl Worker {
@@ -131,7 +135,8 @@ impl Worker {
                         dedup,
                         ev,
                         token,
-                        followers: None,
+                        answer: None,
+                        celebrity_post: false,
                     });
                 }
                 Err(e) => {
@@ -168,7 +173,8 @@ impl Worker {
                 keep
             });
         }
-        // Stage 2: graph changes and follower reads, in log order.
+        // Stage 2: graph changes, follower counts and follower reads, in
+        // log order.
         let mut ops = Vec::new();
         let mut asks = 0usize;
         for i in items.iter_mut() {
@@ -181,17 +187,23 @@ impl Worker {
                         } else {
                             GraphOp::Unfollow { follower, followee }
                         });
+                        ops.push(GraphOp::Count(followee));
+                        i.answer = Some(asks);
+                        asks += 1;
                     }
+                }
+                EventKind::Post if self.celebrities.is_celebrity(i.ev.actor) => {
+                    i.celebrity_post = true;
                 }
                 EventKind::Post => {
                     ops.push(GraphOp::Followers(i.ev.actor));
-                    i.followers = Some(asks);
+                    i.answer = Some(asks);
                     asks += 1;
                 }
                 _ => {}
             }
         }
-        let lists = if ops.is_empty() {
+        let answers = if ops.is_empty() {
             Vec::new()
         } else {
             let store = self.store.clone();
@@ -200,16 +212,37 @@ impl Worker {
                 None => return self.abandon(items),
             }
         };
-        // Stage 3: build and route.
+        if !self.apply_follows(&items, &answers).await {
+            return self.abandon(items);
+        }
+        // Stage 3: celebrity posts to their outboxes (two commands each),
+        // then one broadcast each to the edge.
+        for i in items.iter().filter(|i| i.celebrity_post) {
+            let mut n = make(i, 0);
+            n.id = broadcast_id(&i.dedup);
+            let store = self.store.clone();
+            let cap = self.cfg.outbox_cap;
+            let actor = i.ev.actor;
+            if self
+                .retry("outbox", || store.outbox_push(actor, &n, cap))
+                .await
+                .is_none()
+            {
+                return self.abandon(items);
+            }
+            metrics::counter!("herald_celebrity_posts_total").increment(1);
+            self.deliver.broadcast(actor, n);
+        }
+        // Stage 4: build and route everything else.
         let mut to_inbox: Vec<(UserId, Notification, Option<SettleToken>)> = Vec::new();
         let (mut pushed, mut queued) = (0u64, 0u64);
-        for i in &items {
-            let recipients: Vec<UserId> = match i.followers {
-                Some(k) => lists
-                    .get(k)
-                    .map(|l| l.iter().copied().filter(|&u| u != i.ev.actor).collect())
-                    .unwrap_or_default(),
-                None => i.ev.direct_recipients(),
+        for i in items.iter().filter(|i| !i.celebrity_post) {
+            let recipients: Vec<UserId> = match (i.ev.kind, i.answer.and_then(|k| answers.get(k))) {
+                (EventKind::Post, Some(GraphAnswer::Followers(l))) => {
+                    l.iter().copied().filter(|&u| u != i.ev.actor).collect()
+                }
+                (EventKind::Post, _) => Vec::new(),
+                _ => i.ev.direct_recipients(),
             };
             for r in recipients {
                 let n = make(i, r);
@@ -224,7 +257,7 @@ impl Worker {
                 }
             }
         }
-        // Stage 4: inbox writes, one pipeline; tokens go only once stored.
+        // Stage 5: inbox writes, one pipeline; tokens go only once stored.
         if !to_inbox.is_empty() {
             let refs: Vec<(UserId, &Notification)> =
                 to_inbox.iter().map(|(u, n, _)| (*u, n)).collect();
@@ -252,6 +285,49 @@ impl Worker {
         }
         metrics::counter!("herald_notifications_total", "route" => "pushed").increment(pushed);
         metrics::counter!("herald_notifications_total", "route" => "queued").increment(queued);
+    }
+
+    /// After follows and unfollows: move accounts across the celebrity
+    /// threshold, start new followers' outbox cursors at the follow, and
+    /// keep the edge's follower index current. False when the node stops.
+    async fn apply_follows(&mut self, items: &[Item], answers: &[GraphAnswer]) -> bool {
+        for i in items {
+            let (Some(k), Some(followee)) = (i.answer, i.ev.recipient) else {
+                continue;
+            };
+            if !matches!(i.ev.kind, EventKind::Follow | EventKind::Unfollow) {
+                continue;
+            }
+            let Some(GraphAnswer::Count(n)) = answers.get(k) else {
+                continue;
+            };
+            let was = self.celebrities.is_celebrity(followee);
+            if let Some(on) = self.cfg.celebrity.decide(was, *n) {
+                let (store, set) = (self.store.clone(), self.celebrities.clone());
+                if self
+                    .retry("celebrity", || store.set_celebrity(&set, followee, on))
+                    .await
+                    .is_none()
+                {
+                    return false;
+                }
+                self.deliver.celebrity_changed(followee, on);
+            }
+            let follows = i.ev.kind == EventKind::Follow;
+            if follows && self.celebrities.is_celebrity(followee) {
+                let store = self.store.clone();
+                let (f, at) = (i.ev.actor, i.ev.accepted_us);
+                if self
+                    .retry("outbox cursor", || store.outbox_start(f, followee, at))
+                    .await
+                    .is_none()
+                {
+                    return false;
+                }
+            }
+            self.deliver.follow_changed(i.ev.actor, followee, follows);
+        }
+        true
     }
 
     /// The node is stopping mid-batch: leave these records unsettled so they

@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     pub rate_per_key: u32,
     /// Events per second allowed per actor (0: unlimited).
     pub rate_per_actor: u32,
+    /// Applied to followees after a bulk import.
+    pub celebrity: herald_store::CelebrityPolicy,
 }
 
 impl Default for GatewayConfig {
@@ -47,6 +49,7 @@ impl Default for GatewayConfig {
             api_keys: Vec::new(),
             rate_per_key: 0,
             rate_per_actor: 0,
+            celebrity: herald_store::CelebrityPolicy::new(10_000, 0.1),
         }
     }
 }
@@ -63,19 +66,26 @@ pub struct Gateway {
     pub cfg: GatewayConfig,
     pub log: Log,
     pub store: Store,
+    pub celebrities: Arc<herald_store::CelebritySet>,
     last_us: AtomicU64,
     key_limiter: Option<KeyedLimiter<String>>,
     actor_limiter: Option<KeyedLimiter<u64>>,
 }
 
 impl Gateway {
-    pub fn new(cfg: GatewayConfig, log: Log, store: Store) -> Arc<Gateway> {
+    pub fn new(
+        cfg: GatewayConfig,
+        log: Log,
+        store: Store,
+        celebrities: Arc<herald_store::CelebritySet>,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             key_limiter: limiter(cfg.rate_per_key),
             actor_limiter: limiter(cfg.rate_per_actor),
             cfg,
             log,
             store,
+            celebrities,
             last_us: AtomicU64::new(0),
         })
     }

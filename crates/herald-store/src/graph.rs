@@ -2,7 +2,7 @@
 
 use herald_types::UserId;
 
-use crate::{ukey, Result, Store};
+use crate::{ukey, Result, Store, StoreError};
 
 /// One step of graph work, run in order inside one pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,15 +17,31 @@ pub enum GraphOp {
     },
     /// Read the followers of a user (answered in order).
     Followers(UserId),
+    /// Count the followers of a user (answered in order).
+    Count(UserId),
+}
+
+/// What a reading op answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GraphAnswer {
+    Followers(Vec<UserId>),
+    Count(u64),
 }
 
 /// Pairs per pipeline in bulk import.
 const IMPORT_CHUNK: usize = 5000;
 
+fn parse_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        key: "graph reply".into(),
+        reason: e.to_string(),
+    }
+}
+
 impl Store {
-    /// Runs graph ops in order in one pipeline; returns the follower lists
-    /// asked for by `Followers`, in the order asked.
-    pub async fn graph(&self, ops: &[GraphOp]) -> Result<Vec<Vec<UserId>>> {
+    /// Runs graph ops in order in one pipeline; returns the answers of the
+    /// reading ops (`Followers`, `Count`), in the order asked.
+    pub async fn graph(&self, ops: &[GraphOp]) -> Result<Vec<GraphAnswer>> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
@@ -55,13 +71,32 @@ impl Store {
                 GraphOp::Followers(u) => {
                     p.cmd("SMEMBERS").arg(ukey(u, "followers"));
                 }
+                GraphOp::Count(u) => {
+                    p.cmd("SCARD").arg(ukey(u, "followers"));
+                }
             }
         }
-        if ops.iter().all(|o| !matches!(o, GraphOp::Followers(_))) {
+        let reads: Vec<&GraphOp> = ops
+            .iter()
+            .filter(|o| matches!(o, GraphOp::Followers(_) | GraphOp::Count(_)))
+            .collect();
+        if reads.is_empty() {
             self.run::<()>(&p).await?;
             return Ok(Vec::new());
         }
-        self.run(&p).await
+        let values: Vec<redis::Value> = self.run(&p).await?;
+        reads
+            .into_iter()
+            .zip(values)
+            .map(|(op, v)| {
+                Ok(match op {
+                    GraphOp::Count(_) => {
+                        GraphAnswer::Count(redis::from_redis_value(v).map_err(parse_err)?)
+                    }
+                    _ => GraphAnswer::Followers(redis::from_redis_value(v).map_err(parse_err)?),
+                })
+            })
+            .collect()
     }
 
     /// Bulk import of `(follower, followee)` pairs, pipelined in chunks.

@@ -12,7 +12,12 @@
 //! | `h:{u:ID}:inbox:data` | hash | notification id -> stored notification |
 //! | `h:{u:ID}:presence` | string | the edge node holding ID, with a TTL |
 //! | `h:dedup:KEY` | string | event id that first claimed a client key, with a TTL |
+//! | `h:celebrities` | set | accounts on the celebrity (pull) path now |
+//! | `h:outbox-owners` | set | accounts that have ever had an outbox |
+//! | `h:{u:ID}:outbox` | sorted set | a celebrity's posts (stored notifications), scored by acceptance time |
+//! | `h:{u:ID}:seen` | hash | celebrity id -> order of the newest outbox entry ID acked |
 
+mod celebrity;
 mod graph;
 mod inbox;
 
@@ -20,7 +25,8 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-pub use graph::GraphOp;
+pub use celebrity::{CelebrityPolicy, CelebritySet};
+pub use graph::{GraphAnswer, GraphOp};
 
 /// What the store can fail at.
 #[derive(Debug, thiserror::Error)]

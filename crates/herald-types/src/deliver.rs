@@ -38,4 +38,15 @@ pub trait Deliver: Send + Sync + 'static {
 
     /// Tells `user`'s connection, if any, that its inbox has new entries.
     fn poke(&self, user: UserId);
+
+    /// A celebrity's post, already durable in its outbox: push it to every
+    /// local connection of a follower. `n` carries one id for every
+    /// recipient, so it is encoded once.
+    fn broadcast(&self, celebrity: UserId, n: Notification);
+
+    /// `follower` started (or stopped) following `celebrity`.
+    fn follow_changed(&self, follower: UserId, celebrity: UserId, follows: bool);
+
+    /// `user` became (or stopped being) a celebrity.
+    fn celebrity_changed(&self, user: UserId, celebrity: bool);
 }

@@ -32,6 +32,13 @@ pub fn notification_id(dedup_key: &str, recipient: UserId) -> String {
     format!("n-{dedup_key}-{recipient}")
 }
 
+/// The id of a celebrity post's notification: the same for every
+/// follower (it is encoded once and pushed to all), stable across
+/// redeliveries.
+pub fn broadcast_id(dedup_key: &str) -> String {
+    format!("n-{dedup_key}-all")
+}
+
 /// 64-bit FNV-1a: stable across builds and platforms (unlike `DefaultHasher`).
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -17,6 +17,27 @@ pub struct Config {
     pub gateway: Gateway,
     pub websocket: WebSocket,
     pub fanout: Fanout,
+    pub celebrity: Celebrity,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Celebrity {
+    pub threshold: u64,
+    pub hysteresis: f64,
+    pub outbox_cap: usize,
+    pub broadcast_chunk: usize,
+}
+
+impl Default for Celebrity {
+    fn default() -> Self {
+        Celebrity {
+            threshold: 10_000,
+            hysteresis: 0.1,
+            outbox_cap: 1000,
+            broadcast_chunk: 512,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -236,6 +257,9 @@ impl Config {
         if self.websocket.queue_capacity == 0 || self.websocket.max_unacked == 0 {
             bail!("websocket.queue_capacity and websocket.max_unacked must be positive");
         }
+        if self.celebrity.threshold == 0 || !(0.0..0.9).contains(&self.celebrity.hysteresis) {
+            bail!("celebrity.threshold must be positive and celebrity.hysteresis in [0, 0.9)");
+        }
         if self.redis.inbox_cap == 0 {
             bail!("redis.inbox_cap must be positive");
         }
@@ -276,6 +300,10 @@ impl Config {
         }
     }
 
+    pub fn celebrity_policy(&self) -> herald_store::CelebrityPolicy {
+        herald_store::CelebrityPolicy::new(self.celebrity.threshold, self.celebrity.hysteresis)
+    }
+
     pub fn gateway_config(&self) -> herald_gateway::GatewayConfig {
         herald_gateway::GatewayConfig {
             max_body_bytes: self.gateway.max_body_bytes,
@@ -284,6 +312,7 @@ impl Config {
             api_keys: self.gateway.api_keys.clone(),
             rate_per_key: self.gateway.rate_per_key,
             rate_per_actor: self.gateway.rate_per_actor,
+            celebrity: self.celebrity_policy(),
         }
     }
 
@@ -301,6 +330,7 @@ impl Config {
             drain_limit: self.redis.inbox_cap,
             max_message_bytes: w.max_message_bytes,
             max_connections,
+            broadcast_chunk: self.celebrity.broadcast_chunk.max(1),
         }
     }
 
@@ -309,6 +339,8 @@ impl Config {
             read_max_bytes: self.fanout.read_max_bytes,
             max_in_flight: self.fanout.max_in_flight,
             checkpoint_every: Duration::from_millis(self.fanout.checkpoint_ms.max(10)),
+            celebrity: self.celebrity_policy(),
+            outbox_cap: self.celebrity.outbox_cap.max(1),
             ..herald_fanout::FanoutConfig::default()
         }
     }

@@ -98,12 +98,27 @@ pub async fn run(
     let store = herald_store::Store::connect(cfg.store_config())
         .await
         .with_context(|| format!("cannot connect to redis at {}", cfg.redis.url))?;
-    let gateway = herald_gateway::Gateway::new(cfg.gateway_config(), log.clone(), store.clone());
-    let edge = herald_edge::Edge::new(cfg.edge_config(max_conns), store.clone());
+    let celebrities = Arc::new(herald_store::CelebritySet::default());
+    store
+        .load_celebrities(&celebrities)
+        .await
+        .context("cannot read the celebrity set from redis")?;
+    let gateway = herald_gateway::Gateway::new(
+        cfg.gateway_config(),
+        log.clone(),
+        store.clone(),
+        celebrities.clone(),
+    );
+    let edge = herald_edge::Edge::new(
+        cfg.edge_config(max_conns),
+        store.clone(),
+        celebrities.clone(),
+    );
     let mut fanout = herald_fanout::Fanout::start(
         log.clone(),
         store.clone(),
         edge.clone(),
+        celebrities,
         cfg.fanout_config(),
     );
 
@@ -158,6 +173,3 @@ pub async fn signal() {
     }
     tracing::info!("signal received");
 }
-
-/// Keeps `Arc` in the public surface simple for embedders.
-pub type Shared<T> = Arc<T>;

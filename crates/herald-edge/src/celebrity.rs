@@ -1,0 +1,212 @@
+//! The edge's half of the celebrity path: a local index celebrity ->
+//! connected followers, one encoded frame pushed to all of them in slices
+//! that yield, and the pull of outboxes when a follower connects.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use bytes::Bytes;
+use herald_store::GraphOp;
+use herald_types::{Notification, UserId, WireFormat};
+
+use crate::conn::{Conn, End, Kind, Pending};
+use crate::{Delivery, Edge};
+
+/// A celebrity's post, encoded once in both formats and shared by every
+/// follower's queue.
+pub(crate) struct SharedFrame {
+    pub celebrity: UserId,
+    pub order: u64,
+    pub id: String,
+    json: Utf8Bytes,
+    msgpack: Bytes,
+}
+
+impl SharedFrame {
+    pub fn message(&self, fmt: WireFormat) -> Message {
+        match fmt {
+            WireFormat::Json => Message::Text(self.json.clone()),
+            WireFormat::MsgPack => Message::Binary(self.msgpack.clone()),
+        }
+    }
+}
+
+/// Pushes a celebrity post to every local follower, `broadcast_chunk` at a
+/// time with a yield in between, so other connections keep their latency.
+/// A follower whose queue is full is poked to pull it from the outbox.
+pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
+    let followers: Vec<UserId> = edge
+        .index
+        .get(&celebrity)
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default();
+    metrics::counter!("herald_celebrity_broadcasts_total").increment(1);
+    if followers.is_empty() {
+        return;
+    }
+    let frame = Arc::new(SharedFrame {
+        celebrity,
+        order: n.order,
+        id: n.id.clone(),
+        json: Utf8Bytes::from(n.to_json()),
+        msgpack: n.encode(WireFormat::MsgPack),
+    });
+    let Some(edge) = edge.me.upgrade() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let chunk = edge.cfg.broadcast_chunk.max(1);
+        let mut pushed = 0u64;
+        for slice in followers.chunks(chunk) {
+            for u in slice {
+                if let Some(h) = edge.conns.get(u) {
+                    match h.tx.try_send(Delivery::Shared(frame.clone())) {
+                        Ok(()) => pushed += 1,
+                        Err(_) => h.poke.notify_one(),
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        metrics::counter!("herald_celebrity_pushes_total").increment(pushed);
+    });
+}
+
+pub(crate) fn follow_changed(edge: &Edge, follower: UserId, celebrity: UserId, follows: bool) {
+    if follows {
+        if edge.celebrities.is_celebrity(celebrity) && edge.conns.contains_key(&follower) {
+            edge.index.entry(celebrity).or_default().insert(follower);
+        }
+    } else if let Some(mut s) = edge.index.get_mut(&celebrity) {
+        s.remove(&follower);
+    }
+}
+
+/// A new celebrity: index its followers that are connected here.
+pub(crate) fn celebrity_changed(edge: &Edge, user: UserId, on: bool) {
+    if !on {
+        return;
+    }
+    let Some(edge) = edge.me.upgrade() else {
+        return;
+    };
+    tokio::spawn(async move {
+        match edge.store.graph(&[GraphOp::Followers(user)]).await {
+            Ok(answers) => {
+                if let Some(herald_store::GraphAnswer::Followers(list)) = answers.first() {
+                    let mut set = edge.index.entry(user).or_default();
+                    for f in list {
+                        if edge.conns.contains_key(f) {
+                            set.insert(*f);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(user, error = %e, "new celebrity's local followers not indexed")
+            }
+        }
+    });
+}
+
+impl Edge {
+    /// Removes a user who left from every celebrity's follower index.
+    pub(crate) fn unindex(&self, user: UserId, _celebrities: &[UserId]) {
+        for mut e in self.index.iter_mut() {
+            e.value_mut().remove(&user);
+        }
+    }
+}
+
+impl Conn {
+    /// Registers this user in the index of every celebrity it follows, then
+    /// reads their outboxes past its cursors. Registering first means any
+    /// post is either in what is read or broadcast after registration.
+    pub(crate) async fn pull_outboxes(&mut self) -> Vec<(UserId, Notification)> {
+        let owners = self.edge.celebrities.owners();
+        if owners.is_empty() {
+            return Vec::new();
+        }
+        let cursors = match self.edge.store.outbox_cursors(self.user, &owners).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(user = self.user, error = %e, "outbox cursors unavailable");
+                return Vec::new();
+            }
+        };
+        self.celebrities = cursors.iter().map(|c| c.celebrity).collect();
+        for c in &self.celebrities {
+            self.edge.index.entry(*c).or_default().insert(self.user);
+        }
+        match self
+            .edge
+            .store
+            .outbox_read(&cursors, self.edge.cfg.drain_limit)
+            .await
+        {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(user = self.user, error = %e, "outbox pull failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Sends inbox entries and pulled outbox entries merged in acceptance
+    /// order, skipping anything already pending on this connection.
+    pub(crate) async fn send_merged(
+        &mut self,
+        inbox: Vec<Notification>,
+        pulled: Vec<(UserId, Notification)>,
+    ) -> Result<(), End> {
+        if pulled.is_empty() {
+            return self.send_inbox(inbox).await;
+        }
+        let mut all: Vec<(Option<UserId>, Notification)> =
+            inbox.into_iter().map(|n| (None, n)).collect();
+        all.extend(pulled.into_iter().map(|(c, n)| (Some(c), n)));
+        all.sort_by_key(|(_, n)| n.order);
+        let now = std::time::Instant::now();
+        let mut msgs = Vec::new();
+        for (celebrity, n) in all {
+            if self.unacked.contains_key(&n.id) {
+                continue;
+            }
+            msgs.push(crate::frames::notification(&n, self.fmt));
+            let kind = match celebrity {
+                Some(celebrity) => Kind::Outbox {
+                    celebrity,
+                    order: n.order,
+                },
+                None => Kind::Stored,
+            };
+            self.unacked
+                .insert(n.id.clone(), Pending { kind, sent: now });
+        }
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let n = msgs.len() as u64;
+        self.send(msgs).await.map_err(|_| End::SlowWrite)?;
+        self.edge.metrics.delivered_inbox.increment(n);
+        Ok(())
+    }
+
+    /// Re-reads the inbox and the outboxes (after a poke).
+    pub(crate) async fn resync(&mut self) -> Result<(), End> {
+        let items = match self
+            .edge
+            .store
+            .inbox_snapshot(self.user, self.edge.cfg.drain_limit)
+            .await
+        {
+            Ok((_, items)) => items,
+            Err(e) => {
+                tracing::warn!(user = self.user, error = %e, "inbox drain failed");
+                Vec::new()
+            }
+        };
+        let pulled = self.pull_outboxes().await;
+        self.send_merged(items, pulled).await
+    }
+}
