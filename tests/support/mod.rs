@@ -94,6 +94,39 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// Calls per command since start (`INFO commandstats`).
+    pub fn command_calls(&self) -> std::collections::HashMap<String, u64> {
+        let mut out = std::collections::HashMap::new();
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return out;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+        let _ = s.write_all(b"INFO commandstats\r\n");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        for line in String::from_utf8_lossy(&raw).lines() {
+            // cmdstat_zadd:calls=3,usec=...
+            let Some(rest) = line.strip_prefix("cmdstat_") else {
+                continue;
+            };
+            let Some((name, stats)) = rest.split_once(':') else {
+                continue;
+            };
+            if let Some(calls) = stats.split(',').find_map(|kv| kv.strip_prefix("calls=")) {
+                out.insert(name.to_string(), calls.trim().parse().unwrap_or(0));
+            }
+        }
+        out
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
-use herald_store::GraphOp;
 use herald_types::{Notification, UserId, WireFormat};
 
 use crate::conn::{Conn, End, Kind, Pending};
@@ -83,35 +82,21 @@ pub(crate) fn follow_changed(edge: &Edge, follower: UserId, celebrity: UserId, f
 }
 
 /// A new celebrity: index its followers that are connected here.
-pub(crate) fn celebrity_changed(edge: &Edge, user: UserId, on: bool) {
+pub(crate) fn celebrity_changed(edge: &Edge, user: UserId, on: bool, followers: &[UserId]) {
     if !on {
         return;
     }
-    let Some(edge) = edge.me.upgrade() else {
-        return;
-    };
-    tokio::spawn(async move {
-        match edge.store.graph(&[GraphOp::Followers(user)]).await {
-            Ok(answers) => {
-                if let Some(herald_store::GraphAnswer::Followers(list)) = answers.first() {
-                    let mut set = edge.index.entry(user).or_default();
-                    for f in list {
-                        if edge.conns.contains_key(f) {
-                            set.insert(*f);
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(user, error = %e, "new celebrity's local followers not indexed")
-            }
+    let mut set = edge.index.entry(user).or_default();
+    for f in followers {
+        if edge.conns.contains_key(f) {
+            set.insert(*f);
         }
-    });
+    }
 }
 
 impl Edge {
     /// Removes a user who left from every celebrity's follower index.
-    pub(crate) fn unindex(&self, user: UserId, _celebrities: &[UserId]) {
+    pub(crate) fn unindex(&self, user: UserId) {
         for mut e in self.index.iter_mut() {
             e.value_mut().remove(&user);
         }

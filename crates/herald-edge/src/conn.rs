@@ -115,7 +115,7 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
     }
     edge.conns.remove_if(&user, |_, h| h.id == id);
     if !edge.conns.contains_key(&user) {
-        edge.unindex(user, &c.celebrities);
+        edge.unindex(user);
     }
     c.settle_on_close(&mut rx).await;
     if !edge.conns.contains_key(&user) {

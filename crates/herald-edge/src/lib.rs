@@ -257,8 +257,8 @@ impl Deliver for Edge {
         celebrity::follow_changed(self, follower, celebrity, follows);
     }
 
-    fn celebrity_changed(&self, user: UserId, celebrity: bool) {
-        celebrity::celebrity_changed(self, user, celebrity);
+    fn celebrity_changed(&self, user: UserId, celebrity: bool, followers: &[UserId]) {
+        celebrity::celebrity_changed(self, user, celebrity, followers);
     }
 }
 

@@ -311,7 +311,22 @@ impl Worker {
                 {
                     return false;
                 }
-                self.deliver.celebrity_changed(followee, on);
+                // The edge indexes the new celebrity's connected followers
+                // before this worker can process (and broadcast) its next post.
+                let followers = if on {
+                    let store = self.store.clone();
+                    let ops = [GraphOp::Followers(followee)];
+                    match self.retry("followers", || store.graph(&ops)).await {
+                        Some(mut a) => match a.pop() {
+                            Some(GraphAnswer::Followers(l)) => l,
+                            _ => Vec::new(),
+                        },
+                        None => return false,
+                    }
+                } else {
+                    Vec::new()
+                };
+                self.deliver.celebrity_changed(followee, on, &followers);
             }
             let follows = i.ev.kind == EventKind::Follow;
             if follows && self.celebrities.is_celebrity(followee) {

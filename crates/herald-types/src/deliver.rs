@@ -47,6 +47,8 @@ pub trait Deliver: Send + Sync + 'static {
     /// `follower` started (or stopped) following `celebrity`.
     fn follow_changed(&self, follower: UserId, celebrity: UserId, follows: bool);
 
-    /// `user` became (or stopped being) a celebrity.
-    fn celebrity_changed(&self, user: UserId, celebrity: bool);
+    /// `user` became (or stopped being) a celebrity; `followers` are its
+    /// followers when it became one (empty otherwise). Called before any
+    /// later post of `user` is broadcast.
+    fn celebrity_changed(&self, user: UserId, celebrity: bool, followers: &[UserId]);
 }

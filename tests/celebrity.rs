@@ -1,0 +1,245 @@
+//! The celebrity path: one outbox write per post, one push to every
+//! connected follower, a pull for the others, and accounts changing path.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Client, Node, Redis};
+
+const CELEB: u64 = 1;
+
+const WRITES: [&str; 14] = [
+    "set",
+    "del",
+    "sadd",
+    "srem",
+    "hset",
+    "hdel",
+    "zadd",
+    "zrem",
+    "zpopmin",
+    "zremrangebyrank",
+    "xadd",
+    "lpush",
+    "rpush",
+    "incr",
+];
+
+fn writes(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> u64 {
+    WRITES
+        .iter()
+        .map(|c| after.get(*c).copied().unwrap_or(0) - before.get(*c).copied().unwrap_or(0))
+        .sum()
+}
+
+async fn import(node: &Node, pairs: Vec<[u64; 2]>) {
+    for chunk in pairs.chunks(10_000) {
+        let (s, v) = node
+            .post("/v1/graph/follows", &json!({ "follows": chunk }))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+}
+
+async fn post(node: &Node, actor: u64, object: &str) -> String {
+    let (s, v) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "post", "actor": actor, "object": object}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    v["ids"][0].as_str().unwrap().to_string()
+}
+
+/// Sends one like to each client and checks it is the next thing each one
+/// receives: nothing else (no duplicate) was pending.
+async fn sentinels(node: &Node, clients: &mut [Client], object: &str) {
+    let events: Vec<_> = clients
+        .iter()
+        .map(|c| json!({"kind": "like", "actor": 999_999, "recipient": c.user, "object": object}))
+        .collect();
+    for chunk in events.chunks(1000) {
+        let (s, v) = node.post("/v1/events", &json!({ "events": chunk })).await;
+        assert_eq!(s, 202, "{v}");
+    }
+    for c in clients.iter_mut() {
+        let n = c.notification().await;
+        assert_eq!(n["object"], object, "user {} got {n}", c.user);
+        c.ack(&[n["id"].as_str().unwrap()]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_celebrity_post_is_one_write_one_push_each_and_a_pull_for_the_rest() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_CELEBRITY__THRESHOLD", "100")]);
+    // 5,000 followers: 1000..=5999.
+    import(&node, (1000..6000).map(|f| [f, CELEB]).collect()).await;
+    let (_, c) = node.get("/v1/users/1/followers/count").await;
+    assert_eq!(c["followers"], 5000);
+
+    // One follower unfollows before the post; one offline follower has a
+    // like queued before it.
+    let (s, _) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "unfollow", "actor": 5999, "recipient": CELEB}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    node.like(7, 5000, "post:before").await;
+    support::eventually("unfollow applied", || async {
+        let (_, c) = node.get("/v1/users/1/followers/count").await;
+        (c["followers"] == 4999).then_some(())
+    })
+    .await;
+
+    // 1,000 followers online.
+    let mut online = Vec::new();
+    for u in 1000..2000 {
+        online.push(Client::connect(&node, u).await);
+    }
+    let before = redis.command_calls();
+    let event = post(&node, CELEB, "post:big").await;
+    let mut id = None;
+    for c in online.iter_mut() {
+        let n = c.notification().await;
+        assert_eq!(
+            (n["kind"].as_str(), n["event_id"].as_str()),
+            (Some("post"), Some(event.as_str()))
+        );
+        assert_eq!(n["actor"], CELEB);
+        id.get_or_insert_with(|| n["id"].as_str().unwrap().to_string());
+        assert_eq!(
+            n["id"].as_str(),
+            id.as_deref(),
+            "one stable id for the post"
+        );
+    }
+    let after = redis.command_calls();
+    let w = writes(&before, &after);
+    assert!(
+        w <= 10,
+        "a post to 4,999 followers cost {w} Redis writes: {after:?}"
+    );
+    // Each online follower got it once: the next thing is a sentinel.
+    sentinels(&node, &mut online, "post:sentinel-1").await;
+
+    // An offline follower gets it on connect, merged in order with its inbox.
+    node.like(8, 5000, "post:after").await;
+    support::eventually("after-like queued", || async {
+        (support::inbox_ids(&node, 5000).await.len() == 2).then_some(())
+    })
+    .await;
+    let mut late = Client::connect(&node, 5000).await;
+    assert_eq!(late.hello["pending"], 3);
+    let got: Vec<String> = late
+        .notifications(3)
+        .await
+        .iter()
+        .map(|n| n["object"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, ["post:before", "post:big", "post:after"]);
+    late.close().await;
+    // Unacked, it comes again; acked, it does not.
+    let mut late = Client::connect(&node, 5000).await;
+    let again = late.notifications(3).await;
+    let ids: Vec<&str> = again.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(again[1]["id"].as_str(), id.as_deref());
+    late.ack(&ids).await;
+    sentinels(&node, std::slice::from_mut(&mut late), "post:sentinel-2").await;
+    late.close().await;
+    let late = Client::connect(&node, 5000).await;
+    assert_eq!(late.hello["pending"], 0);
+
+    // The follower who unfollowed before the post never gets it.
+    let mut gone = Client::connect(&node, 5999).await;
+    assert_eq!(gone.hello["pending"], 0);
+    sentinels(&node, std::slice::from_mut(&mut gone), "post:sentinel-3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_the_threshold_changes_path_without_loss_or_duplicates() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_CELEBRITY__THRESHOLD", "100")]);
+    let star = 50u64;
+    // 99 followers: not a celebrity yet.
+    import(&node, (100..199).map(|f| [f, star]).collect()).await;
+    let mut live = Client::connect(&node, 100).await;
+    post(&node, star, "post:p1").await; // fan-out on write
+                                        // Follower #100 makes it a celebrity.
+    let (s, _) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "follow", "actor": 199, "recipient": star}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    post(&node, star, "post:p2").await; // outbox
+                                        // 15 unfollows take it to 85 < 90: back to fan-out on write.
+    let unf: Vec<_> = (184..199)
+        .map(|f| json!({"kind": "unfollow", "actor": f, "recipient": star}))
+        .collect();
+    let (s, _) = node.post("/v1/events", &json!({ "events": unf })).await;
+    assert_eq!(s, 202);
+    post(&node, star, "post:p3").await;
+
+    let objs = |v: Vec<serde_json::Value>| -> Vec<String> {
+        v.iter()
+            .map(|n| n["object"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        objs(live.notifications(3).await),
+        ["post:p1", "post:p2", "post:p3"]
+    );
+    sentinels(&node, std::slice::from_mut(&mut live), "post:s1").await;
+    // An offline follower gets all three once, in order.
+    let mut off = Client::connect(&node, 150).await;
+    assert_eq!(off.hello["pending"], 3);
+    assert_eq!(
+        objs(off.notifications(3).await),
+        ["post:p1", "post:p2", "post:p3"]
+    );
+    sentinels(&node, std::slice::from_mut(&mut off), "post:s2").await;
+    // The follower who joined at the crossing gets p2 and p3 only.
+    let mut newer = Client::connect(&node, 199).await;
+    assert_eq!(objs(newer.notifications(2).await), ["post:p2", "post:p3"]);
+    sentinels(&node, std::slice::from_mut(&mut newer), "post:s3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_users_are_not_stalled_by_a_large_push() {
+    let redis = Redis::start();
+    let node = Node::start(
+        &redis,
+        &[
+            ("HERALD_CELEBRITY__THRESHOLD", "100"),
+            ("HERALD_CELEBRITY__BROADCAST_CHUNK", "64"),
+        ],
+    );
+    import(&node, (1000..3000).map(|f| [f, CELEB]).collect()).await;
+    let mut followers = Vec::new();
+    for u in 1000..3000 {
+        followers.push(Client::connect(&node, u).await);
+    }
+    let mut other = Client::connect(&node, 42).await;
+    post(&node, CELEB, "post:herd").await;
+    let sent = Instant::now();
+    node.like(7, 42, "post:unrelated").await;
+    let n = other.notification().await;
+    assert_eq!(n["object"], "post:unrelated");
+    // The contract's bound for online delivery (a guarantee, not a benchmark).
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        sent.elapsed()
+    );
+    for c in followers.iter_mut() {
+        assert_eq!(c.notification().await["object"], "post:herd");
+    }
+}
