@@ -171,10 +171,18 @@ async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: 
             }
             pairs.push((f, t));
         }
+        let unavailable = |e: herald_store::StoreError| {
+            ApiError::unavailable(format!("follower store unavailable: {e}"))
+        };
+        gw.store.import_follows(&pairs).await.map_err(unavailable)?;
+        // Followees may have crossed the celebrity threshold.
+        let mut followees: Vec<u64> = pairs.iter().map(|p| p.1).collect();
+        followees.sort_unstable();
+        followees.dedup();
         gw.store
-            .import_follows(&pairs)
+            .refresh_celebrities(&gw.celebrities, gw.cfg.celebrity, &followees)
             .await
-            .map_err(|e| ApiError::unavailable(format!("follower store unavailable: {e}")))?;
+            .map_err(unavailable)?;
         Ok(pairs.len())
     }
     .await;
