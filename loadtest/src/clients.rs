@@ -121,7 +121,7 @@ pub async fn run(
                                 }
                             }
                             if let Some(id) = f.id {
-                                stats.receive(&id, seq_of(&f.text), from_inbox);
+                                stats.receive(spec.user, &id, seq_of(&f.text), from_inbox);
                                 acks.push(id);
                                 if ack_due.is_none() {
                                     ack_due = Some(tokio::time::Instant::now() + Duration::from_millis(20));
@@ -133,7 +133,7 @@ pub async fn run(
                 }
                 _ = async { tokio::time::sleep_until(ack_due.unwrap_or_else(tokio::time::Instant::now)).await }, if ack_due.is_some() => {
                     ack_due = None;
-                    if send_acks(&mut ws, &stats, &mut acks).await.is_err() {
+                    if send_acks(&mut ws, &stats, spec.user, &mut acks).await.is_err() {
                         break;
                     }
                 }
@@ -146,7 +146,7 @@ pub async fn run(
                 _ = stop.changed() => break,
             }
         }
-        let _ = send_acks(&mut ws, &stats, &mut acks).await;
+        let _ = send_acks(&mut ws, &stats, spec.user, &mut acks).await;
         // Give the acks a moment to land before closing.
         tokio::time::sleep(Duration::from_millis(30)).await;
         let _ = ws.close(None).await;
@@ -160,14 +160,19 @@ pub async fn run(
     }
 }
 
-async fn send_acks(ws: &mut Ws, stats: &Stats, acks: &mut Vec<String>) -> anyhow::Result<()> {
+async fn send_acks(
+    ws: &mut Ws,
+    stats: &Stats,
+    user: u64,
+    acks: &mut Vec<String>,
+) -> anyhow::Result<()> {
     if acks.is_empty() {
         return Ok(());
     }
     let frame = serde_json::json!({"type": "ack", "ids": acks});
     ws.send(Message::text(frame.to_string())).await?;
     for id in acks.drain(..) {
-        stats.acked(&id);
+        stats.acked(user, &id);
     }
     Ok(())
 }

@@ -12,7 +12,9 @@ pub struct Stats {
     /// seq -> (send time, recipients still expected)
     pub pending: DashMap<u64, (Instant, u32)>,
     /// notification id -> acked
-    pub seen: DashMap<String, bool>,
+    /// (user, notification id) -> acked. Ids are stable per recipient, not
+    /// unique across recipients (a celebrity post has one id for all).
+    pub seen: DashMap<(u64, String), bool>,
     pub expected: AtomicU64,
     pub delivered_live: AtomicU64,
     pub delivered_inbox: AtomicU64,
@@ -71,14 +73,15 @@ impl Stats {
 
     /// Records a notification received; returns false for a duplicate of
     /// something already acked.
-    pub fn receive(&self, id: &str, seq: Option<u64>, from_inbox: bool) -> bool {
-        if let Some(acked) = self.seen.get(id) {
+    pub fn receive(&self, user: u64, id: &str, seq: Option<u64>, from_inbox: bool) -> bool {
+        let key = (user, id.to_string());
+        if let Some(acked) = self.seen.get(&key) {
             if *acked {
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
             }
             return false;
         }
-        self.seen.insert(id.to_string(), false);
+        self.seen.insert(key, false);
         let Some(seq) = seq else { return true };
         let now = Instant::now();
         let mut sent_at = None;
@@ -110,8 +113,8 @@ impl Stats {
         true
     }
 
-    pub fn acked(&self, id: &str) {
-        if let Some(mut e) = self.seen.get_mut(id) {
+    pub fn acked(&self, user: u64, id: &str) {
+        if let Some(mut e) = self.seen.get_mut(&(user, id.to_string())) {
             *e = true;
         }
     }
