@@ -17,6 +17,8 @@ pub(crate) struct SharedFrame {
     pub celebrity: UserId,
     pub order: u64,
     pub id: String,
+    kind: herald_types::EventKind,
+    object: Option<String>,
     json: Utf8Bytes,
     msgpack: Bytes,
 }
@@ -47,6 +49,8 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
         celebrity,
         order: n.order,
         id: n.id.clone(),
+        kind: n.kind,
+        object: n.object.clone(),
         json: Utf8Bytes::from(n.to_json()),
         msgpack: n.encode(WireFormat::MsgPack),
     });
@@ -56,8 +60,26 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
     tokio::spawn(async move {
         let chunk = edge.cfg.broadcast_chunk.max(1);
         let mut pushed = 0u64;
+        let now_ms = herald_types::now_ms();
         for slice in followers.chunks(chunk) {
-            for u in slice {
+            // Each follower's mutes and modes: one cached read per slice,
+            // never a Redis round trip per follower.
+            let prefs = match edge.prefs.get_many(slice).await {
+                Ok(p) => p,
+                Err(e) => {
+                    // They will pull it from the outbox (filtered) on connect.
+                    tracing::warn!(celebrity, error = %e, "preferences unavailable, slice skipped");
+                    continue;
+                }
+            };
+            for (u, p) in slice.iter().zip(prefs) {
+                if let herald_prefs::Decision::Drop(reason) =
+                    p.decide(frame.kind, celebrity, frame.object.as_deref(), now_ms)
+                {
+                    metrics::counter!("herald_notifications_dropped_total", "reason" => reason)
+                        .increment(1);
+                    continue;
+                }
                 if let Some(h) = edge.conns.get(u) {
                     match h.tx.try_send(Delivery::Shared(frame.clone())) {
                         Ok(()) => pushed += 1,
@@ -123,7 +145,7 @@ impl Conn {
         for c in &self.celebrities {
             self.edge.index.entry(*c).or_default().insert(self.user);
         }
-        match self
+        let items = match self
             .edge
             .store
             .outbox_read(&cursors, self.edge.cfg.drain_limit)
@@ -132,9 +154,30 @@ impl Conn {
             Ok(items) => items,
             Err(e) => {
                 tracing::warn!(user = self.user, error = %e, "outbox pull failed");
-                Vec::new()
+                return Vec::new();
             }
+        };
+        if items.is_empty() {
+            return items;
         }
+        // The follower's mutes and modes apply to pulled posts too.
+        let prefs = match self.edge.prefs.get(self.user).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(user = self.user, error = %e, "preferences unavailable, pull deferred");
+                return Vec::new();
+            }
+        };
+        let now_ms = herald_types::now_ms();
+        items
+            .into_iter()
+            .filter(|(c, n)| {
+                !matches!(
+                    prefs.decide(n.kind, *c, n.object.as_deref(), now_ms),
+                    herald_prefs::Decision::Drop(_)
+                )
+            })
+            .collect()
     }
 
     /// Sends inbox entries and pulled outbox entries merged in acceptance

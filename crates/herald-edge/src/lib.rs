@@ -128,6 +128,7 @@ pub struct Edge {
     /// Celebrity -> its followers connected here.
     pub(crate) index: DashMap<UserId, std::collections::HashSet<UserId>>,
     pub(crate) celebrities: Arc<herald_store::CelebritySet>,
+    pub(crate) prefs: Arc<herald_prefs::PrefsCache>,
     /// Self-reference for spawned broadcast tasks.
     pub(crate) me: std::sync::Weak<Edge>,
     next_id: AtomicU64,
@@ -142,6 +143,7 @@ impl Edge {
         cfg: EdgeConfig,
         store: Store,
         celebrities: Arc<herald_store::CelebritySet>,
+        prefs: Arc<herald_prefs::PrefsCache>,
     ) -> Arc<Edge> {
         if cfg.dev_mode {
             tracing::warn!("websocket dev mode is on: ?user=<id> is accepted without a token");
@@ -154,6 +156,7 @@ impl Edge {
             conns: DashMap::new(),
             index: DashMap::new(),
             celebrities,
+            prefs,
             me: me.clone(),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),

@@ -81,6 +81,7 @@ impl Fanout {
         store: Store,
         deliver: Arc<dyn Deliver>,
         celebrities: Arc<herald_store::CelebritySet>,
+        prefs: Arc<herald_prefs::PrefsCache>,
         cfg: FanoutConfig,
     ) -> Fanout {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -100,6 +101,7 @@ impl Fanout {
                 store: store.clone(),
                 deliver: deliver.clone(),
                 celebrities: celebrities.clone(),
+                prefs: prefs.clone(),
                 tracker: tracker.clone(),
                 cfg: cfg.clone(),
                 stop: stop_rx.clone(),

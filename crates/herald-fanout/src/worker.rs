@@ -16,6 +16,7 @@ pub struct Worker {
     pub store: Store,
     pub deliver: Arc<dyn Deliver>,
     pub celebrities: Arc<CelebritySet>,
+    pub prefs: Arc<herald_prefs::PrefsCache>,
     pub tracker: Arc<Tracker>,
     pub cfg: FanoutConfig,
     pub stop: watch::Receiver<bool>,
@@ -233,27 +234,50 @@ impl Worker {
             metrics::counter!("herald_celebrity_posts_total").increment(1);
             self.deliver.broadcast(actor, n);
         }
-        // Stage 4: build and route everything else.
+        // Stage 4: who gets what, then their preferences (one cached read
+        // for the batch), then build and route.
+        let mut planned: Vec<(usize, UserId)> = Vec::new();
+        for (idx, i) in items.iter().enumerate().filter(|(_, i)| !i.celebrity_post) {
+            match (i.ev.kind, i.answer.and_then(|k| answers.get(k))) {
+                (EventKind::Post, Some(GraphAnswer::Followers(l))) => {
+                    planned.extend(l.iter().filter(|&&u| u != i.ev.actor).map(|&u| (idx, u)))
+                }
+                (EventKind::Post, _) => {}
+                _ => planned.extend(i.ev.direct_recipients().into_iter().map(|u| (idx, u))),
+            }
+        }
+        let users: Vec<UserId> = planned.iter().map(|&(_, u)| u).collect();
+        let prefs = if users.is_empty() {
+            Vec::new()
+        } else {
+            let cache = self.prefs.clone();
+            match self.retry("preferences", || cache.get_many(&users)).await {
+                Some(p) => p,
+                None => return self.abandon(items),
+            }
+        };
+        let now_ms = herald_types::now_ms();
         let mut to_inbox: Vec<(UserId, Notification, Option<SettleToken>)> = Vec::new();
         let (mut pushed, mut queued) = (0u64, 0u64);
-        for i in items.iter().filter(|i| !i.celebrity_post) {
-            let recipients: Vec<UserId> = match (i.ev.kind, i.answer.and_then(|k| answers.get(k))) {
-                (EventKind::Post, Some(GraphAnswer::Followers(l))) => {
-                    l.iter().copied().filter(|&u| u != i.ev.actor).collect()
+        for (k, &(idx, r)) in planned.iter().enumerate() {
+            let i = &items[idx];
+            if let Some(p) = prefs.get(k) {
+                if let herald_prefs::Decision::Drop(reason) =
+                    p.decide(i.ev.kind, i.ev.actor, i.ev.object.as_deref(), now_ms)
+                {
+                    metrics::counter!("herald_notifications_dropped_total", "reason" => reason)
+                        .increment(1);
+                    continue;
                 }
-                (EventKind::Post, _) => Vec::new(),
-                _ => i.ev.direct_recipients(),
-            };
-            for r in recipients {
-                let n = make(i, r);
-                match self.deliver.push(r, n, Some(i.token.clone())) {
-                    Ok(()) => pushed += 1,
-                    Err(refused) => {
-                        if refused.why == herald_types::Refusal::Full {
-                            metrics::counter!("herald_notifications_rerouted_total", "reason" => "slow_consumer").increment(1);
-                        }
-                        to_inbox.push((r, refused.notification, refused.token));
+            }
+            let n = make(i, r);
+            match self.deliver.push(r, n, Some(i.token.clone())) {
+                Ok(()) => pushed += 1,
+                Err(refused) => {
+                    if refused.why == herald_types::Refusal::Full {
+                        metrics::counter!("herald_notifications_rerouted_total", "reason" => "slow_consumer").increment(1);
                     }
+                    to_inbox.push((r, refused.notification, refused.token));
                 }
             }
         }

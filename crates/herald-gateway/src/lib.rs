@@ -9,6 +9,7 @@
 
 pub mod body;
 pub mod error;
+mod prefs;
 mod routes;
 pub mod validate;
 
@@ -67,6 +68,7 @@ pub struct Gateway {
     pub log: Log,
     pub store: Store,
     pub celebrities: Arc<herald_store::CelebritySet>,
+    pub prefs: Arc<herald_prefs::PrefsCache>,
     last_us: AtomicU64,
     key_limiter: Option<KeyedLimiter<String>>,
     actor_limiter: Option<KeyedLimiter<u64>>,
@@ -78,6 +80,7 @@ impl Gateway {
         log: Log,
         store: Store,
         celebrities: Arc<herald_store::CelebritySet>,
+        prefs: Arc<herald_prefs::PrefsCache>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             key_limiter: limiter(cfg.rate_per_key),
@@ -86,6 +89,7 @@ impl Gateway {
             log,
             store,
             celebrities,
+            prefs,
             last_us: AtomicU64::new(0),
         })
     }

@@ -30,10 +30,11 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/graph/follows", post(post_follows))
         .route("/v1/users/{id}/followers/count", get(follower_count))
         .route("/v1/users/{id}/inbox", get(inbox))
+        .merge(crate::prefs::router())
         .with_state(gw)
 }
 
-fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<String, ApiError> {
     if gw.cfg.api_keys.is_empty() {
         return Ok(String::new());
     }
@@ -50,7 +51,7 @@ fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<String, ApiError> {
     }
 }
 
-fn reject(e: ApiError) -> Response {
+pub(crate) fn reject(e: ApiError) -> Response {
     metrics::counter!("herald_gateway_rejected_total", "code" => e.code).increment(1);
     e.into_response()
 }
@@ -192,7 +193,7 @@ async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: 
     }
 }
 
-fn path_user(raw: &str) -> Result<u64, ApiError> {
+pub(crate) fn path_user(raw: &str) -> Result<u64, ApiError> {
     user_id(&Value::String(raw.to_string()))
         .ok_or_else(|| ApiError::field("invalid_field", "id", format!("{raw:?} is not a user id")))
 }

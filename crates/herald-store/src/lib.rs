@@ -16,10 +16,13 @@
 //! | `h:outbox-owners` | set | accounts that have ever had an outbox |
 //! | `h:{u:ID}:outbox` | sorted set | a celebrity's posts (stored notifications), scored by acceptance time |
 //! | `h:{u:ID}:seen` | hash | celebrity id -> order of the newest outbox entry ID acked |
+//! | `h:{u:ID}:prefs` | string | the preference document (JSON), without mutes |
+//! | `h:{u:ID}:mutes` | hash | `a:<actor>` / `o:<object>` -> until (ms, 0 = forever) |
 
 mod celebrity;
 mod graph;
 mod inbox;
+mod prefs;
 
 use std::time::Duration;
 
@@ -27,6 +30,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use celebrity::{CelebrityPolicy, CelebritySet};
 pub use graph::{GraphAnswer, GraphOp};
+pub use prefs::StoredPrefs;
 
 /// What the store can fail at.
 #[derive(Debug, thiserror::Error)]

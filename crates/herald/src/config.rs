@@ -18,6 +18,23 @@ pub struct Config {
     pub websocket: WebSocket,
     pub fanout: Fanout,
     pub celebrity: Celebrity,
+    pub preferences: Prefs,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prefs {
+    pub cache_ttl_ms: u64,
+    pub cache_entries: usize,
+}
+
+impl Default for Prefs {
+    fn default() -> Self {
+        Prefs {
+            cache_ttl_ms: 1000,
+            cache_entries: 1_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -103,22 +103,30 @@ pub async fn run(
         .load_celebrities(&celebrities)
         .await
         .context("cannot read the celebrity set from redis")?;
+    let prefs = Arc::new(herald_prefs::PrefsCache::new(
+        store.clone(),
+        Duration::from_millis(cfg.preferences.cache_ttl_ms.clamp(1, 1000)),
+        cfg.preferences.cache_entries,
+    ));
     let gateway = herald_gateway::Gateway::new(
         cfg.gateway_config(),
         log.clone(),
         store.clone(),
         celebrities.clone(),
+        prefs.clone(),
     );
     let edge = herald_edge::Edge::new(
         cfg.edge_config(max_conns),
         store.clone(),
         celebrities.clone(),
+        prefs.clone(),
     );
     let mut fanout = herald_fanout::Fanout::start(
         log.clone(),
         store.clone(),
         edge.clone(),
         celebrities,
+        prefs,
         cfg.fanout_config(),
     );
 

@@ -1,0 +1,196 @@
+//! Preference and mute endpoints.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use herald_prefs::{parse_document, Invalid, Resolved};
+use serde_json::{json, Value};
+
+use crate::body::{encoding, parse, read_limited};
+use crate::error::ApiError;
+use crate::routes::{authorize, path_user, reject};
+use crate::Gateway;
+
+/// Largest preferences or mutes body.
+pub const MAX_PREFS_BODY: usize = 1024 * 1024;
+
+pub fn router() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/v1/users/{id}/preferences", get(get_prefs).put(put_prefs))
+        .route("/v1/users/{id}/mutes", post(add_mute).delete(remove_mute))
+}
+
+fn invalid(e: Invalid) -> ApiError {
+    ApiError::field(e.code, e.field, e.message)
+}
+
+fn unavailable(e: herald_store::StoreError) -> ApiError {
+    ApiError::unavailable(format!("preference store unavailable: {e}"))
+}
+
+async fn current(gw: &Gateway, user: u64) -> Result<Value, ApiError> {
+    let stored = gw
+        .store
+        .prefs_get_many(&[user])
+        .await
+        .map_err(unavailable)?;
+    let r = stored
+        .first()
+        .map(Resolved::from_stored)
+        .unwrap_or_default();
+    Ok(r.to_api(herald_types::now_ms()))
+}
+
+async fn get_prefs(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let r = async {
+        authorize(&gw, &headers)?;
+        current(&gw, path_user(&id)?).await
+    }
+    .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => reject(e),
+    }
+}
+
+async fn put_prefs(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    let r = async {
+        authorize(&gw, &headers)?;
+        let user = path_user(&id)?;
+        let enc = encoding(&headers)?;
+        let bytes = read_limited(&headers, body, MAX_PREFS_BODY).await?;
+        let doc = parse_document(&parse(&bytes, enc)?).map_err(invalid)?;
+        let mut mutes: Vec<(String, u64)> = doc
+            .muted_actors
+            .iter()
+            .map(|a| (format!("a:{a}"), 0))
+            .collect();
+        mutes.extend(doc.muted_objects.iter().map(|o| (format!("o:{o}"), 0)));
+        gw.store
+            .prefs_put(user, &doc.prefs.to_json(), &mutes)
+            .await
+            .map_err(unavailable)?;
+        gw.prefs.invalidate(user);
+        current(&gw, user).await
+    }
+    .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => reject(e),
+    }
+}
+
+/// `{"actor": id}` or `{"object": "..."}`, and for adding, `until_ms`.
+fn mute_key(v: &Value, adding: bool) -> Result<(String, Option<u64>), ApiError> {
+    let m = v.as_object().ok_or_else(|| {
+        ApiError::malformed("body must be {\"actor\": id} or {\"object\": \"...\"}")
+    })?;
+    let allowed: &[&str] = if adding {
+        &["actor", "object", "until_ms"]
+    } else {
+        &["actor", "object"]
+    };
+    if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::field(
+            "unknown_field",
+            k.clone(),
+            format!("unknown field {k:?}"),
+        ));
+    }
+    let key = match (m.get("actor"), m.get("object")) {
+        (Some(a), None) => format!(
+            "a:{}",
+            herald_prefs::model::user_id(a).ok_or_else(|| ApiError::field(
+                "invalid_field",
+                "actor",
+                "actor must be a user id"
+            ))?
+        ),
+        (None, Some(o)) => format!(
+            "o:{}",
+            herald_prefs::model::object(o, "object").map_err(invalid)?
+        ),
+        _ => {
+            return Err(ApiError::field(
+                "missing_field",
+                "actor",
+                "exactly one of actor or object is required",
+            ))
+        }
+    };
+    let until = match m.get("until_ms") {
+        None | Some(Value::Null) => 0,
+        Some(v) => {
+            let u = v.as_u64().ok_or_else(|| {
+                ApiError::field("invalid_field", "until_ms", "until_ms must be a time in ms")
+            })?;
+            if u <= herald_types::now_ms() {
+                return Err(ApiError::field(
+                    "invalid_field",
+                    "until_ms",
+                    "until_ms is in the past",
+                ));
+            }
+            u
+        }
+    };
+    Ok((key, Some(until)))
+}
+
+async fn change_mute(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    id: &str,
+    body: Body,
+    adding: bool,
+) -> Result<Value, ApiError> {
+    authorize(gw, headers)?;
+    let user = path_user(id)?;
+    let enc = encoding(headers)?;
+    let bytes = read_limited(headers, body, MAX_PREFS_BODY).await?;
+    let (key, until) = mute_key(&parse(&bytes, enc)?, adding)?;
+    gw.store
+        .mute_set(user, &key, if adding { until } else { None })
+        .await
+        .map_err(unavailable)?;
+    gw.prefs.invalidate(user);
+    current(gw, user).await
+}
+
+async fn add_mute(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    match change_mute(&gw, &headers, &id, body, true).await {
+        Ok(v) => (StatusCode::OK, Json(json!(v))).into_response(),
+        Err(e) => reject(e),
+    }
+}
+
+async fn remove_mute(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    match change_mute(&gw, &headers, &id, body, false).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => reject(e),
+    }
+}

@@ -1,0 +1,69 @@
+//! A short-lived cache of resolved preferences.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use herald_store::Store;
+use herald_types::UserId;
+
+use crate::Resolved;
+
+/// Entries live at most `ttl`; past `max_entries` the cache is cleared
+/// (a crude but bounded policy: a refill costs one pipeline per batch).
+pub struct PrefsCache {
+    store: Store,
+    ttl: Duration,
+    max_entries: usize,
+    map: DashMap<UserId, (Instant, Arc<Resolved>)>,
+}
+
+impl PrefsCache {
+    pub fn new(store: Store, ttl: Duration, max_entries: usize) -> PrefsCache {
+        PrefsCache {
+            store,
+            ttl,
+            max_entries: max_entries.max(1),
+            map: DashMap::new(),
+        }
+    }
+
+    /// Forgets `user`'s entry (after a change through this node).
+    pub fn invalidate(&self, user: UserId) {
+        self.map.remove(&user);
+    }
+
+    /// Preferences of `users`, in order: fresh entries from memory, the
+    /// rest in one Redis pipeline.
+    pub async fn get_many(&self, users: &[UserId]) -> herald_store::Result<Vec<Arc<Resolved>>> {
+        let now = Instant::now();
+        let mut out: Vec<Option<Arc<Resolved>>> = Vec::with_capacity(users.len());
+        let mut missing = Vec::new();
+        for (i, u) in users.iter().enumerate() {
+            match self.map.get(u) {
+                Some(e) if now.duration_since(e.0) < self.ttl => out.push(Some(e.1.clone())),
+                _ => {
+                    out.push(None);
+                    missing.push(i);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let ids: Vec<UserId> = missing.iter().map(|&i| users[i]).collect();
+            let stored = self.store.prefs_get_many(&ids).await?;
+            if self.map.len() + ids.len() > self.max_entries {
+                self.map.clear();
+            }
+            for (i, s) in missing.into_iter().zip(stored) {
+                let r = Arc::new(Resolved::from_stored(&s));
+                self.map.insert(users[i], (now, r.clone()));
+                out[i] = Some(r);
+            }
+        }
+        Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect())
+    }
+
+    pub async fn get(&self, user: UserId) -> herald_store::Result<Arc<Resolved>> {
+        Ok(self.get_many(&[user]).await?.pop().unwrap_or_default())
+    }
+}

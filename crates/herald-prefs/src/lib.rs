@@ -1,0 +1,160 @@
+//! Preferences: how Herald may interrupt each user.
+//!
+//! Resolution, for one notification to one user (documented in docs/API.md):
+//! 1. a mute of the actor or of the object (not expired) drops it;
+//! 2. otherwise the mode for its kind (`kinds`), else the user's `default`:
+//!    `realtime` delivers it, `off` drops it, `digest` collects it for the
+//!    user's digest window.
+//!
+//! Workers and the edge read preferences through [`PrefsCache`]: entries
+//! live at most `ttl` (1 s by default) and a change made through this node
+//! invalidates its entry at once, so a change is honoured within a second
+//! and the hot path does not read Redis per notification.
+
+mod cache;
+pub mod model;
+
+use herald_types::{EventKind, UserId};
+
+pub use cache::PrefsCache;
+pub use model::{parse_document, Document, Invalid, Mode, Preferences};
+
+/// A user's preferences with their active mutes, as the hot path reads them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resolved {
+    pub prefs: Preferences,
+    /// (actor, until_ms; 0 = forever)
+    pub muted_actors: Vec<(UserId, u64)>,
+    /// (object, until_ms; 0 = forever)
+    pub muted_objects: Vec<(String, u64)>,
+}
+
+/// What happens to one notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Deliver,
+    /// Collected for the digest (not yet built: delivered in real time).
+    Digest,
+    Drop(&'static str),
+}
+
+fn active(until: u64, now_ms: u64) -> bool {
+    until == 0 || until > now_ms
+}
+
+impl Resolved {
+    pub fn from_stored(s: &herald_store::StoredPrefs) -> Resolved {
+        let mut r = Resolved {
+            prefs: Preferences::from_stored(s.doc.as_deref()),
+            ..Resolved::default()
+        };
+        for (k, until) in &s.mutes {
+            if let Some(a) = k.strip_prefix("a:") {
+                if let Ok(a) = a.parse() {
+                    r.muted_actors.push((a, *until));
+                }
+            } else if let Some(o) = k.strip_prefix("o:") {
+                r.muted_objects.push((o.to_string(), *until));
+            }
+        }
+        r
+    }
+
+    /// Applies the resolution order to a notification.
+    pub fn decide(
+        &self,
+        kind: EventKind,
+        actor: UserId,
+        object: Option<&str>,
+        now_ms: u64,
+    ) -> Decision {
+        if self
+            .muted_actors
+            .iter()
+            .any(|&(a, until)| a == actor && active(until, now_ms))
+        {
+            return Decision::Drop("muted_actor");
+        }
+        if let Some(o) = object {
+            if self
+                .muted_objects
+                .iter()
+                .any(|(m, until)| m == o && active(*until, now_ms))
+            {
+                return Decision::Drop("muted_object");
+            }
+        }
+        let mode = self
+            .prefs
+            .kinds
+            .get(kind.as_str())
+            .copied()
+            .unwrap_or(self.prefs.default);
+        match mode {
+            Mode::Realtime => Decision::Deliver,
+            Mode::Digest => Decision::Digest,
+            Mode::Off => Decision::Drop("off"),
+        }
+    }
+
+    /// Whether this user has anything but the defaults (fast path).
+    pub fn is_default(&self) -> bool {
+        self.muted_actors.is_empty()
+            && self.muted_objects.is_empty()
+            && self.prefs == Preferences::default()
+    }
+
+    /// The API shape: the document with the active mutes as lists.
+    pub fn to_api(&self, now_ms: u64) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.prefs).unwrap_or_default();
+        let actors: Vec<UserId> = self
+            .muted_actors
+            .iter()
+            .filter(|(_, u)| active(*u, now_ms))
+            .map(|(a, _)| *a)
+            .collect();
+        let objects: Vec<&str> = self
+            .muted_objects
+            .iter()
+            .filter(|(_, u)| active(*u, now_ms))
+            .map(|(o, _)| o.as_str())
+            .collect();
+        if let Some(m) = v.as_object_mut() {
+            m.insert("muted_actors".into(), serde_json::json!(actors));
+            m.insert("muted_objects".into(), serde_json::json!(objects));
+            m.entry("quiet_hours").or_insert(serde_json::Value::Null);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution_order() {
+        let mut r = Resolved::default();
+        assert_eq!(r.decide(EventKind::Like, 1, None, 0), Decision::Deliver);
+        r.prefs.kinds.insert("like".into(), Mode::Off);
+        assert_eq!(r.decide(EventKind::Like, 1, None, 0), Decision::Drop("off"));
+        assert_eq!(r.decide(EventKind::Comment, 1, None, 0), Decision::Deliver);
+        r.prefs.default = Mode::Digest;
+        assert_eq!(r.decide(EventKind::Comment, 1, None, 0), Decision::Digest);
+        r.muted_actors.push((7, 0));
+        r.muted_objects.push(("post:1".into(), 100));
+        assert_eq!(
+            r.decide(EventKind::Comment, 7, None, 0),
+            Decision::Drop("muted_actor")
+        );
+        assert_eq!(
+            r.decide(EventKind::Comment, 8, Some("post:1"), 50),
+            Decision::Drop("muted_object")
+        );
+        // The object mute lapsed at 100.
+        assert_eq!(
+            r.decide(EventKind::Comment, 8, Some("post:1"), 100),
+            Decision::Digest
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! The preference document, its validation and its wire shape.
+
+use std::collections::BTreeMap;
+
+use herald_types::{EventKind, UserId};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Most muted actors or objects per user.
+pub const MAX_MUTES: usize = 10_000;
+/// Longest muted object.
+pub const MAX_OBJECT: usize = 128;
+
+/// How a kind of notification reaches a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Realtime,
+    Digest,
+    Off,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "realtime" => Some(Mode::Realtime),
+            "digest" => Some(Mode::Digest),
+            "off" => Some(Mode::Off),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interval {
+    Hourly,
+    Daily,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Digest {
+    pub interval: Interval,
+    pub timezone: String,
+    pub hour: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuietHours {
+    pub start: String,
+    pub end: String,
+    pub timezone: String,
+}
+
+/// A user's preferences. Mutes are kept apart (they can expire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Preferences {
+    pub default: Mode,
+    pub kinds: BTreeMap<String, Mode>,
+    pub digest: Digest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
+}
+
+impl Default for Preferences {
+    fn default() -> Self {
+        Preferences {
+            default: Mode::Realtime,
+            kinds: BTreeMap::new(),
+            digest: Digest {
+                interval: Interval::Hourly,
+                timezone: "UTC".into(),
+                hour: 9,
+            },
+            quiet_hours: None,
+        }
+    }
+}
+
+/// Why a document was refused: the field (dotted path) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub code: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        code: "invalid_field",
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn unknown(field: impl Into<String>) -> Invalid {
+    let field = field.into();
+    Invalid {
+        code: "unknown_field",
+        message: format!("unknown field {field:?}"),
+        field,
+    }
+}
+
+fn only(m: &Map<String, Value>, allowed: &[&str], prefix: &str) -> Result<(), Invalid> {
+    match m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(unknown(format!("{prefix}{k}"))),
+        None => Ok(()),
+    }
+}
+
+fn mode(v: &Value, field: &str) -> Result<Mode, Invalid> {
+    v.as_str()
+        .and_then(Mode::parse)
+        .ok_or_else(|| bad(field, "must be \"realtime\", \"digest\" or \"off\""))
+}
+
+/// A valid IANA time zone name (from the bundled tz database).
+pub fn timezone(v: &Value, field: &str) -> Result<String, Invalid> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| bad(field, "must be a time zone name"))?;
+    if s.len() > 64 || jiff::tz::TimeZone::get(s).is_err() {
+        return Err(bad(field, format!("unknown time zone {s:?}")));
+    }
+    Ok(s.to_string())
+}
+
+/// "HH:MM", 00:00 to 23:59; returns minutes after midnight.
+pub fn clock(v: &Value, field: &str) -> Result<u16, Invalid> {
+    let err = || bad(field, "must be a time \"HH:MM\" (00:00 to 23:59)");
+    let s = v.as_str().ok_or_else(err)?;
+    let (h, m) = s.split_once(':').ok_or_else(err)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(err());
+    }
+    let (h, m): (u16, u16) = (h.parse().map_err(|_| err())?, m.parse().map_err(|_| err())?);
+    if h > 23 || m > 59 {
+        return Err(err());
+    }
+    Ok(h * 60 + m)
+}
+
+/// A user id as the API accepts it.
+pub fn user_id(v: &Value) -> Option<UserId> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s)
+            if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            s.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// A muted object: a non-empty string of at most `MAX_OBJECT` bytes.
+pub fn object(v: &Value, field: &str) -> Result<String, Invalid> {
+    match v.as_str() {
+        Some(s) if !s.is_empty() && s.len() <= MAX_OBJECT => Ok(s.to_string()),
+        _ => Err(bad(
+            field,
+            format!("must be a string of 1 to {MAX_OBJECT} bytes"),
+        )),
+    }
+}
+
+/// A parsed `PUT` body: preferences and the mutes it sets (without expiry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub prefs: Preferences,
+    pub muted_actors: Vec<UserId>,
+    pub muted_objects: Vec<String>,
+}
+
+/// Validates a whole `PUT /v1/users/{id}/preferences` body.
+pub fn parse_document(v: &Value) -> Result<Document, Invalid> {
+    let m = v
+        .as_object()
+        .ok_or_else(|| bad("", "body must be a preferences object"))?;
+    only(
+        m,
+        &[
+            "default",
+            "kinds",
+            "digest",
+            "muted_actors",
+            "muted_objects",
+            "quiet_hours",
+        ],
+        "",
+    )?;
+    let mut prefs = Preferences::default();
+    if let Some(d) = m.get("default") {
+        prefs.default = mode(d, "default")?;
+    }
+    if let Some(k) = m.get("kinds") {
+        let k = k
+            .as_object()
+            .ok_or_else(|| bad("kinds", "must be an object of kind -> mode"))?;
+        for (name, v) in k {
+            let field = format!("kinds.{name}");
+            match EventKind::parse(name) {
+                Some(EventKind::Unfollow) => {
+                    return Err(bad(field, "unfollow is never notified"));
+                }
+                Some(_) => {
+                    prefs.kinds.insert(name.clone(), mode(v, &field)?);
+                }
+                None => return Err(bad(field, format!("unknown kind {name:?}"))),
+            }
+        }
+    }
+    if let Some(d) = m.get("digest") {
+        let d = d
+            .as_object()
+            .ok_or_else(|| bad("digest", "must be an object"))?;
+        only(d, &["interval", "timezone", "hour"], "digest.")?;
+        if let Some(i) = d.get("interval") {
+            prefs.digest.interval = match i.as_str() {
+                Some("hourly") => Interval::Hourly,
+                Some("daily") => Interval::Daily,
+                _ => return Err(bad("digest.interval", "must be \"hourly\" or \"daily\"")),
+            };
+        }
+        if let Some(t) = d.get("timezone") {
+            prefs.digest.timezone = timezone(t, "digest.timezone")?;
+        }
+        if let Some(h) = d.get("hour") {
+            prefs.digest.hour = h
+                .as_u64()
+                .filter(|h| *h < 24)
+                .ok_or_else(|| bad("digest.hour", "must be an hour 0 to 23"))?
+                as u8;
+        }
+    }
+    if let Some(q) = m.get("quiet_hours") {
+        if !q.is_null() {
+            let q = q
+                .as_object()
+                .ok_or_else(|| bad("quiet_hours", "must be an object or null"))?;
+            only(q, &["start", "end", "timezone"], "quiet_hours.")?;
+            let get = |k: &str| {
+                q.get(k).ok_or_else(|| Invalid {
+                    code: "missing_field",
+                    field: format!("quiet_hours.{k}"),
+                    message: format!("quiet_hours.{k} is required"),
+                })
+            };
+            let (s, e) = (get("start")?, get("end")?);
+            if clock(s, "quiet_hours.start")? == clock(e, "quiet_hours.end")? {
+                return Err(bad("quiet_hours.end", "must differ from start"));
+            }
+            let tz = match q.get("timezone") {
+                Some(t) => timezone(t, "quiet_hours.timezone")?,
+                None => "UTC".into(),
+            };
+            prefs.quiet_hours = Some(QuietHours {
+                start: s.as_str().unwrap_or_default().to_string(),
+                end: e.as_str().unwrap_or_default().to_string(),
+                timezone: tz,
+            });
+        }
+    }
+    let mut muted_actors = Vec::new();
+    if let Some(a) = m.get("muted_actors") {
+        let a = a
+            .as_array()
+            .ok_or_else(|| bad("muted_actors", "must be an array of user ids"))?;
+        if a.len() > MAX_MUTES {
+            return Err(bad("muted_actors", format!("at most {MAX_MUTES}")));
+        }
+        for v in a {
+            muted_actors.push(
+                user_id(v).ok_or_else(|| bad("muted_actors", "must be an array of user ids"))?,
+            );
+        }
+    }
+    let mut muted_objects = Vec::new();
+    if let Some(o) = m.get("muted_objects") {
+        let o = o
+            .as_array()
+            .ok_or_else(|| bad("muted_objects", "must be an array of strings"))?;
+        if o.len() > MAX_MUTES {
+            return Err(bad("muted_objects", format!("at most {MAX_MUTES}")));
+        }
+        for v in o {
+            muted_objects.push(object(v, "muted_objects")?);
+        }
+    }
+    Ok(Document {
+        prefs,
+        muted_actors,
+        muted_objects,
+    })
+}
+
+impl Preferences {
+    /// The stored form (the same JSON as the API, without mutes).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a stored document; anything unreadable falls back to defaults
+    /// (and is logged), so a bad record never blocks delivery.
+    pub fn from_stored(doc: Option<&str>) -> Preferences {
+        let Some(doc) = doc else {
+            return Preferences::default();
+        };
+        match serde_json::from_str::<Value>(doc)
+            .map_err(|e| e.to_string())
+            .and_then(|v| parse_document(&v).map_err(|e| e.to_string()))
+        {
+            Ok(d) => d.prefs,
+            Err(e) => {
+                tracing::warn!(error = %e, "stored preferences unreadable, using defaults");
+                Preferences::default()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_contract_example_is_valid() {
+        let d = parse_document(&json!({
+            "default": "realtime",
+            "kinds": {"like": "digest", "follow": "realtime", "post": "off"},
+            "digest": {"interval": "hourly", "timezone": "Europe/Paris", "hour": 9},
+            "muted_actors": [42],
+            "muted_objects": ["post:7"],
+            "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"}
+        }))
+        .unwrap();
+        assert_eq!(d.prefs.kinds["post"], Mode::Off);
+        assert_eq!(d.muted_actors, vec![42]);
+        let back = Preferences::from_stored(Some(&d.prefs.to_json()));
+        assert_eq!(back, d.prefs);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let field = |v: Value| parse_document(&v).unwrap_err().field;
+        assert_eq!(field(json!({"colour": 1})), "colour");
+        assert_eq!(field(json!({"default": "loud"})), "default");
+        assert_eq!(field(json!({"kinds": {"poke": "off"}})), "kinds.poke");
+        assert_eq!(field(json!({"kinds": {"like": "sometimes"}})), "kinds.like");
+        assert_eq!(
+            field(json!({"digest": {"timezone": "Mars/Olympus"}})),
+            "digest.timezone"
+        );
+        assert_eq!(field(json!({"digest": {"hour": 24}})), "digest.hour");
+        assert_eq!(field(json!({"digest": {"when": 1}})), "digest.when");
+        assert_eq!(
+            field(json!({"quiet_hours": {"start": "25:00", "end": "07:00"}})),
+            "quiet_hours.start"
+        );
+        assert_eq!(
+            field(json!({"quiet_hours": {"start": "22:00"}})),
+            "quiet_hours.end"
+        );
+        assert_eq!(field(json!({"muted_actors": ["x"]})), "muted_actors");
+        assert_eq!(field(json!({"muted_objects": [""]})), "muted_objects");
+    }
+}
