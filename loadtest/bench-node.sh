@@ -2,7 +2,8 @@
 # One benchmark run on this machine: a private redis-server on port 6401, a
 # fresh release herald on 127.0.0.1:7401 (extra HERALD_* settings may be
 # given), then herald-loadgen with <clients> clients at <rate> events/s for
-# <secs> s (SCENARIO=celebrity, reconnect-storm, ... picks a preset). Prints herald's CPU seconds, its counters and the verdict.
+# <secs> s (SCENARIO=celebrity, reconnect-storm, ... picks a preset;
+# LOADGEN_ARGS adds generator flags, e.g. --prefs). Prints herald's CPU seconds, its counters and the verdict.
 #
 #   cargo build --release -p herald -p herald-loadgen
 #   loadtest/bench-node.sh 5000 5000 20 [HERALD_LOG__PARTITIONS=2 ...]
@@ -24,7 +25,7 @@ env HERALD_LOG=warn "$@" target/release/herald --config config/default.toml --li
 hp=$!
 sleep 1
 timeout 900 target/release/herald-loadgen run --scenario "${SCENARIO:-custom}" --clients "$clients" --rate "$rate" \
-    --duration "$secs" --target 127.0.0.1:7401 --herald-pid "$hp" --out "$dir/reports" >"$dir/lg.out" 2>&1 || true
+    --duration "$secs" ${LOADGEN_ARGS:-} --target 127.0.0.1:7401 --herald-pid "$hp" --out "$dir/reports" >"$dir/lg.out" 2>&1 || true
 awk '{print "herald cpu_s", ($14+$15)/100}' "/proc/$hp/stat"
 curl -s 127.0.0.1:7401/metrics | grep -E '^herald_notifications_total\{route="pushed"\}|^herald_log_append_seconds_(sum|count)' || true
 grep -v "^\[" "$dir/lg.out" | grep -v "^reports:"

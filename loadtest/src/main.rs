@@ -105,6 +105,10 @@ struct RunArgs {
     /// Where to write report.json and report.html.
     #[arg(long, default_value = "loadtest/reports")]
     out: PathBuf,
+    /// Store preferences for every user before the run (measures the cost
+    /// of preference checks).
+    #[arg(long)]
+    prefs: bool,
     /// Reconnect storm: notifications queued per user.
     #[arg(long, default_value_t = 50)]
     queued: u64,
@@ -220,6 +224,7 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
             0
         },
         celebrity_post: a.scenario == Scenario::Celebrity,
+        set_prefs: a.prefs,
     };
     let name = match a.scenario {
         Scenario::Smoke => "smoke",

@@ -39,6 +39,9 @@ pub struct RunSpec {
     pub storm_queued: u64,
     /// Send one post by the first celebrity right after connecting.
     pub celebrity_post: bool,
+    /// Give every user stored preferences first (a mute of an actor that
+    /// never acts), to measure the cost of preference checks.
+    pub set_prefs: bool,
 }
 
 pub struct Outcome {
@@ -214,6 +217,27 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
     let stats = Arc::new(Stats::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let rss_before = spec.herald_pid.and_then(rss_kib);
+    if spec.set_prefs {
+        eprintln!("setting preferences for {} users", spec.clients);
+        let mut conn = Conn::new(&spec.target.to_string());
+        for user in 1..=spec.clients {
+            let body = br#"{"muted_actors": [4000000000], "kinds": {"follow": "realtime"}}"#;
+            let (s, b) = conn
+                .request(
+                    "PUT",
+                    &format!("/v1/users/{user}/preferences"),
+                    "application/json",
+                    body,
+                )
+                .await?;
+            if s != 200 {
+                bail!(
+                    "setting preferences failed: {s} {}",
+                    String::from_utf8_lossy(&b)
+                );
+            }
+        }
+    }
     if spec.storm_queued > 0 {
         eprintln!(
             "queueing {} notifications for each of {} offline users",
