@@ -201,3 +201,46 @@ async fn a_follower_who_muted_a_celebrity_never_gets_its_posts() {
     node.like(5, 1100, "post:after").await;
     expect_next(&mut offline, "post:after").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_500_likes_arrives_as_a_few_aggregates_counting_500() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let mut owner = Client::connect(&node, 10).await;
+    // 500 likes from 500 people on one post, in five requests.
+    for chunk in 0..5u64 {
+        let events: Vec<_> = (0..100u64)
+            .map(|i| json!({"kind": "like", "actor": 1000 + chunk * 100 + i, "recipient": 10, "object": "post:viral"}))
+            .collect();
+        let (s, v) = node.post("/v1/events", &json!({ "events": events })).await;
+        assert_eq!(s, 202, "{v}");
+    }
+    // Singles, then one aggregate id re-sent as it grows, up to 500 in all.
+    let mut frames = 0;
+    let mut singles = 0u64;
+    let mut latest: Option<serde_json::Value> = None;
+    while latest.as_ref().map_or(0, |n| n["count"].as_u64().unwrap()) < 500 {
+        let n = owner.notification().await;
+        frames += 1;
+        assert_eq!(n["object"], "post:viral");
+        if n["count"] == 1 {
+            singles += 1;
+            continue;
+        }
+        if let Some(prev) = &latest {
+            assert_eq!(n["id"], prev["id"], "an updated aggregate keeps its id");
+            assert!(n["count"].as_u64() > prev["count"].as_u64());
+        }
+        assert!(n["actors"].as_array().unwrap().len() <= 3);
+        latest = Some(n);
+    }
+    let last = latest.unwrap();
+    assert_eq!(last["count"], 500, "{last}");
+    assert_eq!(last["actors"][0], 1000, "the first liker leads: {last}");
+    assert!(singles <= 2, "{singles} singles");
+    assert!(frames <= 20, "500 likes took {frames} frames");
+    let ids = [last["id"].as_str().unwrap()];
+    owner.ack(&ids).await;
+    node.like(1, 10, "post:other").await;
+    expect_next(&mut owner, "post:other").await;
+}

@@ -17,6 +17,7 @@
 //! account's status changes only while its own partition processes a follow
 //! or unfollow, so each post takes exactly one path.
 
+mod aggregate;
 mod tracker;
 mod worker;
 
@@ -29,6 +30,7 @@ use herald_types::Deliver;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use aggregate::AggregationConfig;
 pub use tracker::Tracker;
 
 /// Fan-out settings.
@@ -48,6 +50,8 @@ pub struct FanoutConfig {
     pub celebrity: herald_store::CelebrityPolicy,
     /// Most posts kept in a celebrity's outbox.
     pub outbox_cap: usize,
+    /// Burst folding and the per-recipient throttle.
+    pub aggregation: AggregationConfig,
 }
 
 impl Default for FanoutConfig {
@@ -60,6 +64,7 @@ impl Default for FanoutConfig {
             retry_backoff: Duration::from_millis(200),
             celebrity: herald_store::CelebrityPolicy::new(10_000, 0.1),
             outbox_cap: 1000,
+            aggregation: AggregationConfig::default(),
         }
     }
 }
@@ -103,6 +108,7 @@ impl Fanout {
                 celebrities: celebrities.clone(),
                 prefs: prefs.clone(),
                 tracker: tracker.clone(),
+                agg: aggregate::Aggregator::new(cfg.aggregation.clone()),
                 cfg: cfg.clone(),
                 stop: stop_rx.clone(),
             };

@@ -18,6 +18,7 @@ pub struct Worker {
     pub celebrities: Arc<CelebritySet>,
     pub prefs: Arc<herald_prefs::PrefsCache>,
     pub tracker: Arc<Tracker>,
+    pub agg: crate::aggregate::Aggregator,
     pub cfg: FanoutConfig,
     pub stop: watch::Receiver<bool>,
 }
@@ -80,14 +81,31 @@ impl Worker {
                 }
             };
             if records.is_empty() {
+                let deadline = self.agg.next_deadline();
                 tokio::select! {
                     r = end_rx.changed() => if r.is_err() { return },
                     _ = self.stop.changed() => {}
+                    _ = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d.into()).await,
+                            None => std::future::pending::<()>().await,
+                        }
+                    } => {
+                        let due = self.agg.due(std::time::Instant::now(), false);
+                        self.route(due.into_iter().map(|(r, n, t)| (r, n, Some(t))).collect()).await;
+                    }
                 }
                 continue;
             }
             next = records.last().map_or(next, |r| r.offset + 1);
             self.process(records).await;
+        }
+        // Folded notifications must not be dropped with the aggregator: emit
+        // what is pending (live or to the inbox) before stopping.
+        let due = self.agg.due(std::time::Instant::now(), true);
+        if !due.is_empty() {
+            self.route(due.into_iter().map(|(r, n, t)| (r, n, Some(t))).collect())
+                .await;
         }
         tracing::info!(partition = p, offset = next, "fan-out worker stopped");
     }
@@ -257,8 +275,8 @@ impl Worker {
             }
         };
         let now_ms = herald_types::now_ms();
-        let mut to_inbox: Vec<(UserId, Notification, Option<SettleToken>)> = Vec::new();
-        let (mut pushed, mut queued) = (0u64, 0u64);
+        let now = std::time::Instant::now();
+        let mut out: Vec<(UserId, Notification, Option<SettleToken>)> = Vec::new();
         for (k, &(idx, r)) in planned.iter().enumerate() {
             let i = &items[idx];
             if let Some(p) = prefs.get(k) {
@@ -270,8 +288,28 @@ impl Worker {
                     continue;
                 }
             }
-            let n = make(i, r);
-            match self.deliver.push(r, n, Some(i.token.clone())) {
+            // Bursts fold into aggregates (their tokens ride along).
+            if let Some((n, t)) = self.agg.offer(r, make(i, r), i.token.clone(), now) {
+                out.push((r, n, Some(t)));
+            }
+        }
+        out.extend(
+            self.agg
+                .due(now, false)
+                .into_iter()
+                .map(|(r, n, t)| (r, n, Some(t))),
+        );
+        self.route(out).await;
+    }
+
+    /// Pushes each notification live, or writes it to the inbox (one
+    /// pipeline) when its recipient is not here or not keeping up; tokens
+    /// go only once the notification is pushed or stored.
+    async fn route(&mut self, list: Vec<(UserId, Notification, Option<SettleToken>)>) {
+        let mut to_inbox: Vec<(UserId, Notification, Option<SettleToken>)> = Vec::new();
+        let (mut pushed, mut queued) = (0u64, 0u64);
+        for (r, n, token) in list {
+            match self.deliver.push(r, n, token) {
                 Ok(()) => pushed += 1,
                 Err(refused) => {
                     if refused.why == herald_types::Refusal::Full {
@@ -281,7 +319,6 @@ impl Worker {
                 }
             }
         }
-        // Stage 5: inbox writes, one pipeline; tokens go only once stored.
         if !to_inbox.is_empty() {
             let refs: Vec<(UserId, &Notification)> =
                 to_inbox.iter().map(|(u, n, _)| (*u, n)).collect();

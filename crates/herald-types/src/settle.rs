@@ -56,6 +56,12 @@ impl SettleToken {
         self.0.failed.store(true, Ordering::Relaxed);
     }
 
+    /// One token standing for many (an aggregate of several notifications):
+    /// settling it settles them all; failing it fails them all.
+    pub fn group(tokens: Vec<SettleToken>) -> SettleToken {
+        SettleToken::new(0, Arc::new(Group(std::sync::Mutex::new(Some(tokens)))))
+    }
+
     /// A token tied to no record (for notifications that need no settling).
     pub fn detached() -> SettleToken {
         SettleToken::new(0, Arc::new(Detached))
@@ -63,6 +69,20 @@ impl SettleToken {
 
     pub fn offset(&self) -> u64 {
         self.0.offset
+    }
+}
+
+struct Group(std::sync::Mutex<Option<Vec<SettleToken>>>);
+impl SettleSink for Group {
+    fn settled(&self, _: u64) {
+        drop(self.0.lock().ok().and_then(|mut g| g.take()));
+    }
+    fn failed(&self, _: u64) {
+        if let Some(tokens) = self.0.lock().ok().and_then(|mut g| g.take()) {
+            for t in tokens {
+                t.fail();
+            }
+        }
     }
 }
 
@@ -107,5 +127,14 @@ mod tests {
         t.fail();
         drop(t2);
         assert_eq!(*rec.0.lock().unwrap(), vec![7, 1008]);
+        let g = SettleToken::group(vec![
+            SettleToken::new(9, rec.clone()),
+            SettleToken::new(10, rec.clone()),
+        ]);
+        drop(g);
+        assert_eq!(*rec.0.lock().unwrap(), vec![7, 1008, 9, 10]);
+        let g = SettleToken::group(vec![SettleToken::new(11, rec.clone())]);
+        g.fail();
+        assert_eq!(*rec.0.lock().unwrap(), vec![7, 1008, 9, 10, 1011]);
     }
 }

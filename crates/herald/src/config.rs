@@ -19,6 +19,30 @@ pub struct Config {
     pub fanout: Fanout,
     pub celebrity: Celebrity,
     pub preferences: Prefs,
+    pub aggregation: Aggregation,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Aggregation {
+    pub window_ms: u64,
+    pub threshold: u32,
+    pub flush_ms: u64,
+    pub max_actors: usize,
+    pub rate_per_recipient: u32,
+}
+
+impl Default for Aggregation {
+    fn default() -> Self {
+        let d = herald_fanout::AggregationConfig::default();
+        Aggregation {
+            window_ms: d.window.as_millis() as u64,
+            threshold: d.threshold,
+            flush_ms: d.flush.as_millis() as u64,
+            max_actors: d.max_actors,
+            rate_per_recipient: d.rate_per_recipient,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -358,6 +382,14 @@ impl Config {
             checkpoint_every: Duration::from_millis(self.fanout.checkpoint_ms.max(10)),
             celebrity: self.celebrity_policy(),
             outbox_cap: self.celebrity.outbox_cap.max(1),
+            aggregation: herald_fanout::AggregationConfig {
+                window: Duration::from_millis(self.aggregation.window_ms),
+                threshold: self.aggregation.threshold.max(2),
+                flush: Duration::from_millis(self.aggregation.flush_ms.max(10)),
+                max_actors: self.aggregation.max_actors.clamp(1, 100),
+                rate_per_recipient: self.aggregation.rate_per_recipient,
+                ..herald_fanout::AggregationConfig::default()
+            },
             ..herald_fanout::FanoutConfig::default()
         }
     }
