@@ -224,6 +224,7 @@ mod tests {
             count: 1,
             actors: vec![actor],
             order,
+            digest: None,
         }
     }
 

@@ -18,6 +18,7 @@
 //! or unfollow, so each post takes exactly one path.
 
 mod aggregate;
+mod digest;
 mod tracker;
 mod worker;
 
@@ -52,6 +53,8 @@ pub struct FanoutConfig {
     pub outbox_cap: usize,
     /// Burst folding and the per-recipient throttle.
     pub aggregation: AggregationConfig,
+    /// When > 0, every digest window lasts this long (tests and demos).
+    pub digest_override_ms: u64,
 }
 
 impl Default for FanoutConfig {
@@ -65,6 +68,7 @@ impl Default for FanoutConfig {
             celebrity: herald_store::CelebrityPolicy::new(10_000, 0.1),
             outbox_cap: 1000,
             aggregation: AggregationConfig::default(),
+            digest_override_ms: 0,
         }
     }
 }

@@ -3,12 +3,15 @@
 use std::sync::Arc;
 
 use herald_log::{Log, LogError, Record};
-use herald_store::{CelebritySet, GraphAnswer, GraphOp, Store};
+use herald_store::{Bucket, BucketAdd, CelebritySet, GraphAnswer, GraphOp, Store};
 use herald_types::ids::{broadcast_id, dedup_key, event_id, notification_id};
 use herald_types::{Deliver, EventKind, LogEvent, Notification, SettleToken, UserId};
 use tokio::sync::watch;
 
 use crate::{FanoutConfig, Tracker};
+
+/// How often a worker looks for due quiet-hours and digest buckets.
+const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub struct Worker {
     pub partition: u32,
@@ -53,7 +56,12 @@ impl Worker {
             }
         };
         tracing::info!(partition = p, offset = next, "fan-out worker started");
+        let mut last_release = std::time::Instant::now() - RELEASE_EVERY;
         while !self.stopped() {
+            if last_release.elapsed() >= RELEASE_EVERY {
+                last_release = std::time::Instant::now();
+                self.release_due().await;
+            }
             if self.tracker.in_flight() >= self.cfg.max_in_flight {
                 // Backpressure: wait for clients to ack or connections to close.
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -85,6 +93,7 @@ impl Worker {
                 tokio::select! {
                     r = end_rx.changed() => if r.is_err() { return },
                     _ = self.stop.changed() => {}
+                    _ = tokio::time::sleep(RELEASE_EVERY) => {}
                     _ = async {
                         match deadline {
                             Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -277,14 +286,26 @@ impl Worker {
         let now_ms = herald_types::now_ms();
         let now = std::time::Instant::now();
         let mut out: Vec<(UserId, Notification, Option<SettleToken>)> = Vec::new();
+        let mut waiting: Vec<(UserId, Bucket, Notification, u64, SettleToken)> = Vec::new();
         for (k, &(idx, r)) in planned.iter().enumerate() {
             let i = &items[idx];
             if let Some(p) = prefs.get(k) {
-                if let herald_prefs::Decision::Drop(reason) =
-                    p.decide(i.ev.kind, i.ev.actor, i.ev.object.as_deref(), now_ms)
-                {
-                    metrics::counter!("herald_notifications_dropped_total", "reason" => reason)
-                        .increment(1);
+                let bucket = match p.decide(i.ev.kind, i.ev.actor, i.ev.object.as_deref(), now_ms) {
+                    herald_prefs::Decision::Drop(reason) => {
+                        metrics::counter!("herald_notifications_dropped_total", "reason" => reason)
+                            .increment(1);
+                        continue;
+                    }
+                    herald_prefs::Decision::Digest => Some((
+                        Bucket::Digest,
+                        p.prefs.digest_window(now_ms, self.cfg.digest_override_ms).1,
+                    )),
+                    herald_prefs::Decision::Deliver => {
+                        p.prefs.quiet_until(now_ms).map(|t| (Bucket::Held, t))
+                    }
+                };
+                if let Some((b, release)) = bucket {
+                    waiting.push((r, b, make(i, r), release, i.token.clone()));
                     continue;
                 }
             }
@@ -300,6 +321,95 @@ impl Worker {
                 .map(|(r, n, t)| (r, n, Some(t))),
         );
         self.route(out).await;
+        // Digest-mode and quiet-hours notifications wait in their buckets;
+        // their records settle once the buckets have them.
+        if !waiting.is_empty() {
+            let parts = self.log.partitions();
+            let adds: Vec<BucketAdd<'_>> = waiting
+                .iter()
+                .map(|(u, b, n, release, _)| BucketAdd {
+                    user: *u,
+                    bucket: *b,
+                    n,
+                    partition: herald_types::event::partition_for(*u, parts),
+                    release_ms: *release,
+                })
+                .collect();
+            let store = self.store.clone();
+            let ok = self
+                .retry("buckets", || store.bucket_add(&adds))
+                .await
+                .is_some();
+            drop(adds);
+            metrics::counter!("herald_notifications_total", "route" => "waiting")
+                .increment(waiting.len() as u64);
+            for (.., t) in waiting {
+                if !ok {
+                    t.fail();
+                }
+            }
+        }
+    }
+
+    /// Releases this partition's due buckets: quiet hours that ended (their
+    /// notifications go to the inbox, in order) and digest windows that
+    /// closed (one `digest` per window, to the inbox). The inbox write comes
+    /// first and ids are stable, so a crash in between repeats nothing the
+    /// client has not already been told.
+    async fn release_due(&mut self) {
+        let now = herald_types::now_ms();
+        for b in [Bucket::Held, Bucket::Digest] {
+            let store = self.store.clone();
+            let p = self.partition;
+            let Some(due) = self
+                .retry("bucket schedule", || store.bucket_due(b, p, now, 200))
+                .await
+            else {
+                return;
+            };
+            for (user, due_ms) in due {
+                if let Err(e) = self.release_one(user, b, due_ms, now).await {
+                    tracing::warn!(partition = p, user, error = %e, "bucket release failed; will retry");
+                }
+            }
+        }
+    }
+
+    async fn release_one(
+        &mut self,
+        user: UserId,
+        b: Bucket,
+        due_ms: u64,
+        now: u64,
+    ) -> herald_store::Result<()> {
+        let items = self.store.bucket_read(user, b, 1000).await?;
+        let ids: Vec<String> = items.iter().map(|n| n.id.clone()).collect();
+        let prefs = self.prefs.get(user).await?;
+        let window = |t: u64| prefs.prefs.digest_window(t, self.cfg.digest_override_ms);
+        let out = match b {
+            Bucket::Held => items,
+            Bucket::Digest if items.is_empty() => Vec::new(),
+            Bucket::Digest => {
+                let (start, _) = window(due_ms.saturating_sub(1));
+                vec![crate::digest::build(user, start, due_ms, &items)]
+            }
+        };
+        if !out.is_empty() {
+            let refs: Vec<(UserId, &Notification)> = out.iter().map(|n| (user, n)).collect();
+            self.store.inbox_push(&refs).await?;
+            let label = if b == Bucket::Held { "held" } else { "digest" };
+            metrics::counter!("herald_buckets_released_total", "bucket" => label).increment(1);
+            if self.deliver.is_online(user) {
+                self.deliver.poke(user);
+            }
+        }
+        let next = match b {
+            Bucket::Held => now,
+            Bucket::Digest => window(now + 1).1,
+        };
+        self.store
+            .bucket_done(user, b, self.partition, &ids, next)
+            .await
     }
 
     /// Pushes each notification live, or writes it to the inbox (one
@@ -427,5 +537,6 @@ fn make(i: &Item, recipient: UserId) -> Notification {
         count: 1,
         actors: vec![i.ev.actor],
         order: i.ev.accepted_us,
+        digest: None,
     }
 }

@@ -13,6 +13,7 @@
 
 mod cache;
 pub mod model;
+mod windows;
 
 use herald_types::{EventKind, UserId};
 

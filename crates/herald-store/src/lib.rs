@@ -18,7 +18,10 @@
 //! | `h:{u:ID}:seen` | hash | celebrity id -> order of the newest outbox entry ID acked |
 //! | `h:{u:ID}:prefs` | string | the preference document (JSON), without mutes |
 //! | `h:{u:ID}:mutes` | hash | `a:<actor>` / `o:<object>` -> until (ms, 0 = forever) |
+//! | `h:{u:ID}:held`, `h:{u:ID}:digest` (+ `:data`) | sorted set + hash | notifications held by quiet hours / collected for a digest |
+//! | `h:sched:held:P`, `h:sched:digest:P` | sorted set | users of partition P -> when their bucket is due (ms) |
 
+mod bucket;
 mod celebrity;
 mod graph;
 mod inbox;
@@ -28,6 +31,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use bucket::{Bucket, BucketAdd};
 pub use celebrity::{CelebrityPolicy, CelebritySet};
 pub use graph::{GraphAnswer, GraphOp};
 pub use prefs::StoredPrefs;

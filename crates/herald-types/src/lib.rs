@@ -13,7 +13,7 @@ pub mod settle;
 
 pub use deliver::{Deliver, Refusal, Refused};
 pub use event::{EventKind, LogEvent, UserId};
-pub use notification::{Notification, WireFormat};
+pub use notification::{DigestBody, DigestItem, Notification, WireFormat};
 pub use settle::{SettleSink, SettleToken};
 
 /// Current wall-clock time in milliseconds since the Unix epoch.

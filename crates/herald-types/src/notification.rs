@@ -26,6 +26,40 @@ pub struct Notification {
     /// not part of the wire shape.
     #[serde(skip)]
     pub order: u64,
+    /// Set for a digest: then the frame is `{"type": "digest", ...}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Box<DigestBody>>,
+}
+
+/// The body of a `digest` message: one summary of a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DigestBody {
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
+    pub items: Vec<DigestItem>,
+}
+
+/// One group of a digest: every notification of one kind about one object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DigestItem {
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    pub count: u64,
+    pub actors: Vec<UserId>,
+    /// The newest event of the group.
+    pub event_id: String,
+}
+
+#[derive(Serialize)]
+struct DigestFrame<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    id: &'a str,
+    window_start_ms: u64,
+    window_end_ms: u64,
+    count: u64,
+    items: &'a [DigestItem],
 }
 
 #[derive(Serialize)]
@@ -57,7 +91,21 @@ pub enum WireFormat {
 impl Notification {
     /// The JSON wire frame as a string.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.tagged()).unwrap_or_default()
+        match self.digest_frame() {
+            Some(d) => serde_json::to_string(&d).unwrap_or_default(),
+            None => serde_json::to_string(&self.tagged()).unwrap_or_default(),
+        }
+    }
+
+    fn digest_frame(&self) -> Option<DigestFrame<'_>> {
+        self.digest.as_ref().map(|d| DigestFrame {
+            ty: "digest",
+            id: &self.id,
+            window_start_ms: d.window_start_ms,
+            window_end_ms: d.window_end_ms,
+            count: self.count,
+            items: &d.items,
+        })
     }
 
     fn tagged(&self) -> TaggedCompact<'_> {
@@ -79,9 +127,13 @@ impl Notification {
     pub fn encode(&self, format: WireFormat) -> bytes::Bytes {
         match format {
             WireFormat::Json => bytes::Bytes::from(self.to_json()),
-            WireFormat::MsgPack => {
-                bytes::Bytes::from(rmp_serde::to_vec_named(&self.tagged()).unwrap_or_default())
-            }
+            WireFormat::MsgPack => bytes::Bytes::from(
+                match self.digest_frame() {
+                    Some(d) => rmp_serde::to_vec_named(&d),
+                    None => rmp_serde::to_vec_named(&self.tagged()),
+                }
+                .unwrap_or_default(),
+            ),
         }
     }
 
@@ -125,6 +177,7 @@ mod tests {
             count: 1,
             actors: vec![42],
             order: 99,
+            digest: None,
         }
     }
 

@@ -20,6 +20,13 @@ pub struct Config {
     pub celebrity: Celebrity,
     pub preferences: Prefs,
     pub aggregation: Aggregation,
+    pub digest: DigestCfg,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DigestCfg {
+    pub window_override_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -382,6 +389,7 @@ impl Config {
             checkpoint_every: Duration::from_millis(self.fanout.checkpoint_ms.max(10)),
             celebrity: self.celebrity_policy(),
             outbox_cap: self.celebrity.outbox_cap.max(1),
+            digest_override_ms: self.digest.window_override_ms,
             aggregation: herald_fanout::AggregationConfig {
                 window: Duration::from_millis(self.aggregation.window_ms),
                 threshold: self.aggregation.threshold.max(2),
