@@ -56,8 +56,8 @@ impl Preferences {
     /// The digest window containing `now_ms`: (start, end) in ms. With
     /// `override_ms` > 0 every window is that long (tests, demos).
     pub fn digest_window(&self, now_ms: u64, override_ms: u64) -> (u64, u64) {
-        if override_ms > 0 {
-            let start = now_ms / override_ms * override_ms;
+        if let Some(k) = now_ms.checked_div(override_ms) {
+            let start = k * override_ms;
             return (start, start + override_ms);
         }
         let fallback = {
