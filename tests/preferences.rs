@@ -244,3 +244,35 @@ async fn a_burst_of_500_likes_arrives_as_a_few_aggregates_counting_500() {
     node.like(1, 10, "post:other").await;
     expect_next(&mut owner, "post:other").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_recipient_rate_the_excess_folds_and_nothing_is_lost() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_AGGREGATION__RATE_PER_RECIPIENT", "5")]);
+    let mut c = Client::connect(&node, 11).await;
+    // 40 likes on 40 different posts at once.
+    let events: Vec<_> = (0..40u64)
+        .map(|i| json!({"kind": "like", "actor": 500 + i, "recipient": 11, "object": format!("post:{i}")}))
+        .collect();
+    let (s, v) = node.post("/v1/events", &json!({ "events": events })).await;
+    assert_eq!(s, 202, "{v}");
+    let mut singles = 0u64;
+    let mut folded: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    while singles + folded.values().sum::<u64>() < 40 {
+        let n = c.notification().await;
+        if n["count"] == 1 && !n["id"].as_str().unwrap().starts_with("n-agg-") {
+            singles += 1;
+        } else {
+            // An aggregate grows under one id: keep its latest count.
+            folded.insert(
+                n["id"].as_str().unwrap().to_string(),
+                n["count"].as_u64().unwrap(),
+            );
+        }
+    }
+    assert!(
+        singles <= 6,
+        "{singles} pushed one by one past a rate of 5/s"
+    );
+    assert_eq!(singles + folded.values().sum::<u64>(), 40);
+}

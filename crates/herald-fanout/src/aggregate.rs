@@ -175,6 +175,9 @@ impl Aggregator {
                 n.actors = w.actors.clone();
                 n.count = w.count;
                 n.text = None;
+                if object.is_empty() {
+                    n.object = None;
+                }
                 n.order = w.first_order;
                 // Every emission holds every folded token of the window, so
                 // replacing an earlier emission on a connection settles
