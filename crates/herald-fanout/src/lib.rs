@@ -31,7 +31,7 @@ use herald_types::Deliver;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use aggregate::AggregationConfig;
+pub use aggregate::{AggregationConfig, MAX_ACTORS};
 pub use tracker::Tracker;
 
 /// Fan-out settings.

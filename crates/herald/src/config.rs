@@ -394,7 +394,10 @@ impl Config {
                 window: Duration::from_millis(self.aggregation.window_ms),
                 threshold: self.aggregation.threshold.max(2),
                 flush: Duration::from_millis(self.aggregation.flush_ms.max(10)),
-                max_actors: self.aggregation.max_actors.clamp(1, 100),
+                max_actors: self
+                    .aggregation
+                    .max_actors
+                    .clamp(1, herald_fanout::MAX_ACTORS),
                 rate_per_recipient: self.aggregation.rate_per_recipient,
                 ..herald_fanout::AggregationConfig::default()
             },
