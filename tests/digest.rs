@@ -151,3 +151,48 @@ async fn quiet_hours_hold_notifications_and_release_them_in_order() {
         .collect();
     assert_eq!(got, ["post:q0", "post:q1", "post:q2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_mode_followers_get_a_celebrity_post_in_their_digest() {
+    let redis = Redis::start();
+    let window = WINDOW_MS.to_string();
+    let node = Node::start(
+        &redis,
+        &[
+            ("HERALD_DIGEST__WINDOW_OVERRIDE_MS", window.as_str()),
+            ("HERALD_CELEBRITY__THRESHOLD", "100"),
+        ],
+    );
+    let pairs: Vec<[u64; 2]> = (1000..1150).map(|f| [f, 1]).collect();
+    let (s, _) = node
+        .post("/v1/graph/follows", &json!({ "follows": pairs }))
+        .await;
+    assert_eq!(s, 200);
+    for u in [1000, 1001] {
+        put(&node, u, json!({"kinds": {"post": "digest"}})).await;
+    }
+    window_start().await;
+    let mut online_digest = Client::connect(&node, 1000).await;
+    let mut realtime = Client::connect(&node, 1002).await;
+    let (s, _) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "post", "actor": 1, "object": "post:star"}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    assert_eq!(realtime.notification().await["object"], "post:star");
+    // The offline digest follower connects before the window ends: nothing yet.
+    let mut offline_digest = Client::connect(&node, 1001).await;
+    assert_eq!(offline_digest.hello["pending"], 0);
+    for c in [&mut online_digest, &mut offline_digest] {
+        let d = c
+            .next_within(Duration::from_millis(WINDOW_MS + 5000))
+            .await
+            .expect("a digest");
+        assert_eq!(d["type"], "digest", "user {} got {d}", c.user);
+        assert_eq!(d["count"], 1);
+        assert_eq!(d["items"][0]["object"], "post:star");
+        assert_eq!(d["items"][0]["kind"], "post");
+    }
+}

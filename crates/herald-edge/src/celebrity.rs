@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
+use herald_store::{Bucket, BucketAdd};
+use herald_types::event::partition_for;
 use herald_types::{Notification, UserId, WireFormat};
 
 use crate::conn::{Conn, End, Kind, Pending};
@@ -57,6 +59,7 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
     let Some(edge) = edge.me.upgrade() else {
         return;
     };
+    let template = n;
     tokio::spawn(async move {
         let chunk = edge.cfg.broadcast_chunk.max(1);
         let mut pushed = 0u64;
@@ -72,12 +75,25 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
                     continue;
                 }
             };
+            let mut waiting: Vec<(UserId, Bucket, u64)> = Vec::new();
             for (u, p) in slice.iter().zip(prefs) {
-                if let herald_prefs::Decision::Drop(reason) =
-                    p.decide(frame.kind, celebrity, frame.object.as_deref(), now_ms)
+                let bucket = match p.decide(frame.kind, celebrity, frame.object.as_deref(), now_ms)
                 {
-                    metrics::counter!("herald_notifications_dropped_total", "reason" => reason)
-                        .increment(1);
+                    herald_prefs::Decision::Drop(reason) => {
+                        metrics::counter!("herald_notifications_dropped_total", "reason" => reason)
+                            .increment(1);
+                        continue;
+                    }
+                    herald_prefs::Decision::Digest => Some((
+                        Bucket::Digest,
+                        p.prefs.digest_window(now_ms, edge.cfg.digest_override_ms).1,
+                    )),
+                    herald_prefs::Decision::Deliver => {
+                        p.prefs.quiet_until(now_ms).map(|t| (Bucket::Held, t))
+                    }
+                };
+                if let Some((b, release)) = bucket {
+                    waiting.push((*u, b, release));
                     continue;
                 }
                 if let Some(h) = edge.conns.get(u) {
@@ -85,6 +101,23 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
                         Ok(()) => pushed += 1,
                         Err(_) => h.poke.notify_one(),
                     }
+                }
+            }
+            // Digest-mode followers get the post in their digest, followers
+            // in quiet hours when they end: one pipeline per slice.
+            if !waiting.is_empty() {
+                let adds: Vec<BucketAdd<'_>> = waiting
+                    .iter()
+                    .map(|&(user, bucket, release_ms)| BucketAdd {
+                        user,
+                        bucket,
+                        n: &template,
+                        partition: partition_for(user, edge.cfg.partitions),
+                        release_ms,
+                    })
+                    .collect();
+                if let Err(e) = edge.store.bucket_add(&adds).await {
+                    tracing::warn!(celebrity, error = %e, "digest or quiet-hours hand-off failed; followers will pull it");
                 }
             }
             tokio::task::yield_now().await;
@@ -113,6 +146,13 @@ pub(crate) fn celebrity_changed(edge: &Edge, user: UserId, on: bool, followers: 
         if edge.conns.contains_key(f) {
             set.insert(*f);
         }
+    }
+}
+
+fn note_seen(seen: &mut Vec<(UserId, u64)>, c: UserId, order: u64) {
+    match seen.iter_mut().find(|(x, _)| *x == c) {
+        Some(e) => e.1 = e.1.max(order),
+        None => seen.push((c, order)),
     }
 }
 
@@ -169,15 +209,57 @@ impl Conn {
             }
         };
         let now_ms = herald_types::now_ms();
-        items
-            .into_iter()
-            .filter(|(c, n)| {
-                !matches!(
-                    prefs.decide(n.kind, *c, n.object.as_deref(), now_ms),
-                    herald_prefs::Decision::Drop(_)
-                )
-            })
-            .collect()
+        let mut deliver = Vec::new();
+        let mut waiting: Vec<(Bucket, u64, Notification)> = Vec::new();
+        let mut seen: Vec<(UserId, u64)> = Vec::new();
+        for (c, n) in items {
+            match prefs.decide(n.kind, c, n.object.as_deref(), now_ms) {
+                herald_prefs::Decision::Drop(_) => {}
+                herald_prefs::Decision::Digest => {
+                    let release = prefs
+                        .prefs
+                        .digest_window(now_ms, self.edge.cfg.digest_override_ms)
+                        .1;
+                    note_seen(&mut seen, c, n.order);
+                    waiting.push((Bucket::Digest, release, n));
+                }
+                herald_prefs::Decision::Deliver => match prefs.prefs.quiet_until(now_ms) {
+                    Some(t) => {
+                        note_seen(&mut seen, c, n.order);
+                        waiting.push((Bucket::Held, t, n));
+                    }
+                    None => deliver.push((c, n)),
+                },
+            }
+        }
+        // Posts for the digest or after quiet hours go to their buckets,
+        // and the outbox cursor moves past them so they are not pulled again.
+        if !waiting.is_empty() {
+            let user = self.user;
+            let partition = partition_for(user, self.edge.cfg.partitions);
+            let adds: Vec<BucketAdd<'_>> = waiting
+                .iter()
+                .map(|(bucket, release_ms, n)| BucketAdd {
+                    user,
+                    bucket: *bucket,
+                    n,
+                    partition,
+                    release_ms: *release_ms,
+                })
+                .collect();
+            let r = self.edge.store.bucket_add(&adds).await;
+            match r {
+                Ok(()) => {
+                    if let Err(e) = self.edge.store.outbox_seen(user, &seen).await {
+                        tracing::warn!(user, error = %e, "outbox cursor not moved after hand-off");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(user, error = %e, "digest or quiet-hours hand-off failed; will pull again")
+                }
+            }
+        }
+        deliver
     }
 
     /// Sends inbox entries and pulled outbox entries merged in acceptance

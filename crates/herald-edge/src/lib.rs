@@ -59,6 +59,10 @@ pub struct EdgeConfig {
     pub max_connections: usize,
     /// Followers pushed per slice of a celebrity broadcast before yielding.
     pub broadcast_chunk: usize,
+    /// Log partitions (a user's partition owns its digest and quiet-hours buckets).
+    pub partitions: u32,
+    /// When > 0, every digest window lasts this long (tests and demos).
+    pub digest_override_ms: u64,
 }
 
 impl Default for EdgeConfig {
@@ -76,6 +80,8 @@ impl Default for EdgeConfig {
             max_message_bytes: 64 * 1024,
             max_connections: 15_000,
             broadcast_chunk: 512,
+            partitions: 8,
+            digest_override_ms: 0,
         }
     }
 }

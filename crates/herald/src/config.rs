@@ -379,6 +379,8 @@ impl Config {
             max_message_bytes: w.max_message_bytes,
             max_connections,
             broadcast_chunk: self.celebrity.broadcast_chunk.max(1),
+            partitions: self.log.partitions,
+            digest_override_ms: self.digest.window_override_ms,
         }
     }
 
