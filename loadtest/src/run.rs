@@ -336,23 +336,35 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
     let celebs = graph.celebrities();
     let cpu0 = spec.herald_pid.and_then(cpu_ticks);
     let delivered0 = stats.delivered();
-    let mut celebrity_last_ms = None;
-    if spec.celebrity_post {
-        if let Some(&actor) = celebs.first() {
-            let ev = json!({"kind": "post", "actor": actor, "object": "post:celebrity", "text": "lg:999999999999"});
+    // The celebrity post goes out one second into the traffic (at once
+    // without traffic); a task times its last online receipt.
+    let celebrity_task = match (spec.celebrity_post, celebs.first()) {
+        (true, Some(&actor)) => {
+            let seq = crate::stats::CELEBRITY_SEQ;
+            let ev = json!({"kind": "post", "actor": actor, "object": "post:celebrity", "text": format!("lg:{seq}")});
             let r = recipients(&graph, &ev, spec.clients);
-            let sent = Instant::now();
-            stats.expect(999_999_999_999, sent, r.len() as u32);
             eprintln!("celebrity {actor} posts to {} online followers", r.len());
             let body = serde_json::to_vec(&json!({ "events": [ev] }))?;
-            batch_tx.send((body, 1)).await.context("senders gone")?;
-            let limit = Instant::now() + Duration::from_secs(30);
-            while stats.pending.contains_key(&999_999_999_999) && Instant::now() < limit {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            celebrity_last_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+            let (stats, tx) = (stats.clone(), batch_tx.clone());
+            let delay = if spec.rate > 0 {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let sent = Instant::now();
+                stats.expect(seq, sent, r.len() as u32);
+                tx.send((body, 1)).await.ok()?;
+                let limit = Instant::now() + Duration::from_secs(30);
+                while stats.pending.contains_key(&seq) && Instant::now() < limit {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Some(sent.elapsed().as_secs_f64() * 1000.0)
+            }))
         }
-    }
+        _ => None,
+    };
     let start = Instant::now();
     let tick = Duration::from_millis(10);
     let mut seq = 0u64;
@@ -418,6 +430,10 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
         }
         tokio::time::sleep(tick).await;
     }
+    let celebrity_last_ms = match celebrity_task {
+        Some(t) => t.await.ok().flatten(),
+        None => None,
+    };
     let send_secs = start.elapsed().as_secs_f64();
     drop(batch_tx);
     for s in senders {
