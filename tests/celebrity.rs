@@ -156,6 +156,17 @@ async fn a_celebrity_post_is_one_write_one_push_each_and_a_pull_for_the_rest() {
     let late = Client::connect(&node, 5000).await;
     assert_eq!(late.hello["pending"], 0);
 
+    // Reconnects after the first were served from the hot outbox cache.
+    let (_, m) = node.get("/metrics").await;
+    let cached = m
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("herald_outbox_reads_total{source=\"cache\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(cached >= 1.0, "no outbox read came from the cache");
+
     // The follower who unfollowed before the post never gets it.
     let mut gone = Client::connect(&node, 5999).await;
     assert_eq!(gone.hello["pending"], 0);

@@ -38,6 +38,9 @@ impl SharedFrame {
 /// time with a yield in between, so other connections keep their latency.
 /// A follower whose queue is full is poked to pull it from the outbox.
 pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
+    // The post is in Redis already: keep the hot copy in step, whether or
+    // not anyone is connected to hear it now.
+    edge.outboxes.append(celebrity, &n);
     let followers: Vec<UserId> = edge
         .index
         .get(&celebrity)
@@ -157,6 +160,43 @@ fn note_seen(seen: &mut Vec<(UserId, u64)>, c: UserId, order: u64) {
 }
 
 impl Edge {
+    /// Loads whole outboxes into the cache, in the background.
+    fn fill_outboxes(&self, celebrities: Vec<UserId>) {
+        if celebrities.is_empty() {
+            return;
+        }
+        let Some(edge) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let cursors: Vec<herald_store::OutboxCursor> = celebrities
+                .iter()
+                .map(|&c| herald_store::OutboxCursor {
+                    celebrity: c,
+                    seen: None,
+                })
+                .collect();
+            match edge.store.outbox_read(&cursors, edge.cfg.outbox_cap).await {
+                Ok(list) => {
+                    for c in celebrities {
+                        let mine = list
+                            .iter()
+                            .filter(|(x, _)| *x == c)
+                            .map(|(_, n)| n.clone())
+                            .collect();
+                        edge.outboxes.fill(c, mine);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox cache fill failed");
+                    for c in celebrities {
+                        edge.outboxes.abort_fill(c);
+                    }
+                }
+            }
+        });
+    }
+
     /// Removes a user who left from every celebrity's follower index.
     pub(crate) fn unindex(&self, user: UserId) {
         for mut e in self.index.iter_mut() {
@@ -185,18 +225,41 @@ impl Conn {
         for c in &self.celebrities {
             self.edge.index.entry(*c).or_default().insert(self.user);
         }
-        let items = match self
-            .edge
-            .store
-            .outbox_read(&cursors, self.edge.cfg.drain_limit)
-            .await
-        {
-            Ok(items) => items,
-            Err(e) => {
-                tracing::warn!(user = self.user, error = %e, "outbox pull failed");
-                return Vec::new();
+        // Hot outboxes come from memory; the rest from Redis in one round
+        // trip (and the first reader of a cold outbox fills the cache).
+        let limit = self.edge.cfg.drain_limit;
+        let cache = &self.edge.outboxes;
+        let mut items: Vec<(UserId, Notification)> = Vec::new();
+        let mut cold = Vec::new();
+        let mut filling = Vec::new();
+        for c in &cursors {
+            match cache.read(c.celebrity, c.seen, limit) {
+                Some(list) => items.extend(list.into_iter().map(|n| (c.celebrity, n))),
+                None => {
+                    if cache.start_fill(c.celebrity) {
+                        filling.push(c.celebrity);
+                    }
+                    cold.push(c.clone());
+                }
             }
-        };
+        }
+        if !cold.is_empty() {
+            match self.edge.store.outbox_read(&cold, limit).await {
+                Ok(list) => items.extend(list),
+                Err(e) => {
+                    tracing::warn!(user = self.user, error = %e, "outbox pull failed");
+                    for f in filling {
+                        cache.abort_fill(f);
+                    }
+                    return Vec::new();
+                }
+            }
+            self.edge.fill_outboxes(filling);
+        }
+        metrics::counter!("herald_outbox_reads_total", "source" => "cache")
+            .increment((cursors.len() - cold.len()) as u64);
+        metrics::counter!("herald_outbox_reads_total", "source" => "redis")
+            .increment(cold.len() as u64);
         if items.is_empty() {
             return items;
         }

@@ -15,6 +15,7 @@ pub mod auth;
 mod celebrity;
 mod conn;
 mod frames;
+mod outbox_cache;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub struct EdgeConfig {
     pub partitions: u32,
     /// When > 0, every digest window lasts this long (tests and demos).
     pub digest_override_ms: u64,
+    /// Posts kept per celebrity outbox (the in-memory cache keeps as many).
+    pub outbox_cap: usize,
 }
 
 impl Default for EdgeConfig {
@@ -82,6 +85,7 @@ impl Default for EdgeConfig {
             broadcast_chunk: 512,
             partitions: 8,
             digest_override_ms: 0,
+            outbox_cap: 1000,
         }
     }
 }
@@ -135,6 +139,7 @@ pub struct Edge {
     pub(crate) index: DashMap<UserId, std::collections::HashSet<UserId>>,
     pub(crate) celebrities: Arc<herald_store::CelebritySet>,
     pub(crate) prefs: Arc<herald_prefs::PrefsCache>,
+    pub(crate) outboxes: outbox_cache::OutboxCache,
     /// Self-reference for spawned broadcast tasks.
     pub(crate) me: std::sync::Weak<Edge>,
     next_id: AtomicU64,
@@ -155,6 +160,7 @@ impl Edge {
             tracing::warn!("websocket dev mode is on: ?user=<id> is accepted without a token");
         }
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let cfg_outbox_cap = cfg.outbox_cap;
         Arc::new_cyclic(|me| Edge {
             metrics: EdgeMetrics::new(),
             cfg,
@@ -162,6 +168,7 @@ impl Edge {
             conns: DashMap::new(),
             index: DashMap::new(),
             celebrities,
+            outboxes: outbox_cache::OutboxCache::new(cfg_outbox_cap),
             prefs,
             me: me.clone(),
             next_id: AtomicU64::new(1),

@@ -32,7 +32,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use bucket::{Bucket, BucketAdd};
-pub use celebrity::{CelebrityPolicy, CelebritySet};
+pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor};
 pub use graph::{GraphAnswer, GraphOp};
 pub use prefs::StoredPrefs;
 

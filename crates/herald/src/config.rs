@@ -381,6 +381,7 @@ impl Config {
             broadcast_chunk: self.celebrity.broadcast_chunk.max(1),
             partitions: self.log.partitions,
             digest_override_ms: self.digest.window_override_ms,
+            outbox_cap: self.celebrity.outbox_cap.max(1),
         }
     }
 
