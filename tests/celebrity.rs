@@ -260,3 +260,47 @@ async fn other_users_are_not_stalled_by_a_large_push() {
     // The unrelated like adds its own few writes (none when pushed live).
     assert!(w <= 10, "a post to 3,000 followers cost {w} Redis writes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reverse_herd_thousands_of_likes_a_second_fold_into_a_few_frames() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let mut star = Client::connect(&node, CELEB).await;
+    // 6,000 likes on three posts over about two seconds.
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    let start = Instant::now();
+    for round in 0..20u64 {
+        let events: Vec<_> = (0..300u64)
+            .map(|i| {
+                let post = format!("post:{}", i % 3);
+                *sent.entry(post.clone()).or_default() += 1;
+                json!({"kind": "like", "actor": 10_000 + round * 300 + i, "recipient": CELEB, "object": post})
+            })
+            .collect();
+        let (s, v) = node.post("/v1/events", &json!({ "events": events })).await;
+        assert_eq!(s, 202, "{v}");
+        let due = Duration::from_millis(100 * (round + 1));
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    // Each post's aggregate ends up counting all of its likes (the first
+    // ones, sent alone, included).
+    let mut aggregates: HashMap<String, (String, u64)> = HashMap::new();
+    let mut frames = 0;
+    let total = |a: &HashMap<String, (String, u64)>| -> u64 { a.values().map(|v| v.1).sum() };
+    while total(&aggregates) < 6000 {
+        let n = star.notification().await;
+        frames += 1;
+        let id = n["id"].as_str().unwrap().to_string();
+        if id.starts_with("n-agg-") {
+            let object = n["object"].as_str().unwrap_or("").to_string();
+            aggregates.insert(id, (object, n["count"].as_u64().unwrap()));
+        }
+    }
+    assert_eq!(total(&aggregates), 6000);
+    for (object, count) in aggregates.values() {
+        assert_eq!(Some(count), sent.get(object), "{object}");
+    }
+    assert!(frames < 200, "6,000 likes took {frames} frames");
+}
