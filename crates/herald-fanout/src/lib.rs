@@ -19,6 +19,7 @@
 
 mod aggregate;
 mod digest;
+mod release;
 mod tracker;
 mod worker;
 

@@ -127,7 +127,7 @@ impl Worker {
     }
 
     /// Retries a Redis step until it works or the node stops.
-    async fn retry<T, F, Fut>(&mut self, what: &str, mut f: F) -> Option<T>
+    pub(crate) async fn retry<T, F, Fut>(&mut self, what: &str, mut f: F) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = herald_store::Result<T>>,
@@ -349,67 +349,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// Releases this partition's due buckets: quiet hours that ended (their
-    /// notifications go to the inbox, in order) and digest windows that
-    /// closed (one `digest` per window, to the inbox). The inbox write comes
-    /// first and ids are stable, so a crash in between repeats nothing the
-    /// client has not already been told.
-    async fn release_due(&mut self) {
-        let now = herald_types::now_ms();
-        for b in [Bucket::Held, Bucket::Digest] {
-            let store = self.store.clone();
-            let p = self.partition;
-            let Some(due) = self
-                .retry("bucket schedule", || store.bucket_due(b, p, now, 200))
-                .await
-            else {
-                return;
-            };
-            for (user, due_ms) in due {
-                if let Err(e) = self.release_one(user, b, due_ms, now).await {
-                    tracing::warn!(partition = p, user, error = %e, "bucket release failed; will retry");
-                }
-            }
-        }
-    }
-
-    async fn release_one(
-        &mut self,
-        user: UserId,
-        b: Bucket,
-        due_ms: u64,
-        now: u64,
-    ) -> herald_store::Result<()> {
-        let items = self.store.bucket_read(user, b, 1000).await?;
-        let ids: Vec<String> = items.iter().map(|n| n.id.clone()).collect();
-        let prefs = self.prefs.get(user).await?;
-        let window = |t: u64| prefs.prefs.digest_window(t, self.cfg.digest_override_ms);
-        let out = match b {
-            Bucket::Held => items,
-            Bucket::Digest if items.is_empty() => Vec::new(),
-            Bucket::Digest => {
-                let (start, _) = window(due_ms.saturating_sub(1));
-                vec![crate::digest::build(user, start, due_ms, &items)]
-            }
-        };
-        if !out.is_empty() {
-            let refs: Vec<(UserId, &Notification)> = out.iter().map(|n| (user, n)).collect();
-            self.store.inbox_push(&refs).await?;
-            let label = if b == Bucket::Held { "held" } else { "digest" };
-            metrics::counter!("herald_buckets_released_total", "bucket" => label).increment(1);
-            if self.deliver.is_online(user) {
-                self.deliver.poke(user);
-            }
-        }
-        let next = match b {
-            Bucket::Held => now,
-            Bucket::Digest => window(now + 1).1,
-        };
-        self.store
-            .bucket_done(user, b, self.partition, &ids, next)
-            .await
     }
 
     /// Pushes each notification live, or writes it to the inbox (one
