@@ -80,24 +80,20 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
             };
             let mut waiting: Vec<(UserId, Bucket, u64)> = Vec::new();
             for (u, p) in slice.iter().zip(prefs) {
-                let bucket = match p.decide(frame.kind, celebrity, frame.object.as_deref(), now_ms)
-                {
-                    herald_prefs::Decision::Drop(reason) => {
-                        metrics::counter!("herald_notifications_dropped_total", "reason" => reason)
-                            .increment(1);
+                let route = p.route(
+                    frame.kind,
+                    celebrity,
+                    frame.object.as_deref(),
+                    now_ms,
+                    edge.cfg.digest_override_ms,
+                );
+                match route {
+                    herald_prefs::Route::Drop(_) => continue,
+                    herald_prefs::Route::Wait(b, release) => {
+                        waiting.push((*u, b, release));
                         continue;
                     }
-                    herald_prefs::Decision::Digest => Some((
-                        Bucket::Digest,
-                        p.prefs.digest_window(now_ms, edge.cfg.digest_override_ms).1,
-                    )),
-                    herald_prefs::Decision::Deliver => {
-                        p.prefs.quiet_until(now_ms).map(|t| (Bucket::Held, t))
-                    }
-                };
-                if let Some((b, release)) = bucket {
-                    waiting.push((*u, b, release));
-                    continue;
+                    herald_prefs::Route::Now => {}
                 }
                 if let Some(h) = edge.conns.get(u) {
                     match h.tx.try_send(Delivery::Shared(frame.clone())) {
@@ -276,23 +272,19 @@ impl Conn {
         let mut waiting: Vec<(Bucket, u64, Notification)> = Vec::new();
         let mut seen: Vec<(UserId, u64)> = Vec::new();
         for (c, n) in items {
-            match prefs.decide(n.kind, c, n.object.as_deref(), now_ms) {
-                herald_prefs::Decision::Drop(_) => {}
-                herald_prefs::Decision::Digest => {
-                    let release = prefs
-                        .prefs
-                        .digest_window(now_ms, self.edge.cfg.digest_override_ms)
-                        .1;
+            match prefs.route(
+                n.kind,
+                c,
+                n.object.as_deref(),
+                now_ms,
+                self.edge.cfg.digest_override_ms,
+            ) {
+                herald_prefs::Route::Drop(_) => {}
+                herald_prefs::Route::Wait(b, release) => {
                     note_seen(&mut seen, c, n.order);
-                    waiting.push((Bucket::Digest, release, n));
+                    waiting.push((b, release, n));
                 }
-                herald_prefs::Decision::Deliver => match prefs.prefs.quiet_until(now_ms) {
-                    Some(t) => {
-                        note_seen(&mut seen, c, n.order);
-                        waiting.push((Bucket::Held, t, n));
-                    }
-                    None => deliver.push((c, n)),
-                },
+                herald_prefs::Route::Now => deliver.push((c, n)),
             }
         }
         // Posts for the digest or after quiet hours go to their buckets,

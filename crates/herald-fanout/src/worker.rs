@@ -290,23 +290,19 @@ impl Worker {
         for (k, &(idx, r)) in planned.iter().enumerate() {
             let i = &items[idx];
             if let Some(p) = prefs.get(k) {
-                let bucket = match p.decide(i.ev.kind, i.ev.actor, i.ev.object.as_deref(), now_ms) {
-                    herald_prefs::Decision::Drop(reason) => {
-                        metrics::counter!("herald_notifications_dropped_total", "reason" => reason)
-                            .increment(1);
+                match p.route(
+                    i.ev.kind,
+                    i.ev.actor,
+                    i.ev.object.as_deref(),
+                    now_ms,
+                    self.cfg.digest_override_ms,
+                ) {
+                    herald_prefs::Route::Drop(_) => continue,
+                    herald_prefs::Route::Wait(b, release) => {
+                        waiting.push((r, b, make(i, r), release, i.token.clone()));
                         continue;
                     }
-                    herald_prefs::Decision::Digest => Some((
-                        Bucket::Digest,
-                        p.prefs.digest_window(now_ms, self.cfg.digest_override_ms).1,
-                    )),
-                    herald_prefs::Decision::Deliver => {
-                        p.prefs.quiet_until(now_ms).map(|t| (Bucket::Held, t))
-                    }
-                };
-                if let Some((b, release)) = bucket {
-                    waiting.push((r, b, make(i, r), release, i.token.clone()));
-                    continue;
+                    herald_prefs::Route::Now => {}
                 }
             }
             // Bursts fold into aggregates (their tokens ride along).

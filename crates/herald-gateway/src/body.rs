@@ -68,13 +68,5 @@ pub fn parse(bytes: &[u8], enc: Encoding) -> Result<Value, ApiError> {
 
 /// A user id: a non-negative integer, or a decimal string of one.
 pub fn user_id(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s)
-            if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            s.parse().ok()
-        }
-        _ => None,
-    }
+    herald_prefs::model::user_id(v)
 }

@@ -39,6 +39,19 @@ pub enum Decision {
     Drop(&'static str),
 }
 
+/// Where one notification goes now, all preferences applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Deliver it now.
+    Now,
+    /// Put it in a bucket released at the given time (ms): the digest, or
+    /// the end of quiet hours.
+    Wait(herald_store::Bucket, u64),
+    /// Drop it, for this reason (counted in
+    /// `herald_notifications_dropped_total{reason}`).
+    Drop(&'static str),
+}
+
 fn active(until: u64, now_ms: u64) -> bool {
     until == 0 || until > now_ms
 }
@@ -95,6 +108,33 @@ impl Resolved {
             Mode::Realtime => Decision::Deliver,
             Mode::Digest => Decision::Digest,
             Mode::Off => Decision::Drop("off"),
+        }
+    }
+
+    /// Applies [`Resolved::decide`], then quiet hours, and counts drops.
+    /// `digest_override_ms` > 0 shortens digest windows (tests and demos).
+    pub fn route(
+        &self,
+        kind: EventKind,
+        actor: UserId,
+        object: Option<&str>,
+        now_ms: u64,
+        digest_override_ms: u64,
+    ) -> Route {
+        match self.decide(kind, actor, object, now_ms) {
+            Decision::Drop(reason) => {
+                metrics::counter!("herald_notifications_dropped_total", "reason" => reason)
+                    .increment(1);
+                Route::Drop(reason)
+            }
+            Decision::Digest => Route::Wait(
+                herald_store::Bucket::Digest,
+                self.prefs.digest_window(now_ms, digest_override_ms).1,
+            ),
+            Decision::Deliver => match self.prefs.quiet_until(now_ms) {
+                Some(t) => Route::Wait(herald_store::Bucket::Held, t),
+                None => Route::Now,
+            },
         }
     }
 
