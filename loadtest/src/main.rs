@@ -4,6 +4,7 @@
 mod clients;
 mod graph;
 mod http;
+mod ingest;
 mod report;
 mod run;
 mod stats;
@@ -37,6 +38,24 @@ enum Command {
     Seed(GraphArgs),
     /// Seed, connect clients, post a workload, report.
     Run(RunArgs),
+    /// Measure HTTP ingest: events/s made durable (202) with batch posts.
+    Ingest(IngestArgs),
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// Herald's address (must be a loopback address).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    target: SocketAddr,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
 }
 
 #[derive(Args, Clone)]
@@ -153,6 +172,10 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Run(a) => run_cmd(a).await,
+            Command::Ingest(a) => {
+                check_loopback(&a.target)?;
+                ingest::run(a.target, a.connections, a.batch, a.duration).await
+            }
         }
     })
 }
