@@ -66,6 +66,7 @@ pub fn json_report(o: &Outcome, scenario: &str) -> Value {
                           "delivered_inbox": s.delivered_inbox.load(Ordering::Relaxed),
                           "delivered_per_s": if o.send_secs >= 0.5 { Some(delivered as f64 / o.send_secs) } else { None },
                           "lost": lost, "duplicated_after_ack": s.duplicates.load(Ordering::Relaxed),
+                          "unexpected": s.unexpected.load(Ordering::Relaxed),
                           "late_over_1s": s.late.load(Ordering::Relaxed)},
         "latency_live_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
                             "max": h.as_ref().map(|h| ms(h.max())).unwrap_or(0.0),
@@ -92,7 +93,7 @@ pub fn summary(r: &Value) -> String {
         "scenario {} | {} clients | {:.1} s\n\
          events: sent {} accepted {} ({:.0}/s), http errors {}\n\
          notifications: expected {} live {} inbox {} ({:.0}/s delivered)\n\
-         lost {} | duplicated after ack {} | late (>1 s) {}\n\
+         lost {} | duplicated after ack {} | late (>1 s) {} | unexpected {}\n\
          live latency ms: p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} (n={})\n",
         r["scenario"].as_str().unwrap_or(""),
         r["clients"],
@@ -108,6 +109,7 @@ pub fn summary(r: &Value) -> String {
         n["lost"],
         n["duplicated_after_ack"],
         n["late_over_1s"],
+        n["unexpected"],
         l["p50"].as_f64().unwrap_or(0.0),
         l["p90"].as_f64().unwrap_or(0.0),
         l["p99"].as_f64().unwrap_or(0.0),

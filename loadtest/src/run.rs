@@ -77,7 +77,7 @@ async fn queue_storm(spec: &RunSpec, stats: &Stats) -> anyhow::Result<()> {
             seq += 1;
             let actor = user % spec.clients + 1;
             events.push(json!({"kind": "like", "actor": actor, "recipient": user, "object": format!("post:s{round}"), "text": format!("lg:{seq}")}));
-            stats.expect(seq, Instant::now(), 1);
+            stats.expect(seq, Instant::now(), &[user]);
         }
     }
     for chunk in events.chunks(1000) {
@@ -354,7 +354,7 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
             Some(tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 let sent = Instant::now();
-                stats.expect(seq, sent, r.len() as u32);
+                stats.expect(seq, sent, &r);
                 tx.send((body, 1)).await.ok()?;
                 let limit = Instant::now() + Duration::from_secs(30);
                 while stats.pending.contains_key(&seq) && Instant::now() < limit {
@@ -382,7 +382,7 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
             seq += 1;
             let ev = make_event(&mut rng, &spec, seq);
             let r = recipients(&graph, &ev, spec.clients);
-            stats.expect(seq, now, r.len() as u32);
+            stats.expect(seq, now, &r);
             events.push(ev);
         }
         let dt = last_tick.elapsed().as_secs_f64();
@@ -394,7 +394,7 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
             let actor = celebs[rng.below(celebs.len() as u64) as usize];
             let ev = json!({"kind": "post", "actor": actor, "object": format!("post:c{seq}"), "text": format!("lg:{seq}")});
             let r = recipients(&graph, &ev, spec.clients);
-            stats.expect(seq, now, r.len() as u32);
+            stats.expect(seq, now, &r);
             events.push(ev);
         }
         churn_credit += spec.churn * spec.clients as f64 * dt;

@@ -1,5 +1,6 @@
 //! What the generator observed, shared by every task.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -12,8 +13,12 @@ pub const CELEBRITY_SEQ: u64 = 999_999_999_999;
 
 pub struct Stats {
     pub start: Instant,
-    /// seq -> (send time, recipients still expected)
-    pub pending: DashMap<u64, (Instant, u32)>,
+    /// seq -> (send time, recipients still expected). Tracked per
+    /// recipient, so a notification to someone unexpected can never hide
+    /// one that was lost.
+    pub pending: DashMap<u64, (Instant, HashSet<u64>)>,
+    /// Notifications for an event the generator did not expect the user to get.
+    pub unexpected: AtomicU64,
     /// notification id -> acked
     /// (user, notification id) -> acked. Ids are stable per recipient, not
     /// unique across recipients (a celebrity post has one id for all).
@@ -48,6 +53,7 @@ impl Stats {
         Stats {
             start: Instant::now(),
             pending: DashMap::new(),
+            unexpected: AtomicU64::new(0),
             seen: DashMap::new(),
             expected: AtomicU64::new(0),
             delivered_live: AtomicU64::new(0),
@@ -66,11 +72,12 @@ impl Stats {
         }
     }
 
-    pub fn expect(&self, seq: u64, at: Instant, recipients: u32) {
-        if recipients > 0 {
-            self.pending.insert(seq, (at, recipients));
+    pub fn expect(&self, seq: u64, at: Instant, recipients: &[u64]) {
+        if !recipients.is_empty() {
             self.expected
-                .fetch_add(recipients as u64, Ordering::Relaxed);
+                .fetch_add(recipients.len() as u64, Ordering::Relaxed);
+            self.pending
+                .insert(seq, (at, recipients.iter().copied().collect()));
         }
     }
 
@@ -89,11 +96,15 @@ impl Stats {
         let now = Instant::now();
         let mut sent_at = None;
         if let Some(mut e) = self.pending.get_mut(&seq) {
-            sent_at = Some(e.0);
-            e.1 = e.1.saturating_sub(1);
+            if e.1.remove(&user) {
+                sent_at = Some(e.0);
+            }
         }
-        self.pending.remove_if(&seq, |_, v| v.1 == 0);
-        let Some(at) = sent_at else { return true };
+        self.pending.remove_if(&seq, |_, v| v.1.is_empty());
+        let Some(at) = sent_at else {
+            self.unexpected.fetch_add(1, Ordering::Relaxed);
+            return true;
+        };
         let us = now.saturating_duration_since(at).as_micros() as u64;
         if us > 1_000_000 && !from_inbox {
             self.late.fetch_add(1, Ordering::Relaxed);
@@ -130,7 +141,7 @@ impl Stats {
     }
 
     pub fn lost(&self) -> u64 {
-        self.pending.iter().map(|e| e.value().1 as u64).sum()
+        self.pending.iter().map(|e| e.value().1.len() as u64).sum()
     }
 
     pub fn p99_ms(&self) -> f64 {
