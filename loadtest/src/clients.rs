@@ -32,6 +32,12 @@ struct Frame {
     text: Option<String>,
     #[serde(default)]
     pending: Option<u64>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    object: Option<String>,
+    #[serde(default)]
+    count: Option<u64>,
 }
 
 /// The sequence number the generator put in `text` ("lg:<seq>").
@@ -121,7 +127,22 @@ pub async fn run(
                                 }
                             }
                             if let Some(id) = f.id {
-                                stats.receive(spec.user, &id, seq_of(&f.text), from_inbox);
+                                if id.starts_with("n-agg-") {
+                                    // A folded burst: it stands for `count`
+                                    // notifications of its kind (and object).
+                                    stats.receive_aggregate(
+                                        spec.user,
+                                        &id,
+                                        f.kind.as_deref().unwrap_or(""),
+                                        f.object.as_deref(),
+                                        f.count.unwrap_or(1),
+                                        from_inbox,
+                                    );
+                                } else {
+                                    if stats.receive(spec.user, &id, seq_of(&f.text), from_inbox) {
+                                        stats.single(spec.user, f.kind.as_deref().unwrap_or(""), f.object.as_deref());
+                                    }
+                                }
                                 acks.push(id);
                                 if ack_due.is_none() {
                                     ack_due = Some(tokio::time::Instant::now() + Duration::from_millis(20));

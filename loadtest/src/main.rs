@@ -124,6 +124,9 @@ struct RunArgs {
     /// Where to write report.json and report.html.
     #[arg(long, default_value = "loadtest/reports")]
     out: PathBuf,
+    /// Fraction of likes sent to user 1 about three posts (a hot recipient).
+    #[arg(long, default_value_t = 0.0)]
+    hot_share: f64,
     /// Store preferences for every user before the run (measures the cost
     /// of preference checks).
     #[arg(long)]
@@ -248,6 +251,7 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         },
         celebrity_post: a.scenario == Scenario::Celebrity,
         set_prefs: a.prefs,
+        hot_share: a.hot_share.clamp(0.0, 1.0),
     };
     let name = match a.scenario {
         Scenario::Smoke => "smoke",

@@ -67,6 +67,8 @@ pub fn json_report(o: &Outcome, scenario: &str) -> Value {
                           "delivered_per_s": if o.send_secs >= 0.5 { Some(delivered as f64 / o.send_secs) } else { None },
                           "lost": lost, "duplicated_after_ack": s.duplicates.load(Ordering::Relaxed),
                           "unexpected": s.unexpected.load(Ordering::Relaxed),
+                          "in_aggregates": s.folded.load(Ordering::Relaxed),
+                          "lost_sample": s.pending.iter().take(10).map(|e| json!({"seq": *e.key(), "users": e.value().1.iter().take(5).collect::<Vec<_>>()})).collect::<Vec<_>>(),
                           "late_over_1s": s.late.load(Ordering::Relaxed)},
         "latency_live_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
                             "max": h.as_ref().map(|h| ms(h.max())).unwrap_or(0.0),

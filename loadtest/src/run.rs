@@ -39,6 +39,9 @@ pub struct RunSpec {
     pub storm_queued: u64,
     /// Send one post by the first celebrity right after connecting.
     pub celebrity_post: bool,
+    /// Fraction of likes sent to user 1 about one of three posts (a hot
+    /// recipient: exercises burst folding and the throttle).
+    pub hot_share: f64,
     /// Give every user stored preferences first (a mute of an actor that
     /// never acts), to measure the cost of preference checks.
     pub set_prefs: bool,
@@ -199,6 +202,11 @@ fn make_event(rng: &mut Rng, spec: &RunSpec, seq: u64) -> Value {
     }
     let text = format!("lg:{seq}");
     let object = format!("post:{}", rng.below(1_000_000));
+    if kind == 0 && spec.hot_share > 0.0 && rng.f64() < spec.hot_share {
+        let hot = format!("post:hot{}", rng.below(3));
+        let actor = if actor == 1 { 2 } else { actor };
+        return json!({"kind": "like", "actor": actor, "recipient": 1, "object": hot, "text": text});
+    }
     match kind {
         0 => {
             json!({"kind": "like", "actor": actor, "recipient": other(rng), "object": object, "text": text})
@@ -383,6 +391,9 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
             let ev = make_event(&mut rng, &spec, seq);
             let r = recipients(&graph, &ev, spec.clients);
             stats.expect(seq, now, &r);
+            if let Some(kind @ ("like" | "comment" | "mention")) = ev["kind"].as_str() {
+                stats.expect_foldable(seq, kind, ev["object"].as_str(), &r);
+            }
             events.push(ev);
         }
         let dt = last_tick.elapsed().as_secs_f64();

@@ -19,6 +19,19 @@ pub struct Stats {
     pub pending: DashMap<u64, (Instant, HashSet<u64>)>,
     /// Notifications for an event the generator did not expect the user to get.
     pub unexpected: AtomicU64,
+    /// (recipient, kind) -> (seq, object) of foldable events, in send order,
+    /// to account for aggregates ("41 others liked your post").
+    pub foldable: DashMap<(u64, String), Vec<(u64, Option<String>)>>,
+    /// Notifications delivered inside aggregates.
+    pub folded: AtomicU64,
+    /// Aggregate id -> how many notifications it has accounted for so far.
+    agg_counted: DashMap<String, u64>,
+    /// (recipient, kind, object) -> singles received since the last aggregate
+    /// of that key opened (an aggregate's count includes them).
+    singles: DashMap<(u64, String, String), (u64, Instant)>,
+    /// (recipient, kind, object) that have their own aggregate: a throttle
+    /// aggregate (no object) is not matched against them.
+    agg_objects: dashmap::DashSet<(u64, String, String)>,
     /// notification id -> acked
     /// (user, notification id) -> acked. Ids are stable per recipient, not
     /// unique across recipients (a celebrity post has one id for all).
@@ -54,6 +67,11 @@ impl Stats {
             start: Instant::now(),
             pending: DashMap::new(),
             unexpected: AtomicU64::new(0),
+            foldable: DashMap::new(),
+            folded: AtomicU64::new(0),
+            agg_counted: DashMap::new(),
+            singles: DashMap::new(),
+            agg_objects: dashmap::DashSet::new(),
             seen: DashMap::new(),
             expected: AtomicU64::new(0),
             delivered_live: AtomicU64::new(0),
@@ -78,6 +96,107 @@ impl Stats {
                 .fetch_add(recipients.len() as u64, Ordering::Relaxed);
             self.pending
                 .insert(seq, (at, recipients.iter().copied().collect()));
+        }
+    }
+
+    /// Remembers which foldable event reached which recipient, so that an
+    /// aggregate can be matched to the events it stands for.
+    pub fn expect_foldable(&self, seq: u64, kind: &str, object: Option<&str>, recipients: &[u64]) {
+        for r in recipients {
+            self.foldable
+                .entry((*r, kind.to_string()))
+                .or_default()
+                .push((seq, object.map(str::to_string)));
+        }
+    }
+
+    /// An aggregate of `count` notifications of `kind` (about `object`, or
+    /// any object for a throttle aggregate): the oldest still-pending
+    /// matching events of this recipient are counted as delivered. Counts
+    /// are cumulative per window, so re-sent aggregates match nothing new
+    /// until they grow.
+    pub fn receive_aggregate(
+        &self,
+        user: u64,
+        id: &str,
+        kind: &str,
+        object: Option<&str>,
+        count: u64,
+        from_inbox: bool,
+    ) {
+        let key = (user, id.to_string());
+        if self.seen.get(&key).map(|a| *a) == Some(true)
+            && self.agg_counted.get(id).map(|c| *c) == Some(count)
+        {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.seen.insert(key, false);
+        // How many notifications this emission adds: the growth since its
+        // last emission, or, for the first, its count less the singles of
+        // the same key that opened the window.
+        let new = match self.agg_counted.insert(id.to_string(), count) {
+            Some(prev) => count.saturating_sub(prev),
+            None => {
+                let k = (user, kind.to_string(), object.unwrap_or("").to_string());
+                let singles = self.singles.remove(&k).map(|(_, v)| v.0).unwrap_or(0);
+                count.saturating_sub(singles)
+            }
+        };
+        if let Some(o) = object {
+            self.agg_objects
+                .insert((user, kind.to_string(), o.to_string()));
+        }
+        let Some(list) = self.foldable.get(&(user, kind.to_string())) else {
+            self.unexpected.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mut left = new;
+        for (seq, obj) in list.iter() {
+            if left == 0 {
+                break;
+            }
+            match (object, obj.as_deref()) {
+                (Some(o), Some(x)) if o != x => continue,
+                (None, Some(x))
+                    if self
+                        .agg_objects
+                        .contains(&(user, kind.to_string(), x.to_string())) =>
+                {
+                    continue
+                }
+                _ => {}
+            }
+            let mut hit = false;
+            if let Some(mut e) = self.pending.get_mut(seq) {
+                hit = e.1.remove(&user);
+            }
+            self.pending.remove_if(seq, |_, v| v.1.is_empty());
+            if hit {
+                left -= 1;
+                self.folded.fetch_add(1, Ordering::Relaxed);
+                if from_inbox {
+                    self.delivered_inbox.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.delivered_live.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A notification delivered alone that a later aggregate will count.
+    pub fn single(&self, user: u64, kind: &str, object: Option<&str>) {
+        if matches!(kind, "like" | "comment" | "mention") {
+            let now = Instant::now();
+            let mut e = self
+                .singles
+                .entry((user, kind.to_string(), object.unwrap_or("").to_string()))
+                .or_insert((0, now));
+            // Singles older than a burst window belong to an older window.
+            if now.duration_since(e.1) > std::time::Duration::from_secs(10) {
+                *e = (0, now);
+            }
+            e.0 += 1;
         }
     }
 
