@@ -8,6 +8,9 @@ use std::time::Instant;
 use dashmap::DashMap;
 use hdrhistogram::Histogram;
 
+/// A foldable event sent to a recipient: (seq, object).
+pub type Foldable = (u64, Option<String>);
+
 /// The sequence number of the celebrity scenario's one post.
 pub const CELEBRITY_SEQ: u64 = 999_999_999_999;
 
@@ -21,7 +24,7 @@ pub struct Stats {
     pub unexpected: AtomicU64,
     /// (recipient, kind) -> (seq, object) of foldable events, in send order,
     /// to account for aggregates ("41 others liked your post").
-    pub foldable: DashMap<(u64, String), Vec<(u64, Option<String>)>>,
+    pub foldable: DashMap<(u64, String), Vec<Foldable>>,
     /// Notifications delivered inside aggregates.
     pub folded: AtomicU64,
     /// Aggregate id -> how many notifications it has accounted for so far.
