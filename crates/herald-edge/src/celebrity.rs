@@ -324,9 +324,6 @@ impl Conn {
         inbox: Vec<Notification>,
         pulled: Vec<(UserId, Notification)>,
     ) -> Result<(), End> {
-        if pulled.is_empty() {
-            return self.send_inbox(inbox).await;
-        }
         let mut all: Vec<(Option<UserId>, Notification)> =
             inbox.into_iter().map(|n| (None, n)).collect();
         all.extend(pulled.into_iter().map(|(c, n)| (Some(c), n)));

@@ -291,32 +291,6 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends inbox entries not already pending, oldest first.
-    pub(crate) async fn send_inbox(&mut self, items: Vec<Notification>) -> Result<(), End> {
-        let now = Instant::now();
-        let mut msgs = Vec::new();
-        for n in items {
-            if self.unacked.contains_key(&n.id) {
-                continue;
-            }
-            msgs.push(frames::notification(&n, self.fmt));
-            self.unacked.insert(
-                n.id.clone(),
-                Pending {
-                    kind: Kind::Stored,
-                    sent: now,
-                },
-            );
-        }
-        if msgs.is_empty() {
-            return Ok(());
-        }
-        let n = msgs.len() as u64;
-        self.send(msgs).await.map_err(|_| End::SlowWrite)?;
-        self.edge.metrics.delivered_inbox.increment(n);
-        Ok(())
-    }
-
     async fn on_frame(&mut self, data: &[u8], binary: bool) {
         match frames::parse(data, binary) {
             Ok(ClientFrame::Ack(ids)) => {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
-use crate::routes::{authorize, path_user, reject};
+use crate::routes::{authorize, path_user, reject, respond};
 use crate::Gateway;
 
 /// Largest preferences or mutes body.
@@ -56,10 +56,7 @@ async fn get_prefs(
         current(&gw, path_user(&id)?).await
     }
     .await;
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => reject(e),
-    }
+    respond(r)
 }
 
 async fn put_prefs(
@@ -88,10 +85,7 @@ async fn put_prefs(
         current(&gw, user).await
     }
     .await;
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => reject(e),
-    }
+    respond(r)
 }
 
 /// `{"actor": id}` or `{"object": "..."}`, and for adding, `until_ms`.

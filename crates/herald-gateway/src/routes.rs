@@ -51,6 +51,14 @@ pub(crate) fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<String, Api
     }
 }
 
+/// `200` with the JSON value, or the error.
+pub(crate) fn respond(r: Result<Value, ApiError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => reject(e),
+    }
+}
+
 pub(crate) fn reject(e: ApiError) -> Response {
     metrics::counter!("herald_gateway_rejected_total", "code" => e.code).increment(1);
     e.into_response()
@@ -214,10 +222,7 @@ async fn follower_count(
         Ok(json!({"user": user, "followers": n}))
     }
     .await;
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => reject(e),
-    }
+    respond(r)
 }
 
 async fn inbox(
@@ -259,8 +264,5 @@ async fn inbox(
         Ok(json!({"user": user, "pending": pending, "notifications": list}))
     }
     .await;
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => reject(e),
-    }
+    respond(r)
 }
