@@ -177,6 +177,13 @@ async fn operations_endpoints() {
     let node = Node::start(&redis, &[]);
     let (s, _) = node.get("/healthz").await;
     assert_eq!(s, 200);
+    let (s, v) = node.get("/v1/nope").await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, v) = node.get("/v1/events").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
     let (s, v) = node.get("/readyz").await;
     assert_eq!((s, v["redis"].as_bool()), (200, Some(true)));
     let _c = Client::connect(&node, 1).await;

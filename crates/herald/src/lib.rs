@@ -136,7 +136,17 @@ pub async fn run(
             log: log.clone(),
             store: store.clone(),
             metrics,
-        }));
+        }))
+        .fallback(|| async {
+            herald_gateway::ApiError::not_found("no such route; see docs/API.md")
+        })
+        .method_not_allowed_fallback(|| async {
+            herald_gateway::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method; see docs/API.md",
+            )
+        });
     let housekeeping = tokio::spawn({
         let gateway = gateway.clone();
         async move {
