@@ -127,6 +127,7 @@ fn mute_key(v: &Value, adding: bool) -> Result<(String, Option<u64>), ApiError> 
         }
     };
     let until = match m.get("until_ms") {
+        _ if !adding => 0,
         None | Some(Value::Null) => 0,
         Some(v) => {
             let u = v.as_u64().ok_or_else(|| {
