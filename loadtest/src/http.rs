@@ -45,10 +45,8 @@ impl Conn {
             .await
             {
                 Ok(Ok(r)) => return Ok(r),
-                Ok(Err(e)) if attempt == 0 => {
-                    self.stream = None;
-                    let _ = e;
-                }
+                // A kept-alive connection the server closed: retry once.
+                Ok(Err(_)) if attempt == 0 => self.stream = None,
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     self.stream = None;

@@ -217,9 +217,12 @@ impl Conn {
                 return Vec::new();
             }
         };
-        self.celebrities = cursors.iter().map(|c| c.celebrity).collect();
-        for c in &self.celebrities {
-            self.edge.index.entry(*c).or_default().insert(self.user);
+        for c in &cursors {
+            self.edge
+                .index
+                .entry(c.celebrity)
+                .or_default()
+                .insert(self.user);
         }
         // Hot outboxes come from memory; the rest from Redis in one round
         // trip (and the first reader of a cold outbox fills the cache).

@@ -39,8 +39,6 @@ pub(crate) struct Conn {
     sink: SplitSink<WebSocket, Message>,
     pub unacked: HashMap<String, Pending>,
     last_seen: Instant,
-    /// Celebrities this user follows (registered in the edge's index).
-    pub celebrities: Vec<UserId>,
 }
 
 /// Why a connection ended (for logs and metrics).
@@ -95,7 +93,6 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
         sink,
         unacked: HashMap::new(),
         last_seen: Instant::now(),
-        celebrities: Vec::new(),
     };
     let end = c.run(&mut stream, &mut rx, &poke, &kick).await;
     tracing::debug!(user, reason = end.as_str(), "connection ended");

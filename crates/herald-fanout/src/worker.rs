@@ -69,7 +69,7 @@ impl Worker {
             }
             let records = match self.log.read(p, next, self.cfg.read_max_bytes) {
                 Ok(r) => r,
-                Err(LogError::OffsetOutOfRange { start, end, .. }) if next < start => {
+                Err(LogError::OffsetOutOfRange { start, .. }) if next < start => {
                     tracing::error!(
                         partition = p,
                         from = next,
@@ -78,7 +78,6 @@ impl Worker {
                     );
                     metrics::counter!("herald_fanout_skipped_records_total")
                         .increment(start - next);
-                    let _ = end;
                     next = start;
                     continue;
                 }

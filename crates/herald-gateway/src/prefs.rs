@@ -4,16 +4,16 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use herald_prefs::{parse_document, Invalid, Resolved};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
-use crate::routes::{authorize, path_user, reject, respond};
+use crate::routes::{authorize, path_user, respond};
 use crate::Gateway;
 
 /// Largest preferences or mutes body.
@@ -172,10 +172,7 @@ async fn add_mute(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    match change_mute(&gw, &headers, &id, body, true).await {
-        Ok(v) => (StatusCode::OK, Json(json!(v))).into_response(),
-        Err(e) => reject(e),
-    }
+    respond(change_mute(&gw, &headers, &id, body, true).await)
 }
 
 async fn remove_mute(
@@ -184,8 +181,5 @@ async fn remove_mute(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    match change_mute(&gw, &headers, &id, body, false).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => reject(e),
-    }
+    respond(change_mute(&gw, &headers, &id, body, false).await)
 }

@@ -273,9 +273,6 @@ pub fn open_segment(
             }
         }
     }
-    if pos == 0 && start == 0 {
-        seg.size = 0;
-    }
     let valid = start + pos as u64;
     let t = match trunc {
         Some(reason) => {
