@@ -13,6 +13,16 @@ pub enum Durability {
     Os,
 }
 
+/// What recovery does with a corrupt batch that is not a torn tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCorruption {
+    /// Move the bad byte range aside, keep every valid batch after it,
+    /// report it and open.
+    Quarantine,
+    /// Refuse to open, naming the file and byte position.
+    Refuse,
+}
+
 /// How a log is laid out and kept.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -39,6 +49,8 @@ pub struct LogConfig {
     pub queue_depth: usize,
     /// Most requests the writer folds into one round.
     pub max_requests_per_round: usize,
+    /// What recovery does with corruption.
+    pub on_corruption: OnCorruption,
 }
 
 impl Default for LogConfig {
@@ -56,6 +68,7 @@ impl Default for LogConfig {
             max_record_bytes: 1024 * 1024,
             queue_depth: 4096,
             max_requests_per_round: 4096,
+            on_corruption: OnCorruption::Quarantine,
         }
     }
 }
@@ -65,8 +78,10 @@ impl LogConfig {
         if self.partitions == 0 || self.partitions > 4096 {
             return Err("partitions must be between 1 and 4096".into());
         }
-        if self.segment_bytes < 4096 || self.segment_bytes > u32::MAX as u64 {
-            return Err("segment_bytes must be between 4 KiB and 4 GiB".into());
+        // Index positions are u32 and a round may run past the limit by up
+        // to MAX_ROUND_BYTES: keep a margin.
+        if self.segment_bytes < 4096 || self.segment_bytes > 1 << 31 {
+            return Err("segment_bytes must be between 4 KiB and 2 GiB".into());
         }
         if self.index_interval_bytes == 0 {
             return Err("index_interval_bytes must be positive".into());

@@ -32,7 +32,7 @@ pub enum LogError {
     UnknownPartition(u32),
     #[error("record of {size} bytes exceeds the limit of {limit}")]
     RecordTooLarge { size: usize, limit: usize },
-    #[error("the log was poisoned by an earlier fsync failure and must be reopened: {0}")]
+    #[error("the log cannot be trusted until it is reopened: {0}")]
     Poisoned(String),
     #[error("{path} is locked: another process has this log open")]
     Locked { path: PathBuf },
@@ -43,6 +43,22 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// The same failure for another producer of the round (I/O errors are
+    /// not `Clone`).
+    pub fn for_producer(&self) -> LogError {
+        match self {
+            LogError::DiskFull { path } => LogError::DiskFull { path: path.clone() },
+            LogError::Poisoned(why) => LogError::Poisoned(why.clone()),
+            LogError::Closed => LogError::Closed,
+            other => LogError::Poisoned(other.to_string()),
+        }
+    }
+
+    /// Whether the disk was full: transient, nothing was kept.
+    pub fn is_full(&self) -> bool {
+        matches!(self, LogError::DiskFull { .. })
+    }
+
     /// Classifies an I/O error on `path` (full disk and read-only directories
     /// get their own variants so operators see what to fix).
     pub fn io(path: &Path, source: io::Error) -> LogError {

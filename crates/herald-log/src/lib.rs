@@ -26,9 +26,13 @@
 //! - `Os`: never fsync on the write path. Fastest; a machine crash can lose
 //!   whatever the kernel had not written back.
 //!
-//! A failed fsync poisons the log: every later append fails until it is
-//! reopened, because the kernel may have dropped the dirty pages (the lesson
-//! of PostgreSQL's "fsyncgate").
+//! A round succeeds whole or leaves no trace: a failed write or fsync cuts
+//! every partition of the round back to its last acknowledged byte, and
+//! every producer of the round gets the error. A full disk is transient
+//! ([`LogHealth::Full`]): appends succeed again once space returns. Any
+//! other write error and every failed fsync poison the log: every later
+//! append fails until it is reopened, because the kernel may have dropped
+//! the dirty pages (the lesson of PostgreSQL's "fsyncgate").
 //!
 //! # Reads
 //! [`Log::read`] from any offset, [`Log::offset_for_time`] for a timestamp,
@@ -37,12 +41,17 @@
 //!
 //! # Recovery
 //! A clean close leaves a `.clean` marker per partition. Opening without it
-//! scans every segment from the partition's recovery point (the base of the
-//! segment that was active at the last roll), stops at the first short
-//! batch, bad CRC or offset out of sequence, truncates the tail there
-//! (deleting any later segment, and reporting how much was cut) and rebuilds
-//! the indexes. A chain whose segments do not follow each other is an error
-//! naming the file. Missing or corrupt index files are rebuilt.
+//! validates every batch from the partition's recovery point (the base of
+//! the segment that was active at the last roll) and of every segment a
+//! consumer has not finished. A torn tail of the last segment is cut. A
+//! corrupt batch elsewhere is moved aside exactly (see [`quarantine`]):
+//! the scan resynchronises on the next valid batch and keeps everything
+//! after it, and the offsets it held become a recorded gap that readers
+//! step over. `OnCorruption::Refuse` makes such a log refuse to open
+//! instead. Offsets are never handed out twice: a per-partition high
+//! watermark is persisted ahead of the offsets in use, and a recovery that
+//! may have lost offsets already seen continues past it. Missing or
+//! corrupt index files are rebuilt.
 //!
 //! # Retention
 //! Whole closed segments are deleted, oldest first, past `retention_bytes`
@@ -57,9 +66,13 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod format;
+mod health;
 mod open;
 mod partition;
+pub mod quarantine;
+mod recover;
 mod segment;
 mod writer;
 
@@ -71,9 +84,11 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use checkpoint::Checkpoints;
-pub use config::{Durability, LogConfig};
+pub use config::{Durability, LogConfig, OnCorruption};
 pub use error::{LogError, Result};
 pub use format::Record;
+pub use health::LogHealth;
+pub use quarantine::QuarantineReport;
 pub use segment::Truncation;
 
 use partition::Shared;
@@ -94,6 +109,7 @@ struct Inner {
     /// Holds the exclusive lock on the log directory.
     lock: std::sync::Mutex<Option<std::fs::File>>,
     truncations: Vec<Truncation>,
+    health: Arc<health::HealthCell>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -104,9 +120,16 @@ impl Log {
         cfg.validate().map_err(LogError::Config)?;
         std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
         let lock = lock_dir(dir)?;
-        let (partitions, truncations) = open::open_partitions(dir, &cfg)?;
         let checkpoints = Arc::new(Checkpoints::open(&dir.join("checkpoints"))?);
-        let w = writer::Writer::new(cfg.clone(), partitions.clone(), checkpoints.clone())?;
+        let (partitions, rec) = open::open_partitions(dir, &cfg, &checkpoints)?;
+        let health = Arc::new(health::HealthCell::new());
+        let w = writer::Writer::new(
+            cfg.clone(),
+            partitions.clone(),
+            checkpoints.clone(),
+            health.clone(),
+            rec.reserved,
+        )?;
         let (tx, rx) = mpsc::channel(cfg.queue_depth);
         let thread = std::thread::Builder::new()
             .name("herald-log-writer".into())
@@ -137,7 +160,8 @@ impl Log {
                 tx: Some(tx),
                 checkpoints,
                 lock: std::sync::Mutex::new(Some(lock)),
-                truncations,
+                truncations: rec.truncations,
+                health,
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
         })
@@ -154,6 +178,23 @@ impl Log {
     /// What recovery cut when this log was opened.
     pub fn truncations(&self) -> &[Truncation] {
         &self.inner.truncations
+    }
+
+    /// Whether appends can succeed now (full disk, poisoned, closed).
+    pub fn health(&self) -> LogHealth {
+        self.inner.health.get()
+    }
+
+    /// Every byte range recovery has quarantined in this log (this open and
+    /// earlier ones), acknowledged or not.
+    pub fn quarantine(&self) -> Result<Vec<QuarantineReport>> {
+        quarantine::load(&quarantine::dir(&self.inner.dir))
+    }
+
+    /// Marks every quarantine report acknowledged (an operator has looked);
+    /// returns how many were not yet.
+    pub fn acknowledge_quarantine(&self) -> Result<usize> {
+        quarantine::acknowledge(&quarantine::dir(&self.inner.dir))
     }
 
     /// Appends `records` to `partition`; returns the offset of the first one

@@ -5,12 +5,28 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::LogConfig;
+use crate::checkpoint::Checkpoints;
+use crate::config::{Durability, LogConfig, OnCorruption};
 use crate::error::{LogError, Result};
 use crate::partition::{Partition, PartitionState, Shared};
-use crate::segment::{log_path, open_segment, sync_dir, write_atomic, Truncation};
+use crate::quarantine::{self, QuarantineReport, RESERVE};
+use crate::recover::{open_segment, ScanCtx};
+use crate::segment::{log_path, sync_dir, write_atomic, SegmentInfo, Truncation};
 
-pub fn open_partitions(dir: &Path, cfg: &LogConfig) -> Result<(Vec<Shared>, Vec<Truncation>)> {
+/// What opening found, for the caller to report.
+#[derive(Default)]
+pub struct Recovery {
+    pub truncations: Vec<Truncation>,
+    pub quarantined: Vec<QuarantineReport>,
+    /// Each partition's persisted high watermark after opening.
+    pub reserved: Vec<u64>,
+}
+
+pub fn open_partitions(
+    dir: &Path,
+    cfg: &LogConfig,
+    checkpoints: &Checkpoints,
+) -> Result<(Vec<Shared>, Recovery)> {
     fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
     let meta = dir.join("meta");
     match fs::read_to_string(&meta) {
@@ -34,19 +50,19 @@ pub fn open_partitions(dir: &Path, cfg: &LogConfig) -> Result<(Vec<Shared>, Vec<
         }
         Err(e) => return Err(LogError::io(&meta, e)),
     }
+    let qdir = quarantine::dir(dir);
     let mut parts = Vec::new();
-    let mut truncs = Vec::new();
+    let mut rec = Recovery::default();
     for id in 0..cfg.partitions {
         let pdir = dir.join(format!("p-{id:05}"));
-        let (state, t) = open_partition(&pdir, cfg)?;
-        truncs.extend(t);
+        let committed = checkpoints.min_committed(id);
+        let state = open_partition(id, &pdir, &qdir, cfg, committed, &mut rec)?;
         parts.push(Arc::new(Partition::new(id, pdir, state)));
     }
-    Ok((parts, truncs))
+    Ok((parts, rec))
 }
 
-fn open_partition(dir: &Path, cfg: &LogConfig) -> Result<(PartitionState, Vec<Truncation>)> {
-    fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
         let entry = entry.map_err(|e| LogError::io(dir, e))?;
@@ -65,63 +81,143 @@ fn open_partition(dir: &Path, cfg: &LogConfig) -> Result<(PartitionState, Vec<Tr
         }
     }
     bases.sort_unstable();
+    Ok(bases)
+}
+
+fn open_partition(
+    id: u32,
+    dir: &Path,
+    qdir: &Path,
+    cfg: &LogConfig,
+    committed: Option<u64>,
+    rec: &mut Recovery,
+) -> Result<PartitionState> {
+    fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+    let bases = segment_bases(dir)?;
     let clean_marker = dir.join(".clean");
     let clean = clean_marker.exists();
     let recovery_point: u64 = fs::read_to_string(dir.join("recovery-point"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
+    let mut gaps = quarantine::load_gaps(dir)?;
+    let mut reserved = quarantine::load_reserved(dir);
     let mut segments = BTreeMap::new();
-    let mut truncs = Vec::new();
     let mut expected: Option<u64> = None;
-    let mut cut_rest = false;
+    let mut unknown_tail = false;
     for (i, &base) in bases.iter().enumerate() {
         let path = log_path(dir, base);
-        if cut_rest {
-            // Everything after a truncated segment is past the torn point.
-            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            tracing::warn!(segment = %path.display(), bytes = len, "deleted segment after truncation point");
-            truncs.push(Truncation {
-                path: path.clone(),
-                valid_bytes: 0,
-                cut_bytes: len,
-                reason: "follows a truncated segment".into(),
-            });
-            for ext in ["log", "index", "timeindex"] {
-                let _ = fs::remove_file(path.with_extension(ext));
-            }
-            continue;
-        }
         if let Some(e) = expected {
-            if base != e {
+            if base < e || (base > e && cfg.on_corruption == OnCorruption::Refuse) {
                 return Err(LogError::Hole {
                     path,
                     expected: e,
                     found: base,
                 });
             }
-        }
-        let full_scan = !clean && base >= recovery_point;
-        let (seg, t) = open_segment(&path, base, full_scan, cfg.index_interval_bytes)?;
-        expected = Some(seg.next_offset);
-        if let Some(t) = t {
-            truncs.push(t);
-            if i + 1 < bases.len() {
-                cut_rest = true;
+            if base > e && !gaps.contains(&(e, base)) {
+                // Offsets between two segments with nothing recorded for
+                // them: a segment file went missing (or its tail was cut).
+                let r = quarantine::put_missing(
+                    qdir,
+                    id,
+                    &path,
+                    (e, base),
+                    "no segment holds these offsets",
+                )?;
+                tracing::error!(
+                    partition = id,
+                    offset_from = e,
+                    offset_to = base,
+                    "offsets missing from the segment chain"
+                );
+                rec.quarantined.push(r);
+                quarantine::add_gap(dir, &mut gaps, (e, base))?;
             }
         }
+        let next_base = bases.get(i + 1).copied();
+        // After a crash, check everything from the last roll, and
+        // everything not yet consumed: corruption found now is quarantined
+        // before anyone reads it.
+        let unconsumed = match (next_base, committed) {
+            (Some(nb), Some(c)) => nb > c,
+            _ => true,
+        };
+        let full_scan = !clean && (base >= recovery_point || unconsumed);
+        let mut ctx = ScanCtx {
+            partition: id,
+            pdir: dir,
+            qdir,
+            policy: cfg.on_corruption,
+            gaps: &mut gaps,
+            last: next_base.is_none(),
+            interval: cfg.index_interval_bytes,
+        };
+        let (seg, found) = open_segment(&path, base, full_scan, &mut ctx)?;
+        unknown_tail = found.unknown_tail && next_base.is_none();
+        rec.truncations.extend(found.truncation);
+        rec.quarantined.extend(found.quarantined);
+        expected = Some(seg.next_offset);
         segments.insert(base, seg);
     }
     if segments.is_empty() {
-        let path = log_path(dir, 0);
-        fs::File::create(&path).map_err(|e| LogError::io(&path, e))?;
-        sync_dir(dir)?;
-        let (seg, _) = open_segment(&path, 0, true, cfg.index_interval_bytes)?;
-        segments.insert(0, seg);
+        let base = reserved;
+        segments.insert(base, new_segment(dir, base, cfg)?);
     }
+    let end = segments.values().next_back().map_or(0, |s| s.next_offset);
+    // Offsets past the end may have been seen by readers before the crash
+    // when the tail was corrupt, or whenever appends were acknowledged
+    // before fsync: continue past the watermark so none is reused.
+    let jump = !clean && (unknown_tail || cfg.durability != Durability::Always);
+    if jump && reserved > end {
+        quarantine::add_gap(dir, &mut gaps, (end, reserved))?;
+        if let Some(last) = segments.values().next_back() {
+            if last.size == 0 {
+                let base = last.base;
+                if let Some(s) = segments.remove(&base) {
+                    s.remove_files()?;
+                }
+            } else {
+                last.write_indexes()?;
+            }
+        }
+        segments.insert(reserved, new_segment(dir, reserved, cfg)?);
+        write_atomic(&dir.join("recovery-point"), reserved.to_string().as_bytes())?;
+        tracing::warn!(
+            partition = id,
+            from = end,
+            to = reserved,
+            "unclean shutdown: offsets continue past the high watermark"
+        );
+    }
+    let end = segments.values().next_back().map_or(0, |s| s.next_offset);
+    if reserved < end + RESERVE / 2 {
+        reserved = end + RESERVE;
+        quarantine::save_reserved(dir, reserved)?;
+    }
+    rec.reserved.push(reserved);
     if clean {
         fs::remove_file(&clean_marker).map_err(|e| LogError::io(&clean_marker, e))?;
         sync_dir(dir)?;
     }
-    Ok((PartitionState { segments }, truncs))
+    Ok(PartitionState { segments })
+}
+
+/// Creates an empty segment at `base`.
+fn new_segment(dir: &Path, base: u64, cfg: &LogConfig) -> Result<SegmentInfo> {
+    let path = log_path(dir, base);
+    fs::File::create(&path).map_err(|e| LogError::io(&path, e))?;
+    sync_dir(dir)?;
+    let mut gaps = Vec::new();
+    let mut ctx = ScanCtx {
+        partition: 0,
+        pdir: dir,
+        qdir: dir,
+        policy: cfg.on_corruption,
+        gaps: &mut gaps,
+        last: true,
+        interval: cfg.index_interval_bytes,
+    };
+    let (seg, _) = open_segment(&path, base, true, &mut ctx)?;
+    Ok(seg)
 }

@@ -90,10 +90,11 @@ impl Partition {
                     return Ok(out);
                 };
                 if from >= seg.next_offset {
-                    // At the end of a closed segment: the next one starts here.
+                    // Past the end of a closed segment: the next one starts
+                    // here, or after a recorded gap.
                     match st.segments.range(from..).next() {
-                        Some((_, next)) if next.base == from => {}
-                        _ => return Ok(out),
+                        Some((_, next)) => from = next.base,
+                        None => return Ok(out),
                     }
                     continue;
                 }

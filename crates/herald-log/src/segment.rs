@@ -2,14 +2,13 @@
 //! time index (kept in memory, written beside the segment when it closes,
 //! and always rebuildable from the segment itself).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{LogError, Result};
-use crate::format::{check_batch, BatchHeader, Invalid};
+use crate::fault;
+use crate::format::BatchHeader;
 
 /// `base` as a segment file stem: zero-padded so names sort by offset.
 pub fn stem(base: u64) -> String {
@@ -127,10 +126,17 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
-    let mut f = File::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
-    f.write_all(data).map_err(|e| LogError::io(&tmp, e))?;
-    f.sync_data().map_err(|e| LogError::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| LogError::io(path, e))?;
+    let res = (|| {
+        let f = fault::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
+        fault::write_all(&f, &tmp, data).map_err(|e| LogError::io(&tmp, e))?;
+        fault::sync_data(&f, &tmp).map_err(|e| LogError::io(&tmp, e))?;
+        fault::rename(&tmp, path).map_err(|e| LogError::io(path, e))
+    })();
+    if res.is_err() {
+        // Leave no half-written temp file on a full disk.
+        let _ = fs::remove_file(&tmp);
+    }
+    res?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }
@@ -139,7 +145,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).map_err(|e| LogError::io(dir, e))?;
-    d.sync_all().map_err(|e| LogError::io(dir, e))
+    fault::sync_all(&d, dir).map_err(|e| LogError::io(dir, e))
 }
 
 /// What recovery cut from a segment.
@@ -152,9 +158,9 @@ pub struct Truncation {
 }
 
 /// Offset index and time index entries.
-type Indexes = (Vec<(u32, u32)>, Vec<(i64, u32)>);
+pub(crate) type Indexes = (Vec<(u32, u32)>, Vec<(i64, u32)>);
 
-fn load_index(log: &Path, size: u64) -> Option<Indexes> {
+pub(crate) fn load_index(log: &Path, size: u64) -> Option<Indexes> {
     let a = fs::read(index_path(log)).ok()?;
     let t = fs::read(timeindex_path(log)).ok()?;
     if a.len() % 8 != 0 || t.len() % 12 != 0 || a.len() / 8 != t.len() / 12 {
@@ -186,114 +192,4 @@ fn load_index(log: &Path, size: u64) -> Option<Indexes> {
         return None;
     }
     Some((index, time_index))
-}
-
-/// Opens the segment at `path` (base offset `base`). With `full_scan`, or
-/// when its index files are missing or corrupt, every batch is validated and
-/// the indexes rebuilt; otherwise only the batches after the last index entry
-/// are. A torn or corrupt tail is truncated away and reported.
-pub fn open_segment(
-    path: &Path,
-    base: u64,
-    full_scan: bool,
-    interval: u64,
-) -> Result<(SegmentInfo, Option<Truncation>)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| LogError::io(path, e))?;
-    let len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
-    let mut seg = SegmentInfo {
-        base,
-        path: path.to_path_buf(),
-        file: Arc::new(file),
-        size: 0,
-        next_offset: base,
-        index: Vec::new(),
-        time_index: Vec::new(),
-        max_ts: i64::MIN,
-    };
-    let mut start = 0u64;
-    if !full_scan {
-        if let Some((index, time_index)) = load_index(path, len) {
-            if let Some(&(_, p)) = index.last() {
-                start = p as u64;
-            }
-            seg.max_ts = time_index.last().map_or(i64::MIN, |t| t.0);
-            seg.index = index;
-            seg.time_index = time_index;
-            // Entries at `start` are re-noted by the scan below.
-            seg.index.pop();
-            seg.time_index.pop();
-        } else if len > 0 {
-            tracing::warn!(segment = %path.display(), "index missing or corrupt, rebuilding");
-        }
-    }
-    let mut buf = vec![0u8; (len - start) as usize];
-    seg.file
-        .read_exact_at(&mut buf, start)
-        .map_err(|e| LogError::io(path, e))?;
-    let mut pos = 0usize;
-    let mut expected = None::<u64>;
-    let mut trunc = None;
-    while pos < buf.len() {
-        match check_batch(&buf[pos..]) {
-            Ok(h) => {
-                if let Some(e) = expected {
-                    if h.base_offset != e {
-                        trunc = Some(format!(
-                            "batch offset {} where {} was expected",
-                            h.base_offset, e
-                        ));
-                        break;
-                    }
-                } else if start == 0 && h.base_offset != base {
-                    trunc = Some(format!(
-                        "first batch has offset {} but the file name says {}",
-                        h.base_offset, base
-                    ));
-                    break;
-                }
-                expected = Some(h.next_offset());
-                seg.note_batch(&h, start + pos as u64, interval);
-                pos += h.size;
-            }
-            Err(Invalid::Short { need }) => {
-                trunc = Some(format!(
-                    "torn batch: {} bytes present of {}",
-                    buf.len() - pos,
-                    need
-                ));
-                break;
-            }
-            Err(Invalid::Corrupt(why)) => {
-                trunc = Some(why);
-                break;
-            }
-        }
-    }
-    let valid = start + pos as u64;
-    let t = match trunc {
-        Some(reason) => {
-            seg.file.set_len(valid).map_err(|e| LogError::io(path, e))?;
-            seg.file.sync_all().map_err(|e| LogError::io(path, e))?;
-            tracing::warn!(
-                segment = %path.display(),
-                valid_bytes = valid,
-                cut_bytes = len - valid,
-                reason = %reason,
-                "truncated corrupt or torn tail"
-            );
-            Some(Truncation {
-                path: path.to_path_buf(),
-                valid_bytes: valid,
-                cut_bytes: len - valid,
-                reason,
-            })
-        }
-        None => None,
-    };
-    seg.size = valid;
-    Ok((seg, t))
 }

@@ -89,10 +89,25 @@ async fn cut_anywhere_truncates_to_last_good_batch() {
     }
 }
 
+/// (byte start, byte end, first offset, one past the last) of each batch.
+fn batches(bytes: &[u8]) -> Vec<(usize, usize, u64, u64)> {
+    let mut out = Vec::new();
+    let (mut pos, mut off) = (0usize, 0u64);
+    while pos < bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize + 4;
+        let count = u32::from_le_bytes(bytes[pos + 17..pos + 21].try_into().unwrap()) as u64;
+        out.push((pos, pos + len, off, off + count));
+        pos += len;
+        off += count;
+    }
+    out
+}
+
 #[tokio::test]
-async fn flipped_bytes_never_panic_and_keep_a_valid_prefix() {
+async fn a_flipped_byte_quarantines_exactly_its_batch_and_keeps_the_rest() {
     let d = tempfile::tempdir().unwrap();
     let (n, bytes) = build(d.path()).await;
+    let layout = batches(&bytes);
     let mut rng = Rng(0x1234_5678_9abc_def1);
     for _ in 0..80 {
         let c = tempfile::tempdir().unwrap();
@@ -103,10 +118,41 @@ async fn flipped_bytes_never_panic_and_keep_a_valid_prefix() {
         let at = rng.next() as usize % b.len();
         b[at] ^= 1 << (rng.next() % 8);
         std::fs::write(&seg, &b).unwrap();
+        let reserved = d.path().join("p-00000/reserved");
+        std::fs::copy(&reserved, c.path().join("p-00000/reserved")).unwrap();
         let log = Log::open(c.path(), cfg()).unwrap();
-        let end = check_prefix(&log);
-        assert!(end < n, "a flip at byte {at} went unnoticed");
-        assert!(!log.truncations().is_empty());
+        let &(from, to, first, next) = layout.iter().find(|l| l.0 <= at && at < l.1).unwrap();
+        let last = to == bytes.len();
+        // Every other record is there, in order, with its own payload.
+        let (_, end) = log.bounds(0).unwrap();
+        let mut seen = Vec::new();
+        let mut o = 0;
+        while o < end {
+            let recs = log.read(0, o, 64 * 1024).unwrap();
+            if recs.is_empty() {
+                break;
+            }
+            for r in recs {
+                assert_eq!(r.payload, rec(r.offset));
+                o = r.offset + 1;
+                seen.push(r.offset);
+            }
+        }
+        let want: Vec<u64> = (0..n).filter(|&o| o < first || o >= next).collect();
+        assert_eq!(seen, want, "flip at byte {at} in batch [{from}, {to})");
+        // The bad range is reported exactly, and its bytes kept aside.
+        let q = log.quarantine().unwrap();
+        assert_eq!(q.len(), 1, "flip at byte {at}: {q:?}");
+        assert_eq!((q[0].byte_from, q[0].byte_to), (from as u64, to as u64));
+        assert_eq!(q[0].offset_from, first);
+        assert_eq!(q[0].offset_to, (!last).then_some(next));
+        assert_eq!(
+            std::fs::read(&q[0].bytes_file).unwrap(),
+            b[from..to].to_vec()
+        );
+        // New appends never reuse an offset that was handed out.
+        let o = log.append(0, vec![rec(n)]).await.unwrap();
+        assert!(o >= n, "offset {o} reused (log held {n})");
     }
 }
 

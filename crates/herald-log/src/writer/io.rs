@@ -1,20 +1,21 @@
-//! File work of the writer thread: staging, writing, syncing, rolling,
-//! publishing, retention and close.
+//! File work of the writer thread: writing a round, undoing a failed one,
+//! syncing, publishing, periodic work, retention and close.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::time::{Duration, Instant};
-
-use bytes::Bytes;
 
 use super::Writer;
 use crate::config::Durability;
 use crate::error::{LogError, Result};
+use crate::fault;
 use crate::format::{encode_batch, HEADER_LEN, RECORD_OVERHEAD};
-use crate::segment::{log_path, write_atomic, SegmentInfo};
+use crate::health::{free_bytes, LogHealth};
+use crate::segment::write_atomic;
 
 /// The largest batch the writer makes; more staged records become several.
 const MAX_WRITE_BATCH: u64 = 8 * 1024 * 1024;
+
+/// Free space at which a log that found its disk full reports ready again.
+const FREE_TO_RECOVER: u64 = 4 << 20;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -24,50 +25,17 @@ fn now_ms() -> i64 {
 }
 
 impl Writer {
-    pub(super) fn pending_len(&self, p: usize) -> u64 {
-        self.active[p].staged_bytes
-    }
-
-    pub(super) fn pending_count(&self, p: usize) -> u64 {
-        self.active[p].staged.len() as u64
-    }
-
-    pub(super) fn stage(&mut self, p: usize, recs: Vec<Bytes>) {
-        let a = &mut self.active[p];
-        for r in recs {
-            a.staged_bytes += (r.len() + RECORD_OVERHEAD) as u64;
-            a.staged.push(r);
-        }
-    }
-
-    /// Writes every partition's staged records. On failure every partition
-    /// is cut back to where the round started.
-    pub(super) fn write_buffered(&mut self) -> Result<()> {
-        let mut res = Ok(());
+    /// Writes every partition's staged records (one write call each).
+    pub(super) fn write_staged(&mut self) -> Result<()> {
         for p in 0..self.active.len() {
-            if let Err(e) = self.write_partition(p) {
-                res = Err(e);
-                break;
-            }
+            self.write_partition(p)?;
         }
-        if res.is_err() {
-            for a in &mut self.active {
-                a.staged.clear();
-                a.staged_bytes = 0;
-                if a.size != a.round_start_size {
-                    let _ = a.file.set_len(a.round_start_size);
-                    a.size = a.round_start_size;
-                    a.next_offset = a.round_start_offset;
-                    a.unpublished.clear();
-                }
-            }
-        }
-        res
+        Ok(())
     }
 
     /// Encodes and writes partition `p`'s staged records (one batch per
     /// `MAX_WRITE_BATCH`) with one write call.
-    pub(super) fn write_partition(&mut self, p: usize) -> Result<()> {
+    fn write_partition(&mut self, p: usize) -> Result<()> {
         if self.active[p].staged.is_empty() {
             return Ok(());
         }
@@ -76,6 +44,7 @@ impl Writer {
         self.active[p].staged_bytes = 0;
         self.buf.clear();
         let a = &mut self.active[p];
+        let mut next = a.next_offset;
         let mut i = 0;
         let mut batches = Vec::new();
         while i < staged.len() {
@@ -88,24 +57,53 @@ impl Writer {
                 j += 1;
             }
             let pos = a.size + self.buf.len() as u64;
-            let h = encode_batch(
-                &mut self.buf,
-                a.next_offset,
-                ts,
-                staged[i..j].iter().map(|b| &b[..]),
-            );
-            a.next_offset = h.next_offset();
+            let h = encode_batch(&mut self.buf, next, ts, staged[i..j].iter().map(|b| &b[..]));
+            next = h.next_offset();
             batches.push((h, pos));
             i = j;
         }
-        if let Err(e) = a.file.write_all(&self.buf) {
-            return Err(LogError::io(&a.path, e));
+        if let Err(e) = fault::write_all(&a.file, &a.path, &self.buf) {
+            return Err(match LogError::io(&a.path, e) {
+                full @ LogError::DiskFull { .. } => full,
+                other => {
+                    tracing::error!(partition = p, error = %other, "segment write failed, log poisoned");
+                    LogError::Poisoned(other.to_string())
+                }
+            });
         }
+        a.next_offset = next;
         a.size += self.buf.len() as u64;
         a.unpublished.extend(batches);
         a.dirty = true;
         self.unsynced_bytes += self.buf.len() as u64;
         Ok(())
+    }
+
+    /// Puts every partition the round touched back where the last
+    /// successful round left it: file length, offsets, nothing staged or
+    /// unpublished. A partition that cannot be cut back poisons the log.
+    pub(super) fn rollback(&mut self) {
+        for (p, a) in self.active.iter_mut().enumerate() {
+            a.staged.clear();
+            a.staged_bytes = 0;
+            a.unpublished.clear();
+            if !a.touched && a.size == a.acked_size {
+                continue;
+            }
+            if let Err(e) = fault::set_len(&a.file, &a.path, a.acked_size) {
+                let e = LogError::io(&a.path, e);
+                tracing::error!(partition = p, error = %e, "could not undo a failed write, log poisoned");
+                let why = format!("could not undo a failed write: {e}");
+                self.health.set(LogHealth::Poisoned(why.clone()));
+                self.poisoned.get_or_insert(why);
+            }
+            a.size = a.acked_size;
+            a.next_offset = a.acked_offset;
+            // In `always` mode what is left was synced by its own round.
+            if self.cfg.durability == Durability::Always {
+                a.dirty = false;
+            }
+        }
     }
 
     /// fdatasync every partition written since the last sync. A failed fsync
@@ -117,19 +115,17 @@ impl Writer {
             .collect();
         // Partitions are separate files: sync them in parallel, so a round
         // costs about one fdatasync rather than one per partition.
+        let active = &self.active;
+        let sync = |i: usize| fault::sync_data(&active[i].file, &active[i].path);
         let results: Vec<(usize, std::io::Result<()>)> = if dirty.len() <= 1 {
-            dirty
-                .iter()
-                .map(|&i| (i, self.active[i].file.sync_data()))
-                .collect()
+            dirty.iter().map(|&i| (i, sync(i))).collect()
         } else {
-            let active = &self.active;
             std::thread::scope(|sc| {
                 let handles: Vec<_> = dirty[1..]
                     .iter()
-                    .map(|&i| (i, sc.spawn(move || active[i].file.sync_data())))
+                    .map(|&i| (i, sc.spawn(move || sync(i))))
                     .collect();
-                let mut out = vec![(dirty[0], active[dirty[0]].file.sync_data())];
+                let mut out = vec![(dirty[0], sync(dirty[0]))];
                 for (i, h) in handles {
                     let r = h
                         .join()
@@ -139,26 +135,46 @@ impl Writer {
                 out
             })
         };
+        let mut failed = None;
+        let mut full = None;
         for (i, r) in results {
-            if let Err(e) = r {
-                let err = LogError::io(&self.active[i].path, e);
-                tracing::error!(error = %err, "fsync failed, log poisoned");
-                self.poisoned = Some(err.to_string());
-                return Err(err);
+            match r {
+                Ok(()) => self.active[i].dirty = false,
+                Err(e) => match LogError::io(&self.active[i].path, e) {
+                    // In `always` mode every earlier byte was synced by an
+                    // earlier round: a full disk only refuses this round's
+                    // bytes, which the rollback cuts. Anything else (or
+                    // any mode that acknowledged before syncing) cannot be
+                    // trusted.
+                    LogError::DiskFull { path } if self.cfg.durability == Durability::Always => {
+                        full.get_or_insert(path);
+                    }
+                    err => {
+                        tracing::error!(partition = i, error = %err, "fsync failed, log poisoned");
+                        failed.get_or_insert(format!("fsync failed on partition {i}: {err}"));
+                    }
+                },
             }
-            self.active[i].dirty = false;
+        }
+        if let Some(why) = failed {
+            self.poisoned.get_or_insert(why.clone());
+            return Err(LogError::Poisoned(why));
+        }
+        if let Some(path) = full {
+            return Err(LogError::DiskFull { path });
         }
         self.unsynced_bytes = 0;
         self.last_sync = Instant::now();
         Ok(())
     }
 
-    /// Makes written batches visible to readers and wakes tailing readers.
+    /// Makes written batches visible to readers and wakes tailing readers;
+    /// what is published is what a failed round goes back to.
     pub(super) fn publish(&mut self) {
         let interval = self.cfg.index_interval_bytes;
         for (p, a) in self.active.iter_mut().enumerate() {
-            a.round_start_size = a.size;
-            a.round_start_offset = a.next_offset;
+            a.acked_size = a.size;
+            a.acked_offset = a.next_offset;
             if a.unpublished.is_empty() {
                 continue;
             }
@@ -176,83 +192,32 @@ impl Writer {
         }
     }
 
-    /// Closes the active segment of `p` (synced, indexes written) and starts
-    /// a new one at the next offset.
-    pub(super) fn roll(&mut self, p: usize) -> Result<()> {
-        let a = &mut self.active[p];
-        a.file.sync_data().map_err(|e| LogError::io(&a.path, e))?;
-        a.dirty = false;
-        let part = self.parts[p].clone();
-        let interval = self.cfg.index_interval_bytes;
-        {
-            let mut st = part.write_state();
-            if let Some(seg) = st.segments.get_mut(&a.base) {
-                for (h, pos) in a.unpublished.drain(..) {
-                    seg.note_batch(&h, pos, interval);
-                }
-                seg.write_indexes()?;
-            }
-        }
-        part.end_tx.send_replace(a.next_offset);
-        let base = a.next_offset;
-        let path = log_path(&part.dir, base);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| LogError::io(&path, e))?;
-        let read = OpenOptions::new()
-            .read(true)
-            .open(&path)
-            .map_err(|e| LogError::io(&path, e))?;
-        crate::segment::sync_dir(&part.dir)?;
-        part.write_state().segments.insert(
-            base,
-            SegmentInfo {
-                base,
-                path: path.clone(),
-                file: std::sync::Arc::new(read),
-                size: 0,
-                next_offset: base,
-                index: Vec::new(),
-                time_index: Vec::new(),
-                max_ts: i64::MIN,
-            },
-        );
-        write_atomic(
-            &part.dir.join("recovery-point"),
-            base.to_string().as_bytes(),
-        )?;
-        *a = super::Active {
-            file,
-            path,
-            base,
-            size: 0,
-            next_offset: base,
-            created: Instant::now(),
-            unpublished: Vec::new(),
-            staged: std::mem::take(&mut a.staged),
-            staged_bytes: a.staged_bytes,
-            round_start_size: 0,
-            round_start_offset: base,
-            dirty: false,
-        };
-        tracing::debug!(partition = p, base, "rolled segment");
-        Ok(())
-    }
-
-    /// Periodic work: interval fsync, rolling by age, retention.
+    /// Periodic work: interval fsync, rolling by age, retention, and
+    /// noticing that a full disk has room again.
     pub(super) fn tick(&mut self) {
         if let Durability::Interval { ms, .. } = self.cfg.durability {
             if self.unsynced_bytes > 0 && self.last_sync.elapsed() >= Duration::from_millis(ms) {
-                let _ = self.sync_dirty();
+                if let Err(e) = self.sync_dirty() {
+                    self.note_failure(&e);
+                }
             }
+        }
+        if let LogHealth::Full { path } = self.health.get() {
+            let dir = path.parent().unwrap_or(&path);
+            if free_bytes(dir).is_some_and(|f| f >= FREE_TO_RECOVER) {
+                tracing::info!(path = %path.display(), "disk space returned");
+                self.health.set(LogHealth::Ok);
+            }
+        }
+        if self.poisoned.is_some() {
+            return;
         }
         let max_age = Duration::from_millis(self.cfg.segment_ms);
         for p in 0..self.active.len() {
             if self.active[p].size > 0 && self.active[p].created.elapsed() >= max_age {
                 if let Err(e) = self.roll(p) {
                     tracing::warn!(partition = p, error = %e, "roll by age failed");
+                    self.note_failure(&e);
                 }
             }
         }
@@ -311,9 +276,11 @@ impl Writer {
     }
 
     /// Syncs everything, writes indexes of the active segments and the
-    /// clean-shutdown markers.
+    /// clean-shutdown markers (not for a poisoned log: it must be recovered).
     pub(super) fn close(&mut self) -> Result<()> {
-        self.write_buffered()?;
+        if let Some(p) = &self.poisoned {
+            return Err(LogError::Poisoned(p.clone()));
+        }
         for a in &mut self.active {
             a.dirty = true;
         }

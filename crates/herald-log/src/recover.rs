@@ -1,0 +1,279 @@
+//! Opening one segment: validating its batches, and what to do with the
+//! ones that do not check.
+//!
+//! A batch that fails its checks is either a torn tail (the last segment
+//! ends in a batch that was being written when the process or machine
+//! died: cut it, as every log does) or corruption. For corruption the scan
+//! resynchronises on the next batch whose header and CRC check and whose
+//! offset is plausible, moves exactly the bad byte range aside
+//! ([`crate::quarantine`]), records the offsets it held as a gap, and keeps
+//! every valid batch after it. With [`OnCorruption::Refuse`] it returns an
+//! error instead and the log does not open.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::OnCorruption;
+use crate::error::{LogError, Result};
+use crate::fault;
+use crate::format::{check_batch, BatchHeader, Invalid, HEADER_LEN, MAGIC};
+use crate::quarantine::{self, QuarantineReport};
+use crate::segment::{load_index, sync_dir, SegmentInfo, Truncation};
+
+/// The furthest a resynchronised batch's offset may lie past the expected
+/// one (keeps index entries within u32 and rejects random bytes).
+const MAX_RESYNC_JUMP: u64 = 1 << 30;
+
+/// What the partition-level recovery tells the segment scan.
+pub struct ScanCtx<'a> {
+    pub partition: u32,
+    pub pdir: &'a Path,
+    pub qdir: &'a Path,
+    pub policy: OnCorruption,
+    pub gaps: &'a mut Vec<(u64, u64)>,
+    /// Whether this is the partition's last segment (only it can have a
+    /// torn tail).
+    pub last: bool,
+    pub interval: u64,
+}
+
+/// What a scan found and did.
+#[derive(Default)]
+pub struct Findings {
+    pub truncation: Option<Truncation>,
+    pub quarantined: Vec<QuarantineReport>,
+    /// The tail was corrupt (not merely torn): offsets past the end may
+    /// have been handed out before the crash.
+    pub unknown_tail: bool,
+}
+
+fn gap_recorded(gaps: &[(u64, u64)], from: u64, to: u64) -> bool {
+    gaps.contains(&(from, to))
+}
+
+/// The next position at or after `from` holding a valid batch whose offset
+/// is at or after `expected` (and not absurdly far past it).
+fn resync(buf: &[u8], from: usize, expected: u64) -> Option<(usize, BatchHeader)> {
+    let mut y = from;
+    while y + HEADER_LEN <= buf.len() {
+        let b = &buf[y..];
+        if b[8] == MAGIC {
+            let mut o = [0u8; 8];
+            o.copy_from_slice(&b[9..17]);
+            let base = u64::from_le_bytes(o);
+            let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            if base >= expected
+                && base - expected <= MAX_RESYNC_JUMP
+                && len + 4 >= HEADER_LEN
+                && len + 4 <= b.len()
+            {
+                if let Ok(h) = check_batch(b) {
+                    return Some((y, h));
+                }
+            }
+        }
+        y += 1;
+    }
+    None
+}
+
+/// Opens the segment at `path` (base offset `base`). With `full_scan`, or
+/// when its index files are missing or corrupt, every batch is validated and
+/// the indexes rebuilt; otherwise only the batches after the last index
+/// entry are.
+pub fn open_segment(
+    path: &Path,
+    base: u64,
+    full_scan: bool,
+    ctx: &mut ScanCtx<'_>,
+) -> Result<(SegmentInfo, Findings)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| LogError::io(path, e))?;
+    let len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
+    let mut seg = SegmentInfo {
+        base,
+        path: path.to_path_buf(),
+        file: Arc::new(file),
+        size: 0,
+        next_offset: base,
+        index: Vec::new(),
+        time_index: Vec::new(),
+        max_ts: i64::MIN,
+    };
+    let mut start = 0u64;
+    if !full_scan {
+        if let Some((index, time_index)) = load_index(path, len) {
+            if let Some(&(_, p)) = index.last() {
+                start = p as u64;
+            }
+            seg.max_ts = time_index.last().map_or(i64::MIN, |t| t.0);
+            seg.index = index;
+            seg.time_index = time_index;
+            // Entries at `start` are re-noted by the scan below.
+            seg.index.pop();
+            seg.time_index.pop();
+        } else if len > 0 {
+            tracing::warn!(segment = %path.display(), "index missing or corrupt, rebuilding");
+        }
+    }
+    let mut buf = vec![0u8; (len - start) as usize];
+    seg.file
+        .read_exact_at(&mut buf, start)
+        .map_err(|e| LogError::io(path, e))?;
+    let mut found = Findings::default();
+    // Offsets in the original file of what is kept, for reports.
+    let mut removed_before = 0u64;
+    let mut rewrite = false;
+    let mut pos = 0usize;
+    let mut expected: Option<u64> = (start == 0).then_some(base);
+    while pos < buf.len() {
+        let why = match check_batch(&buf[pos..]) {
+            Ok(h) => {
+                let exp = expected.unwrap_or(h.base_offset);
+                if h.base_offset == exp
+                    || (h.base_offset > exp && gap_recorded(ctx.gaps, exp, h.base_offset))
+                {
+                    expected = Some(h.next_offset());
+                    seg.note_batch(&h, start + pos as u64, ctx.interval);
+                    pos += h.size;
+                    continue;
+                }
+                Invalid::Corrupt(format!(
+                    "batch offset {} where {exp} was expected",
+                    h.base_offset
+                ))
+            }
+            Err(e) => e,
+        };
+        let exp = expected.unwrap_or(base);
+        let torn = matches!(why, Invalid::Short { .. });
+        let reason = match &why {
+            Invalid::Short { need } => {
+                format!("torn batch: {} bytes present of {need}", buf.len() - pos)
+            }
+            Invalid::Corrupt(r) => r.clone(),
+        };
+        let at = start + removed_before + pos as u64;
+        match resync(&buf, pos + 1, exp) {
+            Some((y, h)) => {
+                // Corruption in the middle: valid batches follow.
+                if ctx.policy == OnCorruption::Refuse {
+                    return Err(corrupt(path, at, &reason));
+                }
+                let r = quarantine::put(
+                    ctx.qdir,
+                    ctx.partition,
+                    path,
+                    at,
+                    &buf[pos..y],
+                    (exp, Some(h.base_offset)),
+                    &reason,
+                )?;
+                quarantine::add_gap(ctx.pdir, ctx.gaps, (exp, h.base_offset))?;
+                tracing::error!(
+                    segment = %path.display(), byte_from = r.byte_from, byte_to = r.byte_to,
+                    offset_from = exp, offset_to = h.base_offset, reason = %reason,
+                    moved_to = %r.bytes_file.display(),
+                    "corrupt batch quarantined; the valid batches after it are kept"
+                );
+                found.quarantined.push(r);
+                removed_before += (y - pos) as u64;
+                buf.drain(pos..y);
+                rewrite = true;
+            }
+            None if torn && ctx.last => {
+                let cut = (buf.len() - pos) as u64;
+                tracing::warn!(
+                    segment = %path.display(), valid_bytes = start + pos as u64,
+                    cut_bytes = cut, reason = %reason, "truncated torn tail"
+                );
+                found.truncation = Some(Truncation {
+                    path: path.to_path_buf(),
+                    valid_bytes: start + pos as u64,
+                    cut_bytes: cut,
+                    reason,
+                });
+                buf.truncate(pos);
+            }
+            None => {
+                // Nothing valid follows: a corrupt tail. What it held
+                // cannot be counted, so the partition moves past its
+                // watermark.
+                if ctx.policy == OnCorruption::Refuse {
+                    return Err(corrupt(path, at, &reason));
+                }
+                let r = quarantine::put(
+                    ctx.qdir,
+                    ctx.partition,
+                    path,
+                    at,
+                    &buf[pos..],
+                    (exp, None),
+                    &reason,
+                )?;
+                tracing::error!(
+                    segment = %path.display(), byte_from = r.byte_from, byte_to = r.byte_to,
+                    offset_from = exp, reason = %reason, moved_to = %r.bytes_file.display(),
+                    "corrupt tail quarantined"
+                );
+                found.truncation = Some(Truncation {
+                    path: path.to_path_buf(),
+                    valid_bytes: start + pos as u64,
+                    cut_bytes: (buf.len() - pos) as u64,
+                    reason,
+                });
+                found.quarantined.push(r);
+                found.unknown_tail = true;
+                buf.truncate(pos);
+            }
+        }
+    }
+    let valid = start + buf.len() as u64;
+    if rewrite {
+        seg.file = Arc::new(rewrite_segment(path, &seg.file, start, &buf)?);
+    } else if valid < len {
+        fault::set_len(&seg.file, path, valid).map_err(|e| LogError::io(path, e))?;
+        fault::sync_all(&seg.file, path).map_err(|e| LogError::io(path, e))?;
+    }
+    seg.size = valid;
+    Ok((seg, found))
+}
+
+fn corrupt(path: &Path, position: u64, reason: &str) -> LogError {
+    LogError::CorruptSegment {
+        path: path.to_path_buf(),
+        position,
+        reason: format!("{reason} (log.on_corruption = \"refuse\")"),
+    }
+}
+
+/// Replaces the segment with its first `keep` bytes followed by `tail`
+/// (temp file, fsync, rename, fsync the directory); the stale index files
+/// go, they are rebuilt from memory.
+fn rewrite_segment(path: &Path, old: &File, keep: u64, tail: &[u8]) -> Result<File> {
+    let tmp: PathBuf = path.with_extension("log.rewrite.tmp");
+    let mut head = vec![0u8; keep as usize];
+    old.read_exact_at(&mut head, 0)
+        .map_err(|e| LogError::io(path, e))?;
+    let f = fault::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
+    fault::write_all(&f, &tmp, &head).map_err(|e| LogError::io(&tmp, e))?;
+    fault::write_all(&f, &tmp, tail).map_err(|e| LogError::io(&tmp, e))?;
+    fault::sync_data(&f, &tmp).map_err(|e| LogError::io(&tmp, e))?;
+    fault::rename(&tmp, path).map_err(|e| LogError::io(path, e))?;
+    for ext in ["index", "timeindex"] {
+        let _ = fs::remove_file(path.with_extension(ext));
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| LogError::io(path, e))
+}

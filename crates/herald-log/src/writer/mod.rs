@@ -1,0 +1,313 @@
+//! The writer thread: the only code that writes segment files.
+//!
+//! Producers send append requests over a bounded channel. The thread takes
+//! everything waiting (a round), stages each request (rolling a full
+//! segment first, before any of the round's bytes reach it), writes one
+//! buffer per partition, makes it durable as the configured [`Durability`]
+//! says (one fsync per touched partition shared by every waiting producer:
+//! group commit), publishes the new end offsets to readers and only then
+//! answers the producers.
+//!
+//! A round either succeeds whole or leaves no trace: when a write or an
+//! fsync fails, every partition touched by the round is cut back to the
+//! last byte it had acknowledged (file length and in-memory state), every
+//! producer of the round gets the error, and no offset is consumed. A full
+//! disk is transient; any other write error and every fsync error poison
+//! the log.
+
+mod io;
+mod stage;
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::checkpoint::Checkpoints;
+use crate::config::{Durability, LogConfig};
+use crate::error::{LogError, Result};
+use crate::format::BatchHeader;
+use crate::health::{HealthCell, LogHealth};
+use crate::partition::Shared;
+
+pub type AppendReply = oneshot::Sender<Result<Vec<u64>>>;
+
+/// Past this many bytes of records the writer stops folding requests into
+/// the round (so a segment overshoots its size by a bounded amount).
+const MAX_ROUND_BYTES: usize = 64 << 20;
+
+pub enum Cmd {
+    /// Append records to partitions; answered with each part's base offset.
+    Append {
+        parts: Vec<(u32, Vec<Bytes>)>,
+        reply: AppendReply,
+    },
+    /// Make everything written so far durable.
+    Flush(oneshot::Sender<Result<()>>),
+    /// Apply retention now; answered with the number of segments deleted.
+    Retain(oneshot::Sender<Result<usize>>),
+    /// Periodic work: interval fsync, age-based rolls, retention.
+    Tick,
+    /// Flush, write indexes and clean-shutdown markers, then stop.
+    Close(oneshot::Sender<Result<()>>),
+}
+
+impl Cmd {
+    fn bytes(&self) -> usize {
+        match self {
+            Cmd::Append { parts, .. } => parts
+                .iter()
+                .map(|(_, r)| r.iter().map(|b| b.len()).sum::<usize>())
+                .sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// Per-partition state only the writer touches.
+struct Active {
+    file: File,
+    path: PathBuf,
+    base: u64,
+    size: u64,
+    next_offset: u64,
+    created: Instant,
+    /// Batches written but not yet published to readers.
+    unpublished: Vec<(BatchHeader, u64)>,
+    /// Records accepted this round, not yet encoded.
+    staged: Vec<Bytes>,
+    staged_bytes: u64,
+    /// What the last successful round left: a failed round goes back here.
+    acked_size: u64,
+    acked_offset: u64,
+    /// Staged or written this round.
+    touched: bool,
+    dirty: bool,
+}
+
+impl Active {
+    fn open(
+        path: PathBuf,
+        base: u64,
+        size: u64,
+        next_offset: u64,
+        created: Instant,
+    ) -> Result<Active> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| LogError::io(&path, e))?;
+        Ok(Active {
+            file,
+            path,
+            base,
+            size,
+            next_offset,
+            created,
+            unpublished: Vec::new(),
+            staged: Vec::new(),
+            staged_bytes: 0,
+            acked_size: size,
+            acked_offset: next_offset,
+            touched: false,
+            dirty: false,
+        })
+    }
+}
+
+pub struct Writer {
+    cfg: LogConfig,
+    parts: Vec<Shared>,
+    active: Vec<Active>,
+    checkpoints: Arc<Checkpoints>,
+    health: Arc<HealthCell>,
+    poisoned: Option<String>,
+    /// Each partition's persisted high watermark: no offset at or past it
+    /// is handed out before it is moved on.
+    reserved: Vec<u64>,
+    unsynced_bytes: u64,
+    last_sync: Instant,
+    last_retention: Instant,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        cfg: LogConfig,
+        parts: Vec<Shared>,
+        checkpoints: Arc<Checkpoints>,
+        health: Arc<HealthCell>,
+        reserved: Vec<u64>,
+    ) -> Result<Writer> {
+        let mut active = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let st = p.read_state();
+            let seg =
+                st.segments.values().next_back().ok_or_else(|| {
+                    LogError::Config(format!("partition {} has no segment", p.id))
+                })?;
+            active.push(Active::open(
+                seg.path.clone(),
+                seg.base,
+                seg.size,
+                seg.next_offset,
+                Instant::now(),
+            )?);
+        }
+        Ok(Writer {
+            cfg,
+            parts,
+            active,
+            checkpoints,
+            health,
+            poisoned: None,
+            reserved,
+            unsynced_bytes: 0,
+            last_sync: Instant::now(),
+            last_retention: Instant::now(),
+            buf: Vec::with_capacity(1 << 20),
+        })
+    }
+
+    pub fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut cmds = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut bytes = first.bytes();
+            cmds.push(first);
+            while cmds.len() < self.cfg.max_requests_per_round && bytes < MAX_ROUND_BYTES {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        bytes += c.bytes();
+                        cmds.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.round(&mut cmds) {
+                return;
+            }
+        }
+        // Every handle was dropped without close: sync what is held, but
+        // leave no clean-shutdown marker.
+        for a in &mut self.active {
+            a.dirty = true;
+        }
+        let _ = self.sync_dirty();
+    }
+
+    /// Handles one round of commands; returns true when the log closed.
+    fn round(&mut self, cmds: &mut Vec<Cmd>) -> bool {
+        let mut pending: Vec<(AppendReply, Result<Vec<u64>>)> = Vec::new();
+        let mut flushes = Vec::new();
+        let mut close = None;
+        let mut tick = false;
+        for cmd in cmds.drain(..) {
+            match cmd {
+                Cmd::Append { parts, reply } => {
+                    let r = self.stage_request(parts);
+                    if let Err(e) = &r {
+                        self.note_failure(e);
+                    }
+                    pending.push((reply, r));
+                }
+                Cmd::Flush(tx) => flushes.push(tx),
+                Cmd::Tick => tick = true,
+                Cmd::Retain(tx) => {
+                    let _ = tx.send(self.enforce_retention());
+                }
+                Cmd::Close(tx) => close = Some(tx),
+            }
+        }
+        let force = !flushes.is_empty() || close.is_some();
+        // A request that poisoned the log (an fsync failed while rolling)
+        // fails the whole round.
+        let res = match &self.poisoned {
+            Some(why) => Err(LogError::Poisoned(why.clone())),
+            None => self
+                .write_staged()
+                .and_then(|()| self.durability_step(force)),
+        };
+        let failure = match res {
+            Ok(()) => {
+                self.publish();
+                if matches!(self.health.get(), LogHealth::Full { .. }) {
+                    tracing::info!("log writes succeed again: disk space returned");
+                    self.health.set(LogHealth::Ok);
+                }
+                None
+            }
+            Err(e) => {
+                self.rollback();
+                self.note_failure(&e);
+                Some(e)
+            }
+        };
+        for (reply, r) in pending {
+            let r = match (&failure, r) {
+                (Some(f), Ok(_)) => Err(f.for_producer()),
+                (_, r) => r,
+            };
+            let _ = reply.send(r);
+        }
+        for tx in flushes {
+            let _ = tx.send(match &failure {
+                Some(f) => Err(f.for_producer()),
+                None => Ok(()),
+            });
+        }
+        for a in &mut self.active {
+            a.touched = false;
+        }
+        if tick {
+            self.tick();
+        }
+        if let Some(tx) = close {
+            let r = self.close();
+            self.health.set(LogHealth::Closed);
+            let _ = tx.send(r);
+            return true;
+        }
+        false
+    }
+
+    /// The durability step of a round, as the mode says.
+    fn durability_step(&mut self, force: bool) -> Result<()> {
+        match self.cfg.durability {
+            _ if force => self.sync_dirty(),
+            Durability::Always => self.sync_dirty(),
+            Durability::Interval { ms, bytes } => {
+                if self.last_sync.elapsed() >= std::time::Duration::from_millis(ms)
+                    || self.unsynced_bytes >= bytes
+                {
+                    self.sync_dirty()
+                } else {
+                    Ok(())
+                }
+            }
+            Durability::Os => Ok(()),
+        }
+    }
+
+    /// Records what a failure means for the log's health: a full disk is
+    /// transient, anything else that reached here poisons.
+    fn note_failure(&mut self, e: &LogError) {
+        match e {
+            LogError::DiskFull { path } => {
+                if !matches!(self.health.get(), LogHealth::Full { .. }) {
+                    tracing::warn!(path = %path.display(), "log appends refused: disk full");
+                }
+                self.health.set(LogHealth::Full { path: path.clone() });
+            }
+            LogError::Poisoned(why) => {
+                if self.poisoned.is_none() {
+                    self.poisoned = Some(why.clone());
+                }
+                self.health.set(LogHealth::Poisoned(why.clone()));
+            }
+            _ => {}
+        }
+    }
+}

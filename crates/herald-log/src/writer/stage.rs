@@ -1,0 +1,172 @@
+//! Taking a request into the round: checks, segment rolls and the offset
+//! watermark come first, so a request that fails leaves nothing staged.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Active, Writer};
+use crate::config::Durability;
+use crate::error::{LogError, Result};
+use crate::fault;
+use crate::format::RECORD_OVERHEAD;
+use crate::quarantine::{save_reserved, RESERVE};
+use crate::segment::{log_path, write_atomic, SegmentInfo};
+
+/// The largest single request the writer takes.
+const MAX_REQUEST_BYTES: usize = 256 << 20;
+
+impl Writer {
+    /// Stages the records of one request; returns each part's base offset.
+    /// Nothing reaches a file until [`Writer::write_staged`].
+    pub(super) fn stage_request(&mut self, parts: Vec<(u32, Vec<Bytes>)>) -> Result<Vec<u64>> {
+        if let Some(p) = &self.poisoned {
+            return Err(LogError::Poisoned(p.clone()));
+        }
+        // Per partition: (records, bytes) of this request.
+        let mut per: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+        let mut total = 0usize;
+        for (p, recs) in &parts {
+            if *p as usize >= self.active.len() {
+                return Err(LogError::UnknownPartition(*p));
+            }
+            let e = per.entry(*p as usize).or_default();
+            for r in recs {
+                if r.len() > self.cfg.max_record_bytes {
+                    return Err(LogError::RecordTooLarge {
+                        size: r.len(),
+                        limit: self.cfg.max_record_bytes,
+                    });
+                }
+                e.0 += 1;
+                e.1 += (r.len() + RECORD_OVERHEAD) as u64;
+                total += r.len();
+            }
+        }
+        if total > MAX_REQUEST_BYTES {
+            return Err(LogError::RecordTooLarge {
+                size: total,
+                limit: MAX_REQUEST_BYTES,
+            });
+        }
+        for (&p, &(count, bytes)) in &per {
+            // A full segment rolls before any of this round's bytes reach
+            // it, so a failed round never has to undo a roll. Records of a
+            // round already staged here stay with their segment.
+            let a = &self.active[p];
+            if a.staged.is_empty() && a.size > 0 && a.size + bytes >= self.cfg.segment_bytes {
+                self.roll(p)?;
+            }
+            let a = &self.active[p];
+            let need = a.next_offset + a.staged.len() as u64 + count;
+            if need > self.reserved[p] {
+                let to = need + RESERVE;
+                save_reserved(&self.parts[p].dir, to).map_err(storage)?;
+                self.reserved[p] = to;
+            }
+        }
+        let mut bases = Vec::with_capacity(parts.len());
+        for (p, recs) in parts {
+            let a = &mut self.active[p as usize];
+            bases.push(a.next_offset + a.staged.len() as u64);
+            a.touched = true;
+            for r in recs {
+                a.staged_bytes += (r.len() + RECORD_OVERHEAD) as u64;
+                a.staged.push(r);
+            }
+        }
+        Ok(bases)
+    }
+
+    /// Closes the active segment of `p` (synced, indexes written) and starts
+    /// a new one at the next offset. Only called with nothing unwritten in
+    /// `p`. Either the new segment is in place or nothing changed (apart
+    /// from a poisoned log when the old segment's fsync failed).
+    pub(super) fn roll(&mut self, p: usize) -> Result<()> {
+        // In `always` mode every round synced its bytes already.
+        if self.active[p].dirty {
+            let a = &mut self.active[p];
+            if let Err(e) = fault::sync_data(&a.file, &a.path) {
+                let e = LogError::io(&a.path, e);
+                if e.is_full() && self.cfg.durability == Durability::Always {
+                    return Err(e);
+                }
+                tracing::error!(partition = p, error = %e, "fsync failed while rolling, log poisoned");
+                return Err(LogError::Poisoned(e.to_string()));
+            }
+            a.dirty = false;
+        }
+        let part = self.parts[p].clone();
+        let base = self.active[p].next_offset;
+        {
+            let st = part.read_state();
+            if let Some(seg) = st.segments.get(&self.active[p].base) {
+                seg.write_indexes().map_err(storage)?;
+            }
+        }
+        let path = log_path(&part.dir, base);
+        let created = (|| {
+            let file = fault::create_append(&path).map_err(|e| LogError::io(&path, e))?;
+            let read = std::fs::OpenOptions::new()
+                .read(true)
+                .open(&path)
+                .map_err(|e| LogError::io(&path, e))?;
+            crate::segment::sync_dir(&part.dir)?;
+            write_atomic(
+                &part.dir.join("recovery-point"),
+                base.to_string().as_bytes(),
+            )?;
+            Ok::<_, LogError>((file, read))
+        })();
+        let (file, read) = match created {
+            Ok(f) => f,
+            Err(e) => {
+                // The recovery point still names the old segment: an empty
+                // new file would be harmless, but leave none behind.
+                let _ = std::fs::remove_file(&path);
+                return Err(storage(e));
+            }
+        };
+        part.write_state().segments.insert(
+            base,
+            SegmentInfo {
+                base,
+                path: path.clone(),
+                file: std::sync::Arc::new(read),
+                size: 0,
+                next_offset: base,
+                index: Vec::new(),
+                time_index: Vec::new(),
+                max_ts: i64::MIN,
+            },
+        );
+        let mut a = Active {
+            file,
+            path,
+            base,
+            size: 0,
+            next_offset: base,
+            created: Instant::now(),
+            unpublished: Vec::new(),
+            staged: Vec::new(),
+            staged_bytes: 0,
+            acked_size: 0,
+            acked_offset: base,
+            touched: false,
+            dirty: false,
+        };
+        std::mem::swap(&mut self.active[p], &mut a);
+        tracing::debug!(partition = p, base, "rolled segment");
+        Ok(())
+    }
+}
+
+/// A file error outside the segment data path: a full disk stays a full
+/// disk; anything else cannot be trusted and poisons.
+pub(super) fn storage(e: LogError) -> LogError {
+    match e {
+        LogError::DiskFull { .. } | LogError::Poisoned(_) => e,
+        other => LogError::Poisoned(other.to_string()),
+    }
+}
