@@ -185,7 +185,10 @@ async fn operations_endpoints() {
         (405, Some("method_not_allowed"))
     );
     let (s, v) = node.get("/readyz").await;
-    assert_eq!((s, v["redis"].as_bool()), (200, Some(true)));
+    assert_eq!((s, v["ready"].as_bool()), (200, Some(true)), "{v}");
+    for check in ["log", "redis", "fanout", "quarantine"] {
+        assert_eq!(v["checks"][check], "ok", "{v}");
+    }
     let _c = Client::connect(&node, 1).await;
     node.like(2, 1, "post:m").await;
     let (s, v) = node.get("/metrics").await;
@@ -200,5 +203,8 @@ async fn operations_endpoints() {
     }
     drop(redis);
     let (s, v) = node.get("/readyz").await;
-    assert_eq!((s, v["redis"].as_bool()), (503, Some(false)));
+    assert_eq!((s, v["ready"].as_bool()), (503, Some(false)), "{v}");
+    let redis = v["checks"]["redis"].as_str().unwrap_or_default();
+    assert!(redis.starts_with("unreachable"), "{v}");
+    assert_eq!(v["checks"]["log"], "ok", "{v}");
 }

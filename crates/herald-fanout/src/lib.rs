@@ -18,8 +18,10 @@
 //! or unfollow, so each post takes exactly one path.
 
 mod aggregate;
+mod dead;
 mod digest;
 mod release;
+mod status;
 mod tracker;
 mod worker;
 
@@ -74,11 +76,31 @@ impl Default for FanoutConfig {
     }
 }
 
+/// Which workers are stuck, cheap to clone.
+#[derive(Clone, Default)]
+pub struct FanoutHealth(Arc<Vec<Arc<status::PartitionStatus>>>);
+
+impl FanoutHealth {
+    /// Partitions whose worker has failed at a step for longer than
+    /// [`status::STALL_AFTER`], with a short reason each.
+    pub fn stalls(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(p, s)| {
+                s.stalled()
+                    .map(|(d, why)| format!("partition {p} stalled for {} s: {why}", d.as_secs()))
+            })
+            .collect()
+    }
+}
+
 /// The running workers.
 pub struct Fanout {
     log: Log,
     cfg: FanoutConfig,
     trackers: Vec<Arc<Tracker>>,
+    statuses: FanoutHealth,
     workers: Vec<JoinHandle<()>>,
     committers: Vec<JoinHandle<()>>,
     stop_tx: watch::Sender<bool>,
@@ -98,12 +120,29 @@ impl Fanout {
         let mut trackers = Vec::new();
         let mut workers = Vec::new();
         let mut committers = Vec::new();
+        let mut statuses = Vec::new();
         for p in 0..log.partitions() {
-            let start = log
-                .checkpoints()
-                .get(&cfg.group, p)
-                .unwrap_or_else(|| log.bounds(p).map(|b| b.0).unwrap_or(0));
+            let (first, end) = log.bounds(p).unwrap_or((0, 0));
+            let start = match log.checkpoints().get(&cfg.group, p) {
+                // A position past the end (the log lost its tail, or was
+                // restored from a copy): new records get offsets past
+                // anything handed out before, so continue from the end.
+                Some(c) if c > end => {
+                    tracing::error!(
+                        partition = p,
+                        checkpoint = c,
+                        end,
+                        "fan-out checkpoint past the end of the partition; continuing from the end"
+                    );
+                    metrics::counter!("herald_fanout_position_reset_total").increment(1);
+                    end
+                }
+                Some(c) => c,
+                None => first,
+            };
             let tracker = Tracker::new(start);
+            let status = Arc::new(status::PartitionStatus::default());
+            statuses.push(status.clone());
             trackers.push(tracker.clone());
             let w = worker::Worker {
                 partition: p,
@@ -116,6 +155,7 @@ impl Fanout {
                 agg: aggregate::Aggregator::new(cfg.aggregation.clone()),
                 cfg: cfg.clone(),
                 stop: stop_rx.clone(),
+                status,
             };
             workers.push(tokio::spawn(w.run(start)));
             committers.push(tokio::spawn(commit_loop(
@@ -131,6 +171,7 @@ impl Fanout {
             log,
             cfg,
             trackers,
+            statuses: FanoutHealth(Arc::new(statuses)),
             workers,
             committers,
             stop_tx,
@@ -157,9 +198,9 @@ impl Fanout {
         }
     }
 
-    /// Unsettled records per partition (for metrics and tests).
-    pub fn in_flight(&self) -> Vec<usize> {
-        self.trackers.iter().map(|t| t.in_flight()).collect()
+    /// A handle that reports stalled workers (for `/readyz`).
+    pub fn health(&self) -> FanoutHealth {
+        self.statuses.clone()
     }
 }
 

@@ -17,7 +17,7 @@ impl Worker {
         for b in [Bucket::Held, Bucket::Digest] {
             let store = self.store.clone();
             let p = self.partition;
-            let Some(due) = self
+            let Ok(due) = self
                 .retry("bucket schedule", || store.bucket_due(b, p, now, 200))
                 .await
             else {

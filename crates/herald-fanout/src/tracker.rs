@@ -56,6 +56,15 @@ impl Tracker {
         a.min(b)
     }
 
+    /// The partition's position was reset to `offset` (it was past the
+    /// end): nothing before it is waited for any more.
+    pub fn reset(&self, offset: u64) {
+        let mut s = self.lock();
+        s.in_flight.retain(|&o| o >= offset);
+        s.pinned.retain(|&o| o >= offset);
+        s.high = offset;
+    }
+
     /// Records handed out and not yet settled.
     pub fn in_flight(&self) -> usize {
         self.lock().in_flight.len()

@@ -24,7 +24,21 @@ pub struct Worker {
     pub agg: crate::aggregate::Aggregator,
     pub cfg: FanoutConfig,
     pub stop: watch::Receiver<bool>,
+    pub status: Arc<crate::status::PartitionStatus>,
 }
+
+/// Why a stage gave up.
+#[derive(Debug)]
+pub(crate) enum Halt {
+    /// The node is stopping: the records are processed again after restart.
+    Stopped,
+    /// The same error every time, after bounded retries: a dead letter if
+    /// it is one record's fault.
+    Permanent(String),
+}
+
+/// Attempts at a step that fails the same way every time.
+const PERMANENT_ATTEMPTS: u32 = 4;
 
 /// One event of a batch, on its way through the stages.
 struct Item {
@@ -81,8 +95,26 @@ impl Worker {
                     next = start;
                     continue;
                 }
+                Err(LogError::OffsetOutOfRange { end, .. }) if next > end => {
+                    // A saved position past the end (the log lost its tail,
+                    // or was restored): continue from the end; new records
+                    // get offsets past anything handed out before.
+                    tracing::error!(
+                        partition = p,
+                        from = next,
+                        to = end,
+                        "fan-out position past the end of the partition; continuing from the end"
+                    );
+                    metrics::counter!("herald_fanout_position_reset_total").increment(1);
+                    next = end;
+                    self.tracker.reset(end);
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(partition = p, offset = next, error = %e, "log read failed");
+                    self.status
+                        .failing(|| format!("log read at offset {next} failed: {e}"));
+                    metrics::counter!("herald_fanout_read_errors_total").increment(1);
                     self.pause().await;
                     continue;
                 }
@@ -100,21 +132,21 @@ impl Worker {
                         }
                     } => {
                         let due = self.agg.due(std::time::Instant::now(), false);
-                        self.route(due.into_iter().map(|(r, n, t)| (r, n, Some(t))).collect()).await;
+                        self.route_aggregates(due).await;
                     }
                 }
                 continue;
             }
             next = records.last().map_or(next, |r| r.offset + 1);
-            self.process(records).await;
+            self.status.ok();
+            if let Err(Halt::Permanent(why)) = self.process(records.clone()).await {
+                self.isolate(records, why).await;
+            }
         }
         // Folded notifications must not be dropped with the aggregator: emit
         // what is pending (live or to the inbox) before stopping.
         let due = self.agg.due(std::time::Instant::now(), true);
-        if !due.is_empty() {
-            self.route(due.into_iter().map(|(r, n, t)| (r, n, Some(t))).collect())
-                .await;
-        }
+        self.route_aggregates(due).await;
         tracing::info!(partition = p, offset = next, "fan-out worker stopped");
     }
 
@@ -125,28 +157,48 @@ impl Worker {
         }
     }
 
-    /// Retries a Redis step until it works or the node stops.
-    pub(crate) async fn retry<T, F, Fut>(&mut self, what: &str, mut f: F) -> Option<T>
+    /// Retries a Redis step: while Redis is unreachable, until it works or
+    /// the node stops; an error that is the same every time, a bounded
+    /// number of times with growing backoff.
+    pub(crate) async fn retry<T, F, Fut>(&mut self, what: &str, mut f: F) -> Result<T, Halt>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = herald_store::Result<T>>,
     {
+        let mut permanent = 0u32;
         loop {
             match f().await {
-                Ok(v) => return Some(v),
+                Ok(v) => {
+                    self.status.ok();
+                    return Ok(v);
+                }
                 Err(e) => {
                     metrics::counter!("herald_fanout_redis_errors_total").increment(1);
+                    self.status
+                        .failing(|| format!("redis step {what} failed: {e}"));
+                    if !e.is_transient() {
+                        permanent += 1;
+                        if permanent >= PERMANENT_ATTEMPTS {
+                            tracing::error!(partition = self.partition, step = what, error = %e, "redis step fails every time, giving up on the batch");
+                            self.status.ok();
+                            return Err(Halt::Permanent(format!("{what}: {e}")));
+                        }
+                    }
                     tracing::warn!(partition = self.partition, step = what, error = %e, "redis step failed, retrying");
                     if self.stopped() {
-                        return None;
+                        return Err(Halt::Stopped);
                     }
-                    self.pause().await;
+                    let backoff = self.cfg.retry_backoff * (1 << permanent.min(4));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.stop.changed() => {}
+                    }
                 }
             }
         }
     }
 
-    async fn process(&mut self, records: Vec<Record>) {
+    pub(crate) async fn process(&mut self, records: Vec<Record>) -> Result<(), Halt> {
         let p = self.partition;
         metrics::counter!("herald_fanout_events_total").increment(records.len() as u64);
         let mut items = Vec::with_capacity(records.len());
@@ -154,8 +206,12 @@ impl Worker {
             let token = self.tracker.begin(r.offset);
             match LogEvent::decode(&r.payload) {
                 Ok(ev) => {
-                    let eid = event_id(p, r.offset);
-                    let dedup = dedup_key(ev.client_id.as_deref(), &eid);
+                    // A replayed dead letter keeps the id it first had.
+                    let eid = ev
+                        .replay_of
+                        .clone()
+                        .unwrap_or_else(|| event_id(p, r.offset));
+                    let dedup = dedup_key(ev.scope.as_deref(), ev.client_id.as_deref(), &eid);
                     items.push(Item {
                         offset: r.offset,
                         event_id: eid,
@@ -167,8 +223,10 @@ impl Worker {
                     });
                 }
                 Err(e) => {
-                    tracing::error!(partition = p, offset = r.offset, error = %e, "undecodable record skipped");
+                    drop(token);
                     metrics::counter!("herald_fanout_undecodable_total").increment(1);
+                    self.dead_letter(&r, format!("undecodable record: {e}"))
+                        .await;
                 }
             }
         }
@@ -180,8 +238,9 @@ impl Worker {
             .collect();
         if !claims.is_empty() {
             let store = self.store.clone();
-            let Some(owned) = self.retry("dedup", || store.claim_keys(&claims)).await else {
-                return self.abandon(items);
+            let owned = match self.retry("dedup", || store.claim_keys(&claims)).await {
+                Ok(o) => o,
+                Err(h) => return Err(abandon(items, h)),
             };
             let mut owned = owned.into_iter();
             items.retain(|i| {
@@ -235,12 +294,12 @@ impl Worker {
         } else {
             let store = self.store.clone();
             match self.retry("graph", || store.graph(&ops)).await {
-                Some(l) => l,
-                None => return self.abandon(items),
+                Ok(l) => l,
+                Err(h) => return Err(abandon(items, h)),
             }
         };
-        if !self.apply_follows(&items, &answers).await {
-            return self.abandon(items);
+        if let Err(h) = self.apply_follows(&items, &answers).await {
+            return Err(abandon(items, h));
         }
         // Stage 3: celebrity posts to their outboxes (two commands each),
         // then one broadcast each to the edge.
@@ -250,12 +309,11 @@ impl Worker {
             let store = self.store.clone();
             let cap = self.cfg.outbox_cap;
             let actor = i.ev.actor;
-            if self
+            if let Err(h) = self
                 .retry("outbox", || store.outbox_push(actor, &n, cap))
                 .await
-                .is_none()
             {
-                return self.abandon(items);
+                return Err(abandon(items, h));
             }
             metrics::counter!("herald_celebrity_posts_total").increment(1);
             self.deliver.broadcast(actor, n);
@@ -278,8 +336,8 @@ impl Worker {
         } else {
             let cache = self.prefs.clone();
             match self.retry("preferences", || cache.get_many(&users)).await {
-                Some(p) => p,
-                None => return self.abandon(items),
+                Ok(p) => p,
+                Err(h) => return Err(abandon(items, h)),
             }
         };
         let now_ms = herald_types::now_ms();
@@ -315,7 +373,9 @@ impl Worker {
                 .into_iter()
                 .map(|(r, n, t)| (r, n, Some(t))),
         );
-        self.route(out).await;
+        if let Err(h) = self.route(out).await {
+            return Err(abandon(items, h));
+        }
         // Digest-mode and quiet-hours notifications wait in their buckets;
         // their records settle once the buckets have them.
         if !waiting.is_empty() {
@@ -331,25 +391,25 @@ impl Worker {
                 })
                 .collect();
             let store = self.store.clone();
-            let ok = self
-                .retry("buckets", || store.bucket_add(&adds))
-                .await
-                .is_some();
+            let res = self.retry("buckets", || store.bucket_add(&adds)).await;
             drop(adds);
+            if let Err(h) = res {
+                drop(waiting);
+                return Err(abandon(items, h));
+            }
             metrics::counter!("herald_notifications_total", "route" => "waiting")
                 .increment(waiting.len() as u64);
-            for (.., t) in waiting {
-                if !ok {
-                    t.fail();
-                }
-            }
         }
+        Ok(())
     }
 
     /// Pushes each notification live, or writes it to the inbox (one
     /// pipeline) when its recipient is not here or not keeping up; tokens
     /// go only once the notification is pushed or stored.
-    async fn route(&mut self, list: Vec<(UserId, Notification, Option<SettleToken>)>) {
+    async fn route(
+        &mut self,
+        list: Vec<(UserId, Notification, Option<SettleToken>)>,
+    ) -> Result<(), Halt> {
         let mut to_inbox: Vec<(UserId, Notification, Option<SettleToken>)> = Vec::new();
         let (mut pushed, mut queued) = (0u64, 0u64);
         for (r, n, token) in list {
@@ -368,7 +428,7 @@ impl Worker {
                 to_inbox.iter().map(|(u, n, _)| (*u, n)).collect();
             let store = self.store.clone();
             match self.retry("inbox", || store.inbox_push(&refs)).await {
-                Some(dropped) => {
+                Ok(dropped) => {
                     if dropped > 0 {
                         metrics::counter!("herald_notifications_dropped_total", "reason" => "inbox_full").increment(dropped);
                     }
@@ -379,23 +439,40 @@ impl Worker {
                         }
                     }
                 }
-                None => {
+                Err(h) => {
+                    metrics::counter!("herald_notifications_total", "route" => "pushed")
+                        .increment(pushed);
                     for (_, _, t) in to_inbox.drain(..) {
                         if let Some(t) = t {
-                            t.fail();
+                            let _ = abandon_token(t, &h);
                         }
                     }
+                    return Err(h);
                 }
             }
         }
         metrics::counter!("herald_notifications_total", "route" => "pushed").increment(pushed);
         metrics::counter!("herald_notifications_total", "route" => "queued").increment(queued);
+        Ok(())
+    }
+
+    /// Routes aggregates that came due; one that cannot be stored even
+    /// after retries stays unsettled until restart (it spans many records,
+    /// so it cannot be one record's dead letter).
+    async fn route_aggregates(&mut self, due: Vec<(UserId, Notification, SettleToken)>) {
+        if due.is_empty() {
+            return;
+        }
+        let list = due.into_iter().map(|(r, n, t)| (r, n, Some(t))).collect();
+        if let Err(Halt::Permanent(why)) = self.route(list).await {
+            tracing::error!(partition = self.partition, reason = %why, "aggregates could not be stored; their records are processed again after restart");
+        }
     }
 
     /// After follows and unfollows: move accounts across the celebrity
     /// threshold, start new followers' outbox cursors at the follow, and
-    /// keep the edge's follower index current. False when the node stops.
-    async fn apply_follows(&mut self, items: &[Item], answers: &[GraphAnswer]) -> bool {
+    /// keep the edge's follower index current.
+    async fn apply_follows(&mut self, items: &[Item], answers: &[GraphAnswer]) -> Result<(), Halt> {
         for i in items {
             let (Some(k), Some(followee)) = (i.answer, i.ev.recipient) else {
                 continue;
@@ -409,24 +486,16 @@ impl Worker {
             let was = self.celebrities.is_celebrity(followee);
             if let Some(on) = self.cfg.celebrity.decide(was, *n) {
                 let (store, set) = (self.store.clone(), self.celebrities.clone());
-                if self
-                    .retry("celebrity", || store.set_celebrity(&set, followee, on))
-                    .await
-                    .is_none()
-                {
-                    return false;
-                }
+                self.retry("celebrity", || store.set_celebrity(&set, followee, on))
+                    .await?;
                 // The edge indexes the new celebrity's connected followers
                 // before this worker can process (and broadcast) its next post.
                 let followers = if on {
                     let store = self.store.clone();
                     let ops = [GraphOp::Followers(followee)];
-                    match self.retry("followers", || store.graph(&ops)).await {
-                        Some(mut a) => match a.pop() {
-                            Some(GraphAnswer::Followers(l)) => l,
-                            _ => Vec::new(),
-                        },
-                        None => return false,
+                    match self.retry("followers", || store.graph(&ops)).await?.pop() {
+                        Some(GraphAnswer::Followers(l)) => l,
+                        _ => Vec::new(),
                     }
                 } else {
                     Vec::new()
@@ -437,25 +506,29 @@ impl Worker {
             if follows && self.celebrities.is_celebrity(followee) {
                 let store = self.store.clone();
                 let (f, at) = (i.ev.actor, i.ev.accepted_us);
-                if self
-                    .retry("outbox cursor", || store.outbox_start(f, followee, at))
-                    .await
-                    .is_none()
-                {
-                    return false;
-                }
+                self.retry("outbox cursor", || store.outbox_start(f, followee, at))
+                    .await?;
             }
             self.deliver.follow_changed(i.ev.actor, followee, follows);
         }
-        true
+        Ok(())
     }
+}
 
-    /// The node is stopping mid-batch: leave these records unsettled so they
-    /// are processed again after restart.
-    fn abandon(&self, items: Vec<Item>) {
-        for i in items {
-            i.token.fail();
-        }
+/// A batch gave up: when the node stops, its records stay unsettled so
+/// they are processed again after restart; when an error repeats, the
+/// records are processed again now under new tokens.
+fn abandon(items: Vec<Item>, h: Halt) -> Halt {
+    for i in items {
+        abandon_token(i.token, &h);
+    }
+    h
+}
+
+fn abandon_token(t: SettleToken, h: &Halt) {
+    match h {
+        Halt::Stopped => t.fail(),
+        Halt::Permanent(_) => t.forget(),
     }
 }
 

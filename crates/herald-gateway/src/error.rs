@@ -89,6 +89,28 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// Why the log refused an append, as the contract names it: a full
+    /// disk (`storage_full`, retry soon: nothing was kept), a log that can
+    /// no longer be trusted (`storage_failed`: an operator must look), or
+    /// anything else (`unavailable`).
+    pub fn from_log(e: &herald_log::LogError) -> ApiError {
+        use herald_log::LogError as L;
+        let (code, retry) = match e {
+            L::DiskFull { .. } => ("storage_full", 5),
+            L::Poisoned(_) | L::Io { .. } | L::ReadOnly { .. } | L::CorruptSegment { .. } => {
+                ("storage_failed", 60)
+            }
+            _ => ("unavailable", 1),
+        };
+        let mut a = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            format!("events could not be made durable: {e}"),
+        );
+        a.retry_after_s = Some(retry);
+        a
+    }
+
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }

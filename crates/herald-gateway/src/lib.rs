@@ -7,6 +7,7 @@
 //! once the events are durable. The graph import, follower count and inbox
 //! read endpoints live here too.
 
+mod admin;
 pub mod body;
 pub mod error;
 mod prefs;
@@ -33,6 +34,9 @@ pub struct GatewayConfig {
     pub max_import_bytes: usize,
     /// API keys accepted; empty means no key is needed.
     pub api_keys: Vec<String>,
+    /// Keys that may also use `/v1/admin/*`. With API keys configured and
+    /// none of these, the admin routes are closed.
+    pub admin_keys: Vec<String>,
     /// Requests per second allowed per API key (0: unlimited).
     pub rate_per_key: u32,
     /// Events per second allowed per actor (0: unlimited).
@@ -48,6 +52,7 @@ impl Default for GatewayConfig {
             max_batch: 10_000,
             max_import_bytes: 64 * 1024 * 1024,
             api_keys: Vec::new(),
+            admin_keys: Vec::new(),
             rate_per_key: 0,
             rate_per_actor: 0,
             celebrity: herald_store::CelebrityPolicy::new(10_000, 0.1),

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use herald_types::event::partition_for;
-use herald_types::{ids, WireFormat};
+use herald_types::{ids, LogEvent, WireFormat};
 use serde_json::{json, Value};
 
 use crate::body::{encoding, parse, read_limited, user_id};
@@ -31,6 +31,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/users/{id}/followers/count", get(follower_count))
         .route("/v1/users/{id}/inbox", get(inbox))
         .merge(crate::prefs::router())
+        .merge(crate::admin::router())
         .with_state(gw)
 }
 
@@ -95,13 +96,24 @@ async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<Str
             }
         }
     }
+    // Idempotency keys are scoped to the producer's API key.
+    let scope = (!key.is_empty()).then(|| ids::producer_scope(&key));
     let start = gw.stamp(events.len() as u64);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.accepted_us = start + i as u64;
+        e.scope.clone_from(&scope);
+    }
+    append(gw, &events).await
+}
+
+/// Appends stamped events to their partitions in one log request; returns
+/// their event ids in order, once durable.
+pub(crate) async fn append(gw: &Gateway, events: &[LogEvent]) -> Result<Vec<String>, ApiError> {
     let partitions = gw.log.partitions();
     // Group by partition, remembering each event's place in its group.
     let mut groups: HashMap<u32, Vec<Bytes>> = HashMap::new();
     let mut place = Vec::with_capacity(events.len());
-    for (i, e) in events.iter_mut().enumerate() {
-        e.accepted_us = start + i as u64;
+    for e in events {
         let p = partition_for(e.partition_key(), partitions);
         let g = groups.entry(p).or_default();
         place.push((p, g.len() as u64));
@@ -114,8 +126,12 @@ async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<Str
         .collect();
     let t = Instant::now();
     let bases = gw.log.append_many(parts).await.map_err(|e| {
-        tracing::error!(error = %e, "log append failed");
-        ApiError::unavailable(format!("events could not be made durable: {e}"))
+        if e.is_full() {
+            tracing::debug!(error = %e, "log append refused: disk full");
+        } else {
+            tracing::error!(error = %e, "log append failed");
+        }
+        ApiError::from_log(&e)
     })?;
     metrics::histogram!("herald_log_append_seconds").record(t.elapsed().as_secs_f64());
     let base_of: HashMap<u32, u64> = order.into_iter().zip(bases).collect();

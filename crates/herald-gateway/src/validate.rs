@@ -198,6 +198,8 @@ pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
     };
     Ok(LogEvent {
         client_id: string(&m, "id", MAX_ID)?,
+        scope: None,
+        replay_of: None,
         kind,
         actor,
         recipient,

@@ -20,9 +20,11 @@
 //! | `h:{u:ID}:mutes` | hash | `a:<actor>` / `o:<object>` -> until (ms, 0 = forever) |
 //! | `h:{u:ID}:held`, `h:{u:ID}:digest` (+ `:data`) | sorted set + hash | notifications held by quiet hours / collected for a digest |
 //! | `h:sched:held:P`, `h:sched:digest:P` | sorted set | users of partition P -> when their bucket is due (ms) |
+//! | `h:{dlq}`, `h:{dlq}:order` | hash + sorted set | dead letters by id (JSON), and their ids by time |
 
 mod bucket;
 mod celebrity;
+mod dead;
 mod graph;
 mod inbox;
 mod prefs;
@@ -33,6 +35,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use bucket::{Bucket, BucketAdd};
 pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor};
+pub use dead::DeadLetter;
 pub use graph::{GraphAnswer, GraphOp};
 pub use prefs::StoredPrefs;
 
@@ -45,6 +48,34 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("stored data for {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+}
+
+impl StoreError {
+    /// Whether trying again later can succeed: Redis unreachable, slow,
+    /// loading, failing over, out of memory. False for answers that will
+    /// be the same every time (a key of the wrong type, a script error),
+    /// which callers retry a bounded number of times only.
+    pub fn is_transient(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind as S};
+        match self {
+            StoreError::Timeout(_) => true,
+            StoreError::Corrupt { .. } => false,
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_cluster_error()
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::Server(
+                            S::BusyLoading | S::MasterDown | S::ReadOnly | S::TryAgain
+                        ) | ErrorKind::Client
+                    )
+                    || matches!(e.code(), Some("OOM" | "BUSY" | "LOADING" | "MASTERDOWN"))
+            }
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -60,6 +60,15 @@ pub struct LogEvent {
     /// The client's idempotency key, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// Which producer sent it ([`crate::ids::producer_scope`] of its API
+    /// key; none when the node needs no key): idempotency keys are scoped
+    /// to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Set on a dead letter replayed into the log: the id of the event it
+    /// first was, so its notifications keep their ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
     pub kind: EventKind,
     pub actor: UserId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,6 +153,8 @@ mod tests {
     fn ev(kind: EventKind) -> LogEvent {
         LogEvent {
             client_id: None,
+            scope: None,
+            replay_of: None,
             kind,
             actor: 1,
             recipient: Some(2),

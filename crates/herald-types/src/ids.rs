@@ -3,6 +3,8 @@
 //! Ids are derived, never random, so that re-processing the same log record
 //! after a crash produces the same ids and clients can drop duplicates.
 
+use sha2::{Digest, Sha256};
+
 use crate::UserId;
 
 /// The id of the event stored at `offset` of `partition`.
@@ -17,13 +19,45 @@ pub fn parse_event_id(id: &str) -> Option<(u32, u64)> {
     Some((p.parse().ok()?, o.parse().ok()?))
 }
 
+/// The producer an event came from, as stored with it: a tag derived from
+/// its API key (SHA-256, first 64 bits, hex), so idempotency keys of one
+/// producer can never suppress another's. Nothing about the key can be
+/// recovered from it.
+pub fn producer_scope(api_key: &str) -> String {
+    let d = Sha256::new()
+        .chain_update(b"herald-producer\0")
+        .chain_update(api_key.as_bytes())
+        .finalize();
+    hex(&d[..8])
+}
+
 /// The key that identifies an event for de-duplication: the client's
-/// idempotency key when it sent one, else the event id.
-pub fn dedup_key(client_id: Option<&str>, event_id: &str) -> String {
+/// idempotency key when it sent one (hashed to 128 bits with its producer's
+/// scope: SHA-256, so neither chance, by the birthday bound at 10 billion
+/// events a day, nor a producer choosing keys can make two collide), else
+/// the event id.
+pub fn dedup_key(scope: Option<&str>, client_id: Option<&str>, event_id: &str) -> String {
     match client_id {
-        Some(k) => format!("k{:016x}", fnv1a64(k.as_bytes())),
+        Some(k) => {
+            let d = Sha256::new()
+                .chain_update(b"herald-idempotency\0")
+                .chain_update(scope.unwrap_or("").as_bytes())
+                .chain_update(b"\0")
+                .chain_update(k.as_bytes())
+                .finalize();
+            format!("k{}", hex(&d[..16]))
+        }
         None => event_id.to_string(),
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 /// The stable id of the notification `recipient` gets for an event: the same
@@ -61,10 +95,21 @@ mod tests {
 
     #[test]
     fn client_keys_give_stable_notification_ids() {
-        let a = notification_id(&dedup_key(Some("abc"), "e-0-1"), 9);
-        let b = notification_id(&dedup_key(Some("abc"), "e-4-100"), 9);
+        let a = notification_id(&dedup_key(None, Some("abc"), "e-0-1"), 9);
+        let b = notification_id(&dedup_key(None, Some("abc"), "e-4-100"), 9);
         assert_eq!(a, b);
-        let c = notification_id(&dedup_key(None, "e-0-1"), 9);
+        let c = notification_id(&dedup_key(None, None, "e-0-1"), 9);
         assert_eq!(c, "n-e-0-1-9");
+    }
+
+    #[test]
+    fn idempotency_keys_are_scoped_per_producer_and_128_bit() {
+        let (a, b) = (producer_scope("key-a"), producer_scope("key-b"));
+        assert_ne!(a, b);
+        let ka = dedup_key(Some(&a), Some("order-1"), "e-0-1");
+        let kb = dedup_key(Some(&b), Some("order-1"), "e-0-2");
+        assert_ne!(ka, kb, "one producer's key must not suppress another's");
+        assert_eq!(ka, dedup_key(Some(&a), Some("order-1"), "e-9-9"));
+        assert_eq!(ka.len(), 1 + 32);
     }
 }

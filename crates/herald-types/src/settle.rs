@@ -8,7 +8,7 @@
 //! that the record's offset is settled. A crash runs no destructor, so an
 //! unsettled record is simply processed again after restart.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// Told when every notification of a record has been settled, or when one
@@ -17,20 +17,27 @@ use std::sync::Arc;
 pub trait SettleSink: Send + Sync + 'static {
     fn settled(&self, offset: u64);
     fn failed(&self, offset: u64);
+    /// The token was given up without meaning anything (its record is
+    /// being processed again under a new token).
+    fn forgotten(&self, _offset: u64) {}
 }
+
+const SETTLE: u8 = 0;
+const FAIL: u8 = 1;
+const FORGET: u8 = 2;
 
 struct Inner {
     offset: u64,
     sink: Arc<dyn SettleSink>,
-    failed: AtomicBool,
+    state: AtomicU8,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.failed.load(Ordering::Relaxed) {
-            self.sink.failed(self.offset);
-        } else {
-            self.sink.settled(self.offset);
+        match self.state.load(Ordering::Relaxed) {
+            FAIL => self.sink.failed(self.offset),
+            FORGET => self.sink.forgotten(self.offset),
+            _ => self.sink.settled(self.offset),
         }
     }
 }
@@ -45,7 +52,7 @@ impl SettleToken {
         SettleToken(Arc::new(Inner {
             offset,
             sink,
-            failed: AtomicBool::new(false),
+            state: AtomicU8::new(SETTLE),
         }))
     }
 
@@ -53,7 +60,14 @@ impl SettleToken {
     /// stored. The record stays unsettled for the life of the process, so
     /// it is processed again after a restart.
     pub fn fail(self) {
-        self.0.failed.store(true, Ordering::Relaxed);
+        self.0.state.store(FAIL, Ordering::Relaxed);
+    }
+
+    /// Makes this token (and every clone) mean nothing: neither settle nor
+    /// fail its record. For a record that is being processed again under a
+    /// new token.
+    pub fn forget(self) {
+        self.0.state.store(FORGET, Ordering::Relaxed);
     }
 
     /// One token standing for many (an aggregate of several notifications):
@@ -81,6 +95,13 @@ impl SettleSink for Group {
         if let Some(tokens) = self.0.lock().ok().and_then(|mut g| g.take()) {
             for t in tokens {
                 t.fail();
+            }
+        }
+    }
+    fn forgotten(&self, _: u64) {
+        if let Some(tokens) = self.0.lock().ok().and_then(|mut g| g.take()) {
+            for t in tokens {
+                t.forget();
             }
         }
     }
@@ -135,6 +156,14 @@ mod tests {
         assert_eq!(*rec.0.lock().unwrap(), vec![7, 1008, 9, 10]);
         let g = SettleToken::group(vec![SettleToken::new(11, rec.clone())]);
         g.fail();
+        assert_eq!(*rec.0.lock().unwrap(), vec![7, 1008, 9, 10, 1011]);
+        // Forgetting (a clone of) a token or a group settles nothing.
+        let t = SettleToken::new(12, rec.clone());
+        let t2 = t.clone();
+        t.forget();
+        drop(t2);
+        let g = SettleToken::group(vec![SettleToken::new(13, rec.clone())]);
+        g.forget();
         assert_eq!(*rec.0.lock().unwrap(), vec![7, 1008, 9, 10, 1011]);
     }
 }

@@ -119,6 +119,7 @@ pub struct Log {
     pub segment_ms: u64,
     pub retention_bytes: u64,
     pub retention_ms: u64,
+    pub on_corruption: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +129,7 @@ pub struct Gateway {
     pub max_batch: usize,
     pub max_import_bytes: usize,
     pub api_keys: Vec<String>,
+    pub admin_keys: Vec<String>,
     pub rate_per_key: u32,
     pub rate_per_actor: u32,
 }
@@ -190,6 +192,7 @@ impl Default for Log {
             segment_ms: 3_600_000,
             retention_bytes: 0,
             retention_ms: 7 * 24 * 3_600_000,
+            on_corruption: "quarantine".into(),
         }
     }
 }
@@ -202,6 +205,7 @@ impl Default for Gateway {
             max_batch: g.max_batch,
             max_import_bytes: g.max_import_bytes,
             api_keys: Vec::new(),
+            admin_keys: Vec::new(),
             rate_per_key: 0,
             rate_per_actor: 0,
         }
@@ -299,6 +303,9 @@ impl Config {
         if !["always", "interval", "os"].contains(&self.log.durability.as_str()) {
             bail!("log.durability must be always, interval or os");
         }
+        if !["quarantine", "refuse"].contains(&self.log.on_corruption.as_str()) {
+            bail!("log.on_corruption must be quarantine or refuse");
+        }
         if self.gateway.max_batch == 0 || self.gateway.max_body_bytes == 0 {
             bail!("gateway.max_batch and gateway.max_body_bytes must be positive");
         }
@@ -333,6 +340,10 @@ impl Config {
             segment_ms: self.log.segment_ms,
             retention_bytes: (self.log.retention_bytes > 0).then_some(self.log.retention_bytes),
             retention_ms: (self.log.retention_ms > 0).then_some(self.log.retention_ms),
+            on_corruption: match self.log.on_corruption.as_str() {
+                "refuse" => herald_log::OnCorruption::Refuse,
+                _ => herald_log::OnCorruption::Quarantine,
+            },
             ..herald_log::LogConfig::default()
         }
     }
@@ -358,6 +369,7 @@ impl Config {
             max_batch: self.gateway.max_batch,
             max_import_bytes: self.gateway.max_import_bytes,
             api_keys: self.gateway.api_keys.clone(),
+            admin_keys: self.gateway.admin_keys.clone(),
             rate_per_key: self.gateway.rate_per_key,
             rate_per_actor: self.gateway.rate_per_actor,
             celebrity: self.celebrity_policy(),

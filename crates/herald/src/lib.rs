@@ -95,6 +95,19 @@ pub async fn run(
     for t in log.truncations() {
         tracing::warn!(segment = %t.path.display(), cut_bytes = t.cut_bytes, reason = %t.reason, "log recovery truncated");
     }
+    match log.quarantine() {
+        Ok(q) => {
+            let open = q.iter().filter(|r| !r.acknowledged).count();
+            metrics::gauge!("herald_log_quarantined_ranges").set(open as f64);
+            if open > 0 {
+                tracing::error!(
+                    ranges = open,
+                    "the log holds quarantined corrupt ranges; see GET /v1/admin/log/quarantine"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "quarantine reports unreadable"),
+    }
     let store = herald_store::Store::connect(cfg.store_config())
         .await
         .with_context(|| format!("cannot connect to redis at {}", cfg.redis.url))?;
@@ -135,6 +148,7 @@ pub async fn run(
         .merge(ops::router(ops::Ops {
             log: log.clone(),
             store: store.clone(),
+            fanout: fanout.health(),
             metrics,
         }))
         .fallback(|| async {

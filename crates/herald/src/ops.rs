@@ -14,6 +14,7 @@ use serde_json::json;
 pub struct Ops {
     pub log: herald_log::Log,
     pub store: herald_store::Store,
+    pub fanout: herald_fanout::FanoutHealth,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -44,16 +45,51 @@ pub fn router(ops: Ops) -> Router {
         .with_state(ops)
 }
 
+/// `200` when the node can take and deliver events: the log takes
+/// appends, Redis answers, no fan-out worker is stuck. Quarantined log
+/// ranges an operator has not acknowledged are shown but do not make the
+/// node unready (it works; someone should look).
 async fn readyz(State(ops): State<Ops>) -> Response {
-    let log_ok = ops.log.is_open();
-    let redis = tokio::time::timeout(Duration::from_secs(2), ops.store.ping()).await;
-    let redis_ok = matches!(redis, Ok(Ok(())));
-    let body = json!({"log": log_ok, "redis": redis_ok});
-    if log_ok && redis_ok {
-        (StatusCode::OK, Json(body)).into_response()
+    let log = ops.log.health().describe();
+    let redis = match tokio::time::timeout(Duration::from_secs(2), ops.store.ping()).await {
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(e)) => format!("unreachable: {e}"),
+        Err(_) => "unreachable: no answer within 2 s".to_string(),
+    };
+    let stalls = ops.fanout.stalls();
+    let fanout = if stalls.is_empty() {
+        "ok".to_string()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-    }
+        stalls.join("; ")
+    };
+    let quarantine = match ops.log.quarantine() {
+        Ok(q) => {
+            let open: Vec<_> = q.iter().filter(|r| !r.acknowledged).collect();
+            match open.first() {
+                None => "ok".to_string(),
+                Some(first) => format!(
+                    "{} corrupt range(s) quarantined, e.g. partition {} offsets {}..{} of {}; see GET /v1/admin/log/quarantine, acknowledge with POST /v1/admin/log/quarantine/ack",
+                    open.len(),
+                    first.partition,
+                    first.offset_from,
+                    first.offset_to.map_or("?".to_string(), |o| o.to_string()),
+                    first.segment.display()
+                ),
+            }
+        }
+        Err(e) => format!("unreadable: {e}"),
+    };
+    let ready = log == "ok" && redis == "ok" && fanout == "ok";
+    let body = json!({
+        "ready": ready,
+        "checks": {"log": log, "redis": redis, "fanout": fanout, "quarantine": quarantine},
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn render(State(ops): State<Ops>) -> Response {

@@ -1,0 +1,189 @@
+//! Operator routes under `/v1/admin/`: dead letters (list, replay) and the
+//! log's quarantine (list, acknowledge).
+//!
+//! Open like every route when the node needs no API key (development);
+//! otherwise only keys listed in `gateway.admin_keys` are let in.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use herald_store::DeadLetter;
+use serde_json::{json, Value};
+
+use crate::body::{encoding, parse, read_limited};
+use crate::error::ApiError;
+use crate::routes::{append, respond};
+use crate::Gateway;
+
+/// Most dead letters listed or replayed at once.
+pub const MAX_DEAD_LETTERS_PAGE: usize = 10_000;
+
+pub fn router() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/v1/admin/dead-letters", get(list_dead))
+        .route("/v1/admin/dead-letters/replay", post(replay_dead))
+        .route("/v1/admin/log/quarantine", get(list_quarantine))
+        .route("/v1/admin/log/quarantine/ack", post(ack_quarantine))
+}
+
+fn authorize_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+    if gw.cfg.api_keys.is_empty() && gw.cfg.admin_keys.is_empty() {
+        return Ok(());
+    }
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(ApiError::unauthorized)?;
+    if gw.cfg.admin_keys.iter().any(|k| k == key) {
+        Ok(())
+    } else if gw.cfg.api_keys.iter().any(|k| k == key) {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this API key has no admin rights (gateway.admin_keys)",
+        ))
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+fn store_down(e: herald_store::StoreError) -> ApiError {
+    ApiError::unavailable(format!("dead-letter store unavailable: {e}"))
+}
+
+async fn list_dead(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let r = async {
+        authorize_admin(&gw, &headers)?;
+        let limit = match q.get("limit") {
+            None => 100,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_DEAD_LETTERS_PAGE).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::field(
+                        "invalid_field",
+                        "limit",
+                        format!("limit must be 1..={MAX_DEAD_LETTERS_PAGE}"),
+                    ))
+                }
+            },
+        };
+        let list = gw.store.dead_letter_list(limit).await.map_err(store_down)?;
+        let total = gw.store.dead_letter_count().await.map_err(store_down)?;
+        let items: Vec<Value> = list.iter().map(render).collect();
+        Ok(json!({"dead_letters": items, "total": total}))
+    }
+    .await;
+    respond(r)
+}
+
+fn render(d: &DeadLetter) -> Value {
+    json!({
+        "id": d.id,
+        "partition": d.partition,
+        "offset": d.offset,
+        "reason": d.reason,
+        "at_ms": d.at_ms,
+        "event": d.event.as_ref().map(|e| serde_json::to_value(e).unwrap_or(Value::Null)),
+    })
+}
+
+async fn replay_dead(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let r = async {
+        authorize_admin(&gw, &headers)?;
+        let enc = encoding(&headers)?;
+        let bytes = read_limited(&headers, body, 1 << 20).await?;
+        let v = parse(&bytes, enc)?;
+        let bad =
+            || ApiError::malformed("body must be {\"ids\": [\"dl-...\", ...]} or {\"all\": true}");
+        let Value::Object(m) = v else {
+            return Err(bad());
+        };
+        let list = match (m.get("ids"), m.get("all")) {
+            (Some(Value::Array(ids)), None) => {
+                if ids.len() > MAX_DEAD_LETTERS_PAGE {
+                    return Err(ApiError::too_large(format!(
+                        "at most {MAX_DEAD_LETTERS_PAGE} ids per replay"
+                    )));
+                }
+                let ids: Option<Vec<String>> =
+                    ids.iter().map(|i| i.as_str().map(String::from)).collect();
+                let ids = ids.ok_or_else(|| {
+                    ApiError::field("invalid_field", "ids", "ids must be strings")
+                })?;
+                gw.store.dead_letter_get(&ids).await.map_err(store_down)?
+            }
+            (None, Some(Value::Bool(true))) => gw
+                .store
+                .dead_letter_list(MAX_DEAD_LETTERS_PAGE)
+                .await
+                .map_err(store_down)?,
+            _ => return Err(bad()),
+        };
+        // Undecodable records cannot be replayed; they stay listed.
+        let (ids, events): (Vec<String>, Vec<herald_types::LogEvent>) = list
+            .into_iter()
+            .filter_map(|d| {
+                let mut e = d.event?;
+                // The replay keeps the id it first had, so its
+                // notifications keep theirs.
+                if e.replay_of.is_none() {
+                    e.replay_of = Some(herald_types::ids::event_id(d.partition, d.offset));
+                }
+                Some((d.id, e))
+            })
+            .unzip();
+        if !events.is_empty() {
+            append(&gw, &events).await?;
+            gw.store
+                .dead_letter_remove(&ids)
+                .await
+                .map_err(store_down)?;
+            tracing::info!(count = ids.len(), "dead letters replayed");
+        }
+        Ok(json!({"replayed": ids.len()}))
+    }
+    .await;
+    respond(r)
+}
+
+async fn list_quarantine(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let r = async {
+        authorize_admin(&gw, &headers)?;
+        let q = gw
+            .log
+            .quarantine()
+            .map_err(|e| ApiError::unavailable(format!("quarantine unreadable: {e}")))?;
+        let v = serde_json::to_value(&q).unwrap_or(Value::Null);
+        Ok(json!({ "quarantine": v }))
+    }
+    .await;
+    respond(r)
+}
+
+async fn ack_quarantine(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let r = async {
+        authorize_admin(&gw, &headers)?;
+        let n = gw
+            .log
+            .acknowledge_quarantine()
+            .map_err(|e| ApiError::unavailable(format!("quarantine not acknowledged: {e}")))?;
+        tracing::info!(count = n, "quarantine acknowledged by an operator");
+        Ok(json!({ "acknowledged": n }))
+    }
+    .await;
+    respond(r)
+}

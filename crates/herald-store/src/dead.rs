@@ -1,0 +1,115 @@
+//! Dead letters: log records fan-out could not process after bounded
+//! retries, kept with the reason and the original event until an operator
+//! replays or inspects them. Ids are `dl-<partition>-<offset>`, so writing
+//! the same dead letter twice (after a crash) keeps one entry.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, Store, StoreError};
+
+const DATA: &str = "h:{dlq}";
+const ORDER: &str = "h:{dlq}:order";
+
+/// Most dead letters kept; past it the oldest go (counted by the caller's
+/// metric when they were written).
+pub const MAX_DEAD_LETTERS: usize = 100_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub reason: String,
+    pub at_ms: i64,
+    /// The original event, when the record could be decoded.
+    pub event: Option<herald_types::LogEvent>,
+    /// The raw record (hex) when it could not be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_hex: Option<String>,
+}
+
+impl DeadLetter {
+    pub fn id_for(partition: u32, offset: u64) -> String {
+        format!("dl-{partition}-{offset}")
+    }
+}
+
+impl Store {
+    /// Stores a dead letter (idempotent by id) and trims the oldest past
+    /// [`MAX_DEAD_LETTERS`].
+    pub async fn dead_letter_put(&self, d: &DeadLetter) -> Result<()> {
+        let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt {
+            key: DATA.into(),
+            reason: e.to_string(),
+        })?;
+        let mut p = redis::pipe();
+        p.cmd("HSET").arg(DATA).arg(&d.id).arg(json).ignore();
+        p.cmd("ZADD").arg(ORDER).arg(d.at_ms).arg(&d.id).ignore();
+        p.cmd("ZCARD").arg(ORDER);
+        let (n,): (usize,) = self.run(&p).await?;
+        if n > MAX_DEAD_LETTERS {
+            let mut p = redis::pipe();
+            p.cmd("ZRANGE")
+                .arg(ORDER)
+                .arg(0)
+                .arg((n - MAX_DEAD_LETTERS - 1) as i64);
+            let (old,): (Vec<String>,) = self.run(&p).await?;
+            self.dead_letter_remove(&old).await?;
+        }
+        Ok(())
+    }
+
+    /// The oldest `limit` dead letters.
+    pub async fn dead_letter_list(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        p.cmd("ZRANGE").arg(ORDER).arg(0).arg(limit as i64 - 1);
+        let (ids,): (Vec<String>,) = self.run(&p).await?;
+        self.dead_letter_get(&ids).await
+    }
+
+    /// The dead letters with these ids (missing ones are skipped).
+    pub async fn dead_letter_get(&self, ids: &[String]) -> Result<Vec<DeadLetter>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        p.cmd("HMGET").arg(DATA).arg(ids);
+        let (vals,): (Vec<Option<String>>,) = self.run(&p).await?;
+        let mut out = Vec::new();
+        for (id, v) in ids.iter().zip(vals) {
+            let Some(v) = v else { continue };
+            match serde_json::from_str::<DeadLetter>(&v) {
+                Ok(d) => out.push(d),
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        key: format!("{DATA}#{id}"),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets these dead letters.
+    pub async fn dead_letter_remove(&self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        p.cmd("HDEL").arg(DATA).arg(ids).ignore();
+        p.cmd("ZREM").arg(ORDER).arg(ids).ignore();
+        self.run::<()>(&p).await
+    }
+
+    /// How many dead letters are kept.
+    pub async fn dead_letter_count(&self) -> Result<u64> {
+        let mut p = redis::pipe();
+        p.cmd("ZCARD").arg(ORDER);
+        let (n,): (u64,) = self.run(&p).await?;
+        Ok(n)
+    }
+}
