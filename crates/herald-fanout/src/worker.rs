@@ -444,7 +444,7 @@ impl Worker {
                         .increment(pushed);
                     for (_, _, t) in to_inbox.drain(..) {
                         if let Some(t) = t {
-                            let _ = abandon_token(t, &h);
+                            abandon_token(t, &h);
                         }
                     }
                     return Err(h);
