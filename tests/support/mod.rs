@@ -127,6 +127,24 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// SIGSTOP: the server stops answering but keeps its sockets and data.
+    pub fn pause(&self) {
+        // SAFETY: a signal to our own child process.
+        unsafe {
+            libc_kill(self.child.id() as i32, 19);
+        }
+    }
+
+    /// SIGCONT after [`Redis::pause`].
+    pub fn resume(&self) {
+        // SAFETY: a signal to our own child process.
+        unsafe {
+            libc_kill(self.child.id() as i32, 18);
+        }
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -139,6 +157,8 @@ pub struct Node {
     child: Option<Child>,
     pub addr: String,
     pub data: PathBuf,
+    /// The node's `--data-dir` (the log lives in `log/` under it).
+    pub node_dir: PathBuf,
     redis_url: String,
     env: Vec<(String, String)>,
     _dir: Option<tempfile::TempDir>,
@@ -152,10 +172,23 @@ impl Node {
     /// Starts a node on a fresh data dir; `env` adds HERALD_* overrides.
     pub fn start(redis: &Redis, env: &[(&str, &str)]) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
+        let node_dir = dir.path().join("node");
+        Self::start_in(redis, env, dir, node_dir)
+    }
+
+    /// Starts a node whose `--data-dir` is `node_dir` (a tmpfs, say); its
+    /// own log file goes to `dir`.
+    pub fn start_in(
+        redis: &Redis,
+        env: &[(&str, &str)],
+        dir: tempfile::TempDir,
+        node_dir: PathBuf,
+    ) -> Node {
         let mut n = Node {
             child: None,
             addr: String::new(),
             data: dir.path().to_path_buf(),
+            node_dir,
             redis_url: redis.url(),
             env: env
                 .iter()
@@ -168,6 +201,10 @@ impl Node {
     }
 
     fn spawn(&mut self) {
+        self.spawn_inner(true);
+    }
+
+    fn spawn_inner(&mut self, wait_ready: bool) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -178,7 +215,7 @@ impl Node {
             .arg(config_path())
             .args(["--listen", "127.0.0.1:0", "--redis", &self.redis_url])
             .arg("--data-dir")
-            .arg(self.data.join("node"))
+            .arg(&self.node_dir)
             .env("HERALD_LOG", "info,herald=debug")
             .env("HERALD_LOG__PARTITIONS", "4")
             .stdout(Stdio::piped())
@@ -206,6 +243,9 @@ impl Node {
             }
         };
         self.child = Some(child);
+        if !wait_ready {
+            return;
+        }
         let start = Instant::now();
         loop {
             if let Ok((200, _)) = http_blocking(&self.addr, "GET", "/readyz", None, &[]) {
@@ -257,6 +297,27 @@ impl Node {
     /// Starts the node again on the same data dir and Redis.
     pub fn restart(&mut self) {
         self.spawn();
+    }
+
+    /// Starts the node again without waiting for `/readyz` (it may not
+    /// become ready); returns once it listens.
+    pub fn restart_unready(&mut self) {
+        self.spawn_inner(false);
+    }
+
+    /// The response head (status line and headers, lower-cased) of a POST.
+    pub fn post_head(&self, path: &str, body: &Value) -> String {
+        let mut s = TcpStream::connect(&self.addr).expect("connect");
+        let b = body.to_string();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+            b.len()
+        );
+        s.write_all(req.as_bytes()).expect("write");
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        text.split("\r\n\r\n").next().unwrap_or("").to_string()
     }
 
     pub fn ws_url(&self, user: u64) -> String {
@@ -528,4 +589,45 @@ pub async fn inbox_ids(node: &Node, user: u64) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A size-limited tmpfs mounted for one test (tests run as root), unmounted
+/// on drop: the real full disk.
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir_all(&path).expect("mount point");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount must be available (tests run as root)");
+        assert!(
+            st.success(),
+            "mounting a tmpfs failed: the fault tests need root (CI runs as root)"
+        );
+        Tmpfs { path, _dir: dir }
+    }
+
+    /// Changes the size in place (space returns without a restart).
+    pub fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .status()
+            .expect("remount");
+        assert!(st.success(), "remount failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }

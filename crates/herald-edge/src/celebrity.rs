@@ -10,7 +10,6 @@ use herald_store::{Bucket, BucketAdd};
 use herald_types::event::partition_for;
 use herald_types::{Notification, UserId, WireFormat};
 
-use crate::conn::{Conn, End, Kind, Pending};
 use crate::{Delivery, Edge};
 
 /// A celebrity's post, encoded once in both formats and shared by every
@@ -148,7 +147,7 @@ pub(crate) fn celebrity_changed(edge: &Edge, user: UserId, on: bool, followers: 
     }
 }
 
-fn note_seen(seen: &mut Vec<(UserId, u64)>, c: UserId, order: u64) {
+pub(crate) fn note_seen(seen: &mut Vec<(UserId, u64)>, c: UserId, order: u64) {
     match seen.iter_mut().find(|(x, _)| *x == c) {
         Some(e) => e.1 = e.1.max(order),
         None => seen.push((c, order)),
@@ -157,7 +156,7 @@ fn note_seen(seen: &mut Vec<(UserId, u64)>, c: UserId, order: u64) {
 
 impl Edge {
     /// Loads whole outboxes into the cache, in the background.
-    fn fill_outboxes(&self, celebrities: Vec<UserId>) {
+    pub(crate) fn fill_outboxes(&self, celebrities: Vec<UserId>) {
         if celebrities.is_empty() {
             return;
         }
@@ -198,180 +197,5 @@ impl Edge {
         for mut e in self.index.iter_mut() {
             e.value_mut().remove(&user);
         }
-    }
-}
-
-impl Conn {
-    /// Registers this user in the index of every celebrity it follows, then
-    /// reads their outboxes past its cursors. Registering first means any
-    /// post is either in what is read or broadcast after registration.
-    pub(crate) async fn pull_outboxes(&mut self) -> Vec<(UserId, Notification)> {
-        let owners = self.edge.celebrities.owners();
-        if owners.is_empty() {
-            return Vec::new();
-        }
-        let cursors = match self.edge.store.outbox_cursors(self.user, &owners).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(user = self.user, error = %e, "outbox cursors unavailable");
-                return Vec::new();
-            }
-        };
-        for c in &cursors {
-            self.edge
-                .index
-                .entry(c.celebrity)
-                .or_default()
-                .insert(self.user);
-        }
-        // Hot outboxes come from memory; the rest from Redis in one round
-        // trip (and the first reader of a cold outbox fills the cache).
-        let limit = self.edge.cfg.drain_limit;
-        let cache = &self.edge.outboxes;
-        let mut items: Vec<(UserId, Notification)> = Vec::new();
-        let mut cold = Vec::new();
-        let mut filling = Vec::new();
-        for c in &cursors {
-            match cache.read(c.celebrity, c.seen, limit) {
-                Some(list) => items.extend(list.into_iter().map(|n| (c.celebrity, n))),
-                None => {
-                    if cache.start_fill(c.celebrity) {
-                        filling.push(c.celebrity);
-                    }
-                    cold.push(c.clone());
-                }
-            }
-        }
-        if !cold.is_empty() {
-            match self.edge.store.outbox_read(&cold, limit).await {
-                Ok(list) => items.extend(list),
-                Err(e) => {
-                    tracing::warn!(user = self.user, error = %e, "outbox pull failed");
-                    for f in filling {
-                        cache.abort_fill(f);
-                    }
-                    return Vec::new();
-                }
-            }
-            self.edge.fill_outboxes(filling);
-        }
-        metrics::counter!("herald_outbox_reads_total", "source" => "cache")
-            .increment((cursors.len() - cold.len()) as u64);
-        metrics::counter!("herald_outbox_reads_total", "source" => "redis")
-            .increment(cold.len() as u64);
-        if items.is_empty() {
-            return items;
-        }
-        // The follower's mutes and modes apply to pulled posts too.
-        let prefs = match self.edge.prefs.get(self.user).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(user = self.user, error = %e, "preferences unavailable, pull deferred");
-                return Vec::new();
-            }
-        };
-        let now_ms = herald_types::now_ms();
-        let mut deliver = Vec::new();
-        let mut waiting: Vec<(Bucket, u64, Notification)> = Vec::new();
-        let mut seen: Vec<(UserId, u64)> = Vec::new();
-        for (c, n) in items {
-            match prefs.route(
-                n.kind,
-                c,
-                n.object.as_deref(),
-                now_ms,
-                self.edge.cfg.digest_override_ms,
-            ) {
-                herald_prefs::Route::Drop(_) => {}
-                herald_prefs::Route::Wait(b, release) => {
-                    note_seen(&mut seen, c, n.order);
-                    waiting.push((b, release, n));
-                }
-                herald_prefs::Route::Now => deliver.push((c, n)),
-            }
-        }
-        // Posts for the digest or after quiet hours go to their buckets,
-        // and the outbox cursor moves past them so they are not pulled again.
-        if !waiting.is_empty() {
-            let user = self.user;
-            let partition = partition_for(user, self.edge.cfg.partitions);
-            let adds: Vec<BucketAdd<'_>> = waiting
-                .iter()
-                .map(|(bucket, release_ms, n)| BucketAdd {
-                    user,
-                    bucket: *bucket,
-                    n,
-                    partition,
-                    release_ms: *release_ms,
-                })
-                .collect();
-            let r = self.edge.store.bucket_add(&adds).await;
-            match r {
-                Ok(()) => {
-                    if let Err(e) = self.edge.store.outbox_seen(user, &seen).await {
-                        tracing::warn!(user, error = %e, "outbox cursor not moved after hand-off");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(user, error = %e, "digest or quiet-hours hand-off failed; will pull again")
-                }
-            }
-        }
-        deliver
-    }
-
-    /// Sends inbox entries and pulled outbox entries merged in acceptance
-    /// order, skipping anything already pending on this connection.
-    pub(crate) async fn send_merged(
-        &mut self,
-        inbox: Vec<Notification>,
-        pulled: Vec<(UserId, Notification)>,
-    ) -> Result<(), End> {
-        let mut all: Vec<(Option<UserId>, Notification)> =
-            inbox.into_iter().map(|n| (None, n)).collect();
-        all.extend(pulled.into_iter().map(|(c, n)| (Some(c), n)));
-        all.sort_by_key(|(_, n)| n.order);
-        let now = std::time::Instant::now();
-        let mut msgs = Vec::new();
-        for (celebrity, n) in all {
-            if self.unacked.contains_key(&n.id) {
-                continue;
-            }
-            msgs.push(crate::frames::notification(&n, self.fmt));
-            let kind = match celebrity {
-                Some(celebrity) => Kind::Outbox {
-                    celebrity,
-                    order: n.order,
-                },
-                None => Kind::Stored,
-            };
-            self.unacked
-                .insert(n.id.clone(), Pending { kind, sent: now });
-        }
-        if msgs.is_empty() {
-            return Ok(());
-        }
-        let n = msgs.len() as u64;
-        self.send(msgs).await.map_err(|_| End::SlowWrite)?;
-        self.edge.metrics.delivered_inbox.increment(n);
-        Ok(())
-    }
-
-    /// Re-reads the inbox and the outboxes (after a poke).
-    pub(crate) async fn resync(&mut self) -> Result<(), End> {
-        let items = match self
-            .edge
-            .store
-            .inbox_snapshot(self.user, self.edge.cfg.drain_limit)
-            .await
-        {
-            Ok((_, items)) => items,
-            Err(e) => {
-                tracing::warn!(user = self.user, error = %e, "inbox drain failed");
-                Vec::new()
-            }
-        };
-        let pulled = self.pull_outboxes().await;
-        self.send_merged(items, pulled).await
     }
 }

@@ -16,6 +16,12 @@ use crate::{ConnHandle, Delivery, Edge};
 /// Most live notifications taken from the queue per socket flush.
 const COALESCE: usize = 64;
 
+/// Backoff between drain retries while Redis does not answer.
+const SYNC_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(250);
+const SYNC_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// A timer that is not armed.
+const FAR: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
+
 /// What a sent, unacked notification is, which says what its ack does.
 pub(crate) enum Kind {
     /// Pushed live by fan-out: the ack settles its token. Kept whole so it
@@ -136,20 +142,12 @@ impl Conn {
             return End::Shutdown;
         }
         // One round trip gives the hello's count and the first drain; the
-        // outboxes of followed celebrities take two more.
-        let (pending, items) = match self
-            .edge
-            .store
-            .inbox_snapshot(self.user, self.edge.cfg.drain_limit)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(user = self.user, error = %e, "inbox drain failed");
-                (0, Vec::new())
-            }
-        };
-        let pulled = self.pull_outboxes().await;
+        // outboxes of followed celebrities take two more. When Redis does
+        // not answer, hello says 0 and the drain is retried with backoff
+        // until it works (no reconnect needed).
+        let waiting = self.read_waiting().await;
+        let mut unsynced = waiting.is_none();
+        let (pending, items, pulled) = waiting.unwrap_or_default();
         let total = pending + pulled.len() as u64;
         if self
             .send(vec![frames::hello(self.user, total, self.fmt)])
@@ -161,6 +159,9 @@ impl Conn {
         if let Err(e) = self.send_merged(items, pulled).await {
             return e;
         }
+        let mut sync_backoff = SYNC_RETRY_MIN;
+        let sync_retry = tokio::time::sleep(if unsynced { sync_backoff } else { FAR });
+        tokio::pin!(sync_retry);
         let cfg = self.edge.cfg.clone();
         // Long-lived futures are pinned once, not rebuilt on every wake-up:
         // a busy connection goes round this loop once per batch.
@@ -208,8 +209,25 @@ impl Conn {
                 }
                 _ = &mut poked => {
                     poked.set(poke.notified());
-                    if let Err(e) = self.resync().await {
-                        return e;
+                    match self.resync().await {
+                        Err(e) => return e,
+                        Ok(true) => {}
+                        Ok(false) if unsynced => {}
+                        Ok(false) => {
+                            unsynced = true;
+                            sync_backoff = SYNC_RETRY_MIN;
+                            sync_retry.as_mut().reset(tokio::time::Instant::now() + sync_backoff);
+                        }
+                    }
+                }
+                _ = &mut sync_retry, if unsynced => {
+                    match self.resync().await {
+                        Err(e) => return e,
+                        Ok(true) => unsynced = false,
+                        Ok(false) => {
+                            sync_backoff = (sync_backoff * 2).min(SYNC_RETRY_MAX);
+                            sync_retry.as_mut().reset(tokio::time::Instant::now() + sync_backoff);
+                        }
                     }
                 }
                 _ = housekeeping.tick() => {
@@ -405,31 +423,27 @@ impl Conn {
         if left.is_empty() {
             return;
         }
-        let items: Vec<(UserId, &Notification)> =
-            left.iter().map(|(n, _)| (self.user, n)).collect();
-        let mut ok = false;
-        for attempt in 0..3 {
-            match self.edge.store.inbox_push(&items).await {
-                Ok(_) => {
-                    ok = true;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(user = self.user, attempt, error = %e, "writing unacked to inbox failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
-                }
-            }
-        }
         metrics::counter!("herald_notifications_total", "route" => "queued_on_close")
             .increment(left.len() as u64);
-        for (_, t) in left {
-            if !ok {
-                t.fail();
+        let items: Vec<(UserId, &Notification)> =
+            left.iter().map(|(n, _)| (self.user, n)).collect();
+        match self.edge.store.inbox_push(&items).await {
+            Ok(_) => {
+                drop(items);
+                drop(left);
+                if self.edge.conns.contains_key(&self.user) {
+                    // A newer connection for this user may have drained already.
+                    crate::Deliver::poke(&*self.edge, self.user);
+                }
             }
-        }
-        if ok && self.edge.conns.contains_key(&self.user) {
-            // A newer connection for this user may have drained already.
-            crate::Deliver::poke(&*self.edge, self.user);
+            Err(e) => {
+                // Redis is down: the edge keeps retrying in the background
+                // until the inbox has them; their records stay unsettled
+                // until then, never pinned for the life of the process.
+                tracing::warn!(user = self.user, error = %e, "writing unacked to inbox failed; retrying in the background");
+                drop(items);
+                self.edge.spill(self.user, left);
+            }
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod auth;
 mod celebrity;
 mod conn;
+mod drain;
 mod frames;
 mod outbox_cache;
 
@@ -147,7 +148,20 @@ pub struct Edge {
     closed: Notify,
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
+    /// Unacked work of closed connections waiting for Redis to come back.
+    spill_tx: mpsc::Sender<Spill>,
 }
+
+/// What a closed connection could not write to the inbox (Redis did not
+/// answer): retried in the background until written, then settled.
+pub(crate) struct Spill {
+    user: UserId,
+    items: Vec<(Notification, SettleToken)>,
+}
+
+/// Closed connections' leftovers waiting for Redis; past it, the records
+/// stay unsettled until restart (processed again then).
+const SPILL_QUEUE: usize = 10_000;
 
 impl Edge {
     pub fn new(
@@ -161,22 +175,47 @@ impl Edge {
         }
         let (shutdown_tx, shutdown) = watch::channel(false);
         let cfg_outbox_cap = cfg.outbox_cap;
-        Arc::new_cyclic(|me| Edge {
-            metrics: EdgeMetrics::new(),
-            cfg,
-            store,
-            conns: DashMap::new(),
-            index: DashMap::new(),
-            celebrities,
-            outboxes: outbox_cache::OutboxCache::new(cfg_outbox_cap),
-            prefs,
-            me: me.clone(),
-            next_id: AtomicU64::new(1),
-            open: AtomicUsize::new(0),
-            closed: Notify::new(),
-            shutdown,
-            shutdown_tx,
+        let (spill_tx, spill_rx) = mpsc::channel(SPILL_QUEUE);
+        let spill_store = store.clone();
+        Arc::new_cyclic(move |me| {
+            tokio::spawn(spill_loop(spill_store, spill_rx, me.clone()));
+            Edge {
+                metrics: EdgeMetrics::new(),
+                cfg,
+                store,
+                conns: DashMap::new(),
+                index: DashMap::new(),
+                celebrities,
+                outboxes: outbox_cache::OutboxCache::new(cfg_outbox_cap),
+                prefs,
+                me: me.clone(),
+                next_id: AtomicU64::new(1),
+                open: AtomicUsize::new(0),
+                closed: Notify::new(),
+                shutdown,
+                shutdown_tx,
+                spill_tx,
+            }
         })
+    }
+
+    /// Hands a closed connection's leftovers to the background writer.
+    pub(crate) fn spill(&self, user: UserId, items: Vec<(Notification, SettleToken)>) {
+        let n = items.len();
+        if let Err(e) = self.spill_tx.try_send(Spill { user, items }) {
+            tracing::error!(
+                user,
+                notifications = n,
+                "background inbox writer is full; these records are processed again after restart"
+            );
+            metrics::counter!("herald_spill_overflow_total").increment(n as u64);
+            let s = match e {
+                mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
+            };
+            for (_, t) in s.items {
+                t.fail();
+            }
+        }
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -275,6 +314,40 @@ impl Deliver for Edge {
 
     fn celebrity_changed(&self, user: UserId, celebrity: bool, followers: &[UserId]) {
         celebrity::celebrity_changed(self, user, celebrity, followers);
+    }
+}
+
+/// Writes closed connections' leftovers to their inboxes, retrying with
+/// backoff while Redis does not answer; each settles once written.
+async fn spill_loop(store: Store, mut rx: mpsc::Receiver<Spill>, edge: std::sync::Weak<Edge>) {
+    let min = Duration::from_millis(200);
+    while let Some(s) = rx.recv().await {
+        let mut backoff = min;
+        loop {
+            let items: Vec<(UserId, &Notification)> =
+                s.items.iter().map(|(n, _)| (s.user, n)).collect();
+            match store.inbox_push(&items).await {
+                Ok(_) => {
+                    metrics::counter!("herald_notifications_total", "route" => "queued_after_outage")
+                        .increment(items.len() as u64);
+                    break;
+                }
+                Err(e) => {
+                    if backoff == min {
+                        tracing::warn!(user = s.user, error = %e, "inbox still unavailable for a closed connection's notifications; retrying");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        // Dropping the tokens settles the records: the inbox has them.
+        let user = s.user;
+        drop(s);
+        // The user may have reconnected meanwhile.
+        if let Some(edge) = edge.upgrade() {
+            edge.poke(user);
+        }
     }
 }
 

@@ -155,6 +155,7 @@ pub struct Fanout {
     pub read_max_bytes: usize,
     pub max_in_flight: usize,
     pub checkpoint_ms: u64,
+    pub retry_backoff_ms: u64,
 }
 
 impl Default for Server {
@@ -235,6 +236,7 @@ impl Default for Fanout {
             read_max_bytes: 256 * 1024,
             max_in_flight: 100_000,
             checkpoint_ms: 200,
+            retry_backoff_ms: 200,
         }
     }
 }
@@ -402,6 +404,7 @@ impl Config {
             read_max_bytes: self.fanout.read_max_bytes,
             max_in_flight: self.fanout.max_in_flight,
             checkpoint_every: Duration::from_millis(self.fanout.checkpoint_ms.max(10)),
+            retry_backoff: Duration::from_millis(self.fanout.retry_backoff_ms.clamp(1, 60_000)),
             celebrity: self.celebrity_policy(),
             outbox_cap: self.celebrity.outbox_cap.max(1),
             digest_override_ms: self.digest.window_override_ms,

@@ -1,0 +1,193 @@
+//! Draining what waits for a user: the inbox (Redis) and the outboxes of
+//! the celebrities they follow (pull path), merged in acceptance order,
+//! on connect and whenever fan-out pokes the connection.
+
+use herald_store::{Bucket, BucketAdd, StoreError};
+use herald_types::event::partition_for;
+use herald_types::{Notification, UserId};
+
+use crate::celebrity::note_seen;
+use crate::conn::{Conn, End, Kind, Pending};
+
+/// Posts pulled from outboxes, with the celebrity each came from.
+pub(crate) type Pulled = Vec<(UserId, Notification)>;
+
+impl Conn {
+    /// Registers this user in the index of every celebrity it follows, then
+    /// reads their outboxes past its cursors. Registering first means any
+    /// post is either in what is read or broadcast after registration.
+    ///
+    /// An error means Redis did not answer: nothing was read, which is not
+    /// the same as nothing waiting.
+    pub(crate) async fn pull_outboxes(
+        &mut self,
+    ) -> Result<Vec<(UserId, Notification)>, StoreError> {
+        let owners = self.edge.celebrities.owners();
+        if owners.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cursors = self.edge.store.outbox_cursors(self.user, &owners).await?;
+        for c in &cursors {
+            self.edge
+                .index
+                .entry(c.celebrity)
+                .or_default()
+                .insert(self.user);
+        }
+        // Hot outboxes come from memory; the rest from Redis in one round
+        // trip (and the first reader of a cold outbox fills the cache).
+        let limit = self.edge.cfg.drain_limit;
+        let cache = &self.edge.outboxes;
+        let mut items: Vec<(UserId, Notification)> = Vec::new();
+        let mut cold = Vec::new();
+        let mut filling = Vec::new();
+        for c in &cursors {
+            match cache.read(c.celebrity, c.seen, limit) {
+                Some(list) => items.extend(list.into_iter().map(|n| (c.celebrity, n))),
+                None => {
+                    if cache.start_fill(c.celebrity) {
+                        filling.push(c.celebrity);
+                    }
+                    cold.push(c.clone());
+                }
+            }
+        }
+        if !cold.is_empty() {
+            match self.edge.store.outbox_read(&cold, limit).await {
+                Ok(list) => items.extend(list),
+                Err(e) => {
+                    for f in filling {
+                        cache.abort_fill(f);
+                    }
+                    return Err(e);
+                }
+            }
+            self.edge.fill_outboxes(filling);
+        }
+        metrics::counter!("herald_outbox_reads_total", "source" => "cache")
+            .increment((cursors.len() - cold.len()) as u64);
+        metrics::counter!("herald_outbox_reads_total", "source" => "redis")
+            .increment(cold.len() as u64);
+        if items.is_empty() {
+            return Ok(items);
+        }
+        // The follower's mutes and modes apply to pulled posts too.
+        let prefs = self.edge.prefs.get(self.user).await?;
+        let now_ms = herald_types::now_ms();
+        let mut deliver = Vec::new();
+        let mut waiting: Vec<(Bucket, u64, Notification)> = Vec::new();
+        let mut seen: Vec<(UserId, u64)> = Vec::new();
+        for (c, n) in items {
+            match prefs.route(
+                n.kind,
+                c,
+                n.object.as_deref(),
+                now_ms,
+                self.edge.cfg.digest_override_ms,
+            ) {
+                herald_prefs::Route::Drop(_) => {}
+                herald_prefs::Route::Wait(b, release) => {
+                    note_seen(&mut seen, c, n.order);
+                    waiting.push((b, release, n));
+                }
+                herald_prefs::Route::Now => deliver.push((c, n)),
+            }
+        }
+        // Posts for the digest or after quiet hours go to their buckets,
+        // and the outbox cursor moves past them so they are not pulled again.
+        if !waiting.is_empty() {
+            let user = self.user;
+            let partition = partition_for(user, self.edge.cfg.partitions);
+            let adds: Vec<BucketAdd<'_>> = waiting
+                .iter()
+                .map(|(bucket, release_ms, n)| BucketAdd {
+                    user,
+                    bucket: *bucket,
+                    n,
+                    partition,
+                    release_ms: *release_ms,
+                })
+                .collect();
+            self.edge.store.bucket_add(&adds).await?;
+            if let Err(e) = self.edge.store.outbox_seen(user, &seen).await {
+                tracing::warn!(user, error = %e, "outbox cursor not moved after hand-off");
+            }
+        }
+        Ok(deliver)
+    }
+
+    /// Sends inbox entries and pulled outbox entries merged in acceptance
+    /// order, skipping anything already pending on this connection.
+    pub(crate) async fn send_merged(
+        &mut self,
+        inbox: Vec<Notification>,
+        pulled: Vec<(UserId, Notification)>,
+    ) -> Result<(), End> {
+        let mut all: Vec<(Option<UserId>, Notification)> =
+            inbox.into_iter().map(|n| (None, n)).collect();
+        all.extend(pulled.into_iter().map(|(c, n)| (Some(c), n)));
+        all.sort_by_key(|(_, n)| n.order);
+        let now = std::time::Instant::now();
+        let mut msgs = Vec::new();
+        for (celebrity, n) in all {
+            if self.unacked.contains_key(&n.id) {
+                continue;
+            }
+            msgs.push(crate::frames::notification(&n, self.fmt));
+            let kind = match celebrity {
+                Some(celebrity) => Kind::Outbox {
+                    celebrity,
+                    order: n.order,
+                },
+                None => Kind::Stored,
+            };
+            self.unacked
+                .insert(n.id.clone(), Pending { kind, sent: now });
+        }
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let n = msgs.len() as u64;
+        self.send(msgs).await.map_err(|_| End::SlowWrite)?;
+        self.edge.metrics.delivered_inbox.increment(n);
+        Ok(())
+    }
+
+    /// Reads the inbox (the count for `hello` and its first page) and the
+    /// outboxes past this user's cursors. `None` when Redis did not answer:
+    /// the caller tries again later (a connection opened during an outage
+    /// is drained when Redis returns, without a reconnect).
+    pub(crate) async fn read_waiting(&mut self) -> Option<(u64, Vec<Notification>, Pulled)> {
+        let (pending, items) = match self
+            .edge
+            .store
+            .inbox_snapshot(self.user, self.edge.cfg.drain_limit)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(user = self.user, error = %e, "inbox drain failed; will retry");
+                return None;
+            }
+        };
+        match self.pull_outboxes().await {
+            Ok(pulled) => Some((pending, items, pulled)),
+            Err(e) => {
+                tracing::warn!(user = self.user, error = %e, "outbox pull failed; will retry");
+                None
+            }
+        }
+    }
+
+    /// Re-reads the inbox and the outboxes (after a poke, or to retry a
+    /// drain that failed); true when it got everything.
+    pub(crate) async fn resync(&mut self) -> Result<bool, End> {
+        match self.read_waiting().await {
+            Some((_, items, pulled)) => {
+                self.send_merged(items, pulled).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
