@@ -12,12 +12,16 @@
 //! settled before the aggregate that holds it is. A per-recipient rate
 //! limit (governor) sends the excess into aggregates too: throttled, never
 //! silently dropped.
+//!
+//! Windows and the throttle run on event time (the acceptance time each
+//! notification carries), not on the time fan-out sees it: a backlog
+//! released at once after a Redis outage folds exactly as the same events
+//! would have folded had they arrived on time. Wall time only decides when
+//! a window's aggregate is emitted.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use herald_types::ids::fnv1a64;
 use herald_types::{EventKind, Notification, SettleToken, UserId};
 
@@ -122,8 +126,58 @@ pub struct Aggregator {
     opened: VecDeque<(Instant, Key)>,
     /// Windows with folded notifications not yet emitted.
     dirty: HashSet<Key>,
-    limiter: Option<DefaultKeyedRateLimiter<UserId>>,
+    /// Aggregates of windows closed early (by event time) while holding
+    /// folded work; `due` hands them out first.
+    early: Vec<(UserId, Notification, SettleToken)>,
+    throttle: Throttle,
     last_gc: Instant,
+}
+
+/// The per-recipient rate limit on event time (GCRA: each recipient has a
+/// theoretical arrival time; a burst of `rate` is allowed).
+struct Throttle {
+    /// µs between notifications at the rate; 0 disables.
+    interval: u64,
+    burst: u64,
+    tat: HashMap<UserId, u64>,
+    /// Newest event time seen, for forgetting idle recipients.
+    newest: u64,
+}
+
+impl Throttle {
+    fn new(rate: u32) -> Throttle {
+        Throttle {
+            interval: if rate == 0 {
+                0
+            } else {
+                1_000_000 / rate as u64
+            },
+            burst: rate as u64,
+            tat: HashMap::new(),
+            newest: 0,
+        }
+    }
+
+    /// Whether a notification to `r` at event time `t` (µs) is past the rate.
+    fn exceeded(&mut self, r: UserId, t: u64) -> bool {
+        if self.interval == 0 {
+            return false;
+        }
+        self.newest = self.newest.max(t);
+        let tolerance = self.interval * self.burst.saturating_sub(1);
+        let tat = self.tat.entry(r).or_insert(t);
+        if t + tolerance < *tat {
+            return true;
+        }
+        *tat = (*tat).max(t) + self.interval;
+        false
+    }
+
+    /// Forgets recipients whose limit no longer constrains anything.
+    fn gc(&mut self) {
+        let newest = self.newest;
+        self.tat.retain(|_, tat| *tat > newest);
+    }
 }
 
 /// The stable id of the aggregate of one window.
@@ -142,14 +196,13 @@ fn foldable(n: &Notification) -> bool {
 
 impl Aggregator {
     pub fn new(cfg: AggregationConfig) -> Aggregator {
-        let limiter = NonZeroU32::new(cfg.rate_per_recipient)
-            .map(|r| RateLimiter::keyed(Quota::per_second(r)));
         Aggregator {
+            throttle: Throttle::new(cfg.rate_per_recipient),
             cfg,
             windows: HashMap::new(),
             opened: VecDeque::new(),
             dirty: HashSet::new(),
-            limiter,
+            early: Vec::new(),
             last_gc: Instant::now(),
         }
     }
@@ -166,13 +219,17 @@ impl Aggregator {
         if !foldable(&n) {
             return Some((n, token));
         }
-        let throttled = self
-            .limiter
-            .as_ref()
-            .is_some_and(|l| l.check_key(&r).is_err());
+        let throttled = self.throttle.exceeded(r, n.order);
         let window = self.cfg.window;
+        let window_us = window.as_micros() as u64;
         let exact = key(r, n.kind, n.object.as_deref().unwrap_or(""));
-        let open = |w: &Window| now.duration_since(w.opened) < window;
+        // Open on event time (and not yet closed by `due`).
+        let at = n.order;
+        let open = |w: &Window| {
+            now.duration_since(w.opened) < window
+                && at >= w.first_order
+                && at - w.first_order < window_us
+        };
         // Past the recipient's rate, notifications of a kind fold together
         // whatever their object ("Ana and 14 others liked your posts"),
         // unless a window for their own object is open.
@@ -197,11 +254,16 @@ impl Aggregator {
         if self.windows.len() >= self.cfg.max_windows {
             return Some((n, token));
         }
-        // A closed window still holding folded work is emitted by `due`
-        // before it can be replaced: close it now if needed.
-        if let Some(old) = self.windows.get(&k) {
-            if old.dirty {
+        // A window closed by event time that still holds folded work is
+        // emitted now, before a new window takes its place. (A notification
+        // older than the window's start goes out on its own.)
+        if let Some(old) = self.windows.get_mut(&k) {
+            if at < old.first_order {
                 return Some((n, token));
+            }
+            if old.dirty {
+                self.early.extend(Self::emit(k, old, now));
+                self.dirty.remove(&k);
             }
         }
         let mut w = Window {
@@ -255,7 +317,7 @@ impl Aggregator {
     /// passed or that are closing (all of them with `force`). Forgets
     /// windows that closed.
     pub fn due(&mut self, now: Instant, force: bool) -> Vec<(UserId, Notification, SettleToken)> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.early);
         let (window, flush) = (self.cfg.window, self.cfg.flush);
         // Close expired windows, oldest first, emitting what they hold.
         while let Some(&(at, k)) = self.opened.front() {
@@ -292,15 +354,16 @@ impl Aggregator {
         }
         if now.duration_since(self.last_gc) >= Duration::from_secs(5) {
             self.last_gc = now;
-            if let Some(l) = &self.limiter {
-                l.retain_recent();
-            }
+            self.throttle.gc();
         }
         out
     }
 
     /// When `due` next has something to emit, if anything is pending.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.early.is_empty() {
+            return Some(Instant::now());
+        }
         self.dirty
             .iter()
             .filter_map(|k| self.windows.get(k))
@@ -359,5 +422,64 @@ mod tests {
         let later = t0 + Duration::from_millis(600);
         let out = a.due(later, false);
         assert_eq!((out[0].1.id.as_str(), out[0].1.count), (id.as_str(), 101));
+    }
+
+    /// 40 likes on one post, one per second of event time: on time they
+    /// fold window by window; released at once (a backlog after an outage)
+    /// they must fold exactly the same, not into one big aggregate.
+    #[test]
+    fn a_backlog_folds_as_it_would_have_on_time() {
+        let cfg = AggregationConfig {
+            rate_per_recipient: 0,
+            ..AggregationConfig::default()
+        };
+        let sec = 1_000_000u64;
+        let run = |on_time: bool| {
+            let mut a = Aggregator::new(cfg.clone());
+            let t0 = Instant::now();
+            let mut alone = 0;
+            let mut aggregates: HashMap<String, u64> = HashMap::new();
+            for i in 0..40u64 {
+                let now = if on_time {
+                    t0 + Duration::from_secs(i)
+                } else {
+                    t0
+                };
+                if a.offer(9, like(100 + i, i * sec + 1), SettleToken::detached(), now)
+                    .is_some()
+                {
+                    alone += 1;
+                }
+                for (_, n, _) in a.due(now, false) {
+                    aggregates.insert(n.id.clone(), n.count);
+                }
+            }
+            for (_, n, _) in a.due(t0 + Duration::from_secs(100), true) {
+                aggregates.insert(n.id.clone(), n.count);
+            }
+            let mut counts: Vec<u64> = aggregates.into_values().collect();
+            counts.sort();
+            (alone, counts)
+        };
+        let on_time = run(true);
+        assert_eq!(
+            on_time,
+            (8, vec![10, 10, 10, 10]),
+            "two alone per 10 s window, then folded"
+        );
+        assert_eq!(run(false), on_time);
+    }
+
+    #[test]
+    fn the_throttle_counts_event_time() {
+        let mut t = Throttle::new(10);
+        // Ten per second pass at any release speed; the eleventh in the same
+        // second of event time does not; a second later it does.
+        for i in 0..10 {
+            assert!(!t.exceeded(1, i));
+        }
+        assert!(t.exceeded(1, 10));
+        assert!(!t.exceeded(1, 1_000_000));
+        assert!(!t.exceeded(2, 10), "recipients are limited apart");
     }
 }

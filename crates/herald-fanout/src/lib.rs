@@ -21,6 +21,7 @@ mod aggregate;
 mod dead;
 mod digest;
 mod release;
+mod route;
 mod status;
 mod tracker;
 mod worker;
