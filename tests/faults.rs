@@ -410,10 +410,29 @@ async fn a_record_that_fails_every_time_becomes_a_dead_letter_and_replays() {
     // under its first id.
     redis.cmd(&format!("DEL h:{{u:{CELEB}}}:followers"));
     redis.cmd(&format!("SADD h:{{u:{CELEB}}}:followers 31"));
-    let (s, v) = node
-        .post("/v1/admin/dead-letters/replay", &json!({"all": true}))
-        .await;
-    assert_eq!((s, &v["replayed"]), (200, &json!(2)), "{v}");
+    // The command line an operator uses: list, then replay.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("--config")
+            .arg(support::config_path())
+            .args(["dead-letters"])
+            .args(args)
+            .args(["--url", &format!("http://{}", node.addr)])
+            .output()
+            .expect("herald dead-letters");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let listed = cli(&["list"]);
+    let (p, o) = parse_id(&post_id);
+    assert!(listed.contains(&format!("dl-{p}-{o}")), "{listed}");
+    assert!(listed.contains("WRONGTYPE"), "{listed}");
+    let replayed = cli(&["replay", "--all"]);
+    assert_eq!(replayed.trim(), "replayed 2");
     eventually("replayed posts delivered under their first ids", || async {
         let d = delivered(&node, [31].into_iter()).await;
         (d.contains_key(&post_id) && d.contains_key(&second_post)).then_some(())

@@ -164,7 +164,7 @@ pub struct Node {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn config_path() -> PathBuf {
+pub fn config_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/default.toml")
 }
 

@@ -2,6 +2,7 @@
 //! fan-out workers and the WebSocket edge into one process, serves HTTP and
 //! WebSocket on one address, and shuts down in order.
 
+pub mod cli;
 pub mod config;
 mod ops;
 

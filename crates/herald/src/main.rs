@@ -29,6 +29,40 @@ struct Args {
     /// The Redis URL (redis.url).
     #[arg(long)]
     redis: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Inspect or replay dead letters of a running node (its admin API).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+        /// The node (default: the config's server.listen).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        /// An admin API key (default: the config's first gateway.admin_keys).
+        #[arg(long, global = true)]
+        key: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum DeadLetterAction {
+    /// Lists the oldest dead letters.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Appends dead letters to the log again (they keep their event ids).
+    Replay {
+        /// Replay every dead letter (up to 10,000 per call).
+        #[arg(long)]
+        all: bool,
+        /// Dead-letter ids (dl-<partition>-<offset>).
+        ids: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +83,15 @@ fn main() -> anyhow::Result<()> {
         overrides.push(("redis", "url", s(v)));
     }
     let cfg = Config::load(&path, optional, std::env::vars(), &overrides)?;
+    if let Some(Command::DeadLetters { action, url, key }) = &args.command {
+        let t = herald::cli::Target::new(url.as_deref(), key.as_deref(), &cfg)?;
+        return match action {
+            DeadLetterAction::List { limit } => herald::cli::dead_letters_list(&t, *limit),
+            DeadLetterAction::Replay { all, ids } => {
+                herald::cli::dead_letters_replay(&t, ids, *all)
+            }
+        };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let sub = tracing_subscriber::fmt().with_env_filter(filter);

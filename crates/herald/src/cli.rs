@@ -1,0 +1,139 @@
+//! Operator commands that talk to a running node over its HTTP API:
+//! `herald dead-letters list|replay`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// Where and how to reach the node.
+pub struct Target {
+    /// `host:port` of the node.
+    pub addr: String,
+    /// An admin API key, when the node needs one.
+    pub key: Option<String>,
+}
+
+impl Target {
+    /// `url` (`http://host:port`) or the config's listen address; `key` or
+    /// the config's first admin key.
+    pub fn new(
+        url: Option<&str>,
+        key: Option<&str>,
+        cfg: &crate::Config,
+    ) -> anyhow::Result<Target> {
+        let addr = match url {
+            Some(u) => u
+                .strip_prefix("http://")
+                .with_context(|| format!("{u:?}: only http:// URLs are supported"))?
+                .trim_end_matches('/')
+                .to_string(),
+            None => cfg.server.listen.clone(),
+        };
+        let key = key
+            .map(String::from)
+            .or_else(|| cfg.gateway.admin_keys.first().cloned());
+        Ok(Target { addr, key })
+    }
+
+    /// One request; returns the status and the JSON body.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut s = TcpStream::connect(&self.addr)
+            .with_context(|| format!("cannot reach a node at {}", self.addr))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(k) = &self.key {
+            req.push_str(&format!("authorization: Bearer {k}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        s.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, rest) = text
+            .split_once("\r\n\r\n")
+            .context("malformed HTTP response")?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("malformed HTTP status line")?;
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let body = if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
+        let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+        Ok((status, v))
+    }
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((len, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// `herald dead-letters list`: prints one line per dead letter.
+pub fn dead_letters_list(t: &Target, limit: usize) -> anyhow::Result<()> {
+    let (s, v) = t.call(
+        "GET",
+        &format!("/v1/admin/dead-letters?limit={limit}"),
+        None,
+    )?;
+    if s != 200 {
+        bail!("the node answered {s}: {v}");
+    }
+    let list = v["dead_letters"].as_array().cloned().unwrap_or_default();
+    for d in &list {
+        println!(
+            "{}\tpartition {}\toffset {}\t{}\t{}",
+            d["id"].as_str().unwrap_or("?"),
+            d["partition"],
+            d["offset"],
+            d["reason"].as_str().unwrap_or(""),
+            d["event"]
+        );
+    }
+    println!("{} shown of {}", list.len(), v["total"]);
+    Ok(())
+}
+
+/// `herald dead-letters replay`: appends them to the log again.
+pub fn dead_letters_replay(t: &Target, ids: &[String], all: bool) -> anyhow::Result<()> {
+    let body = match (all, ids.is_empty()) {
+        (true, true) => serde_json::json!({"all": true}),
+        (false, false) => serde_json::json!({ "ids": ids }),
+        _ => bail!("give either --all or one or more ids"),
+    };
+    let (s, v) = t.call("POST", "/v1/admin/dead-letters/replay", Some(&body))?;
+    if s != 200 {
+        bail!("the node answered {s}: {v}");
+    }
+    println!("replayed {}", v["replayed"]);
+    Ok(())
+}
