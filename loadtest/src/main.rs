@@ -1,12 +1,14 @@
 //! `herald-loadgen`: seeds a follow graph, drives a Herald node with
 //! WebSocket clients and events, and reports what happened.
 
+mod chaos;
 mod clients;
 mod graph;
 mod http;
 mod ingest;
 mod report;
 mod run;
+mod send;
 mod stats;
 
 use std::net::SocketAddr;
@@ -85,6 +87,10 @@ enum Scenario {
     Celebrity,
     /// Every client offline with queued notifications, then all connect at once.
     ReconnectStorm,
+    /// Sustained traffic while the generator kills Herald with SIGKILL and
+    /// restarts it several times and stops Redis once (needs --herald-cmd,
+    /// and --redis-pid for the Redis fault); lost must be 0.
+    Chaos,
     Custom,
 }
 
@@ -137,6 +143,18 @@ struct RunArgs {
     /// Exit non-zero unless nothing was lost or duplicated.
     #[arg(long)]
     strict: bool,
+    /// Chaos: the shell command that runs Herald in the foreground, serving
+    /// --target (the generator starts, kills and restarts it).
+    #[arg(long)]
+    herald_cmd: Option<String>,
+    /// Chaos: Redis' pid, stopped once (SIGSTOP) for --redis-pause-ms.
+    #[arg(long)]
+    redis_pid: Option<u32>,
+    #[arg(long, default_value_t = 3000)]
+    redis_pause_ms: u64,
+    /// Chaos: SIGKILLs of Herald during the traffic.
+    #[arg(long, default_value_t = 3)]
+    kills: u32,
 }
 
 fn graph_spec(a: &GraphArgs, users: u64, mean: u64, celebs: u64, share: f64) -> GraphSpec {
@@ -191,6 +209,7 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         Scenario::Sustained => (15_000, 15_000, 20_000, 60, 0.001, 0.0),
         Scenario::Celebrity => (100_000, 15_000, 0, 1, 0.0, 0.0),
         Scenario::ReconnectStorm => (15_000, 15_000, 0, 1, 0.0, 0.0),
+        Scenario::Chaos => (2000, 1000, 500, 20, 0.01, 0.2),
         Scenario::Custom => (1000, 1000, 1000, 10, 0.0, 0.0),
     };
     let clients = a.clients.unwrap_or(clients);
@@ -207,6 +226,18 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         share,
     );
     let graph = Arc::new(Graph::build(spec.clone()));
+    let chaos = a.scenario == Scenario::Chaos;
+    // Chaos: the generator owns the Herald process.
+    let herald = match (chaos, &a.herald_cmd) {
+        (true, Some(cmd)) => {
+            std::fs::create_dir_all(&a.out).ok();
+            let h = chaos::Herald::start(cmd, &a.out.join("chaos-herald.log"))?;
+            chaos::wait_up(a.graph.target, Duration::from_secs(60)).await?;
+            Some(Arc::new(std::sync::Mutex::new(h)))
+        }
+        (true, None) => anyhow::bail!("--scenario chaos needs --herald-cmd"),
+        _ => None,
+    };
     if !a.no_seed {
         eprintln!(
             "seeding {} follows for {} users",
@@ -238,7 +269,7 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         celebrity_posts: a.celebrity_posts.unwrap_or(celeb),
         grace: Duration::from_secs(15),
         sources: a.sources.max(1),
-        herald_pid: a.herald_pid,
+        herald_pid: if chaos { None } else { a.herald_pid },
         connect_rate: if a.scenario == Scenario::ReconnectStorm {
             0
         } else {
@@ -252,16 +283,47 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         celebrity_post: a.scenario == Scenario::Celebrity,
         set_prefs: a.prefs,
         hot_share: a.hot_share.clamp(0.0, 1.0),
+        idempotent: chaos,
+        retry_for: chaos.then_some(Duration::from_secs(60)),
     };
     let name = match a.scenario {
         Scenario::Smoke => "smoke",
         Scenario::Sustained => "sustained",
         Scenario::Celebrity => "celebrity",
         Scenario::ReconnectStorm => "reconnect-storm",
+        Scenario::Chaos => "chaos",
         Scenario::Custom => "custom",
     };
-    let o = run::run(rs, graph, true).await?;
-    let r = report::json_report(&o, name);
+    let (o, faults) = match &herald {
+        Some(h) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let cs = chaos::ChaosSpec {
+                redis_pid: a.redis_pid,
+                kills: a.kills,
+                redis_pause: Duration::from_millis(a.redis_pause_ms),
+            };
+            let (h2, target, dur) = (h.clone(), rs.target, rs.duration);
+            let faults = tokio::spawn(async move {
+                if rx.await.is_err() {
+                    return Ok(Vec::new());
+                }
+                chaos::run_faults(cs, h2, target, dur).await
+            });
+            let o = run::run(rs, graph, true, Some(tx)).await?;
+            let f = faults.await.context("chaos task")??;
+            (o, Some(f))
+        }
+        None => (run::run(rs, graph, true, None).await?, None),
+    };
+    if let Some(h) = &herald {
+        if let Ok(mut h) = h.lock() {
+            h.stop();
+        }
+    }
+    let mut r = report::json_report(&o, name);
+    if let Some(f) = faults {
+        r["faults"] = serde_json::json!(f);
+    }
     print!("{}", report::summary(&r));
     std::fs::create_dir_all(&a.out).ok();
     let json_path = a.out.join(format!("{name}.json"));

@@ -45,6 +45,11 @@ pub struct RunSpec {
     /// Give every user stored preferences first (a mute of an actor that
     /// never acts), to measure the cost of preference checks.
     pub set_prefs: bool,
+    /// Events carry idempotency keys (`lg-<seq>`).
+    pub idempotent: bool,
+    /// Retry a refused or failed batch this long before giving up on it
+    /// (none: one attempt).
+    pub retry_for: Option<Duration>,
 }
 
 pub struct Outcome {
@@ -189,7 +194,6 @@ fn recipients(graph: &Graph, ev: &Value, clients: u64) -> Vec<u64> {
 fn make_event(rng: &mut Rng, spec: &RunSpec, seq: u64) -> Value {
     let n = spec.clients.max(2);
     let actor = rng.below(n) + 1;
-    let other = |rng: &mut Rng| rng.below(n) + 1;
     let total: u32 = spec.mix.iter().sum::<u32>().max(1);
     let mut pick = rng.below(total as u64) as u32;
     let mut kind = 3;
@@ -200,6 +204,16 @@ fn make_event(rng: &mut Rng, spec: &RunSpec, seq: u64) -> Value {
         }
         pick -= w;
     }
+    let mut ev = pick_event(rng, spec, seq, actor, kind);
+    if spec.idempotent {
+        ev["id"] = json!(format!("lg-{seq}"));
+    }
+    ev
+}
+
+fn pick_event(rng: &mut Rng, spec: &RunSpec, seq: u64, actor: u64, kind: usize) -> Value {
+    let n = spec.clients.max(2);
+    let other = |rng: &mut Rng| rng.below(n) + 1;
     let text = format!("lg:{seq}");
     let object = format!("post:{}", rng.below(1_000_000));
     if kind == 0 && spec.hot_share > 0.0 && rng.f64() < spec.hot_share {
@@ -221,7 +235,14 @@ fn make_event(rng: &mut Rng, spec: &RunSpec, seq: u64) -> Value {
     }
 }
 
-pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Result<Outcome> {
+/// Runs a workload; `traffic` hears when sending starts (the chaos
+/// scenario times its faults from there).
+pub async fn run(
+    spec: RunSpec,
+    graph: Arc<Graph>,
+    progress: bool,
+    traffic: Option<tokio::sync::oneshot::Sender<()>>,
+) -> anyhow::Result<Outcome> {
     let stats = Arc::new(Stats::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let rss_before = spec.herald_pid.and_then(rss_kib);
@@ -307,37 +328,9 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
     let rss = rss_before.zip(rss_after);
 
     // Senders: a few keep-alive connections fed with batches.
-    let (batch_tx, batch_rx) = mpsc::channel::<(Vec<u8>, usize)>(64);
-    let batch_rx = Arc::new(tokio::sync::Mutex::new(batch_rx));
-    let mut senders = Vec::new();
-    for _ in 0..4 {
-        let rx = batch_rx.clone();
-        let stats = stats.clone();
-        let addr = spec.target.to_string();
-        senders.push(tokio::spawn(async move {
-            let mut conn = Conn::new(&addr);
-            loop {
-                let Some((body, n)) = rx.lock().await.recv().await else {
-                    return;
-                };
-                match conn
-                    .request("POST", "/v1/events", "application/json", &body)
-                    .await
-                {
-                    Ok((202, _)) => {
-                        stats.events_accepted.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Ok((s, b)) => {
-                        stats.http_errors.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("POST /v1/events -> {s}: {}", String::from_utf8_lossy(&b));
-                    }
-                    Err(e) => {
-                        stats.http_errors.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("POST /v1/events failed: {e}");
-                    }
-                }
-            }
-        }));
+    let (batch_tx, senders) = crate::send::start(&spec, stats.clone());
+    if let Some(tx) = traffic {
+        let _ = tx.send(());
     }
 
     let mut rng = Rng::new(graph.spec.seed ^ 0xABCD);
@@ -349,7 +342,10 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
     let celebrity_task = match (spec.celebrity_post, celebs.first()) {
         (true, Some(&actor)) => {
             let seq = crate::stats::CELEBRITY_SEQ;
-            let ev = json!({"kind": "post", "actor": actor, "object": "post:celebrity", "text": format!("lg:{seq}")});
+            let mut ev = json!({"kind": "post", "actor": actor, "object": "post:celebrity", "text": format!("lg:{seq}")});
+            if spec.idempotent {
+                ev["id"] = json!(format!("lg-{seq}"));
+            }
             let r = recipients(&graph, &ev, spec.clients);
             eprintln!("celebrity {actor} posts to {} online followers", r.len());
             let body = serde_json::to_vec(&json!({ "events": [ev] }))?;
@@ -363,7 +359,12 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
                 tokio::time::sleep(delay).await;
                 let sent = Instant::now();
                 stats.expect(seq, sent, &r);
-                tx.send((body, 1)).await.ok()?;
+                tx.send(crate::send::Batch {
+                    body,
+                    seqs: vec![seq],
+                })
+                .await
+                .ok()?;
                 let limit = Instant::now() + Duration::from_secs(30);
                 while stats.pending.contains_key(&seq) && Instant::now() < limit {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -385,9 +386,11 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
     {
         let due = (start.elapsed().as_secs_f64() * spec.rate as f64) as u64;
         let mut events = Vec::new();
+        let mut seqs = Vec::new();
         let now = Instant::now();
         while seq < due {
             seq += 1;
+            seqs.push(seq);
             let ev = make_event(&mut rng, &spec, seq);
             let r = recipients(&graph, &ev, spec.clients);
             stats.expect(seq, now, &r);
@@ -403,7 +406,11 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
             celeb_credit -= 1.0;
             seq += 1;
             let actor = celebs[rng.below(celebs.len() as u64) as usize];
-            let ev = json!({"kind": "post", "actor": actor, "object": format!("post:c{seq}"), "text": format!("lg:{seq}")});
+            let mut ev = json!({"kind": "post", "actor": actor, "object": format!("post:c{seq}"), "text": format!("lg:{seq}")});
+            if spec.idempotent {
+                ev["id"] = json!(format!("lg-{seq}"));
+            }
+            seqs.push(seq);
             let r = recipients(&graph, &ev, spec.clients);
             stats.expect(seq, now, &r);
             events.push(ev);
@@ -418,10 +425,11 @@ pub async fn run(spec: RunSpec, graph: Arc<Graph>, progress: bool) -> anyhow::Re
             stats
                 .events_sent
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
-            for chunk in events.chunks(1000) {
+            for (chunk, seqs) in events.chunks(1000).zip(seqs.chunks(1000)) {
                 let body = serde_json::to_vec(&json!({ "events": chunk }))?;
+                let seqs = seqs.to_vec();
                 batch_tx
-                    .send((body, chunk.len()))
+                    .send(crate::send::Batch { body, seqs })
                     .await
                     .context("senders gone")?;
             }

@@ -48,6 +48,8 @@ pub struct Stats {
     pub events_sent: AtomicU64,
     pub events_accepted: AtomicU64,
     pub http_errors: AtomicU64,
+    /// Events given up on (never accepted): not expected any more.
+    pub events_refused: AtomicU64,
     pub connects: AtomicU64,
     pub connect_errors: AtomicU64,
     pub online: AtomicU64,
@@ -80,6 +82,7 @@ impl Stats {
             delivered_live: AtomicU64::new(0),
             delivered_inbox: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            events_refused: AtomicU64::new(0),
             late: AtomicU64::new(0),
             events_sent: AtomicU64::new(0),
             events_accepted: AtomicU64::new(0),
@@ -250,6 +253,15 @@ impl Stats {
             }
         }
         true
+    }
+
+    /// These events were never accepted: nobody should expect them.
+    pub fn refuse(&self, seqs: &[u64]) {
+        for s in seqs {
+            self.pending.remove(s);
+        }
+        self.events_refused
+            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
     }
 
     pub fn acked(&self, user: u64, id: &str) {

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -128,6 +128,10 @@ impl Redis {
 }
 
 impl Redis {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGSTOP: the server stops answering but keeps its sockets and data.
     pub fn pause(&self) {
         // SAFETY: a signal to our own child process.
