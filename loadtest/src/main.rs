@@ -39,7 +39,7 @@ enum Command {
     /// Import a power-law follow graph through POST /v1/graph/follows.
     Seed(GraphArgs),
     /// Seed, connect clients, post a workload, report.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure HTTP ingest: events/s made durable (202) with batch posts.
     Ingest(IngestArgs),
 }
@@ -192,7 +192,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 Ok(())
             }
-            Command::Run(a) => run_cmd(a).await,
+            Command::Run(a) => run_cmd(*a).await,
             Command::Ingest(a) => {
                 check_loopback(&a.target)?;
                 ingest::run(a.target, a.connections, a.batch, a.duration).await
