@@ -91,6 +91,7 @@ async fn a_full_disk_refuses_with_storage_full_and_heals_without_a_restart() {
     assert!(log_check.starts_with("full"), "{v}");
     // Space returns: appends succeed again by themselves.
     disk.resize("64m");
+    let freed = std::time::Instant::now();
     let more = eventually("appends after space returned", || async {
         let (s, v) = node
             .post("/v1/events", &comments(500_000, 100, USERS))
@@ -105,11 +106,19 @@ async fn a_full_disk_refuses_with_storage_full_and_heals_without_a_restart() {
             .iter()
             .map(|i| i.as_str().unwrap_or_default().to_string()),
     );
+    eprintln!(
+        "first 202 {} ms after space returned",
+        freed.elapsed().as_millis()
+    );
     eventually("ready again", || async {
         let (s, _) = node.get("/readyz").await;
         (s == 200).then_some(())
     })
     .await;
+    eprintln!(
+        "/readyz 200 {} ms after space returned",
+        freed.elapsed().as_millis()
+    );
     // Every event answered 202 is delivered, once, under one id.
     let want: BTreeSet<String> = accepted.iter().cloned().collect();
     assert_eq!(
@@ -293,8 +302,13 @@ async fn redis_stopped_while_clients_connect_and_disconnect_heals_without_reconn
     b.close().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.resume();
+    let resumed = std::time::Instant::now();
     // A gets its inbox without reconnecting.
     let got = a.notifications(3).await;
+    eprintln!(
+        "inbox drained {} ms after Redis returned",
+        resumed.elapsed().as_millis()
+    );
     let got: BTreeSet<String> = got
         .iter()
         .map(|n| n["event_id"].as_str().unwrap_or_default().to_string())
@@ -314,6 +328,10 @@ async fn redis_stopped_while_clients_connect_and_disconnect_heals_without_reconn
         (ids == want).then_some(())
     })
     .await;
+    eprintln!(
+        "closed connection's unacked notifications in the inbox {} ms after Redis returned",
+        resumed.elapsed().as_millis()
+    );
     eventually("every record settled", || async {
         let (_, m) = node.get("/metrics").await;
         let text = m.as_str().unwrap_or_default().to_string();
