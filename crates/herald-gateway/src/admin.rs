@@ -182,6 +182,7 @@ async fn ack_quarantine(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> R
             .acknowledge_quarantine()
             .map_err(|e| ApiError::unavailable(format!("quarantine not acknowledged: {e}")))?;
         tracing::info!(count = n, "quarantine acknowledged by an operator");
+        metrics::gauge!("herald_log_quarantined_ranges").set(0.0);
         Ok(json!({ "acknowledged": n }))
     }
     .await;
