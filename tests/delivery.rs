@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{inbox_ids, Client, Node, Redis};
+use support::{eventually, inbox_ids, Client, Node, Redis};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Sends a like to `user` and waits until it is the next notification: proves
@@ -329,4 +329,51 @@ fn herald_edge_token(sub: u64, secret: &str) -> String {
         "{h}.{c}.{}",
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     )
+}
+
+/// Every record settles once its notifications are acked, folded ones
+/// included (the aggregator's holds end when its window closes): the
+/// checkpoint catches up and nothing is delivered again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_and_folded_notifications_settle_every_record() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_AGGREGATION__WINDOW_MS", "500")]);
+    let mut c = Client::connect(&node, 9).await;
+    // Eight likes of one post fold (threshold 3); four of other posts do not.
+    for a in 0..8 {
+        node.like(100 + a, 9, "post:hot").await;
+    }
+    for a in 0..4 {
+        node.like(200 + a, 9, &format!("post:{a}")).await;
+    }
+    // The first two hot likes go out alone, the aggregate then counts all
+    // eight; the four others come alone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut counted = std::collections::HashMap::new();
+    let done = |c: &std::collections::HashMap<String, u64>| {
+        let agg = c
+            .iter()
+            .filter(|(k, _)| k.starts_with("n-agg-"))
+            .map(|(_, v)| *v)
+            .max();
+        let singles = c.keys().filter(|k| !k.starts_with("n-agg-")).count();
+        agg == Some(8) && singles == 6
+    };
+    while !done(&counted) && std::time::Instant::now() < deadline {
+        let n = c.notification().await;
+        let id = n["id"].as_str().unwrap_or_default().to_string();
+        counted.insert(id.clone(), n["count"].as_u64().unwrap_or(1));
+        c.ack(&[&id]).await;
+    }
+    assert!(done(&counted), "{counted:?}");
+    eventually("every record settled", || async {
+        let (_, m) = node.get("/metrics").await;
+        let text = m.as_str().unwrap_or_default().to_string();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("herald_fanout_in_flight_records"))
+            .collect();
+        (!lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))).then_some(())
+    })
+    .await;
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use herald_types::{Notification, SettleToken, UserId, WireFormat};
+use herald_types::{EdgeAnswer, Notification, Settle, UserId, WireFormat};
 use tokio::sync::{mpsc, Notify};
 
 use crate::frames::{self, ClientFrame};
@@ -24,9 +24,9 @@ const FAR: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
 
 /// What a sent, unacked notification is, which says what its ack does.
 pub(crate) enum Kind {
-    /// Pushed live by fan-out: the ack settles its token. Kept whole so it
+    /// Pushed live by fan-out: the ack answers `Settled`. Kept whole so it
     /// can be written to the inbox if the ack never comes.
-    Live(Box<Notification>, SettleToken),
+    Live(Box<Notification>, Settle),
     /// From the inbox: the ack removes it there.
     Stored,
     /// A celebrity's post (outbox): the ack advances the read cursor.
@@ -270,15 +270,18 @@ impl Conn {
         let mut msgs = Vec::with_capacity(batch.len());
         for d in batch {
             match d {
-                Delivery::Direct { n, token } => {
+                Delivery::Direct { n, settle } => {
                     msgs.push(frames::notification(&n, self.fmt));
                     let id = n.id.clone();
-                    let kind = match token {
-                        Some(t) => Kind::Live(n, t),
-                        None => Kind::Stored,
-                    };
-                    // A re-push of something already pending replaces it (same id).
-                    self.unacked.insert(id, Pending { kind, sent: now });
+                    let kind = Kind::Live(n, settle);
+                    // A re-push of something already pending replaces it
+                    // (same id: a growing aggregate names every record the
+                    // older one did, so the older one is released).
+                    if let Some(old) = self.unacked.insert(id, Pending { kind, sent: now }) {
+                        if let Kind::Live(_, s) = old.kind {
+                            self.edge.answers.answer(EdgeAnswer::Settled(s));
+                        }
+                    }
                 }
                 Delivery::Shared(f) => {
                     if self.unacked.contains_key(&f.id) {
@@ -311,11 +314,11 @@ impl Conn {
             Ok(ClientFrame::Ack(ids)) => {
                 self.edge.metrics.acks.increment(ids.len() as u64);
                 let mut remove = Vec::new();
+                let mut settled = Vec::new();
                 let mut seen: Vec<(UserId, u64)> = Vec::new();
                 for id in ids {
                     match self.unacked.remove(&id).map(|p| p.kind) {
-                        // Dropping the token settles a live notification.
-                        Some(Kind::Live(_, token)) => drop(token),
+                        Some(Kind::Live(_, settle)) => settled.push(settle),
                         Some(Kind::Outbox { celebrity, order }) => {
                             match seen.iter_mut().find(|(c, _)| *c == celebrity) {
                                 Some(e) => e.1 = e.1.max(order),
@@ -324,6 +327,9 @@ impl Conn {
                         }
                         Some(Kind::Stored) | None => remove.push(id),
                     }
+                }
+                if !settled.is_empty() {
+                    self.edge.answers.settled(settled);
                 }
                 if !remove.is_empty() {
                     if let Err(e) = self.edge.store.inbox_remove(self.user, &remove).await {
@@ -375,7 +381,7 @@ impl Conn {
     }
 
     /// Writes these live notifications to the inbox; they stay pending as
-    /// inbox entries. Tokens are settled only once the write succeeded.
+    /// inbox entries, and are answered `Settled` once the write succeeded.
     async fn move_to_inbox(&mut self, ids: Vec<String>) {
         if ids.is_empty() {
             return;
@@ -389,12 +395,16 @@ impl Conn {
             .collect();
         match self.edge.store.inbox_push(&items).await {
             Ok(_) => {
+                let mut settled = Vec::new();
                 for id in &ids {
                     if let Some(p) = self.unacked.get_mut(id) {
-                        // Settles the token: the inbox has it now.
-                        p.kind = Kind::Stored;
+                        // The inbox has it now.
+                        if let Kind::Live(_, s) = std::mem::replace(&mut p.kind, Kind::Stored) {
+                            settled.push(s);
+                        }
                     }
                 }
+                self.edge.answers.settled(settled);
                 metrics::counter!("herald_notifications_total", "route" => "ack_timeout")
                     .increment(ids.len() as u64);
             }
@@ -408,11 +418,11 @@ impl Conn {
     /// everything still queued, goes to the inbox.
     async fn settle_on_close(&mut self, rx: &mut mpsc::Receiver<Delivery>) {
         rx.close();
-        let mut left: Vec<(Notification, SettleToken)> = Vec::new();
+        let mut left: Vec<(Notification, Settle)> = Vec::new();
         while let Ok(d) = rx.try_recv() {
             // Shared (celebrity) frames stay in their outbox: nothing to do.
-            if let Delivery::Direct { n, token } = d {
-                left.push((*n, token.unwrap_or_else(SettleToken::detached)));
+            if let Delivery::Direct { n, settle } = d {
+                left.push((*n, settle));
             }
         }
         for (_, p) in self.unacked.drain() {
@@ -430,11 +440,11 @@ impl Conn {
         match self.edge.store.inbox_push(&items).await {
             Ok(_) => {
                 drop(items);
-                drop(left);
-                if self.edge.conns.contains_key(&self.user) {
-                    // A newer connection for this user may have drained already.
-                    crate::Deliver::poke(&*self.edge, self.user);
-                }
+                self.edge
+                    .answers
+                    .settled(left.into_iter().map(|(_, s)| s).collect());
+                // A newer connection for this user may have drained already.
+                self.edge.poke(self.user);
             }
             Err(e) => {
                 // Redis is down: the edge keeps retrying in the background

@@ -4,7 +4,7 @@
 //! registers the connection in a concurrent registry (one connection per
 //! user: a newer one replaces the older), sends `hello`, drains the user's
 //! inbox oldest first, then pushes live notifications handed over by
-//! fan-out through [`Deliver`]. It tracks what was sent and not acked: an ack
+//! fan-out through [`EdgeHandle`]. It tracks what was sent and not acked: an ack
 //! of a live notification settles it; an ack of an inbox entry removes it
 //! from Redis; whatever is unacked when the connection ends, or unacked for
 //! `ack_timeout`, is written to the inbox. Each connection has a bounded
@@ -30,7 +30,9 @@ use axum::routing::get;
 use axum::Router;
 use dashmap::DashMap;
 use herald_store::Store;
-use herald_types::{Deliver, Notification, Refusal, Refused, SettleToken, UserId, WireFormat};
+use herald_types::{
+    Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, Refusal, Settle, UserId, WireFormat,
+};
 use tokio::sync::{mpsc, watch, Notify};
 
 /// Edge settings.
@@ -98,7 +100,8 @@ impl Default for EdgeConfig {
 pub(crate) enum Delivery {
     Direct {
         n: Box<Notification>,
-        token: Option<SettleToken>,
+        /// Answered `Settled` once acked or in the inbox.
+        settle: Settle,
     },
     /// A celebrity's post, encoded once for every follower.
     Shared(Arc<celebrity::SharedFrame>),
@@ -150,13 +153,15 @@ pub struct Edge {
     shutdown_tx: watch::Sender<bool>,
     /// Unacked work of closed connections waiting for Redis to come back.
     spill_tx: mpsc::Sender<Spill>,
+    /// Where settlement answers go (fan-out's trackers).
+    pub(crate) answers: Arc<dyn Answers>,
 }
 
 /// What a closed connection could not write to the inbox (Redis did not
 /// answer): retried in the background until written, then settled.
 pub(crate) struct Spill {
     user: UserId,
-    items: Vec<(Notification, SettleToken)>,
+    items: Vec<(Notification, Settle)>,
 }
 
 /// Closed connections' leftovers waiting for Redis; past it, the records
@@ -169,6 +174,7 @@ impl Edge {
         store: Store,
         celebrities: Arc<herald_store::CelebritySet>,
         prefs: Arc<herald_prefs::PrefsCache>,
+        answers: Arc<dyn Answers>,
     ) -> Arc<Edge> {
         if cfg.dev_mode {
             tracing::warn!("websocket dev mode is on: ?user=<id> is accepted without a token");
@@ -178,7 +184,12 @@ impl Edge {
         let (spill_tx, spill_rx) = mpsc::channel(SPILL_QUEUE);
         let spill_store = store.clone();
         Arc::new_cyclic(move |me| {
-            tokio::spawn(spill_loop(spill_store, spill_rx, me.clone()));
+            tokio::spawn(spill_loop(
+                spill_store,
+                spill_rx,
+                me.clone(),
+                answers.clone(),
+            ));
             Edge {
                 metrics: EdgeMetrics::new(),
                 cfg,
@@ -195,12 +206,13 @@ impl Edge {
                 shutdown,
                 shutdown_tx,
                 spill_tx,
+                answers,
             }
         })
     }
 
     /// Hands a closed connection's leftovers to the background writer.
-    pub(crate) fn spill(&self, user: UserId, items: Vec<(Notification, SettleToken)>) {
+    pub(crate) fn spill(&self, user: UserId, items: Vec<(Notification, Settle)>) {
         let n = items.len();
         if let Err(e) = self.spill_tx.try_send(Spill { user, items }) {
             tracing::error!(
@@ -212,8 +224,8 @@ impl Edge {
             let s = match e {
                 mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
             };
-            for (_, t) in s.items {
-                t.fail();
+            for (_, settle) in s.items {
+                self.answers.answer(EdgeAnswer::Failed(settle));
             }
         }
     }
@@ -262,64 +274,70 @@ impl Edge {
     }
 }
 
-impl Deliver for Edge {
-    fn push(
-        &self,
-        user: UserId,
-        n: Notification,
-        token: Option<SettleToken>,
-    ) -> Result<(), Box<Refused>> {
+impl Edge {
+    /// Queues `n` on `user`'s connection, or hands it back.
+    fn push(&self, user: UserId, n: Notification, settle: Settle) -> Option<EdgeAnswer> {
+        let refused = |n: Notification, settle: Settle, why: Refusal| {
+            Some(EdgeAnswer::Refused {
+                user,
+                n,
+                settle,
+                why,
+            })
+        };
         let Some(h) = self.conns.get(&user) else {
-            return Err(Box::new(Refused {
-                notification: n,
-                token,
-                why: Refusal::Offline,
-            }));
+            return refused(n, settle, Refusal::Offline);
         };
         let (d, why) = match h.tx.try_send(Delivery::Direct {
             n: Box::new(n),
-            token,
+            settle,
         }) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return None,
             Err(mpsc::error::TrySendError::Full(d)) => (d, Refusal::Full),
             Err(mpsc::error::TrySendError::Closed(d)) => (d, Refusal::Offline),
         };
         match d {
-            Delivery::Direct { n, token } => Err(Box::new(Refused {
-                notification: *n,
-                token,
-                why,
-            })),
-            Delivery::Shared(_) => Ok(()),
+            Delivery::Direct { n, settle } => refused(*n, settle, why),
+            Delivery::Shared(_) => None,
         }
     }
 
-    fn is_online(&self, user: UserId) -> bool {
-        self.conns.contains_key(&user)
-    }
-
-    fn poke(&self, user: UserId) {
+    pub(crate) fn poke(&self, user: UserId) {
         if let Some(h) = self.conns.get(&user) {
             h.poke.notify_one();
         }
     }
+}
 
-    fn broadcast(&self, celebrity: UserId, n: Notification) {
-        celebrity::broadcast(self, celebrity, n);
-    }
-
-    fn follow_changed(&self, follower: UserId, celebrity: UserId, follows: bool) {
-        celebrity::follow_changed(self, follower, celebrity, follows);
-    }
-
-    fn celebrity_changed(&self, user: UserId, celebrity: bool, followers: &[UserId]) {
-        celebrity::celebrity_changed(self, user, celebrity, followers);
+impl EdgeHandle for Edge {
+    fn send(&self, cmd: EdgeCommand) -> Option<EdgeAnswer> {
+        match cmd {
+            EdgeCommand::Push { user, n, settle } => return self.push(user, n, settle),
+            EdgeCommand::Poke { user } => self.poke(user),
+            EdgeCommand::Broadcast { celebrity, n } => celebrity::broadcast(self, celebrity, n),
+            EdgeCommand::FollowChanged {
+                follower,
+                celebrity,
+                follows,
+            } => celebrity::follow_changed(self, follower, celebrity, follows),
+            EdgeCommand::CelebrityChanged {
+                user,
+                celebrity,
+                followers,
+            } => celebrity::celebrity_changed(self, user, celebrity, &followers),
+        }
+        None
     }
 }
 
 /// Writes closed connections' leftovers to their inboxes, retrying with
 /// backoff while Redis does not answer; each settles once written.
-async fn spill_loop(store: Store, mut rx: mpsc::Receiver<Spill>, edge: std::sync::Weak<Edge>) {
+async fn spill_loop(
+    store: Store,
+    mut rx: mpsc::Receiver<Spill>,
+    edge: std::sync::Weak<Edge>,
+    answers: Arc<dyn Answers>,
+) {
     let min = Duration::from_millis(200);
     while let Some(s) = rx.recv().await {
         let mut backoff = min;
@@ -341,9 +359,9 @@ async fn spill_loop(store: Store, mut rx: mpsc::Receiver<Spill>, edge: std::sync
                 }
             }
         }
-        // Dropping the tokens settles the records: the inbox has them.
+        // The inbox has them: settled.
         let user = s.user;
-        drop(s);
+        answers.settled(s.items.into_iter().map(|(_, settle)| settle).collect());
         // The user may have reconnected meanwhile.
         if let Some(edge) = edge.upgrade() {
             edge.poke(user);

@@ -7,9 +7,11 @@
 //! first `threshold - 1` notifications of a window go out on their own; the
 //! rest fold into an aggregate, re-emitted at most every `flush` while it
 //! grows, always with the same id (stable per recipient, kind, object and
-//! window) so the client replaces the earlier one. The aggregate carries
-//! every folded record's settle token (a group token), so nothing folded is
-//! settled before the aggregate that holds it is. A per-recipient rate
+//! window) so the client replaces the earlier one. The aggregator holds
+//! every folded record (its caller retained them) until the window closes
+//! and its last emission has been routed, and every emission names all the
+//! window's records, so nothing folded is settled before the aggregate that
+//! holds it is. A per-recipient rate
 //! limit (governor) sends the excess into aggregates too: throttled, never
 //! silently dropped.
 //!
@@ -23,7 +25,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use herald_types::ids::fnv1a64;
-use herald_types::{EventKind, Notification, SettleToken, UserId};
+use herald_types::{EventKind, Notification, RecordRef, Settle, UserId};
 
 #[derive(Debug, Clone)]
 pub struct AggregationConfig {
@@ -113,8 +115,8 @@ struct Window {
     newest: Option<Notification>,
     /// Whether this is a throttle window (folds across objects).
     any_object: bool,
-    /// Tokens of the folded notifications.
-    tokens: Vec<SettleToken>,
+    /// Records of the folded notifications (held by the aggregator).
+    refs: Vec<RecordRef>,
     dirty: bool,
     last_flush: Option<Instant>,
 }
@@ -128,7 +130,7 @@ pub struct Aggregator {
     dirty: HashSet<Key>,
     /// Aggregates of windows closed early (by event time) while holding
     /// folded work; `due` hands them out first.
-    early: Vec<(UserId, Notification, SettleToken)>,
+    early: Vec<Emit>,
     throttle: Throttle,
     last_gc: Instant,
 }
@@ -180,6 +182,20 @@ impl Throttle {
     }
 }
 
+/// What the aggregator hands on: an aggregate to route (or none), and the
+/// records whose aggregator hold ends once it has been routed.
+#[derive(Debug)]
+pub struct Emit {
+    pub user: UserId,
+    pub n: Option<Notification>,
+    /// Every record the aggregate folds.
+    pub settle: Settle,
+    /// Holds to release after routing (the window closed).
+    pub release: Vec<RecordRef>,
+    /// An aggregate (its records may come from earlier batches).
+    pub folded: bool,
+}
+
 /// The stable id of the aggregate of one window.
 pub fn aggregate_id(r: UserId, k: Key, first_order: u64) -> String {
     let h = fnv1a64(format!("{r}|{k}|{first_order}").as_bytes());
@@ -213,11 +229,11 @@ impl Aggregator {
         &mut self,
         r: UserId,
         n: Notification,
-        token: SettleToken,
+        settle: Settle,
         now: Instant,
-    ) -> Option<(Notification, SettleToken)> {
+    ) -> Option<(Notification, Settle)> {
         if !foldable(&n) {
-            return Some((n, token));
+            return Some((n, settle));
         }
         let throttled = self.throttle.exceeded(r, n.order);
         let window = self.cfg.window;
@@ -242,29 +258,27 @@ impl Aggregator {
             w.count += 1;
             w.actors.add(n.actor, self.cfg.max_actors);
             if w.count < self.cfg.threshold as u64 && !throttled {
-                return Some((n, token));
+                return Some((n, settle));
             }
             w.newest = Some(n);
-            w.tokens.push(token);
+            w.refs.extend_from_slice(settle.refs());
             w.dirty = true;
             self.dirty.insert(k);
             metrics::counter!("herald_notifications_folded_total").increment(1);
             return None;
         }
         if self.windows.len() >= self.cfg.max_windows {
-            return Some((n, token));
+            return Some((n, settle));
         }
         // A window closed by event time that still holds folded work is
         // emitted now, before a new window takes its place. (A notification
         // older than the window's start goes out on its own.)
         if let Some(old) = self.windows.get_mut(&k) {
             if at < old.first_order {
-                return Some((n, token));
+                return Some((n, settle));
             }
-            if old.dirty {
-                self.early.extend(Self::emit(k, old, now));
-                self.dirty.remove(&k);
-            }
+            self.early.extend(Self::close(k, old, now));
+            self.dirty.remove(&k);
         }
         let mut w = Window {
             recipient: r,
@@ -274,27 +288,60 @@ impl Aggregator {
             actors: Actors::one(n.actor),
             newest: None,
             any_object,
-            tokens: Vec::new(),
+            refs: Vec::new(),
             dirty: false,
             last_flush: None,
         };
         let out = if throttled {
             w.newest = Some(n);
-            w.tokens.push(token);
+            w.refs.extend_from_slice(settle.refs());
             w.dirty = true;
             self.dirty.insert(k);
             metrics::counter!("herald_notifications_folded_total", "reason" => "throttle")
                 .increment(1);
             None
         } else {
-            Some((n, token))
+            Some((n, settle))
         };
         self.windows.insert(k, w);
         self.opened.push_back((now, k));
         out
     }
 
-    fn emit(k: Key, w: &mut Window, now: Instant) -> Option<(UserId, Notification, SettleToken)> {
+    /// A window is over: its last aggregate if it holds unsent folded work,
+    /// and the end of the aggregator's holds on its records.
+    fn close(k: Key, w: &mut Window, now: Instant) -> Option<Emit> {
+        let n = if w.dirty {
+            Self::aggregate(k, w, now)
+        } else {
+            None
+        };
+        if n.is_none() && w.refs.is_empty() {
+            return None;
+        }
+        let settle = Settle::of(&w.refs);
+        Some(Emit {
+            user: w.recipient,
+            n,
+            settle,
+            release: std::mem::take(&mut w.refs),
+            folded: true,
+        })
+    }
+
+    /// An emission of a window that stays open.
+    fn emit(k: Key, w: &mut Window, now: Instant) -> Option<Emit> {
+        let n = Self::aggregate(k, w, now)?;
+        Some(Emit {
+            user: w.recipient,
+            n: Some(n),
+            settle: Settle::of(&w.refs),
+            release: Vec::new(),
+            folded: true,
+        })
+    }
+
+    fn aggregate(k: Key, w: &mut Window, now: Instant) -> Option<Notification> {
         let mut n = w.newest.clone()?;
         n.id = aggregate_id(w.recipient, k, w.first_order);
         n.actor = w.actors.as_slice().first().copied().unwrap_or(n.actor);
@@ -307,17 +354,27 @@ impl Aggregator {
         n.order = w.first_order;
         w.dirty = false;
         w.last_flush = Some(now);
-        // Every emission holds every folded token of the window, so
+        // Every emission names every folded record of the window, so
         // replacing an earlier emission on a connection settles nothing
         // that the newer one does not also hold.
-        Some((w.recipient, n, SettleToken::group(w.tokens.clone())))
+        Some(n)
     }
 
     /// Aggregates to (re)emit now: dirty windows whose flush interval has
     /// passed or that are closing (all of them with `force`). Forgets
     /// windows that closed.
-    pub fn due(&mut self, now: Instant, force: bool) -> Vec<(UserId, Notification, SettleToken)> {
+    /// With `force` (the worker stops) every window closes.
+    pub fn due(&mut self, now: Instant, force: bool) -> Vec<Emit> {
         let mut out = std::mem::take(&mut self.early);
+        if force {
+            for (k, w) in self.windows.iter_mut() {
+                out.extend(Self::close(*k, w, now));
+            }
+            self.windows.clear();
+            self.opened.clear();
+            self.dirty.clear();
+            return out;
+        }
         let (window, flush) = (self.cfg.window, self.cfg.flush);
         // Close expired windows, oldest first, emitting what they hold.
         while let Some(&(at, k)) = self.opened.front() {
@@ -329,9 +386,7 @@ impl Aggregator {
                 if w.opened != at {
                     continue; // replaced by a newer window
                 }
-                if w.dirty {
-                    out.extend(Self::emit(k, w, now));
-                }
+                out.extend(Self::close(k, w, now));
                 self.windows.remove(&k);
                 self.dirty.remove(&k);
             }
@@ -404,24 +459,60 @@ mod tests {
         let t0 = Instant::now();
         let mut alone = 0;
         for i in 0..100u64 {
-            if a.offer(9, like(100 + i, i + 1), SettleToken::detached(), t0)
-                .is_some()
-            {
+            if a.offer(9, like(100 + i, i + 1), Settle::None, t0).is_some() {
                 alone += 1;
             }
         }
         assert_eq!(alone, 2, "threshold 3: two go out alone");
-        let out = a.due(t0, false);
+        let out: Vec<Notification> = a.due(t0, false).into_iter().filter_map(|e| e.n).collect();
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].1.count, 100);
-        assert_eq!(out[0].1.actors, vec![100, 101, 102]);
-        let id = out[0].1.id.clone();
+        assert_eq!(out[0].count, 100);
+        assert_eq!(out[0].actors, vec![100, 101, 102]);
+        let id = out[0].id.clone();
         // More within the window: the same id, a higher count.
-        a.offer(9, like(500, 200), SettleToken::detached(), t0);
+        a.offer(9, like(500, 200), Settle::None, t0);
         assert!(a.due(t0, false).is_empty(), "flush interval not passed");
         let later = t0 + Duration::from_millis(600);
-        let out = a.due(later, false);
-        assert_eq!((out[0].1.id.as_str(), out[0].1.count), (id.as_str(), 101));
+        let out: Vec<Notification> = a
+            .due(later, false)
+            .into_iter()
+            .filter_map(|e| e.n)
+            .collect();
+        assert_eq!((out[0].id.as_str(), out[0].count), (id.as_str(), 101));
+    }
+
+    #[test]
+    fn the_aggregator_holds_folded_records_until_its_window_closes() {
+        let mut a = Aggregator::new(AggregationConfig {
+            rate_per_recipient: 0,
+            ..AggregationConfig::default()
+        });
+        let t0 = Instant::now();
+        let r = |o: u64| RecordRef {
+            partition: 0,
+            offset: o,
+            attempt: 1,
+        };
+        let mut folded = Vec::new();
+        for i in 0..5u64 {
+            if a.offer(9, like(100 + i, i + 1), Settle::One(r(i)), t0)
+                .is_none()
+            {
+                folded.push(r(i));
+            }
+        }
+        assert_eq!(folded.len(), 3);
+        let e = a.due(t0, false);
+        assert_eq!(
+            e[0].settle.refs(),
+            &folded[..],
+            "the emission names every folded record"
+        );
+        assert!(e[0].release.is_empty(), "the window is still open");
+        let e = a.due(t0 + Duration::from_secs(11), false);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].n.is_none(), "nothing new to send");
+        assert_eq!(e[0].release, folded, "closing ends the aggregator's holds");
     }
 
     /// 40 likes on one post, one per second of event time: on time they
@@ -445,16 +536,20 @@ mod tests {
                 } else {
                     t0
                 };
-                if a.offer(9, like(100 + i, i * sec + 1), SettleToken::detached(), now)
+                if a.offer(9, like(100 + i, i * sec + 1), Settle::None, now)
                     .is_some()
                 {
                     alone += 1;
                 }
-                for (_, n, _) in a.due(now, false) {
+                for n in a.due(now, false).into_iter().filter_map(|e| e.n) {
                     aggregates.insert(n.id.clone(), n.count);
                 }
             }
-            for (_, n, _) in a.due(t0 + Duration::from_secs(100), true) {
+            for n in a
+                .due(t0 + Duration::from_secs(100), true)
+                .into_iter()
+                .filter_map(|e| e.n)
+            {
                 aggregates.insert(n.id.clone(), n.count);
             }
             let mut counts: Vec<u64> = aggregates.into_values().collect();

@@ -38,7 +38,7 @@ impl Worker {
     /// cannot be written the record stays unsettled (processed again after
     /// a restart).
     pub(crate) async fn dead_letter(&mut self, r: &Record, reason: String) {
-        let token = self.tracker.begin(r.offset);
+        let hold = self.tracker.begin(r.offset);
         let event = herald_types::LogEvent::decode(&r.payload).ok();
         let undecodable = event.is_none();
         let d = DeadLetter {
@@ -65,7 +65,7 @@ impl Worker {
                     reason = %reason,
                     "record kept as a dead letter"
                 );
-                drop(token);
+                drop(hold);
             }
             Err(_) => {
                 tracing::error!(
@@ -73,7 +73,7 @@ impl Worker {
                     offset = r.offset,
                     "dead letter not written; record stays unsettled until restart"
                 );
-                token.fail();
+                hold.fail();
             }
         }
     }

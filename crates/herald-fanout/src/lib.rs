@@ -22,6 +22,7 @@ mod dead;
 mod digest;
 mod release;
 mod route;
+mod settle;
 mod status;
 mod tracker;
 mod worker;
@@ -31,12 +32,13 @@ use std::time::Duration;
 
 use herald_log::Log;
 use herald_store::Store;
-use herald_types::Deliver;
+use herald_types::EdgeHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use aggregate::{AggregationConfig, MAX_ACTORS};
-pub use tracker::Tracker;
+pub use settle::Settlements;
+pub use tracker::{Hold, Tracker};
 
 /// Fan-out settings.
 #[derive(Debug, Clone)]
@@ -100,7 +102,7 @@ impl FanoutHealth {
 pub struct Fanout {
     log: Log,
     cfg: FanoutConfig,
-    trackers: Vec<Arc<Tracker>>,
+    settlements: Arc<Settlements>,
     statuses: FanoutHealth,
     workers: Vec<JoinHandle<()>>,
     committers: Vec<JoinHandle<()>>,
@@ -108,48 +110,32 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// Starts a worker and a checkpoint committer per partition.
+    /// Starts a worker and a checkpoint committer per partition, from the
+    /// positions `settlements` was made with; `edge` is this node's edge.
     pub fn start(
         log: Log,
         store: Store,
-        deliver: Arc<dyn Deliver>,
+        edge: Arc<dyn EdgeHandle>,
         celebrities: Arc<herald_store::CelebritySet>,
         prefs: Arc<herald_prefs::PrefsCache>,
         cfg: FanoutConfig,
+        settlements: Arc<Settlements>,
     ) -> Fanout {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut trackers = Vec::new();
         let mut workers = Vec::new();
         let mut committers = Vec::new();
         let mut statuses = Vec::new();
-        for p in 0..log.partitions() {
-            let (first, end) = log.bounds(p).unwrap_or((0, 0));
-            let start = match log.checkpoints().get(&cfg.group, p) {
-                // A position past the end (the log lost its tail, or was
-                // restored from a copy): new records get offsets past
-                // anything handed out before, so continue from the end.
-                Some(c) if c > end => {
-                    tracing::error!(
-                        partition = p,
-                        checkpoint = c,
-                        end,
-                        "fan-out checkpoint past the end of the partition; continuing from the end"
-                    );
-                    metrics::counter!("herald_fanout_position_reset_total").increment(1);
-                    end
-                }
-                Some(c) => c,
-                None => first,
-            };
-            let tracker = Tracker::new(start);
+        for (p, tracker) in settlements.trackers().iter().enumerate() {
+            let p = p as u32;
+            let start = tracker.committable();
             let status = Arc::new(status::PartitionStatus::default());
             statuses.push(status.clone());
-            trackers.push(tracker.clone());
             let w = worker::Worker {
                 partition: p,
                 log: log.clone(),
                 store: store.clone(),
-                deliver: deliver.clone(),
+                edge: edge.clone(),
+                settlements: settlements.clone(),
                 celebrities: celebrities.clone(),
                 prefs: prefs.clone(),
                 tracker: tracker.clone(),
@@ -163,7 +149,7 @@ impl Fanout {
                 log.clone(),
                 cfg.clone(),
                 p,
-                tracker,
+                tracker.clone(),
                 start,
                 stop_rx.clone(),
             )));
@@ -171,7 +157,7 @@ impl Fanout {
         Fanout {
             log,
             cfg,
-            trackers,
+            settlements,
             statuses: FanoutHealth(Arc::new(statuses)),
             workers,
             committers,
@@ -194,7 +180,7 @@ impl Fanout {
 
     /// Writes every partition's checkpoint as far as settlement allows.
     pub async fn commit_final(&self) {
-        for (p, t) in self.trackers.iter().enumerate() {
+        for (p, t) in self.settlements.trackers().iter().enumerate() {
             commit(&self.log, &self.cfg.group, p as u32, t.committable()).await;
         }
     }

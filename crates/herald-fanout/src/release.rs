@@ -55,9 +55,7 @@ impl Worker {
             self.store.inbox_push(&refs).await?;
             let label = if b == Bucket::Held { "held" } else { "digest" };
             metrics::counter!("herald_buckets_released_total", "bucket" => label).increment(1);
-            if self.deliver.is_online(user) {
-                self.deliver.poke(user);
-            }
+            self.edge.send(herald_types::EdgeCommand::Poke { user });
         }
         let next = match b {
             Bucket::Held => now,

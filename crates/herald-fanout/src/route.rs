@@ -1,74 +1,96 @@
-//! Handing notifications on: live to a connection on this node, or to the
-//! recipient's inbox (one pipeline) when the user is not here or not
-//! keeping up.
+//! Handing notifications on: live to the recipient's connection through
+//! the edge, or to the recipient's inbox (one pipeline) when the edge
+//! refuses (the user is not connected there, or not keeping up).
 
-use herald_types::{Notification, SettleToken, UserId};
+use herald_types::{EdgeAnswer, EdgeCommand, Notification, Refusal, Settle, UserId};
 
-use crate::worker::{abandon_token, Halt, Worker};
+use crate::aggregate::Emit;
+use crate::worker::{Halt, Worker};
 
 impl Worker {
-    /// Pushes each notification live, or writes it to the inbox (one
-    /// pipeline) when its recipient is not here or not keeping up; tokens
-    /// go only once the notification is pushed or stored.
-    pub(crate) async fn route(
-        &mut self,
-        list: Vec<(UserId, Notification, Option<SettleToken>)>,
-    ) -> Result<(), Halt> {
-        let mut to_inbox: Vec<(UserId, Notification, Option<SettleToken>)> = Vec::new();
-        let (mut pushed, mut queued) = (0u64, 0u64);
-        for (r, n, token) in list {
-            match self.deliver.push(r, n, token) {
-                Ok(()) => pushed += 1,
-                Err(refused) => {
-                    if refused.why == herald_types::Refusal::Full {
+    /// Routes each notification. Every push is counted against its records
+    /// before it is sent (the edge releases it once acked or stored); a
+    /// refused one is written to the inbox. Aggregator holds that end with
+    /// this routing are released once it is done.
+    pub(crate) async fn route(&mut self, list: Vec<Emit>) -> Result<(), Halt> {
+        let mut to_inbox: Vec<(UserId, Notification, Settle, bool)> = Vec::new();
+        let mut release = Vec::new();
+        let mut pushed = 0u64;
+        for e in list {
+            let folded = e.folded;
+            release.extend(e.release);
+            let Some(n) = e.n else { continue };
+            self.settlements.retain(&e.settle);
+            let cmd = EdgeCommand::Push {
+                user: e.user,
+                n,
+                settle: e.settle,
+            };
+            match self.edge.send(cmd) {
+                None => pushed += 1,
+                Some(EdgeAnswer::Refused {
+                    user,
+                    n,
+                    settle,
+                    why,
+                }) => {
+                    self.settlements.release(&settle);
+                    if why == Refusal::Full {
                         metrics::counter!("herald_notifications_rerouted_total", "reason" => "slow_consumer").increment(1);
                     }
-                    to_inbox.push((r, refused.notification, refused.token));
+                    to_inbox.push((user, n, settle, folded));
+                }
+                Some(other) => {
+                    use herald_types::Answers;
+                    self.settlements.answer(other);
+                    pushed += 1;
                 }
             }
         }
+        metrics::counter!("herald_notifications_total", "route" => "pushed").increment(pushed);
+        let held = Settle::of(&release);
         if !to_inbox.is_empty() {
             let refs: Vec<(UserId, &Notification)> =
-                to_inbox.iter().map(|(u, n, _)| (*u, n)).collect();
+                to_inbox.iter().map(|(u, n, ..)| (*u, n)).collect();
             let store = self.store.clone();
             match self.retry("inbox", || store.inbox_push(&refs)).await {
                 Ok(dropped) => {
                     if dropped > 0 {
                         metrics::counter!("herald_notifications_dropped_total", "reason" => "inbox_full").increment(dropped);
                     }
-                    queued = to_inbox.len() as u64;
-                    for (u, _, _) in &to_inbox {
-                        if self.deliver.is_online(*u) {
-                            self.deliver.poke(*u);
-                        }
+                    metrics::counter!("herald_notifications_total", "route" => "queued")
+                        .increment(to_inbox.len() as u64);
+                    for (u, ..) in &to_inbox {
+                        self.edge.send(EdgeCommand::Poke { user: *u });
                     }
                 }
                 Err(h) => {
-                    metrics::counter!("herald_notifications_total", "route" => "pushed")
-                        .increment(pushed);
-                    for (_, _, t) in to_inbox.drain(..) {
-                        if let Some(t) = t {
-                            abandon_token(t, &h);
+                    // What could not be stored stays unsettled: processed
+                    // again after restart. (The batch's own records, on an
+                    // error that repeats, are processed again now instead.)
+                    let stopping = matches!(h, Halt::Stopped);
+                    for (_, _, settle, folded) in &to_inbox {
+                        if *folded || stopping {
+                            self.settlements.fail(settle);
                         }
                     }
+                    self.settlements.fail(&held);
                     return Err(h);
                 }
             }
         }
-        metrics::counter!("herald_notifications_total", "route" => "pushed").increment(pushed);
-        metrics::counter!("herald_notifications_total", "route" => "queued").increment(queued);
+        self.settlements.release(&held);
         Ok(())
     }
 
     /// Routes aggregates that came due; one that cannot be stored even
     /// after retries stays unsettled until restart (it spans many records,
     /// so it cannot be one record's dead letter).
-    pub(crate) async fn route_aggregates(&mut self, due: Vec<(UserId, Notification, SettleToken)>) {
+    pub(crate) async fn route_aggregates(&mut self, due: Vec<Emit>) {
         if due.is_empty() {
             return;
         }
-        let list = due.into_iter().map(|(r, n, t)| (r, n, Some(t))).collect();
-        if let Err(Halt::Permanent(why)) = self.route(list).await {
+        if let Err(Halt::Permanent(why)) = self.route(due).await {
             tracing::error!(partition = self.partition, reason = %why, "aggregates could not be stored; their records are processed again after restart");
         }
     }

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use herald_log::{Log, LogError, Record};
 use herald_store::{Bucket, BucketAdd, CelebritySet, GraphAnswer, GraphOp, Store};
 use herald_types::ids::{broadcast_id, dedup_key, event_id, notification_id};
-use herald_types::{Deliver, EventKind, LogEvent, Notification, SettleToken, UserId};
+use herald_types::{EdgeCommand, EdgeHandle, EventKind, LogEvent, Notification, Settle, UserId};
 use tokio::sync::watch;
 
-use crate::{FanoutConfig, Tracker};
+use crate::aggregate::Emit;
+use crate::{FanoutConfig, Hold, Settlements, Tracker};
 
 /// How often a worker looks for due quiet-hours and digest buckets.
 const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -17,7 +18,8 @@ pub struct Worker {
     pub partition: u32,
     pub log: Log,
     pub store: Store,
-    pub deliver: Arc<dyn Deliver>,
+    pub edge: Arc<dyn EdgeHandle>,
+    pub settlements: Arc<Settlements>,
     pub celebrities: Arc<CelebritySet>,
     pub prefs: Arc<herald_prefs::PrefsCache>,
     pub tracker: Arc<Tracker>,
@@ -46,7 +48,7 @@ struct Item {
     event_id: String,
     dedup: String,
     ev: LogEvent,
-    token: SettleToken,
+    hold: Hold,
     /// Index into the answers of the graph pipeline: the follower list of
     /// a post, or the follower count after a follow or unfollow.
     answer: Option<usize>,
@@ -203,7 +205,7 @@ impl Worker {
         metrics::counter!("herald_fanout_events_total").increment(records.len() as u64);
         let mut items = Vec::with_capacity(records.len());
         for r in records {
-            let token = self.tracker.begin(r.offset);
+            let hold = self.tracker.begin(r.offset);
             match LogEvent::decode(&r.payload) {
                 Ok(ev) => {
                     // A replayed dead letter keeps the id it first had.
@@ -217,13 +219,13 @@ impl Worker {
                         event_id: eid,
                         dedup,
                         ev,
-                        token,
+                        hold,
                         answer: None,
                         celebrity_post: false,
                     });
                 }
                 Err(e) => {
-                    drop(token);
+                    drop(hold);
                     metrics::counter!("herald_fanout_undecodable_total").increment(1);
                     self.dead_letter(&r, format!("undecodable record: {e}"))
                         .await;
@@ -316,7 +318,10 @@ impl Worker {
                 return Err(abandon(items, h));
             }
             metrics::counter!("herald_celebrity_posts_total").increment(1);
-            self.deliver.broadcast(actor, n);
+            self.edge.send(EdgeCommand::Broadcast {
+                celebrity: actor,
+                n,
+            });
         }
         // Stage 4: who gets what, then their preferences (one cached read
         // for the batch), then build and route.
@@ -342,8 +347,8 @@ impl Worker {
         };
         let now_ms = herald_types::now_ms();
         let now = std::time::Instant::now();
-        let mut out: Vec<(UserId, Notification, Option<SettleToken>)> = Vec::new();
-        let mut waiting: Vec<(UserId, Bucket, Notification, u64, SettleToken)> = Vec::new();
+        let mut out: Vec<Emit> = Vec::new();
+        let mut waiting: Vec<(UserId, Bucket, Notification, u64)> = Vec::new();
         for (k, &(idx, r)) in planned.iter().enumerate() {
             let i = &items[idx];
             if let Some(p) = prefs.get(k) {
@@ -356,23 +361,26 @@ impl Worker {
                 ) {
                     herald_prefs::Route::Drop(_) => continue,
                     herald_prefs::Route::Wait(b, release) => {
-                        waiting.push((r, b, make(i, r), release, i.token.clone()));
+                        waiting.push((r, b, make(i, r), release));
                         continue;
                     }
                     herald_prefs::Route::Now => {}
                 }
             }
-            // Bursts fold into aggregates (their tokens ride along).
-            if let Some((n, t)) = self.agg.offer(r, make(i, r), i.token.clone(), now) {
-                out.push((r, n, Some(t)));
+            // Bursts fold into aggregates, which hold their records.
+            let settle = Settle::One(i.hold.rec);
+            match self.agg.offer(r, make(i, r), settle.clone(), now) {
+                Some((n, settle)) => out.push(Emit {
+                    user: r,
+                    n: Some(n),
+                    settle,
+                    release: Vec::new(),
+                    folded: false,
+                }),
+                None => self.settlements.retain(&settle),
             }
         }
-        out.extend(
-            self.agg
-                .due(now, false)
-                .into_iter()
-                .map(|(r, n, t)| (r, n, Some(t))),
-        );
+        out.extend(self.agg.due(now, false));
         if let Err(h) = self.route(out).await {
             return Err(abandon(items, h));
         }
@@ -382,7 +390,7 @@ impl Worker {
             let parts = self.log.partitions();
             let adds: Vec<BucketAdd<'_>> = waiting
                 .iter()
-                .map(|(u, b, n, release, _)| BucketAdd {
+                .map(|(u, b, n, release)| BucketAdd {
                     user: *u,
                     bucket: *b,
                     n,
@@ -394,7 +402,6 @@ impl Worker {
             let res = self.retry("buckets", || store.bucket_add(&adds)).await;
             drop(adds);
             if let Err(h) = res {
-                drop(waiting);
                 return Err(abandon(items, h));
             }
             metrics::counter!("herald_notifications_total", "route" => "waiting")
@@ -434,7 +441,11 @@ impl Worker {
                 } else {
                     Vec::new()
                 };
-                self.deliver.celebrity_changed(followee, on, &followers);
+                self.edge.send(EdgeCommand::CelebrityChanged {
+                    user: followee,
+                    celebrity: on,
+                    followers,
+                });
             }
             let follows = i.ev.kind == EventKind::Follow;
             if follows && self.celebrities.is_celebrity(followee) {
@@ -443,7 +454,11 @@ impl Worker {
                 self.retry("outbox cursor", || store.outbox_start(f, followee, at))
                     .await?;
             }
-            self.deliver.follow_changed(i.ev.actor, followee, follows);
+            self.edge.send(EdgeCommand::FollowChanged {
+                follower: i.ev.actor,
+                celebrity: followee,
+                follows,
+            });
         }
         Ok(())
     }
@@ -451,19 +466,15 @@ impl Worker {
 
 /// A batch gave up: when the node stops, its records stay unsettled so
 /// they are processed again after restart; when an error repeats, the
-/// records are processed again now under new tokens.
+/// records are processed again now under a new attempt.
 fn abandon(items: Vec<Item>, h: Halt) -> Halt {
     for i in items {
-        abandon_token(i.token, &h);
+        match h {
+            Halt::Stopped => i.hold.fail(),
+            Halt::Permanent(_) => i.hold.forget(),
+        }
     }
     h
-}
-
-pub(crate) fn abandon_token(t: SettleToken, h: &Halt) {
-    match h {
-        Halt::Stopped => t.fail(),
-        Halt::Permanent(_) => t.forget(),
-    }
 }
 
 fn make(i: &Item, recipient: UserId) -> Notification {

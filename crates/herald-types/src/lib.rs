@@ -2,19 +2,17 @@
 //!
 //! This crate is deliberately small and has few dependencies: the event as
 //! stored in the log ([`LogEvent`]), the notification a user receives
-//! ([`Notification`]), how ids are formed ([`ids`]), and the settle token that
-//! lets the fan-out stage know when a notification is safe ([`settle`]).
+//! ([`Notification`]), how ids are formed ([`ids`]), and the seam between
+//! fan-out and the edge, with settlement by log position ([`seam`]).
 
-pub mod deliver;
 pub mod event;
 pub mod ids;
 pub mod notification;
-pub mod settle;
+pub mod seam;
 
-pub use deliver::{Deliver, Refusal, Refused};
 pub use event::{EventKind, LogEvent, UserId};
 pub use notification::{DigestBody, DigestItem, Notification, WireFormat};
-pub use settle::{SettleSink, SettleToken};
+pub use seam::{Answers, EdgeAnswer, EdgeCommand, EdgeHandle, RecordRef, Refusal, Settle};
 
 /// Current wall-clock time in milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

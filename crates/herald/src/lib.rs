@@ -129,11 +129,15 @@ pub async fn run(
         celebrities.clone(),
         prefs.clone(),
     );
+    // Fan-out's trackers come first: the edge answers settlement to them.
+    let fanout_cfg = cfg.fanout_config();
+    let settlements = herald_fanout::Settlements::new(&log, &fanout_cfg, store.clone());
     let edge = herald_edge::Edge::new(
         cfg.edge_config(max_conns),
         store.clone(),
         celebrities.clone(),
         prefs.clone(),
+        settlements.clone(),
     );
     let mut fanout = herald_fanout::Fanout::start(
         log.clone(),
@@ -141,7 +145,8 @@ pub async fn run(
         edge.clone(),
         celebrities,
         prefs,
-        cfg.fanout_config(),
+        fanout_cfg,
+        settlements,
     );
 
     let app = herald_gateway::router(gateway.clone())

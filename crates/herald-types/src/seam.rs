@@ -1,0 +1,135 @@
+//! The seam between fan-out and the edge, shaped as messages so that it can
+//! cross a process boundary: fan-out sends [`EdgeCommand`]s, the edge sends
+//! back [`EdgeAnswer`]s. Settlement is by position: a notification carries
+//! a [`Settle`] naming the log records it answers for, as plain data, and
+//! the edge answers `Settled` with it once the client acked the
+//! notification or the edge wrote it to the inbox.
+//!
+//! The rule the fan-out side keeps: every [`Settle`] handed to an edge has
+//! been counted (retained) against its records first; every answer releases
+//! it once. A record settles when nothing holds it. A record processed again
+//! (after an error that repeats) gets a new `attempt`, and answers for an
+//! older attempt are ignored.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Notification, UserId};
+
+/// One attempt at processing one log record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RecordRef {
+    pub partition: u32,
+    pub offset: u64,
+    pub attempt: u32,
+}
+
+/// The records a notification answers for: none (a celebrity post, which
+/// lives in its outbox), the record it was made from, or every record an
+/// aggregate folds. Cheap to clone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Settle {
+    #[default]
+    None,
+    One(RecordRef),
+    Many(Arc<[RecordRef]>),
+}
+
+impl Settle {
+    pub fn refs(&self) -> &[RecordRef] {
+        match self {
+            Settle::None => &[],
+            Settle::One(r) => std::slice::from_ref(r),
+            Settle::Many(v) => v,
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(self, Settle::None)
+    }
+
+    /// One settle for all of `refs`.
+    pub fn of(refs: &[RecordRef]) -> Settle {
+        match refs {
+            [] => Settle::None,
+            [r] => Settle::One(*r),
+            many => Settle::Many(many.into()),
+        }
+    }
+}
+
+/// Why an edge did not take a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The user has no connection on this edge.
+    Offline,
+    /// The user's connection queue is full (a slow consumer).
+    Full,
+}
+
+/// What fan-out asks of an edge.
+#[derive(Debug)]
+pub enum EdgeCommand {
+    /// Push `n` to `user`'s connections; the edge answers `Settled(settle)`
+    /// once it is acked or in the inbox, or refuses it.
+    Push {
+        user: UserId,
+        n: Notification,
+        settle: Settle,
+    },
+    /// `user`'s inbox has new entries: drain it if connected here.
+    Poke { user: UserId },
+    /// A celebrity's post, already durable in its outbox: push it to every
+    /// follower connected here (one id for all, so it is encoded once).
+    Broadcast { celebrity: UserId, n: Notification },
+    /// `follower` started (or stopped) following `celebrity`.
+    FollowChanged {
+        follower: UserId,
+        celebrity: UserId,
+        follows: bool,
+    },
+    /// `user` became (or stopped being) a celebrity; `followers` when it
+    /// became one. Sent before any later post of `user` is broadcast.
+    CelebrityChanged {
+        user: UserId,
+        celebrity: bool,
+        followers: Vec<UserId>,
+    },
+}
+
+/// What an edge answers.
+#[derive(Debug)]
+pub enum EdgeAnswer {
+    /// Not pushed: the sender writes it to the inbox, then releases it.
+    Refused {
+        user: UserId,
+        n: Notification,
+        settle: Settle,
+        why: Refusal,
+    },
+    /// Acked by the client, or written to the inbox by the edge.
+    Settled(Settle),
+    /// Could be neither delivered nor stored (the node is stopping, a
+    /// bounded queue overflowed): process the records again after restart.
+    Failed(Settle),
+}
+
+/// The edge side of the seam.
+pub trait EdgeHandle: Send + Sync + 'static {
+    /// Handles a command. An answer that is ready at once (a refused push)
+    /// is returned; later answers go to the edge's [`Answers`].
+    fn send(&self, cmd: EdgeCommand) -> Option<EdgeAnswer>;
+}
+
+/// The fan-out side of the seam: where edges send their answers.
+pub trait Answers: Send + Sync + 'static {
+    fn answer(&self, a: EdgeAnswer);
+
+    /// Many `Settled` answers at once (an ack frame of many ids).
+    fn settled(&self, list: Vec<Settle>) {
+        for s in list {
+            self.answer(EdgeAnswer::Settled(s));
+        }
+    }
+}
