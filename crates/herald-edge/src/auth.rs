@@ -20,6 +20,10 @@ pub enum AuthError {
     Expired,
     #[error("token subject is not a user id")]
     Subject,
+    #[error("token auth is not configured on this node")]
+    NotConfigured,
+    #[error("user {0:?} is not a user id")]
+    BadUser(String),
 }
 
 #[derive(Deserialize)]

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use herald_store::{Bucket, BucketAdd};
-use herald_types::event::partition_for;
 use herald_types::{Notification, UserId, WireFormat};
 
 use crate::{Delivery, Edge};
@@ -106,12 +105,8 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
             if !waiting.is_empty() {
                 let adds: Vec<BucketAdd<'_>> = waiting
                     .iter()
-                    .map(|&(user, bucket, release_ms)| BucketAdd {
-                        user,
-                        bucket,
-                        n: &template,
-                        partition: partition_for(user, edge.cfg.partitions),
-                        release_ms,
+                    .map(|&(user, bucket, release_ms)| {
+                        BucketAdd::new(user, bucket, release_ms, &template, edge.cfg.partitions)
                     })
                     .collect();
                 if let Err(e) = edge.store.bucket_add(&adds).await {

@@ -47,6 +47,15 @@ pub(crate) struct Conn {
     last_seen: Instant,
 }
 
+/// Why frames could not be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendFailed {
+    /// Not written within `write_timeout` (a slow consumer).
+    Timeout,
+    /// The socket failed.
+    Socket,
+}
+
 /// Why a connection ended (for logs and metrics).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum End {
@@ -247,7 +256,7 @@ impl Conn {
     }
 
     /// Feeds frames and flushes once, within the write timeout.
-    pub(crate) async fn send(&mut self, msgs: Vec<Message>) -> Result<(), ()> {
+    pub(crate) async fn send(&mut self, msgs: Vec<Message>) -> Result<(), SendFailed> {
         let n = msgs.len() as u64;
         let sink = &mut self.sink;
         let fut = async move {
@@ -261,7 +270,8 @@ impl Conn {
                 self.edge.metrics.frames_sent.increment(n);
                 Ok(())
             }
-            _ => Err(()),
+            Ok(Err(_)) => Err(SendFailed::Socket),
+            Err(_) => Err(SendFailed::Timeout),
         }
     }
 

@@ -3,7 +3,6 @@
 //! on connect and whenever fan-out pokes the connection.
 
 use herald_store::{Bucket, BucketAdd, StoreError};
-use herald_types::event::partition_for;
 use herald_types::{Notification, UserId};
 
 use crate::celebrity::note_seen;
@@ -97,15 +96,10 @@ impl Conn {
         // and the outbox cursor moves past them so they are not pulled again.
         if !waiting.is_empty() {
             let user = self.user;
-            let partition = partition_for(user, self.edge.cfg.partitions);
             let adds: Vec<BucketAdd<'_>> = waiting
                 .iter()
-                .map(|(bucket, release_ms, n)| BucketAdd {
-                    user,
-                    bucket: *bucket,
-                    n,
-                    partition,
-                    release_ms: *release_ms,
+                .map(|(bucket, release_ms, n)| {
+                    BucketAdd::new(user, *bucket, *release_ms, n, self.edge.cfg.partitions)
                 })
                 .collect();
             self.edge.store.bucket_add(&adds).await?;

@@ -86,9 +86,9 @@ impl Default for EdgeConfig {
             max_message_bytes: 64 * 1024,
             max_connections: 15_000,
             broadcast_chunk: 512,
-            partitions: 8,
+            partitions: herald_types::event::DEFAULT_PARTITIONS,
             digest_override_ms: 0,
-            outbox_cap: 1000,
+            outbox_cap: herald_store::DEFAULT_OUTBOX_CAP,
         }
     }
 }
@@ -369,8 +369,9 @@ async fn spill_loop(
     }
 }
 
+/// A refusal before the upgrade, in the API's one error shape.
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let body = herald_types::error_body(code, message, None, None);
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -387,9 +388,9 @@ async fn upgrade(
 ) -> Response {
     let user = match authenticate(&edge.cfg, &headers, &q) {
         Ok(u) => u,
-        Err(msg) => {
+        Err(e) => {
             metrics::counter!("herald_ws_refused_total", "reason" => "auth").increment(1);
-            return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &msg);
+            return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
         }
     };
     if *edge.shutdown.borrow() {
@@ -426,7 +427,7 @@ fn authenticate(
     cfg: &EdgeConfig,
     headers: &HeaderMap,
     q: &std::collections::HashMap<String, String>,
-) -> Result<UserId, String> {
+) -> Result<UserId, auth::AuthError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -434,17 +435,16 @@ fn authenticate(
         .map(|s| s.trim().to_string());
     if let Some(token) = bearer.or_else(|| q.get("token").cloned()) {
         let Some(secret) = &cfg.jwt_secret else {
-            return Err("token auth is not configured on this node".into());
+            return Err(auth::AuthError::NotConfigured);
         };
-        return auth::verify_jwt(&token, secret.as_bytes(), herald_types::now_ms() / 1000)
-            .map_err(|e| e.to_string());
+        return auth::verify_jwt(&token, secret.as_bytes(), herald_types::now_ms() / 1000);
     }
     if cfg.dev_mode {
         if let Some(u) = q.get("user") {
             return u
                 .parse::<u64>()
-                .map_err(|_| format!("user {u:?} is not a user id"));
+                .map_err(|_| auth::AuthError::BadUser(u.clone()));
         }
     }
-    Err(auth::AuthError::Missing.to_string())
+    Err(auth::AuthError::Missing)
 }

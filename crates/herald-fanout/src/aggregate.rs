@@ -24,7 +24,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use herald_types::ids::fnv1a64;
+use herald_types::ids::{fnv1a64, Fnv64};
 use herald_types::{EventKind, Notification, RecordRef, Settle, UserId};
 
 #[derive(Debug, Clone)]
@@ -61,18 +61,11 @@ impl Default for AggregationConfig {
 type Key = u64;
 
 fn key(r: UserId, kind: EventKind, object: &str) -> Key {
-    // FNV-1a over (r, kind, object) without building a buffer.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = r.to_le_bytes();
-    for b in bytes
-        .iter()
-        .chain(std::iter::once(&(kind as u8)))
-        .chain(object.as_bytes())
-    {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    Fnv64::default()
+        .bytes(&r.to_le_bytes())
+        .bytes(&[kind as u8])
+        .bytes(object.as_bytes())
+        .finish()
 }
 
 /// The first few actors of a window, inline (no allocation per window).
@@ -203,10 +196,10 @@ pub fn aggregate_id(r: UserId, k: Key, first_order: u64) -> String {
 }
 
 fn foldable(n: &Notification) -> bool {
-    match n.kind {
-        EventKind::Like | EventKind::Comment | EventKind::Mention => n.object.is_some(),
-        EventKind::Follow => true,
-        _ => false,
+    match n.kind.folding() {
+        herald_types::Folding::PerObject => n.object.is_some(),
+        herald_types::Folding::Always => true,
+        herald_types::Folding::Never => false,
     }
 }
 

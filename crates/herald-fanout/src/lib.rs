@@ -20,6 +20,7 @@
 mod aggregate;
 mod dead;
 mod digest;
+mod plan;
 mod release;
 mod route;
 mod settle;
@@ -72,7 +73,7 @@ impl Default for FanoutConfig {
             checkpoint_every: Duration::from_millis(200),
             retry_backoff: Duration::from_millis(200),
             celebrity: herald_store::CelebrityPolicy::new(10_000, 0.1),
-            outbox_cap: 1000,
+            outbox_cap: herald_store::DEFAULT_OUTBOX_CAP,
             aggregation: AggregationConfig::default(),
             digest_override_ms: 0,
         }

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use herald_log::{Log, LogError, Record};
 use herald_store::{Bucket, BucketAdd, CelebritySet, GraphAnswer, GraphOp, Store};
-use herald_types::ids::{broadcast_id, dedup_key, event_id, notification_id};
-use herald_types::{EdgeCommand, EdgeHandle, EventKind, LogEvent, Notification, Settle, UserId};
+use herald_types::ids::{broadcast_id, dedup_key, event_id};
+use herald_types::{EdgeCommand, EdgeHandle, LogEvent, Notification, Settle, UserId};
 use tokio::sync::watch;
 
 use crate::aggregate::Emit;
-use crate::{FanoutConfig, Hold, Settlements, Tracker};
+use crate::plan::{self, Item};
+use crate::{FanoutConfig, Settlements, Tracker};
 
 /// How often a worker looks for due quiet-hours and digest buckets.
 const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -41,20 +42,6 @@ pub(crate) enum Halt {
 
 /// Attempts at a step that fails the same way every time.
 const PERMANENT_ATTEMPTS: u32 = 4;
-
-/// One event of a batch, on its way through the stages.
-struct Item {
-    offset: u64,
-    event_id: String,
-    dedup: String,
-    ev: LogEvent,
-    hold: Hold,
-    /// Index into the answers of the graph pipeline: the follower list of
-    /// a post, or the follower count after a follow or unfollow.
-    answer: Option<usize>,
-    /// A post on the celebrity path.
-    celebrity_post: bool,
-}
 
 impl Worker {
     fn stopped(&self) -> bool {
@@ -200,9 +187,44 @@ impl Worker {
         }
     }
 
+    /// Processes a batch of records in stages, each returning typed values:
+    /// decode, claim idempotency keys, apply graph changes and read
+    /// followers (in log order), celebrity posts to their outboxes, then
+    /// plan who is told what (pure, `plan.rs`) and hand each notification
+    /// on: now (folded or not) or to its quiet-hours or digest bucket.
     pub(crate) async fn process(&mut self, records: Vec<Record>) -> Result<(), Halt> {
-        let p = self.partition;
         metrics::counter!("herald_fanout_events_total").increment(records.len() as u64);
+        let mut items = self.decode(records).await;
+        match self.stages(&mut items).await {
+            Ok(()) => Ok(()),
+            Err(h) => Err(abandon(items, h)),
+        }
+    }
+
+    async fn stages(&mut self, items: &mut Vec<Item>) -> Result<(), Halt> {
+        self.claim_keys(items).await?;
+        self.read_graph(items).await?;
+        self.apply_follows(items).await?;
+        self.celebrity_posts(items).await?;
+        let planned = plan::recipients(items);
+        let prefs = self.preferences(&planned).await?;
+        let routed = plan::route(
+            items,
+            &planned,
+            &prefs,
+            herald_types::now_ms(),
+            self.cfg.digest_override_ms,
+        );
+        for why in &routed.dropped {
+            metrics::counter!("herald_notifications_dropped_total", "reason" => *why).increment(1);
+        }
+        self.deliver_now(items, &routed.now).await?;
+        self.hand_off_waiting(items, &routed.waiting).await
+    }
+
+    /// Decodes records into items; an undecodable one becomes a dead letter.
+    async fn decode(&mut self, records: Vec<Record>) -> Vec<Item> {
+        let p = self.partition;
         let mut items = Vec::with_capacity(records.len());
         for r in records {
             let hold = self.tracker.begin(r.offset);
@@ -220,7 +242,8 @@ impl Worker {
                         dedup,
                         ev,
                         hold,
-                        answer: None,
+                        followers: None,
+                        follower_count: None,
                         celebrity_post: false,
                     });
                 }
@@ -232,146 +255,133 @@ impl Worker {
                 }
             }
         }
-        // Stage 1: client idempotency keys, one pipeline.
+        items
+    }
+
+    /// Client idempotency keys, one pipeline: drops events whose key an
+    /// earlier event owns.
+    async fn claim_keys(&mut self, items: &mut Vec<Item>) -> Result<(), Halt> {
         let claims: Vec<(String, String)> = items
             .iter()
             .filter(|i| i.ev.client_id.is_some())
             .map(|i| (i.dedup.clone(), i.event_id.clone()))
             .collect();
-        if !claims.is_empty() {
-            let store = self.store.clone();
-            let owned = match self.retry("dedup", || store.claim_keys(&claims)).await {
-                Ok(o) => o,
-                Err(h) => return Err(abandon(items, h)),
-            };
-            let mut owned = owned.into_iter();
-            items.retain(|i| {
-                if i.ev.client_id.is_none() {
-                    return true;
-                }
-                let keep = owned.next().unwrap_or(true);
-                if !keep {
-                    metrics::counter!("herald_fanout_duplicates_total").increment(1);
-                    tracing::debug!(
-                        partition = p,
-                        offset = i.offset,
-                        "duplicate client id dropped"
-                    );
-                }
-                keep
-            });
+        if claims.is_empty() {
+            return Ok(());
         }
-        // Stage 2: graph changes, follower counts and follower reads, in
-        // log order.
+        let store = self.store.clone();
+        let mut owned = self
+            .retry("dedup", || store.claim_keys(&claims))
+            .await?
+            .into_iter();
+        let p = self.partition;
+        items.retain(|i| {
+            if i.ev.client_id.is_none() {
+                return true;
+            }
+            let keep = owned.next().unwrap_or(true);
+            if !keep {
+                metrics::counter!("herald_fanout_duplicates_total").increment(1);
+                tracing::debug!(
+                    partition = p,
+                    offset = i.offset,
+                    "duplicate client id dropped"
+                );
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    /// Graph changes, follower counts and follower reads in log order, one
+    /// pipeline; fills each item's `followers` or `follower_count`.
+    async fn read_graph(&mut self, items: &mut [Item]) -> Result<(), Halt> {
         let mut ops = Vec::new();
-        let mut asks = 0usize;
         for i in items.iter_mut() {
-            match i.ev.kind {
-                EventKind::Follow | EventKind::Unfollow => {
-                    if let Some(followee) = i.ev.recipient {
-                        let follower = i.ev.actor;
-                        ops.push(if i.ev.kind == EventKind::Follow {
-                            GraphOp::Follow { follower, followee }
-                        } else {
-                            GraphOp::Unfollow { follower, followee }
-                        });
-                        ops.push(GraphOp::Count(followee));
-                        i.answer = Some(asks);
-                        asks += 1;
-                    }
-                }
-                EventKind::Post if self.celebrities.is_celebrity(i.ev.actor) => {
+            if let (Some(add), Some(followee)) = (i.ev.kind.graph_change(), i.ev.recipient) {
+                let follower = i.ev.actor;
+                ops.push(if add {
+                    GraphOp::Follow { follower, followee }
+                } else {
+                    GraphOp::Unfollow { follower, followee }
+                });
+                ops.push(GraphOp::Count(followee));
+            } else if i.ev.kind.to_followers() {
+                if self.celebrities.is_celebrity(i.ev.actor) {
                     i.celebrity_post = true;
-                }
-                EventKind::Post => {
+                } else {
                     ops.push(GraphOp::Followers(i.ev.actor));
-                    i.answer = Some(asks);
-                    asks += 1;
                 }
-                _ => {}
             }
         }
-        let answers = if ops.is_empty() {
-            Vec::new()
-        } else {
-            let store = self.store.clone();
-            match self.retry("graph", || store.graph(&ops)).await {
-                Ok(l) => l,
-                Err(h) => return Err(abandon(items, h)),
-            }
-        };
-        if let Err(h) = self.apply_follows(&items, &answers).await {
-            return Err(abandon(items, h));
+        if ops.is_empty() {
+            return Ok(());
         }
-        // Stage 3: celebrity posts to their outboxes (two commands each),
-        // then one broadcast each to the edge.
+        let store = self.store.clone();
+        let mut answers = self.retry("graph", || store.graph(&ops)).await?.into_iter();
+        // One answer per count or follower read, in the order asked.
+        for i in items.iter_mut() {
+            let asked = (i.ev.kind.graph_change().is_some() && i.ev.recipient.is_some())
+                || (i.ev.kind.to_followers() && !i.celebrity_post);
+            if !asked {
+                continue;
+            }
+            match answers.next() {
+                Some(GraphAnswer::Count(n)) => i.follower_count = Some(n),
+                Some(GraphAnswer::Followers(l)) => i.followers = Some(l),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Celebrity posts: to their outboxes (two commands each), then one
+    /// broadcast each to the edge.
+    async fn celebrity_posts(&mut self, items: &[Item]) -> Result<(), Halt> {
         for i in items.iter().filter(|i| i.celebrity_post) {
-            let mut n = make(i, 0);
+            let mut n = plan::notification(i, 0);
             n.id = broadcast_id(&i.dedup);
             let store = self.store.clone();
             let cap = self.cfg.outbox_cap;
             let actor = i.ev.actor;
-            if let Err(h) = self
-                .retry("outbox", || store.outbox_push(actor, &n, cap))
-                .await
-            {
-                return Err(abandon(items, h));
-            }
+            self.retry("outbox", || store.outbox_push(actor, &n, cap))
+                .await?;
             metrics::counter!("herald_celebrity_posts_total").increment(1);
             self.edge.send(EdgeCommand::Broadcast {
                 celebrity: actor,
                 n,
             });
         }
-        // Stage 4: who gets what, then their preferences (one cached read
-        // for the batch), then build and route.
-        let mut planned: Vec<(usize, UserId)> = Vec::new();
-        for (idx, i) in items.iter().enumerate().filter(|(_, i)| !i.celebrity_post) {
-            match (i.ev.kind, i.answer.and_then(|k| answers.get(k))) {
-                (EventKind::Post, Some(GraphAnswer::Followers(l))) => {
-                    planned.extend(l.iter().filter(|&&u| u != i.ev.actor).map(|&u| (idx, u)))
-                }
-                (EventKind::Post, _) => {}
-                _ => planned.extend(i.ev.direct_recipients().into_iter().map(|u| (idx, u))),
-            }
+        Ok(())
+    }
+
+    /// The planned recipients' preferences (one cached read for the batch).
+    async fn preferences(
+        &mut self,
+        planned: &[(usize, UserId)],
+    ) -> Result<Vec<Arc<herald_prefs::Resolved>>, Halt> {
+        if planned.is_empty() {
+            return Ok(Vec::new());
         }
         let users: Vec<UserId> = planned.iter().map(|&(_, u)| u).collect();
-        let prefs = if users.is_empty() {
-            Vec::new()
-        } else {
-            let cache = self.prefs.clone();
-            match self.retry("preferences", || cache.get_many(&users)).await {
-                Ok(p) => p,
-                Err(h) => return Err(abandon(items, h)),
-            }
-        };
-        let now_ms = herald_types::now_ms();
-        let now = std::time::Instant::now();
+        let cache = self.prefs.clone();
+        self.retry("preferences", || cache.get_many(&users)).await
+    }
+
+    /// Notifications due now: bursts fold into aggregates (which hold their
+    /// records), the rest and any aggregate due go out.
+    async fn deliver_now(&mut self, items: &[Item], now: &[(usize, UserId)]) -> Result<(), Halt> {
+        let at = std::time::Instant::now();
         let mut out: Vec<Emit> = Vec::new();
-        let mut waiting: Vec<(UserId, Bucket, Notification, u64)> = Vec::new();
-        for (k, &(idx, r)) in planned.iter().enumerate() {
+        for &(idx, user) in now {
             let i = &items[idx];
-            if let Some(p) = prefs.get(k) {
-                match p.route(
-                    i.ev.kind,
-                    i.ev.actor,
-                    i.ev.object.as_deref(),
-                    now_ms,
-                    self.cfg.digest_override_ms,
-                ) {
-                    herald_prefs::Route::Drop(_) => continue,
-                    herald_prefs::Route::Wait(b, release) => {
-                        waiting.push((r, b, make(i, r), release));
-                        continue;
-                    }
-                    herald_prefs::Route::Now => {}
-                }
-            }
-            // Bursts fold into aggregates, which hold their records.
             let settle = Settle::One(i.hold.rec);
-            match self.agg.offer(r, make(i, r), settle.clone(), now) {
+            match self
+                .agg
+                .offer(user, plan::notification(i, user), settle.clone(), at)
+            {
                 Some((n, settle)) => out.push(Emit {
-                    user: r,
+                    user,
                     n: Some(n),
                     settle,
                     release: Vec::new(),
@@ -380,52 +390,51 @@ impl Worker {
                 None => self.settlements.retain(&settle),
             }
         }
-        out.extend(self.agg.due(now, false));
-        if let Err(h) = self.route(out).await {
-            return Err(abandon(items, h));
+        out.extend(self.agg.due(at, false));
+        self.route(out).await
+    }
+
+    /// Digest-mode and quiet-hours notifications go to their buckets; their
+    /// records settle once the buckets have them.
+    async fn hand_off_waiting(
+        &mut self,
+        items: &[Item],
+        waiting: &[(usize, UserId, Bucket, u64)],
+    ) -> Result<(), Halt> {
+        if waiting.is_empty() {
+            return Ok(());
         }
-        // Digest-mode and quiet-hours notifications wait in their buckets;
-        // their records settle once the buckets have them.
-        if !waiting.is_empty() {
-            let parts = self.log.partitions();
-            let adds: Vec<BucketAdd<'_>> = waiting
-                .iter()
-                .map(|(u, b, n, release)| BucketAdd {
-                    user: *u,
-                    bucket: *b,
-                    n,
-                    partition: herald_types::event::partition_for(*u, parts),
-                    release_ms: *release,
-                })
-                .collect();
-            let store = self.store.clone();
-            let res = self.retry("buckets", || store.bucket_add(&adds)).await;
-            drop(adds);
-            if let Err(h) = res {
-                return Err(abandon(items, h));
-            }
-            metrics::counter!("herald_notifications_total", "route" => "waiting")
-                .increment(waiting.len() as u64);
-        }
+        let parts = self.log.partitions();
+        let notes: Vec<Notification> = waiting
+            .iter()
+            .map(|&(idx, user, ..)| plan::notification(&items[idx], user))
+            .collect();
+        let adds: Vec<BucketAdd<'_>> = waiting
+            .iter()
+            .zip(&notes)
+            .map(|(&(_, user, bucket, release_ms), n)| {
+                BucketAdd::new(user, bucket, release_ms, n, parts)
+            })
+            .collect();
+        let store = self.store.clone();
+        self.retry("buckets", || store.bucket_add(&adds)).await?;
+        metrics::counter!("herald_notifications_total", "route" => "waiting")
+            .increment(waiting.len() as u64);
         Ok(())
     }
 
     /// After follows and unfollows: move accounts across the celebrity
     /// threshold, start new followers' outbox cursors at the follow, and
     /// keep the edge's follower index current.
-    async fn apply_follows(&mut self, items: &[Item], answers: &[GraphAnswer]) -> Result<(), Halt> {
+    async fn apply_follows(&mut self, items: &[Item]) -> Result<(), Halt> {
         for i in items {
-            let (Some(k), Some(followee)) = (i.answer, i.ev.recipient) else {
-                continue;
-            };
-            if !matches!(i.ev.kind, EventKind::Follow | EventKind::Unfollow) {
-                continue;
-            }
-            let Some(GraphAnswer::Count(n)) = answers.get(k) else {
+            let (Some(add), Some(followee), Some(n)) =
+                (i.ev.kind.graph_change(), i.ev.recipient, i.follower_count)
+            else {
                 continue;
             };
             let was = self.celebrities.is_celebrity(followee);
-            if let Some(on) = self.cfg.celebrity.decide(was, *n) {
+            if let Some(on) = self.cfg.celebrity.decide(was, n) {
                 let (store, set) = (self.store.clone(), self.celebrities.clone());
                 self.retry("celebrity", || store.set_celebrity(&set, followee, on))
                     .await?;
@@ -447,7 +456,7 @@ impl Worker {
                     followers,
                 });
             }
-            let follows = i.ev.kind == EventKind::Follow;
+            let follows = add;
             if follows && self.celebrities.is_celebrity(followee) {
                 let store = self.store.clone();
                 let (f, at) = (i.ev.actor, i.ev.accepted_us);
@@ -475,20 +484,4 @@ fn abandon(items: Vec<Item>, h: Halt) -> Halt {
         }
     }
     h
-}
-
-fn make(i: &Item, recipient: UserId) -> Notification {
-    Notification {
-        id: notification_id(&i.dedup, recipient),
-        event_id: i.event_id.clone(),
-        kind: i.ev.kind,
-        actor: i.ev.actor,
-        object: i.ev.object.clone(),
-        text: i.ev.text.clone(),
-        ts_ms: i.ev.accepted_us / 1000,
-        count: 1,
-        actors: vec![i.ev.actor],
-        order: i.ev.accepted_us,
-        digest: None,
-    }
 }

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
-use crate::routes::{append, respond};
+use crate::http::respond;
+use crate::routes::append;
 use crate::Gateway;
 
 /// Most dead letters listed or replayed at once.

@@ -116,14 +116,11 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a ApiError,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&Body { error: &self }).unwrap_or_default();
+        let body =
+            herald_types::error_body(self.code, &self.message, self.index, self.field.as_deref())
+                .to_string();
         let mut r = (self.status, body).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,

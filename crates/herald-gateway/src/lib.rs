@@ -10,6 +10,7 @@
 mod admin;
 pub mod body;
 pub mod error;
+mod http;
 mod prefs;
 mod routes;
 pub mod validate;
@@ -21,7 +22,13 @@ use herald_log::Log;
 use herald_store::Store;
 
 pub use error::ApiError;
-pub use routes::router;
+/// Every HTTP route of the gateway.
+pub fn router(gw: Arc<Gateway>) -> axum::Router {
+    routes::router()
+        .merge(prefs::router())
+        .merge(admin::router())
+        .with_state(gw)
+}
 
 /// Gateway limits and keys.
 #[derive(Debug, Clone)]

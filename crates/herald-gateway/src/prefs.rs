@@ -8,12 +8,12 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use herald_prefs::{parse_document, Invalid, Resolved};
+use herald_prefs::{parse_document, Invalid, Mute, Resolved};
 use serde_json::Value;
 
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
-use crate::routes::{authorize, path_user, respond};
+use crate::http::{authorize, path_user, respond};
 use crate::Gateway;
 
 /// Largest preferences or mutes body.
@@ -74,9 +74,13 @@ async fn put_prefs(
         let mut mutes: Vec<(String, u64)> = doc
             .muted_actors
             .iter()
-            .map(|a| (format!("a:{a}"), 0))
+            .map(|&a| (Mute::Actor(a).key(), 0))
             .collect();
-        mutes.extend(doc.muted_objects.iter().map(|o| (format!("o:{o}"), 0)));
+        mutes.extend(
+            doc.muted_objects
+                .iter()
+                .map(|o| (Mute::Object(o.clone()).key(), 0)),
+        );
         gw.store
             .prefs_put(user, &doc.prefs.to_json(), &mutes)
             .await
@@ -105,27 +109,26 @@ fn mute_key(v: &Value, adding: bool) -> Result<(String, Option<u64>), ApiError> 
             format!("unknown field {k:?}"),
         ));
     }
-    let key = match (m.get("actor"), m.get("object")) {
-        (Some(a), None) => format!(
-            "a:{}",
-            herald_prefs::model::user_id(a).ok_or_else(|| ApiError::field(
-                "invalid_field",
-                "actor",
-                "actor must be a user id"
-            ))?
-        ),
-        (None, Some(o)) => format!(
-            "o:{}",
-            herald_prefs::model::object(o, "object").map_err(invalid)?
-        ),
-        _ => {
-            return Err(ApiError::field(
-                "missing_field",
-                "actor",
-                "exactly one of actor or object is required",
-            ))
-        }
-    };
+    let key =
+        match (m.get("actor"), m.get("object")) {
+            (Some(a), None) => Mute::Actor(herald_prefs::model::user_id(a).ok_or_else(|| {
+                ApiError::field("invalid_field", "actor", "actor must be a user id")
+            })?)
+            .key(),
+            (None, Some(o)) => Mute::Object(
+                herald_prefs::model::object(o, "object")
+                    .map_err(invalid)?
+                    .to_string(),
+            )
+            .key(),
+            _ => {
+                return Err(ApiError::field(
+                    "missing_field",
+                    "actor",
+                    "exactly one of actor or object is required",
+                ))
+            }
+        };
     let until = match m.get("until_ms") {
         _ if !adding => 0,
         None | Some(Value::Null) => 0,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::body::{encoding, parse, read_limited, user_id};
 use crate::error::ApiError;
+use crate::http::{authorize, path_user, reject, respond};
 use crate::{validate, Gateway};
 
 /// Most pairs in one graph import request.
@@ -24,45 +25,12 @@ pub const MAX_IMPORT_PAIRS: usize = 1_000_000;
 /// Most notifications returned by one inbox read.
 pub const MAX_INBOX_LIMIT: usize = 1000;
 
-pub fn router(gw: Arc<Gateway>) -> Router {
+pub fn router() -> Router<Arc<Gateway>> {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/graph/follows", post(post_follows))
         .route("/v1/users/{id}/followers/count", get(follower_count))
         .route("/v1/users/{id}/inbox", get(inbox))
-        .merge(crate::prefs::router())
-        .merge(crate::admin::router())
-        .with_state(gw)
-}
-
-pub(crate) fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<String, ApiError> {
-    if gw.cfg.api_keys.is_empty() {
-        return Ok(String::new());
-    }
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(ApiError::unauthorized)?;
-    if gw.cfg.api_keys.iter().any(|k| k == key) {
-        Ok(key.to_string())
-    } else {
-        Err(ApiError::unauthorized())
-    }
-}
-
-/// `200` with the JSON value, or the error.
-pub(crate) fn respond(r: Result<Value, ApiError>) -> Response {
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => reject(e),
-    }
-}
-
-pub(crate) fn reject(e: ApiError) -> Response {
-    metrics::counter!("herald_gateway_rejected_total", "code" => e.code).increment(1);
-    e.into_response()
 }
 
 async fn post_events(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
@@ -215,11 +183,6 @@ async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: 
         Ok(n) => (StatusCode::OK, Json(json!({"imported": n}))).into_response(),
         Err(e) => reject(e),
     }
-}
-
-pub(crate) fn path_user(raw: &str) -> Result<u64, ApiError> {
-    user_id(&Value::String(raw.to_string()))
-        .ok_or_else(|| ApiError::field("invalid_field", "id", format!("{raw:?} is not a user id")))
 }
 
 async fn follower_count(

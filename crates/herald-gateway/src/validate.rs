@@ -182,7 +182,7 @@ pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
             ))
         }
     };
-    if kind == EventKind::Mention && mentions.is_empty() {
+    if kind.needs_mentions() && mentions.is_empty() {
         return Err(missing("mentions", " for mention"));
     }
     let client_ts_ms = match m.get("ts_ms") {

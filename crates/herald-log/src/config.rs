@@ -56,6 +56,8 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
+            // The same default as `herald_types::event::DEFAULT_PARTITIONS`
+            // (the log knows nothing of Herald's types).
             partitions: 8,
             durability: Durability::Always,
             segment_bytes: 128 * 1024 * 1024,

@@ -30,11 +30,36 @@ pub struct Resolved {
     pub muted_objects: Vec<(String, u64)>,
 }
 
+/// One mute, and how it is keyed in the store (`a:<actor>`, `o:<object>`):
+/// the one place that knows the key layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mute {
+    Actor(UserId),
+    Object(String),
+}
+
+impl Mute {
+    pub fn key(&self) -> String {
+        match self {
+            Mute::Actor(a) => format!("a:{a}"),
+            Mute::Object(o) => format!("o:{o}"),
+        }
+    }
+
+    pub fn parse(key: &str) -> Option<Mute> {
+        if let Some(a) = key.strip_prefix("a:") {
+            a.parse().ok().map(Mute::Actor)
+        } else {
+            key.strip_prefix("o:").map(|o| Mute::Object(o.to_string()))
+        }
+    }
+}
+
 /// What happens to one notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Deliver,
-    /// Collected for the digest (not yet built: delivered in real time).
+    /// Collected for the digest.
     Digest,
     Drop(&'static str),
 }
@@ -63,12 +88,10 @@ impl Resolved {
             ..Resolved::default()
         };
         for (k, until) in &s.mutes {
-            if let Some(a) = k.strip_prefix("a:") {
-                if let Ok(a) = a.parse() {
-                    r.muted_actors.push((a, *until));
-                }
-            } else if let Some(o) = k.strip_prefix("o:") {
-                r.muted_objects.push((o.to_string(), *until));
+            match Mute::parse(k) {
+                Some(Mute::Actor(a)) => r.muted_actors.push((a, *until)),
+                Some(Mute::Object(o)) => r.muted_objects.push((o, *until)),
+                None => {}
             }
         }
         r

@@ -40,6 +40,27 @@ pub struct BucketAdd<'a> {
     pub release_ms: u64,
 }
 
+impl<'a> BucketAdd<'a> {
+    /// `n` waits in `user`'s `bucket` until `release_ms`; the bucket is
+    /// scheduled on the partition (of `partitions`) that owns `user`, whose
+    /// worker releases it. The one way a route's hand-off is built.
+    pub fn new(
+        user: UserId,
+        bucket: Bucket,
+        release_ms: u64,
+        n: &'a Notification,
+        partitions: u32,
+    ) -> BucketAdd<'a> {
+        BucketAdd {
+            user,
+            bucket,
+            n,
+            partition: herald_types::event::partition_for(user, partitions),
+            release_ms,
+        }
+    }
+}
+
 impl Store {
     /// Adds notifications to buckets, one pipeline. Idempotent per id.
     pub async fn bucket_add(&self, items: &[BucketAdd<'_>]) -> Result<()> {

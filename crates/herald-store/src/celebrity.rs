@@ -8,6 +8,9 @@ use herald_types::{Notification, UserId};
 
 use crate::{ukey, Result, Store, StoreError};
 
+/// Posts kept per celebrity outbox when the configuration does not say.
+pub const DEFAULT_OUTBOX_CAP: usize = 1000;
+
 const CELEBRITIES: &str = "h:celebrities";
 const OWNERS: &str = "h:outbox-owners";
 

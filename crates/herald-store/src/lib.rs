@@ -34,7 +34,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use bucket::{Bucket, BucketAdd};
-pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor};
+pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor, DEFAULT_OUTBOX_CAP};
 pub use dead::DeadLetter;
 pub use graph::{GraphAnswer, GraphOp};
 pub use prefs::StoredPrefs;

@@ -42,13 +42,71 @@ impl EventKind {
         EventKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
+    // Every rule of a kind lives here, with exhaustive matches: adding a
+    // kind makes the compiler list each place that must decide about it.
+
     /// Whether this kind needs a `recipient`.
     pub fn needs_recipient(self) -> bool {
-        matches!(
-            self,
-            EventKind::Like | EventKind::Comment | EventKind::Follow | EventKind::Unfollow
-        )
+        match self {
+            EventKind::Like | EventKind::Comment | EventKind::Follow | EventKind::Unfollow => true,
+            EventKind::Mention | EventKind::Post => false,
+        }
     }
+
+    /// Whether this kind needs a non-empty `mentions`.
+    pub fn needs_mentions(self) -> bool {
+        match self {
+            EventKind::Mention => true,
+            EventKind::Like
+            | EventKind::Comment
+            | EventKind::Follow
+            | EventKind::Unfollow
+            | EventKind::Post => false,
+        }
+    }
+
+    /// What the event does to the follow graph: `Some(true)` adds the edge
+    /// actor -> recipient, `Some(false)` removes it.
+    pub fn graph_change(self) -> Option<bool> {
+        match self {
+            EventKind::Follow => Some(true),
+            EventKind::Unfollow => Some(false),
+            EventKind::Like | EventKind::Comment | EventKind::Mention | EventKind::Post => None,
+        }
+    }
+
+    /// Whether its recipients are the actor's followers (else the event's
+    /// direct recipients).
+    pub fn to_followers(self) -> bool {
+        match self {
+            EventKind::Post => true,
+            EventKind::Like
+            | EventKind::Comment
+            | EventKind::Mention
+            | EventKind::Follow
+            | EventKind::Unfollow => false,
+        }
+    }
+
+    /// How bursts of it fold into aggregates.
+    pub fn folding(self) -> Folding {
+        match self {
+            EventKind::Like | EventKind::Comment | EventKind::Mention => Folding::PerObject,
+            EventKind::Follow => Folding::Always,
+            EventKind::Unfollow | EventKind::Post => Folding::Never,
+        }
+    }
+}
+
+/// How notifications of a kind fold ("Ana and 41 others ...").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folding {
+    /// Bursts about the same object fold (an event without an object
+    /// does not).
+    PerObject,
+    /// Bursts to the same recipient fold.
+    Always,
+    Never,
 }
 
 /// A validated event, as written to (and read back from) the log.
@@ -94,7 +152,9 @@ impl LogEvent {
         match self.kind {
             EventKind::Post => self.actor,
             EventKind::Mention => self.mentions.first().copied().unwrap_or(self.actor),
-            _ => self.recipient.unwrap_or(self.actor),
+            EventKind::Like | EventKind::Comment | EventKind::Follow | EventKind::Unfollow => {
+                self.recipient.unwrap_or(self.actor)
+            }
         }
     }
 
@@ -135,6 +195,9 @@ impl LogEvent {
         rmp_serde::from_slice(bytes)
     }
 }
+
+/// Log partitions when the configuration does not say.
+pub const DEFAULT_PARTITIONS: u32 = 8;
 
 /// Maps a user id to one of `partitions` partitions (splitmix64 finaliser,
 /// so sequential ids spread evenly).

@@ -73,14 +73,35 @@ pub fn broadcast_id(dedup_key: &str) -> String {
     format!("n-{dedup_key}-all")
 }
 
-/// 64-bit FNV-1a: stable across builds and platforms (unlike `DefaultHasher`).
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// 64-bit FNV-1a: stable across builds and platforms (unlike
+/// `DefaultHasher`), fed piece by piece without building a buffer. The one
+/// non-cryptographic hash of the code base (window keys, aggregate ids).
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
     }
-    h
+}
+
+impl Fnv64 {
+    pub fn bytes(mut self, bytes: &[u8]) -> Fnv64 {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0
+    }
+}
+
+/// FNV-1a of `bytes`.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    Fnv64::default().bytes(bytes).finish()
 }
 
 #[cfg(test)]

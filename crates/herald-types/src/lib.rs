@@ -10,9 +10,28 @@ pub mod ids;
 pub mod notification;
 pub mod seam;
 
-pub use event::{EventKind, LogEvent, UserId};
+pub use event::{EventKind, Folding, LogEvent, UserId};
 pub use notification::{DigestBody, DigestItem, Notification, WireFormat};
 pub use seam::{Answers, EdgeAnswer, EdgeCommand, EdgeHandle, RecordRef, Refusal, Settle};
+
+/// The one error body of Herald's HTTP API:
+/// `{"error": {"code", "message", "index"?, "field"?}}`. Codes are stable
+/// and never reused.
+pub fn error_body(
+    code: &str,
+    message: &str,
+    index: Option<usize>,
+    field: Option<&str>,
+) -> serde_json::Value {
+    let mut e = serde_json::json!({"code": code, "message": message});
+    if let Some(i) = index {
+        e["index"] = i.into();
+    }
+    if let Some(f) = field {
+        e["field"] = f.into();
+    }
+    serde_json::json!({ "error": e })
+}
 
 /// Current wall-clock time in milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

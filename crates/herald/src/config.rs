@@ -82,7 +82,7 @@ impl Default for Celebrity {
         Celebrity {
             threshold: 10_000,
             hysteresis: 0.1,
-            outbox_cap: 1000,
+            outbox_cap: herald_store::DEFAULT_OUTBOX_CAP,
             broadcast_chunk: 512,
         }
     }
@@ -185,7 +185,7 @@ impl Default for Redis {
 impl Default for Log {
     fn default() -> Self {
         Log {
-            partitions: 8,
+            partitions: herald_types::event::DEFAULT_PARTITIONS,
             durability: "always".into(),
             fsync_interval_ms: 5,
             fsync_interval_bytes: 8 << 20,
