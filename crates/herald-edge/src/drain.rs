@@ -33,40 +33,7 @@ impl Conn {
                 .or_default()
                 .insert(self.user);
         }
-        // Hot outboxes come from memory; the rest from Redis in one round
-        // trip (and the first reader of a cold outbox fills the cache).
-        let limit = self.edge.cfg.drain_limit;
-        let cache = &self.edge.outboxes;
-        let mut items: Vec<(UserId, Notification)> = Vec::new();
-        let mut cold = Vec::new();
-        let mut filling = Vec::new();
-        for c in &cursors {
-            match cache.read(c.celebrity, c.seen, limit) {
-                Some(list) => items.extend(list.into_iter().map(|n| (c.celebrity, n))),
-                None => {
-                    if cache.start_fill(c.celebrity) {
-                        filling.push(c.celebrity);
-                    }
-                    cold.push(c.clone());
-                }
-            }
-        }
-        if !cold.is_empty() {
-            match self.edge.store.outbox_read(&cold, limit).await {
-                Ok(list) => items.extend(list),
-                Err(e) => {
-                    for f in filling {
-                        cache.abort_fill(f);
-                    }
-                    return Err(e);
-                }
-            }
-            self.edge.fill_outboxes(filling);
-        }
-        metrics::counter!("herald_outbox_reads_total", "source" => "cache")
-            .increment((cursors.len() - cold.len()) as u64);
-        metrics::counter!("herald_outbox_reads_total", "source" => "redis")
-            .increment(cold.len() as u64);
+        let items = self.read_outboxes(&cursors).await?;
         if items.is_empty() {
             return Ok(items);
         }
@@ -108,6 +75,48 @@ impl Conn {
             }
         }
         Ok(deliver)
+    }
+
+    /// Posts past each cursor: hot outboxes from memory, the rest from
+    /// Redis in one round trip (the first reader of a cold outbox fills
+    /// the cache in the background).
+    async fn read_outboxes(
+        &self,
+        cursors: &[herald_store::OutboxCursor],
+    ) -> Result<Pulled, StoreError> {
+        let limit = self.edge.cfg.drain_limit;
+        let cache = &self.edge.outboxes;
+        let mut items: Vec<(UserId, Notification)> = Vec::new();
+        let mut cold = Vec::new();
+        let mut filling = Vec::new();
+        for c in cursors {
+            match cache.read(c.celebrity, c.seen, limit) {
+                Some(list) => items.extend(list.into_iter().map(|n| (c.celebrity, n))),
+                None => {
+                    if cache.start_fill(c.celebrity) {
+                        filling.push(c.celebrity);
+                    }
+                    cold.push(c.clone());
+                }
+            }
+        }
+        if !cold.is_empty() {
+            match self.edge.store.outbox_read(&cold, limit).await {
+                Ok(list) => items.extend(list),
+                Err(e) => {
+                    for f in filling {
+                        cache.abort_fill(f);
+                    }
+                    return Err(e);
+                }
+            }
+            self.edge.fill_outboxes(filling);
+        }
+        metrics::counter!("herald_outbox_reads_total", "source" => "cache")
+            .increment((cursors.len() - cold.len()) as u64);
+        metrics::counter!("herald_outbox_reads_total", "source" => "redis")
+            .increment(cold.len() as u64);
+        Ok(items)
     }
 
     /// Sends inbox entries and pulled outbox entries merged in acceptance

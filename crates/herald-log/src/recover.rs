@@ -105,34 +105,27 @@ pub fn open_segment(
         time_index: Vec::new(),
         max_ts: i64::MIN,
     };
-    let mut start = 0u64;
-    if !full_scan {
-        if let Some((index, time_index)) = load_index(path, len) {
-            if let Some(&(_, p)) = index.last() {
-                start = p as u64;
-            }
-            seg.max_ts = time_index.last().map_or(i64::MIN, |t| t.0);
-            seg.index = index;
-            seg.time_index = time_index;
-            // Entries at `start` are re-noted by the scan below.
-            seg.index.pop();
-            seg.time_index.pop();
-        } else if len > 0 {
-            tracing::warn!(segment = %path.display(), "index missing or corrupt, rebuilding");
-        }
-    }
+    let start = if full_scan {
+        0
+    } else {
+        resume_from_index(&mut seg, len)
+    };
     let mut buf = vec![0u8; (len - start) as usize];
     seg.file
         .read_exact_at(&mut buf, start)
         .map_err(|e| LogError::io(path, e))?;
-    let mut found = Findings::default();
-    // Offsets in the original file of what is kept, for reports.
-    let mut removed_before = 0u64;
-    let mut rewrite = false;
+    let mut scan = Scan {
+        path,
+        buf,
+        start,
+        removed_before: 0,
+        rewrite: false,
+        found: Findings::default(),
+    };
     let mut pos = 0usize;
     let mut expected: Option<u64> = (start == 0).then_some(base);
-    while pos < buf.len() {
-        let why = match check_batch(&buf[pos..]) {
+    while pos < scan.buf.len() {
+        let why = match check_batch(&scan.buf[pos..]) {
             Ok(h) => {
                 let exp = expected.unwrap_or(h.base_offset);
                 if h.base_offset == exp
@@ -150,27 +143,88 @@ pub fn open_segment(
             }
             Err(e) => e,
         };
-        let exp = expected.unwrap_or(base);
+        scan.invalid_at(ctx, pos, expected.unwrap_or(base), why)?;
+    }
+    let valid = start + scan.buf.len() as u64;
+    if scan.rewrite {
+        seg.file = Arc::new(rewrite_segment(path, &seg.file, start, &scan.buf)?);
+    } else if valid < len {
+        fault::set_len(&seg.file, path, valid).map_err(|e| LogError::io(path, e))?;
+        fault::sync_all(&seg.file, path).map_err(|e| LogError::io(path, e))?;
+    }
+    seg.size = valid;
+    Ok((seg, scan.found))
+}
+
+/// Loads the segment's index files into `seg`; returns the byte position
+/// to validate from (the last indexed batch), or 0 to check everything.
+fn resume_from_index(seg: &mut SegmentInfo, len: u64) -> u64 {
+    let Some((index, time_index)) = load_index(&seg.path, len) else {
+        if len > 0 {
+            tracing::warn!(segment = %seg.path.display(), "index missing or corrupt, rebuilding");
+        }
+        return 0;
+    };
+    let start = index.last().map_or(0, |&(_, p)| p as u64);
+    seg.max_ts = time_index.last().map_or(i64::MIN, |t| t.0);
+    seg.index = index;
+    seg.time_index = time_index;
+    // Entries at `start` are noted again by the scan.
+    seg.index.pop();
+    seg.time_index.pop();
+    start
+}
+
+/// A segment's bytes from the scan's start, as recovery reshapes them.
+struct Scan<'p> {
+    path: &'p Path,
+    buf: Vec<u8>,
+    start: u64,
+    /// Bytes taken out before the current position (for reports, which
+    /// name positions in the file as it was).
+    removed_before: u64,
+    /// Bytes were taken out of the middle: the file is rewritten.
+    rewrite: bool,
+    found: Findings,
+}
+
+impl Scan<'_> {
+    /// The batch at `pos` does not check (`exp` is the offset it should
+    /// start at): quarantine it and resynchronise, cut a torn tail, or
+    /// quarantine a corrupt tail. Leaves `buf` so that the next batch (if
+    /// any) starts at `pos`.
+    fn invalid_at(
+        &mut self,
+        ctx: &mut ScanCtx<'_>,
+        pos: usize,
+        exp: u64,
+        why: Invalid,
+    ) -> Result<()> {
+        let path = self.path;
         let torn = matches!(why, Invalid::Short { .. });
         let reason = match &why {
             Invalid::Short { need } => {
-                format!("torn batch: {} bytes present of {need}", buf.len() - pos)
+                format!(
+                    "torn batch: {} bytes present of {need}",
+                    self.buf.len() - pos
+                )
             }
             Invalid::Corrupt(r) => r.clone(),
         };
-        let at = start + removed_before + pos as u64;
-        match resync(&buf, pos + 1, exp) {
+        let at = self.start + self.removed_before + pos as u64;
+        let resynced = resync(&self.buf, pos + 1, exp);
+        if ctx.policy == OnCorruption::Refuse && !(torn && ctx.last && resynced.is_none()) {
+            return Err(corrupt(path, at, &reason));
+        }
+        match resynced {
             Some((y, h)) => {
                 // Corruption in the middle: valid batches follow.
-                if ctx.policy == OnCorruption::Refuse {
-                    return Err(corrupt(path, at, &reason));
-                }
                 let r = quarantine::put(
                     ctx.qdir,
                     ctx.partition,
                     path,
                     at,
-                    &buf[pos..y],
+                    &self.buf[pos..y],
                     (exp, Some(h.base_offset)),
                     &reason,
                 )?;
@@ -181,38 +235,35 @@ pub fn open_segment(
                     moved_to = %r.bytes_file.display(),
                     "corrupt batch quarantined; the valid batches after it are kept"
                 );
-                found.quarantined.push(r);
-                removed_before += (y - pos) as u64;
-                buf.drain(pos..y);
-                rewrite = true;
+                self.found.quarantined.push(r);
+                self.removed_before += (y - pos) as u64;
+                self.buf.drain(pos..y);
+                self.rewrite = true;
             }
             None if torn && ctx.last => {
-                let cut = (buf.len() - pos) as u64;
+                let cut = (self.buf.len() - pos) as u64;
                 tracing::warn!(
-                    segment = %path.display(), valid_bytes = start + pos as u64,
+                    segment = %path.display(), valid_bytes = self.start + pos as u64,
                     cut_bytes = cut, reason = %reason, "truncated torn tail"
                 );
-                found.truncation = Some(Truncation {
+                self.found.truncation = Some(Truncation {
                     path: path.to_path_buf(),
-                    valid_bytes: start + pos as u64,
+                    valid_bytes: self.start + pos as u64,
                     cut_bytes: cut,
                     reason,
                 });
-                buf.truncate(pos);
+                self.buf.truncate(pos);
             }
             None => {
                 // Nothing valid follows: a corrupt tail. What it held
                 // cannot be counted, so the partition moves past its
                 // watermark.
-                if ctx.policy == OnCorruption::Refuse {
-                    return Err(corrupt(path, at, &reason));
-                }
                 let r = quarantine::put(
                     ctx.qdir,
                     ctx.partition,
                     path,
                     at,
-                    &buf[pos..],
+                    &self.buf[pos..],
                     (exp, None),
                     &reason,
                 )?;
@@ -221,27 +272,19 @@ pub fn open_segment(
                     offset_from = exp, reason = %reason, moved_to = %r.bytes_file.display(),
                     "corrupt tail quarantined"
                 );
-                found.truncation = Some(Truncation {
+                self.found.truncation = Some(Truncation {
                     path: path.to_path_buf(),
-                    valid_bytes: start + pos as u64,
-                    cut_bytes: (buf.len() - pos) as u64,
+                    valid_bytes: self.start + pos as u64,
+                    cut_bytes: (self.buf.len() - pos) as u64,
                     reason,
                 });
-                found.quarantined.push(r);
-                found.unknown_tail = true;
-                buf.truncate(pos);
+                self.found.quarantined.push(r);
+                self.found.unknown_tail = true;
+                self.buf.truncate(pos);
             }
         }
+        Ok(())
     }
-    let valid = start + buf.len() as u64;
-    if rewrite {
-        seg.file = Arc::new(rewrite_segment(path, &seg.file, start, &buf)?);
-    } else if valid < len {
-        fault::set_len(&seg.file, path, valid).map_err(|e| LogError::io(path, e))?;
-        fault::sync_all(&seg.file, path).map_err(|e| LogError::io(path, e))?;
-    }
-    seg.size = valid;
-    Ok((seg, found))
 }
 
 fn corrupt(path: &Path, position: u64, reason: &str) -> LogError {

@@ -252,3 +252,30 @@ fn acknowledged_records_survive_sigkill() {
         );
     }
 }
+
+#[tokio::test]
+async fn refuse_mode_names_the_corrupt_file_and_byte() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, bytes) = build(d.path()).await;
+    let layout = batches(&bytes);
+    let (from, to, _, _) = layout[3];
+    let seg = segment_file(d.path());
+    let mut b = bytes.clone();
+    b[(from + to) / 2] ^= 0x10;
+    std::fs::write(&seg, &b).unwrap();
+    std::fs::remove_file(d.path().join("p-00000/.clean")).ok();
+    let refuse = LogConfig {
+        on_corruption: herald_log::OnCorruption::Refuse,
+        ..cfg()
+    };
+    match Log::open(d.path(), refuse) {
+        Err(herald_log::LogError::CorruptSegment { path, position, .. }) => {
+            assert_eq!(path, seg);
+            assert_eq!(position, from as u64);
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("opened a corrupt log in refuse mode"),
+    }
+    // Nothing was changed: the default mode still finds and keeps all of it.
+    assert_eq!(std::fs::read(&seg).unwrap(), b);
+}

@@ -161,13 +161,6 @@ impl Resolved {
         }
     }
 
-    /// Whether this user has anything but the defaults (fast path).
-    pub fn is_default(&self) -> bool {
-        self.muted_actors.is_empty()
-            && self.muted_objects.is_empty()
-            && self.prefs == Preferences::default()
-    }
-
     /// The API shape: the document with the active mutes as lists.
     pub fn to_api(&self, now_ms: u64) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.prefs).unwrap_or_default();

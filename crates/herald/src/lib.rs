@@ -76,39 +76,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = ops::install_metrics();
-    let nofile = raise_nofile_limit() as usize;
-    let max_conns = match cfg.websocket.max_connections {
-        0 => nofile.saturating_sub(RESERVED_FILES).max(16),
-        n => n,
-    };
-    tracing::info!(
-        open_files = nofile,
-        max_connections = max_conns,
-        "connection capacity"
-    );
-
-    let log_dir = cfg.server.data_dir.join("log");
-    let log_cfg = cfg.log_config();
-    let log = tokio::task::spawn_blocking(move || herald_log::Log::open(&log_dir, log_cfg))
-        .await
-        .context("log open task")?
-        .context("cannot open the log")?;
-    for t in log.truncations() {
-        tracing::warn!(segment = %t.path.display(), cut_bytes = t.cut_bytes, reason = %t.reason, "log recovery truncated");
-    }
-    match log.quarantine() {
-        Ok(q) => {
-            let open = q.iter().filter(|r| !r.acknowledged).count();
-            metrics::gauge!("herald_log_quarantined_ranges").set(open as f64);
-            if open > 0 {
-                tracing::error!(
-                    ranges = open,
-                    "the log holds quarantined corrupt ranges; see GET /v1/admin/log/quarantine"
-                );
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "quarantine reports unreadable"),
-    }
+    let max_conns = connection_capacity(&cfg);
+    let log = open_log(&cfg).await?;
     let store = herald_store::Store::connect(cfg.store_config())
         .await
         .with_context(|| format!("cannot connect to redis at {}", cfg.redis.url))?;
@@ -160,13 +129,7 @@ pub async fn run(
         .fallback(|| async {
             herald_gateway::ApiError::not_found("no such route; see docs/API.md")
         })
-        .method_not_allowed_fallback(|| async {
-            herald_gateway::ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route does not take that method; see docs/API.md",
-            )
-        });
+        .method_not_allowed_fallback(|| async { method_not_allowed() });
     let housekeeping = tokio::spawn({
         let gateway = gateway.clone();
         async move {
@@ -193,6 +156,58 @@ pub async fn run(
     log.close().await.context("closing the log")?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// How many WebSocket connections this process can hold (from the
+/// open-file limit, raised to the hard limit, unless configured).
+fn connection_capacity(cfg: &Config) -> usize {
+    let nofile = raise_nofile_limit() as usize;
+    let max_conns = match cfg.websocket.max_connections {
+        0 => nofile.saturating_sub(RESERVED_FILES).max(16),
+        n => n,
+    };
+    tracing::info!(
+        open_files = nofile,
+        max_connections = max_conns,
+        "connection capacity"
+    );
+    max_conns
+}
+
+/// Opens (and if need be recovers) the log, reporting what recovery cut
+/// or quarantined.
+async fn open_log(cfg: &Config) -> anyhow::Result<herald_log::Log> {
+    let log_dir = cfg.server.data_dir.join("log");
+    let log_cfg = cfg.log_config();
+    let log = tokio::task::spawn_blocking(move || herald_log::Log::open(&log_dir, log_cfg))
+        .await
+        .context("log open task")?
+        .context("cannot open the log")?;
+    for t in log.truncations() {
+        tracing::warn!(segment = %t.path.display(), cut_bytes = t.cut_bytes, reason = %t.reason, "log recovery truncated");
+    }
+    match log.quarantine() {
+        Ok(q) => {
+            let open = q.iter().filter(|r| !r.acknowledged).count();
+            metrics::gauge!("herald_log_quarantined_ranges").set(open as f64);
+            if open > 0 {
+                tracing::error!(
+                    ranges = open,
+                    "the log holds quarantined corrupt ranges; see GET /v1/admin/log/quarantine"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "quarantine reports unreadable"),
+    }
+    Ok(log)
+}
+
+fn method_not_allowed() -> herald_gateway::ApiError {
+    herald_gateway::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see docs/API.md",
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM.
