@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
-use herald_store::{Bucket, BucketAdd};
 use herald_types::{Notification, UserId, WireFormat};
 
 use crate::{Delivery, Edge};
@@ -76,19 +75,20 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
                     continue;
                 }
             };
-            let mut waiting: Vec<(UserId, Bucket, u64)> = Vec::new();
             for (u, p) in slice.iter().zip(prefs) {
-                let route = p.route(
-                    frame.kind,
-                    celebrity,
-                    frame.object.as_deref(),
-                    now_ms,
-                    edge.cfg.digest_override_ms,
-                );
+                let route = p.route(frame.kind, celebrity, frame.object.as_deref(), now_ms);
                 match route {
                     herald_prefs::Route::Drop(_) => continue,
-                    herald_prefs::Route::Wait(b, release) => {
-                        waiting.push((*u, b, release));
+                    herald_prefs::Route::Wait(bucket, release_ms) => {
+                        // Digest-mode followers get the post in their
+                        // digest, followers in quiet hours when they end.
+                        edge.answers.answer(herald_types::EdgeAnswer::Hold {
+                            user: *u,
+                            bucket,
+                            release_ms,
+                            n: template.clone(),
+                            seen: None,
+                        });
                         continue;
                     }
                     herald_prefs::Route::Now => {}
@@ -98,19 +98,6 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
                         Ok(()) => pushed += 1,
                         Err(_) => h.poke.notify_one(),
                     }
-                }
-            }
-            // Digest-mode followers get the post in their digest, followers
-            // in quiet hours when they end: one pipeline per slice.
-            if !waiting.is_empty() {
-                let adds: Vec<BucketAdd<'_>> = waiting
-                    .iter()
-                    .map(|&(user, bucket, release_ms)| {
-                        BucketAdd::new(user, bucket, release_ms, &template, edge.cfg.partitions)
-                    })
-                    .collect();
-                if let Err(e) = edge.store.bucket_add(&adds).await {
-                    tracing::warn!(celebrity, error = %e, "digest or quiet-hours hand-off failed; followers will pull it");
                 }
             }
             tokio::task::yield_now().await;
@@ -139,13 +126,6 @@ pub(crate) fn celebrity_changed(edge: &Edge, user: UserId, on: bool, followers: 
         if edge.conns.contains_key(f) {
             set.insert(*f);
         }
-    }
-}
-
-pub(crate) fn note_seen(seen: &mut Vec<(UserId, u64)>, c: UserId, order: u64) {
-    match seen.iter_mut().find(|(x, _)| *x == c) {
-        Some(e) => e.1 = e.1.max(order),
-        None => seen.push((c, order)),
     }
 }
 

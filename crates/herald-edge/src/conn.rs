@@ -11,7 +11,7 @@ use herald_types::{EdgeAnswer, Notification, Settle, UserId, WireFormat};
 use tokio::sync::{mpsc, Notify};
 
 use crate::frames::{self, ClientFrame};
-use crate::{ConnHandle, Delivery, Edge};
+use crate::{ConnHandle, Delivery, Direct, Edge};
 
 /// Most live notifications taken from the queue per socket flush.
 const COALESCE: usize = 64;
@@ -26,7 +26,7 @@ const FAR: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
 pub(crate) enum Kind {
     /// Pushed live by fan-out: the ack answers `Settled`. Kept whole so it
     /// can be written to the inbox if the ack never comes.
-    Live(Box<Notification>, Settle),
+    Live(Box<Direct>),
     /// From the inbox: the ack removes it there.
     Stored,
     /// A celebrity's post (outbox): the ack advances the read cursor.
@@ -280,16 +280,16 @@ impl Conn {
         let mut msgs = Vec::with_capacity(batch.len());
         for d in batch {
             match d {
-                Delivery::Direct { n, settle } => {
-                    msgs.push(frames::notification(&n, self.fmt));
-                    let id = n.id.clone();
-                    let kind = Kind::Live(n, settle);
+                Delivery::Direct(d) => {
+                    msgs.push(frames::notification(&d.n, self.fmt));
+                    let id = d.n.id.clone();
+                    let kind = Kind::Live(d);
                     // A re-push of something already pending replaces it
                     // (same id: a growing aggregate names every record the
                     // older one did, so the older one is released).
                     if let Some(old) = self.unacked.insert(id, Pending { kind, sent: now }) {
-                        if let Kind::Live(_, s) = old.kind {
-                            self.edge.answers.answer(EdgeAnswer::Settled(s));
+                        if let Kind::Live(o) = old.kind {
+                            self.edge.answers.answer(EdgeAnswer::Settled(o.settle));
                         }
                     }
                 }
@@ -328,7 +328,7 @@ impl Conn {
                 let mut seen: Vec<(UserId, u64)> = Vec::new();
                 for id in ids {
                     match self.unacked.remove(&id).map(|p| p.kind) {
-                        Some(Kind::Live(_, settle)) => settled.push(settle),
+                        Some(Kind::Live(d)) => settled.push(d.settle),
                         Some(Kind::Outbox { celebrity, order }) => {
                             match seen.iter_mut().find(|(c, _)| *c == celebrity) {
                                 Some(e) => e.1 = e.1.max(order),
@@ -399,7 +399,7 @@ impl Conn {
         let items: Vec<(UserId, &Notification)> = ids
             .iter()
             .filter_map(|id| match self.unacked.get(id).map(|p| &p.kind) {
-                Some(Kind::Live(n, _)) => Some((self.user, &**n)),
+                Some(Kind::Live(d)) => Some((self.user, &d.n)),
                 _ => None,
             })
             .collect();
@@ -409,8 +409,8 @@ impl Conn {
                 for id in &ids {
                     if let Some(p) = self.unacked.get_mut(id) {
                         // The inbox has it now.
-                        if let Kind::Live(_, s) = std::mem::replace(&mut p.kind, Kind::Stored) {
-                            settled.push(s);
+                        if let Kind::Live(d) = std::mem::replace(&mut p.kind, Kind::Stored) {
+                            settled.push(d.settle);
                         }
                     }
                 }
@@ -431,13 +431,15 @@ impl Conn {
         let mut left: Vec<(Notification, Settle)> = Vec::new();
         while let Ok(d) = rx.try_recv() {
             // Shared (celebrity) frames stay in their outbox: nothing to do.
-            if let Delivery::Direct { n, settle } = d {
-                left.push((*n, settle));
+            if let Delivery::Direct(d) = d {
+                let Direct { n, settle } = *d;
+                left.push((n, settle));
             }
         }
         for (_, p) in self.unacked.drain() {
-            if let Kind::Live(n, t) = p.kind {
-                left.push((*n, t));
+            if let Kind::Live(d) = p.kind {
+                let Direct { n, settle } = *d;
+                left.push((n, settle));
             }
         }
         if left.is_empty() {

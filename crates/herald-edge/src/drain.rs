@@ -2,10 +2,9 @@
 //! the celebrities they follow (pull path), merged in acceptance order,
 //! on connect and whenever fan-out pokes the connection.
 
-use herald_store::{Bucket, BucketAdd, StoreError};
-use herald_types::{Notification, UserId};
+use herald_store::StoreError;
+use herald_types::{EdgeAnswer, Notification, UserId};
 
-use crate::celebrity::note_seen;
 use crate::conn::{Conn, End, Kind, Pending};
 
 /// Posts pulled from outboxes, with the celebrity each came from.
@@ -37,41 +36,26 @@ impl Conn {
         if items.is_empty() {
             return Ok(items);
         }
-        // The follower's mutes and modes apply to pulled posts too.
+        // The follower's mutes and modes apply to pulled posts too; posts
+        // for the digest or after quiet hours are handed to fan-out's side,
+        // which puts them in their bucket, then moves the cursor past them.
         let prefs = self.edge.prefs.get(self.user).await?;
         let now_ms = herald_types::now_ms();
         let mut deliver = Vec::new();
-        let mut waiting: Vec<(Bucket, u64, Notification)> = Vec::new();
-        let mut seen: Vec<(UserId, u64)> = Vec::new();
         for (c, n) in items {
-            match prefs.route(
-                n.kind,
-                c,
-                n.object.as_deref(),
-                now_ms,
-                self.edge.cfg.digest_override_ms,
-            ) {
+            match prefs.route(n.kind, c, n.object.as_deref(), now_ms) {
                 herald_prefs::Route::Drop(_) => {}
-                herald_prefs::Route::Wait(b, release) => {
-                    note_seen(&mut seen, c, n.order);
-                    waiting.push((b, release, n));
+                herald_prefs::Route::Wait(bucket, release_ms) => {
+                    let seen = Some((c, n.order));
+                    self.edge.answers.answer(EdgeAnswer::Hold {
+                        user: self.user,
+                        bucket,
+                        release_ms,
+                        n,
+                        seen,
+                    });
                 }
                 herald_prefs::Route::Now => deliver.push((c, n)),
-            }
-        }
-        // Posts for the digest or after quiet hours go to their buckets,
-        // and the outbox cursor moves past them so they are not pulled again.
-        if !waiting.is_empty() {
-            let user = self.user;
-            let adds: Vec<BucketAdd<'_>> = waiting
-                .iter()
-                .map(|(bucket, release_ms, n)| {
-                    BucketAdd::new(user, *bucket, *release_ms, n, self.edge.cfg.partitions)
-                })
-                .collect();
-            self.edge.store.bucket_add(&adds).await?;
-            if let Err(e) = self.edge.store.outbox_seen(user, &seen).await {
-                tracing::warn!(user, error = %e, "outbox cursor not moved after hand-off");
             }
         }
         Ok(deliver)

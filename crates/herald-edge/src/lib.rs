@@ -63,10 +63,6 @@ pub struct EdgeConfig {
     pub max_connections: usize,
     /// Followers pushed per slice of a celebrity broadcast before yielding.
     pub broadcast_chunk: usize,
-    /// Log partitions (a user's partition owns its digest and quiet-hours buckets).
-    pub partitions: u32,
-    /// When > 0, every digest window lasts this long (tests and demos).
-    pub digest_override_ms: u64,
     /// Posts kept per celebrity outbox (the in-memory cache keeps as many).
     pub outbox_cap: usize,
 }
@@ -86,25 +82,25 @@ impl Default for EdgeConfig {
             max_message_bytes: 64 * 1024,
             max_connections: 15_000,
             broadcast_chunk: 512,
-            partitions: herald_types::event::DEFAULT_PARTITIONS,
-            digest_override_ms: 0,
             outbox_cap: herald_store::DEFAULT_OUTBOX_CAP,
         }
     }
 }
 
-/// What fan-out hands a connection.
-/// What fan-out hands a connection. Kept small (the notification is boxed,
-/// a shared frame is an `Arc`): tokio allocates a block of 32 slots per
-/// channel up front, which was ~6 KB per connection with it inline.
+/// What fan-out hands a connection. Kept one pointer wide (a push is
+/// boxed with its settle, a shared frame is an `Arc`): tokio allocates a
+/// block of 32 slots per channel up front, which was ~6 KB per connection
+/// with the notification inline.
 pub(crate) enum Delivery {
-    Direct {
-        n: Box<Notification>,
-        /// Answered `Settled` once acked or in the inbox.
-        settle: Settle,
-    },
+    Direct(Box<Direct>),
     /// A celebrity's post, encoded once for every follower.
     Shared(Arc<celebrity::SharedFrame>),
+}
+
+/// A push and what it answers for (`Settled` once acked or in the inbox).
+pub(crate) struct Direct {
+    pub n: Notification,
+    pub settle: Settle,
 }
 
 pub(crate) struct ConnHandle {
@@ -288,16 +284,19 @@ impl Edge {
         let Some(h) = self.conns.get(&user) else {
             return refused(n, settle, Refusal::Offline);
         };
-        let (d, why) = match h.tx.try_send(Delivery::Direct {
-            n: Box::new(n),
-            settle,
-        }) {
+        let (d, why) = match h
+            .tx
+            .try_send(Delivery::Direct(Box::new(Direct { n, settle })))
+        {
             Ok(()) => return None,
             Err(mpsc::error::TrySendError::Full(d)) => (d, Refusal::Full),
             Err(mpsc::error::TrySendError::Closed(d)) => (d, Refusal::Offline),
         };
         match d {
-            Delivery::Direct { n, settle } => refused(*n, settle, why),
+            Delivery::Direct(d) => {
+                let Direct { n, settle } = *d;
+                refused(n, settle, why)
+            }
             Delivery::Shared(_) => None,
         }
     }

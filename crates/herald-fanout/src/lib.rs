@@ -60,8 +60,6 @@ pub struct FanoutConfig {
     pub outbox_cap: usize,
     /// Burst folding and the per-recipient throttle.
     pub aggregation: AggregationConfig,
-    /// When > 0, every digest window lasts this long (tests and demos).
-    pub digest_override_ms: u64,
 }
 
 impl Default for FanoutConfig {
@@ -75,7 +73,6 @@ impl Default for FanoutConfig {
             celebrity: herald_store::CelebrityPolicy::new(10_000, 0.1),
             outbox_cap: herald_store::DEFAULT_OUTBOX_CAP,
             aggregation: AggregationConfig::default(),
-            digest_override_ms: 0,
         }
     }
 }

@@ -72,7 +72,8 @@ pub(crate) struct Routed {
     pub now: Vec<(usize, UserId)>,
     /// (item, recipient, bucket, release time ms): quiet hours or digest.
     pub waiting: Vec<(usize, UserId, Bucket, u64)>,
-    /// Dropped by a mute or an `off` mode, with the reason.
+    /// Dropped by a mute or an `off` mode, with the reason (counted by
+    /// `Resolved::route`).
     pub dropped: Vec<&'static str>,
 }
 
@@ -83,19 +84,12 @@ pub(crate) fn route(
     planned: &[(usize, UserId)],
     prefs: &[Arc<Resolved>],
     now_ms: u64,
-    digest_override_ms: u64,
 ) -> Routed {
     let mut r = Routed::default();
     for (k, &(idx, user)) in planned.iter().enumerate() {
         let ev = &items[idx].ev;
         let route = match prefs.get(k) {
-            Some(p) => p.route(
-                ev.kind,
-                ev.actor,
-                ev.object.as_deref(),
-                now_ms,
-                digest_override_ms,
-            ),
+            Some(p) => p.route(ev.kind, ev.actor, ev.object.as_deref(), now_ms),
             None => Route::Now,
         };
         match route {
@@ -170,7 +164,7 @@ mod tests {
             Arc::new(muted),
             Arc::new(digest),
         ];
-        let r = route(&items, &planned, &prefs, 1_000, 0);
+        let r = route(&items, &planned, &prefs, 1_000);
         assert_eq!(r.now, vec![(0, 2)]);
         assert_eq!(r.dropped.len(), 1);
         assert_eq!(r.waiting.len(), 1);

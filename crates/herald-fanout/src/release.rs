@@ -41,7 +41,7 @@ impl Worker {
         let items = self.store.bucket_read(user, b, 1000).await?;
         let ids: Vec<String> = items.iter().map(|n| n.id.clone()).collect();
         let prefs = self.prefs.get(user).await?;
-        let window = |t: u64| prefs.prefs.digest_window(t, self.cfg.digest_override_ms);
+        let window = |t: u64| prefs.digest_window(t);
         let out = match b {
             Bucket::Held => items,
             Bucket::Digest if items.is_empty() => Vec::new(),

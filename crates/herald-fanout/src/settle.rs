@@ -1,25 +1,44 @@
 //! Fan-out's side of the seam's answers: every partition's [`Tracker`],
-//! found by the partition a [`RecordRef`] names. Edges (this node's, or
-//! another's over the network) answer here.
+//! found by the partition a [`RecordRef`] names, and the writes an edge
+//! leaves to fan-out (a push refused after the fact goes to the inbox; a
+//! celebrity post a follower's preferences hold goes to its bucket). Edges
+//! (this node's, or another's over the network) answer here, so the writes
+//! of delivery policy happen on one side.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_log::Log;
-use herald_store::Store;
-use herald_types::{Answers, EdgeAnswer, Notification, RecordRef, Settle, UserId};
+use herald_store::{BucketAdd, Store};
+use herald_types::{Answers, Bucket, EdgeAnswer, Notification, RecordRef, Settle, UserId};
 use tokio::sync::mpsc;
 
 use crate::{FanoutConfig, Tracker};
 
-/// Refused pushes that came back after the fact, waiting for the inbox.
-const LATE_REFUSALS: usize = 10_000;
+/// Writes edges left to fan-out, waiting for Redis; past it they are
+/// dropped (refused pushes: their records stay unsettled until restart;
+/// held posts: the follower pulls them again on its next connect).
+const LATER_WRITES: usize = 10_000;
 
-/// Every partition's tracker, and a writer for pushes an edge refused
-/// after the fact.
+/// A write an edge leaves to fan-out.
+enum Later {
+    /// A push refused after the fact: to the inbox, then released.
+    Refused(UserId, Notification, Settle),
+    /// A post to hold in a bucket, then maybe a cursor to move.
+    Hold {
+        user: UserId,
+        bucket: Bucket,
+        release_ms: u64,
+        n: Notification,
+        seen: Option<(UserId, u64)>,
+    },
+}
+
+/// Every partition's tracker, and a writer for what edges leave to
+/// fan-out.
 pub struct Settlements {
     trackers: Vec<Arc<Tracker>>,
-    refused: mpsc::Sender<(UserId, Notification, Settle)>,
+    later: mpsc::Sender<Later>,
 }
 
 impl Settlements {
@@ -47,16 +66,17 @@ impl Settlements {
             };
             trackers.push(Tracker::new(p, start));
         }
-        let (tx, rx) = mpsc::channel(LATE_REFUSALS);
+        let (tx, rx) = mpsc::channel(LATER_WRITES);
         let s = Arc::new(Settlements {
             trackers,
-            refused: tx,
+            later: tx,
         });
-        tokio::spawn(write_refused(
+        tokio::spawn(write_later(
             store,
             rx,
             Arc::downgrade(&s),
             cfg.retry_backoff,
+            log.partitions(),
         ));
         s
     }
@@ -90,6 +110,31 @@ impl Settlements {
     pub fn fail(&self, s: &Settle) {
         self.each(s, |t, r| t.fail(r));
     }
+
+    fn later(&self, w: Later) {
+        let Err(e) = self.later.try_send(w) else {
+            return;
+        };
+        let w = match e {
+            mpsc::error::TrySendError::Full(w) | mpsc::error::TrySendError::Closed(w) => w,
+        };
+        metrics::counter!("herald_later_writes_overflow_total").increment(1);
+        match w {
+            Later::Refused(user, _, settle) => {
+                tracing::error!(
+                    user,
+                    "later writes queue full; the record is processed again after restart"
+                );
+                self.fail(&settle);
+            }
+            Later::Hold { user, .. } => {
+                tracing::warn!(
+                    user,
+                    "later writes queue full; the follower pulls the post on its next connect"
+                );
+            }
+        }
+    }
 }
 
 impl Answers for Settlements {
@@ -99,19 +144,20 @@ impl Answers for Settlements {
             EdgeAnswer::Failed(s) => self.fail(&s),
             EdgeAnswer::Refused {
                 user, n, settle, ..
-            } => {
-                if let Err(e) = self.refused.try_send((user, n, settle)) {
-                    let (.., settle) = match e {
-                        mpsc::error::TrySendError::Full(x)
-                        | mpsc::error::TrySendError::Closed(x) => x,
-                    };
-                    tracing::error!(
-                        user,
-                        "late refusals queue full; the record is processed again after restart"
-                    );
-                    self.fail(&settle);
-                }
-            }
+            } => self.later(Later::Refused(user, n, settle)),
+            EdgeAnswer::Hold {
+                user,
+                bucket,
+                release_ms,
+                n,
+                seen,
+            } => self.later(Later::Hold {
+                user,
+                bucket,
+                release_ms,
+                n,
+                seen,
+            }),
         }
     }
 
@@ -122,29 +168,52 @@ impl Answers for Settlements {
     }
 }
 
-/// Writes pushes an edge refused after the fact to their inboxes (with
-/// retry while Redis is unreachable), then releases them.
-async fn write_refused(
+/// Writes what edges left to fan-out, retrying while Redis is
+/// unreachable: refused pushes to the inbox (then released), held posts to
+/// their bucket (then the follower's outbox cursor, when given).
+async fn write_later(
     store: Store,
-    mut rx: mpsc::Receiver<(UserId, Notification, Settle)>,
+    mut rx: mpsc::Receiver<Later>,
     settlements: std::sync::Weak<Settlements>,
     backoff: Duration,
+    partitions: u32,
 ) {
-    while let Some((user, n, settle)) = rx.recv().await {
+    while let Some(w) = rx.recv().await {
         let mut wait = backoff;
         loop {
-            match store.inbox_push(&[(user, &n)]).await {
-                Ok(_) => break,
+            let r = match &w {
+                Later::Refused(user, n, _) => store.inbox_push(&[(*user, n)]).await.map(|_| ()),
+                Later::Hold {
+                    user,
+                    bucket,
+                    release_ms,
+                    n,
+                    seen,
+                } => {
+                    let add = BucketAdd::new(*user, *bucket, *release_ms, n, partitions);
+                    match store.bucket_add(&[add]).await {
+                        Ok(()) => match seen {
+                            Some(s) => store.outbox_seen(*user, &[*s]).await,
+                            None => Ok(()),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match r {
+                Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(user, error = %e, "inbox write of a refused push failed; retrying");
+                    tracing::warn!(error = %e, "a write left by an edge failed; retrying");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        let Some(s) = settlements.upgrade() else {
-            return;
-        };
-        s.release(&settle);
+        if let Later::Refused(_, _, settle) = w {
+            let Some(s) = settlements.upgrade() else {
+                return;
+            };
+            s.release(&settle);
+        }
     }
 }

@@ -208,16 +208,7 @@ impl Worker {
         self.celebrity_posts(items).await?;
         let planned = plan::recipients(items);
         let prefs = self.preferences(&planned).await?;
-        let routed = plan::route(
-            items,
-            &planned,
-            &prefs,
-            herald_types::now_ms(),
-            self.cfg.digest_override_ms,
-        );
-        for why in &routed.dropped {
-            metrics::counter!("herald_notifications_dropped_total", "reason" => *why).increment(1);
-        }
+        let routed = plan::route(items, &planned, &prefs, herald_types::now_ms());
         self.deliver_now(items, &routed.now).await?;
         self.hand_off_waiting(items, &routed.waiting).await
     }

@@ -15,15 +15,24 @@ pub struct PrefsCache {
     store: Store,
     ttl: Duration,
     max_entries: usize,
+    digest_override_ms: u64,
     map: DashMap<UserId, (Instant, Arc<Resolved>)>,
 }
 
 impl PrefsCache {
-    pub fn new(store: Store, ttl: Duration, max_entries: usize) -> PrefsCache {
+    /// `digest_override_ms` > 0 makes every digest window that long (tests
+    /// and demos); it rides with each loaded entry.
+    pub fn new(
+        store: Store,
+        ttl: Duration,
+        max_entries: usize,
+        digest_override_ms: u64,
+    ) -> PrefsCache {
         PrefsCache {
             store,
             ttl,
             max_entries: max_entries.max(1),
+            digest_override_ms,
             map: DashMap::new(),
         }
     }
@@ -55,7 +64,9 @@ impl PrefsCache {
                 self.map.clear();
             }
             for (i, s) in missing.into_iter().zip(stored) {
-                let r = Arc::new(Resolved::from_stored(&s));
+                let mut r = Resolved::from_stored(&s);
+                r.digest_override_ms = self.digest_override_ms;
+                let r = Arc::new(r);
                 self.map.insert(users[i], (now, r.clone()));
                 out[i] = Some(r);
             }

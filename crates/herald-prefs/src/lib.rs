@@ -28,6 +28,9 @@ pub struct Resolved {
     pub muted_actors: Vec<(UserId, u64)>,
     /// (object, until_ms; 0 = forever)
     pub muted_objects: Vec<(String, u64)>,
+    /// When > 0, every digest window lasts this long (tests and demos);
+    /// set by the [`PrefsCache`] that loaded it.
+    pub digest_override_ms: u64,
 }
 
 /// One mute, and how it is keyed in the store (`a:<actor>`, `o:<object>`):
@@ -134,15 +137,18 @@ impl Resolved {
         }
     }
 
+    /// The digest window holding `now_ms` (start, end).
+    pub fn digest_window(&self, now_ms: u64) -> (u64, u64) {
+        self.prefs.digest_window(now_ms, self.digest_override_ms)
+    }
+
     /// Applies [`Resolved::decide`], then quiet hours, and counts drops.
-    /// `digest_override_ms` > 0 shortens digest windows (tests and demos).
     pub fn route(
         &self,
         kind: EventKind,
         actor: UserId,
         object: Option<&str>,
         now_ms: u64,
-        digest_override_ms: u64,
     ) -> Route {
         match self.decide(kind, actor, object, now_ms) {
             Decision::Drop(reason) => {
@@ -150,10 +156,9 @@ impl Resolved {
                     .increment(1);
                 Route::Drop(reason)
             }
-            Decision::Digest => Route::Wait(
-                herald_store::Bucket::Digest,
-                self.prefs.digest_window(now_ms, digest_override_ms).1,
-            ),
+            Decision::Digest => {
+                Route::Wait(herald_store::Bucket::Digest, self.digest_window(now_ms).1)
+            }
             Decision::Deliver => match self.prefs.quiet_until(now_ms) {
                 Some(t) => Route::Wait(herald_store::Bucket::Held, t),
                 None => Route::Now,

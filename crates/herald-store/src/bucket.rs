@@ -8,15 +8,13 @@ use herald_types::{Notification, UserId};
 
 use crate::{ukey, Result, Store, StoreError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bucket {
-    /// Real-time notifications held by quiet hours.
-    Held,
-    /// Notifications collected for the user's digest.
-    Digest,
+pub use herald_types::Bucket;
+
+trait BucketName {
+    fn name(self) -> &'static str;
 }
 
-impl Bucket {
+impl BucketName for Bucket {
     fn name(self) -> &'static str {
         match self {
             Bucket::Held => "held",

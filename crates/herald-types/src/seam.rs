@@ -59,6 +59,15 @@ impl Settle {
     }
 }
 
+/// Where a notification waits instead of going out now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Bucket {
+    /// Real-time notifications held by quiet hours.
+    Held,
+    /// Notifications collected for the user's digest.
+    Digest,
+}
+
 /// Why an edge did not take a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -113,6 +122,17 @@ pub enum EdgeAnswer {
     /// Could be neither delivered nor stored (the node is stopping, a
     /// bounded queue overflowed): process the records again after restart.
     Failed(Settle),
+    /// A celebrity's post for a follower whose preferences say it waits
+    /// (quiet hours, digest): the receiver puts it in that bucket, then,
+    /// when `seen` is given, moves the follower's outbox cursor past it.
+    Hold {
+        user: UserId,
+        bucket: Bucket,
+        release_ms: u64,
+        n: Notification,
+        /// (celebrity, order) the follower's cursor moves to once held.
+        seen: Option<(UserId, u64)>,
+    },
 }
 
 /// The edge side of the seam.

@@ -336,7 +336,6 @@ impl Config {
             _ => herald_log::Durability::Always,
         };
         herald_log::LogConfig {
-            partitions: self.log.partitions,
             durability,
             segment_bytes: self.log.segment_bytes,
             segment_ms: self.log.segment_ms,
@@ -393,8 +392,6 @@ impl Config {
             max_message_bytes: w.max_message_bytes,
             max_connections,
             broadcast_chunk: self.celebrity.broadcast_chunk.max(1),
-            partitions: self.log.partitions,
-            digest_override_ms: self.digest.window_override_ms,
             outbox_cap: self.celebrity.outbox_cap.max(1),
         }
     }
@@ -407,7 +404,6 @@ impl Config {
             retry_backoff: Duration::from_millis(self.fanout.retry_backoff_ms.clamp(1, 60_000)),
             celebrity: self.celebrity_policy(),
             outbox_cap: self.celebrity.outbox_cap.max(1),
-            digest_override_ms: self.digest.window_override_ms,
             aggregation: herald_fanout::AggregationConfig {
                 window: Duration::from_millis(self.aggregation.window_ms),
                 threshold: self.aggregation.threshold.max(2),

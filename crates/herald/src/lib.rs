@@ -90,6 +90,7 @@ pub async fn run(
         store.clone(),
         Duration::from_millis(cfg.preferences.cache_ttl_ms.clamp(1, 1000)),
         cfg.preferences.cache_entries,
+        cfg.digest.window_override_ms,
     ));
     let gateway = herald_gateway::Gateway::new(
         cfg.gateway_config(),

@@ -233,7 +233,10 @@ impl Writer {
         let failure = match res {
             Ok(()) => {
                 self.publish();
-                if matches!(self.health.get(), LogHealth::Full { .. }) {
+                // Only bytes that reached the disk prove there is room again
+                // (a round of ticks alone proves nothing).
+                let wrote = pending.iter().any(|(_, r)| r.is_ok());
+                if wrote && matches!(self.health.get(), LogHealth::Full { .. }) {
                     tracing::info!("log writes succeed again: disk space returned");
                     self.health.set(LogHealth::Ok);
                 }
