@@ -149,7 +149,7 @@ pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
     if kind.needs_recipient() && recipient.is_none() {
         return Err(missing("recipient", &format!(" for {}", kind.as_str())));
     }
-    if matches!(kind, EventKind::Follow | EventKind::Unfollow) && recipient == Some(actor) {
+    if kind.graph_change().is_some() && recipient == Some(actor) {
         return Err(ApiError::field(
             "invalid_field",
             "recipient",

@@ -202,8 +202,8 @@ pub fn parse_document(v: &Value) -> Result<Document, Invalid> {
         for (name, v) in k {
             let field = format!("kinds.{name}");
             match EventKind::parse(name) {
-                Some(EventKind::Unfollow) => {
-                    return Err(bad(field, "unfollow is never notified"));
+                Some(kind) if !kind.notifies() => {
+                    return Err(bad(field, format!("{name} is never notified")));
                 }
                 Some(_) => {
                     prefs.kinds.insert(name.clone(), mode(v, &field)?);

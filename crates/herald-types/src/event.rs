@@ -75,6 +75,19 @@ impl EventKind {
         }
     }
 
+    /// Whether anyone is ever notified of it (an unfollow only changes the
+    /// graph).
+    pub fn notifies(self) -> bool {
+        match self {
+            EventKind::Unfollow => false,
+            EventKind::Like
+            | EventKind::Comment
+            | EventKind::Mention
+            | EventKind::Follow
+            | EventKind::Post => true,
+        }
+    }
+
     /// Whether its recipients are the actor's followers (else the event's
     /// direct recipients).
     pub fn to_followers(self) -> bool {
