@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Herald needs on a Debian machine when it is missing:
-# redis-server (from Debian's packages). The Rust toolchain must already be
+# redis-server (from Debian's packages), and with --with-browser Debian's
+# chromium (the test suite renders the load report in it). The Rust toolchain must already be
 # there (rustup); Debian's own cargo is too old for this workspace.
 set -euo pipefail
 
@@ -9,13 +10,18 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "installing redis-server..." >&2
+want=()
+command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
+if [ "${1:-}" = "--with-browser" ]; then
+    command -v chromium >/dev/null 2>&1 || want+=(chromium)
+fi
+if [ "${#want[@]}" -gt 0 ]; then
+    echo "installing ${want[*]}..." >&2
     SUDO=""
     if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq redis-server >/dev/null
+    $SUDO apt-get install -y -qq "${want[@]}" >/dev/null
 fi
 # A Debian install starts a system Redis on 6379 on some machines; Herald's
 # scripts never rely on it.

@@ -5,7 +5,7 @@
 # lint checks, and closes with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deploy/ensure-deps.sh
+deploy/ensure-deps.sh --with-browser
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -7,7 +7,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{free_port, Redis};
+use support::{free_port, summary_row, Redis};
 
 #[test]
 fn chaos_loses_nothing() {
@@ -64,7 +64,11 @@ fn chaos_loses_nothing() {
         String::from_utf8_lossy(&out.stderr),
         tail.join("\n")
     );
-    assert!(stdout.contains("\nlost 0 |"), "{stdout}");
+    assert_eq!(
+        summary_row(&stdout, "lost").as_deref(),
+        Some("0"),
+        "{stdout}"
+    );
     assert!(stdout.contains("refused 0"), "{stdout}");
     assert_eq!(
         stdout.matches("herald SIGKILL + restart").count(),

@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{Node, Redis};
+use support::{summary_row, Node, Redis};
 
 #[test]
 fn loadgen_smoke_loses_nothing() {
@@ -44,10 +44,17 @@ fn loadgen_smoke_loses_nothing() {
         String::from_utf8_lossy(&out.stderr),
         node.log_tail()
     );
-    assert!(
-        stdout.contains("lost 0 | duplicated after ack 0"),
+    assert_eq!(
+        summary_row(&stdout, "lost").as_deref(),
+        Some("0"),
         "{stdout}"
     );
+    assert_eq!(
+        summary_row(&stdout, "duplicated after ack").as_deref(),
+        Some("0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("verdict: pass"), "{stdout}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.path().join("smoke.json")).unwrap()).unwrap();
     assert!(report["notifications"]["delivered_live"].as_u64().unwrap() > 0);

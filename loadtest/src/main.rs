@@ -8,6 +8,7 @@ mod http;
 mod ingest;
 mod report;
 mod run;
+mod sample;
 mod send;
 mod stats;
 
@@ -42,6 +43,23 @@ enum Command {
     Run(Box<RunArgs>),
     /// Measure HTTP ingest: events/s made durable (202) with batch posts.
     Ingest(IngestArgs),
+    /// Compare runs: each side is a comma-separated list of JSON reports
+    /// of one build (medians are taken); writes one HTML page with the
+    /// runs overlaid and prints the table of medians and deltas.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Sides: `a1.json,a2.json b1.json,b2.json ...` (the first is the baseline).
+    #[arg(required = true, num_args = 2..)]
+    sides: Vec<String>,
+    /// A label per side, comma-separated (default A, B, ...).
+    #[arg(long)]
+    labels: Option<String>,
+    /// The HTML page to write.
+    #[arg(long, default_value = "loadtest/reports/compare.html")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -193,6 +211,15 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Run(a) => run_cmd(*a).await,
+            Command::Compare(c) => {
+                if let Some(dir) = c.out.parent() {
+                    std::fs::create_dir_all(dir).ok();
+                }
+                let table = report::compare::run(&c.sides, c.labels.as_deref(), &c.out)?;
+                print!("{table}");
+                println!("comparison: {}", c.out.display());
+                Ok(())
+            }
             Command::Ingest(a) => {
                 check_loopback(&a.target)?;
                 ingest::run(a.target, a.connections, a.batch, a.duration).await

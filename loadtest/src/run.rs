@@ -66,7 +66,16 @@ pub struct Outcome {
     pub celebrity_last_ms: Option<f64>,
 }
 
-/// user+sys CPU of `pid` in clock ticks (1/100 s).
+/// `n` in at most 6 characters: 999, 15.2k, 1.21M.
+pub fn si(n: u64) -> String {
+    match n {
+        0..=9_999 => n.to_string(),
+        10_000..=999_999 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.2}M", n as f64 / 1e6),
+    }
+}
+
+/// user+sys CPU of `pid` in clock ticks (see `sample::ticks_per_second`).
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = s.rsplit_once(')')?.1;
@@ -245,6 +254,7 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     let stats = Arc::new(Stats::new());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let sampler = crate::sample::spawn(stats.clone(), spec.herald_pid, stop_rx.clone());
     let rss_before = spec.herald_pid.and_then(rss_kib);
     if spec.set_prefs {
         eprintln!("setting preferences for {} users", spec.clients);
@@ -436,15 +446,16 @@ pub async fn run(
         }
         if progress && Instant::now() >= next_progress {
             next_progress += Duration::from_secs(1);
+            // One terminal row (< 80 columns).
             eprintln!(
-                "[{:>4.0}s] online {:>6}  sent {:>8}  accepted {:>8}  delivered {:>9}  p99 {:>7.1} ms  pending {:>7}",
+                "[{:>4.0}s] online {:>6} sent {:>6} ok {:>6} got {:>6} p99 {:>6.1}ms wait {:>6}",
                 start.elapsed().as_secs_f64(),
-                stats.online.load(Ordering::Relaxed),
-                stats.events_sent.load(Ordering::Relaxed),
-                stats.events_accepted.load(Ordering::Relaxed),
-                stats.delivered(),
+                si(stats.online.load(Ordering::Relaxed)),
+                si(stats.events_sent.load(Ordering::Relaxed)),
+                si(stats.events_accepted.load(Ordering::Relaxed)),
+                si(stats.delivered()),
                 stats.p99_ms(),
-                stats.pending.len()
+                si(stats.pending.len() as u64)
             );
         }
         tokio::time::sleep(tick).await;
@@ -467,10 +478,13 @@ pub async fn run(
     let cpu1 = spec.herald_pid.and_then(cpu_ticks);
     let delivered = stats.delivered() - delivered0;
     let cpu_us_per_notification = match (cpu0, cpu1) {
-        (Some(a), Some(b)) if delivered > 0 => Some((b - a) as f64 * 10_000.0 / delivered as f64),
+        (Some(a), Some(b)) if delivered > 0 => {
+            Some((b - a) as f64 / crate::sample::ticks_per_second() * 1e6 / delivered as f64)
+        }
         _ => None,
     };
     let _ = stop_tx.send(true);
+    let _ = sampler.await;
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }

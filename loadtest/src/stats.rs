@@ -57,6 +57,11 @@ pub struct Stats {
     pub live: Mutex<Histogram<u64>>,
     /// Per-second live latency histograms, for the timeline.
     pub timeline: Mutex<Vec<Histogram<u64>>>,
+    /// One sample a second of counters and Herald's CPU and memory.
+    pub samples: Mutex<Vec<crate::sample::Sample>>,
+    /// Celebrity scenario: each online follower's receipt time (µs after
+    /// the post was sent).
+    pub celebrity_receipts_us: Mutex<Vec<u64>>,
     /// Time from connect to the last inbox entry received (µs).
     pub drains: Mutex<Histogram<u64>>,
 }
@@ -92,6 +97,8 @@ impl Stats {
             online: AtomicU64::new(0),
             live: Mutex::new(hist()),
             timeline: Mutex::new(Vec::new()),
+            samples: Mutex::new(Vec::new()),
+            celebrity_receipts_us: Mutex::new(Vec::new()),
             drains: Mutex::new(hist()),
         }
     }
@@ -239,6 +246,9 @@ impl Stats {
         } else if seq == CELEBRITY_SEQ {
             // The celebrity post is timed apart from the unrelated traffic.
             self.delivered_live.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut r) = self.celebrity_receipts_us.lock() {
+                r.push(us);
+            }
         } else {
             self.delivered_live.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut h) = self.live.lock() {

@@ -270,6 +270,11 @@ impl Node {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// The herald process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL: no shutdown work at all.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -634,4 +639,13 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
+}
+
+/// The value of a row of the load generator's terminal summary
+/// (`<label>  <value>`).
+pub fn summary_row(out: &str, label: &str) -> Option<String> {
+    out.lines().find_map(|l| {
+        let rest = l.strip_prefix(label)?;
+        rest.starts_with("  ").then(|| rest.trim().to_string())
+    })
 }

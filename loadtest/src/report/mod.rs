@@ -1,0 +1,309 @@
+//! The verdict: a terminal summary (an aligned table), a JSON report, and
+//! a self-contained HTML report with charts (`html.rs`, drawn with
+//! plotters' SVG backend); `compare.rs` overlays several runs.
+
+mod charts;
+pub mod compare;
+mod html;
+
+pub use html::html;
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{json, Value};
+
+use crate::run::Outcome;
+
+/// Quantiles reported for latency distributions (plotted on a
+/// 1/(1-q) axis, so the tail is visible).
+const PERCENTILES: [f64; 15] = [
+    0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99995, 0.99999,
+    0.999999, 1.0,
+];
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+pub fn json_report(o: &Outcome, scenario: &str) -> Value {
+    let s = &o.stats;
+    let h = s.live.lock().map(|h| h.clone()).ok();
+    let q = |p: f64| {
+        h.as_ref()
+            .map(|h| ms(h.value_at_quantile(p)))
+            .unwrap_or(0.0)
+    };
+    let d = s.drains.lock().map(|h| h.clone()).ok();
+    let dq = |p: f64| {
+        d.as_ref()
+            .map(|h| ms(h.value_at_quantile(p)))
+            .unwrap_or(0.0)
+    };
+    let accepted = s.events_accepted.load(Ordering::Relaxed);
+    let delivered = s.delivered();
+    let expected = s.expected.load(Ordering::Relaxed);
+    let lost = s.lost();
+    let timeline: Vec<Value> = s
+        .timeline
+        .lock()
+        .map(|t| {
+            t.iter()
+                .enumerate()
+                .filter(|(_, h)| !h.is_empty())
+                .map(|(i, h)| {
+                    json!({"t_s": i, "count": h.len(), "p50_ms": ms(h.value_at_quantile(0.5)),
+                           "p90_ms": ms(h.value_at_quantile(0.9)),
+                           "p99_ms": ms(h.value_at_quantile(0.99)),
+                           "p999_ms": ms(h.value_at_quantile(0.999)), "max_ms": ms(h.max())})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let cdf: Vec<Value> = h
+        .as_ref()
+        .map(|h| {
+            PERCENTILES
+                .iter()
+                .map(|&p| json!({"quantile": p, "ms": ms(h.value_at_quantile(p))}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let drains: Vec<Value> = d
+        .as_ref()
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            PERCENTILES
+                .iter()
+                .map(|&p| json!({"quantile": p, "ms": ms(h.value_at_quantile(p))}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let samples = s.samples.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut receipts: Vec<u64> = s
+        .celebrity_receipts_us
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
+    receipts.sort_unstable();
+    // At most 500 points of the receipt curve (every k-th follower).
+    let step = (receipts.len() / 500).max(1);
+    let receipts: Vec<Value> = receipts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % step == 0 || *i + 1 == receipts.len())
+        .map(|(i, us)| json!({"followers": i + 1, "ms": ms(*us)}))
+        .collect();
+    json!({
+        "scenario": scenario,
+        "clients": o.spec.clients,
+        "target_rate": o.spec.rate,
+        "duration_s": o.send_secs,
+        "events": {"sent": s.events_sent.load(Ordering::Relaxed), "accepted": accepted,
+                   "accepted_per_s": if o.send_secs >= 0.5 { Some(accepted as f64 / o.send_secs) } else { None },
+                   "http_errors": s.http_errors.load(Ordering::Relaxed),
+                   "refused": s.events_refused.load(Ordering::Relaxed)},
+        "notifications": {"expected": expected, "delivered_live": s.delivered_live.load(Ordering::Relaxed),
+                          "delivered_inbox": s.delivered_inbox.load(Ordering::Relaxed),
+                          "delivered_per_s": if o.send_secs >= 0.5 { Some(delivered as f64 / o.send_secs) } else { None },
+                          "lost": lost, "duplicated_after_ack": s.duplicates.load(Ordering::Relaxed),
+                          "unexpected": s.unexpected.load(Ordering::Relaxed),
+                          "in_aggregates": s.folded.load(Ordering::Relaxed),
+                          "lost_sample": s.pending.iter().take(10).map(|e| json!({"seq": *e.key(), "users": e.value().1.iter().take(5).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+                          "late_over_1s": s.late.load(Ordering::Relaxed)},
+        "latency_live_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+                            "max": h.as_ref().map(|h| ms(h.max())).unwrap_or(0.0),
+                            "count": h.as_ref().map(|h| h.len()).unwrap_or(0)},
+        "inbox_drain_ms": {"count": d.as_ref().map(|h| h.len()).unwrap_or(0), "p50": dq(0.5), "p99": dq(0.99),
+                           "max": d.as_ref().map(|h| ms(h.max())).unwrap_or(0.0)},
+        "connections": {"connects": s.connects.load(Ordering::Relaxed), "errors": s.connect_errors.load(Ordering::Relaxed)},
+        "herald_rss_kib": o.rss_idle_kib.map(|(a, b)| json!({"before_clients": a, "after_clients": b,
+            "per_connection_bytes": (b.saturating_sub(a) * 1024) as f64 / o.spec.clients.max(1) as f64})),
+        "straggler_wait_s": o.drain_secs,
+        "herald_cpu_us_per_notification": o.cpu_us_per_notification,
+        "reconnect_storm_s": o.storm_secs,
+        "celebrity_last_online_ms": o.celebrity_last_ms,
+        "timeline": timeline,
+        "cdf": cdf,
+        "samples": samples,
+        "drain_percentiles": drains,
+        "celebrity_receipts": receipts,
+        // At-least-once: under faults a notification may come again with
+        // the same id after an ack; only the chaos scenario allows that.
+        "verdict": if lost == 0
+            && s.events_refused.load(Ordering::Relaxed) == 0
+            && (s.duplicates.load(Ordering::Relaxed) == 0 || scenario == "chaos")
+        { "pass" } else { "fail" },
+    })
+}
+
+/// Why the verdict is what it is, in a few words.
+pub fn verdict_reason(r: &Value) -> String {
+    let n = &r["notifications"];
+    let mut why = Vec::new();
+    for (k, label) in [
+        ("lost", "lost"),
+        ("duplicated_after_ack", "duplicated after ack"),
+    ] {
+        let v = n[k].as_u64().unwrap_or(0);
+        if v > 0 {
+            why.push(format!("{v} {label}"));
+        }
+    }
+    let refused = r["events"]["refused"].as_u64().unwrap_or(0);
+    if refused > 0 {
+        why.push(format!("{refused} events refused"));
+    }
+    match (r["verdict"].as_str(), why.is_empty()) {
+        (Some("pass"), true) => "nothing lost, refused or duplicated".into(),
+        (Some("pass"), false) => format!("{} (allowed under faults: same ids)", why.join(", ")),
+        _ => why.join(", "),
+    }
+}
+
+fn f1(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.1}"))
+}
+
+fn f2(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.2}"))
+}
+
+/// The figures of a report as (label, value) rows, for the terminal and
+/// the HTML summary table.
+pub fn rows(r: &Value) -> Vec<(String, String)> {
+    let n = &r["notifications"];
+    let l = &r["latency_live_ms"];
+    let e = &r["events"];
+    let mut rows: Vec<(String, String)> = vec![
+        (
+            "run".into(),
+            format!(
+                "{}, {} clients, {} s sending",
+                r["scenario"].as_str().unwrap_or(""),
+                r["clients"],
+                f1(&r["duration_s"])
+            ),
+        ),
+        (
+            "events".into(),
+            format!(
+                "sent {}, accepted {} ({}/s), http errors {} (retried), refused {}",
+                e["sent"],
+                e["accepted"],
+                e["accepted_per_s"]
+                    .as_f64()
+                    .map_or("-".into(), |x| format!("{x:.0}")),
+                e["http_errors"],
+                e["refused"]
+            ),
+        ),
+        (
+            "notifications".into(),
+            format!(
+                "expected {}, live {}, inbox {} ({}/s delivered), in aggregates {}",
+                n["expected"],
+                n["delivered_live"],
+                n["delivered_inbox"],
+                n["delivered_per_s"]
+                    .as_f64()
+                    .map_or("-".into(), |x| format!("{x:.0}")),
+                n["in_aggregates"]
+            ),
+        ),
+        ("lost".into(), n["lost"].to_string()),
+        (
+            "duplicated after ack".into(),
+            n["duplicated_after_ack"].to_string(),
+        ),
+        ("late (> 1 s)".into(), n["late_over_1s"].to_string()),
+        ("unexpected".into(), n["unexpected"].to_string()),
+        (
+            "live latency ms".into(),
+            format!(
+                "p50 {}, p90 {}, p99 {}, p99.9 {}, max {} (n = {})",
+                f2(&l["p50"]),
+                f2(&l["p90"]),
+                f2(&l["p99"]),
+                f2(&l["p999"]),
+                f2(&l["max"]),
+                l["count"]
+            ),
+        ),
+    ];
+    let d = &r["inbox_drain_ms"];
+    if d["count"].as_u64().unwrap_or(0) > 0 {
+        rows.push((
+            "inbox drains ms".into(),
+            format!(
+                "{} drains (connect to last queued item): p50 {}, p99 {}, max {}",
+                d["count"],
+                f1(&d["p50"]),
+                f1(&d["p99"]),
+                f1(&d["max"])
+            ),
+        ));
+    }
+    if let Some(m) = r["herald_rss_kib"].as_object() {
+        let (before, after) = (
+            m["before_clients"].as_u64().unwrap_or(0),
+            m["after_clients"].as_u64().unwrap_or(0),
+        );
+        let per = if after > before {
+            format!(
+                ": {:.0} bytes per connection",
+                m["per_connection_bytes"].as_f64().unwrap_or(0.0)
+            )
+        } else {
+            " (it fell while clients connected: no per-connection figure)".into()
+        };
+        rows.push((
+            "herald memory".into(),
+            format!("{before} KiB before clients, {after} KiB after{per}"),
+        ));
+    }
+    if let Some(c) = r["herald_cpu_us_per_notification"].as_f64() {
+        rows.push((
+            "herald CPU".into(),
+            format!("{c:.1} us per notification delivered (while sending)"),
+        ));
+    }
+    if let Some(s) = r["reconnect_storm_s"].as_f64() {
+        rows.push((
+            "reconnect storm".into(),
+            format!("all queued notifications drained {s:.2} s after the first connect"),
+        ));
+    }
+    if let Some(ms) = r["celebrity_last_online_ms"].as_f64() {
+        rows.push((
+            "celebrity post".into(),
+            format!("last online follower received it {ms:.1} ms after the send"),
+        ));
+    }
+    for x in r["faults"].as_array().into_iter().flatten() {
+        rows.push((
+            format!("fault at {:.1} s", x["at_s"].as_f64().unwrap_or(0.0)),
+            format!(
+                "{} (down {} ms)",
+                x["fault"].as_str().unwrap_or(""),
+                x["down_ms"]
+            ),
+        ));
+    }
+    rows
+}
+
+/// The terminal summary: one aligned row per figure, then the verdict line.
+pub fn summary(r: &Value) -> String {
+    let rows = rows(r);
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in rows {
+        out.push_str(&format!("{k:<w$}  {v}\n"));
+    }
+    out.push_str(&format!(
+        "verdict: {} ({})\n",
+        r["verdict"].as_str().unwrap_or(""),
+        verdict_reason(r)
+    ));
+    out
+}

@@ -1,0 +1,73 @@
+//! One sample a second while a run lasts: what was sent, accepted and
+//! delivered so far, clients online, and Herald's CPU and memory (from
+//! `/proc`, when its pid is known).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::stats::Stats;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub delivered: u64,
+    pub online: u64,
+    /// Herald's CPU over the last second, in % of one core.
+    pub herald_cpu_pct: Option<f64>,
+    pub herald_rss_mib: Option<f64>,
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` CPU times.
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant; no memory is involved.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// Samples every second until `stop` turns true.
+pub fn spawn(
+    stats: Arc<Stats>,
+    pid: Option<u32>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let hz = ticks_per_second();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_cpu = pid.and_then(crate::run::cpu_ticks);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let cpu = pid.and_then(crate::run::cpu_ticks);
+            let cpu_pct = match (last_cpu, cpu) {
+                (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / hz * 100.0),
+                _ => None,
+            };
+            last_cpu = cpu;
+            let s = Sample {
+                t_s: stats.start.elapsed().as_secs_f64(),
+                sent: stats.events_sent.load(Ordering::Relaxed),
+                accepted: stats.events_accepted.load(Ordering::Relaxed),
+                delivered: stats.delivered(),
+                online: stats.online.load(Ordering::Relaxed),
+                herald_cpu_pct: cpu_pct,
+                herald_rss_mib: pid.and_then(crate::run::rss_kib).map(|k| k as f64 / 1024.0),
+            };
+            if let Ok(mut v) = stats.samples.lock() {
+                v.push(s);
+            }
+        }
+    })
+}
