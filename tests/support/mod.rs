@@ -33,6 +33,11 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A redis-server with extra arguments (e.g. cluster mode).
+    pub fn start_with(extra: &[&str]) -> Redis {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
@@ -47,6 +52,7 @@ impl Redis {
                     "--appendonly",
                     "no",
                 ])
+                .args(extra)
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
@@ -648,4 +654,77 @@ pub fn summary_row(out: &str, label: &str) -> Option<String> {
         let rest = l.strip_prefix(label)?;
         rest.starts_with("  ").then(|| rest.trim().to_string())
     })
+}
+
+/// A real Redis Cluster of `masters` redis-server processes (no replicas),
+/// each on a free port, slots spread by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> RedisCluster {
+        let nodes: Vec<Redis> = (0..masters)
+            .map(|_| {
+                Redis::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (with redis-server)");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        let start = Instant::now();
+        while !c.nodes.iter().all(|n| {
+            n.cmd("CLUSTER INFO")
+                .is_some_and(|i| i.contains("cluster_state:ok"))
+        }) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the cluster never became ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    /// The seed nodes as a TOML array, for `HERALD_REDIS__CLUSTER_NODES`.
+    pub fn seeds(&self) -> String {
+        let list: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.url()))
+            .collect();
+        format!("[{}]", list.join(", "))
+    }
+
+    /// Keys held by each master.
+    pub fn key_counts(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.cmd("DBSIZE")
+                    .and_then(|r| r.trim().trim_start_matches(':').parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
 }

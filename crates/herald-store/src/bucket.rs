@@ -65,7 +65,7 @@ impl Store {
         if items.is_empty() {
             return Ok(());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         for a in items {
             let b = a.bucket.name();
             p.cmd("HSET")
@@ -98,7 +98,7 @@ impl Store {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<(UserId, u64)>> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("ZRANGEBYSCORE")
             .arg(sched(bucket, partition))
             .arg("-inf")
@@ -119,7 +119,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Notification>> {
         let b = bucket.name();
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("ZRANGE")
             .arg(ukey(user, b))
             .arg(0)
@@ -128,7 +128,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("HMGET")
             .arg(ukey(user, &format!("{b}:data")))
             .arg(&ids);
@@ -158,7 +158,7 @@ impl Store {
         next_ms: u64,
     ) -> Result<()> {
         let b = bucket.name();
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         if !ids.is_empty() {
             p.cmd("ZREM").arg(ukey(user, b)).arg(ids).ignore();
             p.cmd("HDEL")
@@ -173,7 +173,7 @@ impl Store {
         p.cmd("ZCARD").arg(ukey(user, b));
         let (left,): (u64,) = self.run(&p).await?;
         if left > 0 {
-            let mut p = redis::pipe();
+            let mut p = crate::Batch::new();
             p.cmd("ZADD")
                 .arg(sched(bucket, partition))
                 .arg("NX")

@@ -97,7 +97,7 @@ pub struct OutboxCursor {
 impl Store {
     /// Loads the celebrity sets into `mirror`.
     pub async fn load_celebrities(&self, mirror: &CelebritySet) -> Result<()> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("SMEMBERS").arg(CELEBRITIES);
         p.cmd("SMEMBERS").arg(OWNERS);
         let (current, owners): (Vec<UserId>, Vec<UserId>) = self.run(&p).await?;
@@ -111,7 +111,7 @@ impl Store {
 
     /// Records a change of path for `user` (Redis, then the mirror).
     pub async fn set_celebrity(&self, mirror: &CelebritySet, user: UserId, on: bool) -> Result<()> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         if on {
             p.cmd("SADD").arg(CELEBRITIES).arg(user).ignore();
             p.cmd("SADD").arg(OWNERS).arg(user).ignore();
@@ -134,7 +134,7 @@ impl Store {
     ) -> Result<Vec<(UserId, bool)>> {
         let mut changed = Vec::new();
         for chunk in users.chunks(1000) {
-            let mut p = redis::pipe();
+            let mut p = crate::Batch::new();
             for u in chunk {
                 p.cmd("SCARD").arg(ukey(*u, "followers"));
             }
@@ -153,7 +153,7 @@ impl Store {
     /// number of followers. Idempotent (the same post twice is one entry).
     pub async fn outbox_push(&self, celebrity: UserId, n: &Notification, cap: usize) -> Result<()> {
         let key = ukey(celebrity, "outbox");
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("ZADD")
             .arg(&key)
             .arg("NX")
@@ -177,7 +177,7 @@ impl Store {
         if owners.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("SMISMEMBER").arg(ukey(user, "following")).arg(owners);
         p.cmd("HMGET").arg(ukey(user, "seen")).arg(owners);
         let (follows, seen): (Vec<bool>, Vec<Option<u64>>) = self.run(&p).await?;
@@ -202,7 +202,7 @@ impl Store {
         if cursors.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         for c in cursors {
             let min = match c.seen {
                 Some(s) => format!("({s}"),
@@ -235,7 +235,7 @@ impl Store {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         let mut h = redis::cmd("HSET");
         h.arg(ukey(user, "seen"));
         for (c, o) in seen {
@@ -252,7 +252,7 @@ impl Store {
         celebrity: UserId,
         order: u64,
     ) -> Result<()> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("HSET")
             .arg(ukey(follower, "seen"))
             .arg(celebrity)

@@ -42,13 +42,13 @@ impl Store {
             key: DATA.into(),
             reason: e.to_string(),
         })?;
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("HSET").arg(DATA).arg(&d.id).arg(json).ignore();
         p.cmd("ZADD").arg(ORDER).arg(d.at_ms).arg(&d.id).ignore();
         p.cmd("ZCARD").arg(ORDER);
         let (n,): (usize,) = self.run(&p).await?;
         if n > MAX_DEAD_LETTERS {
-            let mut p = redis::pipe();
+            let mut p = crate::Batch::new();
             p.cmd("ZRANGE")
                 .arg(ORDER)
                 .arg(0)
@@ -64,7 +64,7 @@ impl Store {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("ZRANGE").arg(ORDER).arg(0).arg(limit as i64 - 1);
         let (ids,): (Vec<String>,) = self.run(&p).await?;
         self.dead_letter_get(&ids).await
@@ -75,7 +75,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("HMGET").arg(DATA).arg(ids);
         let (vals,): (Vec<Option<String>>,) = self.run(&p).await?;
         let mut out = Vec::new();
@@ -99,7 +99,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("HDEL").arg(DATA).arg(ids).ignore();
         p.cmd("ZREM").arg(ORDER).arg(ids).ignore();
         self.run::<()>(&p).await
@@ -107,7 +107,7 @@ impl Store {
 
     /// How many dead letters are kept.
     pub async fn dead_letter_count(&self) -> Result<u64> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("ZCARD").arg(ORDER);
         let (n,): (u64,) = self.run(&p).await?;
         Ok(n)

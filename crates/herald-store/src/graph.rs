@@ -45,7 +45,7 @@ impl Store {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         for op in ops {
             match *op {
                 GraphOp::Follow { follower, followee } => {
@@ -112,7 +112,7 @@ impl Store {
     }
 
     pub async fn follower_count(&self, user: UserId) -> Result<u64> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("SCARD").arg(ukey(user, "followers"));
         let (n,): (u64,) = self.run(&p).await?;
         Ok(n)

@@ -39,7 +39,7 @@ impl Store {
         if items.is_empty() {
             return Ok(0);
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         for (user, n) in items {
             let z = ukey(*user, "inbox");
             p.cmd("HSET")
@@ -74,13 +74,13 @@ impl Store {
     }
 
     async fn inbox_trim(&self, user: UserId, excess: u64) -> Result<u64> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("ZPOPMIN").arg(ukey(user, "inbox")).arg(excess);
         let (popped,): (Vec<(String, f64)>,) = self.run(&p).await?;
         if popped.is_empty() {
             return Ok(0);
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         let mut del = redis::cmd("HDEL");
         del.arg(ukey(user, "inbox:data"));
         for (id, _) in &popped {
@@ -104,7 +104,7 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Notification>> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         let min = match after {
             Some(a) => format!("({a}"),
             None => "-inf".to_string(),
@@ -120,7 +120,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         let mut get = redis::cmd("HMGET");
         get.arg(ukey(user, "inbox:data"));
         for id in &ids {
@@ -151,12 +151,7 @@ impl Store {
         inv.key(ukey(user, "inbox"))
             .key(ukey(user, "inbox:data"))
             .arg(limit.max(1));
-        let mut c = self.conn();
-        let (total, payloads): (u64, Vec<Option<Vec<u8>>>) =
-            match tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut c)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(StoreError::Timeout(self.cfg.timeout)),
-            };
+        let (total, payloads): (u64, Vec<Option<Vec<u8>>>) = self.invoke(&inv).await?;
         let mut out = Vec::with_capacity(payloads.len());
         for p in payloads.into_iter().flatten() {
             out.push(decode(user, "?", &p)?);
@@ -166,7 +161,7 @@ impl Store {
 
     /// How many notifications wait for `user`.
     pub async fn inbox_len(&self, user: UserId) -> Result<u64> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("ZCARD").arg(ukey(user, "inbox"));
         let (n,): (u64,) = self.run(&p).await?;
         Ok(n)
@@ -177,7 +172,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         let mut z = redis::cmd("ZREM");
         z.arg(ukey(user, "inbox"));
         let mut h = redis::cmd("HDEL");

@@ -22,6 +22,7 @@
 //! | `h:sched:held:P`, `h:sched:digest:P` | sorted set | users of partition P -> when their bucket is due (ms) |
 //! | `h:{dlq}`, `h:{dlq}:order` | hash + sorted set | dead letters by id (JSON), and their ids by time |
 
+mod batch;
 mod bucket;
 mod celebrity;
 mod dead;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use batch::{key_slot, Batch};
 pub use bucket::{Bucket, BucketAdd};
 pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor, DEFAULT_OUTBOX_CAP};
 pub use dead::DeadLetter;
@@ -84,6 +86,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`); when given,
+    /// `url` is not used and every batch is split by hash slot.
+    pub cluster_nodes: Vec<String>,
     /// Most notifications kept per inbox; the oldest go first.
     pub inbox_cap: usize,
     /// How long a client idempotency key is remembered.
@@ -100,6 +105,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: Vec::new(),
             inbox_cap: 1000,
             dedup_ttl: Duration::from_secs(24 * 3600),
             presence_ttl: Duration::from_secs(90),
@@ -109,10 +115,17 @@ impl Default for StoreConfig {
     }
 }
 
+/// One Redis, or a Redis Cluster.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
 /// Handle on the Redis stores. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Conn,
     cfg: StoreConfig,
 }
 
@@ -122,6 +135,20 @@ pub(crate) fn ukey(user: u64, what: &str) -> String {
 
 impl Store {
     pub async fn connect(cfg: StoreConfig) -> Result<Store> {
+        if !cfg.cluster_nodes.is_empty() {
+            let client = redis::cluster::ClusterClientBuilder::new(cfg.cluster_nodes.clone())
+                .connection_timeout(cfg.timeout)
+                .response_timeout(cfg.timeout)
+                .retries(3)
+                .build()?;
+            let conn = tokio::time::timeout(cfg.timeout, client.get_async_connection())
+                .await
+                .map_err(|_| StoreError::Timeout(cfg.timeout))??;
+            return Ok(Store {
+                conn: Conn::Cluster(conn),
+                cfg,
+            });
+        }
         let client = redis::Client::open(cfg.url.as_str())?;
         let mcfg = ConnectionManagerConfig::new()
             .set_response_timeout(Some(cfg.timeout))
@@ -132,21 +159,47 @@ impl Store {
             tokio::time::timeout(cfg.timeout, client.get_connection_manager_with_config(mcfg))
                 .await
                 .map_err(|_| StoreError::Timeout(cfg.timeout))??;
-        Ok(Store { conn, cfg })
+        Ok(Store {
+            conn: Conn::Single(conn),
+            cfg,
+        })
     }
 
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
     }
 
-    pub(crate) fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// Runs a batch with the store's timeout: one pipeline on one Redis,
+    /// one per hash slot on Redis Cluster.
+    pub(crate) async fn run<T: redis::FromRedisValue>(&self, batch: &Batch) -> Result<T> {
+        let fut = async {
+            match &self.conn {
+                Conn::Single(c) => {
+                    let mut c = c.clone();
+                    batch.whole().query_async(&mut c).await
+                }
+                Conn::Cluster(c) => batch.run_cluster(c).await,
+            }
+        };
+        match tokio::time::timeout(self.cfg.timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Timeout(self.cfg.timeout)),
+        }
     }
 
-    /// Runs a pipeline with the store's timeout.
-    pub(crate) async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
-        let mut c = self.conn();
-        match tokio::time::timeout(self.cfg.timeout, pipe.query_async(&mut c)).await {
+    /// Runs a Lua script invocation (all its keys in one slot) with the
+    /// store's timeout.
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let fut = async {
+            match &self.conn {
+                Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
+                Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+            }
+        };
+        match tokio::time::timeout(self.cfg.timeout, fut).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(StoreError::Timeout(self.cfg.timeout)),
         }
@@ -154,7 +207,7 @@ impl Store {
 
     /// Round trip to Redis.
     pub async fn ping(&self) -> Result<()> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("PING");
         let _: (String,) = self.run(&p).await?;
         Ok(())
@@ -167,7 +220,7 @@ impl Store {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         for (k, ev) in claims {
             p.cmd("SET")
                 .arg(format!("h:dedup:{k}"))
@@ -187,7 +240,7 @@ impl Store {
 
     /// Records that `user` is connected to this node.
     pub async fn set_presence(&self, user: u64) -> Result<()> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.cmd("SET")
             .arg(ukey(user, "presence"))
             .arg(&self.cfg.node_id)
@@ -199,12 +252,12 @@ impl Store {
 
     /// Removes `user`'s presence if this node still holds it.
     pub async fn clear_presence(&self, user: u64) -> Result<()> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         let key = ukey(user, "presence");
         p.cmd("GET").arg(&key);
         let (cur,): (Option<String>,) = self.run(&p).await?;
         if cur.as_deref() == Some(self.cfg.node_id.as_str()) {
-            let mut p = redis::pipe();
+            let mut p = crate::Batch::new();
             p.cmd("DEL").arg(&key).ignore();
             self.run::<()>(&p).await?;
         }

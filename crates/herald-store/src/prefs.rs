@@ -20,7 +20,7 @@ impl Store {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         for u in users {
             p.cmd("GET").arg(ukey(*u, "prefs"));
             p.cmd("HGETALL").arg(ukey(*u, "mutes"));
@@ -38,7 +38,7 @@ impl Store {
 
     /// Replaces a user's preference document and mutes.
     pub async fn prefs_put(&self, user: UserId, doc: &str, mutes: &[(String, u64)]) -> Result<()> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         p.atomic();
         p.cmd("SET").arg(ukey(user, "prefs")).arg(doc).ignore();
         p.cmd("DEL").arg(ukey(user, "mutes")).ignore();
@@ -55,7 +55,7 @@ impl Store {
 
     /// Adds (or, with `until_ms = None`, removes) one mute.
     pub async fn mute_set(&self, user: UserId, key: &str, until_ms: Option<u64>) -> Result<()> {
-        let mut p = redis::pipe();
+        let mut p = crate::Batch::new();
         match until_ms {
             Some(u) => p
                 .cmd("HSET")

@@ -102,6 +102,7 @@ pub struct Server {
 #[serde(deny_unknown_fields, default)]
 pub struct Redis {
     pub url: String,
+    pub cluster_nodes: Vec<String>,
     pub timeout_ms: u64,
     pub inbox_cap: usize,
     pub dedup_ttl_s: u64,
@@ -174,6 +175,7 @@ impl Default for Redis {
     fn default() -> Self {
         Redis {
             url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: Vec::new(),
             timeout_ms: 5000,
             inbox_cap: 1000,
             dedup_ttl_s: 86_400,
@@ -352,6 +354,7 @@ impl Config {
     pub fn store_config(&self) -> herald_store::StoreConfig {
         herald_store::StoreConfig {
             url: self.redis.url.clone(),
+            cluster_nodes: self.redis.cluster_nodes.clone(),
             inbox_cap: self.redis.inbox_cap,
             dedup_ttl: Duration::from_secs(self.redis.dedup_ttl_s),
             presence_ttl: Duration::from_secs(self.redis.presence_ttl_s),
