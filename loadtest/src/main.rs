@@ -3,6 +3,7 @@
 
 mod chaos;
 mod clients;
+mod floor;
 mod graph;
 mod http;
 mod ingest;
@@ -47,6 +48,25 @@ enum Command {
     /// of one build (medians are taken); writes one HTML page with the
     /// runs overlaid and prints the table of medians and deltas.
     Compare(CompareArgs),
+    /// The floor: writer CPU per small frame to many loopback sockets, one
+    /// frame per write and several (what a push cannot go below here).
+    Floor(FloorArgs),
+}
+
+#[derive(Args)]
+struct FloorArgs {
+    /// Loopback socket pairs (two open files each).
+    #[arg(long, default_value_t = 5000)]
+    connections: usize,
+    /// Frames written per batch size.
+    #[arg(long, default_value_t = 200_000)]
+    frames: u64,
+    /// Payload bytes per frame (a WebSocket text frame; 3..=65535).
+    #[arg(long, default_value_t = 200)]
+    frame_bytes: usize,
+    /// Frames per write call, comma-separated.
+    #[arg(long, default_value = "1,4,16")]
+    batches: String,
 }
 
 #[derive(Args)]
@@ -211,6 +231,30 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Run(a) => run_cmd(*a).await,
+            Command::Floor(f) => {
+                anyhow::ensure!(
+                    (1..=9000).contains(&f.connections),
+                    "--connections must be 1..=9000 (two open files each)"
+                );
+                let batches: Vec<usize> = f
+                    .batches
+                    .split(',')
+                    .map(|x| x.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .context("--batches: comma-separated counts")?;
+                let rows = floor::run(
+                    f.connections,
+                    f.frames.clamp(1, 100_000_000),
+                    f.frame_bytes,
+                    &batches,
+                )
+                .await?;
+                print!(
+                    "{}",
+                    floor::table(f.connections, f.frame_bytes.clamp(3, 65_535), &rows)
+                );
+                Ok(())
+            }
             Command::Compare(c) => {
                 if let Some(dir) = c.out.parent() {
                     std::fs::create_dir_all(dir).ok();
