@@ -1,13 +1,16 @@
-//! Herald on a real Redis Cluster (3 masters started by the test): the
-//! load generator's smoke workload (graph import, fan-out, live pushes,
-//! inbox writes and drains, acks, folding, preferences) loses nothing, and
-//! the keys are spread over every master.
+//! Herald on a real Redis Cluster started by the test: the load generator's
+//! smoke workload (graph import, fan-out, live pushes, inbox writes and
+//! drains, acks, folding, preferences) loses nothing with the keys spread
+//! over every master; a master killed under traffic is replaced by its
+//! replica and Herald heals by itself.
 
 mod support;
 
 use std::process::Command;
 
-use support::{summary_row, Node, RedisCluster};
+use std::time::{Duration, Instant};
+
+use support::{summary_row, Client, Node, RedisCluster};
 
 #[test]
 fn a_node_on_redis_cluster_loses_nothing() {
@@ -53,4 +56,87 @@ fn a_node_on_redis_cluster_loses_nothing() {
         counts.iter().all(|&c| c > 0),
         "keys are not spread over the masters: {counts:?}"
     );
+}
+
+/// A master of the cluster is killed while a user is connected and events
+/// keep coming: once its replica takes over, Herald delivers by itself
+/// (no restart); live pushes and offline inboxes both resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failover_heals_by_itself() {
+    let mut cluster = RedisCluster::start_with_replicas(3, 1);
+    let seeds = cluster.seeds();
+    let node = Node::start(
+        &cluster.nodes[0],
+        &[
+            ("HERALD_REDIS__CLUSTER_NODES", seeds.as_str()),
+            ("HERALD_REDIS__TIMEOUT_MS", "1000"),
+        ],
+    );
+    let mut online = Client::connect(&node, 1).await;
+    node.like(7, 1, "post:before").await;
+    let n = online.notification().await;
+    online.ack(&[n["id"].as_str().unwrap_or_default()]).await;
+    // Kill the master that serves user 2's inbox (user 2 stays offline).
+    let victim = cluster.master_of("h:{u:2}:inbox");
+    cluster.nodes[victim].kill9();
+    let killed = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(node.like(8, 1, &format!("post:during{i}")).await);
+        ids.push(node.like(8, 2, &format!("post:during{i}")).await);
+    }
+    // The live user gets every new notification, without reconnecting.
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 5 {
+        let n = online.notification().await;
+        got.insert(n["event_id"].as_str().unwrap_or_default().to_string());
+        online.ack(&[n["id"].as_str().unwrap_or_default()]).await;
+    }
+    // The offline user's inbox (on the failed-over slots) has them too.
+    let want: Vec<String> = ids.iter().skip(1).step_by(2).cloned().collect();
+    let waited = eventually_long(Duration::from_secs(40), || async {
+        let (s, v) = node.get("/v1/users/2/inbox?limit=100").await;
+        if s != 200 {
+            return None;
+        }
+        let have: Vec<String> = v["notifications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| n["event_id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        want.iter().all(|w| have.contains(w)).then_some(())
+    })
+    .await;
+    if !waited {
+        let (s, v) = node.get("/v1/users/2/inbox?limit=100").await;
+        let log = std::fs::read_to_string(node.data.join("herald.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        panic!(
+            "offline inbox never filled after failover: {s} {v}\n{}",
+            tail.join("\n")
+        );
+    }
+    let (s, v) = node.get("/readyz").await;
+    assert_eq!(s, 200, "{v}");
+    eprintln!(
+        "after killing a master: all delivered {} ms later",
+        killed.elapsed().as_millis()
+    );
+}
+
+/// Polls `f` for up to `limit`; false when it never answered.
+async fn eventually_long<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f().await.is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

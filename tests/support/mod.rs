@@ -83,7 +83,7 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn ping(&self) -> bool {
+    pub fn ping(&self) -> bool {
         self.cmd("PING")
             .map(|r| r.starts_with("+PONG"))
             .unwrap_or(false)
@@ -136,6 +136,12 @@ impl Redis {
 impl Redis {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL: the server dies at once.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGSTOP: the server stops answering but keeps its sockets and data.
@@ -664,7 +670,12 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(masters: usize) -> RedisCluster {
-        let nodes: Vec<Redis> = (0..masters)
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// `masters` masters with `replicas` replicas each.
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> RedisCluster {
+        let nodes: Vec<Redis> = (0..masters * (1 + replicas))
             .map(|_| {
                 Redis::start_with(&[
                     "--cluster-enabled",
@@ -673,6 +684,10 @@ impl RedisCluster {
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
+                    // A replica may take over however long ago it last
+                    // heard from its master (tests kill masters early).
+                    "--cluster-replica-validity-factor",
+                    "0",
                 ])
             })
             .collect();
@@ -683,7 +698,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed (with redis-server)");
         assert!(
@@ -692,18 +707,75 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         let c = RedisCluster { nodes };
+        c.wait_ok();
+        // Replicas have synced with their masters.
         let start = Instant::now();
         while !c.nodes.iter().all(|n| {
-            n.cmd("CLUSTER INFO")
-                .is_some_and(|i| i.contains("cluster_state:ok"))
+            n.cmd("INFO replication")
+                .is_some_and(|i| i.contains("role:master") || i.contains("master_link_status:up"))
         }) {
             assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "the cluster never became ok"
+                start.elapsed() < Duration::from_secs(30),
+                "replicas never synced"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
         c
+    }
+
+    /// Waits until every live node says the cluster is ok.
+    pub fn wait_ok(&self) {
+        let start = Instant::now();
+        while !self.nodes.iter().filter(|n| n.ping()).all(|n| {
+            n.cmd("CLUSTER INFO")
+                .is_some_and(|i| i.contains("cluster_state:ok"))
+        }) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the cluster never became ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The index (in `nodes`) of the master that serves `key`.
+    pub fn master_of(&self, key: &str) -> usize {
+        let slot: u16 = self.nodes[0]
+            .cmd(&format!("CLUSTER KEYSLOT {key}"))
+            .and_then(|r| r.trim().trim_start_matches(':').parse().ok())
+            .expect("keyslot");
+        let nodes = Command::new("redis-cli")
+            .args(["-p", &self.nodes[0].port.to_string(), "cluster", "nodes"])
+            .output()
+            .expect("redis-cli cluster nodes");
+        let text = String::from_utf8_lossy(&nodes.stdout);
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") {
+                continue;
+            }
+            let owns = f[8..].iter().any(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    a.parse::<u16>().is_ok_and(|a| a <= slot)
+                        && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                }
+                None => r.parse::<u16>().is_ok_and(|s| s == slot),
+            });
+            if owns {
+                let port: u16 = f[1]
+                    .split('@')
+                    .next()
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok())
+                    .expect("port");
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .expect("a node of this cluster");
+            }
+        }
+        panic!("no master owns slot {slot}:\n{text}");
     }
 
     /// The seed nodes as a TOML array, for `HERALD_REDIS__CLUSTER_NODES`.
