@@ -6,11 +6,9 @@
 
 mod support;
 
-use std::process::Command;
-
 use std::time::{Duration, Instant};
 
-use support::{summary_row, Client, Node, RedisCluster};
+use support::{loadgen, summary_row, Client, Node, RedisCluster};
 
 #[test]
 fn a_node_on_redis_cluster_loses_nothing() {
@@ -20,11 +18,10 @@ fn a_node_on_redis_cluster_loses_nothing() {
         &cluster.nodes[0],
         &[("HERALD_REDIS__CLUSTER_NODES", seeds.as_str())],
     );
-    let loadgen =
-        std::path::Path::new(env!("CARGO_BIN_EXE_herald")).with_file_name("herald-loadgen");
     let out_dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(&loadgen)
-        .args([
+    let out = loadgen(
+        &node,
+        &[
             "run",
             "--scenario",
             "smoke",
@@ -32,13 +29,14 @@ fn a_node_on_redis_cluster_loses_nothing() {
             "200",
             "--rate",
             "300",
-        ])
-        .args(["--duration", "4", "--hot-share", "0.2", "--strict"])
-        .args(["--target", &node.addr])
-        .arg("--out")
-        .arg(out_dir.path())
-        .output()
-        .expect("run herald-loadgen");
+            "--duration",
+            "4",
+            "--hot-share",
+            "0.2",
+            "--strict",
+        ],
+        out_dir.path(),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -3,24 +3,16 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::{summary_row, Node, Redis};
+use support::{loadgen, summary_row, Node, Redis};
 
 #[test]
 fn loadgen_smoke_loses_nothing() {
     let redis = Redis::start();
     let node = Node::start(&redis, &[]);
-    let loadgen =
-        std::path::Path::new(env!("CARGO_BIN_EXE_herald")).with_file_name("herald-loadgen");
-    assert!(
-        loadgen.exists(),
-        "{} missing: build the workspace first (deploy/test.sh does)",
-        loadgen.display()
-    );
     let out_dir = tempfile::tempdir().unwrap();
-    let out = Command::new(&loadgen)
-        .args([
+    let out = loadgen(
+        &node,
+        &[
             "run",
             "--scenario",
             "smoke",
@@ -31,12 +23,9 @@ fn loadgen_smoke_loses_nothing() {
             "--duration",
             "4",
             "--strict",
-        ])
-        .args(["--target", &node.addr])
-        .arg("--out")
-        .arg(out_dir.path())
-        .output()
-        .expect("run herald-loadgen");
+        ],
+        out_dir.path(),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -800,3 +800,21 @@ impl RedisCluster {
             .collect()
     }
 }
+
+/// Runs the load generator (built beside the herald binary) with `args`
+/// against `node`, reports in `out`; returns its output.
+pub fn loadgen(node: &Node, args: &[&str], out: &Path) -> std::process::Output {
+    let bin = Path::new(env!("CARGO_BIN_EXE_herald")).with_file_name("herald-loadgen");
+    assert!(
+        bin.exists(),
+        "{} missing: build the workspace first (deploy/test.sh does)",
+        bin.display()
+    );
+    Command::new(&bin)
+        .args(args)
+        .args(["--target", &node.addr])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run herald-loadgen")
+}

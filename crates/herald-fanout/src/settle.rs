@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use herald_log::Log;
 use herald_store::{BucketAdd, Store};
-use herald_types::{Answers, Bucket, EdgeAnswer, Notification, RecordRef, Settle, UserId};
+use herald_types::{Answers, EdgeAnswer, RecordRef, Settle};
 use tokio::sync::mpsc;
 
 use crate::{FanoutConfig, Tracker};
@@ -20,25 +20,12 @@ use crate::{FanoutConfig, Tracker};
 /// held posts: the follower pulls them again on its next connect).
 const LATER_WRITES: usize = 10_000;
 
-/// A write an edge leaves to fan-out.
-enum Later {
-    /// A push refused after the fact: to the inbox, then released.
-    Refused(UserId, Notification, Settle),
-    /// A post to hold in a bucket, then maybe a cursor to move.
-    Hold {
-        user: UserId,
-        bucket: Bucket,
-        release_ms: u64,
-        n: Notification,
-        seen: Option<(UserId, u64)>,
-    },
-}
-
 /// Every partition's tracker, and a writer for what edges leave to
 /// fan-out.
 pub struct Settlements {
     trackers: Vec<Arc<Tracker>>,
-    later: mpsc::Sender<Later>,
+    /// `Refused` and `Hold` answers waiting for their writes.
+    later: mpsc::Sender<EdgeAnswer>,
 }
 
 impl Settlements {
@@ -111,7 +98,7 @@ impl Settlements {
         self.each(s, |t, r| t.fail(r));
     }
 
-    fn later(&self, w: Later) {
+    fn later(&self, w: EdgeAnswer) {
         let Err(e) = self.later.try_send(w) else {
             return;
         };
@@ -120,19 +107,20 @@ impl Settlements {
         };
         metrics::counter!("herald_later_writes_overflow_total").increment(1);
         match w {
-            Later::Refused(user, _, settle) => {
+            EdgeAnswer::Refused { user, settle, .. } => {
                 tracing::error!(
                     user,
                     "later writes queue full; the record is processed again after restart"
                 );
                 self.fail(&settle);
             }
-            Later::Hold { user, .. } => {
+            EdgeAnswer::Hold { user, .. } => {
                 tracing::warn!(
                     user,
                     "later writes queue full; the follower pulls the post on its next connect"
                 );
             }
+            EdgeAnswer::Settled(_) | EdgeAnswer::Failed(_) => {}
         }
     }
 }
@@ -142,22 +130,7 @@ impl Answers for Settlements {
         match a {
             EdgeAnswer::Settled(s) => self.release(&s),
             EdgeAnswer::Failed(s) => self.fail(&s),
-            EdgeAnswer::Refused {
-                user, n, settle, ..
-            } => self.later(Later::Refused(user, n, settle)),
-            EdgeAnswer::Hold {
-                user,
-                bucket,
-                release_ms,
-                n,
-                seen,
-            } => self.later(Later::Hold {
-                user,
-                bucket,
-                release_ms,
-                n,
-                seen,
-            }),
+            later @ (EdgeAnswer::Refused { .. } | EdgeAnswer::Hold { .. }) => self.later(later),
         }
     }
 
@@ -173,7 +146,7 @@ impl Answers for Settlements {
 /// their bucket (then the follower's outbox cursor, when given).
 async fn write_later(
     store: Store,
-    mut rx: mpsc::Receiver<Later>,
+    mut rx: mpsc::Receiver<EdgeAnswer>,
     settlements: std::sync::Weak<Settlements>,
     backoff: Duration,
     partitions: u32,
@@ -182,8 +155,10 @@ async fn write_later(
         let mut wait = backoff;
         loop {
             let r = match &w {
-                Later::Refused(user, n, _) => store.inbox_push(&[(*user, n)]).await.map(|_| ()),
-                Later::Hold {
+                EdgeAnswer::Refused { user, n, .. } => {
+                    store.inbox_push(&[(*user, n)]).await.map(|_| ())
+                }
+                EdgeAnswer::Hold {
                     user,
                     bucket,
                     release_ms,
@@ -199,6 +174,7 @@ async fn write_later(
                         Err(e) => Err(e),
                     }
                 }
+                EdgeAnswer::Settled(_) | EdgeAnswer::Failed(_) => Ok(()),
             };
             match r {
                 Ok(()) => break,
@@ -209,7 +185,7 @@ async fn write_later(
                 }
             }
         }
-        if let Later::Refused(_, _, settle) = w {
+        if let EdgeAnswer::Refused { settle, .. } = w {
             let Some(s) = settlements.upgrade() else {
                 return;
             };

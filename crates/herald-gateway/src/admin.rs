@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
-use crate::http::respond;
+use crate::http::{bearer, respond};
 use crate::routes::append;
 use crate::Gateway;
 
@@ -35,12 +35,7 @@ fn authorize_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
     if gw.cfg.api_keys.is_empty() && gw.cfg.admin_keys.is_empty() {
         return Ok(());
     }
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(ApiError::unauthorized)?;
+    let key = bearer(headers)?;
     if gw.cfg.admin_keys.iter().any(|k| k == key) {
         Ok(())
     } else if gw.cfg.api_keys.iter().any(|k| k == key) {

@@ -11,16 +11,21 @@ use crate::body::user_id;
 use crate::error::ApiError;
 use crate::Gateway;
 
-pub(crate) fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<String, ApiError> {
-    if gw.cfg.api_keys.is_empty() {
-        return Ok(String::new());
-    }
-    let key = headers
+/// The key of `Authorization: Bearer <key>`.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or_else(ApiError::unauthorized)?;
+        .ok_or_else(ApiError::unauthorized)
+}
+
+pub(crate) fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<String, ApiError> {
+    if gw.cfg.api_keys.is_empty() {
+        return Ok(String::new());
+    }
+    let key = bearer(headers)?;
     if gw.cfg.api_keys.iter().any(|k| k == key) {
         Ok(key.to_string())
     } else {
