@@ -377,3 +377,30 @@ async fn acked_and_folded_notifications_settle_every_record() {
     })
     .await;
 }
+
+/// An inbox that overflowed its cap tells the client on the next hello how
+/// many were dropped; the count starts again after it was told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_says_how_many_the_inbox_cap_dropped() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_REDIS__INBOX_CAP", "5")]);
+    for a in 0..8u64 {
+        let (s, v) = node
+            .post(
+                "/v1/events",
+                &json!({"kind": "comment", "actor": 100 + a, "recipient": 3, "text": format!("c{a}")}),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    eventually("inbox at its cap", || async {
+        (inbox_ids(&node, 3).await.len() == 5).then_some(())
+    })
+    .await;
+    let c = Client::connect(&node, 3).await;
+    assert_eq!(c.hello["pending"], 5, "{}", c.hello);
+    assert_eq!(c.hello["dropped"], 3, "{}", c.hello);
+    c.close().await;
+    let c = Client::connect(&node, 3).await;
+    assert!(c.hello.get("dropped").is_none(), "told twice: {}", c.hello);
+}

@@ -154,12 +154,18 @@ impl Conn {
         // outboxes of followed celebrities take two more. When Redis does
         // not answer, hello says 0 and the drain is retried with backoff
         // until it works (no reconnect needed).
-        let waiting = self.read_waiting().await;
+        let waiting = self.read_waiting(true).await;
         let mut unsynced = waiting.is_none();
-        let (pending, items, pulled) = waiting.unwrap_or_default();
-        let total = pending + pulled.len() as u64;
+        let (snap, pulled) = waiting.unwrap_or_default();
+        let total = snap.pending + pulled.len() as u64;
+        let items = snap.items;
         if self
-            .send(vec![frames::hello(self.user, total, self.fmt)])
+            .send(vec![frames::hello(
+                self.user,
+                total,
+                snap.dropped,
+                self.fmt,
+            )])
             .await
             .is_err()
         {

@@ -144,11 +144,17 @@ impl Conn {
     /// outboxes past this user's cursors. `None` when Redis did not answer:
     /// the caller tries again later (a connection opened during an outage
     /// is drained when Redis returns, without a reconnect).
-    pub(crate) async fn read_waiting(&mut self) -> Option<(u64, Vec<Notification>, Pulled)> {
-        let (pending, items) = match self
+    ///
+    /// With `hello`, the snapshot also takes the count of entries the inbox
+    /// cap dropped since the last connection.
+    pub(crate) async fn read_waiting(
+        &mut self,
+        hello: bool,
+    ) -> Option<(herald_store::InboxSnapshot, Pulled)> {
+        let snap = match self
             .edge
             .store
-            .inbox_snapshot(self.user, self.edge.cfg.drain_limit)
+            .inbox_snapshot(self.user, self.edge.cfg.drain_limit, hello)
             .await
         {
             Ok(s) => s,
@@ -158,7 +164,7 @@ impl Conn {
             }
         };
         match self.pull_outboxes().await {
-            Ok(pulled) => Some((pending, items, pulled)),
+            Ok(pulled) => Some((snap, pulled)),
             Err(e) => {
                 tracing::warn!(user = self.user, error = %e, "outbox pull failed; will retry");
                 None
@@ -169,9 +175,9 @@ impl Conn {
     /// Re-reads the inbox and the outboxes (after a poke, or to retry a
     /// drain that failed); true when it got everything.
     pub(crate) async fn resync(&mut self) -> Result<bool, End> {
-        match self.read_waiting().await {
-            Some((_, items, pulled)) => {
-                self.send_merged(items, pulled).await?;
+        match self.read_waiting(false).await {
+            Some((snap, pulled)) => {
+                self.send_merged(snap.items, pulled).await?;
                 Ok(true)
             }
             None => Ok(false),

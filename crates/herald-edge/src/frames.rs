@@ -16,6 +16,14 @@ struct Hello {
     ty: &'static str,
     user: UserId,
     pending: u64,
+    /// Entries the inbox cap dropped since the last connection (absent
+    /// when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -53,12 +61,13 @@ fn encode<T: Serialize>(v: &T, fmt: WireFormat) -> Message {
     message(Bytes::from(bytes), fmt)
 }
 
-pub fn hello(user: UserId, pending: u64, fmt: WireFormat) -> Message {
+pub fn hello(user: UserId, pending: u64, dropped: u64, fmt: WireFormat) -> Message {
     encode(
         &Hello {
             ty: "hello",
             user,
             pending,
+            dropped,
         },
         fmt,
     )

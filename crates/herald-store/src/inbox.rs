@@ -9,7 +9,9 @@ use herald_types::{Notification, UserId};
 
 use crate::{ukey, Result, Store, StoreError};
 
-/// Size and oldest entries of an inbox, in one round trip.
+/// Size and oldest entries of an inbox, and (when ARGV[2] is 1) how many
+/// entries the cap dropped since the last time this was asked, in one
+/// round trip.
 const SNAPSHOT: &str = r#"
 local total = redis.call('ZCARD', KEYS[1])
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
@@ -21,8 +23,24 @@ while i <= #ids do
   for k = 1, #part do vals[#vals + 1] = part[k] end
   i = j + 1
 end
-return {total, vals}
+local dropped = 0
+if ARGV[2] == '1' then
+  dropped = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if dropped > 0 then redis.call('DEL', KEYS[3]) end
+end
+return {total, vals, dropped}
 "#;
+
+/// What a connection reads when it opens.
+#[derive(Debug, Default)]
+pub struct InboxSnapshot {
+    /// Entries waiting.
+    pub pending: u64,
+    /// The oldest of them.
+    pub items: Vec<Notification>,
+    /// Entries the cap dropped since the last snapshot that asked.
+    pub dropped: u64,
+}
 
 fn decode(user: UserId, id: &str, bytes: &[u8]) -> Result<Notification> {
     Notification::from_storage(bytes).map_err(|e| StoreError::Corrupt {
@@ -87,6 +105,11 @@ impl Store {
             del.arg(id);
         }
         p.add_command(del).ignore();
+        // Counted for the user's next hello ("dropped": N).
+        p.cmd("INCRBY")
+            .arg(ukey(user, "inbox:dropped"))
+            .arg(popped.len())
+            .ignore();
         self.run::<()>(&p).await?;
         tracing::debug!(
             user,
@@ -139,24 +162,33 @@ impl Store {
 
     /// How many notifications wait for `user`, and the oldest `limit` of
     /// them, in one round trip (what a connection needs to say hello and
-    /// drain).
+    /// drain); with `take_dropped`, also how many the cap dropped since
+    /// the last such call (and the count starts again).
     pub async fn inbox_snapshot(
         &self,
         user: UserId,
         limit: usize,
-    ) -> Result<(u64, Vec<Notification>)> {
+        take_dropped: bool,
+    ) -> Result<InboxSnapshot> {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| redis::Script::new(SNAPSHOT));
         let mut inv = script.prepare_invoke();
         inv.key(ukey(user, "inbox"))
             .key(ukey(user, "inbox:data"))
-            .arg(limit.max(1));
-        let (total, payloads): (u64, Vec<Option<Vec<u8>>>) = self.invoke(&inv).await?;
-        let mut out = Vec::with_capacity(payloads.len());
+            .key(ukey(user, "inbox:dropped"))
+            .arg(limit.max(1))
+            .arg(if take_dropped { "1" } else { "0" });
+        let (pending, payloads, dropped): (u64, Vec<Option<Vec<u8>>>, u64) =
+            self.invoke(&inv).await?;
+        let mut items = Vec::with_capacity(payloads.len());
         for p in payloads.into_iter().flatten() {
-            out.push(decode(user, "?", &p)?);
+            items.push(decode(user, "?", &p)?);
         }
-        Ok((total, out))
+        Ok(InboxSnapshot {
+            pending,
+            items,
+            dropped,
+        })
     }
 
     /// How many notifications wait for `user`.

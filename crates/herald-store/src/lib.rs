@@ -10,6 +10,7 @@
 //! | `h:{u:ID}:following` | set | whom ID follows |
 //! | `h:{u:ID}:inbox` | sorted set | notification ids, scored by acceptance time (µs) |
 //! | `h:{u:ID}:inbox:data` | hash | notification id -> stored notification |
+//! | `h:{u:ID}:inbox:dropped` | string | entries the cap dropped since the user's last hello |
 //! | `h:{u:ID}:presence` | string | the edge node holding ID, with a TTL |
 //! | `h:dedup:KEY` | string | event id that first claimed a client key, with a TTL |
 //! | `h:celebrities` | set | accounts on the celebrity (pull) path now |
@@ -39,6 +40,7 @@ pub use bucket::{Bucket, BucketAdd};
 pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor, DEFAULT_OUTBOX_CAP};
 pub use dead::DeadLetter;
 pub use graph::{GraphAnswer, GraphOp};
+pub use inbox::InboxSnapshot;
 pub use prefs::StoredPrefs;
 
 /// What the store can fail at.
