@@ -404,3 +404,41 @@ async fn hello_says_how_many_the_inbox_cap_dropped() {
     let c = Client::connect(&node, 3).await;
     assert!(c.hello.get("dropped").is_none(), "told twice: {}", c.hello);
 }
+
+/// Frames the server cannot take close the connection with the contract's
+/// code, sent before the TCP close: 1009 for a frame over the size limit,
+/// 1007 for a text frame that is not UTF-8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_invalid_frames_close_with_their_codes() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    async fn close_code(c: &mut Client) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, c.ws.next())
+                .await
+                .ok()??
+            {
+                Ok(Message::Close(Some(f))) => return Some(u16::from(f.code)),
+                Ok(Message::Close(None)) => return None,
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+    // 100,000 ids in one ack: far past the 64 KiB frame limit.
+    let mut big = Client::connect(&node, 40).await;
+    let ids: Vec<String> = (0..100_000).map(|i| format!("n-{i}")).collect();
+    let ack = json!({"type": "ack", "ids": ids}).to_string();
+    big.send_raw(Message::text(ack)).await;
+    assert_eq!(close_code(&mut big).await, Some(1009));
+    // A text frame of invalid UTF-8.
+    let mut bad = Client::connect(&node, 41).await;
+    let frame = Frame::message(vec![0xffu8, 0xfe, 0x80], OpCode::Data(Data::Text), true);
+    bad.send_raw(Message::Frame(frame)).await;
+    assert_eq!(close_code(&mut bad).await, Some(1007));
+}

@@ -65,6 +65,10 @@ pub(crate) enum End {
     Idle,
     SlowWrite,
     SocketError,
+    /// A frame over `max_message_bytes`.
+    TooBig,
+    /// A text frame that is not UTF-8.
+    BadUtf8,
 }
 
 impl End {
@@ -76,6 +80,8 @@ impl End {
             End::Idle => "idle",
             End::SlowWrite => "slow_write",
             End::SocketError => "socket_error",
+            End::TooBig => "frame_too_big",
+            End::BadUtf8 => "invalid_utf8",
         }
     }
 }
@@ -116,6 +122,8 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
         End::Replaced => Some((4000, "replaced by a newer connection")),
         End::Shutdown => Some((1001, "server shutting down")),
         End::Idle => Some((1001, "idle timeout")),
+        End::TooBig => Some((1009, "frame too big")),
+        End::BadUtf8 => Some((1007, "invalid UTF-8")),
         _ => None,
     };
     if let Some((code, reason)) = code {
@@ -136,6 +144,16 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
         }
     }
     edge.finished();
+}
+
+/// What a failed read means for the connection: a frame the client should
+/// be told about (closed with 1009 or 1007), or a socket that is gone.
+fn read_error(e: axum::Error) -> End {
+    match e.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => End::TooBig,
+        Some(tungstenite::Error::Utf8(_)) => End::BadUtf8,
+        _ => End::SocketError,
+    }
 }
 
 impl Conn {
@@ -215,7 +233,7 @@ impl Conn {
                     self.last_seen = Instant::now();
                     match msg {
                         None => return End::ClientClosed,
-                        Some(Err(_)) => return End::SocketError,
+                        Some(Err(e)) => return read_error(e),
                         Some(Ok(Message::Close(_))) => return End::ClientClosed,
                         Some(Ok(Message::Text(t))) => self.on_frame(t.as_bytes(), false).await,
                         Some(Ok(Message::Binary(b))) => self.on_frame(&b, true).await,
