@@ -101,8 +101,9 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
         old.kick.notify_one();
     }
     let store = edge.store.clone();
+    let incarnation = edge.cfg.incarnation;
     tokio::spawn(async move {
-        if let Err(e) = store.set_presence(user).await {
+        if let Err(e) = store.presence_add(user, incarnation).await {
             tracing::warn!(user, error = %e, "presence not recorded");
         }
     });
@@ -139,7 +140,7 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
     }
     c.settle_on_close(&mut rx).await;
     if !edge.conns.contains_key(&user) {
-        if let Err(e) = edge.store.clear_presence(user).await {
+        if let Err(e) = edge.store.presence_remove(user).await {
             tracing::debug!(user, error = %e, "presence not cleared");
         }
     }

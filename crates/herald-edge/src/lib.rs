@@ -65,6 +65,9 @@ pub struct EdgeConfig {
     pub broadcast_chunk: usize,
     /// Posts kept per celebrity outbox (the in-memory cache keeps as many).
     pub outbox_cap: usize,
+    /// This process's start (ms): presence entries name it, so entries a
+    /// crashed node left behind are stale once it restarts.
+    pub incarnation: u64,
 }
 
 impl Default for EdgeConfig {
@@ -83,6 +86,7 @@ impl Default for EdgeConfig {
             max_connections: 15_000,
             broadcast_chunk: 512,
             outbox_cap: herald_store::DEFAULT_OUTBOX_CAP,
+            incarnation: 0,
         }
     }
 }

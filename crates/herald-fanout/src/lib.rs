@@ -21,6 +21,7 @@ mod aggregate;
 mod dead;
 mod digest;
 mod plan;
+mod relay;
 mod release;
 mod route;
 mod settle;
@@ -38,6 +39,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use aggregate::{AggregationConfig, MAX_ACTORS};
+pub use relay::Relay;
 pub use settle::Settlements;
 pub use tracker::{Hold, Tracker};
 
@@ -119,6 +121,8 @@ impl Fanout {
         cfg: FanoutConfig,
         settlements: Arc<Settlements>,
     ) -> Fanout {
+        // Other nodes, when a relay was started for this node.
+        let relay = settlements.relay();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = Vec::new();
         let mut committers = Vec::new();
@@ -134,6 +138,7 @@ impl Fanout {
                 store: store.clone(),
                 edge: edge.clone(),
                 settlements: settlements.clone(),
+                relay: relay.clone(),
                 celebrities: celebrities.clone(),
                 prefs: prefs.clone(),
                 tracker: tracker.clone(),

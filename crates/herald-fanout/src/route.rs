@@ -16,10 +16,16 @@ impl Worker {
         let mut to_inbox: Vec<(UserId, Notification, Settle, bool)> = Vec::new();
         let mut release = Vec::new();
         let mut pushed = 0u64;
-        for e in list {
+        // In a cluster: the other live nodes holding each recipient's
+        // connections (one round trip for the batch).
+        let holders = self.remote_holders(&list).await;
+        for (k, e) in list.into_iter().enumerate() {
             let folded = e.folded;
             release.extend(e.release);
             let Some(n) = e.n else { continue };
+            let remote = holders
+                .get(k)
+                .is_some_and(|h| self.push_remote(h, e.user, &n, &e.settle));
             self.settlements.retain(&e.settle);
             let cmd = EdgeCommand::Push {
                 user: e.user,
@@ -37,6 +43,9 @@ impl Worker {
                     self.settlements.release(&settle);
                     if why == Refusal::Full {
                         metrics::counter!("herald_notifications_rerouted_total", "reason" => "slow_consumer").increment(1);
+                    } else if remote {
+                        // Not here, but on another node: it answers.
+                        continue;
                     }
                     to_inbox.push((user, n, settle, folded));
                 }
@@ -93,5 +102,46 @@ impl Worker {
         if let Err(Halt::Permanent(why)) = self.route(due).await {
             tracing::error!(partition = self.partition, reason = %why, "aggregates could not be stored; their records are processed again after restart");
         }
+    }
+
+    /// The other live nodes holding each emitted notification's recipient
+    /// (empty when this node is alone, or when presence cannot be read:
+    /// then the inbox serves).
+    async fn remote_holders(&self, list: &[Emit]) -> Vec<Vec<String>> {
+        let Some(relay) = &self.relay else {
+            return Vec::new();
+        };
+        let users: Vec<UserId> = list.iter().map(|e| e.user).collect();
+        match relay.holders(&users).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence unreadable; other nodes' users get their inbox");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Hands `n` to each node in `nodes`, counting it against its records
+    /// once per node; true when at least one took it.
+    fn push_remote(
+        &self,
+        nodes: &[String],
+        user: UserId,
+        n: &Notification,
+        settle: &Settle,
+    ) -> bool {
+        let Some(relay) = &self.relay else {
+            return false;
+        };
+        let mut any = false;
+        for node in nodes {
+            self.settlements.retain(settle);
+            if relay.push(node, user, n, settle.clone()) {
+                any = true;
+            } else {
+                self.settlements.release(settle);
+            }
+        }
+        any
     }
 }

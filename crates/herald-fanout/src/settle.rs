@@ -24,6 +24,8 @@ const LATER_WRITES: usize = 10_000;
 /// fan-out.
 pub struct Settlements {
     trackers: Vec<Arc<Tracker>>,
+    /// Answers for pushes another node handed over go back through it.
+    relay: std::sync::OnceLock<std::sync::Weak<crate::relay::Relay>>,
     /// `Refused` and `Hold` answers waiting for their writes.
     later: mpsc::Sender<EdgeAnswer>,
 }
@@ -56,6 +58,7 @@ impl Settlements {
         let (tx, rx) = mpsc::channel(LATER_WRITES);
         let s = Arc::new(Settlements {
             trackers,
+            relay: std::sync::OnceLock::new(),
             later: tx,
         });
         tokio::spawn(write_later(
@@ -74,6 +77,27 @@ impl Settlements {
 
     pub(crate) fn trackers(&self) -> &[Arc<Tracker>] {
         &self.trackers
+    }
+
+    pub(crate) fn set_relay(&self, relay: &Arc<crate::relay::Relay>) {
+        let _ = self.relay.set(Arc::downgrade(relay));
+    }
+
+    /// The relay to other nodes, if this node is part of a cluster.
+    pub fn relay(&self) -> Option<Arc<crate::relay::Relay>> {
+        self.relay.get().and_then(|w| w.upgrade())
+    }
+
+    /// An answer about a push another node handed over: sent back there.
+    fn remote(&self, a: &EdgeAnswer) -> bool {
+        let r = match a {
+            EdgeAnswer::Settled(Settle::Remote(r)) | EdgeAnswer::Failed(Settle::Remote(r)) => r,
+            _ => return false,
+        };
+        if let Some(relay) = self.relay.get().and_then(|w| w.upgrade()) {
+            relay.answer(r, a);
+        }
+        true
     }
 
     fn each(&self, s: &Settle, f: impl Fn(&Tracker, &RecordRef)) {
@@ -127,6 +151,9 @@ impl Settlements {
 
 impl Answers for Settlements {
     fn answer(&self, a: EdgeAnswer) {
+        if self.remote(&a) {
+            return;
+        }
         match a {
             EdgeAnswer::Settled(s) => self.release(&s),
             EdgeAnswer::Failed(s) => self.fail(&s),
@@ -135,8 +162,13 @@ impl Answers for Settlements {
     }
 
     fn settled(&self, list: Vec<Settle>) {
-        for s in &list {
-            self.release(s);
+        for s in list {
+            match s {
+                Settle::Remote(_) => {
+                    self.remote(&EdgeAnswer::Settled(s));
+                }
+                s => self.release(&s),
+            }
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct Worker {
     pub store: Store,
     pub edge: Arc<dyn EdgeHandle>,
     pub settlements: Arc<Settlements>,
+    /// Other nodes, when this node is part of a cluster.
+    pub relay: Option<Arc<crate::Relay>>,
     pub celebrities: Arc<CelebritySet>,
     pub prefs: Arc<herald_prefs::PrefsCache>,
     pub tracker: Arc<Tracker>,

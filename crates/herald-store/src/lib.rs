@@ -11,7 +11,8 @@
 //! | `h:{u:ID}:inbox` | sorted set | notification ids, scored by acceptance time (µs) |
 //! | `h:{u:ID}:inbox:data` | hash | notification id -> stored notification |
 //! | `h:{u:ID}:inbox:dropped` | string | entries the cap dropped since the user's last hello |
-//! | `h:{u:ID}:presence` | string | the edge node holding ID, with a TTL |
+//! | `h:{u:ID}:nodes` | hash | node -> incarnation, for each node holding a connection of ID |
+//! | `h:{nodes}:alive:NODE`, `h:{nodes}:list` | string with a TTL, set | which nodes are alive (and their incarnation) |
 //! | `h:dedup:KEY` | string | event id that first claimed a client key, with a TTL |
 //! | `h:celebrities` | set | accounts on the celebrity (pull) path now |
 //! | `h:outbox-owners` | set | accounts that have ever had an outbox |
@@ -30,6 +31,7 @@ mod dead;
 mod graph;
 mod inbox;
 mod prefs;
+mod presence;
 
 use std::time::Duration;
 
@@ -42,6 +44,7 @@ pub use dead::DeadLetter;
 pub use graph::{GraphAnswer, GraphOp};
 pub use inbox::InboxSnapshot;
 pub use prefs::StoredPrefs;
+pub use presence::Subscription;
 
 /// What the store can fail at.
 #[derive(Debug, thiserror::Error)]
@@ -238,31 +241,5 @@ impl Store {
             .zip(claims)
             .map(|(prev, (_, ev))| prev.is_none_or(|p| &p == ev))
             .collect())
-    }
-
-    /// Records that `user` is connected to this node.
-    pub async fn set_presence(&self, user: u64) -> Result<()> {
-        let mut p = crate::Batch::new();
-        p.cmd("SET")
-            .arg(ukey(user, "presence"))
-            .arg(&self.cfg.node_id)
-            .arg("EX")
-            .arg(self.cfg.presence_ttl.as_secs().max(1))
-            .ignore();
-        self.run::<()>(&p).await
-    }
-
-    /// Removes `user`'s presence if this node still holds it.
-    pub async fn clear_presence(&self, user: u64) -> Result<()> {
-        let mut p = crate::Batch::new();
-        let key = ukey(user, "presence");
-        p.cmd("GET").arg(&key);
-        let (cur,): (Option<String>,) = self.run(&p).await?;
-        if cur.as_deref() == Some(self.cfg.node_id.as_str()) {
-            let mut p = crate::Batch::new();
-            p.cmd("DEL").arg(&key).ignore();
-            self.run::<()>(&p).await?;
-        }
-        Ok(())
     }
 }

@@ -12,7 +12,9 @@ pub mod seam;
 
 pub use event::{EventKind, Folding, LogEvent, UserId};
 pub use notification::{DigestBody, DigestItem, Notification, WireFormat};
-pub use seam::{Answers, Bucket, EdgeAnswer, EdgeCommand, EdgeHandle, RecordRef, Refusal, Settle};
+pub use seam::{
+    Answers, Bucket, EdgeAnswer, EdgeCommand, EdgeHandle, RecordRef, Refusal, RemoteRef, Settle,
+};
 
 /// The one error body of Herald's HTTP API:
 /// `{"error": {"code", "message", "index"?, "field"?}}`. Codes are stable

@@ -34,12 +34,21 @@ pub enum Settle {
     None,
     One(RecordRef),
     Many(Arc<[RecordRef]>),
+    /// A push another node handed over: the answer goes back to it.
+    Remote(Arc<RemoteRef>),
+}
+
+/// A push received from another node: which node, and its number there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteRef {
+    pub node: String,
+    pub push: u64,
 }
 
 impl Settle {
     pub fn refs(&self) -> &[RecordRef] {
         match self {
-            Settle::None => &[],
+            Settle::None | Settle::Remote(_) => &[],
             Settle::One(r) => std::slice::from_ref(r),
             Settle::Many(v) => v,
         }

@@ -94,6 +94,7 @@ pub struct Server {
     pub listen: String,
     pub data_dir: PathBuf,
     pub node_id: String,
+    pub cluster: bool,
     pub shutdown_timeout_ms: u64,
     pub log_format: String,
 }
@@ -157,6 +158,7 @@ pub struct Fanout {
     pub max_in_flight: usize,
     pub checkpoint_ms: u64,
     pub retry_backoff_ms: u64,
+    pub remote_answer_timeout_ms: u64,
 }
 
 impl Default for Server {
@@ -165,6 +167,7 @@ impl Default for Server {
             listen: "127.0.0.1:7400".into(),
             data_dir: "./data".into(),
             node_id: "node-1".into(),
+            cluster: false,
             shutdown_timeout_ms: 10_000,
             log_format: "text".into(),
         }
@@ -239,6 +242,7 @@ impl Default for Fanout {
             max_in_flight: 100_000,
             checkpoint_ms: 200,
             retry_backoff_ms: 200,
+            remote_answer_timeout_ms: 45_000,
         }
     }
 }
@@ -322,6 +326,9 @@ impl Config {
         if self.redis.inbox_cap == 0 {
             bail!("redis.inbox_cap must be positive");
         }
+        if self.server.cluster && self.server.node_id.trim().is_empty() {
+            bail!("server.cluster needs a server.node_id unique to this node");
+        }
         if !self.websocket.dev_mode && self.websocket.jwt_secret.is_empty() {
             bail!("websocket needs jwt_secret, or dev_mode = true for local development");
         }
@@ -396,6 +403,7 @@ impl Config {
             max_connections,
             broadcast_chunk: self.celebrity.broadcast_chunk.max(1),
             outbox_cap: self.celebrity.outbox_cap.max(1),
+            incarnation: 0,
         }
     }
 

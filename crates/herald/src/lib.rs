@@ -102,13 +102,37 @@ pub async fn run(
     // Fan-out's trackers come first: the edge answers settlement to them.
     let fanout_cfg = cfg.fanout_config();
     let settlements = herald_fanout::Settlements::new(&log, &fanout_cfg, store.clone());
+    // This process's start: presence entries name it, so a restarted node
+    // is not mistaken for the one that crashed.
+    let incarnation = herald_types::now_ms();
+    let mut edge_cfg = cfg.edge_config(max_conns);
+    edge_cfg.incarnation = incarnation;
     let edge = herald_edge::Edge::new(
-        cfg.edge_config(max_conns),
+        edge_cfg,
         store.clone(),
         celebrities.clone(),
         prefs.clone(),
         settlements.clone(),
     );
+    // Several nodes: pushes to users connected elsewhere travel over
+    // Redis pub/sub (one channel per node), answers come back the same way.
+    let _relay = cfg.server.cluster.then(|| {
+        let url = cfg
+            .redis
+            .cluster_nodes
+            .first()
+            .cloned()
+            .unwrap_or_else(|| cfg.redis.url.clone());
+        let r = herald_fanout::Relay::start(
+            store.clone(),
+            url,
+            incarnation,
+            Duration::from_millis(cfg.fanout.remote_answer_timeout_ms.max(1000)),
+            &settlements,
+        );
+        r.set_edge(edge.clone());
+        r
+    });
     let mut fanout = herald_fanout::Fanout::start(
         log.clone(),
         store.clone(),

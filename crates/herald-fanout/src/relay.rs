@@ -1,0 +1,366 @@
+//! Cross-node delivery: the fan-out/edge seam carried between nodes over
+//! Redis pub/sub (each node listens on its own channel).
+//!
+//! When this node's edge refuses a push because the user is not connected
+//! here, fan-out looks the user up in presence and hands the push to each
+//! live node that holds one of the user's connections. The push is counted
+//! against its records before it leaves (one hold per node); the receiving
+//! node's edge answers `Settled` (acked there, or written to the inbox
+//! there), `Failed`, or `Refused` (the user left: the sender writes the
+//! inbox), and the answer comes back on the sender's channel. A push not
+//! answered within `answer_timeout` (the node died) is written to the
+//! inbox: at least once, never lost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use herald_store::{Store, Subscription};
+use herald_types::{
+    Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, RemoteRef, Settle, UserId,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::Settlements;
+
+/// Messages waiting to be published; past it a push falls back to the
+/// inbox and an answer is dropped (its push times out at the sender).
+const OUTBOX: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Outcome {
+    Settled,
+    Failed,
+    Refused,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Wire {
+    /// Push `n` (stored encoding) to `user`; answer to `from`.
+    Push {
+        from: String,
+        push: u64,
+        user: UserId,
+        n: Vec<u8>,
+    },
+    /// `user`'s inbox has new entries.
+    Poke { user: UserId },
+    /// The answer to push `push` of the receiver.
+    Answer { push: u64, outcome: Outcome },
+}
+
+/// A push handed to another node, waiting for its answer.
+struct Sent {
+    deadline: Instant,
+    user: UserId,
+    n: Notification,
+    settle: Settle,
+}
+
+pub struct Relay {
+    node: String,
+    incarnation: u64,
+    store: Store,
+    answer_timeout: Duration,
+    next: AtomicU64,
+    sent: Mutex<HashMap<u64, Sent>>,
+    /// Live nodes and their incarnations, refreshed every second.
+    alive: RwLock<HashMap<String, u64>>,
+    out: mpsc::Sender<(String, Vec<u8>)>,
+    settlements: Weak<Settlements>,
+    edge: RwLock<Option<Arc<dyn EdgeHandle>>>,
+}
+
+fn channel(node: &str) -> String {
+    format!("herald:node:{node}")
+}
+
+impl Relay {
+    /// Starts the relay of this node: its publisher, its subscriber on
+    /// `subscribe_url` (any node of a Redis Cluster hears every publish),
+    /// its liveness heartbeat and the sweeper of unanswered pushes.
+    pub fn start(
+        store: Store,
+        subscribe_url: String,
+        incarnation: u64,
+        answer_timeout: Duration,
+        settlements: &Arc<Settlements>,
+    ) -> Arc<Relay> {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let relay = Arc::new(Relay {
+            node: store.node_id().to_string(),
+            incarnation,
+            store,
+            answer_timeout,
+            next: AtomicU64::new(1),
+            sent: Mutex::new(HashMap::new()),
+            alive: RwLock::new(HashMap::new()),
+            out: tx,
+            settlements: Arc::downgrade(settlements),
+            edge: RwLock::new(None),
+        });
+        settlements.set_relay(&relay);
+        tokio::spawn(publish_loop(relay.store.clone(), rx));
+        tokio::spawn(subscribe_loop(Arc::downgrade(&relay), subscribe_url));
+        tokio::spawn(heartbeat_loop(Arc::downgrade(&relay)));
+        relay
+    }
+
+    /// The edge that takes pushes from other nodes.
+    pub fn set_edge(&self, edge: Arc<dyn EdgeHandle>) {
+        if let Ok(mut e) = self.edge.write() {
+            *e = Some(edge);
+        }
+    }
+
+    fn send(&self, node: &str, w: &Wire) -> bool {
+        let Ok(bytes) = rmp_serde::to_vec(w) else {
+            return false;
+        };
+        self.out.try_send((channel(node), bytes)).is_ok()
+    }
+
+    /// For users this node's edge does not hold: the other live nodes that
+    /// do, from presence (one round trip).
+    pub async fn holders(&self, users: &[UserId]) -> herald_store::Result<Vec<Vec<String>>> {
+        let presence = self.store.presence_of(users).await?;
+        let alive = self.alive.read().map(|a| a.clone()).unwrap_or_default();
+        Ok(presence
+            .into_iter()
+            .map(|nodes| {
+                nodes
+                    .into_iter()
+                    .filter(|(n, inc)| *n != self.node && alive.get(n) == Some(inc))
+                    .map(|(n, _)| n)
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Hands a push to `node`; `settle` was counted for it by the caller.
+    /// False when it could not be queued (the caller stores it instead).
+    pub fn push(&self, node: &str, user: UserId, n: &Notification, settle: Settle) -> bool {
+        let push = self.next.fetch_add(1, Ordering::Relaxed);
+        let w = Wire::Push {
+            from: self.node.clone(),
+            push,
+            user,
+            n: n.to_storage(),
+        };
+        if let Ok(mut s) = self.sent.lock() {
+            s.insert(
+                push,
+                Sent {
+                    deadline: Instant::now() + self.answer_timeout,
+                    user,
+                    n: n.clone(),
+                    settle,
+                },
+            );
+        }
+        if self.send(node, &w) {
+            metrics::counter!("herald_relay_pushes_total").increment(1);
+            return true;
+        }
+        if let Ok(mut s) = self.sent.lock() {
+            s.remove(&push);
+        }
+        false
+    }
+
+    /// Tells `node` that `user`'s inbox has new entries.
+    pub fn poke(&self, node: &str, user: UserId) {
+        self.send(node, &Wire::Poke { user });
+    }
+
+    /// Sends the answer for a push another node handed to this one.
+    pub fn answer(&self, r: &RemoteRef, a: &EdgeAnswer) {
+        let outcome = match a {
+            EdgeAnswer::Settled(_) => Outcome::Settled,
+            EdgeAnswer::Failed(_) => Outcome::Failed,
+            EdgeAnswer::Refused { .. } => Outcome::Refused,
+            EdgeAnswer::Hold { .. } => return,
+        };
+        if !self.send(
+            &r.node,
+            &Wire::Answer {
+                push: r.push,
+                outcome,
+            },
+        ) {
+            metrics::counter!("herald_relay_answers_dropped_total").increment(1);
+        }
+    }
+
+    fn on_message(&self, bytes: &[u8]) {
+        let w: Wire = match rmp_serde::from_slice(bytes) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable relay message");
+                return;
+            }
+        };
+        match w {
+            Wire::Push {
+                from,
+                push,
+                user,
+                n,
+            } => self.on_push(from, push, user, &n),
+            Wire::Poke { user } => {
+                if let Some(edge) = self.edge.read().ok().and_then(|e| e.clone()) {
+                    edge.send(EdgeCommand::Poke { user });
+                }
+            }
+            Wire::Answer { push, outcome } => self.on_answer(push, outcome),
+        }
+    }
+
+    fn on_push(&self, from: String, push: u64, user: UserId, n: &[u8]) {
+        let r = Arc::new(RemoteRef { node: from, push });
+        let Ok(n) = Notification::from_storage(n) else {
+            self.answer(&r, &EdgeAnswer::Failed(Settle::None));
+            return;
+        };
+        let Some(edge) = self.edge.read().ok().and_then(|e| e.clone()) else {
+            return;
+        };
+        let settle = Settle::Remote(r.clone());
+        if let Some(a) = edge.send(EdgeCommand::Push { user, n, settle }) {
+            // Refused here (the user left): the sender stores it.
+            self.answer(&r, &a);
+        }
+    }
+
+    fn on_answer(&self, push: u64, outcome: Outcome) {
+        let Some(sent) = self.sent.lock().ok().and_then(|mut s| s.remove(&push)) else {
+            return;
+        };
+        let Some(s) = self.settlements.upgrade() else {
+            return;
+        };
+        match outcome {
+            Outcome::Settled => s.release(&sent.settle),
+            Outcome::Failed => s.fail(&sent.settle),
+            Outcome::Refused => s.answer(EdgeAnswer::Refused {
+                user: sent.user,
+                n: sent.n,
+                settle: sent.settle,
+                why: herald_types::Refusal::Offline,
+            }),
+        }
+    }
+
+    /// Pushes never answered (their node died): to the inbox.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let late: Vec<Sent> = match self.sent.lock() {
+            Ok(mut s) => {
+                let ids: Vec<u64> = s
+                    .iter()
+                    .filter(|(_, v)| v.deadline <= now)
+                    .map(|(k, _)| *k)
+                    .collect();
+                ids.into_iter().filter_map(|k| s.remove(&k)).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        if late.is_empty() {
+            return;
+        }
+        metrics::counter!("herald_relay_unanswered_total").increment(late.len() as u64);
+        tracing::warn!(
+            pushes = late.len(),
+            "pushes to other nodes unanswered; writing them to the inbox"
+        );
+        let Some(s) = self.settlements.upgrade() else {
+            return;
+        };
+        for sent in late {
+            s.answer(EdgeAnswer::Refused {
+                user: sent.user,
+                n: sent.n,
+                settle: sent.settle,
+                why: herald_types::Refusal::Offline,
+            });
+        }
+    }
+}
+
+async fn publish_loop(store: Store, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match store.publish(&batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay publish failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn subscribe_loop(relay: Weak<Relay>, url: String) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let Some(node) = relay.upgrade().map(|r| r.node.clone()) else {
+            return;
+        };
+        match Subscription::open(&url, &channel(&node)).await {
+            Ok(mut sub) => {
+                wait = Duration::from_millis(100);
+                tracing::info!(node = %node, "relay listening");
+                while let Some(msg) = sub.next().await {
+                    let Some(r) = relay.upgrade() else { return };
+                    r.on_message(&msg);
+                }
+                tracing::warn!("relay subscription ended; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "relay cannot subscribe; retrying"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn heartbeat_loop(relay: Weak<Relay>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        let Some(r) = relay.upgrade() else { return };
+        if n.is_multiple_of(3) {
+            if let Err(e) = r
+                .store
+                .node_alive(r.incarnation, Duration::from_secs(10))
+                .await
+            {
+                tracing::warn!(error = %e, "node liveness not written");
+            }
+        }
+        n += 1;
+        match r.store.nodes_alive().await {
+            Ok(a) => {
+                if let Ok(mut m) = r.alive.write() {
+                    *m = a;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "node list not read"),
+        }
+        r.sweep();
+    }
+}

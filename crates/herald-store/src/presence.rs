@@ -1,0 +1,132 @@
+//! Presence: which nodes hold a connection of a user (several devices may
+//! sit on several nodes), and which nodes are alive. An entry names the
+//! node's incarnation (its start time), so entries a crashed node left
+//! behind are recognised as stale once it is gone or has restarted.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use herald_types::UserId;
+
+use crate::{ukey, Result, Store};
+
+const NODES: &str = "h:{nodes}:list";
+
+fn alive_key(node: &str) -> String {
+    format!("h:{{nodes}}:alive:{node}")
+}
+
+impl Store {
+    /// This node holds a connection of `user` (its first one here).
+    pub async fn presence_add(&self, user: UserId, incarnation: u64) -> Result<()> {
+        let mut p = crate::Batch::new();
+        p.cmd("HSET")
+            .arg(ukey(user, "nodes"))
+            .arg(&self.cfg.node_id)
+            .arg(incarnation)
+            .ignore();
+        self.run::<()>(&p).await
+    }
+
+    /// This node holds no connection of `user` any more.
+    pub async fn presence_remove(&self, user: UserId) -> Result<()> {
+        let mut p = crate::Batch::new();
+        p.cmd("HDEL")
+            .arg(ukey(user, "nodes"))
+            .arg(&self.cfg.node_id)
+            .ignore();
+        self.run::<()>(&p).await
+    }
+
+    /// For each user, the nodes (and incarnations) that say they hold one
+    /// of its connections; one round trip.
+    pub async fn presence_of(&self, users: &[UserId]) -> Result<Vec<Vec<(String, u64)>>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = crate::Batch::new();
+        for u in users {
+            p.cmd("HGETALL").arg(ukey(*u, "nodes"));
+        }
+        let maps: Vec<HashMap<String, u64>> = self.run(&p).await?;
+        Ok(maps.into_iter().map(|m| m.into_iter().collect()).collect())
+    }
+
+    /// Says this node is alive (with its incarnation) for `ttl`.
+    pub async fn node_alive(&self, incarnation: u64, ttl: Duration) -> Result<()> {
+        let mut p = crate::Batch::new();
+        p.cmd("SET")
+            .arg(alive_key(&self.cfg.node_id))
+            .arg(incarnation)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .ignore();
+        p.cmd("SADD").arg(NODES).arg(&self.cfg.node_id).ignore();
+        self.run::<()>(&p).await
+    }
+
+    /// The nodes alive now, with their incarnations.
+    pub async fn nodes_alive(&self) -> Result<HashMap<String, u64>> {
+        let mut p = crate::Batch::new();
+        p.cmd("SMEMBERS").arg(NODES);
+        let (nodes,): (Vec<String>,) = self.run(&p).await?;
+        if nodes.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut p = crate::Batch::new();
+        for n in &nodes {
+            p.cmd("GET").arg(alive_key(n));
+        }
+        let incs: Vec<Option<u64>> = self.run(&p).await?;
+        Ok(nodes
+            .into_iter()
+            .zip(incs)
+            .filter_map(|(n, i)| Some((n, i?)))
+            .collect())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.cfg.node_id
+    }
+}
+
+impl Store {
+    /// Publishes each (channel, message), one round trip.
+    pub async fn publish(&self, msgs: &[(String, Vec<u8>)]) -> Result<()> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let mut p = crate::Batch::new();
+        for (ch, m) in msgs {
+            p.cmd("PUBLISH").arg(ch).arg(m).ignore();
+        }
+        self.run::<()>(&p).await
+    }
+}
+
+/// A subscription to one pub/sub channel on its own connection.
+pub struct Subscription {
+    pubsub: redis::aio::PubSub,
+}
+
+impl Subscription {
+    /// Subscribes to `channel` on the Redis at `url` (any node of a Redis
+    /// Cluster hears every publish).
+    pub async fn open(url: &str, channel: &str) -> Result<Subscription> {
+        let client = redis::Client::open(url)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(Subscription { pubsub })
+    }
+
+    /// The next message's payload; None when the connection ended.
+    pub async fn next(&mut self) -> Option<Vec<u8>> {
+        use futures_util::StreamExt;
+        self.pubsub
+            .on_message()
+            .next()
+            .await
+            .map(|m| m.get_payload_bytes().to_vec())
+    }
+}

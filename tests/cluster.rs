@@ -1,0 +1,93 @@
+//! Several Herald nodes as one (cross-node delivery): two real nodes on one
+//! real Redis, clients on either. An event posted to one node reaches the
+//! user's connection on the other live, the ack there settles the record on
+//! the first; a user with devices on both nodes gets it on both; a push to
+//! a node that died falls back to the inbox.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{eventually, inbox_ids, Client, Node, Redis};
+
+fn cluster_env(id: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("HERALD_SERVER__CLUSTER", "true"),
+        ("HERALD_SERVER__NODE_ID", id),
+        ("HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS", "2000"),
+    ]
+}
+
+/// Every record of `node` settled (its fan-out checkpoint can pass them).
+async fn all_settled(node: &Node) -> bool {
+    let (_, m) = node.get("/metrics").await;
+    let text = m.as_str().unwrap_or_default().to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("herald_fanout_in_flight_records"))
+        .collect();
+    !lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_reaches_a_user_on_another_node_and_its_ack_settles_it() {
+    let redis = Redis::start();
+    let a = Node::start(&redis, &cluster_env("node-a"));
+    let b = Node::start(&redis, &cluster_env("node-b"));
+    let mut on_b = Client::connect(&b, 5).await;
+    let mut on_a = Client::connect(&a, 6).await;
+    let mut also_on_b = Client::connect(&b, 6).await;
+    // Liveness and presence are refreshed every second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let id = a.like(1, 5, "post:x").await;
+    let n = on_b.notification().await;
+    assert_eq!(n["event_id"], id.as_str(), "{n}");
+    on_b.ack(&[n["id"].as_str().unwrap_or_default()]).await;
+
+    // Two devices on two nodes: both get it.
+    let id6 = a.like(2, 6, "post:y").await;
+    let n_a = on_a.notification().await;
+    let n_b = also_on_b.notification().await;
+    assert_eq!(n_a["event_id"], id6.as_str());
+    assert_eq!(n_b["event_id"], id6.as_str());
+    on_a.ack(&[n_a["id"].as_str().unwrap_or_default()]).await;
+    also_on_b
+        .ack(&[n_b["id"].as_str().unwrap_or_default()])
+        .await;
+
+    // The acks on node B came back: node A's records settle, and nothing
+    // went to the inboxes.
+    eventually("records settled on node A", || async {
+        all_settled(&a).await.then_some(())
+    })
+    .await;
+    assert!(inbox_ids(&a, 5).await.is_empty());
+    assert!(inbox_ids(&a, 6).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_a_dead_node_falls_back_to_the_inbox() {
+    let redis = Redis::start();
+    let a = Node::start(&redis, &cluster_env("node-a"));
+    let mut b = Node::start(&redis, &cluster_env("node-b"));
+    let _on_b = Client::connect(&b, 7).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    b.kill9();
+    // Node A still believes node B alive for a few seconds: its push goes
+    // unanswered and lands in the inbox after the answer timeout.
+    let id = a.like(3, 7, "post:z").await;
+    eventually("the notification in the inbox", || async {
+        let (s, v) = a.get("/v1/users/7/inbox?limit=10").await;
+        (s == 200
+            && v["notifications"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|n| n["event_id"] == id.as_str())))
+        .then_some(())
+    })
+    .await;
+    eventually("records settled on node A", || async {
+        all_settled(&a).await.then_some(())
+    })
+    .await;
+}
