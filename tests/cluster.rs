@@ -91,3 +91,52 @@ async fn a_push_to_a_dead_node_falls_back_to_the_inbox() {
     })
     .await;
 }
+
+/// A celebrity's post is broadcast once to every node (one message per
+/// node, not per follower), and each node pushes it to its own connected
+/// followers; the celebrity change made on one node reaches every edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_celebrity_post_reaches_followers_on_every_node() {
+    const CELEB: u64 = 900;
+    let redis = Redis::start();
+    let mut env_a = cluster_env("node-a");
+    env_a.push(("HERALD_CELEBRITY__THRESHOLD", "3"));
+    let mut env_b = cluster_env("node-b");
+    env_b.push(("HERALD_CELEBRITY__THRESHOLD", "3"));
+    let a = Node::start(&redis, &env_a);
+    let b = Node::start(&redis, &env_b);
+    let mut f_on_b = Client::connect(&b, 21).await;
+    let mut f_on_a = Client::connect(&a, 22).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Three follows make CELEB a celebrity (processed on node A).
+    for f in [21u64, 22, 23] {
+        let (s, v) = a
+            .post(
+                "/v1/events",
+                &serde_json::json!({"kind": "follow", "actor": f, "recipient": CELEB}),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    // The followers hear about the follows themselves (follow notifications
+    // go to CELEB, not to them); wait for the celebrity switch.
+    eventually("three followers", || async {
+        let (_, c) = a.get(&format!("/v1/users/{CELEB}/followers/count")).await;
+        (c["followers"] == 3).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, v) = a
+        .post(
+            "/v1/events",
+            &serde_json::json!({"kind": "post", "actor": CELEB, "object": "post:big", "text": "hello all"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let post_id = v["ids"][0].as_str().unwrap_or_default().to_string();
+    let n_a = f_on_a.notification().await;
+    let n_b = f_on_b.notification().await;
+    assert_eq!(n_a["event_id"], post_id.as_str(), "{n_a}");
+    assert_eq!(n_b["event_id"], post_id.as_str(), "{n_b}");
+    assert_eq!(n_a["id"], n_b["id"], "one id for every follower");
+}

@@ -118,6 +118,9 @@ pub(crate) fn follow_changed(edge: &Edge, follower: UserId, celebrity: UserId, f
 
 /// A new celebrity: index its followers that are connected here.
 pub(crate) fn celebrity_changed(edge: &Edge, user: UserId, on: bool, followers: &[UserId]) {
+    // The node's mirror of the set (already current when the change was
+    // made here; from another node, it is now).
+    edge.celebrities.set(user, on);
     if !on {
         return;
     }

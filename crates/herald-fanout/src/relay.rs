@@ -49,6 +49,20 @@ enum Wire {
     Poke { user: UserId },
     /// The answer to push `push` of the receiver.
     Answer { push: u64, outcome: Outcome },
+    /// A celebrity's post for every node's connected followers.
+    Broadcast { celebrity: UserId, n: Vec<u8> },
+    /// `follower` started or stopped following `celebrity`.
+    FollowChanged {
+        follower: UserId,
+        celebrity: UserId,
+        follows: bool,
+    },
+    /// `user` became or stopped being a celebrity.
+    CelebrityChanged {
+        user: UserId,
+        celebrity: bool,
+        followers: Vec<UserId>,
+    },
 }
 
 /// A push handed to another node, waiting for its answer.
@@ -170,6 +184,47 @@ impl Relay {
         false
     }
 
+    /// Sends a command that every node's edge must hear (a celebrity
+    /// broadcast, a follow change, a celebrity change) to every other live
+    /// node: one message per node, not per follower.
+    pub fn to_every_node(&self, cmd: &EdgeCommand) {
+        let w = match cmd {
+            EdgeCommand::Broadcast { celebrity, n } => Wire::Broadcast {
+                celebrity: *celebrity,
+                n: n.to_storage(),
+            },
+            EdgeCommand::FollowChanged {
+                follower,
+                celebrity,
+                follows,
+            } => Wire::FollowChanged {
+                follower: *follower,
+                celebrity: *celebrity,
+                follows: *follows,
+            },
+            EdgeCommand::CelebrityChanged {
+                user,
+                celebrity,
+                followers,
+            } => Wire::CelebrityChanged {
+                user: *user,
+                celebrity: *celebrity,
+                followers: followers.clone(),
+            },
+            EdgeCommand::Push { .. } | EdgeCommand::Poke { .. } => return,
+        };
+        let nodes: Vec<String> = self
+            .alive
+            .read()
+            .map(|a| a.keys().filter(|n| **n != self.node).cloned().collect())
+            .unwrap_or_default();
+        for node in nodes {
+            if !self.send(&node, &w) {
+                metrics::counter!("herald_relay_broadcasts_dropped_total").increment(1);
+            }
+        }
+    }
+
     /// Tells `node` that `user`'s inbox has new entries.
     pub fn poke(&self, node: &str, user: UserId) {
         self.send(node, &Wire::Poke { user });
@@ -215,6 +270,35 @@ impl Relay {
                 }
             }
             Wire::Answer { push, outcome } => self.on_answer(push, outcome),
+            Wire::Broadcast { celebrity, n } => {
+                if let Ok(n) = Notification::from_storage(&n) {
+                    self.to_local(EdgeCommand::Broadcast { celebrity, n });
+                }
+            }
+            Wire::FollowChanged {
+                follower,
+                celebrity,
+                follows,
+            } => self.to_local(EdgeCommand::FollowChanged {
+                follower,
+                celebrity,
+                follows,
+            }),
+            Wire::CelebrityChanged {
+                user,
+                celebrity,
+                followers,
+            } => self.to_local(EdgeCommand::CelebrityChanged {
+                user,
+                celebrity,
+                followers,
+            }),
+        }
+    }
+
+    fn to_local(&self, cmd: EdgeCommand) {
+        if let Some(edge) = self.edge.read().ok().and_then(|e| e.clone()) {
+            edge.send(cmd);
         }
     }
 

@@ -340,7 +340,7 @@ impl Worker {
             self.retry("outbox", || store.outbox_push(actor, &n, cap))
                 .await?;
             metrics::counter!("herald_celebrity_posts_total").increment(1);
-            self.edge.send(EdgeCommand::Broadcast {
+            self.to_every_edge(EdgeCommand::Broadcast {
                 celebrity: actor,
                 n,
             });
@@ -443,7 +443,7 @@ impl Worker {
                 } else {
                     Vec::new()
                 };
-                self.edge.send(EdgeCommand::CelebrityChanged {
+                self.to_every_edge(EdgeCommand::CelebrityChanged {
                     user: followee,
                     celebrity: on,
                     followers,
@@ -456,13 +456,24 @@ impl Worker {
                 self.retry("outbox cursor", || store.outbox_start(f, followee, at))
                     .await?;
             }
-            self.edge.send(EdgeCommand::FollowChanged {
+            self.to_every_edge(EdgeCommand::FollowChanged {
                 follower: i.ev.actor,
                 celebrity: followee,
                 follows,
             });
         }
         Ok(())
+    }
+}
+
+impl Worker {
+    /// A command every node's edge must hear: this node's edge, then (in a
+    /// cluster) one message to each other live node.
+    fn to_every_edge(&self, cmd: EdgeCommand) {
+        if let Some(relay) = &self.relay {
+            relay.to_every_node(&cmd);
+        }
+        self.edge.send(cmd);
     }
 }
 
