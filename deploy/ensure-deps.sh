@@ -12,6 +12,7 @@ fi
 
 want=()
 command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
+command -v curl >/dev/null 2>&1 || want+=(curl)
 if [ "${1:-}" = "--with-browser" ]; then
     command -v chromium >/dev/null 2>&1 || want+=(chromium)
 fi

@@ -181,6 +181,11 @@ struct RunArgs {
     /// Exit non-zero unless nothing was lost or duplicated.
     #[arg(long)]
     strict: bool,
+    /// Every node of a cluster, comma-separated (loopback addresses):
+    /// clients and posts are spread over them, with one verdict. The graph
+    /// is imported through the first.
+    #[arg(long)]
+    targets: Option<String>,
     /// Chaos: the shell command that runs Herald in the foreground, serving
     /// --target (the generator starts, kills and restarts it).
     #[arg(long)]
@@ -272,8 +277,21 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
+async fn run_cmd(mut a: RunArgs) -> anyhow::Result<()> {
     check_loopback(&a.graph.target)?;
+    let targets: Vec<SocketAddr> = match &a.targets {
+        Some(list) => list
+            .split(',')
+            .map(|t| t.trim().parse::<SocketAddr>())
+            .collect::<Result<_, _>>()
+            .context("--targets: comma-separated host:port")?,
+        None => vec![a.graph.target],
+    };
+    anyhow::ensure!(!targets.is_empty(), "--targets is empty");
+    for t in &targets {
+        check_loopback(t)?;
+    }
+    a.graph.target = targets[0];
     // Presets: (users, clients, rate, seconds, churn, celebrity posts/s)
     let (users, clients, rate, secs, churn, celeb) = match a.scenario {
         Scenario::Smoke => (300, 300, 500, 5, 0.02, 0.0),
@@ -330,7 +348,8 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         }
     };
     let rs = run::RunSpec {
-        target: a.graph.target,
+        target: targets[0],
+        targets: targets.clone(),
         clients,
         rate: a.rate.unwrap_or(rate),
         duration: Duration::from_secs(a.duration.unwrap_or(secs).clamp(1, 3600)),

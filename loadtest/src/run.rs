@@ -17,6 +17,9 @@ use crate::stats::Stats;
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub target: SocketAddr,
+    /// Every node of a cluster (the target alone for one node): clients
+    /// and senders are spread over them.
+    pub targets: Vec<SocketAddr>,
     /// Clients for users 1..=clients.
     pub clients: u64,
     pub rate: u64,
@@ -293,7 +296,7 @@ pub async fn run(
         let (tx, rx) = mpsc::channel(4);
         cmd_txs.push(tx);
         let cs = ClientSpec {
-            addr: spec.target,
+            addr: spec.targets[(user as usize) % spec.targets.len().max(1)],
             user,
             source: 1 + (user % spec.sources.max(1) as u64) as u8,
         };

@@ -26,10 +26,10 @@ pub fn start(spec: &RunSpec, stats: Arc<Stats>) -> (mpsc::Sender<Batch>, Vec<Joi
     let (tx, rx) = mpsc::channel::<Batch>(64);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let mut senders = Vec::new();
-    for _ in 0..4 {
+    for i in 0..4 {
         let rx = rx.clone();
         let stats = stats.clone();
-        let addr = spec.target.to_string();
+        let addr = spec.targets[i % spec.targets.len().max(1)].to_string();
         let retry_for = spec.retry_for;
         senders.push(tokio::spawn(async move {
             let mut conn = Conn::new(&addr);

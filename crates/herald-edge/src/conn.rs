@@ -100,13 +100,12 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
     if let Some(old) = edge.conns.insert(user, handle) {
         old.kick.notify_one();
     }
-    let store = edge.store.clone();
-    let incarnation = edge.cfg.incarnation;
-    tokio::spawn(async move {
-        if let Err(e) = store.presence_add(user, incarnation).await {
-            tracing::warn!(user, error = %e, "presence not recorded");
-        }
-    });
+    // Presence is written before the first drain: a node that writes this
+    // user's inbox after the drain read it then sees the presence and
+    // pokes this node (see fan-out's route).
+    if let Err(e) = edge.store.presence_add(user, edge.cfg.incarnation).await {
+        tracing::warn!(user, error = %e, "presence not recorded");
+    }
     let (sink, mut stream) = socket.split();
     let mut c = Conn {
         edge: edge.clone(),

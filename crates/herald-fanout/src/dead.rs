@@ -42,7 +42,11 @@ impl Worker {
         let event = herald_types::LogEvent::decode(&r.payload).ok();
         let undecodable = event.is_none();
         let d = DeadLetter {
-            id: DeadLetter::id_for(self.partition, r.offset),
+            id: format!(
+                "{}{}",
+                DeadLetter::id_for(self.partition, r.offset),
+                self.cfg.id_scope
+            ),
             partition: self.partition,
             offset: r.offset,
             reason: reason.clone(),

@@ -62,6 +62,8 @@ pub struct FanoutConfig {
     pub outbox_cap: usize,
     /// Burst folding and the per-recipient throttle.
     pub aggregation: AggregationConfig,
+    /// Suffix of this node's event ids (`@<node>` in a cluster).
+    pub id_scope: String,
 }
 
 impl Default for FanoutConfig {
@@ -75,6 +77,7 @@ impl Default for FanoutConfig {
             celebrity: herald_store::CelebrityPolicy::new(10_000, 0.1),
             outbox_cap: herald_store::DEFAULT_OUTBOX_CAP,
             aggregation: AggregationConfig::default(),
+            id_scope: String::new(),
         }
     }
 }

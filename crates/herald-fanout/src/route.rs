@@ -72,6 +72,7 @@ impl Worker {
                     for (u, ..) in &to_inbox {
                         self.edge.send(EdgeCommand::Poke { user: *u });
                     }
+                    self.poke_remote(&to_inbox).await;
                 }
                 Err(h) => {
                     // What could not be stored stays unsettled: processed
@@ -117,6 +118,23 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(error = %e, "presence unreadable; other nodes' users get their inbox");
                 Vec::new()
+            }
+        }
+    }
+
+    /// After an inbox write: other nodes that hold these users now (one may
+    /// have connected after the holders were read, and drained before the
+    /// write) are told to drain again.
+    async fn poke_remote(&self, written: &[(UserId, Notification, Settle, bool)]) {
+        let Some(relay) = &self.relay else {
+            return;
+        };
+        let users: Vec<UserId> = written.iter().map(|(u, ..)| *u).collect();
+        if let Ok(holders) = relay.holders(&users).await {
+            for (u, nodes) in users.iter().zip(holders) {
+                for node in nodes {
+                    relay.poke(&node, *u);
+                }
             }
         }
     }

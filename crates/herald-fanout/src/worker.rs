@@ -227,7 +227,7 @@ impl Worker {
                     let eid = ev
                         .replay_of
                         .clone()
-                        .unwrap_or_else(|| event_id(p, r.offset));
+                        .unwrap_or_else(|| event_id(&self.cfg.id_scope, p, r.offset));
                     let dedup = dedup_key(ev.scope.as_deref(), ev.client_id.as_deref(), &eid);
                     items.push(Item {
                         offset: r.offset,

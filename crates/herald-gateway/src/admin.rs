@@ -137,7 +137,11 @@ async fn replay_dead(
                 // The replay keeps the id it first had, so its
                 // notifications keep theirs.
                 if e.replay_of.is_none() {
-                    e.replay_of = Some(herald_types::ids::event_id(d.partition, d.offset));
+                    e.replay_of = Some(herald_types::ids::event_id(
+                        &gw.cfg.id_scope,
+                        d.partition,
+                        d.offset,
+                    ));
                 }
                 Some((d.id, e))
             })

@@ -50,6 +50,9 @@ pub struct GatewayConfig {
     pub rate_per_actor: u32,
     /// Applied to followees after a bulk import.
     pub celebrity: herald_store::CelebrityPolicy,
+    /// Suffix of this node's event ids (`@<node>` in a cluster, where
+    /// every node keeps its own log; empty alone).
+    pub id_scope: String,
 }
 
 impl Default for GatewayConfig {
@@ -63,6 +66,7 @@ impl Default for GatewayConfig {
             rate_per_key: 0,
             rate_per_actor: 0,
             celebrity: herald_store::CelebrityPolicy::new(10_000, 0.1),
+            id_scope: String::new(),
         }
     }
 }

@@ -105,7 +105,13 @@ pub(crate) async fn append(gw: &Gateway, events: &[LogEvent]) -> Result<Vec<Stri
     let base_of: HashMap<u32, u64> = order.into_iter().zip(bases).collect();
     Ok(place
         .into_iter()
-        .map(|(p, i)| ids::event_id(p, base_of.get(&p).copied().unwrap_or(0) + i))
+        .map(|(p, i)| {
+            ids::event_id(
+                &gw.cfg.id_scope,
+                p,
+                base_of.get(&p).copied().unwrap_or(0) + i,
+            )
+        })
         .collect())
 }
 

@@ -7,14 +7,17 @@ use sha2::{Digest, Sha256};
 
 use crate::UserId;
 
-/// The id of the event stored at `offset` of `partition`.
-pub fn event_id(partition: u32, offset: u64) -> String {
-    format!("e-{partition}-{offset}")
+/// The id of the event stored at `offset` of `partition` of this node's
+/// log. `scope` is empty on a single node; in a cluster it is `@<node>`,
+/// since every node keeps its own log and offsets (`e-3-17@node-2`).
+pub fn event_id(scope: &str, partition: u32, offset: u64) -> String {
+    format!("e-{partition}-{offset}{scope}")
 }
 
-/// Parses an id made by [`event_id`].
+/// Parses an id made by [`event_id`] (the scope is dropped).
 pub fn parse_event_id(id: &str) -> Option<(u32, u64)> {
     let rest = id.strip_prefix("e-")?;
+    let rest = rest.split_once('@').map_or(rest, |(r, _)| r);
     let (p, o) = rest.split_once('-')?;
     Some((p.parse().ok()?, o.parse().ok()?))
 }
@@ -110,7 +113,9 @@ mod tests {
 
     #[test]
     fn event_ids_round_trip() {
-        assert_eq!(parse_event_id(&event_id(3, 77)), Some((3, 77)));
+        assert_eq!(parse_event_id(&event_id("", 3, 77)), Some((3, 77)));
+        assert_eq!(event_id("", 3, 77), "e-3-77");
+        assert_eq!(parse_event_id(&event_id("@node-2", 3, 77)), Some((3, 77)));
         assert_eq!(parse_event_id("x-1-2"), None);
     }
 

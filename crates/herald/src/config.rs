@@ -384,6 +384,17 @@ impl Config {
             rate_per_key: self.gateway.rate_per_key,
             rate_per_actor: self.gateway.rate_per_actor,
             celebrity: self.celebrity_policy(),
+            id_scope: self.id_scope(),
+        }
+    }
+
+    /// Suffix of this node's event ids: `@<node>` in a cluster (every node
+    /// keeps its own log), empty alone.
+    pub fn id_scope(&self) -> String {
+        if self.server.cluster {
+            format!("@{}", self.server.node_id)
+        } else {
+            String::new()
         }
     }
 
@@ -415,6 +426,7 @@ impl Config {
             retry_backoff: Duration::from_millis(self.fanout.retry_backoff_ms.clamp(1, 60_000)),
             celebrity: self.celebrity_policy(),
             outbox_cap: self.celebrity.outbox_cap.max(1),
+            id_scope: self.id_scope(),
             aggregation: herald_fanout::AggregationConfig {
                 window: Duration::from_millis(self.aggregation.window_ms),
                 threshold: self.aggregation.threshold.max(2),

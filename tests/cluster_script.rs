@@ -1,0 +1,108 @@
+//! The local cluster as a newcomer runs it: `deploy/cluster.sh up` (a Redis
+//! Cluster of 3 masters and 3 Herald nodes on loopback), the load
+//! generator's smoke workload spread over the three nodes with one
+//! verdict, then `deploy/cluster.sh down`.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+
+use support::summary_row;
+
+/// A base port with the next two free as well.
+fn three_free_ports() -> u16 {
+    for _ in 0..50 {
+        let base = support::free_port();
+        if base > 65_000 {
+            continue;
+        }
+        if (1..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+#[test]
+fn the_local_cluster_works_as_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let state = tempfile::tempdir().expect("tempdir");
+    let (rbase, hbase) = (three_free_ports(), three_free_ports());
+    let script = |cmd: &str| {
+        Command::new("bash")
+            .arg(root.join("deploy/cluster.sh"))
+            .arg(cmd)
+            .env("HERALD_CLUSTER_DIR", state.path().join("c"))
+            .env("REDIS_BASE_PORT", rbase.to_string())
+            .env("HERALD_BASE_PORT", hbase.to_string())
+            .env("HERALD_BIN", env!("CARGO_BIN_EXE_herald"))
+            .output()
+            .expect("deploy/cluster.sh")
+    };
+    let up = script("up");
+    let out = String::from_utf8_lossy(&up.stdout).to_string();
+    assert!(
+        up.status.success(),
+        "up failed:\n{out}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("node ")).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let targets: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .and_then(|u| u.strip_prefix("http://"))
+                .expect("node line: node <name> http://<addr> pid <pid>")
+                .to_string()
+        })
+        .collect();
+    // Liveness is announced every few seconds.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let loadgen = Path::new(env!("CARGO_BIN_EXE_herald")).with_file_name("herald-loadgen");
+    let reports = tempfile::tempdir().expect("tempdir");
+    let run = Command::new(&loadgen)
+        .args([
+            "run",
+            "--scenario",
+            "smoke",
+            "--clients",
+            "300",
+            "--rate",
+            "300",
+        ])
+        .args([
+            "--duration",
+            "4",
+            "--strict",
+            "--targets",
+            &targets.join(","),
+        ])
+        .arg("--out")
+        .arg(reports.path())
+        .output()
+        .expect("herald-loadgen");
+    let stdout = String::from_utf8_lossy(&run.stdout).to_string();
+    let status = script("status");
+    let down = script("down");
+    assert!(
+        run.status.success(),
+        "smoke across the cluster failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        summary_row(&stdout, "lost").as_deref(),
+        Some("0"),
+        "{stdout}"
+    );
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert_eq!(status.matches(" up ready").count(), 3, "{status}");
+    assert!(down.status.success());
+    assert!(
+        !state.path().join("c").exists(),
+        "down left its state behind"
+    );
+}
