@@ -9,7 +9,9 @@
 #
 # Settings (environment): HERALD_CLUSTER_DIR (state, default
 # /tmp/herald-cluster), REDIS_BASE_PORT (7001), HERALD_BASE_PORT (7411),
-# HERALD_BIN (default: a release build, built if missing).
+# HERALD_BIN (default: a release build, built if missing), HERALD_NODES
+# (Herald nodes, default 3; the Redis Cluster keeps as many masters, at
+# least 3).
 # Then, for example:
 #   target/release/herald-loadgen run --scenario smoke --strict \
 #     --targets 127.0.0.1:7411,127.0.0.1:7412,127.0.0.1:7413
@@ -18,7 +20,8 @@ cd "$(dirname "$0")/.."
 dir="${HERALD_CLUSTER_DIR:-/tmp/herald-cluster}"
 rbase="${REDIS_BASE_PORT:-7001}"
 hbase="${HERALD_BASE_PORT:-7411}"
-nodes=3
+nodes="${HERALD_NODES:-3}"
+masters=3
 
 alive() { kill -0 "$1" 2>/dev/null; }
 
@@ -40,7 +43,7 @@ up() {
     mkdir -p "$dir"
     seeds=""
     addrs=""
-    for i in $(seq 0 $((nodes - 1))); do
+    for i in $(seq 0 $((masters - 1))); do
         port=$((rbase + i))
         mkdir -p "$dir/redis-$port"
         redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
@@ -50,7 +53,7 @@ up() {
         seeds="$seeds${seeds:+, }\"redis://127.0.0.1:$port\""
         addrs="$addrs 127.0.0.1:$port"
     done
-    for i in $(seq 0 $((nodes - 1))); do
+    for i in $(seq 0 $((masters - 1))); do
         port=$((rbase + i))
         for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
     done
@@ -92,7 +95,7 @@ status() {
         ready "$port" && r="ready"
         echo "node $name http://127.0.0.1:$port pid $pid $state $r"
     done <"$dir/nodes"
-    for i in $(seq 0 $((nodes - 1))); do
+    for i in $(seq 0 $((masters - 1))); do
         port=$((rbase + i))
         echo "redis 127.0.0.1:$port $(redis-cli -p "$port" ping 2>/dev/null || echo down)"
     done
@@ -106,7 +109,7 @@ down() {
             alive "$pid" && kill -9 "$pid" || true
         done <"$dir/nodes"
     fi
-    for i in $(seq 0 $((nodes - 1))); do
+    for i in $(seq 0 $((masters - 1))); do
         port=$((rbase + i))
         redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
     done
