@@ -196,104 +196,128 @@ pub fn parse_document(v: &Value) -> Result<Document, Invalid> {
         prefs.default = mode(d, "default")?;
     }
     if let Some(k) = m.get("kinds") {
-        let k = k
-            .as_object()
-            .ok_or_else(|| bad("kinds", "must be an object of kind -> mode"))?;
-        for (name, v) in k {
-            let field = format!("kinds.{name}");
-            match EventKind::parse(name) {
-                Some(kind) if !kind.notifies() => {
-                    return Err(bad(field, format!("{name} is never notified")));
-                }
-                Some(_) => {
-                    prefs.kinds.insert(name.clone(), mode(v, &field)?);
-                }
-                None => return Err(bad(field, format!("unknown kind {name:?}"))),
-            }
-        }
+        prefs.kinds = parse_kinds(k)?;
     }
     if let Some(d) = m.get("digest") {
-        let d = d
-            .as_object()
-            .ok_or_else(|| bad("digest", "must be an object"))?;
-        only(d, &["interval", "timezone", "hour"], "digest.")?;
-        if let Some(i) = d.get("interval") {
-            prefs.digest.interval = match i.as_str() {
-                Some("hourly") => Interval::Hourly,
-                Some("daily") => Interval::Daily,
-                _ => return Err(bad("digest.interval", "must be \"hourly\" or \"daily\"")),
-            };
-        }
-        if let Some(t) = d.get("timezone") {
-            prefs.digest.timezone = timezone(t, "digest.timezone")?;
-        }
-        if let Some(h) = d.get("hour") {
-            prefs.digest.hour = h
-                .as_u64()
-                .filter(|h| *h < 24)
-                .ok_or_else(|| bad("digest.hour", "must be an hour 0 to 23"))?
-                as u8;
-        }
+        prefs.digest = parse_digest(d)?;
     }
     if let Some(q) = m.get("quiet_hours") {
-        if !q.is_null() {
-            let q = q
-                .as_object()
-                .ok_or_else(|| bad("quiet_hours", "must be an object or null"))?;
-            only(q, &["start", "end", "timezone"], "quiet_hours.")?;
-            let get = |k: &str| {
-                q.get(k).ok_or_else(|| Invalid {
-                    code: "missing_field",
-                    field: format!("quiet_hours.{k}"),
-                    message: format!("quiet_hours.{k} is required"),
-                })
-            };
-            let (s, e) = (get("start")?, get("end")?);
-            if clock(s, "quiet_hours.start")? == clock(e, "quiet_hours.end")? {
-                return Err(bad("quiet_hours.end", "must differ from start"));
-            }
-            let tz = match q.get("timezone") {
-                Some(t) => timezone(t, "quiet_hours.timezone")?,
-                None => "UTC".into(),
-            };
-            prefs.quiet_hours = Some(QuietHours {
-                start: s.as_str().unwrap_or_default().to_string(),
-                end: e.as_str().unwrap_or_default().to_string(),
-                timezone: tz,
-            });
-        }
+        prefs.quiet_hours = parse_quiet_hours(q)?;
     }
-    let mut muted_actors = Vec::new();
-    if let Some(a) = m.get("muted_actors") {
-        let a = a
-            .as_array()
-            .ok_or_else(|| bad("muted_actors", "must be an array of user ids"))?;
-        if a.len() > MAX_MUTES {
-            return Err(bad("muted_actors", format!("at most {MAX_MUTES}")));
-        }
-        for v in a {
-            muted_actors.push(
-                user_id(v).ok_or_else(|| bad("muted_actors", "must be an array of user ids"))?,
-            );
-        }
-    }
-    let mut muted_objects = Vec::new();
-    if let Some(o) = m.get("muted_objects") {
-        let o = o
-            .as_array()
-            .ok_or_else(|| bad("muted_objects", "must be an array of strings"))?;
-        if o.len() > MAX_MUTES {
-            return Err(bad("muted_objects", format!("at most {MAX_MUTES}")));
-        }
-        for v in o {
-            muted_objects.push(object(v, "muted_objects")?);
-        }
-    }
+    let muted_actors = match m.get("muted_actors") {
+        Some(a) => parse_muted_actors(a)?,
+        None => Vec::new(),
+    };
+    let muted_objects = match m.get("muted_objects") {
+        Some(o) => parse_muted_objects(o)?,
+        None => Vec::new(),
+    };
     Ok(Document {
         prefs,
         muted_actors,
         muted_objects,
     })
+}
+
+/// `kinds`: kind -> mode, for kinds that notify anyone.
+fn parse_kinds(k: &Value) -> Result<BTreeMap<String, Mode>, Invalid> {
+    let k = k
+        .as_object()
+        .ok_or_else(|| bad("kinds", "must be an object of kind -> mode"))?;
+    let mut out = BTreeMap::new();
+    for (name, v) in k {
+        let field = format!("kinds.{name}");
+        match EventKind::parse(name) {
+            Some(kind) if !kind.notifies() => {
+                return Err(bad(field, format!("{name} is never notified")));
+            }
+            Some(_) => {
+                out.insert(name.clone(), mode(v, &field)?);
+            }
+            None => return Err(bad(field, format!("unknown kind {name:?}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// `digest`: interval, time zone and hour (defaults for what is absent).
+fn parse_digest(d: &Value) -> Result<Digest, Invalid> {
+    let d = d
+        .as_object()
+        .ok_or_else(|| bad("digest", "must be an object"))?;
+    only(d, &["interval", "timezone", "hour"], "digest.")?;
+    let mut digest = Preferences::default().digest;
+    if let Some(i) = d.get("interval") {
+        digest.interval = match i.as_str() {
+            Some("hourly") => Interval::Hourly,
+            Some("daily") => Interval::Daily,
+            _ => return Err(bad("digest.interval", "must be \"hourly\" or \"daily\"")),
+        };
+    }
+    if let Some(t) = d.get("timezone") {
+        digest.timezone = timezone(t, "digest.timezone")?;
+    }
+    if let Some(h) = d.get("hour") {
+        digest.hour =
+            h.as_u64()
+                .filter(|h| *h < 24)
+                .ok_or_else(|| bad("digest.hour", "must be an hour 0 to 23"))? as u8;
+    }
+    Ok(digest)
+}
+
+/// `quiet_hours`: start and end (distinct), time zone (UTC by default);
+/// null clears them.
+fn parse_quiet_hours(q: &Value) -> Result<Option<QuietHours>, Invalid> {
+    if q.is_null() {
+        return Ok(None);
+    }
+    let q = q
+        .as_object()
+        .ok_or_else(|| bad("quiet_hours", "must be an object or null"))?;
+    only(q, &["start", "end", "timezone"], "quiet_hours.")?;
+    let get = |k: &str| {
+        q.get(k).ok_or_else(|| Invalid {
+            code: "missing_field",
+            field: format!("quiet_hours.{k}"),
+            message: format!("quiet_hours.{k} is required"),
+        })
+    };
+    let (s, e) = (get("start")?, get("end")?);
+    if clock(s, "quiet_hours.start")? == clock(e, "quiet_hours.end")? {
+        return Err(bad("quiet_hours.end", "must differ from start"));
+    }
+    let tz = match q.get("timezone") {
+        Some(t) => timezone(t, "quiet_hours.timezone")?,
+        None => "UTC".into(),
+    };
+    Ok(Some(QuietHours {
+        start: s.as_str().unwrap_or_default().to_string(),
+        end: e.as_str().unwrap_or_default().to_string(),
+        timezone: tz,
+    }))
+}
+
+fn parse_muted_actors(a: &Value) -> Result<Vec<UserId>, Invalid> {
+    let a = a
+        .as_array()
+        .ok_or_else(|| bad("muted_actors", "must be an array of user ids"))?;
+    if a.len() > MAX_MUTES {
+        return Err(bad("muted_actors", format!("at most {MAX_MUTES}")));
+    }
+    a.iter()
+        .map(|v| user_id(v).ok_or_else(|| bad("muted_actors", "must be an array of user ids")))
+        .collect()
+}
+
+fn parse_muted_objects(o: &Value) -> Result<Vec<String>, Invalid> {
+    let o = o
+        .as_array()
+        .ok_or_else(|| bad("muted_objects", "must be an array of strings"))?;
+    if o.len() > MAX_MUTES {
+        return Err(bad("muted_objects", format!("at most {MAX_MUTES}")));
+    }
+    o.iter().map(|v| object(v, "muted_objects")).collect()
 }
 
 impl Preferences {
