@@ -168,30 +168,10 @@ impl Conn {
         if *shutdown.borrow_and_update() {
             return End::Shutdown;
         }
-        // One round trip gives the hello's count and the first drain; the
-        // outboxes of followed celebrities take two more. When Redis does
-        // not answer, hello says 0 and the drain is retried with backoff
-        // until it works (no reconnect needed).
-        let waiting = self.read_waiting(true).await;
-        let mut unsynced = waiting.is_none();
-        let (snap, pulled) = waiting.unwrap_or_default();
-        let total = snap.pending + pulled.len() as u64;
-        let items = snap.items;
-        if self
-            .send(vec![frames::hello(
-                self.user,
-                total,
-                snap.dropped,
-                self.fmt,
-            )])
-            .await
-            .is_err()
-        {
-            return End::SlowWrite;
-        }
-        if let Err(e) = self.send_merged(items, pulled).await {
-            return e;
-        }
+        let mut unsynced = match self.greet().await {
+            Ok(unsynced) => unsynced,
+            Err(e) => return e,
+        };
         let mut sync_backoff = SYNC_RETRY_MIN;
         let sync_retry = tokio::time::sleep(if unsynced { sync_backoff } else { FAR });
         tokio::pin!(sync_retry);
@@ -264,19 +244,50 @@ impl Conn {
                     }
                 }
                 _ = housekeeping.tick() => {
-                    if self.last_seen.elapsed() > cfg.idle_timeout {
-                        return End::Idle;
+                    if let Err(e) = self.housekeep(&mut last_ping).await {
+                        return e;
                     }
-                    if last_ping.elapsed() >= cfg.heartbeat_interval {
-                        last_ping = Instant::now();
-                        if self.send(vec![Message::Ping(bytes::Bytes::new())]).await.is_err() {
-                            return End::SlowWrite;
-                        }
-                    }
-                    self.sweep().await;
                 }
             }
         }
+    }
+
+    /// Sends hello (the count waiting) and the first drain. One round trip
+    /// gives both; the outboxes of followed celebrities take two more. When
+    /// Redis does not answer, hello says 0 and the caller retries the drain
+    /// with backoff until it works (no reconnect needed): `Ok(true)` means
+    /// that retry is owed.
+    async fn greet(&mut self) -> Result<bool, End> {
+        let waiting = self.read_waiting(true).await;
+        let unsynced = waiting.is_none();
+        let (snap, pulled) = waiting.unwrap_or_default();
+        let total = snap.pending + pulled.len() as u64;
+        let hello = frames::hello(self.user, total, snap.dropped, self.fmt);
+        if self.send(vec![hello]).await.is_err() {
+            return Err(End::SlowWrite);
+        }
+        self.send_merged(snap.items, pulled).await?;
+        Ok(unsynced)
+    }
+
+    /// The periodic tick: idle timeout, heartbeat ping, ack-timeout sweep.
+    async fn housekeep(&mut self, last_ping: &mut Instant) -> Result<(), End> {
+        let (idle, heartbeat) = (self.edge.cfg.idle_timeout, self.edge.cfg.heartbeat_interval);
+        if self.last_seen.elapsed() > idle {
+            return Err(End::Idle);
+        }
+        if last_ping.elapsed() >= heartbeat {
+            *last_ping = Instant::now();
+            if self
+                .send(vec![Message::Ping(bytes::Bytes::new())])
+                .await
+                .is_err()
+            {
+                return Err(End::SlowWrite);
+            }
+        }
+        self.sweep().await;
+        Ok(())
     }
 
     /// Feeds frames and flushes once, within the write timeout.
