@@ -40,6 +40,10 @@ up() {
     if [ ! -x "$bin" ]; then
         cargo build --release -p herald >&2
     fi
+    if [ $((rbase + masters - 1 + 10000)) -gt 65535 ]; then
+        echo "REDIS_BASE_PORT=$rbase is too high: Redis Cluster also listens on port + 10000 (its bus)" >&2
+        exit 1
+    fi
     mkdir -p "$dir"
     seeds=""
     addrs=""
@@ -56,9 +60,18 @@ up() {
     for i in $(seq 0 $((masters - 1))); do
         port=$((rbase + i))
         for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+        redis-cli -p "$port" ping >/dev/null 2>&1 || {
+            echo "redis-server on port $port did not start:" >&2
+            tail -n 20 "$dir/redis-$port/log" >&2 || true
+            exit 1
+        }
     done
     # shellcheck disable=SC2086
-    redis-cli --cluster create $addrs --cluster-replicas 0 --cluster-yes >"$dir/cluster-create.log" 2>&1
+    redis-cli --cluster create $addrs --cluster-replicas 0 --cluster-yes >"$dir/cluster-create.log" 2>&1 || {
+        echo "redis-cli --cluster create failed:" >&2
+        cat "$dir/cluster-create.log" >&2
+        exit 1
+    }
     for _ in $(seq 200); do
         redis-cli -p "$rbase" cluster info 2>/dev/null | grep -q cluster_state:ok && break
         sleep 0.05

@@ -11,14 +11,16 @@ use std::process::Command;
 
 use support::summary_row;
 
-/// A base port with the next two free as well.
+/// A base port with the next two free as well, and (for Redis Cluster,
+/// whose bus listens on port + 10000) those ten thousand above too. The
+/// base is drawn below the kernel's ephemeral range so that the bus
+/// ports stay under 65536.
 fn three_free_ports() -> u16 {
-    for _ in 0..50 {
-        let base = support::free_port();
-        if base > 65_000 {
-            continue;
-        }
-        if (1..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+    let seed = std::process::id() as u64 ^ support::free_port() as u64;
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 131) % 12_000) as u16;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if (0..3).all(|i| free(base + i) && free(base + 10_000 + i)) {
             return base;
         }
     }
@@ -29,7 +31,17 @@ fn three_free_ports() -> u16 {
 fn the_local_cluster_works_as_one() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let state = tempfile::tempdir().expect("tempdir");
-    let (rbase, hbase) = (three_free_ports(), three_free_ports());
+    let rbase = three_free_ports();
+    let clash = |h: u16| {
+        (0..3).any(|i| {
+            (rbase..rbase + 3).contains(&(h + i))
+                || (rbase + 10_000..rbase + 10_003).contains(&(h + i))
+        })
+    };
+    let hbase = (0..50)
+        .map(|_| three_free_ports())
+        .find(|&h| !clash(h))
+        .expect("two disjoint port ranges");
     let script = |cmd: &str| {
         Command::new("bash")
             .arg(root.join("deploy/cluster.sh"))
