@@ -45,6 +45,8 @@ up() {
         exit 1
     fi
     mkdir -p "$dir"
+    # The secret the nodes present to each other (fresh per cluster).
+    key="${HERALD_CLUSTER_KEY:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
     seeds=""
     addrs=""
     for i in $(seq 0 $((masters - 1))); do
@@ -81,6 +83,7 @@ up() {
         port=$((hbase + i - 1))
         name="node-$i"
         HERALD_SERVER__CLUSTER=true HERALD_SERVER__NODE_ID="$name" \
+            HERALD_SERVER__CLUSTER_KEY="$key" \
             HERALD_REDIS__CLUSTER_NODES="[$seeds]" HERALD_LOG="${HERALD_LOG:-warn}" \
             nohup "$bin" --config config/default.toml --listen "127.0.0.1:$port" \
             --data-dir "$dir/$name" >"$dir/$name.log" 2>&1 &

@@ -14,6 +14,9 @@ fn cluster_env(id: &str) -> Vec<(&str, &str)> {
     vec![
         ("HERALD_SERVER__CLUSTER", "true"),
         ("HERALD_SERVER__NODE_ID", id),
+        ("HERALD_SERVER__CLUSTER_KEY", "test-cluster-key"),
+        // A dead node's partitions move after at most this long.
+        ("HERALD_SERVER__LEASE_TTL_MS", "2000"),
         ("HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS", "2000"),
     ]
 }

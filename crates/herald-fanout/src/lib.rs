@@ -20,6 +20,7 @@
 mod aggregate;
 mod dead;
 mod digest;
+mod lease;
 mod plan;
 mod relay;
 mod release;
@@ -39,6 +40,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use aggregate::{AggregationConfig, MAX_ACTORS};
+pub use lease::Leases;
 pub use relay::Relay;
 pub use settle::Settlements;
 pub use tracker::{Hold, Tracker};

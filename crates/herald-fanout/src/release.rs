@@ -13,6 +13,9 @@ impl Worker {
     /// first and ids are stable, so a crash in between repeats nothing the
     /// client has not already been told.
     pub(crate) async fn release_due(&mut self) {
+        if !self.settlements.owns(self.partition) {
+            return;
+        }
         let now = herald_types::now_ms();
         for b in [Bucket::Held, Bucket::Digest] {
             let store = self.store.clone();

@@ -26,6 +26,8 @@ pub struct Settlements {
     trackers: Vec<Arc<Tracker>>,
     /// Answers for pushes another node handed over go back through it.
     relay: std::sync::OnceLock<std::sync::Weak<crate::relay::Relay>>,
+    /// Who owns which partition, in a cluster (alone: this node, all).
+    placement: std::sync::OnceLock<Arc<dyn herald_types::Placement>>,
     /// `Refused` and `Hold` answers waiting for their writes.
     later: mpsc::Sender<EdgeAnswer>,
 }
@@ -55,10 +57,27 @@ impl Settlements {
             };
             trackers.push(Tracker::new(p, start));
         }
+        Self::with_trackers(trackers, cfg, store, log.partitions())
+    }
+
+    /// For a node without a log (an edge): no trackers of its own; the
+    /// pushes it takes come from other nodes and are answered there.
+    /// `partitions` is the cluster's partition count (bucket schedules).
+    pub fn without_log(cfg: &FanoutConfig, store: Store, partitions: u32) -> Arc<Settlements> {
+        Self::with_trackers(Vec::new(), cfg, store, partitions)
+    }
+
+    fn with_trackers(
+        trackers: Vec<Arc<Tracker>>,
+        cfg: &FanoutConfig,
+        store: Store,
+        partitions: u32,
+    ) -> Arc<Settlements> {
         let (tx, rx) = mpsc::channel(LATER_WRITES);
         let s = Arc::new(Settlements {
             trackers,
             relay: std::sync::OnceLock::new(),
+            placement: std::sync::OnceLock::new(),
             later: tx,
         });
         tokio::spawn(write_later(
@@ -66,7 +85,7 @@ impl Settlements {
             rx,
             Arc::downgrade(&s),
             cfg.retry_backoff,
-            log.partitions(),
+            partitions,
         ));
         s
     }
@@ -81,6 +100,20 @@ impl Settlements {
 
     pub(crate) fn set_relay(&self, relay: &Arc<crate::relay::Relay>) {
         let _ = self.relay.set(Arc::downgrade(relay));
+    }
+
+    /// Tells the workers who owns which partition (once, at start).
+    pub fn set_placement(&self, p: Arc<dyn herald_types::Placement>) {
+        let _ = self.placement.set(p);
+    }
+
+    /// Whether this node owns partition `p` now (always, alone). Only the
+    /// owner releases a partition's due buckets, so each happens once
+    /// cluster-wide.
+    pub(crate) fn owns(&self, p: u32) -> bool {
+        self.placement
+            .get()
+            .is_none_or(|pl| pl.owner(p) == herald_types::Owner::Local)
     }
 
     /// The relay to other nodes, if this node is part of a cluster.

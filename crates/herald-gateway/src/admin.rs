@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
 use crate::http::{bearer, respond};
-use crate::routes::append;
+use crate::append::append;
 use crate::Gateway;
 
 /// Most dead letters listed or replayed at once.

@@ -8,8 +8,10 @@
 //! read endpoints live here too.
 
 mod admin;
+mod append;
 pub mod body;
 pub mod error;
+pub mod forward;
 mod http;
 mod prefs;
 mod routes;
@@ -22,9 +24,14 @@ use herald_log::Log;
 use herald_store::Store;
 
 pub use error::ApiError;
+pub use forward::{Forwarder, CLUSTER_KEY_HEADER};
 /// Every HTTP route of the gateway.
 pub fn router(gw: Arc<Gateway>) -> axum::Router {
     routes::router()
+        .route(
+            "/v1/internal/append",
+            axum::routing::post(append::internal_append),
+        )
         .merge(prefs::router())
         .merge(admin::router())
         .with_state(gw)
@@ -53,6 +60,12 @@ pub struct GatewayConfig {
     /// Suffix of this node's event ids (`@<node>` in a cluster, where
     /// every node keeps its own log; empty alone).
     pub id_scope: String,
+    /// The key nodes of a cluster present to each other (empty: this node
+    /// neither forwards nor takes forwarded events).
+    pub cluster_key: String,
+    /// How long an append waits for a partition without a live owner (a
+    /// node died and its lease has not expired yet) before `503`.
+    pub owner_wait: std::time::Duration,
 }
 
 impl Default for GatewayConfig {
@@ -67,6 +80,8 @@ impl Default for GatewayConfig {
             rate_per_actor: 0,
             celebrity: herald_store::CelebrityPolicy::new(10_000, 0.1),
             id_scope: String::new(),
+            cluster_key: String::new(),
+            owner_wait: std::time::Duration::from_secs(8),
         }
     }
 }
@@ -85,6 +100,10 @@ pub struct Gateway {
     pub store: Store,
     pub celebrities: Arc<herald_store::CelebritySet>,
     pub prefs: Arc<herald_prefs::PrefsCache>,
+    /// Who owns each partition (this node, always, when it is alone).
+    pub placement: Arc<dyn herald_types::Placement>,
+    /// To the other nodes, in a cluster.
+    pub forwarder: Option<Forwarder>,
     last_us: AtomicU64,
     key_limiter: Option<KeyedLimiter<String>>,
     actor_limiter: Option<KeyedLimiter<u64>>,
@@ -97,8 +116,11 @@ impl Gateway {
         store: Store,
         celebrities: Arc<herald_store::CelebritySet>,
         prefs: Arc<herald_prefs::PrefsCache>,
+        placement: Arc<dyn herald_types::Placement>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
+            forwarder: (!cfg.cluster_key.is_empty()).then(|| Forwarder::new(cfg.cluster_key.clone())),
+            placement,
             key_limiter: limiter(cfg.rate_per_key),
             actor_limiter: limiter(cfg.rate_per_actor),
             cfg,

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -10,14 +9,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
-use herald_types::event::partition_for;
-use herald_types::{ids, LogEvent, WireFormat};
+use herald_types::{ids, WireFormat};
 use serde_json::{json, Value};
 
 use crate::body::{encoding, parse, read_limited, user_id};
 use crate::error::ApiError;
 use crate::http::{authorize, path_user, reject, respond};
+use crate::append::append;
 use crate::{validate, Gateway};
 
 /// Most pairs in one graph import request.
@@ -72,47 +70,6 @@ async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<Str
         e.scope.clone_from(&scope);
     }
     append(gw, &events).await
-}
-
-/// Appends stamped events to their partitions in one log request; returns
-/// their event ids in order, once durable.
-pub(crate) async fn append(gw: &Gateway, events: &[LogEvent]) -> Result<Vec<String>, ApiError> {
-    let partitions = gw.log.partitions();
-    // Group by partition, remembering each event's place in its group.
-    let mut groups: HashMap<u32, Vec<Bytes>> = HashMap::new();
-    let mut place = Vec::with_capacity(events.len());
-    for e in events {
-        let p = partition_for(e.partition_key(), partitions);
-        let g = groups.entry(p).or_default();
-        place.push((p, g.len() as u64));
-        g.push(Bytes::from(e.encode()));
-    }
-    let order: Vec<u32> = groups.keys().copied().collect();
-    let parts: Vec<(u32, Vec<Bytes>)> = order
-        .iter()
-        .map(|p| (*p, groups.remove(p).unwrap_or_default()))
-        .collect();
-    let t = Instant::now();
-    let bases = gw.log.append_many(parts).await.map_err(|e| {
-        if e.is_full() {
-            tracing::debug!(error = %e, "log append refused: disk full");
-        } else {
-            tracing::error!(error = %e, "log append failed");
-        }
-        ApiError::from_log(&e)
-    })?;
-    metrics::histogram!("herald_log_append_seconds").record(t.elapsed().as_secs_f64());
-    let base_of: HashMap<u32, u64> = order.into_iter().zip(bases).collect();
-    Ok(place
-        .into_iter()
-        .map(|(p, i)| {
-            ids::event_id(
-                &gw.cfg.id_scope,
-                p,
-                base_of.get(&p).copied().unwrap_or(0) + i,
-            )
-        })
-        .collect())
 }
 
 async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {

@@ -22,6 +22,8 @@
 //! | `h:{u:ID}:mutes` | hash | `a:<actor>` / `o:<object>` -> until (ms, 0 = forever) |
 //! | `h:{u:ID}:held`, `h:{u:ID}:digest` (+ `:data`) | sorted set + hash | notifications held by quiet hours / collected for a digest |
 //! | `h:sched:held:P`, `h:sched:digest:P` | sorted set | users of partition P -> when their bucket is due (ms) |
+//! | `h:{lease}:p:P` | string with a TTL | the ingest node holding partition P (`node#incarnation`) |
+//! | `h:{lease}:members` | hash | ingest node -> `expiry_ms address` (its membership in the partition group) |
 //! | `h:{dlq}`, `h:{dlq}:order` | hash + sorted set | dead letters by id (JSON), and their ids by time |
 
 mod batch;
@@ -30,6 +32,7 @@ mod celebrity;
 mod dead;
 mod graph;
 mod inbox;
+mod lease;
 mod prefs;
 mod presence;
 
@@ -43,6 +46,7 @@ pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor, DEFAULT_OUTBOX_
 pub use dead::DeadLetter;
 pub use graph::{GraphAnswer, GraphOp};
 pub use inbox::InboxSnapshot;
+pub use lease::{LeaseRole, LeaseView};
 pub use prefs::StoredPrefs;
 pub use presence::Subscription;
 

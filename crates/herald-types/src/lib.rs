@@ -8,9 +8,11 @@
 pub mod event;
 pub mod ids;
 pub mod notification;
+pub mod placement;
 pub mod seam;
 
 pub use event::{EventKind, Folding, LogEvent, UserId};
+pub use placement::{Owner, Placement};
 pub use notification::{DigestBody, DigestItem, Notification, WireFormat};
 pub use seam::{
     Answers, Bucket, EdgeAnswer, EdgeCommand, EdgeHandle, RecordRef, Refusal, RemoteRef, Settle,

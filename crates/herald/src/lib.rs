@@ -66,18 +66,48 @@ pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
 /// Files kept free for the log, Redis, and everything that is not a client.
 const RESERVED_FILES: usize = 1000;
 
+/// What a node does (`server.role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything: the single-node default.
+    All,
+    /// Gateway, log and fan-out workers; no WebSocket connections.
+    Ingest,
+    /// WebSocket connections only; other HTTP routes are passed on to an
+    /// ingest node.
+    Edge,
+}
+
+impl Role {
+    pub fn of(cfg: &Config) -> Role {
+        match cfg.server.role.as_str() {
+            "ingest" => Role::Ingest,
+            "edge" => Role::Edge,
+            _ => Role::All,
+        }
+    }
+
+    fn has_log(self) -> bool {
+        self != Role::Edge
+    }
+
+    fn holds_connections(self) -> bool {
+        self != Role::Ingest
+    }
+}
+
 /// Runs a node on `listener` until `shutdown` completes, then stops in
-/// order: stop taking requests, stop fan-out reading, close connections
-/// (their unacked notifications go to the inbox), commit checkpoints, close
-/// the log.
+/// order: stop taking requests, give back partition leases, stop fan-out
+/// reading, close connections (their unacked notifications go to the
+/// inbox), commit checkpoints, close the log.
 pub async fn run(
     cfg: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = ops::install_metrics();
+    let role = Role::of(&cfg);
     let max_conns = connection_capacity(&cfg);
-    let log = open_log(&cfg).await?;
     let store = herald_store::Store::connect(cfg.store_config())
         .await
         .with_context(|| format!("cannot connect to redis at {}", cfg.redis.url))?;
@@ -92,19 +122,43 @@ pub async fn run(
         cfg.preferences.cache_entries,
         cfg.digest.window_override_ms,
     ));
-    let gateway = herald_gateway::Gateway::new(
-        cfg.gateway_config(),
-        log.clone(),
-        store.clone(),
-        celebrities.clone(),
-        prefs.clone(),
-    );
+    // This process's start: presence entries and leases name it, so a
+    // restarted node is not mistaken for the one that crashed.
+    let incarnation = herald_types::now_ms();
+    // In a cluster, partitions are leased in Redis; alone, all are ours.
+    let leases = match cfg.server.cluster {
+        true => Some(
+            herald_fanout::Leases::start(
+                store.clone(),
+                cfg.log.partitions,
+                incarnation,
+                advertise(&cfg, &listener)?,
+                Duration::from_millis(cfg.server.lease_ttl_ms),
+                role.has_log(),
+            )
+            .await,
+        ),
+        false => None,
+    };
+    let placement: Arc<dyn herald_types::Placement> = match &leases {
+        Some(l) => l.clone(),
+        None => Arc::new(herald_types::placement::Alone),
+    };
+    let log = match role.has_log() {
+        true => Some(open_log(&cfg).await?),
+        false => None,
+    };
     // Fan-out's trackers come first: the edge answers settlement to them.
     let fanout_cfg = cfg.fanout_config();
-    let settlements = herald_fanout::Settlements::new(&log, &fanout_cfg, store.clone());
-    // This process's start: presence entries name it, so a restarted node
-    // is not mistaken for the one that crashed.
-    let incarnation = herald_types::now_ms();
+    let settlements = match &log {
+        Some(log) => herald_fanout::Settlements::new(log, &fanout_cfg, store.clone()),
+        None => herald_fanout::Settlements::without_log(
+            &fanout_cfg,
+            store.clone(),
+            cfg.log.partitions,
+        ),
+    };
+    settlements.set_placement(placement.clone());
     let mut edge_cfg = cfg.edge_config(max_conns);
     edge_cfg.incarnation = incarnation;
     let edge = herald_edge::Edge::new(
@@ -133,54 +187,134 @@ pub async fn run(
         r.set_edge(edge.clone());
         r
     });
-    let mut fanout = herald_fanout::Fanout::start(
-        log.clone(),
-        store.clone(),
-        edge.clone(),
-        celebrities,
-        prefs,
-        fanout_cfg,
-        settlements,
-    );
+    let gateway = log.as_ref().map(|log| {
+        herald_gateway::Gateway::new(
+            cfg.gateway_config(),
+            log.clone(),
+            store.clone(),
+            celebrities.clone(),
+            prefs.clone(),
+            placement.clone(),
+        )
+    });
+    let mut fanout = log.as_ref().map(|log| {
+        herald_fanout::Fanout::start(
+            log.clone(),
+            store.clone(),
+            edge.clone(),
+            celebrities,
+            prefs,
+            fanout_cfg,
+            settlements,
+        )
+    });
 
-    let app = herald_gateway::router(gateway.clone())
-        .merge(edge.router())
-        .merge(ops::router(ops::Ops {
-            log: log.clone(),
-            store: store.clone(),
-            fanout: fanout.health(),
-            metrics,
-        }))
-        .fallback(|| async {
-            herald_gateway::ApiError::not_found("no such route; see docs/API.md")
-        })
-        .method_not_allowed_fallback(|| async { method_not_allowed() });
+    let ops_state = ops::Ops {
+        log: log.clone(),
+        store: store.clone(),
+        fanout: fanout.as_ref().map(|f| f.health()).unwrap_or_default(),
+        leases: leases.clone(),
+        metrics,
+    };
+    let app = app(&cfg, role, gateway.clone(), &edge, ops_state, placement);
     let housekeeping = tokio::spawn({
         let gateway = gateway.clone();
         async move {
             let mut t = tokio::time::interval(Duration::from_secs(60));
             loop {
                 t.tick().await;
-                gateway.housekeeping();
+                if let Some(g) = &gateway {
+                    g.housekeeping();
+                }
             }
         }
     });
-    tracing::info!(addr = %listener.local_addr()?, partitions = log.partitions(), "herald serving");
+    tracing::info!(addr = %listener.local_addr()?, role = ?role, partitions = cfg.log.partitions, "herald serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .context("http server")?;
 
-    tracing::info!("shutting down: stopping fan-out");
+    tracing::info!("shutting down: giving back partition leases, stopping fan-out");
     housekeeping.abort();
-    fanout.stop_reading().await;
+    if let Some(l) = &leases {
+        l.leave().await;
+    }
+    if let Some(f) = &mut fanout {
+        f.stop_reading().await;
+    }
     tracing::info!(connections = edge.connections(), "closing connections");
     edge.close_all(Duration::from_millis(cfg.server.shutdown_timeout_ms))
         .await;
-    fanout.commit_final().await;
-    log.close().await.context("closing the log")?;
+    if let Some(f) = &fanout {
+        f.commit_final().await;
+    }
+    if let Some(log) = log {
+        log.close().await.context("closing the log")?;
+    }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The HTTP routes a node of `role` serves.
+fn app(
+    cfg: &Config,
+    role: Role,
+    gateway: Option<Arc<herald_gateway::Gateway>>,
+    edge: &Arc<herald_edge::Edge>,
+    ops_state: ops::Ops,
+    placement: Arc<dyn herald_types::Placement>,
+) -> axum::Router {
+    let mut app = ops::router(ops_state);
+    if let Some(g) = gateway {
+        app = app.merge(herald_gateway::router(g));
+    }
+    if role.holds_connections() {
+        app = app.merge(edge.router());
+    } else {
+        app = app.route(
+            "/v1/ws",
+            axum::routing::any(|| async {
+                herald_gateway::ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "wrong_role",
+                    "this is an ingest node: it holds no WebSocket connections; connect to an edge node",
+                )
+            }),
+        );
+    }
+    if role == Role::Edge {
+        // Every other route: to an ingest node, as it was asked.
+        let fwd = Arc::new(herald_gateway::Forwarder::new(cfg.server.cluster_key.clone()));
+        return app.fallback(move |req: axum::extract::Request| {
+            let (fwd, placement) = (fwd.clone(), placement.clone());
+            async move {
+                match placement.any_ingest() {
+                    Some(addr) => fwd.proxy(&addr, req).await,
+                    None => herald_gateway::forward::unavailable(
+                        "no ingest node is alive to serve this route".into(),
+                    ),
+                }
+            }
+        });
+    }
+    app.fallback(|| async { herald_gateway::ApiError::not_found("no such route; see docs/API.md") })
+        .method_not_allowed_fallback(|| async { method_not_allowed() })
+}
+
+/// Where other nodes reach this one: `server.advertise`, else the address
+/// it listens on (which must then not be a wildcard).
+fn advertise(cfg: &Config, listener: &TcpListener) -> anyhow::Result<String> {
+    if !cfg.server.advertise.is_empty() {
+        return Ok(cfg.server.advertise.clone());
+    }
+    let a = listener.local_addr()?;
+    if a.ip().is_unspecified() {
+        anyhow::bail!(
+            "listening on {a} (every interface): set server.advertise to the address other nodes reach this one at"
+        );
+    }
+    Ok(a.to_string())
 }
 
 /// How many WebSocket connections this process can hold (from the

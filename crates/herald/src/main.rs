@@ -1,4 +1,4 @@
-//! `herald`: one node, every role, from a config file.
+//! `herald`: one node, in the role its config gives it, from a config file.
 
 use std::path::PathBuf;
 
@@ -29,6 +29,11 @@ struct Args {
     /// The Redis URL (redis.url).
     #[arg(long)]
     redis: Option<String>,
+    /// What this node does (server.role): all (default), ingest (gateway,
+    /// log, fan-out) or edge (WebSocket connections); ingest and edge need
+    /// server.cluster = true.
+    #[arg(long, value_parser = ["all", "ingest", "edge"])]
+    role: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -81,6 +86,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = &args.redis {
         overrides.push(("redis", "url", s(v)));
+    }
+    if let Some(v) = &args.role {
+        overrides.push(("server", "role", s(v)));
     }
     let cfg = Config::load(&path, optional, std::env::vars(), &overrides)?;
     if let Some(Command::DeadLetters { action, url, key }) = &args.command {

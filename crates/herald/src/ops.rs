@@ -12,7 +12,10 @@ use serde_json::json;
 
 #[derive(Clone)]
 pub struct Ops {
-    pub log: herald_log::Log,
+    /// None on an edge node.
+    pub log: Option<herald_log::Log>,
+    /// In a cluster: this node's partition leases.
+    pub leases: Option<std::sync::Arc<herald_fanout::Leases>>,
     pub store: herald_store::Store,
     pub fanout: herald_fanout::FanoutHealth,
     pub metrics: Option<PrometheusHandle>,
@@ -50,7 +53,10 @@ pub fn router(ops: Ops) -> Router {
 /// ranges an operator has not acknowledged are shown but do not make the
 /// node unready (it works; someone should look).
 async fn readyz(State(ops): State<Ops>) -> Response {
-    let log = ops.log.health().describe();
+    let log = match &ops.log {
+        Some(l) => l.health().describe(),
+        None => "ok".to_string(),
+    };
     let redis = match tokio::time::timeout(Duration::from_secs(2), ops.store.ping()).await {
         Ok(Ok(())) => "ok".to_string(),
         Ok(Err(e)) => format!("unreachable: {e}"),
@@ -62,7 +68,12 @@ async fn readyz(State(ops): State<Ops>) -> Response {
     } else {
         stalls.join("; ")
     };
-    let quarantine = match ops.log.quarantine() {
+    let cluster = match &ops.leases {
+        None => "ok".to_string(),
+        Some(l) if l.fresh() => "ok".to_string(),
+        Some(_) => "no partition lease round has succeeded lately (is Redis reachable?)".to_string(),
+    };
+    let quarantine = match ops.log.as_ref().map(|l| l.quarantine()).unwrap_or(Ok(Vec::new())) {
         Ok(q) => {
             let open: Vec<_> = q.iter().filter(|r| !r.acknowledged).collect();
             match open.first() {
@@ -79,10 +90,10 @@ async fn readyz(State(ops): State<Ops>) -> Response {
         }
         Err(e) => format!("unreadable: {e}"),
     };
-    let ready = log == "ok" && redis == "ok" && fanout == "ok";
+    let ready = log == "ok" && redis == "ok" && fanout == "ok" && cluster == "ok";
     let body = json!({
         "ready": ready,
-        "checks": {"log": log, "redis": redis, "fanout": fanout, "quarantine": quarantine},
+        "checks": {"log": log, "redis": redis, "fanout": fanout, "cluster": cluster, "quarantine": quarantine},
     });
     let status = if ready {
         StatusCode::OK

@@ -3,10 +3,11 @@
 //! flag. Precedence: flag, then environment, then file, then default.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
+
+mod derive;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -97,6 +98,15 @@ pub struct Server {
     pub cluster: bool,
     pub shutdown_timeout_ms: u64,
     pub log_format: String,
+    /// `all`, `ingest` (gateway, log, fan-out) or `edge` (WebSockets).
+    pub role: String,
+    /// Where other nodes reach this node's HTTP (`host:port`); default:
+    /// the address it listens on.
+    pub advertise: String,
+    /// The secret nodes of a cluster present to each other.
+    pub cluster_key: String,
+    /// How long a partition lease lasts without renewal.
+    pub lease_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +178,10 @@ impl Default for Server {
             data_dir: "./data".into(),
             node_id: "node-1".into(),
             cluster: false,
+            role: "all".into(),
+            advertise: String::new(),
+            cluster_key: String::new(),
+            lease_ttl_ms: 6000,
             shutdown_timeout_ms: 10_000,
             log_format: "text".into(),
         }
@@ -323,175 +337,33 @@ impl Config {
         if self.celebrity.threshold == 0 || !(0.0..0.9).contains(&self.celebrity.hysteresis) {
             bail!("celebrity.threshold must be positive and celebrity.hysteresis in [0, 0.9)");
         }
+        if self.log.partitions == 0 || self.log.partitions > 4096 {
+            bail!("log.partitions must be between 1 and 4096");
+        }
         if self.redis.inbox_cap == 0 {
             bail!("redis.inbox_cap must be positive");
         }
         if self.server.cluster && self.server.node_id.trim().is_empty() {
             bail!("server.cluster needs a server.node_id unique to this node");
         }
+        if !["all", "ingest", "edge"].contains(&self.server.role.as_str()) {
+            bail!("server.role must be all, ingest or edge");
+        }
+        if self.server.role != "all" && !self.server.cluster {
+            bail!("server.role = {} needs server.cluster = true (a role is a part of a cluster)", self.server.role);
+        }
+        if self.server.cluster && self.server.cluster_key.trim().is_empty() {
+            bail!("server.cluster needs server.cluster_key: the same secret on every node (nodes hand events to each other with it)");
+        }
+        if self.server.cluster && self.server.lease_ttl_ms < 1000 {
+            bail!("server.lease_ttl_ms must be at least 1000");
+        }
         if !self.websocket.dev_mode && self.websocket.jwt_secret.is_empty() {
             bail!("websocket needs jwt_secret, or dev_mode = true for local development");
         }
         Ok(())
     }
-
-    pub fn log_config(&self) -> herald_log::LogConfig {
-        let durability = match self.log.durability.as_str() {
-            "interval" => herald_log::Durability::Interval {
-                ms: self.log.fsync_interval_ms.max(1),
-                bytes: self.log.fsync_interval_bytes.max(1),
-            },
-            "os" => herald_log::Durability::Os,
-            _ => herald_log::Durability::Always,
-        };
-        herald_log::LogConfig {
-            durability,
-            segment_bytes: self.log.segment_bytes,
-            segment_ms: self.log.segment_ms,
-            retention_bytes: (self.log.retention_bytes > 0).then_some(self.log.retention_bytes),
-            retention_ms: (self.log.retention_ms > 0).then_some(self.log.retention_ms),
-            on_corruption: match self.log.on_corruption.as_str() {
-                "refuse" => herald_log::OnCorruption::Refuse,
-                _ => herald_log::OnCorruption::Quarantine,
-            },
-            ..herald_log::LogConfig::default()
-        }
-    }
-
-    pub fn store_config(&self) -> herald_store::StoreConfig {
-        herald_store::StoreConfig {
-            url: self.redis.url.clone(),
-            cluster_nodes: self.redis.cluster_nodes.clone(),
-            inbox_cap: self.redis.inbox_cap,
-            dedup_ttl: Duration::from_secs(self.redis.dedup_ttl_s),
-            presence_ttl: Duration::from_secs(self.redis.presence_ttl_s),
-            timeout: Duration::from_millis(self.redis.timeout_ms),
-            node_id: self.server.node_id.clone(),
-        }
-    }
-
-    pub fn celebrity_policy(&self) -> herald_store::CelebrityPolicy {
-        herald_store::CelebrityPolicy::new(self.celebrity.threshold, self.celebrity.hysteresis)
-    }
-
-    pub fn gateway_config(&self) -> herald_gateway::GatewayConfig {
-        herald_gateway::GatewayConfig {
-            max_body_bytes: self.gateway.max_body_bytes,
-            max_batch: self.gateway.max_batch,
-            max_import_bytes: self.gateway.max_import_bytes,
-            api_keys: self.gateway.api_keys.clone(),
-            admin_keys: self.gateway.admin_keys.clone(),
-            rate_per_key: self.gateway.rate_per_key,
-            rate_per_actor: self.gateway.rate_per_actor,
-            celebrity: self.celebrity_policy(),
-            id_scope: self.id_scope(),
-        }
-    }
-
-    /// Suffix of this node's event ids: `@<node>` in a cluster (every node
-    /// keeps its own log), empty alone.
-    pub fn id_scope(&self) -> String {
-        if self.server.cluster {
-            format!("@{}", self.server.node_id)
-        } else {
-            String::new()
-        }
-    }
-
-    pub fn edge_config(&self, max_connections: usize) -> herald_edge::EdgeConfig {
-        let w = &self.websocket;
-        herald_edge::EdgeConfig {
-            dev_mode: w.dev_mode,
-            jwt_secret: (!w.jwt_secret.is_empty()).then(|| w.jwt_secret.clone()),
-            queue_capacity: w.queue_capacity,
-            max_unacked: w.max_unacked,
-            ack_timeout: Duration::from_millis(w.ack_timeout_ms),
-            heartbeat_interval: Duration::from_millis(w.heartbeat_ms),
-            idle_timeout: Duration::from_millis(w.idle_timeout_ms),
-            write_timeout: Duration::from_millis(w.write_timeout_ms),
-            drain_limit: self.redis.inbox_cap,
-            max_message_bytes: w.max_message_bytes,
-            max_connections,
-            broadcast_chunk: self.celebrity.broadcast_chunk.max(1),
-            outbox_cap: self.celebrity.outbox_cap.max(1),
-            incarnation: 0,
-        }
-    }
-
-    pub fn fanout_config(&self) -> herald_fanout::FanoutConfig {
-        herald_fanout::FanoutConfig {
-            read_max_bytes: self.fanout.read_max_bytes,
-            max_in_flight: self.fanout.max_in_flight,
-            checkpoint_every: Duration::from_millis(self.fanout.checkpoint_ms.max(10)),
-            retry_backoff: Duration::from_millis(self.fanout.retry_backoff_ms.clamp(1, 60_000)),
-            celebrity: self.celebrity_policy(),
-            outbox_cap: self.celebrity.outbox_cap.max(1),
-            id_scope: self.id_scope(),
-            aggregation: herald_fanout::AggregationConfig {
-                window: Duration::from_millis(self.aggregation.window_ms),
-                threshold: self.aggregation.threshold.max(2),
-                flush: Duration::from_millis(self.aggregation.flush_ms.max(10)),
-                max_actors: self
-                    .aggregation
-                    .max_actors
-                    .clamp(1, herald_fanout::MAX_ACTORS),
-                rate_per_recipient: self.aggregation.rate_per_recipient,
-                ..herald_fanout::AggregationConfig::default()
-            },
-            ..herald_fanout::FanoutConfig::default()
-        }
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_and_flags_override_the_file() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("c.toml");
-        std::fs::write(&p, "[log]\npartitions = 4\n[websocket]\ndev_mode = true\n").unwrap();
-        let env = vec![
-            ("HERALD_LOG__PARTITIONS".to_string(), "6".to_string()),
-            (
-                "HERALD_REDIS__URL".to_string(),
-                "redis://127.0.0.1:1".to_string(),
-            ),
-            (
-                "HERALD_GATEWAY__API_KEYS".to_string(),
-                "[\"a\", \"b\"]".to_string(),
-            ),
-            ("OTHER".to_string(), "x".to_string()),
-        ];
-        let c = Config::load(
-            &p,
-            false,
-            env.into_iter(),
-            &[(
-                "server",
-                "listen",
-                toml::Value::String("127.0.0.1:1".into()),
-            )],
-        )
-        .unwrap();
-        assert_eq!(c.log.partitions, 6);
-        assert_eq!(c.redis.url, "redis://127.0.0.1:1");
-        assert_eq!(c.gateway.api_keys, vec!["a", "b"]);
-        assert_eq!(c.server.listen, "127.0.0.1:1");
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_values_are_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("c.toml");
-        std::fs::write(&p, "[log]\npartitons = 4\n").unwrap();
-        assert!(Config::load(&p, false, std::iter::empty(), &[]).is_err());
-        std::fs::write(
-            &p,
-            "[log]\ndurability = \"sometimes\"\n[websocket]\ndev_mode = true\n",
-        )
-        .unwrap();
-        assert!(Config::load(&p, false, std::iter::empty(), &[]).is_err());
-    }
-}
+mod tests;

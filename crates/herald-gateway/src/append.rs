@@ -1,0 +1,185 @@
+//! Appending accepted events: each to the log of the node that owns its
+//! partition (this node's own log when it is alone, or owns it), and
+//! `POST /v1/internal/append`, where another node's gateway hands over
+//! the events of partitions this node owns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use herald_types::event::partition_for;
+use herald_types::{ids, LogEvent, Owner};
+use serde_json::json;
+
+use crate::body::read_limited;
+use crate::error::ApiError;
+use crate::forward::{decode_parts, ForwardError, CLUSTER_KEY_HEADER};
+use crate::http::reject;
+use crate::Gateway;
+
+/// Appends stamped events to their partitions; returns their event ids in
+/// order, once durable (on this node, or on the owners they were handed
+/// to). On one node this is one log request. A failure answered for a
+/// batch spread over several owners may leave the parts that went through
+/// accepted: resending with idempotency keys is safe.
+pub(crate) async fn append(gw: &Gateway, events: &[LogEvent]) -> Result<Vec<String>, ApiError> {
+    let partitions = gw.log.partitions();
+    // Group by partition, remembering each event's place in its group.
+    let mut groups: HashMap<u32, Vec<Bytes>> = HashMap::new();
+    let mut place = Vec::with_capacity(events.len());
+    for e in events {
+        let p = partition_for(e.partition_key(), partitions);
+        let g = groups.entry(p).or_default();
+        place.push((p, g.len()));
+        g.push(Bytes::from(e.encode()));
+    }
+    let mut pending: Vec<(u32, Vec<Bytes>)> = groups.into_iter().collect();
+    let mut ids_of: HashMap<u32, Vec<String>> = HashMap::new();
+    let deadline = Instant::now() + gw.cfg.owner_wait;
+    loop {
+        let mut local = Vec::new();
+        let mut remote: HashMap<String, Vec<(u32, Vec<Bytes>)>> = HashMap::new();
+        let mut later = Vec::new();
+        for part in pending.drain(..) {
+            match gw.placement.owner(part.0) {
+                Owner::Local => local.push(part),
+                Owner::Remote { addr, .. } if gw.forwarder.is_some() => {
+                    remote.entry(addr).or_default().push(part)
+                }
+                _ => later.push(part),
+            }
+        }
+        let local_done = async {
+            if local.is_empty() {
+                return Ok(Vec::new());
+            }
+            let bases = append_here(gw, &local).await?;
+            Ok::<_, ApiError>(local.iter().zip(bases).collect::<Vec<_>>())
+        };
+        let remote_done = join_all(remote.into_iter().map(|(addr, parts)| async move {
+            let r = match &gw.forwarder {
+                Some(f) => f.append(&addr, &parts).await,
+                None => Err(ForwardError::Retry("not in a cluster".into())),
+            };
+            (addr, parts, r)
+        }));
+        let (local_r, remote_r) = tokio::join!(local_done, remote_done);
+        for ((p, records), base) in local_r? {
+            let ids = (0..records.len() as u64)
+                .map(|i| ids::event_id(&gw.cfg.id_scope, *p, base + i))
+                .collect();
+            ids_of.insert(*p, ids);
+        }
+        for (addr, parts, r) in remote_r {
+            match r {
+                Ok(ids) => {
+                    metrics::counter!("herald_forwarded_events_total").increment(ids.len() as u64);
+                    let mut it = ids.into_iter();
+                    for (p, records) in &parts {
+                        ids_of.insert(*p, it.by_ref().take(records.len()).collect());
+                    }
+                }
+                Err(ForwardError::Api(e)) => return Err(e),
+                Err(ForwardError::Retry(why)) => {
+                    tracing::debug!(node = %addr, why = %why, "forward to a partition owner failed; looking again");
+                    later.extend(parts);
+                }
+            }
+        }
+        if later.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let ps: Vec<String> = later.iter().map(|(p, _)| p.to_string()).collect();
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "partition_unavailable",
+                format!(
+                    "no live node owns partition(s) {} right now; retry shortly",
+                    ps.join(", ")
+                ),
+            );
+            e.retry_after_s = Some(1);
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pending = later;
+    }
+    Ok(place
+        .into_iter()
+        .map(|(p, i)| {
+            ids_of
+                .get(&p)
+                .and_then(|v| v.get(i))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect())
+}
+
+/// One request to this node's log; each part's first offset.
+async fn append_here(gw: &Gateway, parts: &[(u32, Vec<Bytes>)]) -> Result<Vec<u64>, ApiError> {
+    let t = Instant::now();
+    let bases = gw.log.append_many(parts.to_vec()).await.map_err(|e| {
+        if e.is_full() {
+            tracing::debug!(error = %e, "log append refused: disk full");
+        } else {
+            tracing::error!(error = %e, "log append failed");
+        }
+        ApiError::from_log(&e)
+    })?;
+    metrics::histogram!("herald_log_append_seconds").record(t.elapsed().as_secs_f64());
+    Ok(bases)
+}
+
+/// `POST /v1/internal/append`: events another node validated and stamped,
+/// for partitions this node owns.
+pub(crate) async fn internal_append(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        let Some(f) = &gw.forwarder else {
+            return Err(ApiError::not_found("this node is not part of a cluster"));
+        };
+        if !f.key_matches(headers.get(CLUSTER_KEY_HEADER)) {
+            return Err(ApiError::unauthorized());
+        }
+        // Validated events of one batch, plus framing.
+        let limit = gw.cfg.max_body_bytes.saturating_mul(2);
+        let bytes = read_limited(&headers, body, limit).await?;
+        let parts = decode_parts(bytes).ok_or_else(|| ApiError::malformed("bad framing"))?;
+        for (p, _) in &parts {
+            if *p >= gw.log.partitions() || gw.placement.owner(*p) != Owner::Local {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_owner",
+                    format!("this node does not own partition {p} now"),
+                ));
+            }
+        }
+        let bases = append_here(&gw, &parts).await?;
+        let ids: Vec<String> = parts
+            .iter()
+            .zip(bases)
+            .flat_map(|((p, records), base)| {
+                (0..records.len() as u64).map(move |i| (*p, base + i))
+            })
+            .map(|(p, o)| ids::event_id(&gw.cfg.id_scope, p, o))
+            .collect();
+        Ok(ids)
+    }
+    .await;
+    match r {
+        Ok(ids) => (StatusCode::OK, Json(json!({ "ids": ids }))).into_response(),
+        Err(e) => reject(e),
+    }
+}

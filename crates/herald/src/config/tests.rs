@@ -1,0 +1,49 @@
+use super::*;
+
+#[test]
+fn env_and_flags_override_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("c.toml");
+    std::fs::write(&p, "[log]\npartitions = 4\n[websocket]\ndev_mode = true\n").unwrap();
+    let env = vec![
+        ("HERALD_LOG__PARTITIONS".to_string(), "6".to_string()),
+        (
+            "HERALD_REDIS__URL".to_string(),
+            "redis://127.0.0.1:1".to_string(),
+        ),
+        (
+            "HERALD_GATEWAY__API_KEYS".to_string(),
+            "[\"a\", \"b\"]".to_string(),
+        ),
+        ("OTHER".to_string(), "x".to_string()),
+    ];
+    let c = Config::load(
+        &p,
+        false,
+        env.into_iter(),
+        &[(
+            "server",
+            "listen",
+            toml::Value::String("127.0.0.1:1".into()),
+        )],
+    )
+    .unwrap();
+    assert_eq!(c.log.partitions, 6);
+    assert_eq!(c.redis.url, "redis://127.0.0.1:1");
+    assert_eq!(c.gateway.api_keys, vec!["a", "b"]);
+    assert_eq!(c.server.listen, "127.0.0.1:1");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("c.toml");
+    std::fs::write(&p, "[log]\npartitons = 4\n").unwrap();
+    assert!(Config::load(&p, false, std::iter::empty(), &[]).is_err());
+    std::fs::write(
+        &p,
+        "[log]\ndurability = \"sometimes\"\n[websocket]\ndev_mode = true\n",
+    )
+    .unwrap();
+    assert!(Config::load(&p, false, std::iter::empty(), &[]).is_err());
+}
