@@ -46,7 +46,10 @@ fn seq_of(text: &Option<String>) -> Option<u64> {
 }
 
 pub struct ClientSpec {
-    pub addr: SocketAddr,
+    /// Every node; the client starts at `first` and moves to the next
+    /// when it cannot connect (a node died).
+    pub addrs: Arc<Vec<SocketAddr>>,
+    pub first: usize,
     pub user: u64,
     /// Source addresses 127.0.0.1 .. 127.0.0.<sources>.
     pub source: u8,
@@ -54,15 +57,15 @@ pub struct ClientSpec {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-async fn connect(spec: &ClientSpec) -> anyhow::Result<Ws> {
+async fn connect(spec: &ClientSpec, addr: SocketAddr) -> anyhow::Result<Ws> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, spec.source)),
         0,
     ))?;
-    let stream = tokio::time::timeout(Duration::from_secs(10), sock.connect(spec.addr)).await??;
+    let stream = tokio::time::timeout(Duration::from_secs(10), sock.connect(addr)).await??;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{}/v1/ws?user={}", spec.addr, spec.user);
+    let url = format!("ws://{}/v1/ws?user={}", addr, spec.user);
     // A small read buffer: tungstenite zero-fills its whole read buffer
     // (128 KiB by default) on every read, which dominated the generator's CPU.
     let cfg = WebSocketConfig::default()
@@ -84,12 +87,15 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut at = spec.first;
     'outer: while !*stop.borrow() {
         let connected_at = Instant::now();
-        let mut ws = match connect(&spec).await {
+        let addr = spec.addrs[at % spec.addrs.len().max(1)];
+        let mut ws = match connect(&spec, addr).await {
             Ok(ws) => ws,
             Err(_) => {
                 stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                at += 1;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;

@@ -186,6 +186,11 @@ struct RunArgs {
     /// is imported through the first.
     #[arg(long)]
     targets: Option<String>,
+    /// Nodes may die during the run: events carry idempotency keys and a
+    /// refused or failed batch is sent again (to the next target) for up to
+    /// 60 s; clients that cannot connect move to the next target.
+    #[arg(long)]
+    failover: bool,
     /// Chaos: the shell command that runs Herald in the foreground, serving
     /// --target (the generator starts, kills and restarts it).
     #[arg(long)]
@@ -373,8 +378,8 @@ async fn run_cmd(mut a: RunArgs) -> anyhow::Result<()> {
         celebrity_post: a.scenario == Scenario::Celebrity,
         set_prefs: a.prefs,
         hot_share: a.hot_share.clamp(0.0, 1.0),
-        idempotent: chaos,
-        retry_for: chaos.then_some(Duration::from_secs(60)),
+        idempotent: chaos || a.failover,
+        retry_for: (chaos || a.failover).then_some(Duration::from_secs(60)),
     };
     let name = match a.scenario {
         Scenario::Smoke => "smoke",

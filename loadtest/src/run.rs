@@ -292,11 +292,13 @@ pub async fn run(
     let mut cmd_txs = Vec::new();
     let mut tasks = Vec::new();
     let t_conn = Instant::now();
+    let addrs = Arc::new(spec.targets.clone());
     for user in 1..=spec.clients {
         let (tx, rx) = mpsc::channel(4);
         cmd_txs.push(tx);
         let cs = ClientSpec {
-            addr: spec.targets[(user as usize) % spec.targets.len().max(1)],
+            addrs: addrs.clone(),
+            first: (user as usize) % spec.targets.len().max(1),
             user,
             source: 1 + (user % spec.sources.max(1) as u64) as u8,
         };

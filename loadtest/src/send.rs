@@ -29,22 +29,41 @@ pub fn start(spec: &RunSpec, stats: Arc<Stats>) -> (mpsc::Sender<Batch>, Vec<Joi
     for i in 0..4 {
         let rx = rx.clone();
         let stats = stats.clone();
-        let addr = spec.targets[i % spec.targets.len().max(1)].to_string();
+        let targets: Vec<String> = spec.targets.iter().map(|t| t.to_string()).collect();
         let retry_for = spec.retry_for;
         senders.push(tokio::spawn(async move {
-            let mut conn = Conn::new(&addr);
+            let mut at = Target { all: targets, i };
+            let mut conn = Conn::new(at.addr());
             loop {
                 let Some(b) = rx.lock().await.recv().await else {
                     return;
                 };
-                post(&mut conn, &addr, &stats, b, retry_for).await;
+                post(&mut conn, &mut at, &stats, b, retry_for).await;
             }
         }));
     }
     (tx, senders)
 }
 
-async fn post(conn: &mut Conn, addr: &str, stats: &Stats, b: Batch, retry_for: Option<Duration>) {
+/// The node a sender posts to; it moves to the next when one fails.
+struct Target {
+    all: Vec<String>,
+    i: usize,
+}
+
+impl Target {
+    fn addr(&self) -> &str {
+        &self.all[self.i % self.all.len().max(1)]
+    }
+}
+
+async fn post(
+    conn: &mut Conn,
+    at: &mut Target,
+    stats: &Stats,
+    b: Batch,
+    retry_for: Option<Duration>,
+) {
     let n = b.seqs.len() as u64;
     let until = retry_for.map(|d| Instant::now() + d);
     let mut backoff = Duration::from_millis(50);
@@ -69,7 +88,9 @@ async fn post(conn: &mut Conn, addr: &str, stats: &Stats, b: Batch, retry_for: O
                 why
             }
             Err(e) => {
-                *conn = Conn::new(addr);
+                // The node may be gone: the next one takes the retry.
+                at.i += 1;
+                *conn = Conn::new(at.addr());
                 e.to_string()
             }
         };

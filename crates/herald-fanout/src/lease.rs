@@ -76,7 +76,13 @@ impl Leases {
         let t0 = Instant::now();
         let r = self
             .store
-            .lease_round(self.partitions, &self.holder, &self.addr, self.ttl, self.role)
+            .lease_round(
+                self.partitions,
+                &self.holder,
+                &self.addr,
+                self.ttl,
+                self.role,
+            )
             .await;
         let view = match r {
             Ok(v) => v,

@@ -225,6 +225,18 @@ impl Relay {
         }
     }
 
+    /// Tells every node holding a connection of `user` (this one included)
+    /// that its inbox has new entries: a push that went to the inbox
+    /// because its node died reaches the user where it reconnected.
+    pub async fn poke_everywhere(&self, user: UserId) {
+        self.to_local(EdgeCommand::Poke { user });
+        if let Ok(h) = self.holders(&[user]).await {
+            for node in h.into_iter().flatten() {
+                self.poke(&node, user);
+            }
+        }
+    }
+
     /// Tells `node` that `user`'s inbox has new entries.
     pub fn poke(&self, node: &str, user: UserId) {
         self.send(node, &Wire::Poke { user });

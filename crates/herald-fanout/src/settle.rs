@@ -250,11 +250,15 @@ async fn write_later(
                 }
             }
         }
-        if let EdgeAnswer::Refused { settle, .. } = w {
+        if let EdgeAnswer::Refused { user, settle, .. } = w {
             let Some(s) = settlements.upgrade() else {
                 return;
             };
             s.release(&settle);
+            // In a cluster the user may have reconnected elsewhere since.
+            if let Some(r) = s.relay() {
+                r.poke_everywhere(user).await;
+            }
         }
     }
 }

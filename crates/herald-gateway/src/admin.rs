@@ -14,10 +14,10 @@ use axum::Router;
 use herald_store::DeadLetter;
 use serde_json::{json, Value};
 
+use crate::append::append;
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
 use crate::http::{bearer, respond};
-use crate::append::append;
 use crate::Gateway;
 
 /// Most dead letters listed or replayed at once.

@@ -170,9 +170,7 @@ pub(crate) async fn internal_append(
         let ids: Vec<String> = parts
             .iter()
             .zip(bases)
-            .flat_map(|((p, records), base)| {
-                (0..records.len() as u64).map(move |i| (*p, base + i))
-            })
+            .flat_map(|((p, records), base)| (0..records.len() as u64).map(move |i| (*p, base + i)))
             .map(|(p, o)| ids::event_id(&gw.cfg.id_scope, p, o))
             .collect();
         Ok(ids)

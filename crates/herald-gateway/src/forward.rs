@@ -67,7 +67,9 @@ impl Forwarder {
     pub fn key_matches(&self, got: Option<&HeaderValue>) -> bool {
         let Some(got) = got else { return false };
         let (a, b) = (got.as_bytes(), self.key.as_bytes());
-        !b.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+        !b.is_empty()
+            && a.len() == b.len()
+            && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
     }
 
     /// Appends `parts` at the node at `addr`; their event ids in order.
@@ -142,7 +144,13 @@ impl Forwarder {
             Ok(u) => *req.uri_mut() = u,
             Err(_) => return ApiError::malformed("unusable request path").into_response(),
         }
-        for h in ["connection", "keep-alive", "upgrade", "proxy-connection", "te"] {
+        for h in [
+            "connection",
+            "keep-alive",
+            "upgrade",
+            "proxy-connection",
+            "te",
+        ] {
             req.headers_mut().remove(h);
         }
         match tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(req)).await {

@@ -119,7 +119,8 @@ impl Gateway {
         placement: Arc<dyn herald_types::Placement>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
-            forwarder: (!cfg.cluster_key.is_empty()).then(|| Forwarder::new(cfg.cluster_key.clone())),
+            forwarder: (!cfg.cluster_key.is_empty())
+                .then(|| Forwarder::new(cfg.cluster_key.clone())),
             placement,
             key_limiter: limiter(cfg.rate_per_key),
             actor_limiter: limiter(cfg.rate_per_actor),

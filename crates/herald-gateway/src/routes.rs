@@ -12,10 +12,10 @@ use axum::{Json, Router};
 use herald_types::{ids, WireFormat};
 use serde_json::{json, Value};
 
+use crate::append::append;
 use crate::body::{encoding, parse, read_limited, user_id};
 use crate::error::ApiError;
 use crate::http::{authorize, path_user, reject, respond};
-use crate::append::append;
 use crate::{validate, Gateway};
 
 /// Most pairs in one graph import request.

@@ -12,8 +12,8 @@ pub mod placement;
 pub mod seam;
 
 pub use event::{EventKind, Folding, LogEvent, UserId};
-pub use placement::{Owner, Placement};
 pub use notification::{DigestBody, DigestItem, Notification, WireFormat};
+pub use placement::{Owner, Placement};
 pub use seam::{
     Answers, Bucket, EdgeAnswer, EdgeCommand, EdgeHandle, RecordRef, Refusal, RemoteRef, Settle,
 };

@@ -152,11 +152,9 @@ pub async fn run(
     let fanout_cfg = cfg.fanout_config();
     let settlements = match &log {
         Some(log) => herald_fanout::Settlements::new(log, &fanout_cfg, store.clone()),
-        None => herald_fanout::Settlements::without_log(
-            &fanout_cfg,
-            store.clone(),
-            cfg.log.partitions,
-        ),
+        None => {
+            herald_fanout::Settlements::without_log(&fanout_cfg, store.clone(), cfg.log.partitions)
+        }
     };
     settlements.set_placement(placement.clone());
     let mut edge_cfg = cfg.edge_config(max_conns);
@@ -285,7 +283,9 @@ fn app(
     }
     if role == Role::Edge {
         // Every other route: to an ingest node, as it was asked.
-        let fwd = Arc::new(herald_gateway::Forwarder::new(cfg.server.cluster_key.clone()));
+        let fwd = Arc::new(herald_gateway::Forwarder::new(
+            cfg.server.cluster_key.clone(),
+        ));
         return app.fallback(move |req: axum::extract::Request| {
             let (fwd, placement) = (fwd.clone(), placement.clone());
             async move {

@@ -71,9 +71,16 @@ async fn readyz(State(ops): State<Ops>) -> Response {
     let cluster = match &ops.leases {
         None => "ok".to_string(),
         Some(l) if l.fresh() => "ok".to_string(),
-        Some(_) => "no partition lease round has succeeded lately (is Redis reachable?)".to_string(),
+        Some(_) => {
+            "no partition lease round has succeeded lately (is Redis reachable?)".to_string()
+        }
     };
-    let quarantine = match ops.log.as_ref().map(|l| l.quarantine()).unwrap_or(Ok(Vec::new())) {
+    let quarantine = match ops
+        .log
+        .as_ref()
+        .map(|l| l.quarantine())
+        .unwrap_or(Ok(Vec::new()))
+    {
         Ok(q) => {
             let open: Vec<_> = q.iter().filter(|r| !r.acknowledged).collect();
             match open.first() {

@@ -350,7 +350,10 @@ impl Config {
             bail!("server.role must be all, ingest or edge");
         }
         if self.server.role != "all" && !self.server.cluster {
-            bail!("server.role = {} needs server.cluster = true (a role is a part of a cluster)", self.server.role);
+            bail!(
+                "server.role = {} needs server.cluster = true (a role is a part of a cluster)",
+                self.server.role
+            );
         }
         if self.server.cluster && self.server.cluster_key.trim().is_empty() {
             bail!("server.cluster needs server.cluster_key: the same secret on every node (nodes hand events to each other with it)");
