@@ -239,3 +239,61 @@ async fn check(clients: &mut [Client], ids: Vec<String>, seen: &mut HashSet<Stri
         seen.insert(id.clone());
     }
 }
+
+/// Every record of `node` settled (its fan-out checkpoint can pass them).
+async fn all_settled(node: &Node) -> bool {
+    let (_, m) = node.get("/metrics").await;
+    let text = m.as_str().unwrap_or_default().to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("herald_fanout_in_flight_records"))
+        .collect();
+    !lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_on_two_edges_both_get_it_and_one_ack_settles_it() {
+    let redis = Redis::start();
+    let mut ingest_env = cluster_env("ingest-1");
+    ingest_env.push(("HERALD_SERVER__ROLE", "ingest"));
+    let ingest = Node::start(&redis, &ingest_env);
+    let edges: Vec<Node> = ["edge-1", "edge-2"]
+        .into_iter()
+        .map(|id| {
+            let mut e = cluster_env(id);
+            e.push(("HERALD_SERVER__ROLE", "edge"));
+            Node::start(&redis, &e)
+        })
+        .collect();
+    let mut phone = Client::connect(&edges[0], 70).await;
+    let laptop = Client::connect(&edges[1], 70).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let id = ingest.like(9, 70, "post:both").await;
+    let n1 = phone.notification().await;
+    let mut laptop = laptop;
+    let n2 = laptop.notification().await;
+    assert_eq!(n1["event_id"], id.as_str(), "{n1}");
+    assert_eq!(n2["event_id"], id.as_str(), "{n2}");
+    // The phone acks; the laptop never does.
+    phone.ack(&[n1["id"].as_str().unwrap_or_default()]).await;
+    eventually("the record settled by one ack", || async {
+        all_settled(&ingest).await.then_some(())
+    })
+    .await;
+    // The laptop closes with the copy unacked: it was read on the phone,
+    // so nothing goes to the inbox.
+    laptop.close().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (s, v) = ingest.get("/v1/users/70/inbox?limit=10").await;
+    assert_eq!(s, 200);
+    assert_eq!(v["notifications"].as_array().map(Vec::len), Some(0), "{v}");
+    // The one device left closes with a copy unacked: the ingest node
+    // stores it, and the device finds it on its next connect.
+    let id2 = ingest.like(9, 70, "post:later").await;
+    let n = phone.notification().await;
+    assert_eq!(n["event_id"], id2.as_str(), "{n}");
+    phone.close().await;
+    let mut again = Client::connect(&edges[1], 70).await;
+    let n = again.notification().await;
+    assert_eq!(n["event_id"], id2.as_str(), "{n}");
+}

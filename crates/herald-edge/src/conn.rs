@@ -477,6 +477,19 @@ impl Conn {
                 left.push((n, settle));
             }
         }
+        // Copies another node handed over go back to it: it stores them
+        // unless another device of the user acked the same notification.
+        let (remote, left): (Vec<_>, Vec<_>) = left
+            .into_iter()
+            .partition(|(_, s)| matches!(s, Settle::Remote(_)));
+        for (n, settle) in remote {
+            self.edge.answers.answer(herald_types::EdgeAnswer::Refused {
+                user: self.user,
+                n,
+                settle,
+                why: herald_types::Refusal::Offline,
+            });
+        }
         if left.is_empty() {
             return;
         }

@@ -10,6 +10,12 @@
 //! inbox), and the answer comes back on the sender's channel. A push not
 //! answered within `answer_timeout` (the node died) is written to the
 //! inbox: at least once, never lost.
+//!
+//! The copies of one notification sent to the nodes of one user's devices
+//! are one hold: the first `Settled` answer (an ack on any device)
+//! settles it and the other copies' answers are ignored; only when every
+//! copy was refused or went unanswered does the notification go to the
+//! inbox.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +77,9 @@ struct Sent {
     user: UserId,
     n: Notification,
     settle: Settle,
+    /// The copies of the same notification on other nodes (this one's
+    /// push id included), answered as one.
+    copies: Arc<[u64]>,
 }
 
 pub struct Relay {
@@ -153,35 +162,46 @@ impl Relay {
             .collect())
     }
 
-    /// Hands a push to `node`; `settle` was counted for it by the caller.
-    /// False when it could not be queued (the caller stores it instead).
-    pub fn push(&self, node: &str, user: UserId, n: &Notification, settle: Settle) -> bool {
-        let push = self.next.fetch_add(1, Ordering::Relaxed);
-        let w = Wire::Push {
-            from: self.node.clone(),
-            push,
-            user,
-            n: n.to_storage(),
-        };
+    /// Hands a copy of `n` to each of `nodes`; `settle` was counted once
+    /// for all of them by the caller (the first copy acked settles it).
+    /// False when none could be queued (the caller stores it instead).
+    pub fn push(&self, nodes: &[String], user: UserId, n: &Notification, settle: Settle) -> bool {
+        let ids: Vec<u64> = nodes
+            .iter()
+            .map(|_| self.next.fetch_add(1, Ordering::Relaxed))
+            .collect();
+        let copies: Arc<[u64]> = ids.clone().into();
+        let stored = n.to_storage();
         if let Ok(mut s) = self.sent.lock() {
-            s.insert(
-                push,
-                Sent {
-                    deadline: Instant::now() + self.answer_timeout,
-                    user,
-                    n: n.clone(),
-                    settle,
-                },
-            );
+            for id in &ids {
+                s.insert(
+                    *id,
+                    Sent {
+                        deadline: Instant::now() + self.answer_timeout,
+                        user,
+                        n: n.clone(),
+                        settle: settle.clone(),
+                        copies: copies.clone(),
+                    },
+                );
+            }
         }
-        if self.send(node, &w) {
-            metrics::counter!("herald_relay_pushes_total").increment(1);
-            return true;
+        let mut any = false;
+        for (node, push) in nodes.iter().zip(&ids) {
+            let w = Wire::Push {
+                from: self.node.clone(),
+                push: *push,
+                user,
+                n: stored.clone(),
+            };
+            if self.send(node, &w) {
+                metrics::counter!("herald_relay_pushes_total").increment(1);
+                any = true;
+            } else if let Ok(mut s) = self.sent.lock() {
+                s.remove(push);
+            }
         }
-        if let Ok(mut s) = self.sent.lock() {
-            s.remove(&push);
-        }
-        false
+        any
     }
 
     /// Sends a command that every node's edge must hear (a celebrity
@@ -331,9 +351,25 @@ impl Relay {
     }
 
     fn on_answer(&self, push: u64, outcome: Outcome) {
-        let Some(sent) = self.sent.lock().ok().and_then(|mut s| s.remove(&push)) else {
-            return;
+        // The copy answered; with `Settled`, its siblings are done too. A
+        // refusal counts only once no sibling is left waiting.
+        let sent = {
+            let Ok(mut s) = self.sent.lock() else { return };
+            let Some(sent) = s.remove(&push) else { return };
+            let waiting = sent.copies.iter().any(|c| s.contains_key(c));
+            if outcome == Outcome::Settled {
+                for c in sent.copies.iter() {
+                    s.remove(c);
+                }
+            } else if waiting {
+                return;
+            }
+            sent
         };
+        self.conclude(sent, outcome);
+    }
+
+    fn conclude(&self, sent: Sent, outcome: Outcome) {
         let Some(s) = self.settlements.upgrade() else {
             return;
         };
@@ -349,7 +385,8 @@ impl Relay {
         }
     }
 
-    /// Pushes never answered (their node died): to the inbox.
+    /// Pushes never answered (their node died): to the inbox, once no
+    /// copy of the same notification is still waiting.
     fn sweep(&self) {
         let now = Instant::now();
         let late: Vec<Sent> = match self.sent.lock() {
@@ -359,7 +396,10 @@ impl Relay {
                     .filter(|(_, v)| v.deadline <= now)
                     .map(|(k, _)| *k)
                     .collect();
-                ids.into_iter().filter_map(|k| s.remove(&k)).collect()
+                let gone: Vec<Sent> = ids.into_iter().filter_map(|k| s.remove(&k)).collect();
+                gone.into_iter()
+                    .filter(|g| !g.copies.iter().any(|c| s.contains_key(c)))
+                    .collect()
             }
             Err(_) => Vec::new(),
         };
@@ -371,16 +411,8 @@ impl Relay {
             pushes = late.len(),
             "pushes to other nodes unanswered; writing them to the inbox"
         );
-        let Some(s) = self.settlements.upgrade() else {
-            return;
-        };
         for sent in late {
-            s.answer(EdgeAnswer::Refused {
-                user: sent.user,
-                n: sent.n,
-                settle: sent.settle,
-                why: herald_types::Refusal::Offline,
-            });
+            self.conclude(sent, Outcome::Refused);
         }
     }
 }

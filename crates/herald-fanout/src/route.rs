@@ -139,8 +139,9 @@ impl Worker {
         }
     }
 
-    /// Hands `n` to each node in `nodes`, counting it against its records
-    /// once per node; true when at least one took it.
+    /// Hands a copy of `n` to each node in `nodes`, counted against its
+    /// records once for all of them (the first ack on any settles it);
+    /// true when at least one node took it.
     fn push_remote(
         &self,
         nodes: &[String],
@@ -151,15 +152,14 @@ impl Worker {
         let Some(relay) = &self.relay else {
             return false;
         };
-        let mut any = false;
-        for node in nodes {
-            self.settlements.retain(settle);
-            if relay.push(node, user, n, settle.clone()) {
-                any = true;
-            } else {
-                self.settlements.release(settle);
-            }
+        if nodes.is_empty() {
+            return false;
         }
-        any
+        self.settlements.retain(settle);
+        if relay.push(nodes, user, n, settle.clone()) {
+            return true;
+        }
+        self.settlements.release(settle);
+        false
     }
 }

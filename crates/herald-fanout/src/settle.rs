@@ -124,7 +124,12 @@ impl Settlements {
     /// An answer about a push another node handed over: sent back there.
     fn remote(&self, a: &EdgeAnswer) -> bool {
         let r = match a {
-            EdgeAnswer::Settled(Settle::Remote(r)) | EdgeAnswer::Failed(Settle::Remote(r)) => r,
+            EdgeAnswer::Settled(Settle::Remote(r))
+            | EdgeAnswer::Failed(Settle::Remote(r))
+            | EdgeAnswer::Refused {
+                settle: Settle::Remote(r),
+                ..
+            } => r,
             _ => return false,
         };
         if let Some(relay) = self.relay.get().and_then(|w| w.upgrade()) {
