@@ -10,8 +10,10 @@
 # Settings (environment): HERALD_CLUSTER_DIR (state, default
 # /tmp/herald-cluster), REDIS_BASE_PORT (7001), HERALD_BASE_PORT (7411),
 # HERALD_BIN (default: a release build, built if missing), HERALD_NODES
-# (Herald nodes, default 3; the Redis Cluster keeps as many masters, at
-# least 3).
+# (Herald nodes, default 3; the Redis Cluster keeps 3 masters),
+# HERALD_ROLES (each node's role in order, default all of them "all"; e.g.
+# "ingest ingest edge edge" with HERALD_NODES=4: clients go to the edges,
+# events to any node).
 # Then, for example:
 #   target/release/herald-loadgen run --scenario smoke --strict \
 #     --targets 127.0.0.1:7411,127.0.0.1:7412,127.0.0.1:7413
@@ -79,17 +81,19 @@ up() {
         sleep 0.05
     done
     : >"$dir/nodes"
+    read -r -a roles <<<"${HERALD_ROLES:-}"
     for i in $(seq 1 "$nodes"); do
         port=$((hbase + i - 1))
         name="node-$i"
+        role="${roles[$((i - 1))]:-all}"
         HERALD_SERVER__CLUSTER=true HERALD_SERVER__NODE_ID="$name" \
             HERALD_SERVER__CLUSTER_KEY="$key" \
             HERALD_REDIS__CLUSTER_NODES="[$seeds]" HERALD_LOG="${HERALD_LOG:-warn}" \
-            nohup "$bin" --config config/default.toml --listen "127.0.0.1:$port" \
+            nohup "$bin" --config config/default.toml --listen "127.0.0.1:$port" --role "$role" \
             --data-dir "$dir/$name" >"$dir/$name.log" 2>&1 &
-        echo "$name $port $!" >>"$dir/nodes"
+        echo "$name $port $! $role" >>"$dir/nodes"
     done
-    while read -r name port pid; do
+    while read -r name port pid _; do
         for _ in $(seq 300); do
             ready "$port" && break
             alive "$pid" || { echo "$name exited; see $dir/$name.log" >&2; exit 1; }
@@ -97,19 +101,19 @@ up() {
         done
         ready "$port" || { echo "$name never became ready; see $dir/$name.log" >&2; exit 1; }
     done <"$dir/nodes"
-    while read -r name port pid; do
-        echo "node $name http://127.0.0.1:$port pid $pid"
+    while read -r name port pid role; do
+        echo "node $name http://127.0.0.1:$port pid $pid role $role"
     done <"$dir/nodes"
 }
 
 status() {
     [ -f "$dir/nodes" ] || { echo "no cluster (state dir $dir)"; return 0; }
-    while read -r name port pid; do
+    while read -r name port pid role; do
         state="down"
         alive "$pid" && state="up"
         r="not ready"
         ready "$port" && r="ready"
-        echo "node $name http://127.0.0.1:$port pid $pid $state $r"
+        echo "node $name http://127.0.0.1:$port pid $pid role $role $state $r"
     done <"$dir/nodes"
     for i in $(seq 0 $((masters - 1))); do
         port=$((rbase + i))
@@ -119,8 +123,8 @@ status() {
 
 down() {
     if [ -f "$dir/nodes" ]; then
-        while read -r _ _ pid; do alive "$pid" && kill "$pid" || true; done <"$dir/nodes"
-        while read -r _ _ pid; do
+        while read -r _ _ pid _; do alive "$pid" && kill "$pid" || true; done <"$dir/nodes"
+        while read -r _ _ pid _; do
             for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
             alive "$pid" && kill -9 "$pid" || true
         done <"$dir/nodes"
