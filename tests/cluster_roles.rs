@@ -297,3 +297,48 @@ async fn devices_on_two_edges_both_get_it_and_one_ack_settles_it() {
     let n = again.notification().await;
     assert_eq!(n["event_id"], id2.as_str(), "{n}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_import_on_one_node_makes_a_celebrity_on_every_node() {
+    const CELEB: u64 = 950;
+    let redis = Redis::start();
+    let env = |id| {
+        let mut e = cluster_env(id);
+        e.push(("HERALD_CELEBRITY__THRESHOLD", "3"));
+        e
+    };
+    let a = Node::start(&redis, &env("node-a"));
+    let b = Node::start(&redis, &env("node-b"));
+    let mut on_b = Client::connect(&b, 31).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (s, v) = a
+        .post(
+            "/v1/graph/follows",
+            &json!({"follows": [[31, CELEB], [32, CELEB], [33, CELEB]]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Node B hears of it within about a second (its set and its index).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (s, v) = b
+        .post(
+            "/v1/events",
+            &json!({"kind": "post", "actor": CELEB, "object": "post:imported", "text": "hi"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["ids"][0].as_str().unwrap_or_default().to_string();
+    let n = on_b.notification().await;
+    assert_eq!(n["event_id"], id.as_str(), "{n}");
+    // The pull path: offline followers' inboxes are not written; they pull
+    // the post when they connect.
+    let (_, inbox) = a.get("/v1/users/32/inbox?limit=10").await;
+    assert_eq!(
+        inbox["notifications"].as_array().map(Vec::len),
+        Some(0),
+        "{inbox}"
+    );
+    let mut later = Client::connect(&a, 32).await;
+    let n = later.notification().await;
+    assert_eq!(n["event_id"], id.as_str(), "{n}");
+}

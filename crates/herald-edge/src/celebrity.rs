@@ -132,6 +132,62 @@ pub(crate) fn celebrity_changed(edge: &Edge, user: UserId, on: bool, followers: 
     }
 }
 
+/// How often the celebrity set's version is checked in Redis.
+const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps this node's celebrity set and follower index coherent with Redis
+/// within about a second, whoever changed it: another node's worker (whose
+/// message may have been lost: pub/sub does not retry), or a bulk import
+/// served by another node. One `GET` per second; a reload only on change.
+pub(crate) async fn sync_loop(edge: std::sync::Weak<Edge>) {
+    let mut seen: Option<u64> = None;
+    let mut tick = tokio::time::interval(SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(edge) = edge.upgrade() else { return };
+        let Ok(v) = edge.store.celebrities_version().await else {
+            continue;
+        };
+        if seen == Some(v) {
+            continue;
+        }
+        let changed = match edge.store.reload_celebrities(&edge.celebrities).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "celebrity set not reloaded");
+                continue;
+            }
+        };
+        seen = Some(v);
+        for (user, on) in changed {
+            tracing::info!(
+                user,
+                celebrity = on,
+                "celebrity change picked up from redis"
+            );
+            let followers = if on {
+                let here: Vec<UserId> = edge.conns.iter().map(|c| *c.key()).collect();
+                match edge.store.followers_among(user, &here).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // Its connected followers are indexed as they
+                        // reconnect (the pull path serves them meanwhile).
+                        tracing::warn!(user, error = %e, "followers of a new celebrity not read");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            celebrity_changed(&edge, user, on, &followers);
+            if !on {
+                edge.index.remove(&user);
+            }
+        }
+    }
+}
+
 impl Edge {
     /// Loads whole outboxes into the cache, in the background.
     pub(crate) fn fill_outboxes(&self, celebrities: Vec<UserId>) {

@@ -184,6 +184,7 @@ impl Edge {
         let (spill_tx, spill_rx) = mpsc::channel(SPILL_QUEUE);
         let spill_store = store.clone();
         Arc::new_cyclic(move |me| {
+            tokio::spawn(celebrity::sync_loop(me.clone()));
             tokio::spawn(spill_loop(
                 spill_store,
                 spill_rx,

@@ -13,6 +13,8 @@ pub const DEFAULT_OUTBOX_CAP: usize = 1000;
 
 const CELEBRITIES: &str = "h:celebrities";
 const OWNERS: &str = "h:outbox-owners";
+/// Bumped on every change of `h:celebrities`: nodes poll it and reload.
+const VERSION: &str = "h:celebrities:version";
 
 /// When an account changes path: it becomes a celebrity at `enter`
 /// followers and stops being one below `exit` (`exit` < `enter`, so an
@@ -109,6 +111,58 @@ impl Store {
         Ok(())
     }
 
+    /// The version of the celebrity set (changes with every change of it).
+    pub async fn celebrities_version(&self) -> Result<u64> {
+        let mut p = crate::Batch::new();
+        p.cmd("GET").arg(VERSION);
+        let (v,): (Option<u64>,) = self.run(&p).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Reloads `mirror` from Redis; returns the accounts whose status the
+    /// mirror did not have yet (changed on another node, or by a bulk
+    /// import there).
+    pub async fn reload_celebrities(&self, mirror: &CelebritySet) -> Result<Vec<(UserId, bool)>> {
+        let fresh = CelebritySet::default();
+        self.load_celebrities(&fresh).await?;
+        let (new, old) = (fresh.read(), mirror.read());
+        let mut changed: Vec<(UserId, bool)> = new
+            .current
+            .difference(&old.current)
+            .map(|u| (*u, true))
+            .collect();
+        changed.extend(old.current.difference(&new.current).map(|u| (*u, false)));
+        drop((new, old));
+        for (u, on) in &changed {
+            mirror.set(*u, *on);
+        }
+        Ok(changed)
+    }
+
+    /// Which of `candidates` follow `celebrity` (one `SMISMEMBER` per
+    /// thousand candidates, one round trip).
+    pub async fn followers_among(
+        &self,
+        celebrity: UserId,
+        candidates: &[UserId],
+    ) -> Result<Vec<UserId>> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = crate::Batch::new();
+        for chunk in candidates.chunks(1000) {
+            p.cmd("SMISMEMBER")
+                .arg(ukey(celebrity, "followers"))
+                .arg(chunk);
+        }
+        let answers: Vec<Vec<bool>> = self.run(&p).await?;
+        Ok(candidates
+            .chunks(1000)
+            .zip(answers)
+            .flat_map(|(c, a)| c.iter().zip(a).filter(|(_, f)| *f).map(|(u, _)| *u))
+            .collect())
+    }
+
     /// Records a change of path for `user` (Redis, then the mirror).
     pub async fn set_celebrity(&self, mirror: &CelebritySet, user: UserId, on: bool) -> Result<()> {
         let mut p = crate::Batch::new();
@@ -118,6 +172,7 @@ impl Store {
         } else {
             p.cmd("SREM").arg(CELEBRITIES).arg(user).ignore();
         }
+        p.cmd("INCR").arg(VERSION).ignore();
         self.run::<()>(&p).await?;
         mirror.set(user, on);
         tracing::info!(user, celebrity = on, "account changed path");
