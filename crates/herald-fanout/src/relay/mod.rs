@@ -26,50 +26,17 @@ use herald_store::{Store, Subscription};
 use herald_types::{
     Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, RemoteRef, Settle, UserId,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::Settlements;
 
+mod wire;
+
+use wire::{channel, publish_loop, Outcome, Wire};
+
 /// Messages waiting to be published; past it a push falls back to the
 /// inbox and an answer is dropped (its push times out at the sender).
 const OUTBOX: usize = 100_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-enum Outcome {
-    Settled,
-    Failed,
-    Refused,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum Wire {
-    /// Push `n` (stored encoding) to `user`; answer to `from`.
-    Push {
-        from: String,
-        push: u64,
-        user: UserId,
-        n: Vec<u8>,
-    },
-    /// `user`'s inbox has new entries.
-    Poke { user: UserId },
-    /// The answer to push `push` of the receiver.
-    Answer { push: u64, outcome: Outcome },
-    /// A celebrity's post for every node's connected followers.
-    Broadcast { celebrity: UserId, n: Vec<u8> },
-    /// `follower` started or stopped following `celebrity`.
-    FollowChanged {
-        follower: UserId,
-        celebrity: UserId,
-        follows: bool,
-    },
-    /// `user` became or stopped being a celebrity.
-    CelebrityChanged {
-        user: UserId,
-        celebrity: bool,
-        followers: Vec<UserId>,
-    },
-}
 
 /// A push handed to another node, waiting for its answer.
 struct Sent {
@@ -94,10 +61,6 @@ pub struct Relay {
     out: mpsc::Sender<(String, Vec<u8>)>,
     settlements: Weak<Settlements>,
     edge: RwLock<Option<Arc<dyn EdgeHandle>>>,
-}
-
-fn channel(node: &str) -> String {
-    format!("herald:node:{node}")
 }
 
 impl Relay {
@@ -281,14 +244,22 @@ impl Relay {
         }
     }
 
+    /// One pub/sub message: a bundle of everything one flush of the sender
+    /// had for this node.
     fn on_message(&self, bytes: &[u8]) {
-        let w: Wire = match rmp_serde::from_slice(bytes) {
-            Ok(w) => w,
+        let bundle: Vec<Wire> = match rmp_serde::from_slice(bytes) {
+            Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable relay message");
                 return;
             }
         };
+        for w in bundle {
+            self.on_wire(w);
+        }
+    }
+
+    fn on_wire(&self, w: Wire) {
         match w {
             Wire::Push {
                 from,
@@ -414,31 +385,6 @@ impl Relay {
         for sent in late {
             self.conclude(sent, Outcome::Refused);
         }
-    }
-}
-
-async fn publish_loop(store: Store, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < 512 {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
-        let mut wait = Duration::from_millis(50);
-        loop {
-            match store.publish(&batch).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "relay publish failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-        batch.clear();
     }
 }
 

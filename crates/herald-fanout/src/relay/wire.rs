@@ -1,0 +1,138 @@
+//! What travels between nodes: the messages ([`Wire`]), one channel per
+//! node, and the publisher that sends each flush as one bundle per node.
+
+use std::time::Duration;
+
+use herald_store::Store;
+use herald_types::UserId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Outcome {
+    Settled,
+    Failed,
+    Refused,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Wire {
+    /// Push `n` (stored encoding) to `user`; answer to `from`.
+    Push {
+        from: String,
+        push: u64,
+        user: UserId,
+        n: Vec<u8>,
+    },
+    /// `user`'s inbox has new entries.
+    Poke { user: UserId },
+    /// The answer to push `push` of the receiver.
+    Answer { push: u64, outcome: Outcome },
+    /// A celebrity's post for every node's connected followers.
+    Broadcast { celebrity: UserId, n: Vec<u8> },
+    /// `follower` started or stopped following `celebrity`.
+    FollowChanged {
+        follower: UserId,
+        celebrity: UserId,
+        follows: bool,
+    },
+    /// `user` became or stopped being a celebrity.
+    CelebrityChanged {
+        user: UserId,
+        celebrity: bool,
+        followers: Vec<UserId>,
+    },
+}
+
+pub(super) fn channel(node: &str) -> String {
+    format!("herald:node:{node}")
+}
+
+/// Most messages taken from the queue for one flush.
+const FLUSH_MAX: usize = 2048;
+
+pub(super) async fn publish_loop(store: Store, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < FLUSH_MAX {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        // One PUBLISH per destination node: a MessagePack array of the
+        // messages (each already encoded), in queue order. Redis and the
+        // receiver pay per publish, not per notification.
+        let bundles = bundle(&mut batch);
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match store.publish(&bundles).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay publish failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// Groups encoded messages by channel into one MessagePack array each.
+fn bundle(batch: &mut Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    let mut by: Vec<(String, u32, Vec<u8>)> = Vec::new();
+    for (ch, bytes) in batch.drain(..) {
+        match by.iter_mut().find(|(c, ..)| *c == ch) {
+            Some((_, n, body)) => {
+                *n += 1;
+                body.extend_from_slice(&bytes);
+            }
+            None => by.push((ch, 1, bytes)),
+        }
+    }
+    by.into_iter()
+        .map(|(ch, n, body)| {
+            // array 32: 0xdd and the count, big-endian.
+            let mut m = Vec::with_capacity(body.len() + 5);
+            m.push(0xdd);
+            m.extend_from_slice(&n.to_be_bytes());
+            m.extend_from_slice(&body);
+            (ch, m)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_reads_back_as_its_messages_in_order() {
+        let msgs = [
+            Wire::Poke { user: 1 },
+            Wire::Answer {
+                push: 7,
+                outcome: Outcome::Refused,
+            },
+            Wire::Poke { user: 2 },
+        ];
+        let mut batch: Vec<(String, Vec<u8>)> = msgs
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let ch = if i == 1 { "b" } else { "a" };
+                (ch.to_string(), rmp_serde::to_vec(w).unwrap_or_default())
+            })
+            .collect();
+        let out = bundle(&mut batch);
+        assert_eq!(out.len(), 2);
+        let a: Vec<Wire> = rmp_serde::from_slice(&out[0].1).expect("bundle a");
+        assert!(matches!(
+            a[..],
+            [Wire::Poke { user: 1 }, Wire::Poke { user: 2 }]
+        ));
+        let b: Vec<Wire> = rmp_serde::from_slice(&out[1].1).expect("bundle b");
+        assert!(matches!(b[..], [Wire::Answer { push: 7, .. }]));
+    }
+}
