@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use herald_types::UserId;
 
-use crate::{ukey, Result, Store};
+use tokio::sync::mpsc;
+
+use crate::{ukey, Result, Store, StoreError};
 
 const NODES: &str = "h:{nodes}:list";
 
@@ -97,36 +99,96 @@ impl Store {
         if msgs.is_empty() {
             return Ok(());
         }
+        // Sharded pub/sub on Redis Cluster: a message goes to the one shard
+        // that owns its channel, not to every node of the cluster.
+        let cmd = if self.cfg.cluster_nodes.is_empty() {
+            "PUBLISH"
+        } else {
+            "SPUBLISH"
+        };
         let mut p = crate::Batch::new();
         for (ch, m) in msgs {
-            p.cmd("PUBLISH").arg(ch).arg(m).ignore();
+            p.cmd(cmd).arg(ch).arg(m).ignore();
         }
         self.run::<()>(&p).await
     }
+
+    /// Subscribes to `channel` on its own connection: on Redis Cluster a
+    /// sharded subscription (`SSUBSCRIBE`, on the shard that owns the
+    /// channel; redis-rs keeps it across reconnects and failovers), else a
+    /// plain one.
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription> {
+        if self.cfg.cluster_nodes.is_empty() {
+            let client = redis::Client::open(self.cfg.url.as_str())?;
+            let mut pubsub = tokio::time::timeout(self.cfg.timeout, client.get_async_pubsub())
+                .await
+                .map_err(|_| StoreError::Timeout(self.cfg.timeout))??;
+            pubsub.subscribe(channel).await?;
+            return Ok(Subscription {
+                inner: Inner::Plain(Box::new(pubsub)),
+            });
+        }
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(SUBSCRIPTION_QUEUE);
+        let sender = move |p: redis::PushInfo| -> std::result::Result<(), ()> {
+            if p.kind == redis::PushKind::SMessage {
+                if let Some(redis::Value::BulkString(b)) = p.data.into_iter().nth(1) {
+                    if tx.try_send(b).is_err() {
+                        tracing::warn!("relay subscription queue full; a message was dropped");
+                    }
+                }
+            }
+            Ok(())
+        };
+        let client = redis::cluster::ClusterClientBuilder::new(self.cfg.cluster_nodes.clone())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(sender)
+            .connection_timeout(self.cfg.timeout)
+            .response_timeout(self.cfg.timeout)
+            .build()?;
+        let mut conn = tokio::time::timeout(self.cfg.timeout, client.get_async_connection())
+            .await
+            .map_err(|_| StoreError::Timeout(self.cfg.timeout))??;
+        tokio::time::timeout(self.cfg.timeout, conn.ssubscribe(channel))
+            .await
+            .map_err(|_| StoreError::Timeout(self.cfg.timeout))??;
+        Ok(Subscription {
+            inner: Inner::Sharded {
+                rx,
+                _conn: Box::new(conn),
+            },
+        })
+    }
 }
+
+/// Messages received and not yet handled; past it they are dropped (a
+/// push then times out at its sender and goes to the inbox).
+const SUBSCRIPTION_QUEUE: usize = 100_000;
 
 /// A subscription to one pub/sub channel on its own connection.
 pub struct Subscription {
-    pubsub: redis::aio::PubSub,
+    inner: Inner,
+}
+
+enum Inner {
+    Plain(Box<redis::aio::PubSub>),
+    Sharded {
+        rx: mpsc::Receiver<Vec<u8>>,
+        /// Kept open: it carries the subscription.
+        _conn: Box<redis::cluster_async::ClusterConnection>,
+    },
 }
 
 impl Subscription {
-    /// Subscribes to `channel` on the Redis at `url` (any node of a Redis
-    /// Cluster hears every publish).
-    pub async fn open(url: &str, channel: &str) -> Result<Subscription> {
-        let client = redis::Client::open(url)?;
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        Ok(Subscription { pubsub })
-    }
-
     /// The next message's payload; None when the connection ended.
     pub async fn next(&mut self) -> Option<Vec<u8>> {
         use futures_util::StreamExt;
-        self.pubsub
-            .on_message()
-            .next()
-            .await
-            .map(|m| m.get_payload_bytes().to_vec())
+        match &mut self.inner {
+            Inner::Plain(p) => p
+                .on_message()
+                .next()
+                .await
+                .map(|m| m.get_payload_bytes().to_vec()),
+            Inner::Sharded { rx, .. } => rx.recv().await,
+        }
     }
 }

@@ -169,15 +169,8 @@ pub async fn run(
     // Several nodes: pushes to users connected elsewhere travel over
     // Redis pub/sub (one channel per node), answers come back the same way.
     let _relay = cfg.server.cluster.then(|| {
-        let url = cfg
-            .redis
-            .cluster_nodes
-            .first()
-            .cloned()
-            .unwrap_or_else(|| cfg.redis.url.clone());
         let r = herald_fanout::Relay::start(
             store.clone(),
-            url,
             incarnation,
             Duration::from_millis(cfg.fanout.remote_answer_timeout_ms.max(1000)),
             &settlements,

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use herald_store::{Store, Subscription};
+use herald_store::Store;
 use herald_types::{
     Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, RemoteRef, Settle, UserId,
 };
@@ -64,12 +64,11 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts the relay of this node: its publisher, its subscriber on
-    /// `subscribe_url` (any node of a Redis Cluster hears every publish),
-    /// its liveness heartbeat and the sweeper of unanswered pushes.
+    /// Starts the relay of this node: its publisher, its subscriber on its
+    /// own channel (sharded pub/sub on Redis Cluster), its liveness
+    /// heartbeat and the sweeper of unanswered pushes.
     pub fn start(
         store: Store,
-        subscribe_url: String,
         incarnation: u64,
         answer_timeout: Duration,
         settlements: &Arc<Settlements>,
@@ -89,7 +88,7 @@ impl Relay {
         });
         settlements.set_relay(&relay);
         tokio::spawn(publish_loop(relay.store.clone(), rx));
-        tokio::spawn(subscribe_loop(Arc::downgrade(&relay), subscribe_url));
+        tokio::spawn(subscribe_loop(Arc::downgrade(&relay)));
         tokio::spawn(heartbeat_loop(Arc::downgrade(&relay)));
         relay
     }
@@ -388,13 +387,16 @@ impl Relay {
     }
 }
 
-async fn subscribe_loop(relay: Weak<Relay>, url: String) {
+async fn subscribe_loop(relay: Weak<Relay>) {
     let mut wait = Duration::from_millis(100);
     loop {
         let Some(node) = relay.upgrade().map(|r| r.node.clone()) else {
             return;
         };
-        match Subscription::open(&url, &channel(&node)).await {
+        let Some(store) = relay.upgrade().map(|r| r.store.clone()) else {
+            return;
+        };
+        match store.subscribe(&channel(&node)).await {
             Ok(mut sub) => {
                 wait = Duration::from_millis(100);
                 tracing::info!(node = %node, "relay listening");
