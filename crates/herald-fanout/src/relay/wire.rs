@@ -22,6 +22,8 @@ pub(super) enum Wire {
         from: String,
         push: u64,
         user: UserId,
+        /// MessagePack `bin`, not an array of numbers.
+        #[serde(with = "serde_bytes")]
         n: Vec<u8>,
     },
     /// `user`'s inbox has new entries.
@@ -29,7 +31,11 @@ pub(super) enum Wire {
     /// The answer to push `push` of the receiver.
     Answer { push: u64, outcome: Outcome },
     /// A celebrity's post for every node's connected followers.
-    Broadcast { celebrity: UserId, n: Vec<u8> },
+    Broadcast {
+        celebrity: UserId,
+        #[serde(with = "serde_bytes")]
+        n: Vec<u8>,
+    },
     /// `follower` started or stopped following `celebrity`.
     FollowChanged {
         follower: UserId,
