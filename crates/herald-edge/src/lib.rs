@@ -384,12 +384,41 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// What the front door decided about the TCP connection a request came
+/// on (a request extension): over its address's limits, and a hold on the
+/// connection's slot that an upgraded WebSocket keeps until it closes.
+#[derive(Clone)]
+pub struct Admission {
+    pub limited: bool,
+    pub hold: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+/// Close code for a connection over its address's limits.
+const CLOSE_TOO_MANY: u16 = 4029;
+
 async fn upgrade(
     State(edge): State<Arc<Edge>>,
     headers: HeaderMap,
     Query(q): Query<std::collections::HashMap<String, String>>,
+    admission: Option<axum::Extension<Admission>>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let hold = admission.as_ref().map(|a| a.hold.clone());
+    if admission.as_ref().is_some_and(|a| a.limited) {
+        // Over its address's limits: the handshake completes so that the
+        // client reads why, then the socket closes with 4029.
+        metrics::counter!("herald_ws_refused_total", "reason" => "address_limit").increment(1);
+        return ws.on_upgrade(move |mut socket| async move {
+            use axum::extract::ws::{CloseFrame, Message};
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: CLOSE_TOO_MANY,
+                    reason: "too many connections from this address".into(),
+                })))
+                .await;
+            drop(hold);
+        });
+    }
     let user = match authenticate(&edge.cfg, &headers, &q) {
         Ok(u) => u,
         Err(e) => {
@@ -424,7 +453,10 @@ async fn upgrade(
     } else {
         WireFormat::Json
     };
-    ws.on_upgrade(move |socket| conn::serve(edge, socket, user, fmt))
+    ws.on_upgrade(move |socket| async move {
+        conn::serve(edge, socket, user, fmt).await;
+        drop(hold);
+    })
 }
 
 fn authenticate(

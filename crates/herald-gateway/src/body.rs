@@ -2,6 +2,8 @@
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
+use std::future::Future;
+
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -17,7 +19,10 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return Ok(Encoding::Json);
     };
-    let ct = ct.to_str().unwrap_or("");
+    // A media type is ASCII; anything else is not one we take.
+    let Ok(ct) = ct.to_str() else {
+        return Err(ApiError::unsupported_type("(not ASCII)"));
+    };
     let mime = ct
         .split(';')
         .next()
@@ -51,9 +56,88 @@ pub async fn read_limited(
             )));
         }
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::too_large(format!("body exceeds the limit of {limit} bytes")))
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // The deadline error may come wrapped (axum, the length limit).
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut late = false;
+        while let Some(c) = cause {
+            if c.downcast_ref::<DeadlineExceeded>().is_some()
+                || c.to_string() == DeadlineExceeded.to_string()
+            {
+                late = true;
+                break;
+            }
+            cause = c.source();
+        }
+        if late {
+            ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the body did not arrive before the request's deadline",
+            )
+        } else {
+            ApiError::too_large(format!("body exceeds the limit of {limit} bytes"))
+        }
+    })
+}
+
+/// The body of a request did not arrive in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// A request body that fails with [`DeadlineExceeded`] once `deadline`
+/// has passed, however the bytes trickle in: a slow client cannot hold a
+/// request (and its file descriptor) past it.
+pub struct Deadline {
+    inner: Body,
+    deadline: tokio::time::Instant,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    pub fn new(inner: Body, deadline: tokio::time::Instant) -> Deadline {
+        Deadline {
+            inner,
+            deadline,
+            sleep: None,
+        }
+    }
+}
+
+impl http_body::Body for Deadline {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let deadline = this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(axum::Error::new(DeadlineExceeded))));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Parses a body into a JSON value, whatever its encoding.

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+mod door;
 mod ops;
 
 use std::future::Future;
@@ -221,8 +222,17 @@ pub async fn run(
         }
     });
     tracing::info!(addr = %listener.local_addr()?, role = ?role, partitions = cfg.log.partitions, "herald serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let door = door::DoorConfig {
+        // Every WebSocket is an HTTP connection first; a little more room
+        // for plain requests, within the files kept in reserve.
+        max_connections: max_conns + RESERVED_FILES / 2,
+        per_ip_connections: cfg.http.per_ip_connections,
+        per_ip_rate: cfg.http.per_ip_rate,
+        header_timeout: Duration::from_millis(cfg.http.header_timeout_ms),
+        body_timeout: Duration::from_millis(cfg.http.body_timeout_ms),
+        drain_timeout: Duration::from_millis(cfg.server.shutdown_timeout_ms),
+    };
+    door::serve(listener, app, door, shutdown)
         .await
         .context("http server")?;
 

@@ -13,6 +13,7 @@ mod derive;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: Server,
+    pub http: Http,
     pub redis: Redis,
     pub log: Log,
     pub gateway: Gateway,
@@ -107,6 +108,27 @@ pub struct Server {
     pub cluster_key: String,
     /// How long a partition lease lasts without renewal.
     pub lease_ttl_ms: u64,
+}
+
+/// The front door's limits and deadlines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub per_ip_connections: usize,
+    pub per_ip_rate: u32,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            per_ip_connections: 4096,
+            per_ip_rate: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -345,6 +367,12 @@ impl Config {
         }
         if self.server.cluster && self.server.node_id.trim().is_empty() {
             bail!("server.cluster needs a server.node_id unique to this node");
+        }
+        if self.http.header_timeout_ms == 0 || self.http.body_timeout_ms == 0 {
+            bail!("http.header_timeout_ms and http.body_timeout_ms must be positive");
+        }
+        if self.http.per_ip_connections == 0 {
+            bail!("http.per_ip_connections must be positive");
         }
         if !["all", "ingest", "edge"].contains(&self.server.role.as_str()) {
             bail!("server.role must be all, ingest or edge");
