@@ -149,3 +149,18 @@ async fn one_address_past_its_cap_gets_429_and_4029() {
         "the address stayed over its cap after a connection closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_canonical_decimal_everywhere() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    for bad in ["+5", "007", "5a", "%205"] {
+        let (s, v) = node.get(&format!("/v1/users/{bad}/inbox")).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+        let url = format!("ws://{}/v1/ws?user={bad}", node.addr);
+        let r = tokio_tungstenite::connect_async(url).await;
+        assert!(r.is_err(), "{bad}: a WebSocket was accepted");
+    }
+    let (s, _) = node.get("/v1/users/5/inbox").await;
+    assert_eq!(s, 200);
+}

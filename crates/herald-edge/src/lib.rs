@@ -477,9 +477,8 @@ fn authenticate(
     }
     if cfg.dev_mode {
         if let Some(u) = q.get("user") {
-            return u
-                .parse::<u64>()
-                .map_err(|_| auth::AuthError::BadUser(u.clone()));
+            return herald_types::ids::parse_user(u)
+                .ok_or_else(|| auth::AuthError::BadUser(u.clone()));
         }
     }
     Err(auth::AuthError::Missing)

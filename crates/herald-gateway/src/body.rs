@@ -145,12 +145,50 @@ pub fn parse(bytes: &[u8], enc: Encoding) -> Result<Value, ApiError> {
     match enc {
         Encoding::Json => serde_json::from_slice(bytes)
             .map_err(|e| ApiError::malformed(format!("body is not valid JSON: {e}"))),
-        Encoding::MsgPack => rmp_serde::from_slice(bytes)
-            .map_err(|e| ApiError::malformed(format!("body is not valid MessagePack: {e}"))),
+        Encoding::MsgPack => {
+            use serde::Deserialize;
+            let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+            let v = Value::deserialize(&mut de)
+                .map_err(|e| ApiError::malformed(format!("body is not valid MessagePack: {e}")))?;
+            // One value and nothing after it, as with JSON.
+            let used = de.get_ref().position() as usize;
+            if used < bytes.len() {
+                return Err(ApiError::malformed(format!(
+                    "body is not valid MessagePack: {} trailing bytes after the value",
+                    bytes.len() - used
+                )));
+            }
+            Ok(v)
+        }
     }
 }
 
 /// A user id: a non-negative integer, or a decimal string of one.
 pub fn user_id(v: &Value) -> Option<u64> {
     herald_prefs::model::user_id(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_pack_takes_one_value_and_nothing_after() {
+        let one = rmp_serde::to_vec(&serde_json::json!({"kind": "like"})).unwrap_or_default();
+        assert!(parse(&one, Encoding::MsgPack).is_ok());
+        let mut two = one.clone();
+        two.push(0xc0);
+        let e = parse(&two, Encoding::MsgPack).expect_err("trailing byte");
+        assert_eq!(e.code, "malformed_body");
+        assert!(e.message.contains("1 trailing bytes"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_media_type_that_is_not_ascii_is_refused() {
+        let mut h = HeaderMap::new();
+        let v = axum::http::HeaderValue::from_bytes(b"application/json\xe9")
+            .unwrap_or_else(|_| axum::http::HeaderValue::from_static("x"));
+        h.insert(header::CONTENT_TYPE, v);
+        assert_eq!(encoding(&h).map_err(|e| e.status.as_u16()), Err(415));
+    }
 }

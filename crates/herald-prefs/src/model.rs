@@ -146,11 +146,7 @@ pub fn clock(v: &Value, field: &str) -> Result<u16, Invalid> {
 pub fn user_id(v: &Value) -> Option<UserId> {
     match v {
         Value::Number(n) => n.as_u64(),
-        Value::String(s)
-            if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            s.parse().ok()
-        }
+        Value::String(s) => herald_types::ids::parse_user(s),
         _ => None,
     }
 }

@@ -10,6 +10,17 @@ use crate::UserId;
 /// The id of the event stored at `offset` of `partition` of this node's
 /// log. `scope` is empty on a single node; in a cluster it is `@<node>`,
 /// since every node keeps its own log and offsets (`e-3-17@node-2`).
+/// A user id written as text (a path segment, a query parameter, a JSON
+/// string): canonical decimal only, the one rule on every input. `"5"`
+/// yes; `"+5"`, `"05"`, `" 5"`, `""` and anything past `u64` no.
+pub fn parse_user(s: &str) -> Option<UserId> {
+    let canonical = !s.is_empty()
+        && s.len() <= 20
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    canonical.then(|| s.parse().ok()).flatten()
+}
+
 pub fn event_id(scope: &str, partition: u32, offset: u64) -> String {
     format!("e-{partition}-{offset}{scope}")
 }
@@ -110,6 +121,27 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_are_canonical_decimal() {
+        assert_eq!(parse_user("5"), Some(5));
+        assert_eq!(parse_user("0"), Some(0));
+        assert_eq!(parse_user("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "+5",
+            "-5",
+            "05",
+            "007",
+            " 5",
+            "5 ",
+            "5a",
+            "18446744073709551616",
+            "0x5",
+        ] {
+            assert_eq!(parse_user(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn event_ids_round_trip() {
