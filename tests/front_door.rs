@@ -164,3 +164,62 @@ async fn ids_are_canonical_decimal_everywhere() {
     let (s, _) = node.get("/v1/users/5/inbox").await;
     assert_eq!(s, 200);
 }
+
+/// Peak resident memory of a process (`VmHWM`, KiB).
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_big_graph_import_costs_a_small_multiple_of_its_body() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let pid = node.pid().expect("pid");
+    let before = peak_kib(pid);
+    // 8 MB of zeros: refused without growing.
+    let zeros = vec![b'0'; 8 << 20];
+    let (s, _) = support::http_blocking(
+        &node.addr,
+        "POST",
+        "/v1/graph/follows",
+        Some(&zeros),
+        &[("content-type", "application/json")],
+    )
+    .expect("post");
+    assert_eq!(s, 400);
+    // 600,000 real pairs, about 11 MB of JSON.
+    let mut body = String::from("{\"follows\": [");
+    for i in 0..600_000u64 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!("[{},{}]", 1_000_000 + i, 1 + i % 5000));
+    }
+    body.push_str("]}");
+    let (s, v) = support::http_blocking(
+        &node.addr,
+        "POST",
+        "/v1/graph/follows",
+        Some(body.as_bytes()),
+        &[("content-type", "application/json")],
+    )
+    .expect("post");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["imported"], 600_000);
+    let grew = peak_kib(pid).saturating_sub(before) as f64 / 1024.0;
+    let body_mib = body.len() as f64 / (1 << 20) as f64;
+    eprintln!("peak RSS grew {grew:.1} MiB for a {body_mib:.1} MiB body");
+    // Parsed into a tree of JSON values it grew ~34 times the body. Read
+    // straight into pairs: the body, the pairs (16 bytes each), and what
+    // the allocator keeps of the refused 8 MB body (6-7 times measured in
+    // a debug build; the bound leaves room for the allocator's noise).
+    assert!(
+        grew <= 10.0 * body_mib,
+        "peak RSS grew {grew:.1} MiB for a {body_mib:.1} MiB body"
+    );
+}

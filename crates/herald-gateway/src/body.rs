@@ -45,40 +45,52 @@ pub async fn read_limited(
     body: Body,
     limit: usize,
 ) -> Result<bytes::Bytes, ApiError> {
-    if let Some(len) = headers
+    use http_body_util::BodyExt;
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
         if len > limit as u64 {
             return Err(ApiError::too_large(format!(
                 "body of {len} bytes exceeds the limit of {limit} bytes"
             )));
         }
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // The deadline error may come wrapped (axum, the length limit).
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        let mut late = false;
-        while let Some(c) = cause {
-            if c.downcast_ref::<DeadlineExceeded>().is_some()
-                || c.to_string() == DeadlineExceeded.to_string()
-            {
-                late = true;
-                break;
+    // Into one buffer sized from Content-Length: the body is held once,
+    // not as chunks and then a copy of them.
+    let too_large = || ApiError::too_large(format!("body exceeds the limit of {limit} bytes"));
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| read_error(&e).unwrap_or_else(too_large))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(too_large());
             }
-            cause = c.source();
+            buf.extend_from_slice(&data);
         }
-        if late {
-            ApiError::new(
+    }
+    Ok(buf.freeze())
+}
+
+/// `408 request_timeout` when a body read failed on its deadline.
+fn read_error(e: &axum::Error) -> Option<ApiError> {
+    // The deadline error may come wrapped.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<DeadlineExceeded>().is_some()
+            || c.to_string() == DeadlineExceeded.to_string()
+        {
+            return Some(ApiError::new(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
                 "the body did not arrive before the request's deadline",
-            )
-        } else {
-            ApiError::too_large(format!("body exceeds the limit of {limit} bytes"))
+            ));
         }
-    })
+        cause = c.source();
+    }
+    None
 }
 
 /// The body of a request did not arrive in time.

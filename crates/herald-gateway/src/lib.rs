@@ -13,6 +13,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 mod http;
+mod import;
 mod prefs;
 mod routes;
 pub mod validate;

@@ -13,7 +13,7 @@ use herald_types::{ids, WireFormat};
 use serde_json::{json, Value};
 
 use crate::append::append;
-use crate::body::{encoding, parse, read_limited, user_id};
+use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
 use crate::http::{authorize, path_user, reject, respond};
 use crate::{validate, Gateway};
@@ -74,72 +74,34 @@ async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<Str
 
 async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
     let r = async {
-        authorize(&gw, &headers)?;
+        let key = authorize(&gw, &headers)?;
+        // An import is a request like any other of its key's.
+        if let Some(l) = &gw.key_limiter {
+            if l.check_key(&key).is_err() {
+                return Err(ApiError::rate_limited("API key", 1));
+            }
+        }
         let enc = encoding(&headers)?;
         let bytes = read_limited(&headers, body, gw.cfg.max_import_bytes).await?;
-        let v = parse(&bytes, enc)?;
-        let Value::Object(mut m) = v else {
-            return Err(ApiError::malformed(
-                "body must be {\"follows\": [[follower, followee], ...]}",
-            ));
-        };
-        if let Some(k) = m.keys().find(|k| *k != "follows") {
-            return Err(ApiError::field(
-                "unknown_field",
-                k.clone(),
-                format!("unknown field {k:?}"),
-            ));
-        }
-        let Some(Value::Array(list)) = m.remove("follows") else {
-            return Err(ApiError::field(
-                "missing_field",
-                "follows",
-                "follows must be an array of pairs",
-            ));
-        };
-        if list.len() > MAX_IMPORT_PAIRS {
-            return Err(ApiError::too_large(format!(
-                "{} pairs exceed the limit of {MAX_IMPORT_PAIRS} per request",
-                list.len()
-            )));
-        }
-        let mut pairs = Vec::with_capacity(list.len());
-        for (i, p) in list.iter().enumerate() {
-            let bad = || {
-                ApiError::field(
-                    "invalid_field",
-                    "follows",
-                    "each pair must be [follower, followee] user ids, not equal",
-                )
-                .at(i)
-            };
-            let Value::Array(a) = p else {
-                return Err(bad());
-            };
-            if a.len() != 2 {
-                return Err(bad());
-            }
-            let (Some(f), Some(t)) = (user_id(&a[0]), user_id(&a[1])) else {
-                return Err(bad());
-            };
-            if f == t {
-                return Err(bad());
-            }
-            pairs.push((f, t));
-        }
+        let pairs = crate::import::parse_follows(&bytes, enc, MAX_IMPORT_PAIRS)?;
+        drop(bytes);
         let unavailable = |e: herald_store::StoreError| {
             ApiError::unavailable(format!("follower store unavailable: {e}"))
         };
         gw.store.import_follows(&pairs).await.map_err(unavailable)?;
-        // Followees may have crossed the celebrity threshold.
-        let mut followees: Vec<u64> = pairs.iter().map(|p| p.1).collect();
-        followees.sort_unstable();
-        followees.dedup();
+        // Followees may have crossed the celebrity threshold: the distinct
+        // followees, without a second list of every pair.
+        let n = pairs.len();
+        let mut pairs = pairs;
+        pairs.sort_unstable_by_key(|p| p.1);
+        pairs.dedup_by_key(|p| p.1);
+        let followees: Vec<u64> = pairs.iter().map(|p| p.1).collect();
+        drop(pairs);
         gw.store
             .refresh_celebrities(&gw.celebrities, gw.cfg.celebrity, &followees)
             .await
             .map_err(unavailable)?;
-        Ok(pairs.len())
+        Ok(n)
     }
     .await;
     match r {
