@@ -294,12 +294,12 @@ async fn websocket_auth_is_required_without_dev_mode() {
         &redis,
         &[
             ("HERALD_WEBSOCKET__DEV_MODE", "false"),
-            ("HERALD_WEBSOCKET__JWT_SECRET", "s3cret"),
+            ("HERALD_WEBSOCKET__JWT_SECRET", SECRET),
         ],
     );
     let r = tokio_tungstenite::connect_async(node.ws_url(1)).await;
     assert!(r.is_err(), "?user= must be refused outside dev mode");
-    let token = herald_edge_token(9, "s3cret");
+    let token = herald_edge_token(9, SECRET);
     let url = format!("ws://{}/v1/ws?token={token}", node.addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
@@ -316,13 +316,20 @@ async fn websocket_auth_is_required_without_dev_mode() {
     assert!(tokio_tungstenite::connect_async(bad).await.is_err());
 }
 
-/// An HS256 JWT made independently of Herald's own code.
+const SECRET: &str = "a-test-secret-of-forty-characters-000000";
+
+/// An HS256 JWT made independently of Herald's own code, valid an hour.
 fn herald_edge_token(sub: u64, secret: &str) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     use hmac::{Hmac, Mac};
     let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let c = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":{sub},"exp":4102444800}}"#));
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 3600;
+    let c = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":{sub},"exp":{exp}}}"#));
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{h}.{c}").as_bytes());
     format!(

@@ -24,7 +24,11 @@ impl ApiKeys {
     /// widest scope).
     pub fn new(read: &[String], ingest: &[String], admin: &[String]) -> ApiKeys {
         let mut keys = Vec::new();
-        for (list, scope) in [(read, Scope::Read), (ingest, Scope::Ingest), (admin, Scope::Admin)] {
+        for (list, scope) in [
+            (read, Scope::Read),
+            (ingest, Scope::Ingest),
+            (admin, Scope::Admin),
+        ] {
             for k in list {
                 keys.push((k.as_bytes().to_vec(), scope));
             }

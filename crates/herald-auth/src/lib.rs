@@ -97,6 +97,16 @@ struct Jwks {
     keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
 }
 
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("hs256", &self.hs.is_some())
+            .field("pem", &self.pem.as_ref().map(|(a, _)| *a))
+            .field("jwks", &self.cfg.jwks_file)
+            .finish()
+    }
+}
+
 /// Verifies user tokens.
 pub struct Verifier {
     cfg: JwtConfig,
@@ -225,7 +235,9 @@ impl Verifier {
                         tracing::info!(path = %j.path.display(), keys = fresh.keys.len(), "JWKS reloaded");
                         *j = fresh;
                     }
-                    Err(e) => tracing::warn!(error = %e, "JWKS not reloaded; keeping the keys in use"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "JWKS not reloaded; keeping the keys in use")
+                    }
                 }
             }
         }

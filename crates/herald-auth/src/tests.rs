@@ -57,7 +57,11 @@ fn hs256_rs256_es256_each_with_their_key() {
     // A numeric subject works too; a non-canonical one does not.
     let t = sign(Algorithm::HS256, None, json!({"sub": 8, "exp": NOW + 60}));
     assert_eq!(hs.verify(&t, NOW), Ok(8));
-    let t = sign(Algorithm::HS256, None, json!({"sub": "007", "exp": NOW + 60}));
+    let t = sign(
+        Algorithm::HS256,
+        None,
+        json!({"sub": "007", "exp": NOW + 60}),
+    );
     assert_eq!(hs.verify(&t, NOW), Err(AuthError::Subject));
 
     let mut c = cfg();
@@ -79,7 +83,10 @@ fn hs256_rs256_es256_each_with_their_key() {
 
     c.public_key_file = Some(keydir().join("ec.pub"));
     let es = Verifier::new(c).expect("es");
-    assert_eq!(es.verify(&sign(Algorithm::ES256, None, ok(10)), NOW), Ok(10));
+    assert_eq!(
+        es.verify(&sign(Algorithm::ES256, None, ok(10)), NOW),
+        Ok(10)
+    );
 }
 
 #[test]
@@ -113,16 +120,25 @@ fn time_claims_audience_issuer_and_lifetime() {
         v.verify(&t(json!({"sub": "1", "exp": NOW - 100})), NOW),
         Err(AuthError::Expired)
     );
-    assert_eq!(v.verify(&t(json!({"sub": "1", "exp": NOW - 10})), NOW), Ok(1));
+    assert_eq!(
+        v.verify(&t(json!({"sub": "1", "exp": NOW - 10})), NOW),
+        Ok(1)
+    );
     // No exp at all.
     assert!(v.verify(&t(json!({"sub": "1"})), NOW).is_err());
     // nbf in the future; iat in the future.
     assert_eq!(
-        v.verify(&t(json!({"sub": "1", "exp": NOW + 60, "nbf": NOW + 600})), NOW),
+        v.verify(
+            &t(json!({"sub": "1", "exp": NOW + 60, "nbf": NOW + 600})),
+            NOW
+        ),
         Err(AuthError::NotYet)
     );
     assert_eq!(
-        v.verify(&t(json!({"sub": "1", "exp": NOW + 900, "iat": NOW + 600})), NOW),
+        v.verify(
+            &t(json!({"sub": "1", "exp": NOW + 900, "iat": NOW + 600})),
+            NOW
+        ),
         Err(AuthError::NotYet)
     );
     // exp in the year 9999: past the maximum lifetime.
@@ -137,7 +153,8 @@ fn time_claims_audience_issuer_and_lifetime() {
     let v = Verifier::new(c).expect("hs");
     let good = json!({"sub": "1", "exp": NOW + 60, "aud": "herald", "iss": "https://auth.example"});
     assert_eq!(v.verify(&t(good), NOW), Ok(1));
-    let bad_aud = json!({"sub": "1", "exp": NOW + 60, "aud": "other", "iss": "https://auth.example"});
+    let bad_aud =
+        json!({"sub": "1", "exp": NOW + 60, "aud": "other", "iss": "https://auth.example"});
     assert_eq!(v.verify(&t(bad_aud), NOW), Err(AuthError::Audience));
     let bad_iss = json!({"sub": "1", "exp": NOW + 60, "aud": "herald", "iss": "https://evil"});
     assert_eq!(v.verify(&t(bad_iss), NOW), Err(AuthError::Issuer));
@@ -152,7 +169,10 @@ fn jwks_keys_by_kid_and_rotation_by_replacing_the_file() {
     c.secret = None;
     c.jwks_file = Some(path.clone());
     let v = Verifier::new(c).expect("jwks");
-    assert_eq!(v.verify(&sign(Algorithm::RS256, Some("k1"), ok(3)), NOW), Ok(3));
+    assert_eq!(
+        v.verify(&sign(Algorithm::RS256, Some("k1"), ok(3)), NOW),
+        Ok(3)
+    );
     assert_eq!(
         v.verify(&sign(Algorithm::RS256, Some("k2"), ok(3)), NOW),
         Err(AuthError::UnknownKey(Some("k2".into())))
@@ -160,8 +180,13 @@ fn jwks_keys_by_kid_and_rotation_by_replacing_the_file() {
     // Rotate: the file now holds k2 only (a newer modification time).
     std::thread::sleep(Duration::from_millis(1100));
     std::fs::copy(keydir().join("jwks2.json"), &path).expect("copy");
-    assert_eq!(v.verify(&sign(Algorithm::RS256, Some("k2"), ok(4)), NOW), Ok(4));
-    assert!(v.verify(&sign(Algorithm::RS256, Some("k1"), ok(4)), NOW).is_err());
+    assert_eq!(
+        v.verify(&sign(Algorithm::RS256, Some("k2"), ok(4)), NOW),
+        Ok(4)
+    );
+    assert!(v
+        .verify(&sign(Algorithm::RS256, Some("k1"), ok(4)), NOW)
+        .is_err());
 }
 
 #[test]

@@ -11,7 +11,6 @@
 //! queue; when it is full, fan-out writes to the inbox instead, so a slow
 //! consumer never stalls anyone else. The edge never reads the log.
 
-pub mod auth;
 mod celebrity;
 mod conn;
 mod drain;
@@ -40,8 +39,8 @@ use tokio::sync::{mpsc, watch, Notify};
 pub struct EdgeConfig {
     /// Accept `?user=<id>` without a token. Development only.
     pub dev_mode: bool,
-    /// HS256 secret for WebSocket JWTs; none disables JWT auth.
-    pub jwt_secret: Option<String>,
+    /// Verifies users' JWTs; none disables JWT auth.
+    pub jwt: Option<Arc<herald_auth::Verifier>>,
     /// Notifications queued per connection before fan-out uses the inbox.
     pub queue_capacity: usize,
     /// Most notifications sent and not yet acked per connection; past it
@@ -74,7 +73,7 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
             dev_mode: false,
-            jwt_secret: None,
+            jwt: None,
             queue_capacity: 1024,
             max_unacked: 4096,
             ack_timeout: Duration::from_secs(30),
@@ -463,23 +462,23 @@ fn authenticate(
     cfg: &EdgeConfig,
     headers: &HeaderMap,
     q: &std::collections::HashMap<String, String>,
-) -> Result<UserId, auth::AuthError> {
+) -> Result<UserId, herald_auth::AuthError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|s| s.trim().to_string());
     if let Some(token) = bearer.or_else(|| q.get("token").cloned()) {
-        let Some(secret) = &cfg.jwt_secret else {
-            return Err(auth::AuthError::NotConfigured);
+        let Some(v) = &cfg.jwt else {
+            return Err(herald_auth::AuthError::NotConfigured);
         };
-        return auth::verify_jwt(&token, secret.as_bytes(), herald_types::now_ms() / 1000);
+        return v.verify(&token, herald_types::now_ms() / 1000);
     }
     if cfg.dev_mode {
         if let Some(u) = q.get("user") {
             return herald_types::ids::parse_user(u)
-                .ok_or_else(|| auth::AuthError::BadUser(u.clone()));
+                .ok_or_else(|| herald_auth::AuthError::BadUser(u.clone()));
         }
     }
-    Err(auth::AuthError::Missing)
+    Err(herald_auth::AuthError::Missing)
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::append::append;
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
-use crate::http::{bearer, respond};
+use crate::http::respond;
 use crate::Gateway;
 
 /// Most dead letters listed or replayed at once.
@@ -32,21 +32,7 @@ pub fn router() -> Router<Arc<Gateway>> {
 }
 
 fn authorize_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
-    if gw.cfg.api_keys.is_empty() && gw.cfg.admin_keys.is_empty() {
-        return Ok(());
-    }
-    let key = bearer(headers)?;
-    if gw.cfg.admin_keys.iter().any(|k| k == key) {
-        Ok(())
-    } else if gw.cfg.api_keys.iter().any(|k| k == key) {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this API key has no admin rights (gateway.admin_keys)",
-        ))
-    } else {
-        Err(ApiError::unauthorized())
-    }
+    crate::http::authorize(gw, headers, crate::http::Scope::Admin).map(|_| ())
 }
 
 fn store_down(e: herald_store::StoreError) -> ApiError {

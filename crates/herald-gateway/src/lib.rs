@@ -47,11 +47,12 @@ pub struct GatewayConfig {
     pub max_batch: usize,
     /// Largest body of `POST /v1/graph/follows` (bytes).
     pub max_import_bytes: usize,
-    /// API keys accepted; empty means no key is needed.
-    pub api_keys: Vec<String>,
-    /// Keys that may also use `/v1/admin/*`. With API keys configured and
-    /// none of these, the admin routes are closed.
-    pub admin_keys: Vec<String>,
+    /// API keys and their scopes; none configured means every route is
+    /// open (development).
+    pub keys: herald_auth::ApiKeys,
+    /// Verifies users' JWTs: a user may read their own inbox and manage
+    /// their own preferences.
+    pub jwt: Option<Arc<herald_auth::Verifier>>,
     /// Requests per second allowed per API key (0: unlimited).
     pub rate_per_key: u32,
     /// Events per second allowed per actor (0: unlimited).
@@ -75,8 +76,8 @@ impl Default for GatewayConfig {
             max_body_bytes: 4 * 1024 * 1024,
             max_batch: 10_000,
             max_import_bytes: 64 * 1024 * 1024,
-            api_keys: Vec::new(),
-            admin_keys: Vec::new(),
+            keys: herald_auth::ApiKeys::default(),
+            jwt: None,
             rate_per_key: 0,
             rate_per_actor: 0,
             celebrity: herald_store::CelebrityPolicy::new(10_000, 0.1),

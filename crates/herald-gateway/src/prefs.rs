@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
-use crate::http::{authorize, path_user, respond};
+use crate::http::{authorize_for, path_user, respond, Scope};
 use crate::Gateway;
 
 /// Largest preferences or mutes body.
@@ -52,8 +52,9 @@ async fn get_prefs(
     Path(id): Path<String>,
 ) -> Response {
     let r = async {
-        authorize(&gw, &headers)?;
-        current(&gw, path_user(&id)?).await
+        let user = path_user(&id)?;
+        authorize_for(&gw, &headers, Scope::Read, user)?;
+        current(&gw, user).await
     }
     .await;
     respond(r)
@@ -66,8 +67,8 @@ async fn put_prefs(
     body: Body,
 ) -> Response {
     let r = async {
-        authorize(&gw, &headers)?;
         let user = path_user(&id)?;
+        authorize_for(&gw, &headers, Scope::Ingest, user)?;
         let enc = encoding(&headers)?;
         let bytes = read_limited(&headers, body, MAX_PREFS_BODY).await?;
         let doc = parse_document(&parse(&bytes, enc)?).map_err(invalid)?;
@@ -156,8 +157,8 @@ async fn change_mute(
     body: Body,
     adding: bool,
 ) -> Result<Value, ApiError> {
-    authorize(gw, headers)?;
     let user = path_user(id)?;
+    authorize_for(gw, headers, Scope::Ingest, user)?;
     let enc = encoding(headers)?;
     let bytes = read_limited(headers, body, MAX_PREFS_BODY).await?;
     let (key, until) = mute_key(&parse(&bytes, enc)?, adding)?;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::append::append;
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
-use crate::http::{authorize, path_user, reject, respond};
+use crate::http::{authorize, authorize_for, path_user, reject, respond, Scope};
 use crate::{validate, Gateway};
 
 /// Most pairs in one graph import request.
@@ -46,7 +46,7 @@ async fn post_events(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
 }
 
 async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<String>, ApiError> {
-    let key = authorize(gw, headers)?;
+    let key = authorize(gw, headers, Scope::Ingest)?;
     if let Some(l) = &gw.key_limiter {
         if l.check_key(&key).is_err() {
             return Err(ApiError::rate_limited("API key", 1));
@@ -74,7 +74,7 @@ async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<Str
 
 async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
     let r = async {
-        let key = authorize(&gw, &headers)?;
+        let key = authorize(&gw, &headers, Scope::Ingest)?;
         // An import is a request like any other of its key's.
         if let Some(l) = &gw.key_limiter {
             if l.check_key(&key).is_err() {
@@ -116,7 +116,7 @@ async fn follower_count(
     Path(id): Path<String>,
 ) -> Response {
     let r = async {
-        authorize(&gw, &headers)?;
+        authorize(&gw, &headers, Scope::Read)?;
         let user = path_user(&id)?;
         let n = gw
             .store
@@ -136,8 +136,8 @@ async fn inbox(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let r = async {
-        authorize(&gw, &headers)?;
         let user = path_user(&id)?;
+        authorize_for(&gw, &headers, Scope::Read, user)?;
         let limit = match q.get("limit") {
             None => 100,
             Some(s) => s

@@ -1,5 +1,5 @@
-//! Operator commands that talk to a running node over its HTTP API:
-//! `herald dead-letters list|replay`.
+//! Operator commands: `herald dead-letters list|replay` (over a running
+//! node's HTTP API), `herald check-config`, `herald token`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -136,4 +136,73 @@ pub fn dead_letters_replay(t: &Target, ids: &[String], all: bool) -> anyhow::Res
     }
     println!("replayed {}", v["replayed"]);
     Ok(())
+}
+
+/// `herald check-config`: the config loaded and validated (done by the
+/// caller), and the JWT keys it names readable.
+pub fn check_config(cfg: &crate::Config) -> anyhow::Result<()> {
+    let jwt = cfg.jwt_config();
+    if jwt.enabled() {
+        herald_auth::Verifier::new(jwt).context("JWT keys")?;
+    }
+    println!(
+        "config ok: role {}, cluster {}, {} partitions, {} API keys, dev_mode {}",
+        cfg.server.role,
+        cfg.server.cluster,
+        cfg.log.partitions,
+        cfg.gateway.api_keys.len() + cfg.gateway.read_keys.len() + cfg.gateway.admin_keys.len(),
+        cfg.websocket.dev_mode
+    );
+    Ok(())
+}
+
+/// `herald token --user ID --ttl 1h`: an HS256 token signed with the
+/// configured secret.
+pub fn token(cfg: &crate::Config, user: u64, ttl: &str) -> anyhow::Result<()> {
+    let jwt = cfg.jwt_config();
+    let Some(secret) = &jwt.secret else {
+        bail!("herald token needs auth.jwt_secret (HS256); RS256/ES256 tokens come from the holder of the private key");
+    };
+    let ttl = parse_ttl(ttl)?;
+    if ttl > jwt.max_lifetime {
+        bail!(
+            "--ttl {} s is longer than auth.max_lifetime_s ({} s): the node would refuse the token",
+            ttl.as_secs(),
+            jwt.max_lifetime.as_secs()
+        );
+    }
+    let now = herald_types::now_ms() / 1000;
+    let t = herald_auth::mint_hs256(
+        secret,
+        user,
+        now,
+        ttl,
+        jwt.audience.as_deref(),
+        jwt.issuer.as_deref(),
+    )?;
+    println!("{t}");
+    Ok(())
+}
+
+/// `90`, `90s`, `30m`, `1h`, `7d`.
+fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("--ttl {s:?}: a number with s, m, h or d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("--ttl {s:?}: the unit must be s, m, h or d"),
+    };
+    if n == 0 {
+        bail!("--ttl must be positive");
+    }
+    Ok(Duration::from_secs(n.saturating_mul(mult)))
 }

@@ -160,6 +160,14 @@ pub async fn run(
     settlements.set_placement(placement.clone());
     let mut edge_cfg = cfg.edge_config(max_conns);
     edge_cfg.incarnation = incarnation;
+    let jwt = cfg.jwt_config();
+    let verifier = match jwt.enabled() {
+        true => Some(Arc::new(
+            herald_auth::Verifier::new(jwt).context("cannot load the JWT keys")?,
+        )),
+        false => None,
+    };
+    edge_cfg.jwt = verifier.clone();
     let edge = herald_edge::Edge::new(
         edge_cfg,
         store.clone(),
@@ -180,8 +188,10 @@ pub async fn run(
         r
     });
     let gateway = log.as_ref().map(|log| {
+        let mut gcfg = cfg.gateway_config();
+        gcfg.jwt = verifier.clone();
         herald_gateway::Gateway::new(
-            cfg.gateway_config(),
+            gcfg,
             log.clone(),
             store.clone(),
             celebrities.clone(),
@@ -206,6 +216,7 @@ pub async fn run(
         store: store.clone(),
         fanout: fanout.as_ref().map(|f| f.health()).unwrap_or_default(),
         leases: leases.clone(),
+        keys: cfg.api_keys(),
         metrics,
     };
     let app = app(&cfg, role, gateway.clone(), &edge, ops_state, placement);

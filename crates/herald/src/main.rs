@@ -40,6 +40,20 @@ struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
+    /// Checks the configuration (and loads the JWT keys) without starting:
+    /// exit 0 with a summary, or 1 naming what is wrong. Production
+    /// (websocket.dev_mode = false) refuses placeholder and short secrets.
+    CheckConfig,
+    /// Mints an HS256 token for a user with auth.jwt_secret (development
+    /// and tests; production tokens come from your own auth service).
+    Token {
+        /// The user id (the token's subject).
+        #[arg(long)]
+        user: u64,
+        /// Lifetime: seconds, or with a unit (90s, 30m, 1h, 7d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
     /// Inspect or replay dead letters of a running node (its admin API).
     DeadLetters {
         #[command(subcommand)]
@@ -91,6 +105,11 @@ fn main() -> anyhow::Result<()> {
         overrides.push(("server", "role", s(v)));
     }
     let cfg = Config::load(&path, optional, std::env::vars(), &overrides)?;
+    match &args.command {
+        Some(Command::CheckConfig) => return herald::cli::check_config(&cfg),
+        Some(Command::Token { user, ttl }) => return herald::cli::token(&cfg, *user, ttl),
+        _ => {}
+    }
     if let Some(Command::DeadLetters { action, url, key }) = &args.command {
         let t = herald::cli::Target::new(url.as_deref(), key.as_deref(), &cfg)?;
         return match action {

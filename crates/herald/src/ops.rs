@@ -16,6 +16,8 @@ pub struct Ops {
     pub log: Option<herald_log::Log>,
     /// In a cluster: this node's partition leases.
     pub leases: Option<std::sync::Arc<herald_fanout::Leases>>,
+    /// With keys configured, `/metrics` needs an admin key.
+    pub keys: herald_auth::ApiKeys,
     pub store: herald_store::Store,
     pub fanout: herald_fanout::FanoutHealth,
     pub metrics: Option<PrometheusHandle>,
@@ -110,7 +112,26 @@ async fn readyz(State(ops): State<Ops>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn render(State(ops): State<Ops>) -> Response {
+async fn render(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Response {
+    if !ops.keys.is_empty() {
+        let key = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match key.and_then(|k| ops.keys.scope_of(k)) {
+            Some(herald_auth::Scope::Admin) => {}
+            Some(_) => {
+                return herald_gateway::ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "/metrics needs an admin key (gateway.admin_keys)",
+                )
+                .into_response()
+            }
+            None => return herald_gateway::ApiError::unauthorized().into_response(),
+        }
+    }
     let text = ops.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -51,8 +51,9 @@ impl Config {
             max_body_bytes: self.gateway.max_body_bytes,
             max_batch: self.gateway.max_batch,
             max_import_bytes: self.gateway.max_import_bytes,
-            api_keys: self.gateway.api_keys.clone(),
-            admin_keys: self.gateway.admin_keys.clone(),
+            keys: self.api_keys(),
+            // Set by the node once the keys are loaded.
+            jwt: None,
             rate_per_key: self.gateway.rate_per_key,
             rate_per_actor: self.gateway.rate_per_actor,
             celebrity: self.celebrity_policy(),
@@ -78,11 +79,34 @@ impl Config {
         }
     }
 
+    /// API keys by scope: `read_keys` read, `api_keys` ingest (and read),
+    /// `admin_keys` everything.
+    pub fn api_keys(&self) -> herald_auth::ApiKeys {
+        let g = &self.gateway;
+        herald_auth::ApiKeys::new(&g.read_keys, &g.api_keys, &g.admin_keys)
+    }
+
+    /// Where users' JWT keys come from.
+    pub fn jwt_config(&self) -> herald_auth::JwtConfig {
+        let a = &self.auth;
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        herald_auth::JwtConfig {
+            secret: some(&a.jwt_secret).or_else(|| some(&self.websocket.jwt_secret)),
+            public_key_file: some(&a.jwt_public_key_file).map(Into::into),
+            jwks_file: some(&a.jwks_file).map(Into::into),
+            audience: some(&a.audience),
+            issuer: some(&a.issuer),
+            max_lifetime: Duration::from_secs(a.max_lifetime_s.max(1)),
+            leeway: Duration::from_secs(a.leeway_s),
+        }
+    }
+
     pub fn edge_config(&self, max_connections: usize) -> herald_edge::EdgeConfig {
         let w = &self.websocket;
         herald_edge::EdgeConfig {
             dev_mode: w.dev_mode,
-            jwt_secret: (!w.jwt_secret.is_empty()).then(|| w.jwt_secret.clone()),
+            // Set by the node once the keys are loaded.
+            jwt: None,
             queue_capacity: w.queue_capacity,
             max_unacked: w.max_unacked,
             ack_timeout: Duration::from_millis(w.ack_timeout_ms),

@@ -14,6 +14,7 @@ mod derive;
 pub struct Config {
     pub server: Server,
     pub http: Http,
+    pub auth: Auth,
     pub redis: Redis,
     pub log: Log,
     pub gateway: Gateway,
@@ -110,6 +111,37 @@ pub struct Server {
     pub lease_ttl_ms: u64,
 }
 
+/// How users' JWTs are verified (WebSockets, and a user's own routes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// HS256 secret (`websocket.jwt_secret` is the same setting, kept for
+    /// older configs).
+    pub jwt_secret: String,
+    /// A PEM public key: RSA (RS256) or EC P-256 (ES256).
+    pub jwt_public_key_file: String,
+    /// A JWKS file, reloaded when it changes (key rotation).
+    pub jwks_file: String,
+    pub audience: String,
+    pub issuer: String,
+    pub max_lifetime_s: u64,
+    pub leeway_s: u64,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            jwt_secret: String::new(),
+            jwt_public_key_file: String::new(),
+            jwks_file: String::new(),
+            audience: String::new(),
+            issuer: String::new(),
+            max_lifetime_s: 86_400,
+            leeway_s: 30,
+        }
+    }
+}
+
 /// The front door's limits and deadlines.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -163,6 +195,7 @@ pub struct Gateway {
     pub max_batch: usize,
     pub max_import_bytes: usize,
     pub api_keys: Vec<String>,
+    pub read_keys: Vec<String>,
     pub admin_keys: Vec<String>,
     pub rate_per_key: u32,
     pub rate_per_actor: u32,
@@ -247,6 +280,7 @@ impl Default for Gateway {
             max_batch: g.max_batch,
             max_import_bytes: g.max_import_bytes,
             api_keys: Vec::new(),
+            read_keys: Vec::new(),
             admin_keys: Vec::new(),
             rate_per_key: 0,
             rate_per_actor: 0,
@@ -389,8 +423,46 @@ impl Config {
         if self.server.cluster && self.server.lease_ttl_ms < 1000 {
             bail!("server.lease_ttl_ms must be at least 1000");
         }
-        if !self.websocket.dev_mode && self.websocket.jwt_secret.is_empty() {
-            bail!("websocket needs jwt_secret, or dev_mode = true for local development");
+        if !self.websocket.dev_mode && !self.jwt_config().enabled() {
+            bail!("websocket needs a JWT key (auth.jwt_secret, auth.jwt_public_key_file or auth.jwks_file), or dev_mode = true for local development");
+        }
+        if !self.websocket.dev_mode {
+            self.refuse_weak_secrets()?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Production (`websocket.dev_mode = false`) refuses placeholder and
+    /// short secrets, naming the setting.
+    pub fn refuse_weak_secrets(&self) -> anyhow::Result<()> {
+        let mut weak = Vec::new();
+        let mut check = |name: &str, v: &str, min: usize| {
+            if let Some(why) = herald_auth::weak_secret(v, min) {
+                weak.push(format!("{name} {why}"));
+            }
+        };
+        if let Some(s) = &self.jwt_config().secret {
+            check("auth.jwt_secret", s, 32);
+        }
+        for (name, list) in [
+            ("gateway.api_keys", &self.gateway.api_keys),
+            ("gateway.read_keys", &self.gateway.read_keys),
+            ("gateway.admin_keys", &self.gateway.admin_keys),
+        ] {
+            for k in list {
+                check(name, k, 16);
+            }
+        }
+        if self.server.cluster {
+            check("server.cluster_key", &self.server.cluster_key, 16);
+        }
+        if !weak.is_empty() {
+            bail!(
+                "refusing to start in production (websocket.dev_mode = false) with weak secrets: {}; set real ones (for example: openssl rand -hex 32)",
+                weak.join("; ")
+            );
         }
         Ok(())
     }

@@ -1,0 +1,185 @@
+//! Who may do what, against the real binary: each key scope against each
+//! kind of route, a user's JWT on their own and on another user's inbox
+//! and preferences, `/metrics` for admins only, and production refusing
+//! placeholder secrets at start (and in `herald check-config`).
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::json;
+use support::{config_path, Node, Redis};
+
+const READ: &str = "read-key-0123456789abcdef";
+const INGEST: &str = "ingest-key-0123456789abcdef";
+const ADMIN: &str = "admin-key-0123456789abcdef";
+const SECRET: &str = "a-test-secret-of-forty-characters-000000";
+
+fn token(user: u64) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--config")
+        .arg(config_path())
+        .args(["token", "--user", &user.to_string(), "--ttl", "10m"])
+        .env("HERALD_AUTH__JWT_SECRET", SECRET)
+        .output()
+        .expect("herald token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+async fn call(
+    node: &Node,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> u16 {
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    let body = body.map(|b| b.to_string());
+    let (s, _) = node
+        .request(method, path, body.map(String::into_bytes), &headers)
+        .await;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_and_users_acting_for_themselves() {
+    let redis = Redis::start();
+    let node = Node::start(
+        &redis,
+        &[
+            ("HERALD_GATEWAY__READ_KEYS", &format!("[\"{READ}\"]")),
+            ("HERALD_GATEWAY__API_KEYS", &format!("[\"{INGEST}\"]")),
+            ("HERALD_GATEWAY__ADMIN_KEYS", &format!("[\"{ADMIN}\"]")),
+            ("HERALD_AUTH__JWT_SECRET", SECRET),
+        ],
+    );
+    let like = json!({"kind": "like", "actor": 1, "recipient": 5, "object": "post:1"});
+    let prefs = json!({"default": "realtime"});
+    let (u5, u6) = (token(5), token(6));
+    // (method, path, body, [none, read, ingest, admin, user 5, user 6])
+    let cases: Vec<(&str, &str, Option<serde_json::Value>, [u16; 6])> = vec![
+        (
+            "POST",
+            "/v1/events",
+            Some(like.clone()),
+            [401, 403, 202, 202, 403, 403],
+        ),
+        (
+            "POST",
+            "/v1/graph/follows",
+            Some(json!({"follows": [[1, 2]]})),
+            [401, 403, 200, 200, 403, 403],
+        ),
+        (
+            "GET",
+            "/v1/users/5/followers/count",
+            None,
+            [401, 200, 200, 200, 403, 403],
+        ),
+        (
+            "GET",
+            "/v1/users/5/inbox",
+            None,
+            [401, 200, 200, 200, 200, 403],
+        ),
+        (
+            "GET",
+            "/v1/users/5/preferences",
+            None,
+            [401, 200, 200, 200, 200, 403],
+        ),
+        (
+            "PUT",
+            "/v1/users/5/preferences",
+            Some(prefs.clone()),
+            [401, 403, 200, 200, 200, 403],
+        ),
+        (
+            "POST",
+            "/v1/users/5/mutes",
+            Some(json!({"actor": 9})),
+            [401, 403, 200, 200, 200, 403],
+        ),
+        (
+            "GET",
+            "/v1/admin/dead-letters",
+            None,
+            [401, 403, 403, 200, 403, 403],
+        ),
+        ("GET", "/metrics", None, [401, 403, 403, 200, 401, 401]),
+    ];
+    let who: [Option<&str>; 6] = [
+        None,
+        Some(READ),
+        Some(INGEST),
+        Some(ADMIN),
+        Some(&u5),
+        Some(&u6),
+    ];
+    for (method, path, body, want) in cases {
+        for (w, expect) in who.iter().zip(want) {
+            let got = call(&node, method, path, *w, body.clone()).await;
+            assert_eq!(
+                got,
+                expect,
+                "{method} {path} as {:?}",
+                w.map(|k| &k[..8.min(k.len())])
+            );
+        }
+    }
+    // A token of another secret, or expired, is refused with the reason.
+    let (s, v) = node
+        .request(
+            "GET",
+            "/v1/users/5/inbox",
+            None,
+            &[("authorization", "Bearer a.b.c")],
+        )
+        .await;
+    assert_eq!(s, 401, "{v}");
+}
+
+#[test]
+fn production_refuses_placeholder_secrets() {
+    let check = |env: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+        c.arg("--config")
+            .arg(config_path())
+            .arg("check-config")
+            .env("HERALD_WEBSOCKET__DEV_MODE", "false");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("herald check-config")
+    };
+    let out = check(&[(
+        "HERALD_AUTH__JWT_SECRET",
+        "change-me-to-a-long-random-secret-please",
+    )]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth.jwt_secret is a placeholder"), "{err}");
+    let out = check(&[("HERALD_AUTH__JWT_SECRET", "x")]);
+    assert!(!out.status.success());
+    let out = check(&[
+        ("HERALD_AUTH__JWT_SECRET", SECRET),
+        ("HERALD_GATEWAY__API_KEYS", "[\"short\"]"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gateway.api_keys is shorter than 16"), "{err}");
+    let out = check(&[("HERALD_AUTH__JWT_SECRET", SECRET)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
