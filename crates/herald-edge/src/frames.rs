@@ -123,6 +123,28 @@ pub fn parse(data: &[u8], binary: bool) -> Result<ClientFrame, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a client sends, as text or binary: a frame or a clean
+        /// error, never a panic.
+        #[test]
+        fn any_client_bytes_are_a_frame_or_a_clean_error(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse(&b, false);
+            let _ = parse(&b, true);
+        }
+
+        /// Near-valid frames: the right keys with arbitrary values.
+        #[test]
+        fn near_valid_frames_never_panic(ty in "[a-z]{0,6}", ids in proptest::collection::vec(".{0,40}", 0..50), n in any::<i64>()) {
+            let v = serde_json::json!({"type": ty, "ids": ids, "n": n});
+            let _ = parse(v.to_string().as_bytes(), false);
+            let _ = parse(&rmp_serde::to_vec_named(&v).unwrap_or_default(), true);
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -213,6 +213,94 @@ pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON values, biased towards the shapes the decoder reads.
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::{json, Value};
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[a-z_]{0,12}".prop_map(Value::String),
+            prop_oneof![
+                Just("like"),
+                Just("post"),
+                Just("follow"),
+                Just("mention"),
+                Just("comment"),
+                Just("realtime"),
+                Just("digest"),
+                Just("mute"),
+                Just("Europe/Paris"),
+                Just("22:00"),
+                Just("007"),
+                Just("+5"),
+                Just("5"),
+            ]
+            .prop_map(|s| Value::String(s.to_string())),
+        ];
+        leaf.prop_recursive(4, 48, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        "[a-z_]{1,10}",
+                        prop_oneof![
+                            Just("kind"),
+                            Just("actor"),
+                            Just("recipient"),
+                            Just("object"),
+                            Just("text"),
+                            Just("mentions"),
+                            Just("id"),
+                            Just("ts_ms"),
+                            Just("default"),
+                            Just("kinds"),
+                            Just("quiet_hours"),
+                            Just("digest"),
+                            Just("timezone"),
+                            Just("from"),
+                            Just("to"),
+                            Just("muted_actors"),
+                            Just("muted_objects"),
+                            Just("type"),
+                            Just("ids"),
+                        ]
+                        .prop_map(String::from),
+                    ],
+                    inner,
+                    0..8,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any JSON value, as one event or in a batch: events or a clean
+        /// error, never a panic.
+        #[test]
+        fn any_value_is_events_or_a_clean_error(v in any_json()) {
+            let _ = events(v.clone(), 100);
+            let _ = events(serde_json::Value::Array(vec![v]), 100);
+        }
+
+        /// Any bytes, as JSON or MessagePack.
+        #[test]
+        fn any_bytes_are_a_clean_error_at_worst(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+            for enc in [crate::body::Encoding::Json, crate::body::Encoding::MsgPack] {
+                if let Ok(v) = crate::body::parse(&b, enc) {
+                    let _ = events(v, 100);
+                }
+            }
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -134,6 +134,11 @@ pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, Invalid> {
     if pos != size {
         return Err(Invalid::Corrupt("records do not fill the batch".into()));
     }
+    if base_offset.checked_add(u64::from(count)).is_none() {
+        return Err(Invalid::Corrupt(format!(
+            "impossible base offset {base_offset}"
+        )));
+    }
     Ok(BatchHeader {
         base_offset,
         count,
@@ -158,7 +163,7 @@ pub fn records_of(buf: &Bytes, h: &BatchHeader, from: u64, until: u64, out: &mut
         if off >= from {
             out.push(Record {
                 offset: off,
-                timestamp_ms: h.first_ts + delta as i64,
+                timestamp_ms: h.first_ts.saturating_add(i64::from(delta)),
                 payload: buf.slice(start..start + rl),
             });
         }
@@ -196,6 +201,75 @@ mod tests {
                 let mut b = buf.clone();
                 b[i] ^= 1 << bit;
                 assert!(check_batch(&b).is_err(), "flip at {i}:{bit} undetected");
+            }
+        }
+    }
+
+    use proptest::prelude::*;
+
+    /// A batch around `body` with a length and CRC that match.
+    fn framed(base: u64, count: u32, first_ts: i64, body: &[u8]) -> Vec<u8> {
+        let mut payload = vec![MAGIC];
+        payload.extend_from_slice(&base.to_le_bytes());
+        payload.extend_from_slice(&count.to_le_bytes());
+        payload.extend_from_slice(&first_ts.to_le_bytes());
+        payload.extend_from_slice(&first_ts.to_le_bytes());
+        payload.extend_from_slice(body);
+        let mut buf = ((payload.len() + 4) as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        buf.extend_from_slice(&payload);
+        buf
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a file holds, reading it is an answer, never a panic.
+        #[test]
+        fn arbitrary_bytes_are_refused_cleanly(b in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = check_batch(&b);
+        }
+
+        /// Past the CRC (a batch written by someone else, or a collision),
+        /// the record layout is still checked before anything is sliced.
+        #[test]
+        fn arbitrary_bodies_with_a_valid_crc_never_panic(
+            base in any::<u64>(),
+            count in 0u32..8,
+            first_ts in any::<i64>(),
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let buf = framed(base, count, first_ts, &body);
+            if let Ok(h) = check_batch(&buf) {
+                let mut out = Vec::new();
+                records_of(&Bytes::from(buf), &h, 0, u64::MAX, &mut out);
+                prop_assert_eq!(out.len() as u32, h.count);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Well-formed records with extreme offsets and timestamps: the
+        /// batch is refused or read whole, never an overflow.
+        #[test]
+        fn extreme_offsets_and_timestamps_never_overflow(
+            base in prop_oneof![Just(u64::MAX), Just(u64::MAX - 3), any::<u64>()],
+            first_ts in prop_oneof![Just(i64::MAX), Just(i64::MIN), any::<i64>()],
+            recs in proptest::collection::vec((any::<u32>(), proptest::collection::vec(any::<u8>(), 0..20)), 0..6),
+        ) {
+            let mut body = Vec::new();
+            for (delta, p) in &recs {
+                body.extend_from_slice(&(p.len() as u32).to_le_bytes());
+                body.extend_from_slice(&delta.to_le_bytes());
+                body.extend_from_slice(p);
+            }
+            let buf = framed(base, recs.len() as u32, first_ts, &body);
+            if let Ok(h) = check_batch(&buf) {
+                let mut out = Vec::new();
+                records_of(&Bytes::from(buf), &h, 0, u64::MAX, &mut out);
+                prop_assert_eq!(out.len(), recs.len());
             }
         }
     }
