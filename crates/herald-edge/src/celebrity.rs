@@ -93,10 +93,13 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
                     }
                     herald_prefs::Route::Now => {}
                 }
-                if let Some(h) = edge.conns.get(u) {
-                    match h.tx.try_send(Delivery::Shared(frame.clone())) {
-                        Ok(()) => pushed += 1,
-                        Err(_) => h.poke.notify_one(),
+                if let Some(d) = edge.conns.get(u) {
+                    // Every connection of the follower here.
+                    for h in d.iter() {
+                        match h.tx.try_send(Delivery::Shared(frame.clone())) {
+                            Ok(()) => pushed += 1,
+                            Err(_) => h.poke.notify_one(),
+                        }
                     }
                 }
             }

@@ -40,6 +40,8 @@ pub(crate) struct Pending {
 
 pub(crate) struct Conn {
     pub edge: Arc<Edge>,
+    /// This connection's id on the node.
+    id: u64,
     pub user: UserId,
     pub fmt: WireFormat,
     sink: SplitSink<WebSocket, Message>,
@@ -97,8 +99,11 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
         poke: poke.clone(),
         kick: kick.clone(),
     };
-    if let Some(old) = edge.conns.insert(user, handle) {
-        old.kick.notify_one();
+    if let Some(oldest) = edge.register(user, handle) {
+        // Past the user's device limit: the oldest connection goes, and
+        // the next oldest, now primary, drains the inbox.
+        oldest.kick.notify_one();
+        edge.poke(user);
     }
     // Presence is written before the first drain: a node that writes this
     // user's inbox after the drain read it then sees the presence and
@@ -109,6 +114,7 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
     let (sink, mut stream) = socket.split();
     let mut c = Conn {
         edge: edge.clone(),
+        id,
         user,
         fmt,
         sink,
@@ -119,7 +125,7 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
     tracing::debug!(user, reason = end.as_str(), "connection ended");
     metrics::counter!("herald_ws_closed_total", "reason" => end.as_str()).increment(1);
     let code = match end {
-        End::Replaced => Some((4000, "replaced by a newer connection")),
+        End::Replaced => Some((4000, "replaced: the user has too many connections")),
         End::Shutdown => Some((1001, "server shutting down")),
         End::Idle => Some((1001, "idle timeout")),
         End::TooBig => Some((1009, "frame too big")),
@@ -133,12 +139,12 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
         }));
         let _ = tokio::time::timeout(edge.cfg.write_timeout, c.sink.send(frame)).await;
     }
-    edge.conns.remove_if(&user, |_, h| h.id == id);
-    if !edge.conns.contains_key(&user) {
+    let last = edge.unregister(user, id);
+    if last {
         edge.unindex(user);
     }
     c.settle_on_close(&mut rx).await;
-    if !edge.conns.contains_key(&user) {
+    if last && !edge.conns.contains_key(&user) {
         if let Err(e) = edge.store.presence_remove(user).await {
             tracing::debug!(user, error = %e, "presence not cleared");
         }
@@ -258,6 +264,15 @@ impl Conn {
     /// with backoff until it works (no reconnect needed): `Ok(true)` means
     /// that retry is owed.
     async fn greet(&mut self) -> Result<bool, End> {
+        if !self.edge.is_primary(self.user, self.id) {
+            // Another connection of this user here drains the inbox; this
+            // one gets live pushes (and the drain if it becomes primary).
+            let hello = frames::hello(self.user, 0, 0, self.fmt);
+            if self.send(vec![hello]).await.is_err() {
+                return Err(End::SlowWrite);
+            }
+            return Ok(false);
+        }
         let waiting = self.read_waiting(true).await;
         let unsynced = waiting.is_none();
         let (snap, pulled) = waiting.unwrap_or_default();
@@ -324,7 +339,9 @@ impl Conn {
                     // older one did, so the older one is released).
                     if let Some(old) = self.unacked.insert(id, Pending { kind, sent: now }) {
                         if let Kind::Live(o) = old.kind {
-                            self.edge.answers.answer(EdgeAnswer::Settled(o.settle));
+                            if let Some(s) = o.settle.acked() {
+                                self.edge.answers.answer(EdgeAnswer::Settled(s));
+                            }
                         }
                     }
                 }
@@ -363,7 +380,7 @@ impl Conn {
                 let mut seen: Vec<(UserId, u64)> = Vec::new();
                 for id in ids {
                     match self.unacked.remove(&id).map(|p| p.kind) {
-                        Some(Kind::Live(d)) => settled.push(d.settle),
+                        Some(Kind::Live(d)) => settled.extend(d.settle.acked()),
                         Some(Kind::Outbox { celebrity, order }) => {
                             match seen.iter_mut().find(|(c, _)| *c == celebrity) {
                                 Some(e) => e.1 = e.1.max(order),
@@ -431,30 +448,50 @@ impl Conn {
         if ids.is_empty() {
             return;
         }
-        let items: Vec<(UserId, &Notification)> = ids
-            .iter()
-            .filter_map(|id| match self.unacked.get(id).map(|p| &p.kind) {
-                Some(Kind::Live(d)) => Some((self.user, &d.n)),
-                _ => None,
-            })
-            .collect();
-        match self.edge.store.inbox_push(&items).await {
-            Ok(_) => {
-                let mut settled = Vec::new();
-                for id in &ids {
-                    if let Some(p) = self.unacked.get_mut(id) {
-                        // The inbox has it now.
-                        if let Kind::Live(d) = std::mem::replace(&mut p.kind, Kind::Stored) {
-                            settled.push(d.settle);
-                        }
+        // Copies another device still holds, or acked, are only dropped
+        // here; the others are written and then settled.
+        let mut write: Vec<(String, Box<Direct>)> = Vec::new();
+        for id in &ids {
+            if let Some(p) = self.unacked.get_mut(id) {
+                if let Kind::Live(_) = p.kind {
+                    if let Kind::Live(d) = std::mem::replace(&mut p.kind, Kind::Stored) {
+                        write.push((id.clone(), d));
                     }
                 }
-                self.edge.answers.settled(settled);
+            }
+        }
+        let mut owed: Vec<(String, Notification, Settle)> = Vec::new();
+        for (id, d) in write {
+            let Direct { n, settle } = *d;
+            match settle.dropped() {
+                Some(s) => owed.push((id, n, s)),
+                None => {
+                    self.unacked.remove(&id);
+                }
+            }
+        }
+        if owed.is_empty() {
+            return;
+        }
+        let items: Vec<(UserId, &Notification)> =
+            owed.iter().map(|(_, n, _)| (self.user, n)).collect();
+        match self.edge.store.inbox_push(&items).await {
+            Ok(_) => {
                 metrics::counter!("herald_notifications_total", "route" => "ack_timeout")
-                    .increment(ids.len() as u64);
+                    .increment(owed.len() as u64);
+                // The inbox has them now: pending as inbox entries.
+                self.edge
+                    .answers
+                    .settled(owed.into_iter().map(|(_, _, s)| s).collect());
             }
             Err(e) => {
-                tracing::warn!(user = self.user, error = %e, "moving unacked to inbox failed; will retry")
+                // Kept as inbox entries to the client; written in the
+                // background like a closed connection's leftovers.
+                tracing::warn!(user = self.user, error = %e, "moving unacked to inbox failed; retrying in the background");
+                self.edge.spill(
+                    self.user,
+                    owed.into_iter().map(|(_, n, s)| (n, s)).collect(),
+                );
             }
         }
     }
@@ -464,17 +501,23 @@ impl Conn {
     async fn settle_on_close(&mut self, rx: &mut mpsc::Receiver<Delivery>) {
         rx.close();
         let mut left: Vec<(Notification, Settle)> = Vec::new();
+        // Copies another device of the user still holds (or acked) are
+        // only dropped; the last copy nobody acked is stored.
         while let Ok(d) = rx.try_recv() {
             // Shared (celebrity) frames stay in their outbox: nothing to do.
             if let Delivery::Direct(d) = d {
                 let Direct { n, settle } = *d;
-                left.push((n, settle));
+                if let Some(s) = settle.dropped() {
+                    left.push((n, s));
+                }
             }
         }
         for (_, p) in self.unacked.drain() {
             if let Kind::Live(d) = p.kind {
                 let Direct { n, settle } = *d;
-                left.push((n, settle));
+                if let Some(s) = settle.dropped() {
+                    left.push((n, s));
+                }
             }
         }
         // Copies another node handed over go back to it: it stores them

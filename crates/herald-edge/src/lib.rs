@@ -13,6 +13,7 @@
 
 mod celebrity;
 mod conn;
+mod devices;
 mod drain;
 mod frames;
 mod outbox_cache;
@@ -41,6 +42,8 @@ pub struct EdgeConfig {
     pub dev_mode: bool,
     /// Verifies users' JWTs; none disables JWT auth.
     pub jwt: Option<Arc<herald_auth::Verifier>>,
+    /// Connections per user on this node; past it the oldest closes (4000).
+    pub max_devices: usize,
     /// Notifications queued per connection before fan-out uses the inbox.
     pub queue_capacity: usize,
     /// Most notifications sent and not yet acked per connection; past it
@@ -74,6 +77,7 @@ impl Default for EdgeConfig {
         EdgeConfig {
             dev_mode: false,
             jwt: None,
+            max_devices: 5,
             queue_capacity: 1024,
             max_unacked: 4096,
             ack_timeout: Duration::from_secs(30),
@@ -103,7 +107,7 @@ pub(crate) enum Delivery {
 /// A push and what it answers for (`Settled` once acked or in the inbox).
 pub(crate) struct Direct {
     pub n: Notification,
-    pub settle: Settle,
+    pub settle: devices::Owed,
 }
 
 pub(crate) struct ConnHandle {
@@ -137,7 +141,8 @@ pub struct Edge {
     pub(crate) metrics: EdgeMetrics,
     pub(crate) cfg: EdgeConfig,
     pub(crate) store: Store,
-    pub(crate) conns: DashMap<UserId, ConnHandle>,
+    /// Each user's connections here, oldest (the primary) first.
+    pub(crate) conns: DashMap<UserId, Vec<ConnHandle>>,
     /// Celebrity -> its followers connected here.
     pub(crate) index: DashMap<UserId, std::collections::HashSet<UserId>>,
     pub(crate) celebrities: Arc<herald_store::CelebritySet>,
@@ -285,29 +290,59 @@ impl Edge {
                 why,
             })
         };
-        let Some(h) = self.conns.get(&user) else {
+        let Some(d) = self.conns.get(&user) else {
             return refused(n, settle, Refusal::Offline);
         };
-        let (d, why) = match h
-            .tx
-            .try_send(Delivery::Direct(Box::new(Direct { n, settle })))
-        {
-            Ok(()) => return None,
-            Err(mpsc::error::TrySendError::Full(d)) => (d, Refusal::Full),
-            Err(mpsc::error::TrySendError::Closed(d)) => (d, Refusal::Offline),
-        };
-        match d {
-            Delivery::Direct(d) => {
-                let Direct { n, settle } = *d;
-                refused(n, settle, why)
-            }
-            Delivery::Shared(_) => None,
+        if d.len() == 1 {
+            let direct = Direct {
+                n,
+                settle: devices::Owed::One(settle),
+            };
+            let (d, why) = match d[0].tx.try_send(Delivery::Direct(Box::new(direct))) {
+                Ok(()) => return None,
+                Err(mpsc::error::TrySendError::Full(d)) => (d, Refusal::Full),
+                Err(mpsc::error::TrySendError::Closed(d)) => (d, Refusal::Offline),
+            };
+            return match d {
+                Delivery::Direct(d) => match d.settle {
+                    devices::Owed::One(settle) => refused(d.n, settle, why),
+                    devices::Owed::Copies(_) => None,
+                },
+                Delivery::Shared(_) => None,
+            };
         }
+        // Several devices: a copy each, one settlement for all.
+        let copies = devices::Copies::new(settle, d.len());
+        let mut why = Refusal::Offline;
+        for h in d.iter() {
+            let direct = Direct {
+                n: n.clone(),
+                settle: devices::Owed::Copies(copies.clone()),
+            };
+            match h.tx.try_send(Delivery::Direct(Box::new(direct))) {
+                Ok(()) => {}
+                Err(e) => {
+                    if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                        why = Refusal::Full;
+                    }
+                    if let Some(settle) = copies.undelivered() {
+                        // No copy went out: fan-out stores it.
+                        return refused(n, settle, why);
+                    }
+                }
+            }
+        }
+        None
     }
 
+    /// Tells `user`'s primary connection here to drain the inbox.
     pub(crate) fn poke(&self, user: UserId) {
-        if let Some(h) = self.conns.get(&user) {
-            h.poke.notify_one();
+        if let Some(h) = self
+            .conns
+            .get(&user)
+            .and_then(|d| d.first().map(|h| h.poke.clone()))
+        {
+            h.notify_one();
         }
     }
 }

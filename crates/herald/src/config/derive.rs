@@ -116,6 +116,7 @@ impl Config {
             drain_limit: self.redis.inbox_cap,
             max_message_bytes: w.max_message_bytes,
             max_connections,
+            max_devices: w.max_devices,
             broadcast_chunk: self.celebrity.broadcast_chunk.max(1),
             outbox_cap: self.celebrity.outbox_cap.max(1),
             incarnation: 0,

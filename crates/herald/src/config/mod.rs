@@ -214,6 +214,7 @@ pub struct WebSocket {
     pub write_timeout_ms: u64,
     pub max_message_bytes: usize,
     pub max_connections: usize,
+    pub max_devices: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,6 +302,7 @@ impl Default for WebSocket {
             write_timeout_ms: 10_000,
             max_message_bytes: 64 * 1024,
             max_connections: 0,
+            max_devices: 5,
         }
     }
 }
@@ -386,6 +388,9 @@ impl Config {
         }
         if self.gateway.max_batch == 0 || self.gateway.max_body_bytes == 0 {
             bail!("gateway.max_batch and gateway.max_body_bytes must be positive");
+        }
+        if self.websocket.max_devices == 0 {
+            bail!("websocket.max_devices must be positive");
         }
         if self.websocket.queue_capacity == 0 || self.websocket.max_unacked == 0 {
             bail!("websocket.queue_capacity and websocket.max_unacked must be positive");

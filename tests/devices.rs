@@ -1,0 +1,133 @@
+//! Several connections of one user on one node (a phone, a laptop, a tab):
+//! each gets every notification, an ack on any settles it for all (nothing
+//! goes to the inbox, nothing comes back on reconnect), the inbox drains to
+//! one connection only, and past `websocket.max_devices` the oldest closes
+//! with 4000.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use support::{eventually, inbox_ids, Client, Node, Redis};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Every record settled (the fan-out checkpoint can pass them).
+async fn all_settled(node: &Node) -> bool {
+    let (_, m) = node.get("/metrics").await;
+    let text = m.as_str().unwrap_or_default().to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("herald_fanout_in_flight_records"))
+        .collect();
+    !lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_devices_each_get_it_and_one_ack_settles_it() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_WEBSOCKET__MAX_DEVICES", "3")]);
+    let mut phone = Client::connect(&node, 5).await;
+    let mut laptop = Client::connect(&node, 5).await;
+    let mut tab = Client::connect(&node, 5).await;
+
+    let id = node.like(1, 5, "post:a").await;
+    let mut ids = Vec::new();
+    for c in [&mut phone, &mut laptop, &mut tab] {
+        let n = c.notification().await;
+        assert_eq!(n["event_id"], id.as_str(), "{n}");
+        ids.push(n["id"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "one notification id: {ids:?}"
+    );
+    // Only the phone acks: the record settles.
+    phone.ack(&[&ids[0]]).await;
+    eventually("settled by one ack", || async {
+        all_settled(&node).await.then_some(())
+    })
+    .await;
+    // The others close without acking: nothing goes to the inbox, and a
+    // new connection is not sent it again.
+    laptop.close().await;
+    tab.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        inbox_ids(&node, 5).await.is_empty(),
+        "an acked item went to the inbox"
+    );
+    let mut again = Client::connect(&node, 5).await;
+    assert!(
+        again
+            .next_within(Duration::from_millis(800))
+            .await
+            .is_none(),
+        "an acked item was sent again"
+    );
+
+    // Nobody acks: the last copy to go stores it, once.
+    let id2 = node.like(2, 5, "post:b").await;
+    let n = phone.notification().await;
+    assert_eq!(n["event_id"], id2.as_str());
+    let n = again.notification().await;
+    assert_eq!(n["event_id"], id2.as_str());
+    phone.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        inbox_ids(&node, 5).await.is_empty(),
+        "stored while a copy was still out"
+    );
+    again.close().await;
+    eventually("stored by the last copy", || async {
+        (inbox_ids(&node, 5).await.len() == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_drains_to_one_connection_and_the_oldest_goes_past_the_cap() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_WEBSOCKET__MAX_DEVICES", "2")]);
+    // Two notifications wait for user 6.
+    let a = node.like(1, 6, "post:1").await;
+    let b = node.like(2, 6, "post:2").await;
+    eventually("both in the inbox", || async {
+        (inbox_ids(&node, 6).await.len() == 2).then_some(())
+    })
+    .await;
+    let mut first = Client::connect(&node, 6).await;
+    let got: Vec<String> = first
+        .notifications(2)
+        .await
+        .iter()
+        .map(|n| n["event_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(got, vec![a, b]);
+    // A second device: live only, not the inbox again.
+    let mut second = Client::connect(&node, 6).await;
+    assert!(
+        second
+            .next_within(Duration::from_millis(800))
+            .await
+            .is_none(),
+        "the second connection was sent inbox items"
+    );
+    // A third: past the cap, the oldest closes with 4000.
+    let _third = Client::connect(&node, 6).await;
+    let code = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match first.ws.next().await {
+                Some(Ok(Message::Close(c))) => return c.map(|c| u16::from(c.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("no close frame");
+    assert_eq!(code, Some(4000));
+    // The second is now the oldest: it drains what the first left unacked.
+    let n = second.notification().await;
+    assert!(n["event_id"].as_str().is_some(), "{n}");
+}
