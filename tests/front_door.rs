@@ -223,3 +223,26 @@ fn a_big_graph_import_costs_a_small_multiple_of_its_body() {
         "peak RSS grew {grew:.1} MiB for a {body_mib:.1} MiB body"
     );
 }
+
+#[test]
+fn one_address_opening_connections_too_fast_gets_429() {
+    let redis = Redis::start();
+    let mut e = env();
+    // Bursts of 10, then 1 new connection per second.
+    e.push(("HERALD_HTTP__PER_IP_CONNECTIONS", "10"));
+    e.push(("HERALD_HTTP__PER_IP_RATE", "1"));
+    let node = Node::start(&redis, &e);
+    // One connection at a time (each closes after its answer): only the
+    // rate limits them.
+    let codes: Vec<u16> = (0..20)
+        .map(|_| {
+            support::http_blocking(&node.addr, "GET", "/healthz", None, &[])
+                .map(|(s, _)| s)
+                .unwrap_or(0)
+        })
+        .collect();
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    let limited = codes.iter().filter(|c| **c == 429).count();
+    assert!(limited >= 5, "{codes:?}");
+    assert!(ok >= 9, "{codes:?}");
+}

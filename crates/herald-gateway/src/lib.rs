@@ -9,6 +9,7 @@
 
 mod admin;
 mod append;
+mod batch;
 pub mod body;
 pub mod error;
 pub mod forward;

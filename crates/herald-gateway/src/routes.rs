@@ -13,10 +13,10 @@ use herald_types::{ids, WireFormat};
 use serde_json::{json, Value};
 
 use crate::append::append;
-use crate::body::{encoding, parse, read_limited};
+use crate::body::{encoding, read_limited};
 use crate::error::ApiError;
 use crate::http::{authorize, authorize_for, path_user, reject, respond, Scope};
-use crate::{validate, Gateway};
+use crate::Gateway;
 
 /// Most pairs in one graph import request.
 pub const MAX_IMPORT_PAIRS: usize = 1_000_000;
@@ -54,7 +54,7 @@ async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<Str
     }
     let enc = encoding(headers)?;
     let bytes = read_limited(headers, body, gw.cfg.max_body_bytes).await?;
-    let mut events = validate::events(parse(&bytes, enc)?, gw.cfg.max_batch)?;
+    let mut events = crate::batch::events_from(&bytes, enc, gw.cfg.max_batch)?;
     if let Some(l) = &gw.actor_limiter {
         for (i, e) in events.iter().enumerate() {
             if l.check_key(&e.actor).is_err() {

@@ -212,11 +212,11 @@ pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     /// Arbitrary JSON values, biased towards the shapes the decoder reads.
-    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+    pub(crate) fn any_json() -> impl Strategy<Value = serde_json::Value> {
         use serde_json::{json, Value};
         let leaf = prop_oneof![
             Just(Value::Null),
