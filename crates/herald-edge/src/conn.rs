@@ -203,7 +203,16 @@ impl Conn {
                 _ = &mut kicked => return End::Replaced,
                 _ = &mut stopping => return End::Shutdown,
                 d = rx.recv() => {
-                    let Some(first) = d else { return End::Shutdown };
+                    // The queue closes when the registry let go of this
+                    // connection: shutting down, or replaced (the user's
+                    // oldest past the device limit).
+                    let Some(first) = d else {
+                        return if *self.edge.shutdown.borrow() {
+                            End::Shutdown
+                        } else {
+                            End::Replaced
+                        };
+                    };
                     let mut batch = vec![first];
                     while batch.len() < COALESCE {
                         match rx.try_recv() {
