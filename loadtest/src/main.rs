@@ -12,6 +12,7 @@ mod run;
 mod sample;
 mod send;
 mod stats;
+mod storage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,29 @@ enum Command {
     /// The floor: writer CPU per small frame to many loopback sockets, one
     /// frame per write and several (what a push cannot go below here).
     Floor(FloorArgs),
+    /// Redis bytes per waiting notification: offline users' inboxes, and a
+    /// post to offline followers (Redis `used_memory` before and after).
+    Storage(StorageArgs),
+}
+
+#[derive(Args)]
+struct StorageArgs {
+    /// The Herald node (loopback).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    target: SocketAddr,
+    /// The Redis it uses (loopback), read with INFO memory.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    redis: SocketAddr,
+    /// Offline users receiving comments.
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+    /// Comments each.
+    #[arg(long, default_value_t = 10)]
+    per_user: u64,
+    /// Offline followers of one posting account (below the celebrity
+    /// threshold, so the post is written to each inbox; 0 to skip).
+    #[arg(long, default_value_t = 5_000)]
+    followers: u64,
 }
 
 #[derive(Args)]
@@ -273,6 +297,22 @@ fn main() -> anyhow::Result<()> {
                 print!("{table}");
                 println!("comparison: {}", c.out.display());
                 Ok(())
+            }
+            Command::Storage(a) => {
+                check_loopback(&a.target)?;
+                check_loopback(&a.redis)?;
+                anyhow::ensure!(
+                    (1..=1_000_000).contains(&a.users) && (1..=1000).contains(&a.per_user),
+                    "--users 1..=1000000, --per-user 1..=1000"
+                );
+                storage::run(
+                    &a.target.to_string(),
+                    &a.redis.to_string(),
+                    a.users,
+                    a.per_user,
+                    a.followers.min(1_000_000),
+                )
+                .await
             }
             Command::Ingest(a) => {
                 check_loopback(&a.target)?;

@@ -1,0 +1,176 @@
+//! `herald-loadgen storage`: Redis bytes per waiting notification.
+//!
+//! Against a node and the Redis it uses (empty, or at least quiet): reads
+//! `used_memory`, makes `users` offline users each receive `per_user`
+//! comments (short texts), waits until every inbox holds them, reads
+//! `used_memory` again; then one post by an account with `followers`
+//! offline followers. Prints bytes per waiting notification for both
+//! shapes (everything included: keys, structures, indexes).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::http::Conn;
+
+/// `used_memory` of the Redis at `addr`, from `INFO memory`.
+async fn used_memory(addr: &str) -> anyhow::Result<u64> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .context("redis connect timeout")??;
+    s.write_all(b"INFO memory\r\n").await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf[got..])).await??;
+        if n == 0 {
+            break;
+        }
+        got += n;
+        let text = String::from_utf8_lossy(&buf[..got]);
+        if let Some(v) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            if text.contains("mem_fragmentation") || got > 2000 {
+                return Ok(v);
+            }
+        }
+    }
+    bail!("no used_memory in INFO memory from {addr}")
+}
+
+/// The inbox size of `user`, through the node's API.
+async fn pending(conn: &mut Conn, user: u64) -> anyhow::Result<u64> {
+    let (s, body) = conn
+        .request("GET", &format!("/v1/users/{user}/inbox?limit=1"), "application/json", b"")
+        .await?;
+    if s != 200 {
+        bail!("GET inbox of {user}: {s}");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(v["pending"].as_u64().unwrap_or(0))
+}
+
+async fn post(conn: &mut Conn, events: &[serde_json::Value]) -> anyhow::Result<()> {
+    for chunk in events.chunks(1000) {
+        let body = serde_json::json!({ "events": chunk }).to_string();
+        let (s, b) = conn
+            .request("POST", "/v1/events", "application/json", body.as_bytes())
+            .await?;
+        if s != 202 {
+            bail!("POST /v1/events: {s} {}", String::from_utf8_lossy(&b));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `user`'s inbox holds `want` entries (bounded).
+async fn wait_for(conn: &mut Conn, user: u64, want: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if pending(conn, user).await? >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("user {user}'s inbox never reached {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn run(
+    target: &str,
+    redis: &str,
+    users: u64,
+    per_user: u64,
+    followers: u64,
+) -> anyhow::Result<()> {
+    let mut conn = Conn::new(target);
+    // Users 10,000,000 + i: far from anything a seeded graph uses.
+    let base = 10_000_000u64;
+    let before = used_memory(redis).await?;
+    let mut events = Vec::new();
+    for k in 0..per_user {
+        for u in 0..users {
+            events.push(serde_json::json!({
+                "kind": "comment", "actor": base + users + 1 + k, "recipient": base + u,
+                "object": format!("post:{u}:{k}"), "text": "a short comment, thirty-four bytes",
+            }));
+        }
+    }
+    let t = Instant::now();
+    post(&mut conn, &events).await?;
+    drop(events);
+    for u in [0, users / 2, users - 1] {
+        wait_for(&mut conn, base + u, per_user).await?;
+    }
+    // The last partitions settle: wait for the memory to stop growing.
+    let mut after = used_memory(redis).await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = used_memory(redis).await?;
+        if now <= after {
+            break;
+        }
+        after = now;
+    }
+    let n = users * per_user;
+    println!(
+        "inboxes: {users} offline users x {per_user} comments = {n} waiting notifications in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    println!(
+        "  redis used_memory grew {} bytes: {:.0} bytes per waiting notification",
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / n as f64
+    );
+    if followers == 0 {
+        return Ok(());
+    }
+    // One post by an account with `followers` offline followers.
+    let author = base + 5_000_000;
+    let fbase = base + 6_000_000;
+    let pairs: Vec<[u64; 2]> = (0..followers).map(|i| [fbase + i, author]).collect();
+    for chunk in pairs.chunks(100_000) {
+        let body = serde_json::json!({ "follows": chunk }).to_string();
+        let (s, b) = conn
+            .request("POST", "/v1/graph/follows", "application/json", body.as_bytes())
+            .await?;
+        if s != 200 {
+            bail!("import: {s} {}", String::from_utf8_lossy(&b));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = used_memory(redis).await?;
+    post(
+        &mut conn,
+        &[serde_json::json!({
+            "kind": "post", "actor": author, "object": "post:big",
+            "text": "a post of a hundred bytes, give or take: the body is stored for each follower today",
+        })],
+    )
+    .await?;
+    for f in [0, followers / 2, followers - 1] {
+        wait_for(&mut conn, fbase + f, 1).await?;
+    }
+    let mut after = used_memory(redis).await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = used_memory(redis).await?;
+        if now <= after {
+            break;
+        }
+        after = now;
+    }
+    println!(
+        "post: 1 post to {followers} offline followers: redis grew {} bytes, {:.0} bytes per follower",
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / followers as f64
+    );
+    Ok(())
+}
