@@ -47,7 +47,12 @@ async fn used_memory(addr: &str) -> anyhow::Result<u64> {
 /// The inbox size of `user`, through the node's API.
 async fn pending(conn: &mut Conn, user: u64) -> anyhow::Result<u64> {
     let (s, body) = conn
-        .request("GET", &format!("/v1/users/{user}/inbox?limit=1"), "application/json", b"")
+        .request(
+            "GET",
+            &format!("/v1/users/{user}/inbox?limit=1"),
+            "application/json",
+            b"",
+        )
         .await?;
     if s != 200 {
         bail!("GET inbox of {user}: {s}");
@@ -139,7 +144,12 @@ pub async fn run(
     for chunk in pairs.chunks(100_000) {
         let body = serde_json::json!({ "follows": chunk }).to_string();
         let (s, b) = conn
-            .request("POST", "/v1/graph/follows", "application/json", body.as_bytes())
+            .request(
+                "POST",
+                "/v1/graph/follows",
+                "application/json",
+                body.as_bytes(),
+            )
             .await?;
         if s != 200 {
             bail!("import: {s} {}", String::from_utf8_lossy(&b));

@@ -16,17 +16,35 @@ const SNAPSHOT: &str = r#"
 local total = redis.call('ZCARD', KEYS[1])
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 local vals = {}
+local orphans = {}
 local i = 1
 while i <= #ids do
   local j = math.min(i + 499, #ids)
   local part = redis.call('HMGET', KEYS[2], unpack(ids, i, j))
-  for k = 1, #part do vals[#vals + 1] = part[k] end
+  for k = 1, #part do
+    if part[k] then
+      vals[#vals + 1] = part[k]
+    else
+      orphans[#orphans + 1] = ids[i + k - 1]
+    end
+  end
   i = j + 1
+end
+-- Ids whose payload is gone (the two keys' lifetimes differed): removed.
+if #orphans > 0 then
+  redis.call('ZREM', KEYS[1], unpack(orphans))
+  total = total - #orphans
 end
 local dropped = 0
 if ARGV[2] == '1' then
   dropped = tonumber(redis.call('GET', KEYS[3]) or '0')
   if dropped > 0 then redis.call('DEL', KEYS[3]) end
+  -- The user is here: the inbox lives its idle lifetime from now.
+  local ttl = tonumber(ARGV[3])
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[1], ttl)
+    redis.call('EXPIRE', KEYS[2], ttl)
+  end
 end
 return {total, vals, dropped}
 "#;
@@ -73,6 +91,25 @@ impl Store {
                 .ignore();
             p.cmd("ZCARD").arg(&z);
         }
+        // An inbox lives its idle lifetime from its first entry, or from
+        // its user's last connection (refreshed at hello): a user who
+        // never comes back does not keep memory forever.
+        if let Some(ttl) = self.cfg.inbox_idle_ttl {
+            let mut seen: Vec<UserId> = Vec::new();
+            for (user, _) in items {
+                if seen.contains(user) {
+                    continue;
+                }
+                seen.push(*user);
+                for k in ["inbox", "inbox:data"] {
+                    p.cmd("EXPIRE")
+                        .arg(ukey(*user, k))
+                        .arg(ttl.as_secs().max(1))
+                        .arg("NX")
+                        .ignore();
+                }
+            }
+        }
         let sizes: Vec<u64> = self.run(&p).await?;
         let cap = self.cfg.inbox_cap as u64;
         let mut over: Vec<(UserId, u64)> = Vec::new();
@@ -110,6 +147,12 @@ impl Store {
             .arg(ukey(user, "inbox:dropped"))
             .arg(popped.len())
             .ignore();
+        if let Some(ttl) = self.cfg.inbox_idle_ttl {
+            p.cmd("EXPIRE")
+                .arg(ukey(user, "inbox:dropped"))
+                .arg(ttl.as_secs().max(1))
+                .ignore();
+        }
         self.run::<()>(&p).await?;
         tracing::debug!(
             user,
@@ -177,7 +220,8 @@ impl Store {
             .key(ukey(user, "inbox:data"))
             .key(ukey(user, "inbox:dropped"))
             .arg(limit.max(1))
-            .arg(if take_dropped { "1" } else { "0" });
+            .arg(if take_dropped { "1" } else { "0" })
+            .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)));
         let (pending, payloads, dropped): (u64, Vec<Option<Vec<u8>>>, u64) =
             self.invoke(&inv).await?;
         let mut items = Vec::with_capacity(payloads.len());

@@ -11,6 +11,12 @@
 //! | `h:{u:ID}:inbox` | sorted set | notification ids, scored by acceptance time (µs) |
 //! | `h:{u:ID}:inbox:data` | hash | notification id -> stored notification |
 //! | `h:{u:ID}:inbox:dropped` | string | entries the cap dropped since the user's last hello |
+//!
+//! The three inbox keys expire `redis.inbox_idle_ttl_s` (30 days) after the
+//! inbox's first entry or the user's last connection, whichever is later.
+//!
+//! | key | type | holds |
+//! |---|---|---|
 //! | `h:{u:ID}:nodes` | hash | node -> incarnation, for each node holding a connection of ID |
 //! | `h:{nodes}:alive:NODE`, `h:{nodes}:list` | string with a TTL, set | which nodes are alive (and their incarnation) |
 //! | `h:dedup:KEY` | string | event id that first claimed a client key, with a TTL |
@@ -100,6 +106,9 @@ pub struct StoreConfig {
     pub cluster_nodes: Vec<String>,
     /// Most notifications kept per inbox; the oldest go first.
     pub inbox_cap: usize,
+    /// An inbox expires this long after its first entry or its user's last
+    /// connection, whichever is later (None: never).
+    pub inbox_idle_ttl: Option<Duration>,
     /// How long a client idempotency key is remembered.
     pub dedup_ttl: Duration,
     /// Presence entries expire unless refreshed.
@@ -116,6 +125,7 @@ impl Default for StoreConfig {
             url: "redis://127.0.0.1:6379".into(),
             cluster_nodes: Vec::new(),
             inbox_cap: 1000,
+            inbox_idle_ttl: Some(Duration::from_secs(30 * 86_400)),
             dedup_ttl: Duration::from_secs(24 * 3600),
             presence_ttl: Duration::from_secs(90),
             timeout: Duration::from_secs(5),

@@ -35,6 +35,8 @@ impl Config {
             url: self.redis.url.clone(),
             cluster_nodes: self.redis.cluster_nodes.clone(),
             inbox_cap: self.redis.inbox_cap,
+            inbox_idle_ttl: (self.redis.inbox_idle_ttl_s > 0)
+                .then(|| Duration::from_secs(self.redis.inbox_idle_ttl_s)),
             dedup_ttl: Duration::from_secs(self.redis.dedup_ttl_s),
             presence_ttl: Duration::from_secs(self.redis.presence_ttl_s),
             timeout: Duration::from_millis(self.redis.timeout_ms),

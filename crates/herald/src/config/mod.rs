@@ -170,6 +170,7 @@ pub struct Redis {
     pub cluster_nodes: Vec<String>,
     pub timeout_ms: u64,
     pub inbox_cap: usize,
+    pub inbox_idle_ttl_s: u64,
     pub dedup_ttl_s: u64,
     pub presence_ttl_s: u64,
 }
@@ -251,6 +252,7 @@ impl Default for Redis {
             cluster_nodes: Vec::new(),
             timeout_ms: 5000,
             inbox_cap: 1000,
+            inbox_idle_ttl_s: 30 * 86_400,
             dedup_ttl_s: 86_400,
             presence_ttl_s: 90,
         }
