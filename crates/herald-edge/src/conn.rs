@@ -337,10 +337,14 @@ impl Conn {
     async fn push_live(&mut self, batch: Vec<Delivery>) -> Result<(), End> {
         let now = Instant::now();
         let mut msgs = Vec::with_capacity(batch.len());
+        // Acceptance times (µs) of what is written, for the latency
+        // histogram once the write succeeded.
+        let mut accepted: Vec<u64> = Vec::with_capacity(batch.len());
         for d in batch {
             match d {
                 Delivery::Direct(d) => {
                     msgs.push(frames::notification(&d.n, self.fmt));
+                    accepted.push(d.n.order);
                     let id = d.n.id.clone();
                     let kind = Kind::Live(d);
                     // A re-push of something already pending replaces it
@@ -359,6 +363,7 @@ impl Conn {
                         continue;
                     }
                     msgs.push(f.message(self.fmt));
+                    accepted.push(f.order);
                     let kind = Kind::Outbox {
                         celebrity: f.celebrity,
                         order: f.order,
@@ -374,6 +379,13 @@ impl Conn {
         let n = msgs.len() as u64;
         self.send(msgs).await.map_err(|_| End::SlowWrite)?;
         self.edge.metrics.delivered_live.increment(n);
+        let now_us = herald_types::now_us();
+        for a in accepted {
+            // Acceptance time is the gateway's clock; across nodes a skew
+            // shows here (never negative).
+            let us = now_us.saturating_sub(a);
+            self.edge.metrics.latency.record(us as f64 / 1e6);
+        }
         if self.unacked.len() > self.edge.cfg.max_unacked {
             self.spill_oldest().await;
         }

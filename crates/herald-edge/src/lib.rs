@@ -123,6 +123,8 @@ pub(crate) struct EdgeMetrics {
     pub delivered_live: metrics::Counter,
     pub delivered_inbox: metrics::Counter,
     pub acks: metrics::Counter,
+    /// Event accepted (by the gateway) to live frame written (here).
+    pub latency: metrics::Histogram,
 }
 
 impl EdgeMetrics {
@@ -132,6 +134,7 @@ impl EdgeMetrics {
             delivered_live: metrics::counter!("herald_notifications_delivered_total", "source" => "live"),
             delivered_inbox: metrics::counter!("herald_notifications_delivered_total", "source" => "inbox"),
             acks: metrics::counter!("herald_acks_total"),
+            latency: metrics::histogram!("herald_delivery_latency_seconds"),
         }
     }
 }

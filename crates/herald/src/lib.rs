@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 mod door;
 mod ops;
+mod ops_describe;
 
 use std::future::Future;
 use std::sync::Arc;

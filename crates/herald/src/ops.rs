@@ -31,12 +31,13 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
             let b = PrometheusBuilder::new()
                 .set_buckets(&[
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0,
+                    0.5, 1.0, 2.5, 5.0,
                 ])
                 .ok()?;
             let recorder = b.build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            crate::ops_describe::describe();
             Some(handle)
         })
         .clone()
@@ -132,6 +133,7 @@ async fn render(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Respo
             None => return herald_gateway::ApiError::unauthorized().into_response(),
         }
     }
+    crate::ops_describe::sample_process();
     let text = ops.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

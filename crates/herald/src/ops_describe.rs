@@ -1,0 +1,207 @@
+//! Help text for every metric (Prometheus `# HELP`), and the process
+//! metrics people expect beside them (CPU, memory, open files).
+
+/// Registers the description of every metric Herald records.
+pub fn describe() {
+    use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h, Unit};
+    c!(
+        "herald_events_accepted_total",
+        "Events answered 202 (durable in the log of their partition's owner)."
+    );
+    c!(
+        "herald_gateway_rejected_total",
+        "HTTP requests refused, by error code."
+    );
+    c!(
+        "herald_http_refused_total",
+        "Connections refused or limited at the front door, by reason (capacity, address_limit)."
+    );
+    g!(
+        "herald_http_connections",
+        "Open HTTP connections (WebSockets included)."
+    );
+    h!(
+        "herald_log_append_seconds",
+        Unit::Seconds,
+        "Time for one log append request to become durable."
+    );
+    g!(
+        "herald_log_quarantined_ranges",
+        "Corrupt log ranges moved aside and not yet acknowledged by an operator."
+    );
+    c!(
+        "herald_fanout_events_total",
+        "Events processed by the fan-out workers."
+    );
+    c!(
+        "herald_fanout_duplicates_total",
+        "Events skipped because their idempotency key was already claimed."
+    );
+    c!(
+        "herald_fanout_skipped_records_total",
+        "Log records skipped by the fan-out workers."
+    );
+    c!(
+        "herald_fanout_undecodable_total",
+        "Log records that could not be decoded."
+    );
+    c!(
+        "herald_fanout_read_errors_total",
+        "Failed reads of the log by the fan-out workers."
+    );
+    c!(
+        "herald_fanout_redis_errors_total",
+        "Redis steps of the fan-out that failed (retried)."
+    );
+    c!(
+        "herald_fanout_position_reset_total",
+        "Consumer positions found past the end of their partition and reset."
+    );
+    g!(
+        "herald_fanout_in_flight_records",
+        "Records handed on and not yet settled (acked or stored), by partition."
+    );
+    g!(
+        "herald_fanout_lag_records",
+        "Records between the committed consumer position and the end of the log, by partition."
+    );
+    c!(
+        "herald_dead_letters_total",
+        "Records kept as dead letters, by reason."
+    );
+    c!("herald_notifications_total", "Notifications by route: pushed live, queued to the inbox, moved on ack timeout or close, waiting in a bucket.");
+    c!(
+        "herald_notifications_delivered_total",
+        "Notifications written to a WebSocket, by source (live, inbox)."
+    );
+    c!(
+        "herald_notifications_dropped_total",
+        "Notifications dropped, by reason (inbox_full)."
+    );
+    c!(
+        "herald_notifications_rerouted_total",
+        "Pushes sent to the inbox instead, by reason (slow_consumer)."
+    );
+    c!(
+        "herald_notifications_folded_total",
+        "Notifications folded into aggregates."
+    );
+    h!("herald_delivery_latency_seconds", Unit::Seconds, "From the event's acceptance by a gateway to its frame written to a WebSocket (live pushes and celebrity broadcasts).");
+    c!(
+        "herald_buckets_released_total",
+        "Quiet-hour and digest buckets released, by bucket."
+    );
+    c!("herald_acks_total", "Ids acknowledged by clients.");
+    g!("herald_connections", "Open WebSocket connections.");
+    c!("herald_ws_frames_sent_total", "WebSocket frames written.");
+    c!(
+        "herald_ws_closed_total",
+        "WebSocket connections ended, by reason."
+    );
+    c!(
+        "herald_ws_refused_total",
+        "WebSocket upgrades refused, by reason."
+    );
+    c!(
+        "herald_ws_bad_frames_total",
+        "Client frames the server could not use."
+    );
+    c!(
+        "herald_celebrity_posts_total",
+        "Posts of celebrity accounts (pull path)."
+    );
+    c!(
+        "herald_celebrity_broadcasts_total",
+        "Celebrity posts broadcast to this node's connected followers."
+    );
+    c!(
+        "herald_celebrity_pushes_total",
+        "Frames of celebrity posts pushed to connected followers."
+    );
+    c!(
+        "herald_outbox_reads_total",
+        "Celebrity outbox reads, by source (cache, redis)."
+    );
+    c!(
+        "herald_spill_overflow_total",
+        "Closed connections' leftovers that the background writer could not take."
+    );
+    c!(
+        "herald_later_writes_overflow_total",
+        "Writes left by an edge that fan-out's writer could not take."
+    );
+    g!(
+        "herald_partitions_owned",
+        "Log partitions this node holds the lease of (cluster)."
+    );
+    c!(
+        "herald_forwarded_events_total",
+        "Events handed to the node that owns their partition (cluster)."
+    );
+    c!(
+        "herald_proxied_requests_total",
+        "HTTP requests an edge node passed to an ingest node (cluster)."
+    );
+    c!(
+        "herald_relay_pushes_total",
+        "Pushes handed to other nodes (cluster)."
+    );
+    c!(
+        "herald_relay_unanswered_total",
+        "Pushes to other nodes never answered, written to the inbox (cluster)."
+    );
+    c!(
+        "herald_relay_answers_dropped_total",
+        "Answers to other nodes that could not be queued (cluster)."
+    );
+    c!(
+        "herald_relay_broadcasts_dropped_total",
+        "Broadcasts to other nodes that could not be queued (cluster)."
+    );
+    g!("process_cpu_seconds_total", Unit::Seconds, "CPU time of the process (user and system), in seconds (a gauge: the metrics crate's counters are integers).");
+    g!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory of the process."
+    );
+    g!(
+        "process_open_fds",
+        "Open file descriptors (sockets included)."
+    );
+    g!("process_max_fds", "The open-file limit.");
+}
+
+/// Reads this process's CPU, memory and descriptors from `/proc`.
+pub fn sample_process() {
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces).
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 (11 and 12 after ')').
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            metrics::gauge!("process_cpu_seconds_total").set((t(11) + t(12)) / ticks);
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(kb) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        {
+            metrics::gauge!("process_resident_memory_bytes").set(kb * 1024.0);
+        }
+    }
+    if let Ok(d) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("process_open_fds").set(d.count() as f64);
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        metrics::gauge!("process_max_fds").set(lim.rlim_cur as f64);
+    }
+}
