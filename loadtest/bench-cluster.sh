@@ -31,6 +31,7 @@ timeout 900 target/release/herald-loadgen run --scenario custom --clients "$clie
 h1=$(ticks $pids) r1=$(ticks $rpids)
 grep -v "^\[" "$HERALD_CLUSTER_DIR/lg.out" | grep -v "^reports:" | grep -v "^seeding"
 delivered=$(awk '/^notifications/{for(i=1;i<=NF;i++) if($i=="live"){gsub(",","",$(i+1)); print $(i+1)}}' "$HERALD_CLUSTER_DIR/lg.out")
-echo "herald cpu_s $(echo "($h1-$h0)/100" | bc -l | cut -c1-6) (all $nodes nodes), redis cpu_s $(echo "($r1-$r0)/100" | bc -l | cut -c1-6)"
-echo "herald us/notification $(echo "($h1-$h0)*10000/$delivered" | bc -l | cut -c1-6) (live notifications: $delivered)"
+hz=$(getconf CLK_TCK)
+echo "herald cpu_s $(echo "($h1-$h0)/$hz" | bc -l | cut -c1-6) (all $nodes nodes), redis cpu_s $(echo "($r1-$r0)/$hz" | bc -l | cut -c1-6)"
+echo "herald us/notification $(echo "($h1-$h0)*1000000/$hz/$delivered" | bc -l | cut -c1-6) (live notifications: $delivered)"
 deploy/cluster.sh down >/dev/null

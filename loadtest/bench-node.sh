@@ -26,7 +26,7 @@ hp=$!
 sleep 1
 timeout 900 target/release/herald-loadgen run --scenario "${SCENARIO:-custom}" --clients "$clients" --rate "$rate" \
     --duration "$secs" ${LOADGEN_ARGS:-} --target 127.0.0.1:7401 --herald-pid "$hp" --out "$dir/reports" >"$dir/lg.out" 2>&1 || true
-awk '{print "herald cpu_s", ($14+$15)/100}' "/proc/$hp/stat"
+awk -v hz="$(getconf CLK_TCK)" '{print "herald cpu_s", ($14+$15)/hz}' "/proc/$hp/stat"
 curl -s 127.0.0.1:7401/metrics | grep -E '^herald_notifications_total\{route="pushed"\}|^herald_log_append_seconds_(sum|count)' || true
 grep -v "^\[" "$dir/lg.out" | grep -v "^reports:"
 kill "$hp"

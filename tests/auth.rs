@@ -183,3 +183,50 @@ fn production_refuses_placeholder_secrets() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The load generator drives a node configured as in production: API
+/// keys, no development mode, users with their own tokens.
+#[test]
+fn the_load_generator_drives_a_production_config_node() {
+    let redis = Redis::start();
+    let node = Node::start(
+        &redis,
+        &[
+            ("HERALD_GATEWAY__API_KEYS", &format!("[\"{INGEST}\"]")),
+            ("HERALD_AUTH__JWT_SECRET", SECRET),
+            ("HERALD_WEBSOCKET__DEV_MODE", "false"),
+        ],
+    );
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = support::loadgen(
+        &node,
+        &[
+            "run",
+            "--scenario",
+            "smoke",
+            "--clients",
+            "100",
+            "--rate",
+            "100",
+            "--duration",
+            "3",
+            "--strict",
+            "--api-key",
+            INGEST,
+            "--jwt-secret",
+            SECRET,
+        ],
+        out.path(),
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        support::summary_row(&stdout, "lost").as_deref(),
+        Some("0"),
+        "{stdout}"
+    );
+}

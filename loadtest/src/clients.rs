@@ -45,6 +45,31 @@ fn seq_of(text: &Option<String>) -> Option<u64> {
     text.as_deref()?.strip_prefix("lg:")?.parse().ok()
 }
 
+/// With `--jwt-secret`: clients connect with an HS256 token of their own
+/// (as in production) instead of `?user=` (development mode).
+static JWT_SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn set_jwt_secret(secret: String) {
+    let _ = JWT_SECRET.set(secret);
+}
+
+fn ws_url(addr: SocketAddr, user: u64) -> String {
+    match JWT_SECRET.get() {
+        Some(secret) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            match herald_auth::mint_hs256(secret, user, now, Duration::from_secs(3600), None, None)
+            {
+                Ok(t) => format!("ws://{addr}/v1/ws?token={t}"),
+                Err(_) => format!("ws://{addr}/v1/ws?user={user}"),
+            }
+        }
+        None => format!("ws://{addr}/v1/ws?user={user}"),
+    }
+}
+
 pub struct ClientSpec {
     /// Every node; the client starts at `first` and moves to the next
     /// when it cannot connect (a node died).
@@ -65,7 +90,7 @@ async fn connect(spec: &ClientSpec, addr: SocketAddr) -> anyhow::Result<Ws> {
     ))?;
     let stream = tokio::time::timeout(Duration::from_secs(10), sock.connect(addr)).await??;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{}/v1/ws?user={}", addr, spec.user);
+    let url = ws_url(addr, spec.user);
     // A small read buffer: tungstenite zero-fills its whole read buffer
     // (128 KiB by default) on every read, which dominated the generator's CPU.
     let cfg = WebSocketConfig::default()
@@ -96,7 +121,10 @@ pub async fn run(
             Err(_) => {
                 stats.connect_errors.fetch_add(1, Ordering::Relaxed);
                 at += 1;
-                tokio::time::sleep(backoff).await;
+                // Full jitter: thousands of clients do not retry in step.
+                let jitter = (spec.user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64
+                    / (1u64 << 24) as f64;
+                tokio::time::sleep(backoff.mul_f64(0.5 + jitter / 2.0)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }

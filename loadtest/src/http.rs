@@ -8,6 +8,15 @@ use anyhow::{anyhow, bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+/// The API key sent with every request (`--api-key`), for nodes that
+/// need one; set once at start.
+static API_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sends `Authorization: Bearer <key>` on every request from now on.
+pub fn set_api_key(key: String) {
+    let _ = API_KEY.set(key);
+}
+
 pub struct Conn {
     addr: String,
     stream: Option<BufReader<TcpStream>>,
@@ -68,8 +77,12 @@ impl Conn {
             .stream
             .as_mut()
             .ok_or_else(|| anyhow!("no connection"))?;
+        let auth = API_KEY
+            .get()
+            .map(|k| format!("authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{auth}\r\n",
             self.addr,
             body.len()
         );

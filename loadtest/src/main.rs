@@ -210,6 +210,13 @@ struct RunArgs {
     /// is imported through the first.
     #[arg(long)]
     targets: Option<String>,
+    /// An API key sent with every HTTP request (a node with keys).
+    #[arg(long, env = "HERALD_LOADGEN_API_KEY")]
+    api_key: Option<String>,
+    /// Connect clients with HS256 tokens signed with this secret (a node
+    /// outside development mode) instead of `?user=`.
+    #[arg(long, env = "HERALD_LOADGEN_JWT_SECRET")]
+    jwt_secret: Option<String>,
     /// Nodes may die during the run: events carry idempotency keys and a
     /// refused or failed batch is sent again (to the next target) for up to
     /// 60 s; clients that cannot connect move to the next target.
@@ -324,6 +331,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn run_cmd(mut a: RunArgs) -> anyhow::Result<()> {
     check_loopback(&a.graph.target)?;
+    if let Some(k) = a.api_key.take() {
+        http::set_api_key(k);
+    }
+    if let Some(s) = a.jwt_secret.take() {
+        clients::set_jwt_secret(s);
+    }
     let targets: Vec<SocketAddr> = match &a.targets {
         Some(list) => list
             .split(',')
