@@ -304,3 +304,48 @@ async fn the_reverse_herd_thousands_of_likes_a_second_fold_into_a_few_frames() {
     }
     assert!(frames < 200, "6,000 likes took {frames} frames");
 }
+
+/// Followers' acks of a celebrity post move their cursors in memory: no
+/// Redis write per ack. The cursors reach Redis when the connections close
+/// (or every `websocket.cursor_flush_ms`), and a follower who comes back
+/// is not sent the post again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_of_a_celebrity_post_cost_no_write_each() {
+    let redis = Redis::start();
+    let node = Node::start(
+        &redis,
+        &[
+            ("HERALD_CELEBRITY__THRESHOLD", "100"),
+            ("HERALD_WEBSOCKET__CURSOR_FLUSH_MS", "600000"),
+        ],
+    );
+    import(&node, (1000..1300).map(|f| [f, CELEB]).collect()).await;
+    let mut online = Vec::new();
+    for u in 1000..1300 {
+        online.push(Client::connect(&node, u).await);
+    }
+    let before = redis.command_calls();
+    post(&node, CELEB, "post:acked").await;
+    for c in online.iter_mut() {
+        let n = c.notification().await;
+        assert_eq!(n["object"], "post:acked");
+        c.ack(&[n["id"].as_str().unwrap()]).await;
+    }
+    // Every ack is in (a like to each, acked after the post, arrives).
+    sentinels(&node, &mut online, "post:sentinel").await;
+    let w = writes(&before, &redis.command_calls());
+    // The post (2), and the sentinel likes pushed live (none each).
+    assert!(w <= 4, "300 acks of one post cost {w} Redis writes");
+    // They close: the cursors are written then; back, nothing comes again.
+    for c in online.drain(..100) {
+        c.close().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for u in 1000..1100 {
+        let mut back = Client::connect(&node, u).await;
+        assert!(
+            back.next_within(Duration::from_millis(100)).await.is_none(),
+            "user {u} was sent the acked post again"
+        );
+    }
+}

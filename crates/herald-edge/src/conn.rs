@@ -47,6 +47,11 @@ pub(crate) struct Conn {
     sink: SplitSink<WebSocket, Message>,
     pub unacked: HashMap<String, Pending>,
     last_seen: Instant,
+    /// Outbox cursors acked and not yet written to Redis (celebrity, order
+    /// of the newest entry acked): written at most once per
+    /// `cursor_flush` and on close, never once per ack.
+    pub cursors: Vec<(UserId, u64)>,
+    cursors_at: Instant,
 }
 
 /// Why frames could not be written.
@@ -120,6 +125,8 @@ pub async fn serve(edge: Arc<Edge>, socket: WebSocket, user: UserId, fmt: WireFo
         sink,
         unacked: HashMap::new(),
         last_seen: Instant::now(),
+        cursors: Vec::new(),
+        cursors_at: Instant::now(),
     };
     let end = c.run(&mut stream, &mut rx, &poke, &kick).await;
     tracing::debug!(user, reason = end.as_str(), "connection ended");
@@ -311,6 +318,9 @@ impl Conn {
             }
         }
         self.sweep().await;
+        if self.cursors_at.elapsed() >= self.edge.cfg.cursor_flush {
+            self.flush_cursors().await;
+        }
         Ok(())
     }
 
@@ -419,9 +429,10 @@ impl Conn {
                         tracing::warn!(user = self.user, error = %e, "ack not applied to inbox; will redeliver");
                     }
                 }
-                if !seen.is_empty() {
-                    if let Err(e) = self.edge.store.outbox_seen(self.user, &seen).await {
-                        tracing::warn!(user = self.user, error = %e, "outbox cursor not moved; will redeliver");
+                for (c, order) in seen {
+                    match self.cursors.iter_mut().find(|(x, _)| *x == c) {
+                        Some(e) => e.1 = e.1.max(order),
+                        None => self.cursors.push((c, order)),
                     }
                 }
             }
@@ -430,6 +441,21 @@ impl Conn {
                 let _ = self
                     .send(vec![frames::error("bad_frame", &why, self.fmt)])
                     .await;
+            }
+        }
+    }
+
+    /// Writes the outbox cursors acked since the last write (one pipeline);
+    /// kept for the next try when Redis does not answer.
+    pub(crate) async fn flush_cursors(&mut self) {
+        self.cursors_at = Instant::now();
+        if self.cursors.is_empty() {
+            return;
+        }
+        match self.edge.store.outbox_seen(self.user, &self.cursors).await {
+            Ok(()) => self.cursors.clear(),
+            Err(e) => {
+                tracing::warn!(user = self.user, error = %e, "outbox cursors not written; retrying later")
             }
         }
     }
@@ -521,6 +547,7 @@ impl Conn {
     /// everything still queued, goes to the inbox.
     async fn settle_on_close(&mut self, rx: &mut mpsc::Receiver<Delivery>) {
         rx.close();
+        self.flush_cursors().await;
         let mut left: Vec<(Notification, Settle)> = Vec::new();
         // Copies another device of the user still holds (or acked) are
         // only dropped; the last copy nobody acked is stored.

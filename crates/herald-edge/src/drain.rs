@@ -24,7 +24,13 @@ impl Conn {
         if owners.is_empty() {
             return Ok(Vec::new());
         }
-        let cursors = self.edge.store.outbox_cursors(self.user, &owners).await?;
+        let mut cursors = self.edge.store.outbox_cursors(self.user, &owners).await?;
+        // Acks not yet written to Redis count too.
+        for c in &mut cursors {
+            if let Some((_, local)) = self.cursors.iter().find(|(x, _)| *x == c.celebrity) {
+                c.seen = Some(c.seen.map_or(*local, |s| s.max(*local)));
+            }
+        }
         for c in &cursors {
             self.edge
                 .index

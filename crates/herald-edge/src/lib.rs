@@ -44,6 +44,9 @@ pub struct EdgeConfig {
     pub jwt: Option<Arc<herald_auth::Verifier>>,
     /// Connections per user on this node; past it the oldest closes (4000).
     pub max_devices: usize,
+    /// How often a connection writes the outbox cursors its acks moved
+    /// (and on close): at most once per interval, not once per ack.
+    pub cursor_flush: Duration,
     /// Notifications queued per connection before fan-out uses the inbox.
     pub queue_capacity: usize,
     /// Most notifications sent and not yet acked per connection; past it
@@ -78,6 +81,7 @@ impl Default for EdgeConfig {
             dev_mode: false,
             jwt: None,
             max_devices: 5,
+            cursor_flush: Duration::from_secs(10),
             queue_capacity: 1024,
             max_unacked: 4096,
             ack_timeout: Duration::from_secs(30),

@@ -119,6 +119,7 @@ impl Config {
             max_message_bytes: w.max_message_bytes,
             max_connections,
             max_devices: w.max_devices,
+            cursor_flush: Duration::from_millis(w.cursor_flush_ms.max(100)),
             broadcast_chunk: self.celebrity.broadcast_chunk.max(1),
             outbox_cap: self.celebrity.outbox_cap.max(1),
             incarnation: 0,

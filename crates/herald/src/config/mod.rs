@@ -216,6 +216,7 @@ pub struct WebSocket {
     pub max_message_bytes: usize,
     pub max_connections: usize,
     pub max_devices: usize,
+    pub cursor_flush_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,6 +306,7 @@ impl Default for WebSocket {
             max_message_bytes: 64 * 1024,
             max_connections: 0,
             max_devices: 5,
+            cursor_flush_ms: 10_000,
         }
     }
 }
