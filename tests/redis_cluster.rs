@@ -75,7 +75,7 @@ async fn a_master_failover_heals_by_itself() {
     let n = online.notification().await;
     online.ack(&[n["id"].as_str().unwrap_or_default()]).await;
     // Kill the master that serves user 2's inbox (user 2 stays offline).
-    let victim = cluster.master_of("h:{u:2}:inbox");
+    let victim = cluster.master_of("h:{u:2}:ib");
     cluster.nodes[victim].kill9();
     let killed = Instant::now();
     let mut ids = Vec::new();

@@ -5,7 +5,9 @@
 //! comments (short texts), waits until every inbox holds them, reads
 //! `used_memory` again; then one post by an account with `followers`
 //! offline followers. Prints bytes per waiting notification for both
-//! shapes (everything included: keys, structures, indexes).
+//! shapes (everything included: keys, structures, indexes, and the feed
+//! entry each notification also gets), and the split between inbox and
+//! feed from `MEMORY USAGE` of a sample of users' keys.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,62 @@ async fn used_memory(addr: &str) -> anyhow::Result<u64> {
         }
     }
     bail!("no used_memory in INFO memory from {addr}")
+}
+
+/// One Redis command (arguments without spaces), its first reply line.
+async fn redis_cmd(addr: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .context("redis connect timeout")??;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("");
+    // A bulk string's text is on the next line.
+    Ok(match first.starts_with('$') {
+        true => lines.next().unwrap_or("").to_string(),
+        false => first.to_string(),
+    })
+}
+
+/// Mean `MEMORY USAGE` of `h:{u:ID}:<suffix>` over up to 200 of `users`.
+async fn key_bytes(addr: &str, users: &[u64], suffix: &str) -> anyhow::Result<f64> {
+    let step = (users.len() / 200).max(1);
+    let (mut sum, mut n) = (0u64, 0u64);
+    for u in users.iter().step_by(step) {
+        let r = redis_cmd(
+            addr,
+            &[
+                "MEMORY",
+                "USAGE",
+                &format!("h:{{u:{u}}}:{suffix}"),
+                "SAMPLES",
+                "0",
+            ],
+        )
+        .await?;
+        if let Some(v) = r.strip_prefix(':').and_then(|v| v.parse::<u64>().ok()) {
+            sum += v;
+            n += 1;
+        }
+    }
+    Ok(if n == 0 { 0.0 } else { sum as f64 / n as f64 })
+}
+
+/// The encoding Redis chose for `h:{u:ID}:<suffix>`.
+async fn encoding(addr: &str, user: u64, suffix: &str) -> String {
+    redis_cmd(
+        addr,
+        &["OBJECT", "ENCODING", &format!("h:{{u:{user}}}:{suffix}")],
+    )
+    .await
+    .unwrap_or_default()
 }
 
 /// The inbox size of `user`, through the node's API.
@@ -130,9 +188,19 @@ pub async fn run(
         t.elapsed().as_secs_f64()
     );
     println!(
-        "  redis used_memory grew {} bytes: {:.0} bytes per waiting notification",
+        "  redis used_memory grew {} bytes: {:.0} bytes per waiting notification with its feed entry",
         after.saturating_sub(before),
         after.saturating_sub(before) as f64 / n as f64
+    );
+    let sample: Vec<u64> = (0..users).map(|u| base + u).collect();
+    let ib = key_bytes(redis, &sample, "ib").await?;
+    let fd = key_bytes(redis, &sample, "fd").await?;
+    println!(
+        "  MEMORY USAGE per user: inbox {ib:.0} bytes ({:.0} per waiting notification, {}), feed {fd:.0} bytes ({:.0} per feed entry, {})",
+        ib / per_user as f64,
+        encoding(redis, base, "ib").await.trim_start_matches('+'),
+        fd / per_user as f64,
+        encoding(redis, base, "fd").await.trim_start_matches('+'),
     );
     if followers == 0 {
         return Ok(());
@@ -161,7 +229,7 @@ pub async fn run(
         &mut conn,
         &[serde_json::json!({
             "kind": "post", "actor": author, "object": "post:big",
-            "text": "a post of a hundred bytes, give or take: the body is stored for each follower today",
+            "text": "a post of a hundred bytes, give or take: its body is stored once for all its followers",
         })],
     )
     .await?;
@@ -178,7 +246,7 @@ pub async fn run(
         after = now;
     }
     println!(
-        "post: 1 post to {followers} offline followers: redis grew {} bytes, {:.0} bytes per follower",
+        "post: 1 post to {followers} offline followers: redis grew {} bytes, {:.0} bytes per follower (inbox and feed entry)",
         after.saturating_sub(before),
         after.saturating_sub(before) as f64 / followers as f64
     );

@@ -283,7 +283,9 @@ impl Conn {
         if !self.edge.is_primary(self.user, self.id) {
             // Another connection of this user here drains the inbox; this
             // one gets live pushes (and the drain if it becomes primary).
-            let hello = frames::hello(self.user, 0, 0, self.fmt);
+            let unread = self.edge.store.feed_unread(self.user).await;
+            let unread = unread.unwrap_or_default();
+            let hello = frames::hello(self.user, 0, 0, unread, self.fmt);
             if self.send(vec![hello]).await.is_err() {
                 return Err(End::SlowWrite);
             }
@@ -293,7 +295,7 @@ impl Conn {
         let unsynced = waiting.is_none();
         let (snap, pulled) = waiting.unwrap_or_default();
         let total = snap.pending + pulled.len() as u64;
-        let hello = frames::hello(self.user, total, snap.dropped, self.fmt);
+        let hello = frames::hello(self.user, total, snap.dropped, snap.unread, self.fmt);
         if self.send(vec![hello]).await.is_err() {
             return Err(End::SlowWrite);
         }

@@ -20,6 +20,8 @@ struct Hello {
     /// when none).
     #[serde(skip_serializing_if = "is_zero")]
     dropped: u64,
+    /// Unread entries of the user's feed.
+    unread: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -61,13 +63,14 @@ fn encode<T: Serialize>(v: &T, fmt: WireFormat) -> Message {
     message(Bytes::from(bytes), fmt)
 }
 
-pub fn hello(user: UserId, pending: u64, dropped: u64, fmt: WireFormat) -> Message {
+pub fn hello(user: UserId, pending: u64, dropped: u64, unread: u64, fmt: WireFormat) -> Message {
     encode(
         &Hello {
             ty: "hello",
             user,
             pending,
             dropped,
+            unread,
         },
         fmt,
     )

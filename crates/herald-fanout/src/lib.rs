@@ -20,6 +20,7 @@
 mod aggregate;
 mod dead;
 mod digest;
+mod feed;
 mod lease;
 mod plan;
 mod relay;
@@ -132,6 +133,8 @@ impl Fanout {
         let mut workers = Vec::new();
         let mut committers = Vec::new();
         let mut statuses = Vec::new();
+        let (feed, feed_task) =
+            feed::FeedWriter::start(store.clone(), settlements.clone(), stop_rx.clone());
         for (p, tracker) in settlements.trackers().iter().enumerate() {
             let p = p as u32;
             let start = tracker.committable();
@@ -151,6 +154,7 @@ impl Fanout {
                 cfg: cfg.clone(),
                 stop: stop_rx.clone(),
                 status,
+                feed: feed.clone(),
             };
             workers.push(tokio::spawn(w.run(start)));
             committers.push(tokio::spawn(commit_loop(
@@ -162,6 +166,9 @@ impl Fanout {
                 stop_rx.clone(),
             )));
         }
+        // The feed writer ends once every worker (its senders) has.
+        drop(feed);
+        workers.extend(feed_task);
         Fanout {
             log,
             cfg,

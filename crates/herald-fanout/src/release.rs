@@ -56,6 +56,7 @@ impl Worker {
         if !out.is_empty() {
             let refs: Vec<(UserId, &Notification)> = out.iter().map(|n| (user, n)).collect();
             self.store.inbox_push(&refs).await?;
+            self.store.feed_add(&refs).await?;
             let label = if b == Bucket::Held { "held" } else { "digest" };
             metrics::counter!("herald_buckets_released_total", "bucket" => label).increment(1);
             self.edge.send(herald_types::EdgeCommand::Poke { user });

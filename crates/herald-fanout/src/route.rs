@@ -16,6 +16,7 @@ impl Worker {
         let mut to_inbox: Vec<(UserId, Notification, Settle, bool)> = Vec::new();
         let mut release = Vec::new();
         let mut pushed = 0u64;
+        let mut feed = Vec::with_capacity(list.len());
         // In a cluster: the other live nodes holding each recipient's
         // connections (one round trip for the batch).
         let holders = self.remote_holders(&list).await;
@@ -26,6 +27,11 @@ impl Worker {
             let remote = holders
                 .get(k)
                 .is_some_and(|h| self.push_remote(h, e.user, &n, &e.settle));
+            if self.feed.on() {
+                // Held for the feed entry before the edge can settle it.
+                self.settlements.retain(&e.settle);
+                feed.push((e.user, n.clone(), e.settle.clone()));
+            }
             self.settlements.retain(&e.settle);
             let cmd = EdgeCommand::Push {
                 user: e.user,
@@ -57,6 +63,7 @@ impl Worker {
             }
         }
         metrics::counter!("herald_notifications_total", "route" => "pushed").increment(pushed);
+        self.feed.write(feed).await;
         let held = Settle::of(&release);
         if !to_inbox.is_empty() {
             let refs: Vec<(UserId, &Notification)> =

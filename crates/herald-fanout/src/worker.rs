@@ -30,6 +30,8 @@ pub struct Worker {
     pub cfg: FanoutConfig,
     pub stop: watch::Receiver<bool>,
     pub status: Arc<crate::status::PartitionStatus>,
+    /// Where every routed notification is recorded for the user's feed.
+    pub(crate) feed: crate::feed::FeedWriter,
 }
 
 /// Why a stage gave up.

@@ -12,6 +12,7 @@ mod append;
 mod batch;
 pub mod body;
 pub mod error;
+mod feed;
 pub mod forward;
 mod http;
 mod import;
@@ -35,6 +36,7 @@ pub fn router(gw: Arc<Gateway>) -> axum::Router {
             axum::routing::post(append::internal_append),
         )
         .merge(prefs::router())
+        .merge(feed::router())
         .merge(admin::router())
         .with_state(gw)
 }

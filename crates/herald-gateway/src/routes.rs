@@ -155,13 +155,14 @@ async fn inbox(
         let unavailable = |e: herald_store::StoreError| {
             ApiError::unavailable(format!("inbox store unavailable: {e}"))
         };
-        let pending = gw.store.inbox_len(user).await.map_err(unavailable)?;
-        let items = gw
+        let snap = gw
             .store
-            .inbox_read(user, None, limit)
+            .inbox_snapshot(user, limit, false)
             .await
             .map_err(unavailable)?;
-        let list: Vec<Value> = items
+        let pending = snap.pending;
+        let list: Vec<Value> = snap
+            .items
             .iter()
             .filter_map(|n| serde_json::from_slice(&n.encode(WireFormat::Json)).ok())
             .collect();

@@ -153,7 +153,7 @@ mod tests {
         // Values from Redis' CLUSTER KEYSLOT.
         assert_eq!(key_slot(b"foo"), 12182);
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"h:{u:7}:inbox"), key_slot(b"h:{u:7}:inbox:data"));
+        assert_eq!(key_slot(b"h:{u:7}:ib"), key_slot(b"h:{u:7}:fd"));
         assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
         assert_eq!(
             key_slot(b"{}bar"),

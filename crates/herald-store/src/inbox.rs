@@ -1,52 +1,74 @@
 //! Inbox queues: what waits for a user who is offline (or has not acked).
 //!
-//! A sorted set of notification ids scored by acceptance time keeps the
-//! order (oldest first) and makes writes idempotent: the same notification
-//! written twice (a re-processed record) stays one entry. The payloads sit
-//! in a hash beside it. Past `inbox_cap` the oldest entries are dropped.
+//! One hash per user (`h:{u:ID}:ib`): the compact field of each
+//! notification id -> its compact entry ([`herald_types::compact`]), whose
+//! first bytes hold the order key, so scripts sort and trim without
+//! decoding. Writes are idempotent (the same notification written twice
+//! stays one entry). Past `inbox_cap` the oldest entries are dropped and
+//! counted for the user's next `hello`. Small inboxes stay in Redis'
+//! listpack encoding: about 70 bytes per waiting comment.
 
-use herald_types::{Notification, UserId};
+use herald_types::{compact, Notification, UserId};
 
-use crate::{ukey, Result, Store, StoreError};
+use crate::{ukey, Result, Store};
 
-/// Size and oldest entries of an inbox, and (when ARGV[2] is 1) how many
-/// entries the cap dropped since the last time this was asked, in one
-/// round trip.
+/// Entries of `KEYS[1]` sorted by order (oldest first), those past
+/// `ARGV[4]` only; the first `ARGV[1]` of them with the hash's size. When
+/// ARGV[2] is 1 (a hello): also the dropped count of `KEYS[2]` (reset), the
+/// idle lifetime restarted (ARGV[3] s), and the unread count of the feed
+/// `KEYS[3]` within its retention (entries ordered after ARGV[5]).
 const SNAPSHOT: &str = r#"
-local total = redis.call('ZCARD', KEYS[1])
-local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-local vals = {}
-local orphans = {}
-local i = 1
-while i <= #ids do
-  local j = math.min(i + 499, #ids)
-  local part = redis.call('HMGET', KEYS[2], unpack(ids, i, j))
-  for k = 1, #part do
-    if part[k] then
-      vals[#vals + 1] = part[k]
-    else
-      orphans[#orphans + 1] = ids[i + k - 1]
-    end
-  end
-  i = j + 1
+local all = redis.call('HGETALL', KEYS[1])
+local after = tonumber(ARGV[4])
+local rows = {}
+for i = 1, #all, 2 do
+  local o = struct.unpack('>I8', all[i + 1], 2)
+  if o > after then rows[#rows + 1] = {o, i} end
 end
--- Ids whose payload is gone (the two keys' lifetimes differed): removed.
-if #orphans > 0 then
-  redis.call('ZREM', KEYS[1], unpack(orphans))
-  total = total - #orphans
+table.sort(rows, function(a, b) return a[1] < b[1] end)
+local out = {}
+for k = 1, math.min(tonumber(ARGV[1]), #rows) do
+  local i = rows[k][2]
+  out[#out + 1] = all[i]
+  out[#out + 1] = all[i + 1]
 end
 local dropped = 0
+local unread = 0
 if ARGV[2] == '1' then
-  dropped = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if dropped > 0 then redis.call('DEL', KEYS[3]) end
+  dropped = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if dropped > 0 then redis.call('DEL', KEYS[2]) end
   -- The user is here: the inbox lives its idle lifetime from now.
   local ttl = tonumber(ARGV[3])
-  if ttl > 0 then
-    redis.call('EXPIRE', KEYS[1], ttl)
-    redis.call('EXPIRE', KEYS[2], ttl)
+  if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+  local feed = redis.call('HVALS', KEYS[3])
+  local since = tonumber(ARGV[5])
+  for i = 1, #feed do
+    local v = feed[i]
+    if #v >= 9 and bit.band(string.byte(v, 1), 32) == 0
+       and struct.unpack('>I8', v, 2) > since then
+      unread = unread + 1
+    end
   end
 end
-return {total, vals, dropped}
+return {#all / 2, out, dropped, unread}
+"#;
+
+/// Drops the oldest entries of `KEYS[1]` until ARGV[1] remain; counts
+/// them in `KEYS[2]` (for the next hello) with a lifetime of ARGV[2] s.
+const TRIM: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local excess = #all / 2 - tonumber(ARGV[1])
+if excess <= 0 then return 0 end
+local rows = {}
+for i = 1, #all, 2 do
+  rows[#rows + 1] = {struct.unpack('>I8', all[i + 1], 2), all[i]}
+end
+table.sort(rows, function(a, b) return a[1] < b[1] end)
+for k = 1, excess do redis.call('HDEL', KEYS[1], rows[k][2]) end
+redis.call('INCRBY', KEYS[2], excess)
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+return excess
 "#;
 
 /// What a connection reads when it opens.
@@ -58,108 +80,74 @@ pub struct InboxSnapshot {
     pub items: Vec<Notification>,
     /// Entries the cap dropped since the last snapshot that asked.
     pub dropped: u64,
+    /// Unread entries of the user's feed (asked with a hello only).
+    pub unread: u64,
 }
 
-fn decode(user: UserId, id: &str, bytes: &[u8]) -> Result<Notification> {
-    Notification::from_storage(bytes).map_err(|e| StoreError::Corrupt {
-        key: format!("{}#{id}", ukey(user, "inbox:data")),
-        reason: e.to_string(),
-    })
+fn script(cell: &'static std::sync::OnceLock<redis::Script>, src: &str) -> &'static redis::Script {
+    cell.get_or_init(|| redis::Script::new(src))
 }
 
 impl Store {
     /// Writes notifications to their recipients' inboxes in one pipeline
-    /// (plus one more to trim inboxes past the cap). Returns how many
-    /// entries were dropped by the cap.
+    /// (bodies shared by many recipients first, and one script call per
+    /// inbox past its cap). Returns how many entries the cap dropped.
     pub async fn inbox_push(&self, items: &[(UserId, &Notification)]) -> Result<u64> {
         if items.is_empty() {
             return Ok(0);
         }
+        let (bodies, entries) = crate::entries::encode(items);
+        self.write_bodies(&bodies).await?;
         let mut p = crate::Batch::new();
-        for (user, n) in items {
-            let z = ukey(*user, "inbox");
+        let mut users: Vec<UserId> = Vec::new();
+        for e in &entries {
+            let k = ukey(e.user, "ib");
             p.cmd("HSET")
-                .arg(ukey(*user, "inbox:data"))
-                .arg(&n.id)
-                .arg(n.to_storage())
+                .arg(&k)
+                .arg(e.field.as_slice())
+                .arg(e.value.as_slice())
                 .ignore();
-            p.cmd("ZADD")
-                .arg(&z)
-                .arg("NX")
-                .arg(n.order)
-                .arg(&n.id)
-                .ignore();
-            p.cmd("ZCARD").arg(&z);
+            if !users.contains(&e.user) {
+                users.push(e.user);
+            }
         }
-        // An inbox lives its idle lifetime from its first entry, or from
-        // its user's last connection (refreshed at hello): a user who
-        // never comes back does not keep memory forever.
-        if let Some(ttl) = self.cfg.inbox_idle_ttl {
-            let mut seen: Vec<UserId> = Vec::new();
-            for (user, _) in items {
-                if seen.contains(user) {
-                    continue;
-                }
-                seen.push(*user);
-                for k in ["inbox", "inbox:data"] {
-                    p.cmd("EXPIRE")
-                        .arg(ukey(*user, k))
-                        .arg(ttl.as_secs().max(1))
-                        .arg("NX")
-                        .ignore();
-                }
+        for u in &users {
+            let k = ukey(*u, "ib");
+            p.cmd("HLEN").arg(&k);
+            // An inbox lives its idle lifetime from its first entry, or
+            // from its user's last connection (refreshed at hello): a user
+            // who never comes back does not keep memory forever.
+            if let Some(ttl) = self.cfg.inbox_idle_ttl {
+                p.cmd("EXPIRE")
+                    .arg(&k)
+                    .arg(ttl.as_secs().max(1))
+                    .arg("NX")
+                    .ignore();
             }
         }
         let sizes: Vec<u64> = self.run(&p).await?;
         let cap = self.cfg.inbox_cap as u64;
-        let mut over: Vec<(UserId, u64)> = Vec::new();
-        for ((user, _), size) in items.iter().zip(sizes) {
-            if size > cap {
-                match over.iter_mut().find(|(u, _)| u == user) {
-                    Some(e) => e.1 = e.1.max(size - cap),
-                    None => over.push((*user, size - cap)),
-                }
-            }
-        }
         let mut dropped = 0;
-        for (user, excess) in over {
-            dropped += self.inbox_trim(user, excess).await?;
+        for (u, size) in users.iter().zip(sizes) {
+            if size > cap {
+                dropped += self.inbox_trim(*u).await?;
+            }
         }
         Ok(dropped)
     }
 
-    async fn inbox_trim(&self, user: UserId, excess: u64) -> Result<u64> {
-        let mut p = crate::Batch::new();
-        p.cmd("ZPOPMIN").arg(ukey(user, "inbox")).arg(excess);
-        let (popped,): (Vec<(String, f64)>,) = self.run(&p).await?;
-        if popped.is_empty() {
-            return Ok(0);
+    async fn inbox_trim(&self, user: UserId) -> Result<u64> {
+        static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let mut inv = script(&S, TRIM).prepare_invoke();
+        inv.key(ukey(user, "ib"))
+            .key(ukey(user, "ib:dropped"))
+            .arg(self.cfg.inbox_cap)
+            .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)));
+        let n: u64 = self.invoke(&inv).await?;
+        if n > 0 {
+            tracing::debug!(user, dropped = n, "inbox over cap, dropped oldest");
         }
-        let mut p = crate::Batch::new();
-        let mut del = redis::cmd("HDEL");
-        del.arg(ukey(user, "inbox:data"));
-        for (id, _) in &popped {
-            del.arg(id);
-        }
-        p.add_command(del).ignore();
-        // Counted for the user's next hello ("dropped": N).
-        p.cmd("INCRBY")
-            .arg(ukey(user, "inbox:dropped"))
-            .arg(popped.len())
-            .ignore();
-        if let Some(ttl) = self.cfg.inbox_idle_ttl {
-            p.cmd("EXPIRE")
-                .arg(ukey(user, "inbox:dropped"))
-                .arg(ttl.as_secs().max(1))
-                .ignore();
-        }
-        self.run::<()>(&p).await?;
-        tracing::debug!(
-            user,
-            dropped = popped.len(),
-            "inbox over cap, dropped oldest"
-        );
-        Ok(popped.len() as u64)
+        Ok(n)
     }
 
     /// Up to `limit` notifications waiting for `user`, oldest first,
@@ -170,94 +158,88 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Notification>> {
-        let mut p = crate::Batch::new();
-        let min = match after {
-            Some(a) => format!("({a}"),
-            None => "-inf".to_string(),
-        };
-        p.cmd("ZRANGEBYSCORE")
-            .arg(ukey(user, "inbox"))
-            .arg(min)
-            .arg("+inf")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit.max(1));
-        let (ids,): (Vec<String>,) = self.run(&p).await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut p = crate::Batch::new();
-        let mut get = redis::cmd("HMGET");
-        get.arg(ukey(user, "inbox:data"));
-        for id in &ids {
-            get.arg(id);
-        }
-        p.add_command(get);
-        let (payloads,): (Vec<Option<Vec<u8>>>,) = self.run(&p).await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, payload) in ids.iter().zip(payloads) {
-            // An id without payload was acked between the two reads.
-            let Some(bytes) = payload else { continue };
-            out.push(decode(user, id, &bytes)?);
-        }
-        Ok(out)
+        Ok(self.snapshot(user, after, limit, false).await?.items)
     }
 
     /// How many notifications wait for `user`, and the oldest `limit` of
     /// them, in one round trip (what a connection needs to say hello and
-    /// drain); with `take_dropped`, also how many the cap dropped since
-    /// the last such call (and the count starts again).
+    /// drain); with `hello`, also how many the cap dropped since the last
+    /// such call (and the count starts again) and the feed's unread count.
+    /// Entries naming shared bodies cost one more round trip.
     pub async fn inbox_snapshot(
         &self,
         user: UserId,
         limit: usize,
-        take_dropped: bool,
+        hello: bool,
     ) -> Result<InboxSnapshot> {
-        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-        let script = SCRIPT.get_or_init(|| redis::Script::new(SNAPSHOT));
-        let mut inv = script.prepare_invoke();
-        inv.key(ukey(user, "inbox"))
-            .key(ukey(user, "inbox:data"))
-            .key(ukey(user, "inbox:dropped"))
+        self.snapshot(user, None, limit, hello).await
+    }
+
+    async fn snapshot(
+        &self,
+        user: UserId,
+        after: Option<u64>,
+        limit: usize,
+        hello: bool,
+    ) -> Result<InboxSnapshot> {
+        static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let key = ukey(user, "ib");
+        let mut inv = script(&S, SNAPSHOT).prepare_invoke();
+        inv.key(&key)
+            .key(ukey(user, "ib:dropped"))
+            .key(ukey(user, "fd"))
             .arg(limit.max(1))
-            .arg(if take_dropped { "1" } else { "0" })
-            .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)));
-        let (pending, payloads, dropped): (u64, Vec<Option<Vec<u8>>>, u64) =
+            .arg(if hello { "1" } else { "0" })
+            .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)))
+            .arg(after.map_or(-1, |a| a as i64))
+            .arg(self.feed_since_us());
+        let (pending, raw, dropped, unread): (u64, Vec<(Vec<u8>, Vec<u8>)>, u64, u64) =
             self.invoke(&inv).await?;
-        let mut items = Vec::with_capacity(payloads.len());
-        for p in payloads.into_iter().flatten() {
-            items.push(decode(user, "?", &p)?);
+        let (items, orphans) = self.decode_entries(user, &key, raw).await?;
+        let mut pending = pending;
+        if !orphans.is_empty() {
+            // Their shared body expired (the entries outlived it): gone.
+            tracing::warn!(
+                user,
+                entries = orphans.len(),
+                "inbox entries lost their shared body"
+            );
+            pending = pending.saturating_sub(orphans.len() as u64);
+            self.hdel(&key, &orphans).await?;
         }
         Ok(InboxSnapshot {
             pending,
-            items,
+            items: items.into_iter().map(|(n, _)| n).collect(),
             dropped,
+            unread,
         })
+    }
+
+    pub(crate) async fn hdel(&self, key: &str, fields: &[Vec<u8>]) -> Result<()> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let mut p = crate::Batch::new();
+        let mut h = redis::cmd("HDEL");
+        h.arg(key);
+        for f in fields {
+            h.arg(f.as_slice());
+        }
+        p.add_command(h).ignore();
+        self.run::<()>(&p).await
     }
 
     /// How many notifications wait for `user`.
     pub async fn inbox_len(&self, user: UserId) -> Result<u64> {
         let mut p = crate::Batch::new();
-        p.cmd("ZCARD").arg(ukey(user, "inbox"));
+        p.cmd("HLEN").arg(ukey(user, "ib"));
         let (n,): (u64,) = self.run(&p).await?;
         Ok(n)
     }
 
     /// Removes acknowledged notifications from `user`'s inbox.
     pub async fn inbox_remove(&self, user: UserId, ids: &[String]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut p = crate::Batch::new();
-        let mut z = redis::cmd("ZREM");
-        z.arg(ukey(user, "inbox"));
-        let mut h = redis::cmd("HDEL");
-        h.arg(ukey(user, "inbox:data"));
-        for id in ids {
-            z.arg(id);
-            h.arg(id);
-        }
-        p.add_command(z).ignore().add_command(h).ignore();
-        self.run::<()>(&p).await
+        let fields: Vec<Vec<u8>> = ids.iter().map(|id| compact::field(id, user)).collect();
+        self.hdel(&ukey(user, "ib"), &fields).await
     }
 }

@@ -8,12 +8,15 @@
 //! |---|---|---|
 //! | `h:{u:ID}:followers` | set | who follows ID |
 //! | `h:{u:ID}:following` | set | whom ID follows |
-//! | `h:{u:ID}:inbox` | sorted set | notification ids, scored by acceptance time (µs) |
-//! | `h:{u:ID}:inbox:data` | hash | notification id -> stored notification |
-//! | `h:{u:ID}:inbox:dropped` | string | entries the cap dropped since the user's last hello |
+//! | `h:{u:ID}:ib` | hash | what waits for ID: compact notification id -> compact entry (order key first) |
+//! | `h:{u:ID}:ib:dropped` | string | entries the cap dropped since the user's last hello |
+//! | `h:{u:ID}:fd` | hash | ID's feed: compact id -> compact entry with a read flag |
+//! | `h:b:FIELD` | string with a TTL | a body shared by many recipients' entries (one event) |
 //!
-//! The three inbox keys expire `redis.inbox_idle_ttl_s` (30 days) after the
-//! inbox's first entry or the user's last connection, whichever is later.
+//! The inbox keys expire `redis.inbox_idle_ttl_s` (30 days) after the
+//! inbox's first entry or the user's last connection, whichever is later;
+//! the feed `feed.retention_days` after its last write; a shared body a day
+//! after the longer of the two (each read refreshes it).
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -36,6 +39,8 @@ mod batch;
 mod bucket;
 mod celebrity;
 mod dead;
+mod entries;
+mod feed;
 mod graph;
 mod inbox;
 mod lease;
@@ -50,6 +55,7 @@ pub use batch::{key_slot, Batch};
 pub use bucket::{Bucket, BucketAdd};
 pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor, DEFAULT_OUTBOX_CAP};
 pub use dead::DeadLetter;
+pub use feed::{FeedCursor, FeedPage};
 pub use graph::{GraphAnswer, GraphOp};
 pub use inbox::InboxSnapshot;
 pub use lease::{LeaseRole, LeaseView};
@@ -109,6 +115,10 @@ pub struct StoreConfig {
     /// An inbox expires this long after its first entry or its user's last
     /// connection, whichever is later (None: never).
     pub inbox_idle_ttl: Option<Duration>,
+    /// How long a feed keeps what it was sent.
+    pub feed_retention: Duration,
+    /// Most entries a feed keeps (0: no feed); the oldest go first.
+    pub feed_cap: usize,
     /// How long a client idempotency key is remembered.
     pub dedup_ttl: Duration,
     /// Presence entries expire unless refreshed.
@@ -126,6 +136,8 @@ impl Default for StoreConfig {
             cluster_nodes: Vec::new(),
             inbox_cap: 1000,
             inbox_idle_ttl: Some(Duration::from_secs(30 * 86_400)),
+            feed_retention: Duration::from_secs(30 * 86_400),
+            feed_cap: 100,
             dedup_ttl: Duration::from_secs(24 * 3600),
             presence_ttl: Duration::from_secs(90),
             timeout: Duration::from_secs(5),

@@ -5,6 +5,7 @@
 //! ([`Notification`]), how ids are formed ([`ids`]), and the seam between
 //! fan-out and the edge, with settlement by log position ([`seam`]).
 
+pub mod compact;
 pub mod event;
 pub mod ids;
 pub mod notification;

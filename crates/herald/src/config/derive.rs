@@ -37,6 +37,8 @@ impl Config {
             inbox_cap: self.redis.inbox_cap,
             inbox_idle_ttl: (self.redis.inbox_idle_ttl_s > 0)
                 .then(|| Duration::from_secs(self.redis.inbox_idle_ttl_s)),
+            feed_retention: Duration::from_secs(self.feed.retention_days * 86_400),
+            feed_cap: self.feed.max_per_user,
             dedup_ttl: Duration::from_secs(self.redis.dedup_ttl_s),
             presence_ttl: Duration::from_secs(self.redis.presence_ttl_s),
             timeout: Duration::from_millis(self.redis.timeout_ms),

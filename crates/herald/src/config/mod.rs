@@ -24,6 +24,26 @@ pub struct Config {
     pub preferences: Prefs,
     pub aggregation: Aggregation,
     pub digest: DigestCfg,
+    pub feed: Feed,
+}
+
+/// The notification feed (the list behind the bell icon).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Feed {
+    /// How long an entry stays listed (days).
+    pub retention_days: u64,
+    /// Most entries per user (0: no feed is written).
+    pub max_per_user: usize,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Feed {
+            retention_days: 30,
+            max_per_user: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -404,6 +424,12 @@ impl Config {
         }
         if self.log.partitions == 0 || self.log.partitions > 4096 {
             bail!("log.partitions must be between 1 and 4096");
+        }
+        if self.feed.retention_days == 0 || self.feed.retention_days > 3650 {
+            bail!("feed.retention_days must be between 1 and 3650");
+        }
+        if self.feed.max_per_user > 10_000 {
+            bail!("feed.max_per_user must be at most 10000 (each page reads the whole feed)");
         }
         if self.redis.inbox_cap == 0 {
             bail!("redis.inbox_cap must be positive");

@@ -1,0 +1,181 @@
+//! The notification feed: a user's list of what they were sent, newest
+//! first, with read state and the unread count.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use herald_store::FeedCursor;
+use serde_json::{json, Value};
+
+use crate::body::{encoding, parse, read_limited};
+use crate::error::ApiError;
+use crate::http::{authorize_for, path_user, respond, Scope};
+use crate::Gateway;
+
+/// Most entries in one page.
+pub const MAX_FEED_LIMIT: usize = 200;
+/// Most ids marked read in one request.
+pub const MAX_READ_IDS: usize = 1000;
+/// Largest mark-read body.
+const MAX_READ_BODY: usize = 256 * 1024;
+
+pub fn router() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/v1/users/{id}/notifications", get(page))
+        .route("/v1/users/{id}/notifications/read", post(mark_read))
+}
+
+fn unavailable(e: herald_store::StoreError) -> ApiError {
+    ApiError::unavailable(format!("feed store unavailable: {e}"))
+}
+
+async fn page(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let r = async {
+        let user = path_user(&id)?;
+        authorize_for(&gw, &headers, Scope::Read, user)?;
+        let limit = match q.get("limit") {
+            None => 50,
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_FEED_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::field(
+                        "invalid_field",
+                        "limit",
+                        format!("limit must be 1 to {MAX_FEED_LIMIT}"),
+                    )
+                })?,
+        };
+        let before = match q.get("before") {
+            None => None,
+            Some(s) => Some(FeedCursor::parse(s).ok_or_else(|| {
+                ApiError::field(
+                    "invalid_field",
+                    "before",
+                    "before must be a cursor from a previous page's \"next\"",
+                )
+            })?),
+        };
+        let p = gw
+            .store
+            .feed_page(user, before, limit)
+            .await
+            .map_err(unavailable)?;
+        let list: Vec<Value> = p
+            .items
+            .iter()
+            .filter_map(|(n, read)| {
+                let mut v: Value =
+                    serde_json::from_slice(&n.encode(herald_types::WireFormat::Json)).ok()?;
+                v["read"] = (*read).into();
+                Some(v)
+            })
+            .collect();
+        Ok(json!({
+            "user": user,
+            "notifications": list,
+            "unread": p.unread,
+            "next": p.next.map(|c| c.encode()),
+        }))
+    }
+    .await;
+    respond(r)
+}
+
+async fn mark_read(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    let r = async {
+        let user = path_user(&id)?;
+        authorize_for(&gw, &headers, Scope::Read, user)?;
+        let enc = encoding(&headers)?;
+        let bytes = read_limited(&headers, body, MAX_READ_BODY).await?;
+        let (ids, all) = read_request(&parse(&bytes, enc)?)?;
+        let unread = gw
+            .store
+            .feed_read(user, &ids, all)
+            .await
+            .map_err(unavailable)?;
+        Ok(json!({"unread": unread}))
+    }
+    .await;
+    respond(r)
+}
+
+/// `{"ids": [...]}` or `{"all": true}`, nothing else.
+fn read_request(v: &Value) -> Result<(Vec<String>, bool), ApiError> {
+    let bad = |field: &str, m: &str| ApiError::field("invalid_field", field, m.to_string());
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::malformed("body must be an object"))?;
+    if let Some(k) = obj.keys().find(|k| *k != "ids" && *k != "all") {
+        return Err(bad(k, "unknown field (expected \"ids\" or \"all\")"));
+    }
+    match (obj.get("ids"), obj.get("all")) {
+        (Some(_), Some(_)) => Err(bad("all", "give \"ids\" or \"all\", not both")),
+        (None, Some(Value::Bool(true))) => Ok((Vec::new(), true)),
+        (None, Some(_)) => Err(bad("all", "all must be true")),
+        (Some(Value::Array(a)), None) => {
+            if a.is_empty() || a.len() > MAX_READ_IDS {
+                return Err(bad(
+                    "ids",
+                    &format!("ids must hold 1 to {MAX_READ_IDS} ids"),
+                ));
+            }
+            a.iter()
+                .enumerate()
+                .map(|(i, x)| match x.as_str() {
+                    Some(s) if !s.is_empty() && s.len() <= 256 => Ok(s.to_string()),
+                    _ => Err(bad(
+                        &format!("ids.{i}"),
+                        "an id is a non-empty string of at most 256 bytes",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|ids| (ids, false))
+        }
+        (Some(_), None) => Err(bad("ids", "ids must be an array of strings")),
+        (None, None) => Err(bad("ids", "give \"ids\" or \"all\"")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_requests_are_ids_or_all() {
+        assert_eq!(read_request(&json!({"all": true})).unwrap(), (vec![], true));
+        assert_eq!(
+            read_request(&json!({"ids": ["a", "b"]})).unwrap(),
+            (vec!["a".to_string(), "b".to_string()], false)
+        );
+        for bad in [
+            json!({}),
+            json!([]),
+            json!({"all": false}),
+            json!({"ids": []}),
+            json!({"ids": [1]}),
+            json!({"ids": "a"}),
+            json!({"ids": ["a"], "all": true}),
+            json!({"ids": ["a"], "x": 1}),
+        ] {
+            assert!(read_request(&bad).is_err(), "{bad}");
+        }
+    }
+}

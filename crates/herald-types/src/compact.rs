@@ -1,0 +1,356 @@
+//! The compact form of a notification kept in Redis (inbox and feed
+//! entries, shared bodies).
+//!
+//! Memory in Redis is what Herald costs at scale, so an entry stores only
+//! what cannot be derived: the recipient is the key's, the notification id
+//! is the hash field (its recipient suffix dropped, numbers and hashes in
+//! binary), the event id is derived from the id when they agree, the time
+//! from the order key, a single actor's count and actor list from the
+//! actor. A typical comment (34-byte text) is about 58 bytes, which keeps a
+//! user's hash in Redis' listpack encoding under its default limits.
+//!
+//! An entry (hash value) is `[flags][order: u64 big-endian][body]`, or, when
+//! the body is shared by many recipients, `[flags | SHARED][order][name]`
+//! where `name` is the shared body's name. A body is `[flags][kind][actor]
+//! [ts delta][object?][text?][count, actors?][event id?][digest?]`, numbers
+//! as LEB128 varints and strings length-prefixed. The order sits at a fixed
+//! place so Lua scripts can sort and trim without decoding the rest.
+
+use crate::{DigestBody, EventKind, Notification, UserId};
+
+const OBJECT: u8 = 1;
+const TEXT: u8 = 1 << 1;
+const COUNTED: u8 = 1 << 2;
+const DIGEST: u8 = 1 << 3;
+const EVENT_ID: u8 = 1 << 4;
+/// Feed entries only: the user has read it.
+pub const READ: u8 = 1 << 5;
+/// The body lives elsewhere, once for every recipient.
+pub const SHARED: u8 = 1 << 6;
+
+/// Why stored bytes could not be read back.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompactError {
+    #[error("entry ends early")]
+    Truncated,
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+    #[error("text is not UTF-8")]
+    Utf8,
+    #[error("bad digest body: {0}")]
+    Digest(String),
+    #[error("entry names a shared body that was not given")]
+    NoBody,
+}
+
+// Field tags: how a notification id is written as a hash field.
+const F_RAW: u8 = 0;
+const F_EVENT: u8 = 1;
+const F_KEY: u8 = 2;
+const F_AGG: u8 = 3;
+const F_DIGEST: u8 = 4;
+
+/// The hash field of notification `id` in `recipient`'s inbox or feed.
+/// Every id maps to a field and back ([`id_from_field`]); the common shapes
+/// take 3 to 17 bytes instead of 12 to 60.
+pub fn field(id: &str, recipient: UserId) -> Vec<u8> {
+    compact_field(id, recipient).unwrap_or_else(|| {
+        let mut f = Vec::with_capacity(id.len() + 1);
+        f.push(F_RAW);
+        f.extend_from_slice(id.as_bytes());
+        f
+    })
+}
+
+fn compact_field(id: &str, r: UserId) -> Option<Vec<u8>> {
+    let mut f = Vec::with_capacity(18);
+    if let Some(rest) = id.strip_prefix("d-") {
+        let end = rest.strip_prefix(&format!("{r}-"))?;
+        f.push(F_DIGEST);
+        put_var(&mut f, canonical(end)?);
+    } else {
+        let dedup = id.strip_prefix("n-")?.strip_suffix(&format!("-{r}"))?;
+        if let Some(h) = dedup.strip_prefix("agg-") {
+            f.push(F_AGG);
+            put_hex(&mut f, h, 8)?;
+        } else if let Some(h) = dedup.strip_prefix('k') {
+            f.push(F_KEY);
+            put_hex(&mut f, h, 16)?;
+        } else {
+            let (p, o) = crate::ids::parse_event_id(dedup)?;
+            let scope = dedup.split_once('@').map_or("", |(_, s)| s);
+            f.push(F_EVENT);
+            put_var(&mut f, p as u64);
+            put_var(&mut f, o);
+            f.extend_from_slice(scope.as_bytes());
+        }
+    }
+    // Only ids that come back exactly are compacted.
+    (id_from_field(&f, r).as_deref() == Some(id)).then_some(f)
+}
+
+/// The notification id a field stands for (None for bytes no field has).
+pub fn id_from_field(f: &[u8], r: UserId) -> Option<String> {
+    let (&tag, rest) = f.split_first()?;
+    let mut c = Cursor(rest);
+    Some(match tag {
+        F_RAW => String::from_utf8(rest.to_vec()).ok()?,
+        F_EVENT => {
+            let p = c.var().ok()?;
+            let o = c.var().ok()?;
+            let scope = std::str::from_utf8(c.0).ok()?;
+            let at = if scope.is_empty() { "" } else { "@" };
+            format!("n-e-{p}-{o}{at}{scope}-{r}")
+        }
+        F_KEY if rest.len() == 16 => format!("n-k{}-{r}", hex(rest)),
+        F_AGG if rest.len() == 8 => format!("n-agg-{}-{r}", hex(rest)),
+        F_DIGEST => {
+            let end = c.var().ok()?;
+            c.0.is_empty().then_some(())?;
+            format!("d-{r}-{end}")
+        }
+        _ => return None,
+    })
+}
+
+/// The event id a notification id implies (`n-e-3-17@a-42` -> `e-3-17@a`),
+/// when it implies one.
+fn implied_event_id(f: &[u8], r: UserId) -> Option<String> {
+    if f.first() != Some(&F_EVENT) {
+        return None;
+    }
+    let id = id_from_field(f, r)?;
+    let dedup = id.strip_prefix("n-")?.strip_suffix(&format!("-{r}"))?;
+    Some(dedup.to_string())
+}
+
+/// A self-contained entry for `n` in `recipient`'s hash.
+pub fn entry(n: &Notification, recipient: UserId) -> Vec<u8> {
+    let f = field(&n.id, recipient);
+    let b = body(n, &f, recipient);
+    let mut v = Vec::with_capacity(b.len() + 8);
+    v.push(b[0]);
+    v.extend_from_slice(&n.order.to_be_bytes());
+    v.extend_from_slice(&b[1..]);
+    v
+}
+
+/// An entry whose body is the shared body `name`.
+pub fn shared_entry(order: u64, name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + name.len());
+    v.push(SHARED);
+    v.extend_from_slice(&order.to_be_bytes());
+    v.extend_from_slice(name);
+    v
+}
+
+/// The body of `n` as every recipient whose field derives the same way
+/// would store it (`f` is its field in one of them): recipients of one
+/// event share it.
+pub fn body(n: &Notification, f: &[u8], recipient: UserId) -> Vec<u8> {
+    let mut flags = 0u8;
+    let mut b = Vec::with_capacity(32 + n.text.as_ref().map_or(0, |t| t.len()));
+    b.push(0);
+    b.push(kind_code(n.kind));
+    put_var(&mut b, n.actor);
+    let ts_delta = (n.ts_ms as i64).wrapping_sub((n.order / 1000) as i64);
+    put_var(&mut b, zigzag(ts_delta));
+    if let Some(o) = &n.object {
+        flags |= OBJECT;
+        put_str(&mut b, o.as_bytes());
+    }
+    if let Some(t) = &n.text {
+        flags |= TEXT;
+        put_str(&mut b, t.as_bytes());
+    }
+    if n.count != 1 || n.actors.as_slice() != [n.actor] {
+        flags |= COUNTED;
+        put_var(&mut b, n.count);
+        put_var(&mut b, n.actors.len() as u64);
+        for a in &n.actors {
+            put_var(&mut b, *a);
+        }
+    }
+    if implied_event_id(f, recipient).as_deref() != Some(n.event_id.as_str()) {
+        flags |= EVENT_ID;
+        put_str(&mut b, n.event_id.as_bytes());
+    }
+    if let Some(d) = &n.digest {
+        flags |= DIGEST;
+        put_str(&mut b, &rmp_serde::to_vec(d).unwrap_or_default());
+    }
+    b[0] = flags;
+    b
+}
+
+/// The order key of an entry (its first 9 bytes).
+pub fn order_of(entry: &[u8]) -> Option<u64> {
+    let o: [u8; 8] = entry.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(o))
+}
+
+/// Whether an entry is marked read.
+pub fn is_read(entry: &[u8]) -> bool {
+    entry.first().is_some_and(|f| f & READ != 0)
+}
+
+/// The shared body an entry points at, if it does.
+pub fn shared_name(entry: &[u8]) -> Option<&[u8]> {
+    (entry.first()? & SHARED != 0).then(|| entry.get(9..))?
+}
+
+/// Reads an entry back into the notification `recipient` was sent; `shared`
+/// is the body when the entry points at one.
+pub fn decode(
+    f: &[u8],
+    entry: &[u8],
+    shared: Option<&[u8]>,
+    recipient: UserId,
+) -> Result<Notification, CompactError> {
+    let order = order_of(entry).ok_or(CompactError::Truncated)?;
+    let (flags, rest) = if entry[0] & SHARED != 0 {
+        let b = shared.ok_or(CompactError::NoBody)?;
+        let (&fl, rest) = b.split_first().ok_or(CompactError::Truncated)?;
+        (fl, rest)
+    } else {
+        (entry[0], &entry[9..])
+    };
+    let id = id_from_field(f, recipient).ok_or(CompactError::Truncated)?;
+    let mut c = Cursor(rest);
+    let kind = c.byte()?;
+    let kind = kind_from(kind).ok_or(CompactError::Kind(kind))?;
+    let actor = c.var()?;
+    let ts_ms = ((order / 1000) as i64).wrapping_add(unzigzag(c.var()?)) as u64;
+    let object = (flags & OBJECT != 0).then(|| c.string()).transpose()?;
+    let text = (flags & TEXT != 0).then(|| c.string()).transpose()?;
+    let (count, actors) = if flags & COUNTED != 0 {
+        let count = c.var()?;
+        let n = c.var()? as usize;
+        let mut actors = Vec::with_capacity(n.min(c.0.len()));
+        for _ in 0..n {
+            actors.push(c.var()?);
+        }
+        (count, actors)
+    } else {
+        (1, vec![actor])
+    };
+    let event_id = if flags & EVENT_ID != 0 {
+        c.string()?
+    } else {
+        implied_event_id(f, recipient).unwrap_or_default()
+    };
+    let digest = if flags & DIGEST != 0 {
+        let raw = c.bytes()?;
+        let d: DigestBody =
+            rmp_serde::from_slice(raw).map_err(|e| CompactError::Digest(e.to_string()))?;
+        Some(Box::new(d))
+    } else {
+        None
+    };
+    Ok(Notification {
+        id,
+        event_id,
+        kind,
+        actor,
+        object,
+        text,
+        ts_ms,
+        count,
+        actors,
+        order,
+        digest,
+    })
+}
+
+fn kind_code(k: EventKind) -> u8 {
+    EventKind::ALL.iter().position(|x| *x == k).unwrap_or(0) as u8
+}
+
+fn kind_from(c: u8) -> Option<EventKind> {
+    EventKind::ALL.get(c as usize).copied()
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_var(b: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        b.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    b.push(v as u8);
+}
+
+fn put_str(b: &mut Vec<u8>, s: &[u8]) {
+    put_var(b, s.len() as u64);
+    b.extend_from_slice(s);
+}
+
+/// Lower-case hex of exactly `n` bytes, else None.
+fn put_hex(b: &mut Vec<u8>, h: &str, n: usize) -> Option<()> {
+    if h.len() != n * 2 {
+        return None;
+    }
+    for i in 0..n {
+        b.push(u8::from_str_radix(h.get(i * 2..i * 2 + 2)?, 16).ok()?);
+    }
+    Some(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Only canonical decimal (what `format!` writes) maps to a number.
+fn canonical(s: &str) -> Option<u64> {
+    crate::ids::parse_user(s)
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn byte(&mut self) -> Result<u8, CompactError> {
+        let (&b, rest) = self.0.split_first().ok_or(CompactError::Truncated)?;
+        self.0 = rest;
+        Ok(b)
+    }
+
+    fn var(&mut self) -> Result<u64, CompactError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(CompactError::Truncated)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], CompactError> {
+        let n = self.var()? as usize;
+        if n > self.0.len() {
+            return Err(CompactError::Truncated);
+        }
+        let (s, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(s)
+    }
+
+    fn string(&mut self) -> Result<String, CompactError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| CompactError::Utf8)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,128 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::DigestItem;
+
+fn comment(id: &str, event_id: &str) -> Notification {
+    Notification {
+        id: id.into(),
+        event_id: event_id.into(),
+        kind: EventKind::Comment,
+        actor: 4_321,
+        object: Some("post:123456".into()),
+        text: Some("a comment of thirty-four bytes....".into()),
+        ts_ms: 1_790_000_000_123,
+        count: 1,
+        actors: vec![4_321],
+        order: 1_790_000_000_123_456,
+        digest: None,
+    }
+}
+
+fn round_trip(n: &Notification, r: UserId) {
+    let f = field(&n.id, r);
+    assert_eq!(id_from_field(&f, r).as_deref(), Some(n.id.as_str()));
+    let e = entry(n, r);
+    assert_eq!(order_of(&e), Some(n.order));
+    assert_eq!(&decode(&f, &e, None, r).unwrap(), n);
+    // The same through a shared body.
+    let b = body(n, &f, r);
+    let s = shared_entry(n.order, b"name");
+    assert_eq!(shared_name(&s), Some(&b"name"[..]));
+    assert_eq!(&decode(&f, &s, Some(&b), r).unwrap(), n);
+    assert_eq!(decode(&f, &s, None, r), Err(CompactError::NoBody));
+}
+
+#[test]
+fn every_id_shape_round_trips_and_the_common_ones_are_short() {
+    let r = 77;
+    for (id, ev, max) in [
+        ("n-e-3-17-77", "e-3-17", 4),
+        ("n-e-3-1790000-77@node-2", "e-3-1790000", 40),
+        ("n-e-3-17@node-2-77", "e-3-17@node-2", 11),
+        ("n-k0123456789abcdef0123456789abcdef-77", "e-1-2@x", 17),
+        ("n-agg-0123456789abcdef-77", "e-5-6", 9),
+        ("d-77-1790000000000", "e-5-6", 8),
+        ("n-e-03-17-77", "e-03-17", 40),
+        ("n-kABCDEF-77", "e-1-1", 40),
+        ("anything at all", "", 40),
+        ("n-e-3-17-78", "e-3-17", 40),
+    ] {
+        let n = comment(id, ev);
+        assert!(field(id, r).len() <= max, "{id}: {:?}", field(id, r));
+        round_trip(&n, r);
+    }
+}
+
+#[test]
+fn a_comment_fits_redis_listpack_value_limit() {
+    let n = comment("n-e-3-1790000-77", "e-3-1790000");
+    let e = entry(&n, 77);
+    assert!(e.len() <= 64, "{} bytes", e.len());
+}
+
+#[test]
+fn aggregates_digests_and_odd_times_round_trip() {
+    let mut n = comment("n-agg-0123456789abcdef-9", "e-1-99");
+    n.count = 12;
+    n.actors = vec![1, 2, 3];
+    n.ts_ms = 5; // before the order key's millisecond
+    n.text = None;
+    n.object = None;
+    round_trip(&n, 9);
+    let mut d = comment("d-9-1790000000000", "e-1-99");
+    d.digest = Some(Box::new(DigestBody {
+        window_start_ms: 1,
+        window_end_ms: 2,
+        items: vec![DigestItem {
+            kind: EventKind::Like,
+            object: Some("post:1".into()),
+            count: 3,
+            actors: vec![1, 2],
+            event_id: "e-1-99".into(),
+        }],
+    }));
+    round_trip(&d, 9);
+}
+
+#[test]
+fn read_flag_is_the_first_byte() {
+    let mut e = entry(&comment("n-e-1-2-3", "e-1-2"), 3);
+    assert!(!is_read(&e));
+    e[0] |= READ;
+    assert!(is_read(&e));
+    let n = decode(&field("n-e-1-2-3", 3), &e, None, 3).unwrap();
+    assert_eq!(n.id, "n-e-1-2-3");
+}
+
+proptest! {
+    #[test]
+    fn any_notification_round_trips(
+        id in "[a-z0-9@-]{0,30}",
+        event_id in "[a-z0-9@-]{0,20}",
+        kind in 0usize..6,
+        actor in any::<u64>(),
+        object in proptest::option::of("[a-z:0-9]{0,20}"),
+        text in proptest::option::of(".{0,40}"),
+        ts_ms in any::<u64>(),
+        order in any::<u64>(),
+        count in any::<u64>(),
+        actors in proptest::collection::vec(any::<u64>(), 0..5),
+        r in any::<u64>(),
+    ) {
+        let n = Notification {
+            id, event_id, kind: EventKind::ALL[kind], actor, object, text, ts_ms,
+            count, actors, order, digest: None,
+        };
+        let f = field(&n.id, r);
+        prop_assert_eq!(id_from_field(&f, r), Some(n.id.clone()));
+        prop_assert_eq!(decode(&f, &entry(&n, r), None, r), Ok(n));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic(f in proptest::collection::vec(any::<u8>(), 0..20),
+                                       e in proptest::collection::vec(any::<u8>(), 0..80)) {
+        let _ = decode(&f, &e, Some(&e), 5);
+        let _ = id_from_field(&f, 5);
+    }
+}

@@ -1,0 +1,212 @@
+//! The notification feed (the list behind the bell icon) and the compact
+//! storage under it and the inbox, through the public API and Redis.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+use support::{eventually, Client, Node, Redis};
+
+async fn feed(node: &Node, user: u64, query: &str) -> Value {
+    let (s, v) = node
+        .get(&format!("/v1/users/{user}/notifications{query}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["notifications"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_lists_what_was_sent_newest_first_with_read_state() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    // Offline: four likes, a comment.
+    for (i, actor) in [11u64, 12, 13, 14].iter().enumerate() {
+        node.like(*actor, 5, &format!("post:{i}")).await;
+    }
+    let (s, v) = node
+        .post("/v1/events", &json!({"kind": "comment", "actor": 15, "recipient": 5, "object": "post:9", "text": "nice one"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let all = eventually("five in the feed", || async {
+        let p = feed(&node, 5, "").await;
+        (ids(&p).len() == 5).then_some(p)
+    })
+    .await;
+    assert_eq!(all["unread"], 5, "{all}");
+    assert_eq!(all["next"], Value::Null);
+    let first = &all["notifications"][0];
+    assert_eq!(first["kind"], "comment", "newest first: {all}");
+    assert_eq!(first["text"], "nice one");
+    assert_eq!(first["read"], false);
+    assert_eq!(all["notifications"][4]["actor"], 11, "{all}");
+
+    // Pages of two: disjoint, in order, and they cover everything.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..3 {
+        let p = feed(&node, 5, &format!("?limit=2{cursor}")).await;
+        seen.extend(ids(&p));
+        match p["next"].as_str() {
+            Some(c) => cursor = format!("&before={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids(&all));
+
+    // Connecting: hello counts unread; acking delivers but does not read.
+    let mut c = Client::connect(&node, 5).await;
+    assert_eq!(c.hello["unread"], 5, "{}", c.hello);
+    assert_eq!(c.hello["pending"], 5, "{}", c.hello);
+    let got = c.notifications(5).await;
+    let got_ids: Vec<&str> = got.iter().filter_map(|n| n["id"].as_str()).collect();
+    c.ack(&got_ids).await;
+    eventually("inbox drained", || async {
+        let (_, v) = node.get("/v1/users/5/inbox").await;
+        (v["pending"] == 0).then_some(())
+    })
+    .await;
+    assert_eq!(feed(&node, 5, "").await["unread"], 5);
+
+    // Marking read.
+    let one = ids(&all)[1].clone();
+    let (s, v) = node
+        .post(
+            "/v1/users/5/notifications/read",
+            &json!({"ids": [one, "n-nonexistent"]}),
+        )
+        .await;
+    assert_eq!((s, v["unread"].clone()), (200, json!(4)), "{v}");
+    let p = feed(&node, 5, "").await;
+    assert_eq!(p["notifications"][1]["read"], true, "{p}");
+    assert_eq!(p["notifications"][0]["read"], false, "{p}");
+    let (s, v) = node
+        .post("/v1/users/5/notifications/read", &json!({"all": true}))
+        .await;
+    assert_eq!((s, v["unread"].clone()), (200, json!(0)), "{v}");
+    c.close().await;
+    let c = Client::connect(&node, 5).await;
+    assert_eq!(c.hello["unread"], 0, "{}", c.hello);
+
+    // A live notification enters the feed too, unread.
+    let mut c = c;
+    node.like(16, 5, "post:live").await;
+    let n = c.notification().await;
+    let p = eventually("live one in the feed", || async {
+        let p = feed(&node, 5, "").await;
+        (p["unread"] == 1).then_some(p)
+    })
+    .await;
+    assert_eq!(p["notifications"][0]["id"], n["id"], "{p}");
+
+    // Bad requests are refused with the field named.
+    for (q, field) in [
+        ("?limit=0", "limit"),
+        ("?limit=201", "limit"),
+        ("?before=junk", "before"),
+    ] {
+        let (s, v) = node.get(&format!("/v1/users/5/notifications{q}")).await;
+        assert_eq!(s, 400, "{q}: {v}");
+        assert_eq!(v["error"]["field"], field, "{v}");
+    }
+    for body in [
+        json!({}),
+        json!({"ids": []}),
+        json!({"all": false}),
+        json!({"ids": ["a"], "all": true}),
+    ] {
+        let (s, v) = node.post("/v1/users/5/notifications/read", &body).await;
+        assert_eq!(s, 400, "{body}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_are_compact_and_a_post_to_many_stores_its_body_once() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let follows: Vec<[u64; 2]> = (100..110).map(|f| [f, 7]).collect();
+    let (s, v) = node
+        .post("/v1/graph/follows", &json!({"follows": follows}))
+        .await;
+    assert!(s == 200 || s == 202, "{v}");
+    let text = "a post of some length, shared by all ten followers";
+    let (s, v) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "post", "actor": 7, "object": "post:1", "text": text}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    eventually("ten inboxes", || async {
+        let mut n = 0;
+        for f in 100..110 {
+            let (_, v) = node.get(&format!("/v1/users/{f}/inbox")).await;
+            n += v["pending"].as_u64().unwrap_or(0);
+        }
+        (n == 10).then_some(())
+    })
+    .await;
+    // One shared body; every inbox and feed names it.
+    let bodies = redis.cmd("KEYS h:b:*").unwrap_or_default();
+    assert_eq!(bodies.lines().next(), Some("*1"), "{bodies}");
+    for f in [100u64, 109] {
+        for k in ["ib", "fd"] {
+            let enc = redis.cmd(&format!("OBJECT ENCODING h:{{u:{f}}}:{k}"));
+            let enc = enc.unwrap_or_default();
+            assert!(enc.ends_with("listpack\r\n"), "{k} of {f}: {enc:?}");
+        }
+        let (_, v) = node.get(&format!("/v1/users/{f}/inbox")).await;
+        assert_eq!(v["notifications"][0]["text"], text, "{v}");
+        let p = feed(&node, f, "").await;
+        assert_eq!(p["notifications"][0]["text"], text, "{p}");
+        assert_eq!(p["notifications"][0]["actor"], 7, "{p}");
+    }
+    let c = Client::connect(&node, 100).await;
+    assert_eq!(
+        (c.hello["pending"].clone(), c.hello["unread"].clone()),
+        (json!(1), json!(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflowing_inbox_says_so_and_the_feed_still_lists_everything() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_REDIS__INBOX_CAP", "3")]);
+    let mut sent = BTreeSet::new();
+    for i in 0..5u64 {
+        sent.insert(node.like(20 + i, 6, &format!("post:{i}")).await);
+    }
+    let p = eventually("five in the feed", || async {
+        let p = feed(&node, 6, "").await;
+        (ids(&p).len() == 5).then_some(p)
+    })
+    .await;
+    let events: BTreeSet<String> = p["notifications"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["event_id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(events, sent);
+    let mut c = Client::connect(&node, 6).await;
+    assert_eq!(c.hello["pending"], 3, "{}", c.hello);
+    assert_eq!(c.hello["dropped"], 2, "{}", c.hello);
+    // The three newest are what waited.
+    let got = c.notifications(3).await;
+    let actors: Vec<u64> = got.iter().filter_map(|n| n["actor"].as_u64()).collect();
+    assert_eq!(actors, vec![22, 23, 24]);
+    c.close().await;
+    let c = Client::connect(&node, 6).await;
+    assert_eq!(c.hello.get("dropped"), None, "counted once: {}", c.hello);
+}
