@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Herald needs on a Debian machine when it is missing:
 # redis-server (from Debian's packages), and with --with-browser Debian's
-# chromium (the test suite renders the load report in it). The Rust toolchain must already be
+# chromium (the test suite renders the load report and drives the demo page
+# in it) and Node.js with npm (the browser client's tests; Node.js 20.10 or
+# newer, for its WebSocket client). The Rust toolchain must already be
 # there (rustup); Debian's own cargo is too old for this workspace.
 set -euo pipefail
 
@@ -15,6 +17,8 @@ command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
 command -v curl >/dev/null 2>&1 || want+=(curl)
 if [ "${1:-}" = "--with-browser" ]; then
     command -v chromium >/dev/null 2>&1 || want+=(chromium)
+    command -v node >/dev/null 2>&1 || want+=(nodejs)
+    command -v npm >/dev/null 2>&1 || want+=(npm)
 fi
 if [ "${#want[@]}" -gt 0 ]; then
     echo "installing ${want[*]}..." >&2
@@ -27,3 +31,10 @@ fi
 # A Debian install starts a system Redis on 6379 on some machines; Herald's
 # scripts never rely on it.
 command -v redis-server >/dev/null
+if [ "${1:-}" = "--with-browser" ]; then
+    v="$(node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.stdout.write(String(a * 100 + b))')"
+    if [ "$v" -lt 2010 ]; then
+        echo "error: Node.js $(node --version) is too old for the browser client's tests (20.10 or newer: its WebSocket client)" >&2
+        exit 1
+    fi
+fi

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what the tests need (redis-server),
+# Runs the whole test suite: installs what the tests need (redis-server,
+# chromium, Node.js and the browser client's TypeScript compiler),
 # then unit, property, crash and integration tests (the harness starts its
 # own redis-server and herald processes on free ports), then the format and
 # lint checks, and closes with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/ensure-deps.sh --with-browser
+# The browser client's compiler (its committed build is checked against it).
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
+export HERALD_REQUIRE_NODE=1
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

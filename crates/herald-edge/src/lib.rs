@@ -26,8 +26,6 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use dashmap::DashMap;
 use herald_store::Store;
 use herald_types::{
@@ -242,9 +240,9 @@ impl Edge {
         }
     }
 
-    pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/v1/ws", get(upgrade))
+    pub fn router(self: &Arc<Self>) -> utoipa_axum::router::OpenApiRouter {
+        utoipa_axum::router::OpenApiRouter::new()
+            .routes(utoipa_axum::routes!(upgrade))
             .with_state(self.clone())
     }
 
@@ -437,6 +435,16 @@ pub struct Admission {
 /// Close code for a connection over its address's limits.
 const CLOSE_TOO_MANY: u16 = 4029;
 
+/// The WebSocket: live notifications, the inbox drained at connect, acks.
+/// Frames and close codes: `docs/asyncapi.yaml`.
+#[utoipa::path(get, path = "/v1/ws", tag = "websocket",
+    params(
+        ("token" = Option<String>, Query, description = "The user's JWT (or `Authorization: Bearer`)"),
+        ("user" = Option<u64>, Query, description = "Development mode only: connect as this user")),
+    responses(
+        (status = 101, description = "Upgraded: the server sends `hello`, then notifications"),
+        (status = 401, description = "Missing or bad token"),
+        (status = 503, description = "At the connection limit, shutting down, or not an edge node")))]
 async fn upgrade(
     State(edge): State<Arc<Edge>>,
     headers: HeaderMap,

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::Router;
 use herald_store::DeadLetter;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::append::append;
 use crate::body::{encoding, parse, read_limited};
@@ -23,12 +23,12 @@ use crate::Gateway;
 /// Most dead letters listed or replayed at once.
 pub const MAX_DEAD_LETTERS_PAGE: usize = 10_000;
 
-pub fn router() -> Router<Arc<Gateway>> {
-    Router::new()
-        .route("/v1/admin/dead-letters", get(list_dead))
-        .route("/v1/admin/dead-letters/replay", post(replay_dead))
-        .route("/v1/admin/log/quarantine", get(list_quarantine))
-        .route("/v1/admin/log/quarantine/ack", post(ack_quarantine))
+pub fn router() -> OpenApiRouter<Arc<Gateway>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_dead))
+        .routes(routes!(replay_dead))
+        .routes(routes!(list_quarantine))
+        .routes(routes!(ack_quarantine))
 }
 
 fn authorize_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -39,6 +39,11 @@ fn store_down(e: herald_store::StoreError) -> ApiError {
     ApiError::unavailable(format!("dead-letter store unavailable: {e}"))
 }
 
+/// Records fan-out could not process after bounded retries.
+#[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin",
+    params(("limit" = Option<usize>, Query, description = "Most returned")),
+    responses((status = 200, body = crate::schema::DeadLetters), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody), (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn list_dead(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
@@ -79,6 +84,11 @@ fn render(d: &DeadLetter) -> Value {
     })
 }
 
+/// Processes dead letters again.
+#[utoipa::path(post, path = "/v1/admin/dead-letters/replay", tag = "admin",
+    request_body(content = crate::schema::Replay),
+    responses((status = 200, body = crate::schema::Replayed), (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody), (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn replay_dead(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
@@ -146,6 +156,10 @@ async fn replay_dead(
     respond(r)
 }
 
+/// Log ranges moved aside by recovery, not yet acknowledged.
+#[utoipa::path(get, path = "/v1/admin/log/quarantine", tag = "admin",
+    responses((status = 200, description = "Quarantine reports", body = serde_json::Value), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn list_quarantine(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let r = async {
         authorize_admin(&gw, &headers)?;
@@ -160,6 +174,10 @@ async fn list_quarantine(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> 
     respond(r)
 }
 
+/// Acknowledges the quarantine reports (they leave `/readyz`).
+#[utoipa::path(post, path = "/v1/admin/log/quarantine/ack", tag = "admin",
+    responses((status = 200, description = "Acknowledged", body = serde_json::Value), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn ack_quarantine(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let r = async {
         authorize_admin(&gw, &headers)?;

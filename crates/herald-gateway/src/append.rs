@@ -141,6 +141,15 @@ async fn append_here(gw: &Gateway, parts: &[(u32, Vec<Bytes>)]) -> Result<Vec<u6
 
 /// `POST /v1/internal/append`: events another node validated and stamped,
 /// for partitions this node owns.
+#[utoipa::path(post, path = "/v1/internal/append", tag = "cluster",
+    description = "Between the nodes of a cluster only (binary framing, `x-herald-cluster-key`); refused otherwise.",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Appended: `{\"ids\": [...]}`, the event ids"),
+        (status = 409, description = "`not_owner`: this node does not own a partition now", body = crate::schema::ErrorBody),
+        (status = 401, description = "Missing or wrong cluster key", body = crate::schema::ErrorBody),
+        (status = 404, description = "Not a cluster node", body = crate::schema::ErrorBody),
+        (status = 503, description = "The log cannot take it", body = crate::schema::ErrorBody)))]
 pub(crate) async fn internal_append(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,

@@ -8,10 +8,10 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::Router;
 use herald_store::FeedCursor;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
@@ -25,16 +25,23 @@ pub const MAX_READ_IDS: usize = 1000;
 /// Largest mark-read body.
 const MAX_READ_BODY: usize = 256 * 1024;
 
-pub fn router() -> Router<Arc<Gateway>> {
-    Router::new()
-        .route("/v1/users/{id}/notifications", get(page))
-        .route("/v1/users/{id}/notifications/read", post(mark_read))
+pub fn router() -> OpenApiRouter<Arc<Gateway>> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(mark_read))
 }
 
 fn unavailable(e: herald_store::StoreError) -> ApiError {
     ApiError::unavailable(format!("feed store unavailable: {e}"))
 }
 
+/// A page of the user's feed, newest first, with read state.
+#[utoipa::path(get, path = "/v1/users/{id}/notifications", tag = "feed",
+    params(("id" = u64, Path, description = "User id (canonical decimal)"),
+        ("limit" = Option<usize>, Query, description = "1 to 200 (default 50)"),
+        ("before" = Option<String>, Query, description = "The previous page's `next`")),
+    responses((status = 200, body = crate::schema::FeedPage), (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody), (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn page(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
@@ -94,6 +101,12 @@ async fn page(
     respond(r)
 }
 
+/// Marks feed entries read; answers the unread count.
+#[utoipa::path(post, path = "/v1/users/{id}/notifications/read", tag = "feed",
+    params(("id" = u64, Path, description = "User id (canonical decimal)")),
+    request_body(content = crate::schema::MarkRead),
+    responses((status = 200, body = crate::schema::Unread), (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody), (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn mark_read(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,

@@ -18,6 +18,7 @@ mod http;
 mod import;
 mod prefs;
 mod routes;
+pub mod schema;
 pub mod validate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,13 +29,21 @@ use herald_store::Store;
 
 pub use error::ApiError;
 pub use forward::{Forwarder, CLUSTER_KEY_HEADER};
-/// Every HTTP route of the gateway.
-pub fn router(gw: Arc<Gateway>) -> axum::Router {
+/// The gateway's part of the OpenAPI document (what an edge node, which
+/// proxies these routes, describes too).
+pub fn api_doc() -> utoipa::openapi::OpenApi {
+    let r: utoipa_axum::router::OpenApiRouter<Arc<Gateway>> = routes::router()
+        .routes(utoipa_axum::routes!(append::internal_append))
+        .merge(prefs::router())
+        .merge(feed::router())
+        .merge(admin::router());
+    r.split_for_parts().1
+}
+
+/// Every HTTP route of the gateway, with its OpenAPI description.
+pub fn router(gw: Arc<Gateway>) -> utoipa_axum::router::OpenApiRouter {
     routes::router()
-        .route(
-            "/v1/internal/append",
-            axum::routing::post(append::internal_append),
-        )
+        .routes(utoipa_axum::routes!(append::internal_append))
         .merge(prefs::router())
         .merge(feed::router())
         .merge(admin::router())

@@ -6,10 +6,10 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::Router;
 use herald_prefs::{parse_document, Invalid, Mute, Resolved};
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::body::{encoding, parse, read_limited};
 use crate::error::ApiError;
@@ -19,10 +19,10 @@ use crate::Gateway;
 /// Largest preferences or mutes body.
 pub const MAX_PREFS_BODY: usize = 1024 * 1024;
 
-pub fn router() -> Router<Arc<Gateway>> {
-    Router::new()
-        .route("/v1/users/{id}/preferences", get(get_prefs).put(put_prefs))
-        .route("/v1/users/{id}/mutes", post(add_mute).delete(remove_mute))
+pub fn router() -> OpenApiRouter<Arc<Gateway>> {
+    OpenApiRouter::new()
+        .routes(routes!(get_prefs, put_prefs))
+        .routes(routes!(add_mute, remove_mute))
 }
 
 fn invalid(e: Invalid) -> ApiError {
@@ -46,6 +46,11 @@ async fn current(gw: &Gateway, user: u64) -> Result<Value, ApiError> {
     Ok(r.to_api(herald_types::now_ms()))
 }
 
+/// The user's preferences, with the mutes in force.
+#[utoipa::path(get, path = "/v1/users/{id}/preferences", tag = "preferences",
+    params(("id" = u64, Path, description = "User id (canonical decimal)")),
+    responses((status = 200, body = crate::schema::Preferences), (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody), (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn get_prefs(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
@@ -60,6 +65,13 @@ async fn get_prefs(
     respond(r)
 }
 
+/// Replaces the user's preference document; its `muted_actors` and
+/// `muted_objects` replace the mutes (without an end time).
+#[utoipa::path(put, path = "/v1/users/{id}/preferences", tag = "preferences",
+    params(("id" = u64, Path, description = "User id (canonical decimal)")),
+    request_body(content = crate::schema::Preferences),
+    responses((status = 200, body = crate::schema::Preferences), (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody), (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn put_prefs(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
@@ -170,6 +182,12 @@ async fn change_mute(
     current(gw, user).await
 }
 
+/// Mutes an actor or an object, optionally until a time.
+#[utoipa::path(post, path = "/v1/users/{id}/mutes", tag = "preferences",
+    params(("id" = u64, Path, description = "User id (canonical decimal)")),
+    request_body(content = crate::schema::Mute),
+    responses((status = 200, body = crate::schema::Preferences), (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody), (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn add_mute(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
@@ -179,6 +197,12 @@ async fn add_mute(
     respond(change_mute(&gw, &headers, &id, body, true).await)
 }
 
+/// Removes a mute.
+#[utoipa::path(delete, path = "/v1/users/{id}/mutes", tag = "preferences",
+    params(("id" = u64, Path, description = "User id (canonical decimal)")),
+    request_body(content = crate::schema::Mute),
+    responses((status = 200, body = crate::schema::Preferences), (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody), (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn remove_mute(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,

@@ -7,10 +7,11 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use herald_types::{ids, WireFormat};
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::append::append;
 use crate::body::{encoding, read_limited};
@@ -23,14 +24,26 @@ pub const MAX_IMPORT_PAIRS: usize = 1_000_000;
 /// Most notifications returned by one inbox read.
 pub const MAX_INBOX_LIMIT: usize = 1000;
 
-pub fn router() -> Router<Arc<Gateway>> {
-    Router::new()
-        .route("/v1/events", post(post_events))
-        .route("/v1/graph/follows", post(post_follows))
-        .route("/v1/users/{id}/followers/count", get(follower_count))
-        .route("/v1/users/{id}/inbox", get(inbox))
+pub fn router() -> OpenApiRouter<Arc<Gateway>> {
+    OpenApiRouter::new()
+        .routes(routes!(post_events))
+        .routes(routes!(post_follows))
+        .routes(routes!(follower_count))
+        .routes(routes!(inbox))
 }
 
+/// Posts one event or a batch; `202` once every event is durable in the
+/// log (all or nothing).
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    request_body(content = crate::schema::EventsBody, description = "JSON, or MessagePack (`application/msgpack`); at most 4 MiB and 10,000 events"),
+    responses(
+        (status = 202, description = "Durable", body = crate::schema::Accepted),
+        (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody),
+        (status = 413, description = "Body or batch too large", body = crate::schema::ErrorBody),
+        (status = 415, description = "Unknown content type", body = crate::schema::ErrorBody),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::schema::ErrorBody),
+        (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn post_events(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
     match accept(&gw, &headers, body).await {
         Ok(ids) => {
@@ -72,6 +85,12 @@ async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<Str
     append(gw, &events).await
 }
 
+/// Bulk import of follow pairs (seeding a graph).
+#[utoipa::path(post, path = "/v1/graph/follows", tag = "graph",
+    request_body(content = crate::schema::Follows, description = "JSON or MessagePack"),
+    responses((status = 200, description = "Imported", body = crate::schema::Imported), (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody),
+        (status = 413, description = "Too many pairs or bytes", body = crate::schema::ErrorBody), (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
     let r = async {
         let key = authorize(&gw, &headers, Scope::Ingest)?;
@@ -110,6 +129,11 @@ async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: 
     }
 }
 
+/// How many followers a user has.
+#[utoipa::path(get, path = "/v1/users/{id}/followers/count", tag = "graph",
+    params(("id" = u64, Path, description = "User id (canonical decimal)")),
+    responses((status = 200, body = crate::schema::FollowerCount), (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn follower_count(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
@@ -129,6 +153,11 @@ async fn follower_count(
     respond(r)
 }
 
+/// What waits for a user, oldest first; nothing is removed.
+#[utoipa::path(get, path = "/v1/users/{id}/inbox", tag = "inbox",
+    params(("id" = u64, Path, description = "User id (canonical decimal)"), ("limit" = Option<usize>, Query, description = "1 to 1,000 (default 100)")),
+    responses((status = 200, body = crate::schema::Inbox), (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody), (status = 503, description = "Redis or the log cannot serve now (Retry-After)", body = crate::schema::ErrorBody)),
+    security(("bearer" = [])))]
 async fn inbox(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,

@@ -19,6 +19,9 @@ use crate::{Result, Store, StoreError};
 /// post to followers is always: its recipients come in several pushes).
 pub(crate) const SHARE_MIN: usize = 3;
 
+/// `(field, value)` pairs of a hash, or `(name, body)` of shared bodies.
+pub(crate) type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One user's entry, ready to write.
 pub(crate) struct Encoded {
     pub user: UserId,
@@ -35,45 +38,53 @@ pub(crate) fn body_key(name: &[u8]) -> Vec<u8> {
 
 /// Encodes `items`; bodies reaching [`SHARE_MIN`] recipients are returned
 /// once each (name, body) and their entries point at them.
-pub(crate) fn encode(items: &[(UserId, &Notification)]) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<Encoded>) {
+pub(crate) fn encode(items: &[(UserId, &Notification)]) -> (Pairs, Vec<Encoded>) {
     let mut out = Vec::with_capacity(items.len());
-    // Per field: the body, how many entries of this push carry it, and
-    // whether it is already queued for writing.
-    let mut bodies: HashMap<Vec<u8>, (Vec<u8>, usize, bool)> = HashMap::new();
-    let mut parts = Vec::with_capacity(items.len());
-    for (user, n) in items {
-        let field = compact::field(&n.id, *user);
+    // Fields first: a body is only worth encoding apart when its field
+    // comes back often enough in this push (or it is a post's).
+    let fields: Vec<Vec<u8>> = items
+        .iter()
+        .map(|(user, n)| compact::field(&n.id, *user))
+        .collect();
+    let mut counts: HashMap<&[u8], usize> = HashMap::new();
+    for ((_, n), f) in items.iter().zip(&fields) {
         // Only fields without the recipient in them name a shareable body.
-        let shareable = matches!(field.first(), Some(1 | 2));
-        let body = shareable.then(|| compact::body(n, &field, *user));
-        if let Some(b) = &body {
-            let e = bodies
-                .entry(field.clone())
-                .or_insert_with(|| (b.clone(), 0, false));
-            if &e.0 == b {
-                e.1 += 1;
-            }
+        if matches!(f.first(), Some(1 | 2)) {
+            let c = counts.entry(f.as_slice()).or_default();
+            *c += if n.kind.to_followers() { SHARE_MIN } else { 1 };
         }
-        parts.push((*user, n, field, body));
     }
+    // Per shared field: its body, and whether it is queued for writing.
+    let mut bodies: HashMap<&[u8], (Vec<u8>, bool)> = HashMap::new();
     let mut shared = Vec::new();
-    for (user, n, field, body) in parts {
-        let slot = body.as_ref().and_then(|b| {
-            bodies
-                .get_mut(&field)
-                .filter(|(sb, count, _)| (*count >= SHARE_MIN || n.kind.to_followers()) && sb == b)
-        });
-        let value = match slot {
-            Some((b, _, written)) => {
-                if !*written {
-                    shared.push((field.clone(), b.clone()));
-                    *written = true;
+    for ((user, n), field) in items.iter().zip(&fields) {
+        let share = counts
+            .get(field.as_slice())
+            .is_some_and(|c| *c >= SHARE_MIN);
+        let value = if share {
+            let b = compact::body(n, field, *user);
+            let slot = bodies
+                .entry(field.as_slice())
+                .or_insert_with(|| (b.clone(), false));
+            // Bodies of one field differ only if an id was reused for
+            // something else: such an entry keeps its own body.
+            if slot.0 == b {
+                if !slot.1 {
+                    shared.push((field.clone(), b));
+                    slot.1 = true;
                 }
-                compact::shared_entry(n.order, &field)
+                compact::shared_entry(n.order, field)
+            } else {
+                compact::entry(n, *user)
             }
-            None => compact::entry(n, user),
+        } else {
+            compact::entry(n, *user)
         };
-        out.push(Encoded { user, field, value });
+        out.push(Encoded {
+            user: *user,
+            field: field.clone(),
+            value,
+        });
     }
     (shared, out)
 }
@@ -113,7 +124,7 @@ impl Store {
         &self,
         user: UserId,
         key: &str,
-        raw: Vec<(Vec<u8>, Vec<u8>)>,
+        raw: Pairs,
     ) -> Result<(Vec<(Notification, bool)>, Vec<Vec<u8>>)> {
         let mut names: Vec<&[u8]> = raw
             .iter()

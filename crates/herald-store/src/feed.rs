@@ -7,16 +7,21 @@
 //! (unread again). The hash holds at most `feed_cap` entries (the oldest go
 //! first, trimmed once it passes the cap by a tenth) and entries older than
 //! `feed_retention` are neither listed nor counted, and are removed when a
-//! page is read; the key itself expires `feed_retention` after its last
-//! write. A page is one script call (plus one for shared bodies it names).
+//! page is read; the key itself expires `feed_retention` after it was
+//! created or last read (a page, a hello) or trimmed, whichever is latest,
+//! so a write costs two commands (HSET, HLEN) and no EXPIRE. A page is one script call (plus one for shared bodies it names).
+
+use std::collections::HashMap;
 
 use herald_types::{compact, Notification, UserId};
 
 use crate::{ukey, Result, Store};
 
 /// Every entry of `KEYS[1]` ordered after ARGV[1] (older ones are
-/// removed), and how many of those are unread.
+/// removed), and how many of those are unread; a read renews the feed's
+/// lifetime (ARGV[2] s).
 const PAGE: &str = r#"
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 local all = redis.call('HGETALL', KEYS[1])
 local since = tonumber(ARGV[1])
 local out = {}
@@ -71,8 +76,10 @@ end
 return unread
 "#;
 
-/// Drops the oldest entries of `KEYS[1]` until ARGV[1] remain.
+/// Drops the oldest entries of `KEYS[1]` until ARGV[1] remain; renews
+/// its lifetime (ARGV[2] s).
 const TRIM: &str = r#"
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 local all = redis.call('HGETALL', KEYS[1])
 local excess = #all / 2 - tonumber(ARGV[1])
 if excess <= 0 then return 0 end
@@ -139,37 +146,47 @@ impl Store {
         let (bodies, entries) = crate::entries::encode(items);
         self.write_bodies(&bodies).await?;
         let mut p = crate::Batch::new();
+        // Per user (in order of appearance): fields this batch added.
+        let mut added: HashMap<UserId, u64> = HashMap::new();
         let mut users: Vec<UserId> = Vec::new();
         for e in &entries {
             p.cmd("HSET")
                 .arg(ukey(e.user, "fd"))
                 .arg(e.field.as_slice())
-                .arg(e.value.as_slice())
-                .ignore();
-            if !users.contains(&e.user) {
+                .arg(e.value.as_slice());
+            if added.insert(e.user, 0).is_none() {
                 users.push(e.user);
             }
         }
         for u in &users {
-            let k = ukey(*u, "fd");
-            p.cmd("HLEN").arg(&k);
-            p.cmd("EXPIRE")
-                .arg(&k)
-                .arg(self.cfg.feed_retention.as_secs().max(1))
-                .ignore();
+            p.cmd("HLEN").arg(ukey(*u, "fd"));
         }
-        let sizes: Vec<u64> = self.run(&p).await?;
+        let answers: Vec<u64> = self.run(&p).await?;
+        let (new_fields, sizes) = answers.split_at(entries.len().min(answers.len()));
+        for (e, n) in entries.iter().zip(new_fields) {
+            *added.entry(e.user).or_default() += n;
+        }
+        let ttl = self.cfg.feed_retention.as_secs().max(1);
         let cap = self.cfg.feed_cap as u64;
+        let mut fresh = crate::Batch::new();
         for (u, size) in users.iter().zip(sizes) {
+            // A feed this batch created starts its lifetime (reads and
+            // trims renew it): no EXPIRE per write.
+            if added.get(u) == Some(size) {
+                fresh.cmd("EXPIRE").arg(ukey(*u, "fd")).arg(ttl).ignore();
+            }
             // Trimmed past a tenth over the cap: one scan per tenth of
             // the cap's writes, not one per write.
-            if size > cap + (cap / 10).max(1) {
+            if *size > cap + (cap / 10).max(1) {
                 static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
                 let script = S.get_or_init(|| redis::Script::new(TRIM));
                 let mut inv = script.prepare_invoke();
-                inv.key(ukey(*u, "fd")).arg(cap);
+                inv.key(ukey(*u, "fd")).arg(cap).arg(ttl);
                 let _: u64 = self.invoke(&inv).await?;
             }
+        }
+        if !fresh.is_empty() {
+            self.run::<()>(&fresh).await?;
         }
         Ok(())
     }
@@ -185,8 +202,10 @@ impl Store {
         let script = S.get_or_init(|| redis::Script::new(PAGE));
         let key = ukey(user, "fd");
         let mut inv = script.prepare_invoke();
-        inv.key(&key).arg(self.feed_since_us());
-        let (unread, raw): (u64, Vec<(Vec<u8>, Vec<u8>)>) = self.invoke(&inv).await?;
+        inv.key(&key)
+            .arg(self.feed_since_us())
+            .arg(self.cfg.feed_retention.as_secs().max(1));
+        let (unread, raw): (u64, crate::entries::Pairs) = self.invoke(&inv).await?;
         // Sorted and cut before decoding: only the page's entries are
         // decoded (and their shared bodies read).
         let mut rows: Vec<(FeedCursor, Vec<u8>, Vec<u8>)> = raw
@@ -205,7 +224,7 @@ impl Store {
             })
             .filter(|(c, ..)| before.is_none_or(|b| (c.order, c.tie) < (b.order, b.tie)))
             .collect();
-        rows.sort_unstable_by(|a, b| (b.0.order, b.0.tie).cmp(&(a.0.order, a.0.tie)));
+        rows.sort_unstable_by_key(|r| std::cmp::Reverse((r.0.order, r.0.tie)));
         let more = rows.len() > limit;
         rows.truncate(limit);
         let next = if more { rows.last().map(|r| r.0) } else { None };

@@ -16,7 +16,8 @@ use crate::{ukey, Result, Store};
 /// `ARGV[4]` only; the first `ARGV[1]` of them with the hash's size. When
 /// ARGV[2] is 1 (a hello): also the dropped count of `KEYS[2]` (reset), the
 /// idle lifetime restarted (ARGV[3] s), and the unread count of the feed
-/// `KEYS[3]` within its retention (entries ordered after ARGV[5]).
+/// `KEYS[3]` within its retention (entries ordered after ARGV[5]), whose
+/// lifetime (ARGV[6] s) starts again.
 const SNAPSHOT: &str = r#"
 local all = redis.call('HGETALL', KEYS[1])
 local after = tonumber(ARGV[4])
@@ -41,6 +42,7 @@ if ARGV[2] == '1' then
   local ttl = tonumber(ARGV[3])
   if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
   local feed = redis.call('HVALS', KEYS[3])
+  if #feed > 0 then redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6])) end
   local since = tonumber(ARGV[5])
   for i = 1, #feed do
     local v = feed[i]
@@ -99,6 +101,7 @@ impl Store {
         let (bodies, entries) = crate::entries::encode(items);
         self.write_bodies(&bodies).await?;
         let mut p = crate::Batch::new();
+        let mut seen = std::collections::HashSet::new();
         let mut users: Vec<UserId> = Vec::new();
         for e in &entries {
             let k = ukey(e.user, "ib");
@@ -107,7 +110,7 @@ impl Store {
                 .arg(e.field.as_slice())
                 .arg(e.value.as_slice())
                 .ignore();
-            if !users.contains(&e.user) {
+            if seen.insert(e.user) {
                 users.push(e.user);
             }
         }
@@ -192,8 +195,9 @@ impl Store {
             .arg(if hello { "1" } else { "0" })
             .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)))
             .arg(after.map_or(-1, |a| a as i64))
-            .arg(self.feed_since_us());
-        let (pending, raw, dropped, unread): (u64, Vec<(Vec<u8>, Vec<u8>)>, u64, u64) =
+            .arg(self.feed_since_us())
+            .arg(self.cfg.feed_retention.as_secs().max(1));
+        let (pending, raw, dropped, unread): (u64, crate::entries::Pairs, u64, u64) =
             self.invoke(&inv).await?;
         let (items, orphans) = self.decode_entries(user, &key, raw).await?;
         let mut pending = pending;

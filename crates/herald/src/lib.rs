@@ -4,9 +4,11 @@
 
 pub mod cli;
 pub mod config;
+mod demo;
 mod door;
 mod ops;
 mod ops_describe;
+mod routes;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -220,7 +222,7 @@ pub async fn run(
         keys: cfg.api_keys(),
         metrics,
     };
-    let app = app(&cfg, role, gateway.clone(), &edge, ops_state, placement);
+    let app = routes::app(&cfg, role, gateway.clone(), &edge, ops_state, placement);
     let housekeeping = tokio::spawn({
         let gateway = gateway.clone();
         async move {
@@ -267,54 +269,6 @@ pub async fn run(
     }
     tracing::info!("shutdown complete");
     Ok(())
-}
-
-/// The HTTP routes a node of `role` serves.
-fn app(
-    cfg: &Config,
-    role: Role,
-    gateway: Option<Arc<herald_gateway::Gateway>>,
-    edge: &Arc<herald_edge::Edge>,
-    ops_state: ops::Ops,
-    placement: Arc<dyn herald_types::Placement>,
-) -> axum::Router {
-    let mut app = ops::router(ops_state);
-    if let Some(g) = gateway {
-        app = app.merge(herald_gateway::router(g));
-    }
-    if role.holds_connections() {
-        app = app.merge(edge.router());
-    } else {
-        app = app.route(
-            "/v1/ws",
-            axum::routing::any(|| async {
-                herald_gateway::ApiError::new(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "wrong_role",
-                    "this is an ingest node: it holds no WebSocket connections; connect to an edge node",
-                )
-            }),
-        );
-    }
-    if role == Role::Edge {
-        // Every other route: to an ingest node, as it was asked.
-        let fwd = Arc::new(herald_gateway::Forwarder::new(
-            cfg.server.cluster_key.clone(),
-        ));
-        return app.fallback(move |req: axum::extract::Request| {
-            let (fwd, placement) = (fwd.clone(), placement.clone());
-            async move {
-                match placement.any_ingest() {
-                    Some(addr) => fwd.proxy(&addr, req).await,
-                    None => herald_gateway::forward::unavailable(
-                        "no ingest node is alive to serve this route".into(),
-                    ),
-                }
-            }
-        });
-    }
-    app.fallback(|| async { herald_gateway::ApiError::not_found("no such route; see docs/API.md") })
-        .method_not_allowed_fallback(|| async { method_not_allowed() })
 }
 
 /// Where other nodes reach this one: `server.advertise`, else the address
@@ -374,14 +328,6 @@ async fn open_log(cfg: &Config) -> anyhow::Result<herald_log::Log> {
         Err(e) => tracing::warn!(error = %e, "quarantine reports unreadable"),
     }
     Ok(log)
-}
-
-fn method_not_allowed() -> herald_gateway::ApiError {
-    herald_gateway::ApiError::new(
-        axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method; see docs/API.md",
-    )
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -5,10 +5,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Clone)]
 pub struct Ops {
@@ -43,18 +44,29 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .clone()
 }
 
-pub fn router(ops: Ops) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render))
+pub fn router(ops: Ops) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(render))
         .with_state(ops)
+}
+
+/// `200` while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
 }
 
 /// `200` when the node can take and deliver events: the log takes
 /// appends, Redis answers, no fan-out worker is stuck. Quarantined log
 /// ranges an operator has not acknowledged are shown but do not make the
 /// node unready (it works; someone should look).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "`{\"ready\": true, \"checks\": {\"log\": \"ok\", \"redis\": \"ok\", ...}}`"),
+        (status = 503, description = "Not ready: the failing checks say why")))]
 async fn readyz(State(ops): State<Ops>) -> Response {
     let log = match &ops.log {
         Some(l) => l.health().describe(),
@@ -113,6 +125,12 @@ async fn readyz(State(ops): State<Ops>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Prometheus text; admin API key only once keys are configured.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
+        (status = 401, description = "Keys are configured and this is not an admin key"),
+        (status = 403, description = "Not an admin key")))]
 async fn render(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Response {
     if !ops.keys.is_empty() {
         let key = headers

@@ -1,0 +1,150 @@
+/**
+ * Herald's client for browsers (and Node.js 20.10+ with
+ * `--experimental-websocket`, or 22+): live notifications over one
+ * WebSocket, with reconnects, batched acks and de-duplication, and the
+ * user's feed and preferences over HTTP.
+ *
+ * Several tabs of one browser share one connection: the tab holding a Web
+ * Lock is the leader and holds the socket; the others receive its events
+ * over a BroadcastChannel and send their acks and reads through it. When
+ * the leader closes, another tab takes the lock and connects.
+ *
+ * No dependencies. The protocol is `docs/asyncapi.yaml`; the HTTP routes
+ * are `GET /v1/openapi.json`.
+ */
+export type Kind = "like" | "comment" | "mention" | "follow" | "unfollow" | "post";
+/** A notification, as the `notification` frame and the feed carry it. */
+export interface Notification {
+    type: "notification";
+    id: string;
+    event_id: string;
+    kind: Kind;
+    actor: number;
+    object?: string;
+    text?: string;
+    ts_ms: number;
+    count: number;
+    actors: number[];
+    /** Feed entries only. */
+    read?: boolean;
+}
+export interface DigestItem {
+    kind: Kind;
+    object?: string;
+    count: number;
+    actors: number[];
+    event_id: string;
+}
+/** A summary of a digest window. */
+export interface Digest {
+    type: "digest";
+    id: string;
+    window_start_ms: number;
+    window_end_ms: number;
+    count: number;
+    items: DigestItem[];
+    read?: boolean;
+}
+export interface Hello {
+    type: "hello";
+    user: number;
+    /** Notifications waiting, sent right after. */
+    pending: number;
+    /** Waiting notifications the inbox cap dropped since the last connection. */
+    dropped?: number;
+    /** Unread entries of the feed. */
+    unread: number;
+}
+export type State = "connecting" | "open" | "reconnecting" | "closed";
+export interface FeedPage {
+    notifications: Array<Notification | Digest>;
+    unread: number;
+    next: string | null;
+}
+export interface Options {
+    /** The node, e.g. `http://127.0.0.1:7400`. */
+    url: string;
+    /** A JWT for the user (production). */
+    token?: string;
+    /** The user id (development mode only, when the node allows `?user=`). */
+    user?: number;
+    /** Ack after this many ms, or as soon as `ackBatch` ids wait. */
+    ackDelayMs?: number;
+    ackBatch?: number;
+    /** Reconnect backoff: full jitter over `min(max, initial * 2^attempt)`. */
+    backoffInitialMs?: number;
+    backoffMaxMs?: number;
+    /** Share one connection between the tabs of a browser (default true). */
+    shareTabs?: boolean;
+    /** Every HTTP call fails after this long (default 10 s). */
+    timeoutMs?: number;
+}
+/**
+ * Events: `notification` and `digest` (detail: the frame), `hello`,
+ * `state` (detail: State), `error` (detail: `{code, message}`), `unread`
+ * (detail: number, after a read through this client).
+ */
+export declare class HeraldClient extends EventTarget {
+    readonly options: Required<Omit<Options, "token" | "user">> & Pick<Options, "token" | "user">;
+    private ws;
+    private state;
+    private attempt;
+    private stopped;
+    private timer;
+    private acks;
+    private ackTimer;
+    private seen;
+    private channel;
+    private leader;
+    private releaseLock;
+    private lastHello;
+    constructor(options: Options);
+    /** The connection's state. */
+    get connectionState(): State;
+    /** Starts (and keeps) the connection, or joins the tab that holds it. */
+    start(): void;
+    /** Closes the connection for good (acks waiting are sent first). */
+    stop(): void;
+    /** Acknowledges notifications (batched; `notification` events are acked
+     * automatically unless `autoAck` is turned off by calling this yourself). */
+    ack(ids: string[]): void;
+    /** A page of the feed, newest first; pass the previous page's `next`. */
+    feed(opts?: {
+        limit?: number;
+        before?: string | null;
+    }): Promise<FeedPage>;
+    /** Marks entries read (or every one, with `"all"`); resolves to the unread count. */
+    markRead(ids: string[] | "all"): Promise<number>;
+    preferences(): Promise<Record<string, unknown>>;
+    setPreferences(doc: Record<string, unknown>): Promise<Record<string, unknown>>;
+    /** Mutes an actor or an object (`{actor: 42}` or `{object: "post:7"}`). */
+    mute(target: {
+        actor?: number;
+        object?: string;
+        until_ms?: number;
+    }): Promise<unknown>;
+    unmute(target: {
+        actor?: number;
+        object?: string;
+    }): Promise<unknown>;
+    private identity;
+    private userPath;
+    private http;
+    private wsUrl;
+    private connect;
+    private closed;
+    private retry;
+    private onFrame;
+    private flushAcks;
+    private onChannel;
+    /** Emits here and, as the leader, in the other tabs. */
+    private broadcast;
+    private setState;
+    private emit;
+}
+/** An HTTP error from Herald: status, stable code, message. */
+export declare class HeraldError extends Error {
+    readonly status: number;
+    readonly code: string;
+    constructor(status: number, code: string, message: string);
+}

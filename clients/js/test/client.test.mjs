@@ -1,0 +1,126 @@
+// The client against a real Herald node (started by the Rust test
+// `tests/js_client.rs`, which passes its address in HERALD_URL).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { HeraldClient } from "../dist/herald.js";
+
+const url = process.env.HERALD_URL;
+if (!url) throw new Error("HERALD_URL is not set (run through tests/js_client.rs)");
+
+const next = (client, name, ms = 5000) =>
+  new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no ${name} within ${ms} ms`)), ms);
+    client.addEventListener(name, (e) => { clearTimeout(t); resolve(e.detail); }, { once: true });
+  });
+
+async function post(event) {
+  const r = await fetch(`${url}/v1/events`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(event),
+  });
+  const text = await r.text();
+  assert.equal(r.status, 202, text);
+  return JSON.parse(text).ids[0];
+}
+
+async function inboxPending(user) {
+  const r = await fetch(`${url}/v1/users/${user}/inbox`);
+  return (await r.json()).pending;
+}
+
+async function until(what, f, ms = 5000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+test("live notifications arrive, are acked in batches, and land in the feed", async () => {
+  const c = new HeraldClient({ url, user: 31 });
+  const states = [];
+  c.addEventListener("state", (e) => states.push(e.detail));
+  const hello = next(c, "hello");
+  c.start();
+  assert.equal((await hello).user, 31);
+  assert.equal(c.connectionState, "open");
+  const got = next(c, "notification");
+  const ev = await post({ kind: "comment", actor: 8, recipient: 31, object: "post:1", text: "hi" });
+  const n = await got;
+  assert.equal(n.event_id, ev);
+  assert.equal(n.text, "hi");
+  // The ack went out (batched): nothing is left to redeliver.
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(await inboxPending(31), 0);
+  const page = await until("feed entry", async () => {
+    const p = await c.feed({ limit: 10 });
+    return p.notifications.length === 1 ? p : null;
+  });
+  assert.equal(page.notifications[0].id, n.id);
+  assert.equal(page.unread, 1);
+  assert.equal(page.notifications[0].read, false);
+  const unread = next(c, "unread");
+  assert.equal(await c.markRead([n.id]), 0);
+  assert.equal(await unread, 0);
+  c.stop();
+  assert.deepEqual(states, ["connecting", "open", "closed"]);
+});
+
+test("a notification redelivered after a reconnect is shown once", async () => {
+  // Acks held back: the server sends the same notification again.
+  const c = new HeraldClient({ url, user: 32, ackDelayMs: 60_000, ackBatch: 1000, backoffInitialMs: 10 });
+  const seen = [];
+  c.addEventListener("notification", (e) => seen.push(e.detail.id));
+  const hello = next(c, "hello");
+  c.start();
+  await hello;
+  const got = next(c, "notification");
+  await post({ kind: "like", actor: 9, recipient: 32, object: "post:2" });
+  await got;
+  // The socket drops; the client reconnects by itself.
+  const again = next(c, "hello");
+  c.ws.close();
+  const h = await again;
+  assert.equal(h.pending, 1, "the unacked one waited in the inbox");
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(seen.length, 1, `shown once: ${seen}`);
+  // Once acked it is gone for good.
+  c.ack([]);
+  c.options.ackBatch = 1;
+  c.ack([seen[0]]);
+  await until("inbox empty", async () => (await inboxPending(32)) === 0);
+  c.stop();
+});
+
+test("preferences and mutes go through the user's helpers", async () => {
+  const c = new HeraldClient({ url, user: 33 });
+  const hello = next(c, "hello");
+  c.start();
+  await hello;
+  await c.mute({ actor: 77 });
+  await post({ kind: "like", actor: 77, recipient: 33, object: "post:3" });
+  const got = next(c, "notification");
+  await post({ kind: "like", actor: 78, recipient: 33, object: "post:3" });
+  assert.equal((await got).actor, 78, "the muted actor's like never came");
+  const prefs = await c.preferences();
+  assert.deepEqual(prefs.muted_actors, [77], JSON.stringify(prefs));
+  await assert.rejects(c.feed({ limit: 0 }), (e) => e.status === 400 && e.code === "invalid_field");
+  c.stop();
+});
+
+test("backoff keeps trying an unreachable node without throwing", async () => {
+  const c = new HeraldClient({ url: "http://127.0.0.1:9", user: 34, backoffInitialMs: 5, backoffMaxMs: 20 });
+  const states = [];
+  c.addEventListener("state", (e) => states.push(e.detail));
+  c.start();
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(c.connectionState, "reconnecting");
+  assert.ok(c.attempt >= 3, `attempts ${c.attempt}`);
+  c.stop();
+  assert.equal(states.at(-1), "closed");
+});
+
+test("options are checked", () => {
+  assert.throws(() => new HeraldClient({ url }), /token, or a user id/);
+});

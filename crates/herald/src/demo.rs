@@ -1,0 +1,48 @@
+//! `GET /demo?user=<id>`: a page that shows Herald working, built on the
+//! browser client (`clients/js`), served from the binary in development
+//! mode only (`websocket.dev_mode`): it connects with `?user=`, which only
+//! development mode accepts.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+const PAGE: &str = include_str!("demo/index.html");
+/// The compiled client (`clients/js/dist`), as published.
+const CLIENT: &str = include_str!("../../../clients/js/dist/herald.js");
+
+pub fn router() -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(client))
+}
+
+/// The demo page (development mode only).
+#[utoipa::path(get, path = "/demo", tag = "operations",
+    params(("user" = Option<u64>, Query, description = "Connect as this user")),
+    responses((status = 200, description = "The page", content_type = "text/html")))]
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// The browser client the demo page loads (`clients/js/dist/herald.js`).
+#[utoipa::path(get, path = "/demo/herald.js", tag = "operations",
+    responses((status = 200, description = "An ES module", content_type = "text/javascript")))]
+async fn client() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CLIENT,
+    )
+        .into_response()
+}

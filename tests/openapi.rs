@@ -1,0 +1,141 @@
+//! `GET /v1/openapi.json` describes exactly the routes a node serves:
+//! every path and method in the document is routed (the node answers it
+//! with something other than its no-such-route or wrong-method error), and
+//! every route in the code is registered through `utoipa_axum::routes!`,
+//! which takes path and method from the handler's `#[utoipa::path]` (no
+//! plain axum `.route(` anywhere in the crates).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use support::{http_blocking, Node, Redis};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_route_in_the_code_is_declared_for_the_document() {
+    let crates = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    rust_files(&crates, &mut files);
+    assert!(files.len() > 50, "found {} files", files.len());
+    let mut plain = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("read");
+        for (i, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let plain_route = [".route(\"", ".route_service(", ".nest(", "axum::routing"]
+                .iter()
+                .any(|p| code.contains(p));
+            if plain_route {
+                plain.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        plain.is_empty(),
+        "routes registered outside utoipa_axum::routes! (not in the OpenAPI document):\n{}",
+        plain.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_route_is_served() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let (s, doc) = node.get("/v1/openapi.json").await;
+    assert_eq!(s, 200, "{doc}");
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut checked = Vec::new();
+    for (path, item) in paths {
+        for method in ["get", "put", "post", "delete", "patch"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let concrete = path.replace("{id}", "5");
+            let addr = node.addr.clone();
+            let m = method.to_uppercase();
+            let body: Option<&[u8]> = (m != "GET").then_some(b"{}");
+            let (status, v) = tokio::task::spawn_blocking(move || {
+                http_blocking(
+                    &addr,
+                    &m,
+                    &concrete,
+                    body,
+                    &[("content-type", "application/json")],
+                )
+            })
+            .await
+            .expect("join")
+            .expect("http");
+            let code = v["error"]["code"].as_str().unwrap_or("");
+            let message = v["error"]["message"].as_str().unwrap_or("");
+            assert!(
+                !(status == 404 && message.starts_with("no such route")),
+                "{method} {path} is documented but not routed"
+            );
+            assert!(
+                !(status == 405 || code == "method_not_allowed"),
+                "{method} {path} is documented but that method is not routed"
+            );
+            checked.push(format!("{method} {path}"));
+        }
+    }
+    // The contract's routes are all there.
+    for want in [
+        "post /v1/events",
+        "get /v1/users/{id}/notifications",
+        "post /v1/users/{id}/notifications/read",
+        "get /v1/users/{id}/preferences",
+        "put /v1/users/{id}/preferences",
+        "post /v1/users/{id}/mutes",
+        "delete /v1/users/{id}/mutes",
+        "post /v1/graph/follows",
+        "get /v1/users/{id}/followers/count",
+        "get /v1/users/{id}/inbox",
+        "get /v1/ws",
+        "get /healthz",
+        "get /readyz",
+        "get /metrics",
+        "get /v1/admin/dead-letters",
+        "post /v1/admin/dead-letters/replay",
+        "get /v1/openapi.json",
+        "get /demo",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == want),
+            "{want} missing from {checked:?}"
+        );
+    }
+    // A route that is not there is refused as such (the check above can fail).
+    let (s, v): (u16, Value) = node.get("/v1/nothing-here").await;
+    assert_eq!(s, 404);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("no such route"));
+    // Schemas are referenced and present.
+    assert!(
+        doc["components"]["schemas"]["FeedPage"].is_object(),
+        "{}",
+        doc["components"]
+    );
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
