@@ -1,11 +1,15 @@
-//! A minimal keep-alive HTTP/1.1 client for posting events: one request at
-//! a time per connection, a pool of connections for concurrency. Enough for
-//! a load generator, without a large dependency.
+//! The generator's HTTP/1.1 client, on hyper: one keep-alive connection per
+//! `Conn`, one request at a time on it (a pool of `Conn`s gives
+//! concurrency), reconnected when the server closes it. Every wait has a
+//! timeout.
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{handshake, SendRequest};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// The API key sent with every request (`--api-key`), for nodes that
@@ -17,20 +21,37 @@ pub fn set_api_key(key: String) {
     let _ = API_KEY.set(key);
 }
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct Conn {
     addr: String,
-    stream: Option<BufReader<TcpStream>>,
+    sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Conn {
     pub fn new(addr: &str) -> Conn {
         Conn {
             addr: addr.to_string(),
-            stream: None,
+            sender: None,
         }
     }
 
-    /// Sends one request and returns (status, body).
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+            .await
+            .context("connect timeout")??;
+        s.set_nodelay(true)?;
+        let (sender, conn) = handshake(TokioIo::new(s)).await?;
+        // The connection runs until either side closes it.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends one request and returns (status, body). A kept-alive
+    /// connection the server closed is reopened once.
     pub async fn request(
         &mut self,
         method: &str,
@@ -38,85 +59,44 @@ impl Conn {
         ctype: &str,
         body: &[u8],
     ) -> anyhow::Result<(u16, Vec<u8>)> {
-        for attempt in 0..2 {
-            if self.stream.is_none() {
-                let s =
-                    tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&self.addr))
-                        .await
-                        .context("connect timeout")??;
-                s.set_nodelay(true)?;
-                self.stream = Some(BufReader::new(s));
+        let body = Bytes::copy_from_slice(body);
+        let mut last = anyhow!("no attempt");
+        for _ in 0..2 {
+            let mut sender = match self.sender.take() {
+                Some(s) if !s.is_closed() => s,
+                _ => self.connect().await?,
+            };
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(hyper::header::HOST, &self.addr)
+                .header(hyper::header::CONTENT_TYPE, ctype);
+            if let Some(k) = API_KEY.get() {
+                req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {k}"));
             }
-            match tokio::time::timeout(
-                Duration::from_secs(30),
-                self.once(method, path, ctype, body),
-            )
-            .await
-            {
-                Ok(Ok(r)) => return Ok(r),
-                // A kept-alive connection the server closed: retry once.
-                Ok(Err(_)) if attempt == 0 => self.stream = None,
-                Ok(Err(e)) => return Err(e),
+            let req = req.body(Full::new(body.clone()))?;
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                sender.ready().await?;
+                let resp = sender.send_request(req).await?;
+                let status = resp.status().as_u16();
+                let bytes = resp.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>((status, bytes.to_vec()))
+            })
+            .await;
+            match answer {
+                Ok(Ok(r)) => {
+                    self.sender = Some(sender);
+                    return Ok(r);
+                }
+                // Closed under us (keep-alive ended): once more, anew.
+                Ok(Err(e)) => last = anyhow!("{method} {path}: {e}"),
                 Err(_) => {
-                    self.stream = None;
-                    bail!("request timed out");
+                    return Err(anyhow!(
+                        "{method} {path}: timed out after {REQUEST_TIMEOUT:?}"
+                    ))
                 }
             }
         }
-        Err(anyhow!("unreachable"))
-    }
-
-    async fn once(
-        &mut self,
-        method: &str,
-        path: &str,
-        ctype: &str,
-        body: &[u8],
-    ) -> anyhow::Result<(u16, Vec<u8>)> {
-        let s = self
-            .stream
-            .as_mut()
-            .ok_or_else(|| anyhow!("no connection"))?;
-        let auth = API_KEY
-            .get()
-            .map(|k| format!("authorization: Bearer {k}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{auth}\r\n",
-            self.addr,
-            body.len()
-        );
-        s.get_mut().write_all(head.as_bytes()).await?;
-        s.get_mut().write_all(body).await?;
-        let mut line = String::new();
-        s.read_line(&mut line).await?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("bad status line {line:?}"))?;
-        let mut len = 0usize;
-        let mut close = false;
-        loop {
-            line.clear();
-            s.read_line(&mut line).await?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let lower = l.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            if lower.starts_with("connection:") && lower.contains("close") {
-                close = true;
-            }
-        }
-        let mut buf = vec![0u8; len];
-        s.read_exact(&mut buf).await?;
-        if close {
-            self.stream = None;
-        }
-        Ok((status, buf))
+        Err(last)
     }
 }

@@ -74,6 +74,8 @@ export interface Options {
     /** Reconnect backoff: full jitter over `min(max, initial * 2^attempt)`. */
     backoffInitialMs?: number;
     backoffMaxMs?: number;
+    /** Frames as JSON text (default) or MessagePack binary (smaller). */
+    format?: "json" | "msgpack";
     /** Share one connection between the tabs of a browser (default true). */
     shareTabs?: boolean;
     /** Every HTTP call fails after this long (default 10 s). */

@@ -12,6 +12,7 @@
  * No dependencies. The protocol is `docs/asyncapi.yaml`; the HTTP routes
  * are `GET /v1/openapi.json`.
  */
+import { decode as decodeMsgPack, encodeAck } from "./msgpack.js";
 /** Why the server closed, and whether the client tries again. */
 const FINAL_CLOSES = {
     1008: "unauthorized",
@@ -49,6 +50,7 @@ export class HeraldClient extends EventTarget {
             backoffMaxMs: 30000,
             shareTabs: true,
             timeoutMs: 10000,
+            format: "json",
             ...options,
             url: options.url.replace(/\/+$/, ""),
         };
@@ -196,7 +198,11 @@ export class HeraldClient extends EventTarget {
         this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
         let ws;
         try {
-            ws = new WebSocket(this.wsUrl());
+            ws =
+                this.options.format === "msgpack"
+                    ? new WebSocket(this.wsUrl(), "herald.msgpack")
+                    : new WebSocket(this.wsUrl());
+            ws.binaryType = "arraybuffer";
         }
         catch (e) {
             this.emit("error", { code: "connect_failed", message: String(e) });
@@ -205,8 +211,17 @@ export class HeraldClient extends EventTarget {
         }
         this.ws = ws;
         ws.onmessage = (m) => {
-            if (typeof m.data === "string")
+            if (typeof m.data === "string") {
                 this.onFrame(m.data);
+            }
+            else if (m.data instanceof ArrayBuffer) {
+                try {
+                    this.onFrame(decodeMsgPack(new Uint8Array(m.data)));
+                }
+                catch (e) {
+                    this.emit("error", { code: "bad_frame", message: String(e) });
+                }
+            }
         };
         ws.onclose = (c) => this.closed(ws, c.code, c.reason);
         // Some implementations (Node.js 20) report a failed connect with an
@@ -241,12 +256,20 @@ export class HeraldClient extends EventTarget {
         this.attempt = Math.min(this.attempt + 1, 30);
         this.timer = setTimeout(() => this.connect(), Math.random() * cap);
     }
-    onFrame(text) {
+    onFrame(frame) {
         let f;
-        try {
-            f = JSON.parse(text);
+        if (typeof frame === "string") {
+            try {
+                f = JSON.parse(frame);
+            }
+            catch {
+                return;
+            }
         }
-        catch {
+        else if (frame && typeof frame === "object") {
+            f = frame;
+        }
+        else {
             return;
         }
         switch (f.type) {
@@ -288,7 +311,7 @@ export class HeraldClient extends EventTarget {
         // The server takes at most 1000 ids per ack frame.
         while (this.acks.length) {
             const ids = this.acks.splice(0, 1000);
-            this.ws.send(JSON.stringify({ type: "ack", ids }));
+            this.ws.send(this.options.format === "msgpack" ? encodeAck(ids) : JSON.stringify({ type: "ack", ids }));
         }
     }
     onChannel(m) {

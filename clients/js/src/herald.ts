@@ -13,6 +13,8 @@
  * are `GET /v1/openapi.json`.
  */
 
+import { decode as decodeMsgPack, encodeAck } from "./msgpack.js";
+
 export type Kind = "like" | "comment" | "mention" | "follow" | "unfollow" | "post";
 
 /** A notification, as the `notification` frame and the feed carry it. */
@@ -82,6 +84,8 @@ export interface Options {
   /** Reconnect backoff: full jitter over `min(max, initial * 2^attempt)`. */
   backoffInitialMs?: number;
   backoffMaxMs?: number;
+  /** Frames as JSON text (default) or MessagePack binary (smaller). */
+  format?: "json" | "msgpack";
   /** Share one connection between the tabs of a browser (default true). */
   shareTabs?: boolean;
   /** Every HTTP call fails after this long (default 10 s). */
@@ -134,6 +138,7 @@ export class HeraldClient extends EventTarget {
       backoffMaxMs: 30_000,
       shareTabs: true,
       timeoutMs: 10_000,
+      format: "json",
       ...options,
       url: options.url.replace(/\/+$/, ""),
     };
@@ -284,7 +289,11 @@ export class HeraldClient extends EventTarget {
     this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
     let ws: WebSocket;
     try {
-      ws = new WebSocket(this.wsUrl());
+      ws =
+        this.options.format === "msgpack"
+          ? new WebSocket(this.wsUrl(), "herald.msgpack")
+          : new WebSocket(this.wsUrl());
+      ws.binaryType = "arraybuffer";
     } catch (e) {
       this.emit("error", { code: "connect_failed", message: String(e) });
       this.retry();
@@ -292,7 +301,15 @@ export class HeraldClient extends EventTarget {
     }
     this.ws = ws;
     ws.onmessage = (m: MessageEvent) => {
-      if (typeof m.data === "string") this.onFrame(m.data);
+      if (typeof m.data === "string") {
+        this.onFrame(m.data);
+      } else if (m.data instanceof ArrayBuffer) {
+        try {
+          this.onFrame(decodeMsgPack(new Uint8Array(m.data)));
+        } catch (e) {
+          this.emit("error", { code: "bad_frame", message: String(e) });
+        }
+      }
     };
     ws.onclose = (c: CloseEvent) => this.closed(ws, c.code, c.reason);
     // Some implementations (Node.js 20) report a failed connect with an
@@ -326,11 +343,17 @@ export class HeraldClient extends EventTarget {
     this.timer = setTimeout(() => this.connect(), Math.random() * cap);
   }
 
-  private onFrame(text: string): void {
+  private onFrame(frame: string | unknown): void {
     let f: { type?: string; id?: string; code?: string; message?: string };
-    try {
-      f = JSON.parse(text);
-    } catch {
+    if (typeof frame === "string") {
+      try {
+        f = JSON.parse(frame);
+      } catch {
+        return;
+      }
+    } else if (frame && typeof frame === "object") {
+      f = frame as typeof f;
+    } else {
       return;
     }
     switch (f.type) {
@@ -369,7 +392,7 @@ export class HeraldClient extends EventTarget {
     // The server takes at most 1000 ids per ack frame.
     while (this.acks.length) {
       const ids = this.acks.splice(0, 1000);
-      this.ws.send(JSON.stringify({ type: "ack", ids }));
+      this.ws.send(this.options.format === "msgpack" ? encodeAck(ids) : JSON.stringify({ type: "ack", ids }));
     }
   }
 

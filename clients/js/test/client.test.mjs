@@ -50,8 +50,11 @@ test("live notifications arrive, are acked in batches, and land in the feed", as
   const n = await got;
   assert.equal(n.event_id, ev);
   assert.equal(n.text, "hi");
-  // The ack went out (batched): nothing is left to redeliver.
+  // The ack went out (batched): nothing is left to redeliver, even once
+  // the connection is gone (an unacked one would go back to the inbox).
   await new Promise((r) => setTimeout(r, 300));
+  c.ws.close();
+  await new Promise((r) => setTimeout(r, 500));
   assert.equal(await inboxPending(31), 0);
   const page = await until("feed entry", async () => {
     const p = await c.feed({ limit: 10 });
@@ -64,7 +67,8 @@ test("live notifications arrive, are acked in batches, and land in the feed", as
   assert.equal(await c.markRead([n.id]), 0);
   assert.equal(await unread, 0);
   c.stop();
-  assert.deepEqual(states, ["connecting", "open", "closed"]);
+  assert.deepEqual(states.slice(0, 3), ["connecting", "open", "reconnecting"], String(states));
+  assert.equal(states.at(-1), "closed");
 });
 
 test("a notification redelivered after a reconnect is shown once", async () => {
@@ -91,6 +95,25 @@ test("a notification redelivered after a reconnect is shown once", async () => {
   c.ack([seen[0]]);
   await until("inbox empty", async () => (await inboxPending(32)) === 0);
   c.stop();
+});
+
+test("MessagePack frames work the same way", async () => {
+  const c = new HeraldClient({ url, user: 35, format: "msgpack" });
+  const hello = next(c, "hello");
+  c.start();
+  assert.equal((await hello).user, 35);
+  const got = next(c, "notification");
+  const ev = await post({ kind: "comment", actor: 8, recipient: 35, object: "post:5", text: "héllo ✓" });
+  const n = await got;
+  assert.equal(n.event_id, ev);
+  assert.equal(n.text, "héllo ✓");
+  assert.deepEqual(n.actors, [8]);
+  // Acked in MessagePack: once the connection closes nothing waits (an
+  // unacked notification would be put back in the inbox).
+  await new Promise((r) => setTimeout(r, 300));
+  c.stop();
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(await inboxPending(35), 0);
 });
 
 test("preferences and mutes go through the user's helpers", async () => {

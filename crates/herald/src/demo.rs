@@ -11,11 +11,20 @@ use utoipa_axum::routes;
 const PAGE: &str = include_str!("demo/index.html");
 /// The compiled client (`clients/js/dist`), as published.
 const CLIENT: &str = include_str!("../../../clients/js/dist/herald.js");
+const MSGPACK: &str = include_str!("../../../clients/js/dist/msgpack.js");
 
 pub fn router() -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(page))
         .routes(routes!(client))
+        .routes(routes!(client_msgpack))
+}
+
+/// The client's MessagePack module (`clients/js/dist/msgpack.js`).
+#[utoipa::path(get, path = "/demo/msgpack.js", tag = "operations",
+    responses((status = 200, description = "An ES module", content_type = "text/javascript")))]
+async fn client_msgpack() -> Response {
+    module(MSGPACK)
 }
 
 /// The demo page (development mode only).
@@ -37,12 +46,16 @@ async fn page() -> Response {
 #[utoipa::path(get, path = "/demo/herald.js", tag = "operations",
     responses((status = 200, description = "An ES module", content_type = "text/javascript")))]
 async fn client() -> Response {
+    module(CLIENT)
+}
+
+fn module(text: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        CLIENT,
+        text,
     )
         .into_response()
 }

@@ -5,12 +5,15 @@
 mod charts;
 pub mod compare;
 mod html;
+mod model;
 
 pub use html::html;
 
 use std::sync::atomic::Ordering;
 
-use serde_json::{json, Value};
+use serde_json::Value;
+
+pub use model::*;
 
 use crate::run::Outcome;
 
@@ -25,7 +28,8 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-pub fn json_report(o: &Outcome, scenario: &str) -> Value {
+/// The report as its typed shape.
+pub fn report(o: &Outcome, scenario: &str) -> Report {
     let s = &o.stats;
     let h = s.live.lock().map(|h| h.clone()).ok();
     let q = |p: f64| {
@@ -41,42 +45,41 @@ pub fn json_report(o: &Outcome, scenario: &str) -> Value {
     };
     let accepted = s.events_accepted.load(Ordering::Relaxed);
     let delivered = s.delivered();
-    let expected = s.expected.load(Ordering::Relaxed);
     let lost = s.lost();
-    let timeline: Vec<Value> = s
+    let per_s = |n: u64| (o.send_secs >= 0.5).then(|| n as f64 / o.send_secs);
+    let timeline: Vec<Second> = s
         .timeline
         .lock()
         .map(|t| {
             t.iter()
                 .enumerate()
                 .filter(|(_, h)| !h.is_empty())
-                .map(|(i, h)| {
-                    json!({"t_s": i, "count": h.len(), "p50_ms": ms(h.value_at_quantile(0.5)),
-                           "p90_ms": ms(h.value_at_quantile(0.9)),
-                           "p99_ms": ms(h.value_at_quantile(0.99)),
-                           "p999_ms": ms(h.value_at_quantile(0.999)), "max_ms": ms(h.max())})
+                .map(|(i, h)| Second {
+                    t_s: i,
+                    count: h.len(),
+                    p50_ms: ms(h.value_at_quantile(0.5)),
+                    p90_ms: ms(h.value_at_quantile(0.9)),
+                    p99_ms: ms(h.value_at_quantile(0.99)),
+                    p999_ms: ms(h.value_at_quantile(0.999)),
+                    max_ms: ms(h.max()),
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let cdf: Vec<Value> = h
-        .as_ref()
-        .map(|h| {
-            PERCENTILES
-                .iter()
-                .map(|&p| json!({"quantile": p, "ms": ms(h.value_at_quantile(p))}))
-                .collect()
-        })
-        .unwrap_or_default();
-    let drains: Vec<Value> = d
+    let quantiles = |h: &hdrhistogram::Histogram<u64>| -> Vec<Quantile> {
+        PERCENTILES
+            .iter()
+            .map(|&p| Quantile {
+                quantile: p,
+                ms: ms(h.value_at_quantile(p)),
+            })
+            .collect()
+    };
+    let cdf = h.as_ref().map(quantiles).unwrap_or_default();
+    let drains = d
         .as_ref()
         .filter(|h| !h.is_empty())
-        .map(|h| {
-            PERCENTILES
-                .iter()
-                .map(|&p| json!({"quantile": p, "ms": ms(h.value_at_quantile(p))}))
-                .collect()
-        })
+        .map(quantiles)
         .unwrap_or_default();
     let samples = s.samples.lock().map(|v| v.clone()).unwrap_or_default();
     let mut receipts: Vec<u64> = s
@@ -87,53 +90,96 @@ pub fn json_report(o: &Outcome, scenario: &str) -> Value {
     receipts.sort_unstable();
     // At most 500 points of the receipt curve (every k-th follower).
     let step = (receipts.len() / 500).max(1);
-    let receipts: Vec<Value> = receipts
+    let receipts: Vec<Receipt> = receipts
         .iter()
         .enumerate()
         .filter(|(i, _)| i % step == 0 || *i + 1 == receipts.len())
-        .map(|(i, us)| json!({"followers": i + 1, "ms": ms(*us)}))
+        .map(|(i, us)| Receipt {
+            followers: i + 1,
+            ms: ms(*us),
+        })
         .collect();
-    json!({
-        "scenario": scenario,
-        "clients": o.spec.clients,
-        "target_rate": o.spec.rate,
-        "duration_s": o.send_secs,
-        "events": {"sent": s.events_sent.load(Ordering::Relaxed), "accepted": accepted,
-                   "accepted_per_s": if o.send_secs >= 0.5 { Some(accepted as f64 / o.send_secs) } else { None },
-                   "http_errors": s.http_errors.load(Ordering::Relaxed),
-                   "refused": s.events_refused.load(Ordering::Relaxed)},
-        "notifications": {"expected": expected, "delivered_live": s.delivered_live.load(Ordering::Relaxed),
-                          "delivered_inbox": s.delivered_inbox.load(Ordering::Relaxed),
-                          "delivered_per_s": if o.send_secs >= 0.5 { Some(delivered as f64 / o.send_secs) } else { None },
-                          "lost": lost, "duplicated_after_ack": s.duplicates.load(Ordering::Relaxed),
-                          "unexpected": s.unexpected.load(Ordering::Relaxed),
-                          "in_aggregates": s.folded.load(Ordering::Relaxed),
-                          "lost_sample": s.pending.iter().take(10).map(|e| json!({"seq": *e.key(), "users": e.value().1.iter().take(5).collect::<Vec<_>>()})).collect::<Vec<_>>(),
-                          "late_over_1s": s.late.load(Ordering::Relaxed)},
-        "latency_live_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
-                            "max": h.as_ref().map(|h| ms(h.max())).unwrap_or(0.0),
-                            "count": h.as_ref().map(|h| h.len()).unwrap_or(0)},
-        "inbox_drain_ms": {"count": d.as_ref().map(|h| h.len()).unwrap_or(0), "p50": dq(0.5), "p99": dq(0.99),
-                           "max": d.as_ref().map(|h| ms(h.max())).unwrap_or(0.0)},
-        "connections": {"connects": s.connects.load(Ordering::Relaxed), "errors": s.connect_errors.load(Ordering::Relaxed)},
-        "herald_rss_kib": o.rss_idle_kib.map(|(a, b)| json!({"before_clients": a, "after_clients": b,
-            "per_connection_bytes": (b.saturating_sub(a) * 1024) as f64 / o.spec.clients.max(1) as f64})),
-        "straggler_wait_s": o.drain_secs,
-        "herald_cpu_us_per_notification": o.cpu_us_per_notification,
-        "reconnect_storm_s": o.storm_secs,
-        "celebrity_last_online_ms": o.celebrity_last_ms,
-        "timeline": timeline,
-        "cdf": cdf,
-        "samples": samples,
-        "drain_percentiles": drains,
-        "celebrity_receipts": receipts,
+    let refused = s.events_refused.load(Ordering::Relaxed);
+    let duplicated = s.duplicates.load(Ordering::Relaxed);
+    Report {
+        scenario: scenario.to_string(),
+        clients: o.spec.clients,
+        target_rate: o.spec.rate,
+        duration_s: o.send_secs,
+        events: Events {
+            sent: s.events_sent.load(Ordering::Relaxed),
+            accepted,
+            accepted_per_s: per_s(accepted),
+            http_errors: s.http_errors.load(Ordering::Relaxed),
+            refused,
+        },
+        notifications: Notifications {
+            expected: s.expected.load(Ordering::Relaxed),
+            delivered_live: s.delivered_live.load(Ordering::Relaxed),
+            delivered_inbox: s.delivered_inbox.load(Ordering::Relaxed),
+            delivered_per_s: per_s(delivered),
+            lost,
+            duplicated_after_ack: duplicated,
+            unexpected: s.unexpected.load(Ordering::Relaxed),
+            in_aggregates: s.folded.load(Ordering::Relaxed),
+            lost_sample: s
+                .pending
+                .iter()
+                .take(10)
+                .map(|e| LostSample {
+                    seq: *e.key(),
+                    users: e.value().1.iter().take(5).copied().collect(),
+                })
+                .collect(),
+            late_over_1s: s.late.load(Ordering::Relaxed),
+        },
+        latency_live_ms: Latency {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: h.as_ref().map(|h| ms(h.max())).unwrap_or(0.0),
+            count: h.as_ref().map(|h| h.len()).unwrap_or(0),
+        },
+        inbox_drain_ms: Drains {
+            count: d.as_ref().map(|h| h.len()).unwrap_or(0),
+            p50: dq(0.5),
+            p99: dq(0.99),
+            max: d.as_ref().map(|h| ms(h.max())).unwrap_or(0.0),
+        },
+        connections: Connections {
+            connects: s.connects.load(Ordering::Relaxed),
+            errors: s.connect_errors.load(Ordering::Relaxed),
+        },
+        herald_rss_kib: o.rss_idle_kib.map(|(a, b)| Rss {
+            before_clients: a,
+            after_clients: b,
+            per_connection_bytes: (b.saturating_sub(a) * 1024) as f64
+                / o.spec.clients.max(1) as f64,
+        }),
+        straggler_wait_s: o.drain_secs,
+        herald_cpu_us_per_notification: o.cpu_us_per_notification,
+        reconnect_storm_s: o.storm_secs,
+        celebrity_last_online_ms: o.celebrity_last_ms,
+        timeline,
+        cdf,
+        samples,
+        drain_percentiles: drains,
+        celebrity_receipts: receipts,
         // At-least-once: under faults a notification may come again with
         // the same id after an ack; only the chaos scenario allows that.
-        "verdict": if lost == 0
-            && s.events_refused.load(Ordering::Relaxed) == 0
-            && (s.duplicates.load(Ordering::Relaxed) == 0 || scenario == "chaos")
-        { "pass" } else { "fail" },
-    })
+        verdict: if lost == 0 && refused == 0 && (duplicated == 0 || scenario == "chaos") {
+            "pass"
+        } else {
+            "fail"
+        },
+    }
+}
+
+/// The JSON report (the typed [`Report`] as a value, so that a scenario
+/// can add its own sections, such as the chaos run's faults).
+pub fn json_report(o: &Outcome, scenario: &str) -> Value {
+    serde_json::to_value(report(o, scenario)).unwrap_or_default()
 }
 
 /// Why the verdict is what it is, in a few words.
