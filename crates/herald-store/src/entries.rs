@@ -62,7 +62,7 @@ pub(crate) fn encode(items: &[(UserId, &Notification)]) -> (Pairs, Vec<Encoded>)
             .get(field.as_slice())
             .is_some_and(|c| *c >= SHARE_MIN);
         let value = if share {
-            let b = compact::body(n, field, *user);
+            let b = compact::body(n, field);
             let slot = bodies
                 .entry(field.as_slice())
                 .or_insert_with(|| (b.clone(), false));

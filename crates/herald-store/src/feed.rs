@@ -146,34 +146,41 @@ impl Store {
         let (bodies, entries) = crate::entries::encode(items);
         self.write_bodies(&bodies).await?;
         let mut p = crate::Batch::new();
-        // Per user (in order of appearance): fields this batch added.
-        let mut added: HashMap<UserId, u64> = HashMap::new();
-        let mut users: Vec<UserId> = Vec::new();
+        // Per user (in order of appearance): the key, and the fields this
+        // batch added.
+        let mut added: HashMap<UserId, (usize, u64)> = HashMap::new();
+        let mut users: Vec<(UserId, String)> = Vec::new();
         for e in &entries {
+            let i = added
+                .entry(e.user)
+                .or_insert_with(|| {
+                    users.push((e.user, ukey(e.user, "fd")));
+                    (users.len() - 1, 0)
+                })
+                .0;
             p.cmd("HSET")
-                .arg(ukey(e.user, "fd"))
+                .arg(users[i].1.as_str())
                 .arg(e.field.as_slice())
                 .arg(e.value.as_slice());
-            if added.insert(e.user, 0).is_none() {
-                users.push(e.user);
-            }
         }
-        for u in &users {
-            p.cmd("HLEN").arg(ukey(*u, "fd"));
+        for (_, k) in &users {
+            p.cmd("HLEN").arg(k.as_str());
         }
         let answers: Vec<u64> = self.run(&p).await?;
         let (new_fields, sizes) = answers.split_at(entries.len().min(answers.len()));
         for (e, n) in entries.iter().zip(new_fields) {
-            *added.entry(e.user).or_default() += n;
+            if let Some(a) = added.get_mut(&e.user) {
+                a.1 += n;
+            }
         }
         let ttl = self.cfg.feed_retention.as_secs().max(1);
         let cap = self.cfg.feed_cap as u64;
         let mut fresh = crate::Batch::new();
-        for (u, size) in users.iter().zip(sizes) {
+        for ((u, k), size) in users.iter().zip(sizes) {
             // A feed this batch created starts its lifetime (reads and
             // trims renew it): no EXPIRE per write.
-            if added.get(u) == Some(size) {
-                fresh.cmd("EXPIRE").arg(ukey(*u, "fd")).arg(ttl).ignore();
+            if added.get(u).map(|a| a.1) == Some(*size) {
+                fresh.cmd("EXPIRE").arg(k.as_str()).arg(ttl).ignore();
             }
             // Trimmed past a tenth over the cap: one scan per tenth of
             // the cap's writes, not one per write.
@@ -181,7 +188,7 @@ impl Store {
                 static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
                 let script = S.get_or_init(|| redis::Script::new(TRIM));
                 let mut inv = script.prepare_invoke();
-                inv.key(ukey(*u, "fd")).arg(cap).arg(ttl);
+                inv.key(k.as_str()).arg(cap).arg(ttl);
                 let _: u64 = self.invoke(&inv).await?;
             }
         }

@@ -63,13 +63,15 @@ pub fn field(id: &str, recipient: UserId) -> Vec<u8> {
 }
 
 fn compact_field(id: &str, r: UserId) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 20];
+    let rs = decimal(r, &mut buf);
     let mut f = Vec::with_capacity(18);
     if let Some(rest) = id.strip_prefix("d-") {
-        let end = rest.strip_prefix(&format!("{r}-"))?;
+        let end = rest.strip_prefix(rs)?.strip_prefix('-')?;
         f.push(F_DIGEST);
         put_var(&mut f, canonical(end)?);
     } else {
-        let dedup = id.strip_prefix("n-")?.strip_suffix(&format!("-{r}"))?;
+        let dedup = id.strip_prefix("n-")?.strip_suffix(rs)?.strip_suffix('-')?;
         if let Some(h) = dedup.strip_prefix("agg-") {
             f.push(F_AGG);
             put_hex(&mut f, h, 8)?;
@@ -77,16 +79,39 @@ fn compact_field(id: &str, r: UserId) -> Option<Vec<u8>> {
             f.push(F_KEY);
             put_hex(&mut f, h, 16)?;
         } else {
-            let (p, o) = crate::ids::parse_event_id(dedup)?;
-            let scope = dedup.split_once('@').map_or("", |(_, s)| s);
+            let rest = dedup.strip_prefix("e-")?;
+            let (nums, scope) = match rest.split_once('@') {
+                // "e-1-2@" would not come back with its '@'.
+                Some((_, "")) => return None,
+                Some((n, s)) => (n, s),
+                None => (rest, ""),
+            };
+            let (p, o) = nums.split_once('-')?;
+            let p = u32::try_from(canonical(p)?).ok()?;
             f.push(F_EVENT);
             put_var(&mut f, p as u64);
-            put_var(&mut f, o);
+            put_var(&mut f, canonical(o)?);
             f.extend_from_slice(scope.as_bytes());
         }
     }
-    // Only ids that come back exactly are compacted.
-    (id_from_field(&f, r).as_deref() == Some(id)).then_some(f)
+    // Only ids that come back exactly are compacted (by construction: the
+    // numbers are canonical, hex is lower-case; the tests check it).
+    debug_assert_eq!(id_from_field(&f, r).as_deref(), Some(id));
+    Some(f)
+}
+
+/// `v` in decimal, in `buf`.
+fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("")
 }
 
 /// The notification id a field stands for (None for bytes no field has).
@@ -113,21 +138,24 @@ pub fn id_from_field(f: &[u8], r: UserId) -> Option<String> {
     })
 }
 
-/// The event id a notification id implies (`n-e-3-17@a-42` -> `e-3-17@a`),
+/// The event id a field implies (that of `n-e-3-17@a-42` is `e-3-17@a`),
 /// when it implies one.
-fn implied_event_id(f: &[u8], r: UserId) -> Option<String> {
-    if f.first() != Some(&F_EVENT) {
+fn implied_event_id(f: &[u8]) -> Option<String> {
+    let (&F_EVENT, rest) = f.split_first()? else {
         return None;
-    }
-    let id = id_from_field(f, r)?;
-    let dedup = id.strip_prefix("n-")?.strip_suffix(&format!("-{r}"))?;
-    Some(dedup.to_string())
+    };
+    let mut c = Cursor(rest);
+    let p = c.var().ok()?;
+    let o = c.var().ok()?;
+    let scope = std::str::from_utf8(c.0).ok()?;
+    let at = if scope.is_empty() { "" } else { "@" };
+    Some(format!("e-{p}-{o}{at}{scope}"))
 }
 
 /// A self-contained entry for `n` in `recipient`'s hash.
 pub fn entry(n: &Notification, recipient: UserId) -> Vec<u8> {
     let f = field(&n.id, recipient);
-    let b = body(n, &f, recipient);
+    let b = body(n, &f);
     let mut v = Vec::with_capacity(b.len() + 8);
     v.push(b[0]);
     v.extend_from_slice(&n.order.to_be_bytes());
@@ -147,7 +175,7 @@ pub fn shared_entry(order: u64, name: &[u8]) -> Vec<u8> {
 /// The body of `n` as every recipient whose field derives the same way
 /// would store it (`f` is its field in one of them): recipients of one
 /// event share it.
-pub fn body(n: &Notification, f: &[u8], recipient: UserId) -> Vec<u8> {
+pub fn body(n: &Notification, f: &[u8]) -> Vec<u8> {
     let mut flags = 0u8;
     let mut b = Vec::with_capacity(32 + n.text.as_ref().map_or(0, |t| t.len()));
     b.push(0);
@@ -171,7 +199,7 @@ pub fn body(n: &Notification, f: &[u8], recipient: UserId) -> Vec<u8> {
             put_var(&mut b, *a);
         }
     }
-    if implied_event_id(f, recipient).as_deref() != Some(n.event_id.as_str()) {
+    if implied_event_id(f).as_deref() != Some(n.event_id.as_str()) {
         flags |= EVENT_ID;
         put_str(&mut b, n.event_id.as_bytes());
     }
@@ -237,7 +265,7 @@ pub fn decode(
     let event_id = if flags & EVENT_ID != 0 {
         c.string()?
     } else {
-        implied_event_id(f, recipient).unwrap_or_default()
+        implied_event_id(f).unwrap_or_default()
     };
     let digest = if flags & DIGEST != 0 {
         let raw = c.bytes()?;
@@ -293,7 +321,8 @@ fn put_str(b: &mut Vec<u8>, s: &[u8]) {
 
 /// Lower-case hex of exactly `n` bytes, else None.
 fn put_hex(b: &mut Vec<u8>, h: &str, n: usize) -> Option<()> {
-    if h.len() != n * 2 {
+    let lower = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+    if h.len() != n * 2 || !h.bytes().all(lower) {
         return None;
     }
     for i in 0..n {
