@@ -149,6 +149,8 @@ pub(crate) async fn sync_loop(edge: std::sync::Weak<Edge>) {
     loop {
         tick.tick().await;
         let Some(edge) = edge.upgrade() else { return };
+        // What this node's mirror holds (changes made here or elsewhere).
+        metrics::gauge!("herald_celebrities").set(edge.celebrities.len() as f64);
         let Ok(v) = edge.store.celebrities_version().await else {
             continue;
         };
@@ -163,6 +165,7 @@ pub(crate) async fn sync_loop(edge: std::sync::Weak<Edge>) {
             }
         };
         seen = Some(v);
+        metrics::gauge!("herald_celebrities").set(edge.celebrities.len() as f64);
         for (user, on) in changed {
             tracing::info!(
                 user,

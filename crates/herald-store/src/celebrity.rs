@@ -72,6 +72,15 @@ impl CelebritySet {
         self.read().current.contains(&u)
     }
 
+    /// Accounts on the celebrity (pull) path now.
+    pub fn len(&self) -> usize {
+        self.read().current.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().current.is_empty()
+    }
+
     /// Accounts that have an outbox (current or former celebrities).
     pub fn owners(&self) -> Vec<UserId> {
         self.read().owners.iter().copied().collect()

@@ -93,6 +93,11 @@ pub fn describe() {
     );
     c!("herald_acks_total", "Ids acknowledged by clients.");
     g!("herald_connections", "Open WebSocket connections.");
+    g!(
+        "herald_celebrities",
+        "Accounts on the celebrity (pull) path in this node's view (refreshed each second)."
+    );
+    c!("herald_feed_entries_total", "Feed entries by result: written, or failed (given up after repeated errors; the notification was still delivered).");
     c!("herald_ws_frames_sent_total", "WebSocket frames written.");
     c!(
         "herald_ws_closed_total",
