@@ -210,3 +210,32 @@ async fn an_overflowing_inbox_says_so_and_the_feed_still_lists_everything() {
     let c = Client::connect(&node, 6).await;
     assert_eq!(c.hello.get("dropped"), None, "counted once: {}", c.hello);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_keeps_its_newest_entries_up_to_its_cap() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_FEED__MAX_PER_USER", "5")]);
+    let mut sent = Vec::new();
+    for i in 0..12u64 {
+        sent.push(node.like(40 + i, 8, &format!("post:{i}")).await);
+    }
+    // Every like reached the inbox (so every feed write was made too).
+    eventually("twelve waiting", || async {
+        let (_, v) = node.get("/v1/users/8/inbox").await;
+        (v["pending"] == 12).then_some(())
+    })
+    .await;
+    let p = eventually("the newest in the feed", || async {
+        let p = feed(&node, 8, "?limit=50").await;
+        let newest = format!("n-{}-8", sent[11]);
+        ids(&p).contains(&newest).then_some(p)
+    })
+    .await;
+    let listed = ids(&p);
+    // Trimmed back to the cap once past it by a tenth (at least one).
+    assert!((5..=6).contains(&listed.len()), "{p}");
+    assert!(!listed.contains(&format!("n-{}-8", sent[0])), "{p}");
+    assert_eq!(p["unread"], listed.len(), "{p}");
+    let len = redis.cmd("HLEN h:{u:8}:fd").unwrap_or_default();
+    assert!(len.trim() == ":5" || len.trim() == ":6", "{len:?}");
+}

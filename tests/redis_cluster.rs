@@ -54,6 +54,27 @@ fn a_node_on_redis_cluster_loses_nothing() {
         counts.iter().all(|&c| c > 0),
         "keys are not spread over the masters: {counts:?}"
     );
+    // The feeds were written on the cluster too (a pipeline split by
+    // slot), none given up, and a page reads back.
+    let (_, m) = support::http_blocking(&node.addr, "GET", "/metrics", None, &[]).expect("metrics");
+    let m = m.as_str().unwrap_or_default().to_string();
+    let counter = |result: &str| -> f64 {
+        let prefix = format!("herald_feed_entries_total{{result=\"{result}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(counter("written") > 100.0, "{m}");
+    assert_eq!(counter("failed"), 0.0, "{m}");
+    let mut read = 0;
+    for user in 1..=200u64 {
+        let path = format!("/v1/users/{user}/notifications?limit=5");
+        let (s, v) = support::http_blocking(&node.addr, "GET", &path, None, &[]).expect("feed");
+        assert_eq!(s, 200, "{v}");
+        read += v["notifications"].as_array().map_or(0, Vec::len);
+    }
+    assert!(read > 0, "no feed entry read back on Redis Cluster");
 }
 
 /// A master of the cluster is killed while a user is connected and events
