@@ -239,3 +239,63 @@ async fn a_feed_keeps_its_newest_entries_up_to_its_cap() {
     let len = redis.cmd("HLEN h:{u:8}:fd").unwrap_or_default();
     assert!(len.trim() == ":5" || len.trim() == ":6", "{len:?}");
 }
+
+/// What the user saw is what the feed lists: a burst folded into an
+/// aggregate is one entry with its count (growing in place), and likes in
+/// digest mode are one `digest` entry, not one entry each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_and_digests_appear_as_they_were_sent() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_DIGEST__WINDOW_OVERRIDE_MS", "1000")]);
+    // Six likes of one post within the aggregation window.
+    for actor in 60..66u64 {
+        node.like(actor, 9, "post:hot").await;
+    }
+    let p = eventually("the aggregate at its full count", || async {
+        let p = feed(&node, 9, "?limit=50").await;
+        let agg = p["notifications"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"].as_str().is_some_and(|i| i.starts_with("n-agg-")))?
+            .clone();
+        (agg["count"] == 6).then_some(p)
+    })
+    .await;
+    let list = p["notifications"].as_array().cloned().unwrap_or_default();
+    let aggs = list
+        .iter()
+        .filter(|n| n["id"].as_str().is_some_and(|i| i.starts_with("n-agg-")))
+        .count();
+    assert_eq!(
+        aggs, 1,
+        "one entry for the aggregate, updated in place: {p}"
+    );
+    // The first two of the window went out on their own, then the
+    // aggregate (aggregation.threshold = 3): three entries, not six.
+    assert_eq!(list.len(), 3, "the burst is not listed like by like: {p}");
+
+    // Digest mode: two likes become one digest entry.
+    let (s, v) = node
+        .request(
+            "PUT",
+            "/v1/users/10/preferences",
+            Some(
+                json!({"kinds": {"like": "digest"}})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    node.like(70, 10, "post:a").await;
+    node.like(71, 10, "post:b").await;
+    let p = eventually("the digest in the feed", || async {
+        let p = feed(&node, 10, "").await;
+        (p["notifications"][0]["type"] == "digest").then_some(p)
+    })
+    .await;
+    assert_eq!(ids(&p).len(), 1, "{p}");
+    assert_eq!(p["notifications"][0]["count"], 2, "{p}");
+    assert_eq!(p["unread"], 1, "{p}");
+}
