@@ -24,9 +24,14 @@ env HERALD_LOG=warn "$@" target/release/herald --config config/default.toml --li
     --redis redis://127.0.0.1:6401 --data-dir "$dir/data" >"$dir/herald.out" 2>&1 &
 hp=$!
 sleep 1
-timeout 900 target/release/herald-loadgen run --scenario "${SCENARIO:-custom}" --clients "$clients" --rate "$rate" \
+rp=$(redis-cli -p 6401 info server | awk -F: '/^process_id/{print $2}' | tr -d '\r')
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$1/stat"; }
+r0=$(cpu "$rp")
+/usr/bin/time -o "$dir/lg.time" -f "%U %S" timeout 900 target/release/herald-loadgen run --scenario "${SCENARIO:-custom}" --clients "$clients" --rate "$rate" \
     --duration "$secs" ${LOADGEN_ARGS:-} --target 127.0.0.1:7401 --herald-pid "$hp" --out "$dir/reports" >"$dir/lg.out" 2>&1 || true
-awk -v hz="$(getconf CLK_TCK)" '{print "herald cpu_s", ($14+$15)/hz}' "/proc/$hp/stat"
+echo "herald cpu_s $(cpu "$hp")"
+echo "redis cpu_s $(awk -v a="$(cpu "$rp")" -v b="$r0" 'BEGIN{print a-b}')"
+echo "loadgen cpu_s $(awk '{print $1+$2}' "$dir/lg.time")"
 curl -s 127.0.0.1:7401/metrics | grep -E '^herald_notifications_total\{route="pushed"\}|^herald_log_append_seconds_(sum|count)' || true
 grep -v "^\[" "$dir/lg.out" | grep -v "^reports:"
 kill "$hp"

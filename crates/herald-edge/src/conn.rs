@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use herald_types::{EdgeAnswer, Notification, Settle, UserId, WireFormat};
 use tokio::sync::{mpsc, Notify};
 
@@ -15,6 +15,9 @@ use crate::{ConnHandle, Delivery, Direct, Edge};
 
 /// Most live notifications taken from the queue per socket flush.
 const COALESCE: usize = 64;
+/// Most client frames handled (already read, without waiting) before
+/// their acks are applied together.
+const READ_BATCH: usize = 64;
 
 /// Backoff between drain retries while Redis does not answer.
 const SYNC_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(250);
@@ -31,6 +34,15 @@ pub(crate) enum Kind {
     Stored,
     /// A celebrity's post (outbox): the ack advances the read cursor.
     Outbox { celebrity: UserId, order: u64 },
+}
+
+/// Acks of the frames read together, applied at once.
+#[derive(Default)]
+pub(crate) struct Acks {
+    /// Live notifications acked: fan-out's records to settle.
+    settled: Vec<Settle>,
+    /// Inbox entries (or unknown ids) to remove from the inbox.
+    remove: Vec<String>,
 }
 
 pub(crate) struct Pending {
@@ -233,13 +245,32 @@ impl Conn {
                 }
                 msg = stream.next() => {
                     self.last_seen = Instant::now();
-                    match msg {
-                        None => return End::ClientClosed,
-                        Some(Err(e)) => return read_error(e),
-                        Some(Ok(Message::Close(_))) => return End::ClientClosed,
-                        Some(Ok(Message::Text(t))) => self.on_frame(t.as_bytes(), false).await,
-                        Some(Ok(Message::Binary(b))) => self.on_frame(&b, true).await,
-                        Some(Ok(_)) => {}
+                    // Every frame already read is handled before the acks
+                    // are applied: one inbox write for all of them.
+                    let mut acks = Acks::default();
+                    let mut next = msg;
+                    let mut read = 0;
+                    let end = loop {
+                        match next {
+                            None => break Some(End::ClientClosed),
+                            Some(Err(e)) => break Some(read_error(e)),
+                            Some(Ok(Message::Close(_))) => break Some(End::ClientClosed),
+                            Some(Ok(Message::Text(t))) => self.on_frame(t.as_bytes(), false, &mut acks).await,
+                            Some(Ok(Message::Binary(b))) => self.on_frame(&b, true, &mut acks).await,
+                            Some(Ok(_)) => {}
+                        }
+                        read += 1;
+                        if read == READ_BATCH {
+                            break None;
+                        }
+                        match stream.next().now_or_never() {
+                            Some(m) => next = m,
+                            None => break None,
+                        }
+                    };
+                    self.apply_acks(acks).await;
+                    if let Some(e) = end {
+                        return e;
                     }
                 }
                 _ = &mut poked => {
@@ -404,38 +435,27 @@ impl Conn {
         Ok(())
     }
 
-    async fn on_frame(&mut self, data: &[u8], binary: bool) {
+    /// One client frame: an ack's ids are sorted into `acks` (applied by
+    /// `apply_acks` once every frame already read was handled).
+    async fn on_frame(&mut self, data: &[u8], binary: bool, acks: &mut Acks) {
         match frames::parse(data, binary) {
             Ok(ClientFrame::Ack(ids)) => {
                 self.edge.metrics.acks.increment(ids.len() as u64);
-                let mut remove = Vec::new();
-                let mut settled = Vec::new();
-                let mut seen: Vec<(UserId, u64)> = Vec::new();
                 for id in ids {
                     match self.unacked.remove(&id).map(|p| p.kind) {
-                        Some(Kind::Live(d)) => settled.extend(d.settle.acked()),
+                        Some(Kind::Live(d)) => acks.settled.extend(d.settle.acked()),
                         Some(Kind::Outbox { celebrity, order }) => {
-                            match seen.iter_mut().find(|(c, _)| *c == celebrity) {
+                            match self.cursors.iter_mut().find(|(c, _)| *c == celebrity) {
                                 Some(e) => e.1 = e.1.max(order),
-                                None => seen.push((celebrity, order)),
+                                None => self.cursors.push((celebrity, order)),
                             }
                         }
-                        Some(Kind::Stored) | None => remove.push(id),
+                        Some(Kind::Stored) | None => acks.remove.push(id),
                     }
                 }
-                if !settled.is_empty() {
-                    self.edge.answers.settled(settled);
-                }
-                if !remove.is_empty() {
-                    if let Err(e) = self.edge.store.inbox_remove(self.user, &remove).await {
-                        tracing::warn!(user = self.user, error = %e, "ack not applied to inbox; will redeliver");
-                    }
-                }
-                for (c, order) in seen {
-                    match self.cursors.iter_mut().find(|(x, _)| *x == c) {
-                        Some(e) => e.1 = e.1.max(order),
-                        None => self.cursors.push((c, order)),
-                    }
+                // A drained page leaves a large, empty map behind.
+                if self.unacked.is_empty() && self.unacked.capacity() > 64 {
+                    self.unacked.shrink_to(8);
                 }
             }
             Err(why) => {
@@ -443,6 +463,19 @@ impl Conn {
                 let _ = self
                     .send(vec![frames::error("bad_frame", &why, self.fmt)])
                     .await;
+            }
+        }
+    }
+
+    /// Applies the acks of the frames read together: one answer to
+    /// fan-out for the live ones, one inbox write for the stored ones.
+    async fn apply_acks(&mut self, acks: Acks) {
+        if !acks.settled.is_empty() {
+            self.edge.answers.settled(acks.settled);
+        }
+        if !acks.remove.is_empty() {
+            if let Err(e) = self.edge.store.inbox_remove(self.user, &acks.remove).await {
+                tracing::warn!(user = self.user, error = %e, "ack not applied to inbox; will redeliver");
             }
         }
     }
