@@ -1,6 +1,7 @@
 //! The WebSocket clients: connect, read, ack like a real app, go offline
 //! and come back when told.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,27 +23,28 @@ pub enum Cmd {
     Offline(Duration),
 }
 
+/// A server frame, borrowed from the received bytes where it can be.
 #[derive(Deserialize)]
-struct Frame {
-    #[serde(rename = "type")]
-    ty: String,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
     #[serde(default)]
     pending: Option<u64>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    object: Option<String>,
+    #[serde(default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    object: Option<Cow<'a, str>>,
     #[serde(default)]
     count: Option<u64>,
 }
 
 /// The sequence number the generator put in `text` ("lg:<seq>").
-fn seq_of(text: &Option<String>) -> Option<u64> {
-    text.as_deref()?.strip_prefix("lg:")?.parse().ok()
+fn seq_of(text: Option<&str>) -> Option<u64> {
+    text?.strip_prefix("lg:")?.parse().ok()
 }
 
 /// With `--jwt-secret`: clients connect with an HS256 token of their own
@@ -148,7 +150,7 @@ pub async fn run(
                         _ => continue,
                     };
                     let Ok(f) = serde_json::from_slice::<Frame>(data) else { continue };
-                    match f.ty.as_str() {
+                    match &*f.ty {
                         "hello" => inbox_left = f.pending.unwrap_or(0),
                         "notification" => {
                             let from_inbox = inbox_left > 0;
@@ -173,11 +175,11 @@ pub async fn run(
                                         from_inbox,
                                     );
                                 } else {
-                                    if stats.receive(spec.user, &id, seq_of(&f.text), from_inbox) {
+                                    if stats.receive(spec.user, &id, seq_of(f.text.as_deref()), from_inbox) {
                                         stats.single(spec.user, f.kind.as_deref().unwrap_or(""), f.object.as_deref());
                                     }
                                 }
-                                acks.push(id);
+                                acks.push(id.into_owned());
                                 if ack_due.is_none() {
                                     ack_due = Some(tokio::time::Instant::now() + Duration::from_millis(20));
                                 }

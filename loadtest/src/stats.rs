@@ -14,6 +14,20 @@ pub type Foldable = (u64, Option<String>);
 /// The sequence number of the celebrity scenario's one post.
 pub const CELEBRITY_SEQ: u64 = 999_999_999_999;
 
+/// (recipient, hash of kind, hash of object): a key without allocations.
+type Key3 = (u64, u64, u64);
+
+fn key3(user: u64, kind: &str, object: &str) -> Key3 {
+    (user, h64(kind), h64(object))
+}
+
+/// FNV-1a, 64 bits: ids of one recipient do not collide in practice.
+fn h64(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 pub struct Stats {
     pub start: Instant,
     /// seq -> (send time, recipients still expected). Tracked per
@@ -31,14 +45,16 @@ pub struct Stats {
     agg_counted: DashMap<String, u64>,
     /// (recipient, kind, object) -> singles received since the last aggregate
     /// of that key opened (an aggregate's count includes them).
-    singles: DashMap<(u64, String, String), (u64, Instant)>,
+    singles: DashMap<Key3, (u64, Instant)>,
     /// (recipient, kind, object) that have their own aggregate: a throttle
     /// aggregate (no object) is not matched against them.
-    agg_objects: dashmap::DashSet<(u64, String, String)>,
+    agg_objects: dashmap::DashSet<Key3>,
     /// notification id -> acked
-    /// (user, notification id) -> acked. Ids are stable per recipient, not
-    /// unique across recipients (a celebrity post has one id for all).
-    pub seen: DashMap<(u64, String), bool>,
+    /// (user, hash of the notification id) -> acked. Ids are stable per
+    /// recipient, not unique across recipients (a celebrity post has one id
+    /// for all). Hashed keys: the generator must cost little next to what
+    /// it measures on the same cores.
+    pub seen: DashMap<(u64, u64), bool>,
     pub expected: AtomicU64,
     pub delivered_live: AtomicU64,
     pub delivered_inbox: AtomicU64,
@@ -137,7 +153,7 @@ impl Stats {
         count: u64,
         from_inbox: bool,
     ) {
-        let key = (user, id.to_string());
+        let key = (user, h64(id));
         if self.seen.get(&key).map(|a| *a) == Some(true)
             && self.agg_counted.get(id).map(|c| *c) == Some(count)
         {
@@ -151,14 +167,13 @@ impl Stats {
         let new = match self.agg_counted.insert(id.to_string(), count) {
             Some(prev) => count.saturating_sub(prev),
             None => {
-                let k = (user, kind.to_string(), object.unwrap_or("").to_string());
+                let k = key3(user, kind, object.unwrap_or(""));
                 let singles = self.singles.remove(&k).map(|(_, v)| v.0).unwrap_or(0);
                 count.saturating_sub(singles)
             }
         };
         if let Some(o) = object {
-            self.agg_objects
-                .insert((user, kind.to_string(), o.to_string()));
+            self.agg_objects.insert(key3(user, kind, o));
         }
         let Some(list) = self.foldable.get(&(user, kind.to_string())) else {
             self.unexpected.fetch_add(1, Ordering::Relaxed);
@@ -171,13 +186,7 @@ impl Stats {
             }
             match (object, obj.as_deref()) {
                 (Some(o), Some(x)) if o != x => continue,
-                (None, Some(x))
-                    if self
-                        .agg_objects
-                        .contains(&(user, kind.to_string(), x.to_string())) =>
-                {
-                    continue
-                }
+                (None, Some(x)) if self.agg_objects.contains(&key3(user, kind, x)) => continue,
                 _ => {}
             }
             let mut hit = false;
@@ -203,7 +212,7 @@ impl Stats {
             let now = Instant::now();
             let mut e = self
                 .singles
-                .entry((user, kind.to_string(), object.unwrap_or("").to_string()))
+                .entry(key3(user, kind, object.unwrap_or("")))
                 .or_insert((0, now));
             // Singles older than a burst window belong to an older window.
             if now.duration_since(e.1) > std::time::Duration::from_secs(10) {
@@ -216,14 +225,17 @@ impl Stats {
     /// Records a notification received; returns false for a duplicate of
     /// something already acked.
     pub fn receive(&self, user: u64, id: &str, seq: Option<u64>, from_inbox: bool) -> bool {
-        let key = (user, id.to_string());
-        if let Some(acked) = self.seen.get(&key) {
-            if *acked {
-                self.duplicates.fetch_add(1, Ordering::Relaxed);
+        match self.seen.entry((user, h64(id))) {
+            dashmap::mapref::entry::Entry::Occupied(e) => {
+                if *e.get() {
+                    self.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                return false;
             }
-            return false;
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                v.insert(false);
+            }
         }
-        self.seen.insert(key, false);
         let Some(seq) = seq else { return true };
         let now = Instant::now();
         let mut sent_at = None;
@@ -275,7 +287,7 @@ impl Stats {
     }
 
     pub fn acked(&self, user: u64, id: &str) {
-        if let Some(mut e) = self.seen.get_mut(&(user, id.to_string())) {
+        if let Some(mut e) = self.seen.get_mut(&(user, h64(id))) {
             *e = true;
         }
     }
