@@ -4,11 +4,10 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use herald_types::{Notification, UserId, WireFormat};
 
-use crate::{Delivery, Edge};
+use crate::Edge;
 
 /// A celebrity's post, encoded once in both formats and shared by every
 /// follower's queue.
@@ -18,15 +17,17 @@ pub(crate) struct SharedFrame {
     pub id: String,
     kind: herald_types::EventKind,
     object: Option<String>,
-    json: Utf8Bytes,
+    /// The whole WebSocket frame in each format, written as is to every
+    /// follower.
+    json: Bytes,
     msgpack: Bytes,
 }
 
 impl SharedFrame {
-    pub fn message(&self, fmt: WireFormat) -> Message {
+    pub fn frame(&self, fmt: WireFormat) -> Bytes {
         match fmt {
-            WireFormat::Json => Message::Text(self.json.clone()),
-            WireFormat::MsgPack => Message::Binary(self.msgpack.clone()),
+            WireFormat::Json => self.json.clone(),
+            WireFormat::MsgPack => self.msgpack.clone(),
         }
     }
 }
@@ -53,8 +54,8 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
         id: n.id.clone(),
         kind: n.kind,
         object: n.object.clone(),
-        json: Utf8Bytes::from(n.to_json()),
-        msgpack: n.encode(WireFormat::MsgPack),
+        json: crate::frames::notification(&n, WireFormat::Json),
+        msgpack: crate::frames::notification(&n, WireFormat::MsgPack),
     });
     let Some(edge) = edge.me.upgrade() else {
         return;
@@ -96,9 +97,12 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
                 if let Some(d) = edge.conns.get(u) {
                     // Every connection of the follower here.
                     for h in d.iter() {
-                        match h.tx.try_send(Delivery::Shared(frame.clone())) {
-                            Ok(()) => pushed += 1,
-                            Err(_) => h.poke.notify_one(),
+                        // Written straight into the socket when it takes
+                        // it; a closing connection's user pulls it later.
+                        if h.link.push_shared(&edge, &frame) {
+                            pushed += 1;
+                        } else {
+                            h.poke.notify_one();
                         }
                     }
                 }

@@ -5,7 +5,7 @@
 use herald_store::StoreError;
 use herald_types::{EdgeAnswer, Notification, UserId};
 
-use crate::conn::{Conn, End, Kind, Pending};
+use crate::conn::{Conn, End};
 
 /// Posts pulled from outboxes, with the celebrity each came from.
 pub(crate) type Pulled = Vec<(UserId, Notification)>;
@@ -111,39 +111,13 @@ impl Conn {
 
     /// Sends inbox entries and pulled outbox entries merged in acceptance
     /// order, skipping anything already pending on this connection.
-    pub(crate) async fn send_merged(
-        &mut self,
-        inbox: Vec<Notification>,
-        pulled: Vec<(UserId, Notification)>,
-    ) -> Result<(), End> {
-        let mut all: Vec<(Option<UserId>, Notification)> =
-            inbox.into_iter().map(|n| (None, n)).collect();
-        all.extend(pulled.into_iter().map(|(c, n)| (Some(c), n)));
-        all.sort_by_key(|(_, n)| n.order);
-        let now = std::time::Instant::now();
-        let mut msgs = Vec::new();
-        for (celebrity, n) in all {
-            if self.unacked.contains_key(&n.id) {
-                continue;
-            }
-            msgs.push(crate::frames::notification(&n, self.fmt));
-            let kind = match celebrity {
-                Some(celebrity) => Kind::Outbox {
-                    celebrity,
-                    order: n.order,
-                },
-                None => Kind::Stored,
-            };
-            self.unacked
-                .insert(n.id.clone(), Pending { kind, sent: now });
+    pub(crate) fn send_merged(&mut self, inbox: Vec<Notification>, pulled: Pulled) {
+        let all = merged(inbox, pulled);
+        if all.is_empty() {
+            return;
         }
-        if msgs.is_empty() {
-            return Ok(());
-        }
-        let n = msgs.len() as u64;
-        self.send(msgs).await.map_err(|_| End::SlowWrite)?;
-        self.edge.metrics.delivered_inbox.increment(n);
-        Ok(())
+        let sent = self.link.send_stored(&self.edge, all);
+        self.edge.metrics.delivered_inbox.increment(sent);
     }
 
     /// Reads the inbox (the count for `hello` and its first page) and the
@@ -183,10 +157,23 @@ impl Conn {
     pub(crate) async fn resync(&mut self) -> Result<bool, End> {
         match self.read_waiting(false).await {
             Some((snap, pulled)) => {
-                self.send_merged(snap.items, pulled).await?;
+                self.send_merged(snap.items, pulled);
                 Ok(true)
             }
             None => Ok(false),
         }
     }
+}
+
+/// Inbox entries and pulled outbox entries in acceptance order, each with
+/// the celebrity it came from (none for the inbox).
+pub(crate) fn merged(
+    inbox: Vec<Notification>,
+    pulled: Pulled,
+) -> Vec<(Option<UserId>, Notification)> {
+    let mut all: Vec<(Option<UserId>, Notification)> =
+        inbox.into_iter().map(|n| (None, n)).collect();
+    all.extend(pulled.into_iter().map(|(c, n)| (Some(c), n)));
+    all.sort_by_key(|(_, n)| n.order);
+    all
 }

@@ -1,9 +1,10 @@
 //! Frames between the edge and its clients, other than notifications.
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use herald_types::{Notification, UserId, WireFormat};
 use serde::{Deserialize, Serialize};
+
+use crate::wire;
 
 /// Most ids in one ack frame.
 pub const MAX_ACK_IDS: usize = 4096;
@@ -36,34 +37,25 @@ struct ErrorFrame<'a> {
     message: &'a str,
 }
 
-/// Wraps encoded bytes as a frame of the connection's format.
-pub fn message(bytes: Bytes, fmt: WireFormat) -> Message {
+/// A notification frame of the connection's format.
+pub fn notification(n: &Notification, fmt: WireFormat) -> Bytes {
     match fmt {
-        WireFormat::Json => match Utf8Bytes::try_from(bytes) {
-            Ok(t) => Message::Text(t),
-            Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
-        },
-        WireFormat::MsgPack => Message::Binary(bytes),
+        WireFormat::Json => wire::frame(wire::OP_TEXT, n.to_json().as_bytes()),
+        WireFormat::MsgPack => wire::frame(wire::OP_BINARY, &n.encode(fmt)),
     }
 }
 
-/// A notification frame; JSON is built as a `String`, so no UTF-8 check.
-pub fn notification(n: &Notification, fmt: WireFormat) -> Message {
+fn encode<T: Serialize>(v: &T, fmt: WireFormat) -> Bytes {
     match fmt {
-        WireFormat::Json => Message::Text(Utf8Bytes::from(n.to_json())),
-        WireFormat::MsgPack => Message::Binary(n.encode(fmt)),
+        WireFormat::Json => wire::frame(wire::OP_TEXT, &serde_json::to_vec(v).unwrap_or_default()),
+        WireFormat::MsgPack => wire::frame(
+            wire::OP_BINARY,
+            &rmp_serde::to_vec_named(v).unwrap_or_default(),
+        ),
     }
 }
 
-fn encode<T: Serialize>(v: &T, fmt: WireFormat) -> Message {
-    let bytes = match fmt {
-        WireFormat::Json => serde_json::to_vec(v).unwrap_or_default(),
-        WireFormat::MsgPack => rmp_serde::to_vec_named(v).unwrap_or_default(),
-    };
-    message(Bytes::from(bytes), fmt)
-}
-
-pub fn hello(user: UserId, pending: u64, dropped: u64, unread: u64, fmt: WireFormat) -> Message {
+pub fn hello(user: UserId, pending: u64, dropped: u64, unread: u64, fmt: WireFormat) -> Bytes {
     encode(
         &Hello {
             ty: "hello",
@@ -76,7 +68,7 @@ pub fn hello(user: UserId, pending: u64, dropped: u64, unread: u64, fmt: WireFor
     )
 }
 
-pub fn error(code: &str, message: &str, fmt: WireFormat) -> Message {
+pub fn error(code: &str, message: &str, fmt: WireFormat) -> Bytes {
     encode(
         &ErrorFrame {
             ty: "error",

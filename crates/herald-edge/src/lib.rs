@@ -16,20 +16,20 @@ mod conn;
 mod devices;
 mod drain;
 mod frames;
+mod handshake;
+mod link;
 mod outbox_cache;
+mod unacked;
+mod wire;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use herald_store::Store;
 use herald_types::{
-    Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, Refusal, Settle, UserId, WireFormat,
+    Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, Refusal, Settle, UserId,
 };
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -96,16 +96,6 @@ impl Default for EdgeConfig {
     }
 }
 
-/// What fan-out hands a connection. Kept one pointer wide (a push is
-/// boxed with its settle, a shared frame is an `Arc`): tokio allocates a
-/// block of 32 slots per channel up front, which was ~6 KB per connection
-/// with the notification inline.
-pub(crate) enum Delivery {
-    Direct(Box<Direct>),
-    /// A celebrity's post, encoded once for every follower.
-    Shared(Arc<celebrity::SharedFrame>),
-}
-
 /// A push and what it answers for (`Settled` once acked or in the inbox).
 pub(crate) struct Direct {
     pub n: Notification,
@@ -114,7 +104,8 @@ pub(crate) struct Direct {
 
 pub(crate) struct ConnHandle {
     pub id: u64,
-    pub tx: mpsc::Sender<Delivery>,
+    /// Its write side: whoever pushes writes through it.
+    pub link: Arc<link::Link>,
     pub poke: Arc<Notify>,
     pub kick: Arc<Notify>,
 }
@@ -242,7 +233,7 @@ impl Edge {
 
     pub fn router(self: &Arc<Self>) -> utoipa_axum::router::OpenApiRouter {
         utoipa_axum::router::OpenApiRouter::new()
-            .routes(utoipa_axum::routes!(upgrade))
+            .routes(utoipa_axum::routes!(handshake::upgrade))
             .with_state(self.clone())
     }
 
@@ -299,41 +290,33 @@ impl Edge {
             return refused(n, settle, Refusal::Offline);
         };
         if d.len() == 1 {
-            let direct = Direct {
+            let direct = Box::new(Direct {
                 n,
                 settle: devices::Owed::One(settle),
-            };
-            let (d, why) = match d[0].tx.try_send(Delivery::Direct(Box::new(direct))) {
-                Ok(()) => return None,
-                Err(mpsc::error::TrySendError::Full(d)) => (d, Refusal::Full),
-                Err(mpsc::error::TrySendError::Closed(d)) => (d, Refusal::Offline),
-            };
-            return match d {
-                Delivery::Direct(d) => match d.settle {
+            });
+            return match d[0].link.push_live(self, direct) {
+                Ok(()) => None,
+                Err((d, why)) => match d.settle {
                     devices::Owed::One(settle) => refused(d.n, settle, why),
                     devices::Owed::Copies(_) => None,
                 },
-                Delivery::Shared(_) => None,
             };
         }
         // Several devices: a copy each, one settlement for all.
         let copies = devices::Copies::new(settle, d.len());
         let mut why = Refusal::Offline;
         for h in d.iter() {
-            let direct = Direct {
+            let direct = Box::new(Direct {
                 n: n.clone(),
                 settle: devices::Owed::Copies(copies.clone()),
-            };
-            match h.tx.try_send(Delivery::Direct(Box::new(direct))) {
-                Ok(()) => {}
-                Err(e) => {
-                    if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                        why = Refusal::Full;
-                    }
-                    if let Some(settle) = copies.undelivered() {
-                        // No copy went out: fan-out stores it.
-                        return refused(n, settle, why);
-                    }
+            });
+            if let Err((_, w)) = h.link.push_live(self, direct) {
+                if matches!(w, Refusal::Full) {
+                    why = Refusal::Full;
+                }
+                if let Some(settle) = copies.undelivered() {
+                    // No copy went out: fan-out stores it.
+                    return refused(n, settle, why);
                 }
             }
         }
@@ -411,131 +394,4 @@ async fn spill_loop(
         }
     }
 }
-
-/// A refusal before the upgrade, in the API's one error shape.
-fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = herald_types::error_body(code, message, None, None);
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-/// What the front door decided about the TCP connection a request came
-/// on (a request extension): over its address's limits, and a hold on the
-/// connection's slot that an upgraded WebSocket keeps until it closes.
-#[derive(Clone)]
-pub struct Admission {
-    pub limited: bool,
-    pub hold: Arc<dyn std::any::Any + Send + Sync>,
-}
-
-/// Close code for a connection over its address's limits.
-const CLOSE_TOO_MANY: u16 = 4029;
-
-/// The WebSocket: live notifications, the inbox drained at connect, acks.
-/// Frames and close codes: `docs/asyncapi.yaml`.
-#[utoipa::path(get, path = "/v1/ws", tag = "websocket",
-    params(
-        ("token" = Option<String>, Query, description = "The user's JWT (or `Authorization: Bearer`)"),
-        ("user" = Option<u64>, Query, description = "Development mode only: connect as this user")),
-    responses(
-        (status = 101, description = "Upgraded: the server sends `hello`, then notifications"),
-        (status = 401, description = "Missing or bad token"),
-        (status = 503, description = "At the connection limit, shutting down, or not an edge node")))]
-async fn upgrade(
-    State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-    admission: Option<axum::Extension<Admission>>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let hold = admission.as_ref().map(|a| a.hold.clone());
-    if admission.as_ref().is_some_and(|a| a.limited) {
-        // Over its address's limits: the handshake completes so that the
-        // client reads why, then the socket closes with 4029.
-        metrics::counter!("herald_ws_refused_total", "reason" => "address_limit").increment(1);
-        return ws.on_upgrade(move |mut socket| async move {
-            use axum::extract::ws::{CloseFrame, Message};
-            let _ = socket
-                .send(Message::Close(Some(CloseFrame {
-                    code: CLOSE_TOO_MANY,
-                    reason: "too many connections from this address".into(),
-                })))
-                .await;
-            drop(hold);
-        });
-    }
-    let user = match authenticate(&edge.cfg, &headers, &q) {
-        Ok(u) => u,
-        Err(e) => {
-            metrics::counter!("herald_ws_refused_total", "reason" => "auth").increment(1);
-            return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
-        }
-    };
-    if *edge.shutdown.borrow() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "node is shutting down",
-        );
-    }
-    if edge.connections() >= edge.cfg.max_connections {
-        metrics::counter!("herald_ws_refused_total", "reason" => "capacity").increment(1);
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "node is at its connection limit",
-        );
-    }
-    // Frames of one flush (a drained page, a burst to one user) are
-    // gathered up to WRITE_GATHER bytes per socket write instead of one
-    // write each; the buffer keeps that capacity for the connection's life.
-    let ws = ws
-        .protocols(["herald.msgpack"])
-        .read_buffer_size(2 * 1024)
-        .write_buffer_size(WRITE_GATHER)
-        .max_write_buffer_size(4 * 1024 * 1024)
-        .max_message_size(edge.cfg.max_message_bytes)
-        .max_frame_size(edge.cfg.max_message_bytes);
-    let fmt = if ws.selected_protocol().is_some() {
-        WireFormat::MsgPack
-    } else {
-        WireFormat::Json
-    };
-    ws.on_upgrade(move |socket| async move {
-        conn::serve(edge, socket, user, fmt).await;
-        drop(hold);
-    })
-}
-
-/// Bytes of frames gathered into one socket write (a drained page of 50
-/// is 3 writes instead of 50).
-const WRITE_GATHER: usize = 4 * 1024;
-
-fn authenticate(
-    cfg: &EdgeConfig,
-    headers: &HeaderMap,
-    q: &std::collections::HashMap<String, String>,
-) -> Result<UserId, herald_auth::AuthError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|s| s.trim().to_string());
-    if let Some(token) = bearer.or_else(|| q.get("token").cloned()) {
-        let Some(v) = &cfg.jwt else {
-            return Err(herald_auth::AuthError::NotConfigured);
-        };
-        return v.verify(&token, herald_types::now_ms() / 1000);
-    }
-    if cfg.dev_mode {
-        if let Some(u) = q.get("user") {
-            return herald_types::ids::parse_user(u)
-                .ok_or_else(|| herald_auth::AuthError::BadUser(u.clone()));
-        }
-    }
-    Err(herald_auth::AuthError::Missing)
-}
+pub use handshake::Admission;

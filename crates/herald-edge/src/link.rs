@@ -1,0 +1,536 @@
+//! A connection's write side, shared by everyone who writes to it.
+//!
+//! Fan-out's push, a celebrity broadcast and the connection's own task
+//! (hello, drained pages, pings, errors, close) all write through the
+//! [`Link`]: under its lock, a frame is recorded as pending (when it needs
+//! an ack) and written with one non-blocking `write`, or, when the socket
+//! cannot take it now (or frames are already waiting, which keeps them in
+//! order), appended to the backlog, which the connection's task writes out
+//! as the socket becomes writable, several frames per vectored write. No
+//! task is woken and nothing is copied per frame on the common path. The
+//! lock is never held across an await.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use herald_types::{EdgeAnswer, Notification, Refusal, UserId, WireFormat};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::conn::{Kind, Pending};
+use crate::{frames, Direct, Edge, EdgeMetrics};
+
+/// Most frames given to one vectored write.
+const GATHER: usize = 64;
+
+pub(crate) struct Link {
+    pub sock: Arc<TcpStream>,
+    pub fmt: WireFormat,
+    out: Mutex<Out>,
+    /// Frames wait in the backlog (read without the lock).
+    backlogged: AtomicBool,
+    /// Wakes the connection's task: a backlog to write, unacked past the
+    /// cap, or a failed write.
+    pub wake: Notify,
+}
+
+/// What the lock guards.
+pub(crate) struct Out {
+    /// Sent (or queued) and not acked, by notification id.
+    pub unacked: HashMap<String, Pending>,
+    /// Frames not yet written, oldest first, with the acceptance time (µs)
+    /// of a live notification for the latency histogram (0 for others).
+    backlog: VecDeque<(Bytes, u64)>,
+    backlog_bytes: usize,
+    /// When the backlog last started to fill (for the write timeout).
+    since: Option<Instant>,
+    /// Before `hello`: frames wait in the backlog, nothing is written.
+    held: bool,
+    /// The connection is ending: pushes are refused (fan-out stores them).
+    closed: bool,
+    /// A write failed, or the backlog passed its byte limit.
+    broken: bool,
+    /// The backlog's first frame is partly written: whatever is written
+    /// next must be its rest.
+    front_partial: bool,
+}
+
+/// Where a connection's writes stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flushed {
+    /// Everything is written.
+    Done,
+    /// Frames wait for the socket to become writable.
+    Waiting,
+    /// A write failed (or the backlog overflowed): the connection ends.
+    Broken,
+}
+
+impl Link {
+    pub fn new(sock: Arc<TcpStream>, fmt: WireFormat) -> Link {
+        Link {
+            sock,
+            fmt,
+            out: Mutex::new(Out {
+                unacked: HashMap::new(),
+                backlog: VecDeque::new(),
+                backlog_bytes: 0,
+                since: None,
+                held: true,
+                closed: false,
+                broken: false,
+                front_partial: false,
+            }),
+            backlogged: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Frames wait for the socket (checked without the lock).
+    pub fn backlogged(&self) -> bool {
+        self.backlogged.load(Ordering::Acquire)
+    }
+
+    /// A live notification from fan-out: pending until acked, written now
+    /// if the socket takes it. Handed back when the connection is closing
+    /// or its backlog is full (fan-out then stores it).
+    pub fn push_live(&self, edge: &Edge, d: Box<Direct>) -> Result<(), (Box<Direct>, Refusal)> {
+        let frame = frames::notification(&d.n, self.fmt);
+        let (replaced, wake) = {
+            let mut o = self.lock();
+            if o.closed {
+                return Err((d, Refusal::Offline));
+            }
+            if o.backlog.len() >= edge.cfg.queue_capacity {
+                return Err((d, Refusal::Full));
+            }
+            let accepted = d.n.order;
+            let id = d.n.id.clone();
+            let pending = Pending {
+                kind: Kind::Live(d),
+                sent: Instant::now(),
+            };
+            // A re-push of something already pending replaces it (same
+            // id: a growing aggregate names every record the older one
+            // did, so the older one is released).
+            let replaced = match o.unacked.insert(id, pending) {
+                Some(Pending {
+                    kind: Kind::Live(old),
+                    ..
+                }) => old.settle.acked(),
+                _ => None,
+            };
+            self.put(&mut o, &edge.metrics, frame, accepted);
+            let wake = self.after(&mut o) || o.unacked.len() > edge.cfg.max_unacked;
+            (replaced, wake)
+        };
+        edge.metrics.delivered_live.increment(1);
+        if let Some(s) = replaced {
+            edge.answers.answer(EdgeAnswer::Settled(s));
+        }
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// A celebrity's post (one frame shared by every follower). False
+    /// when the connection is closing.
+    pub fn push_shared(&self, edge: &Edge, f: &crate::celebrity::SharedFrame) -> bool {
+        let wake = {
+            let mut o = self.lock();
+            if o.closed {
+                return false;
+            }
+            if o.unacked.contains_key(&f.id) {
+                return true;
+            }
+            let kind = Kind::Outbox {
+                celebrity: f.celebrity,
+                order: f.order,
+            };
+            o.unacked.insert(
+                f.id.clone(),
+                Pending {
+                    kind,
+                    sent: Instant::now(),
+                },
+            );
+            self.put(&mut o, &edge.metrics, f.frame(self.fmt), f.order);
+            self.after(&mut o)
+        };
+        edge.metrics.delivered_live.increment(1);
+        if wake {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Stored notifications (the inbox, outboxes pulled), oldest first:
+    /// those not already pending are recorded and written together.
+    /// Returns how many went out.
+    pub fn send_stored(&self, edge: &Edge, items: Vec<(Option<UserId>, Notification)>) -> u64 {
+        let (sent, wake) = {
+            let mut o = self.lock();
+            let sent = self.stage_stored(&mut o, edge, items);
+            self.write_out(&mut o);
+            (sent, self.after(&mut o))
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        sent
+    }
+
+    /// The connection starts: `hello`, then the first drained page, then
+    /// whatever fan-out pushed while they were read, in that order; from
+    /// now on frames are written as they come. Returns how many stored
+    /// notifications went out.
+    pub fn open(
+        &self,
+        edge: &Edge,
+        hello: Bytes,
+        items: Vec<(Option<UserId>, Notification)>,
+    ) -> u64 {
+        let (sent, wake) = {
+            let mut o = self.lock();
+            let live = std::mem::take(&mut o.backlog);
+            edge.metrics.frames_sent.increment(1);
+            o.backlog_bytes += hello.len();
+            o.backlog.push_back((hello, 0));
+            let sent = self.stage_stored(&mut o, edge, items);
+            o.backlog.extend(live);
+            o.held = false;
+            self.write_out(&mut o);
+            (sent, self.after(&mut o))
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        sent
+    }
+
+    fn stage_stored(
+        &self,
+        o: &mut Out,
+        edge: &Edge,
+        items: Vec<(Option<UserId>, Notification)>,
+    ) -> u64 {
+        if o.closed {
+            return 0;
+        }
+        let now = Instant::now();
+        let mut sent = 0;
+        for (celebrity, n) in items {
+            if o.unacked.contains_key(&n.id) {
+                continue;
+            }
+            let frame = frames::notification(&n, self.fmt);
+            let kind = match celebrity {
+                Some(celebrity) => Kind::Outbox {
+                    celebrity,
+                    order: n.order,
+                },
+                None => Kind::Stored,
+            };
+            o.unacked.insert(n.id, Pending { kind, sent: now });
+            o.backlog_bytes += frame.len();
+            o.backlog.push_back((frame, 0));
+            sent += 1;
+        }
+        edge.metrics.frames_sent.increment(sent);
+        sent
+    }
+
+    /// Frames that need no ack (hello, ping, pong, errors, close).
+    pub fn send(&self, m: &EdgeMetrics, frames: Vec<Bytes>) {
+        let wake = {
+            let mut o = self.lock();
+            m.frames_sent.increment(frames.len() as u64);
+            for f in frames {
+                o.backlog_bytes += f.len();
+                o.backlog.push_back((f, 0));
+            }
+            self.write_out(&mut o);
+            self.after(&mut o)
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes what the backlog holds, as far as the socket takes it.
+    pub fn flush(&self) -> Flushed {
+        let mut o = self.lock();
+        self.write_out(&mut o);
+        self.after(&mut o);
+        if o.broken {
+            Flushed::Broken
+        } else if o.backlog.is_empty() {
+            Flushed::Done
+        } else {
+            Flushed::Waiting
+        }
+    }
+
+    /// How long the oldest unwritten frame has waited, if any.
+    pub fn waiting_for(&self) -> Option<std::time::Duration> {
+        self.lock().since.map(|t| t.elapsed())
+    }
+
+    /// The connection ends: pushes are refused from now on; what was
+    /// pending is handed back. Frames not yet written are dropped (their
+    /// notifications are among the pending), except the rest of one
+    /// partly written, so that a close frame written after stays a frame.
+    pub fn close(&self) -> HashMap<String, Pending> {
+        let mut o = self.lock();
+        o.closed = true;
+        let keep = o.front_partial;
+        let front = if keep { o.backlog.pop_front() } else { None };
+        o.backlog.clear();
+        o.backlog_bytes = 0;
+        if let Some(f) = front {
+            o.backlog_bytes = f.0.len();
+            o.backlog.push_back(f);
+        }
+        o.held = false;
+        self.after(&mut o);
+        std::mem::take(&mut o.unacked)
+    }
+
+    /// One frame: written now when nothing waits before it.
+    fn put(&self, o: &mut Out, m: &EdgeMetrics, frame: Bytes, accepted: u64) {
+        m.frames_sent.increment(1);
+        if o.held || o.broken || !o.backlog.is_empty() {
+            o.backlog_bytes += frame.len();
+            o.backlog.push_back((frame, accepted));
+            self.check_limit(o);
+            return;
+        }
+        match self.sock.try_write(&frame) {
+            Ok(n) if n == frame.len() => record(m, accepted),
+            Ok(n) => {
+                o.backlog_bytes += frame.len() - n;
+                o.backlog.push_back((frame.slice(n..), accepted));
+                o.front_partial = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                o.backlog_bytes += frame.len();
+                o.backlog.push_back((frame, accepted));
+            }
+            Err(_) => o.broken = true,
+        }
+    }
+
+    /// Writes the backlog (several frames per vectored write) until it is
+    /// empty or the socket would block.
+    fn write_out(&self, o: &mut Out) {
+        if o.held {
+            self.check_limit(o);
+            return;
+        }
+        while !o.backlog.is_empty() && !o.broken {
+            let written = {
+                let mut bufs = [IoSlice::new(&[]); GATHER];
+                let mut k = 0;
+                for (f, _) in o.backlog.iter().take(GATHER) {
+                    bufs[k] = IoSlice::new(f);
+                    k += 1;
+                }
+                self.sock.try_write_vectored(&bufs[..k])
+            };
+            match written {
+                Ok(0) => o.broken = true,
+                Ok(mut w) => {
+                    o.backlog_bytes -= w;
+                    while w > 0 {
+                        let Some(front) = o.backlog.front_mut() else {
+                            break;
+                        };
+                        if w >= front.0.len() {
+                            w -= front.0.len();
+                            let accepted = front.1;
+                            o.backlog.pop_front();
+                            o.front_partial = false;
+                            if accepted > 0 {
+                                latency(accepted);
+                            }
+                        } else {
+                            front.0 = front.0.slice(w..);
+                            w = 0;
+                            o.front_partial = true;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => o.broken = true,
+            }
+        }
+        self.check_limit(o);
+    }
+
+    /// A backlog past the connection's write limit is a consumer too slow
+    /// to keep: the connection ends (its pending go to the inbox).
+    fn check_limit(&self, o: &mut Out) {
+        if o.backlog_bytes > MAX_BACKLOG_BYTES {
+            o.broken = true;
+        }
+    }
+
+    /// Keeps the backlog flag and its age current; true when the
+    /// connection's task has something to do.
+    fn after(&self, o: &mut Out) -> bool {
+        let waiting = !o.backlog.is_empty() && !o.held;
+        match (waiting, o.since) {
+            (true, None) => o.since = Some(Instant::now()),
+            (false, Some(_)) => o.since = None,
+            _ => {}
+        }
+        self.backlogged.store(waiting, Ordering::Release);
+        waiting || o.broken
+    }
+}
+
+/// Most bytes of frames waiting for one slow socket.
+const MAX_BACKLOG_BYTES: usize = 4 * 1024 * 1024;
+
+fn record(m: &EdgeMetrics, accepted: u64) {
+    if accepted > 0 {
+        let us = herald_types::now_us().saturating_sub(accepted);
+        m.latency.record(us as f64 / 1e6);
+    }
+}
+
+/// Acceptance (gateway's clock, µs) to written, for a frame written from
+/// the backlog.
+fn latency(accepted: u64) {
+    let us = herald_types::now_us().saturating_sub(accepted);
+    metrics::histogram!("herald_delivery_latency_seconds").record(us as f64 / 1e6);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// A server-side link and a client reading it with tungstenite, over
+    /// real loopback sockets.
+    async fn pair() -> (Link, tokio_tungstenite::WebSocketStream<TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // A small receive window: unread frames back up soon.
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(4096).expect("rcvbuf");
+        let client = sock.connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            client,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        (Link::new(Arc::new(server), WireFormat::Json), ws)
+    }
+
+    /// Frames written while the reader does not read fill the socket, wait
+    /// in the backlog, and come out whole and in order once it reads;
+    /// nothing is written before the link opens.
+    #[tokio::test]
+    async fn frames_stay_whole_and_in_order_through_the_backlog() {
+        let (link, mut ws) = pair().await;
+        let m = EdgeMetrics::new();
+        let frames: Vec<Bytes> = (0..20_000)
+            .map(|i| {
+                crate::wire::frame(
+                    crate::wire::OP_TEXT,
+                    format!("frame {i} {}", "x".repeat(i % 300)).as_bytes(),
+                )
+            })
+            .collect();
+        // Held until `open`: the first frame queued is not on the wire.
+        link.send(&m, vec![frames[0].clone()]);
+        assert!(!link.backlogged(), "held frames are not a backlog to write");
+        {
+            let mut o = link.lock();
+            o.held = false;
+            link.write_out(&mut o);
+            link.after(&mut o);
+        }
+        for f in &frames[1..] {
+            link.send(&m, vec![f.clone()]);
+        }
+        assert!(link.backlogged(), "20,000 frames unread must back up");
+        let writer = async {
+            loop {
+                match link.flush() {
+                    Flushed::Done => return,
+                    Flushed::Broken => panic!("the link broke"),
+                    Flushed::Waiting => link.sock.writable().await.expect("writable"),
+                }
+            }
+        };
+        let reader = async {
+            for i in 0..frames.len() {
+                let want = format!("frame {i} {}", "x".repeat(i % 300));
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), want),
+                    other => panic!("frame {i}: {other:?}"),
+                }
+            }
+        };
+        tokio::join!(writer, reader);
+        assert!(!link.backlogged());
+    }
+
+    /// Closing keeps the rest of a partly written frame, so that the close
+    /// frame after it is read as a close frame.
+    #[tokio::test]
+    async fn a_close_after_a_partial_write_is_still_a_close_frame() {
+        let (link, mut ws) = pair().await;
+        let m = EdgeMetrics::new();
+        link.lock().held = false;
+        let big = crate::wire::frame(crate::wire::OP_TEXT, "y".repeat(3 << 20).as_bytes());
+        link.send(&m, vec![big]);
+        let partial = link.lock().front_partial;
+        assert!(partial, "a 3 MiB frame cannot be written at once");
+        let _ = link.close();
+        link.send(&m, vec![crate::wire::close(4000, "replaced")]);
+        let writer = async {
+            while link.flush() == Flushed::Waiting {
+                link.sock.writable().await.expect("writable");
+            }
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            while let Some(Ok(msg)) = ws.next().await {
+                let close = matches!(msg, Message::Close(_));
+                got.push(msg);
+                if close {
+                    break;
+                }
+            }
+            got
+        };
+        let ((), got) = tokio::join!(writer, reader);
+        assert!(
+            matches!(&got[0], Message::Text(t) if t.len() == 3 << 20),
+            "the partly written frame completes"
+        );
+        assert!(
+            matches!(&got[1], Message::Close(Some(f)) if u16::from(f.code) == 4000),
+            "then the close frame: {:?}",
+            got.get(1)
+        );
+    }
+}

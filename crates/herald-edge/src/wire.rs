@@ -1,0 +1,150 @@
+//! The WebSocket on the raw TCP socket.
+//!
+//! Server frames are written by Herald itself (RFC 6455 §5.2: unmasked,
+//! one header in front of the payload), so that whoever has a frame (fan-out
+//! pushing a notification, a celebrity broadcast, the connection's own
+//! task) writes it straight into the socket with one non-blocking `write`,
+//! without waking the connection's task or copying it into a per-connection
+//! buffer. Client frames are still read and checked by tungstenite (masks,
+//! fragments, sizes, UTF-8, control frames), over [`ReadSide`]: the socket
+//! for reading, with every write tungstenite would make (its automatic pong
+//! and close replies) discarded, because the connection writes those itself.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+pub(crate) const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PONG: u8 = 0xA;
+
+/// Longest frame header: 2 bytes and a 64-bit length.
+const MAX_HEADER: usize = 10;
+
+/// One final, unmasked server frame around `payload`.
+pub(crate) fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(MAX_HEADER + payload.len());
+    b.put_u8(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => b.put_u8(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            b.put_u8(126);
+            b.put_u16(n as u16);
+        }
+        n => {
+            b.put_u8(127);
+            b.put_u64(n as u64);
+        }
+    }
+    b.extend_from_slice(payload);
+    b.freeze()
+}
+
+/// A close frame with `code` and `reason` (reason cut to fit 125 bytes on
+/// a character boundary).
+pub(crate) fn close(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut p = Vec::with_capacity(2 + end);
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(&reason.as_bytes()[..end]);
+    frame(OP_CLOSE, &p)
+}
+
+/// The read side of the connection's socket, for tungstenite.
+pub(crate) struct ReadSide(pub Arc<TcpStream>);
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            match self.0.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let unfilled = buf.initialize_unfilled();
+            match self.0.try_read(unfilled) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was cleared: poll again to register the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    /// tungstenite's own replies (pong, close) are discarded: the
+    /// connection writes them through its link.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tungstenite::protocol::frame::FrameHeader;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Every frame written here is what tungstenite (the reference
+        /// reader, used by the tests' clients) reads back: final, unmasked,
+        /// the same opcode and payload, the header as long as it says.
+        #[test]
+        fn frames_parse_back_as_written(len in prop_oneof![0usize..130, 65_530usize..65_545, 70_000usize..70_010], op in prop_oneof![Just(OP_TEXT), Just(OP_BINARY), Just(OP_PING)]) {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let f = frame(op, &payload);
+            let mut cur = std::io::Cursor::new(&f[..]);
+            let (h, plen) = FrameHeader::parse(&mut cur).expect("parses").expect("complete");
+            prop_assert!(h.is_final);
+            prop_assert!(h.mask.is_none());
+            prop_assert_eq!(u8::from(h.opcode), op);
+            prop_assert_eq!(plen as usize, len);
+            let at = cur.position() as usize;
+            prop_assert_eq!(&f[at..], &payload[..]);
+        }
+    }
+
+    #[test]
+    fn close_frames_carry_the_code_and_fit_125_bytes() {
+        let f = close(4000, &"é".repeat(100));
+        assert_eq!(f[0], 0x88);
+        assert!(f[1] as usize <= 125, "control frame payload too long");
+        assert_eq!(&f[2..4], &4000u16.to_be_bytes());
+        assert!(
+            std::str::from_utf8(&f[4..]).is_ok(),
+            "reason cut inside a character"
+        );
+    }
+}
