@@ -32,6 +32,6 @@ r0=$(cpu "$rp")
 echo "herald cpu_s $(cpu "$hp")"
 echo "redis cpu_s $(awk -v a="$(cpu "$rp")" -v b="$r0" 'BEGIN{print a-b}')"
 echo "loadgen cpu_s $(awk '{print $1+$2}' "$dir/lg.time")"
-curl -s 127.0.0.1:7401/metrics | grep -E '^herald_notifications_total\{route="pushed"\}|^herald_log_append_seconds_(sum|count)' || true
+curl -s 127.0.0.1:7401/metrics | grep -E '^herald_notifications_total\{route="pushed"\}|^herald_log_append_seconds_(sum|count)|^herald_celebrity_broadcast_seconds_(sum|count)' || true
 grep -v "^\[" "$dir/lg.out" | grep -v "^reports:"
 kill "$hp"

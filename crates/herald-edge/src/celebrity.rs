@@ -65,10 +65,16 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
         let chunk = edge.cfg.broadcast_chunk.max(1);
         let mut pushed = 0u64;
         let now_ms = herald_types::now_ms();
-        for slice in followers.chunks(chunk) {
-            // Each follower's mutes and modes: one cached read per slice,
-            // never a Redis round trip per follower.
-            let prefs = match edge.prefs.get_many(slice).await {
+        let started = std::time::Instant::now();
+        // Each follower's mutes and modes, read for all slices at once
+        // (their pipelines in flight together: one wait, not one round
+        // trip per slice behind every other task), never one per follower.
+        let reads = followers
+            .chunks(chunk)
+            .map(|slice| edge.prefs.get_many(slice));
+        let all_prefs = futures_util::future::join_all(reads).await;
+        for (slice, prefs) in followers.chunks(chunk).zip(all_prefs) {
+            let prefs = match prefs {
                 Ok(p) => p,
                 Err(e) => {
                     // They will pull it from the outbox (filtered) on connect.
@@ -110,6 +116,14 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
             tokio::task::yield_now().await;
         }
         metrics::counter!("herald_celebrity_pushes_total").increment(pushed);
+        let took = started.elapsed();
+        metrics::histogram!("herald_celebrity_broadcast_seconds").record(took.as_secs_f64());
+        tracing::debug!(
+            celebrity,
+            pushed,
+            ms = took.as_millis() as u64,
+            "celebrity post pushed to local followers"
+        );
     });
 }
 

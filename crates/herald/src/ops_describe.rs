@@ -123,6 +123,11 @@ pub fn describe() {
         "herald_celebrity_pushes_total",
         "Frames of celebrity posts pushed to connected followers."
     );
+    h!(
+        "herald_celebrity_broadcast_seconds",
+        Unit::Seconds,
+        "Time for one celebrity post to be written to every follower connected to this node."
+    );
     c!(
         "herald_outbox_reads_total",
         "Celebrity outbox reads, by source (cache, redis)."
