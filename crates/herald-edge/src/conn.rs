@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use herald_types::{UserId, WireFormat};
 use tokio::net::TcpStream;
@@ -107,7 +106,7 @@ impl End {
     }
 }
 
-pub async fn serve(edge: Arc<Edge>, sock: TcpStream, early: Bytes, user: UserId, fmt: WireFormat) {
+pub async fn serve(edge: Arc<Edge>, sock: TcpStream, early: Vec<u8>, user: UserId, fmt: WireFormat) {
     let sock = Arc::new(sock);
     let config = WebSocketConfig::default()
         .read_buffer_size(2 * 1024)
@@ -118,7 +117,7 @@ pub async fn serve(edge: Arc<Edge>, sock: TcpStream, early: Bytes, user: UserId,
     } else {
         WebSocketStream::from_partially_read(
             ReadSide(sock.clone()),
-            early.to_vec(),
+            early,
             Role::Server,
             Some(config),
         )

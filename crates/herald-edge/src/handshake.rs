@@ -165,8 +165,10 @@ fn switching(key: &str, protocol: Option<&'static str>) -> Response {
 }
 
 /// The TCP socket under the upgraded HTTP connection, and any bytes the
-/// client sent after its request that HTTP had already read.
-async fn take_socket(on: hyper::upgrade::OnUpgrade) -> Option<(TcpStream, bytes::Bytes)> {
+/// client sent after its request that HTTP had already read (copied out:
+/// the buffer they sit in is HTTP's whole read buffer, not kept for the
+/// connection's life).
+async fn take_socket(on: hyper::upgrade::OnUpgrade) -> Option<(TcpStream, Vec<u8>)> {
     let up = match on.await {
         Ok(u) => u,
         Err(e) => {
@@ -175,7 +177,7 @@ async fn take_socket(on: hyper::upgrade::OnUpgrade) -> Option<(TcpStream, bytes:
         }
     };
     match up.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf)),
+        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf.to_vec())),
         Err(_) => {
             tracing::error!("upgraded connection is not a TCP socket; closed");
             None
