@@ -106,7 +106,13 @@ impl End {
     }
 }
 
-pub async fn serve(edge: Arc<Edge>, sock: TcpStream, early: Vec<u8>, user: UserId, fmt: WireFormat) {
+pub async fn serve(
+    edge: Arc<Edge>,
+    sock: TcpStream,
+    early: Vec<u8>,
+    user: UserId,
+    fmt: WireFormat,
+) {
     let sock = Arc::new(sock);
     let config = WebSocketConfig::default()
         .read_buffer_size(2 * 1024)
