@@ -449,3 +449,120 @@ async fn oversized_and_invalid_frames_close_with_their_codes() {
     bad.send_raw(Message::Frame(frame)).await;
     assert_eq!(close_code(&mut bad).await, Some(1007));
 }
+
+/// The handshake and the frame rules, spoken byte by byte over a plain TCP
+/// socket (no WebSocket library on the client side): a request that is not
+/// an upgrade gets 400; a client ping gets a pong with its payload; an
+/// unmasked client frame closes the connection with 1002.
+#[tokio::test]
+async fn the_websocket_protocol_byte_by_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+
+    async fn read_some(s: &mut TcpStream, want: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while got.len() < want {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Err(_)) => break,
+            }
+        }
+        got
+    }
+    /// Connects and upgrades; returns the socket after the 101's head.
+    async fn upgraded(addr: &str, user: u32) -> (TcpStream, Vec<u8>) {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET /v1/ws?user={user} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("response in time")
+                .expect("read");
+            assert!(
+                n > 0,
+                "closed during the handshake: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.push(buf[0]);
+        }
+        (s, got)
+    }
+    /// Reads server frames until one with `opcode`; returns its payload.
+    async fn frame_with(s: &mut TcpStream, opcode: u8) -> Option<Vec<u8>> {
+        let mut pending = Vec::new();
+        loop {
+            // Parse what is buffered: final, unmasked, 7-bit or 16-bit length.
+            while pending.len() >= 2 {
+                let (op, len7) = (pending[0] & 0x0f, (pending[1] & 0x7f) as usize);
+                assert_eq!(pending[1] & 0x80, 0, "server frames are unmasked");
+                let (head, len) = match len7 {
+                    126 if pending.len() >= 4 => {
+                        (4, u16::from_be_bytes([pending[2], pending[3]]) as usize)
+                    }
+                    126 => break,
+                    127 => panic!("no frame here is that long"),
+                    n => (2, n),
+                };
+                if pending.len() < head + len {
+                    break;
+                }
+                let payload = pending[head..head + len].to_vec();
+                pending.drain(..head + len);
+                if op == opcode {
+                    return Some(payload);
+                }
+            }
+            let more = read_some(s, pending.len() + 1).await;
+            if more.is_empty() {
+                return None;
+            }
+            pending.extend_from_slice(&more);
+        }
+    }
+
+    // Not an upgrade: 400 in the API's error shape, not a hang.
+    let mut s = TcpStream::connect(&node.addr).await.expect("connect");
+    let req = format!(
+        "GET /v1/ws?user=1 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        node.addr
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let head = String::from_utf8_lossy(&read_some(&mut s, 12).await).to_string();
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+
+    // The RFC's sample key gets the RFC's accept value.
+    let (mut s, head) = upgraded(&node.addr, 60).await;
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    // A masked ping with a payload: the pong carries it back.
+    let payload = b"are you there";
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut ping = vec![0x89, 0x80 | payload.len() as u8];
+    ping.extend_from_slice(&mask);
+    ping.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&ping).await.expect("ping");
+    assert_eq!(
+        frame_with(&mut s, 0xA).await.as_deref(),
+        Some(&payload[..]),
+        "pong"
+    );
+    // An unmasked text frame breaks RFC 6455: closed with 1002.
+    s.write_all(&[0x81, 0x02, b'h', b'i']).await.expect("frame");
+    let close = frame_with(&mut s, 0x8).await.expect("a close frame");
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1002);
+}
