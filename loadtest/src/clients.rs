@@ -115,6 +115,8 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut at = spec.first;
+    // This user's receipts, across reconnects.
+    let mut ledger = crate::stats::Ledger::default();
     'outer: while !*stop.borrow() {
         let connected_at = Instant::now();
         let addr = spec.addrs[at % spec.addrs.len().max(1)];
@@ -167,6 +169,7 @@ pub async fn run(
                                     // A folded burst: it stands for `count`
                                     // notifications of its kind (and object).
                                     stats.receive_aggregate(
+                                        &mut ledger,
                                         spec.user,
                                         &id,
                                         f.kind.as_deref().unwrap_or(""),
@@ -175,8 +178,8 @@ pub async fn run(
                                         from_inbox,
                                     );
                                 } else {
-                                    if stats.receive(spec.user, &id, seq_of(f.text.as_deref()), from_inbox) {
-                                        stats.single(spec.user, f.kind.as_deref().unwrap_or(""), f.object.as_deref());
+                                    if stats.receive(&mut ledger, spec.user, &id, seq_of(f.text.as_deref()), from_inbox) {
+                                        Stats::single(&mut ledger, f.kind.as_deref().unwrap_or(""), f.object.as_deref());
                                     }
                                 }
                                 acks.push(id.into_owned());
@@ -190,7 +193,7 @@ pub async fn run(
                 }
                 _ = async { tokio::time::sleep_until(ack_due.unwrap_or_else(tokio::time::Instant::now)).await }, if ack_due.is_some() => {
                     ack_due = None;
-                    if send_acks(&mut ws, &stats, spec.user, &mut acks).await.is_err() {
+                    if send_acks(&mut ws, &mut ledger, &mut acks).await.is_err() {
                         break;
                     }
                 }
@@ -203,7 +206,7 @@ pub async fn run(
                 _ = stop.changed() => break,
             }
         }
-        let _ = send_acks(&mut ws, &stats, spec.user, &mut acks).await;
+        let _ = send_acks(&mut ws, &mut ledger, &mut acks).await;
         // Give the acks a moment to land before closing.
         tokio::time::sleep(Duration::from_millis(30)).await;
         let _ = ws.close(None).await;
@@ -219,8 +222,7 @@ pub async fn run(
 
 async fn send_acks(
     ws: &mut Ws,
-    stats: &Stats,
-    user: u64,
+    ledger: &mut crate::stats::Ledger,
     acks: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     if acks.is_empty() {
@@ -229,7 +231,7 @@ async fn send_acks(
     let frame = serde_json::json!({"type": "ack", "ids": acks});
     ws.send(Message::text(frame.to_string())).await?;
     for id in acks.drain(..) {
-        stats.acked(user, &id);
+        Stats::acked(ledger, &id);
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! What the generator observed, shared by every task.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -14,11 +14,31 @@ pub type Foldable = (u64, Option<String>);
 /// The sequence number of the celebrity scenario's one post.
 pub const CELEBRITY_SEQ: u64 = 999_999_999_999;
 
-/// (recipient, hash of kind, hash of object): a key without allocations.
-type Key3 = (u64, u64, u64);
+/// (hash of kind, hash of object): a key without allocations.
+type Key2 = (u64, u64);
 
-fn key3(user: u64, kind: &str, object: &str) -> Key3 {
-    (user, h64(kind), h64(object))
+fn key2(kind: &str, object: &str) -> Key2 {
+    (h64(kind), h64(object))
+}
+
+/// What one client (one user) has received, kept by that client's task:
+/// the generator must cost little next to what it measures on the same
+/// cores, so per-receipt bookkeeping touches no shared map. Ids are stable
+/// per recipient (a celebrity post has one id for all), so keys are the
+/// id's hash alone.
+#[derive(Default)]
+pub struct Ledger {
+    /// Hash of a notification id -> acked.
+    seen: HashMap<u64, bool>,
+    /// (kind, object) -> singles received since the last aggregate of
+    /// that key opened (an aggregate's count includes them).
+    singles: HashMap<Key2, (u64, Instant)>,
+    /// (kind, object) that have their own aggregate: a throttle aggregate
+    /// (no object) is not matched against them.
+    agg_objects: HashSet<Key2>,
+    /// Hash of an aggregate id -> how many notifications it has accounted
+    /// for so far.
+    agg_counted: HashMap<u64, u64>,
 }
 
 /// FNV-1a, 64 bits: ids of one recipient do not collide in practice.
@@ -41,20 +61,6 @@ pub struct Stats {
     pub foldable: DashMap<(u64, String), Vec<Foldable>>,
     /// Notifications delivered inside aggregates.
     pub folded: AtomicU64,
-    /// Aggregate id -> how many notifications it has accounted for so far.
-    agg_counted: DashMap<String, u64>,
-    /// (recipient, kind, object) -> singles received since the last aggregate
-    /// of that key opened (an aggregate's count includes them).
-    singles: DashMap<Key3, (u64, Instant)>,
-    /// (recipient, kind, object) that have their own aggregate: a throttle
-    /// aggregate (no object) is not matched against them.
-    agg_objects: dashmap::DashSet<Key3>,
-    /// notification id -> acked
-    /// (user, hash of the notification id) -> acked. Ids are stable per
-    /// recipient, not unique across recipients (a celebrity post has one id
-    /// for all). Hashed keys: the generator must cost little next to what
-    /// it measures on the same cores.
-    pub seen: DashMap<(u64, u64), bool>,
     pub expected: AtomicU64,
     pub delivered_live: AtomicU64,
     pub delivered_inbox: AtomicU64,
@@ -95,10 +101,6 @@ impl Stats {
             unexpected: AtomicU64::new(0),
             foldable: DashMap::new(),
             folded: AtomicU64::new(0),
-            agg_counted: DashMap::new(),
-            singles: DashMap::new(),
-            agg_objects: dashmap::DashSet::new(),
-            seen: DashMap::new(),
             expected: AtomicU64::new(0),
             delivered_live: AtomicU64::new(0),
             delivered_inbox: AtomicU64::new(0),
@@ -144,8 +146,10 @@ impl Stats {
     /// matching events of this recipient are counted as delivered. Counts
     /// are cumulative per window, so re-sent aggregates match nothing new
     /// until they grow.
+    #[allow(clippy::too_many_arguments)]
     pub fn receive_aggregate(
         &self,
+        l: &mut Ledger,
         user: u64,
         id: &str,
         kind: &str,
@@ -153,27 +157,25 @@ impl Stats {
         count: u64,
         from_inbox: bool,
     ) {
-        let key = (user, h64(id));
-        if self.seen.get(&key).map(|a| *a) == Some(true)
-            && self.agg_counted.get(id).map(|c| *c) == Some(count)
-        {
+        let key = h64(id);
+        if l.seen.get(&key) == Some(&true) && l.agg_counted.get(&key) == Some(&count) {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.seen.insert(key, false);
+        l.seen.insert(key, false);
         // How many notifications this emission adds: the growth since its
         // last emission, or, for the first, its count less the singles of
         // the same key that opened the window.
-        let new = match self.agg_counted.insert(id.to_string(), count) {
+        let new = match l.agg_counted.insert(key, count) {
             Some(prev) => count.saturating_sub(prev),
             None => {
-                let k = key3(user, kind, object.unwrap_or(""));
-                let singles = self.singles.remove(&k).map(|(_, v)| v.0).unwrap_or(0);
+                let k = key2(kind, object.unwrap_or(""));
+                let singles = l.singles.remove(&k).map(|v| v.0).unwrap_or(0);
                 count.saturating_sub(singles)
             }
         };
         if let Some(o) = object {
-            self.agg_objects.insert(key3(user, kind, o));
+            l.agg_objects.insert(key2(kind, o));
         }
         let Some(list) = self.foldable.get(&(user, kind.to_string())) else {
             self.unexpected.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +188,7 @@ impl Stats {
             }
             match (object, obj.as_deref()) {
                 (Some(o), Some(x)) if o != x => continue,
-                (None, Some(x)) if self.agg_objects.contains(&key3(user, kind, x)) => continue,
+                (None, Some(x)) if l.agg_objects.contains(&key2(kind, x)) => continue,
                 _ => {}
             }
             let mut hit = false;
@@ -207,12 +209,12 @@ impl Stats {
     }
 
     /// A notification delivered alone that a later aggregate will count.
-    pub fn single(&self, user: u64, kind: &str, object: Option<&str>) {
+    pub fn single(l: &mut Ledger, kind: &str, object: Option<&str>) {
         if matches!(kind, "like" | "comment" | "mention") {
             let now = Instant::now();
-            let mut e = self
+            let e = l
                 .singles
-                .entry(key3(user, kind, object.unwrap_or("")))
+                .entry(key2(kind, object.unwrap_or("")))
                 .or_insert((0, now));
             // Singles older than a burst window belong to an older window.
             if now.duration_since(e.1) > std::time::Duration::from_secs(10) {
@@ -224,15 +226,22 @@ impl Stats {
 
     /// Records a notification received; returns false for a duplicate of
     /// something already acked.
-    pub fn receive(&self, user: u64, id: &str, seq: Option<u64>, from_inbox: bool) -> bool {
-        match self.seen.entry((user, h64(id))) {
-            dashmap::mapref::entry::Entry::Occupied(e) => {
+    pub fn receive(
+        &self,
+        l: &mut Ledger,
+        user: u64,
+        id: &str,
+        seq: Option<u64>,
+        from_inbox: bool,
+    ) -> bool {
+        match l.seen.entry(h64(id)) {
+            std::collections::hash_map::Entry::Occupied(e) => {
                 if *e.get() {
                     self.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
                 return false;
             }
-            dashmap::mapref::entry::Entry::Vacant(v) => {
+            std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(false);
             }
         }
@@ -286,8 +295,8 @@ impl Stats {
             .fetch_add(seqs.len() as u64, Ordering::Relaxed);
     }
 
-    pub fn acked(&self, user: u64, id: &str) {
-        if let Some(mut e) = self.seen.get_mut(&(user, h64(id))) {
+    pub fn acked(l: &mut Ledger, id: &str) {
+        if let Some(e) = l.seen.get_mut(&h64(id)) {
             *e = true;
         }
     }

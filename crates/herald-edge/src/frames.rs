@@ -39,9 +39,29 @@ struct ErrorFrame<'a> {
 
 /// A notification frame of the connection's format.
 pub fn notification(n: &Notification, fmt: WireFormat) -> Bytes {
+    let mut f = wire::FrameBuf::new(256);
+    // Writing into memory fails only if memory does.
+    let _ = n.write_to(fmt, &mut f.payload());
+    f.seal(opcode(fmt))
+}
+
+/// Appends `n`'s frame to `out`, its payload built in `scratch` (reused
+/// across a page: no allocation per notification).
+pub fn append_notification(
+    out: &mut bytes::BytesMut,
+    scratch: &mut Vec<u8>,
+    n: &Notification,
+    fmt: WireFormat,
+) {
+    scratch.clear();
+    let _ = n.write_to(fmt, scratch);
+    wire::put_frame(out, opcode(fmt), scratch);
+}
+
+fn opcode(fmt: WireFormat) -> u8 {
     match fmt {
-        WireFormat::Json => wire::frame(wire::OP_TEXT, n.to_json().as_bytes()),
-        WireFormat::MsgPack => wire::frame(wire::OP_BINARY, &n.encode(fmt)),
+        WireFormat::Json => wire::OP_TEXT,
+        WireFormat::MsgPack => wire::OP_BINARY,
     }
 }
 

@@ -229,11 +229,14 @@ impl Link {
         }
         let now = Instant::now();
         let mut sent = 0;
+        // The page's frames in one buffer: one allocation, one entry.
+        let mut page = bytes::BytesMut::with_capacity(256 * items.len());
+        let mut scratch = Vec::with_capacity(512);
         for (celebrity, n) in items {
             if o.unacked.contains_key(&n.id) {
                 continue;
             }
-            let frame = frames::notification(&n, self.fmt);
+            frames::append_notification(&mut page, &mut scratch, &n, self.fmt);
             let kind = match celebrity {
                 Some(celebrity) => Kind::Outbox {
                     celebrity,
@@ -242,9 +245,11 @@ impl Link {
                 None => Kind::Stored,
             };
             o.unacked.insert(n.id, Pending { kind, sent: now });
-            o.backlog_bytes += frame.len();
-            o.backlog.push_back((frame, 0));
             sent += 1;
+        }
+        if !page.is_empty() {
+            o.backlog_bytes += page.len();
+            o.backlog.push_back((page.freeze(), 0));
         }
         edge.metrics.frames_sent.increment(sent);
         sent

@@ -31,20 +31,65 @@ const MAX_HEADER: usize = 10;
 /// One final, unmasked server frame around `payload`.
 pub(crate) fn frame(opcode: u8, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(MAX_HEADER + payload.len());
-    b.put_u8(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => b.put_u8(n as u8),
+    put_frame(&mut b, opcode, payload);
+    b.freeze()
+}
+
+/// Builds one frame in place: the payload is written after room for the
+/// longest header, then the header is put right in front of it (no copy).
+pub(crate) struct FrameBuf(BytesMut);
+
+impl FrameBuf {
+    pub fn new(capacity: usize) -> FrameBuf {
+        let mut b = BytesMut::with_capacity(MAX_HEADER + capacity);
+        b.put_bytes(0, MAX_HEADER);
+        FrameBuf(b)
+    }
+
+    /// Where the payload goes.
+    pub fn payload(&mut self) -> bytes::buf::Writer<&mut BytesMut> {
+        (&mut self.0).writer()
+    }
+
+    /// The frame: header and payload, one `Bytes`.
+    pub fn seal(self, opcode: u8) -> Bytes {
+        let mut b = self.0;
+        let len = b.len() - MAX_HEADER;
+        let mut h = [0u8; MAX_HEADER];
+        let n = header(opcode, len, &mut h);
+        let start = MAX_HEADER - n;
+        b[start..MAX_HEADER].copy_from_slice(&h[..n]);
+        b.freeze().slice(start..)
+    }
+}
+
+/// Appends one frame to `out` (several frames in one buffer).
+pub(crate) fn put_frame(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
+    let mut h = [0u8; MAX_HEADER];
+    let n = header(opcode, payload.len(), &mut h);
+    out.extend_from_slice(&h[..n]);
+    out.extend_from_slice(payload);
+}
+
+/// A final, unmasked header for `len` bytes of payload; its length.
+fn header(opcode: u8, len: usize, h: &mut [u8; MAX_HEADER]) -> usize {
+    h[0] = 0x80 | opcode;
+    match len {
+        n if n < 126 => {
+            h[1] = n as u8;
+            2
+        }
         n if n <= usize::from(u16::MAX) => {
-            b.put_u8(126);
-            b.put_u16(n as u16);
+            h[1] = 126;
+            h[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+            4
         }
         n => {
-            b.put_u8(127);
-            b.put_u64(n as u64);
+            h[1] = 127;
+            h[2..10].copy_from_slice(&(n as u64).to_be_bytes());
+            10
         }
     }
-    b.extend_from_slice(payload);
-    b.freeze()
 }
 
 /// A close frame with `code` and `reason` (reason cut to fit 125 bytes on

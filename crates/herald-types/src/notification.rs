@@ -123,6 +123,29 @@ impl Notification {
         }
     }
 
+    /// Writes the wire frame's payload into `w` (no intermediate buffer);
+    /// an error is only the writer's.
+    pub fn write_to<W: std::io::Write>(
+        &self,
+        format: WireFormat,
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        match (format, self.digest_frame()) {
+            (WireFormat::Json, Some(d)) => {
+                serde_json::to_writer(w, &d).map_err(std::io::Error::other)
+            }
+            (WireFormat::Json, None) => {
+                serde_json::to_writer(w, &self.tagged()).map_err(std::io::Error::other)
+            }
+            (WireFormat::MsgPack, Some(d)) => {
+                rmp_serde::encode::write_named(w, &d).map_err(std::io::Error::other)
+            }
+            (WireFormat::MsgPack, None) => {
+                rmp_serde::encode::write_named(w, &self.tagged()).map_err(std::io::Error::other)
+            }
+        }
+    }
+
     /// The wire frame for this notification.
     pub fn encode(&self, format: WireFormat) -> bytes::Bytes {
         match format {
