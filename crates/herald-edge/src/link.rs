@@ -24,6 +24,10 @@ use tokio::sync::Notify;
 use crate::conn::{Kind, Pending};
 use crate::{frames, Direct, Edge, EdgeMetrics};
 
+/// A connection's pending notifications by id (foldhash: ids are hashed
+/// on every push and ack; the map is bounded by `max_unacked`).
+pub(crate) type PendingMap = HashMap<String, Pending, foldhash::fast::RandomState>;
+
 /// Most frames given to one vectored write.
 const GATHER: usize = 64;
 
@@ -41,7 +45,7 @@ pub(crate) struct Link {
 /// What the lock guards.
 pub(crate) struct Out {
     /// Sent (or queued) and not acked, by notification id.
-    pub unacked: HashMap<String, Pending>,
+    pub unacked: PendingMap,
     /// Frames not yet written, oldest first, with the acceptance time (µs)
     /// of a live notification for the latency histogram (0 for others).
     backlog: VecDeque<(Bytes, u64)>,
@@ -76,7 +80,7 @@ impl Link {
             sock,
             fmt,
             out: Mutex::new(Out {
-                unacked: HashMap::new(),
+                unacked: PendingMap::default(),
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
                 since: None,
@@ -295,7 +299,7 @@ impl Link {
     /// pending is handed back. Frames not yet written are dropped (their
     /// notifications are among the pending), except the rest of one
     /// partly written, so that a close frame written after stays a frame.
-    pub fn close(&self) -> HashMap<String, Pending> {
+    pub fn close(&self) -> PendingMap {
         let mut o = self.lock();
         o.closed = true;
         let keep = o.front_partial;

@@ -1,12 +1,11 @@
 //! What happens to notifications a connection sent: acks, the ack
 //! timeout, the cap on unacked, and the connection's end.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use herald_types::{Notification, Settle, UserId};
 
-use crate::conn::{Conn, Kind, Pending};
+use crate::conn::{Conn, Kind};
 use crate::frames::{self, ClientFrame};
 use crate::Direct;
 
@@ -171,7 +170,7 @@ impl Conn {
 
     /// The connection is over: everything live that was not acked (sent,
     /// or still waiting to be written) goes to the inbox.
-    pub(crate) async fn settle_on_close(&mut self, pending: HashMap<String, Pending>) {
+    pub(crate) async fn settle_on_close(&mut self, pending: crate::link::PendingMap) {
         self.flush_cursors().await;
         let mut left: Vec<(Notification, Settle)> = Vec::new();
         // Copies another device of the user still holds (or acked) are

@@ -12,8 +12,9 @@ use herald_types::{compact, Notification, UserId};
 
 use crate::{ukey, Result, Store};
 
-/// Entries of `KEYS[1]` sorted by order (oldest first), those past
-/// `ARGV[4]` only; the first `ARGV[1]` of them with the hash's size. When
+/// Entries of `KEYS[1]` past `ARGV[4]` only: all of them, unsorted, when
+/// there are at most `ARGV[1]`, else the oldest `ARGV[1]` (sorted), with
+/// the hash's size. When
 /// ARGV[2] is 1 (a hello): also the dropped count of `KEYS[2]` (reset), the
 /// idle lifetime restarted (ARGV[3] s), and the unread count of the feed
 /// `KEYS[3]` within its retention (entries ordered after ARGV[5]), whose
@@ -26,9 +27,14 @@ for i = 1, #all, 2 do
   local o = struct.unpack('>I8', all[i + 1], 2)
   if o > after then rows[#rows + 1] = {o, i} end
 end
-table.sort(rows, function(a, b) return a[1] < b[1] end)
+-- Only a page smaller than what waits needs the order here; otherwise
+-- the caller sorts (cheaper than Lua's comparator calls).
+local limit = tonumber(ARGV[1])
+if #rows > limit then
+  table.sort(rows, function(a, b) return a[1] < b[1] end)
+end
 local out = {}
-for k = 1, math.min(tonumber(ARGV[1]), #rows) do
+for k = 1, math.min(limit, #rows) do
   local i = rows[k][2]
   out[#out + 1] = all[i]
   out[#out + 1] = all[i + 1]
@@ -211,9 +217,12 @@ impl Store {
             pending = pending.saturating_sub(orphans.len() as u64);
             self.hdel(&key, &orphans).await?;
         }
+        let mut items: Vec<Notification> = items.into_iter().map(|(n, _)| n).collect();
+        // The script sorts only a page it had to cut.
+        items.sort_by_key(|n| n.order);
         Ok(InboxSnapshot {
             pending,
-            items: items.into_iter().map(|(n, _)| n).collect(),
+            items,
             dropped,
             unread,
         })
