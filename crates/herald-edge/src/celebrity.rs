@@ -63,7 +63,6 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
     let template = n;
     tokio::spawn(async move {
         let chunk = edge.cfg.broadcast_chunk.max(1);
-        let mut pushed = 0u64;
         let now_ms = herald_types::now_ms();
         let started = std::time::Instant::now();
         // Each follower's mutes and modes, read for all slices at once
@@ -73,47 +72,38 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
             .chunks(chunk)
             .map(|slice| edge.prefs.get_many(slice));
         let all_prefs = futures_util::future::join_all(reads).await;
+        let mut work = Vec::new();
         for (slice, prefs) in followers.chunks(chunk).zip(all_prefs) {
-            let prefs = match prefs {
-                Ok(p) => p,
+            match prefs {
+                Ok(p) => work.push((slice.to_vec(), p)),
+                // They will pull it from the outbox (filtered) on connect.
                 Err(e) => {
-                    // They will pull it from the outbox (filtered) on connect.
-                    tracing::warn!(celebrity, error = %e, "preferences unavailable, slice skipped");
-                    continue;
-                }
-            };
-            for (u, p) in slice.iter().zip(prefs) {
-                let route = p.route(frame.kind, celebrity, frame.object.as_deref(), now_ms);
-                match route {
-                    herald_prefs::Route::Drop(_) => continue,
-                    herald_prefs::Route::Wait(bucket, release_ms) => {
-                        // Digest-mode followers get the post in their
-                        // digest, followers in quiet hours when they end.
-                        edge.answers.answer(herald_types::EdgeAnswer::Hold {
-                            user: *u,
-                            bucket,
-                            release_ms,
-                            n: template.clone(),
-                            seen: None,
-                        });
-                        continue;
-                    }
-                    herald_prefs::Route::Now => {}
-                }
-                if let Some(d) = edge.conns.get(u) {
-                    // Every connection of the follower here.
-                    for h in d.iter() {
-                        // Written straight into the socket when it takes
-                        // it; a closing connection's user pulls it later.
-                        if h.link.push_shared(&edge, &frame) {
-                            pushed += 1;
-                        } else {
-                            h.poke.notify_one();
-                        }
-                    }
+                    tracing::warn!(celebrity, error = %e, "preferences unavailable, slice skipped")
                 }
             }
-            tokio::task::yield_now().await;
+        }
+        // The slices are written by one task per core (each a socket write
+        // per follower), every slice followed by a yield.
+        let lanes = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        let mut per_lane: Vec<Vec<Slice>> = (0..lanes).map(|_| Vec::new()).collect();
+        for (i, w) in work.into_iter().enumerate() {
+            per_lane[i % lanes].push(w);
+        }
+        let tasks: Vec<_> = per_lane
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .map(|lane| {
+                let (edge, frame, template) = (edge.clone(), frame.clone(), template.clone());
+                tokio::spawn(async move {
+                    push_lane(&edge, &frame, &template, celebrity, now_ms, lane).await
+                })
+            })
+            .collect();
+        let mut pushed = 0u64;
+        for t in tasks {
+            pushed += t.await.unwrap_or(0);
         }
         metrics::counter!("herald_celebrity_pushes_total").increment(pushed);
         let took = started.elapsed();
@@ -125,6 +115,57 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
             "celebrity post pushed to local followers"
         );
     });
+}
+
+/// Followers of one slice and their preferences.
+type Slice = (Vec<UserId>, Vec<Arc<herald_prefs::Resolved>>);
+
+/// Writes a post to the followers of these slices (a yield after each);
+/// returns the frames written.
+async fn push_lane(
+    edge: &Edge,
+    frame: &SharedFrame,
+    template: &Notification,
+    celebrity: UserId,
+    now_ms: u64,
+    lane: Vec<Slice>,
+) -> u64 {
+    let mut pushed = 0u64;
+    for (slice, prefs) in lane {
+        for (u, p) in slice.iter().zip(prefs) {
+            let route = p.route(frame.kind, celebrity, frame.object.as_deref(), now_ms);
+            match route {
+                herald_prefs::Route::Drop(_) => continue,
+                herald_prefs::Route::Wait(bucket, release_ms) => {
+                    // Digest-mode followers get the post in their digest,
+                    // followers in quiet hours when they end.
+                    edge.answers.answer(herald_types::EdgeAnswer::Hold {
+                        user: *u,
+                        bucket,
+                        release_ms,
+                        n: template.clone(),
+                        seen: None,
+                    });
+                    continue;
+                }
+                herald_prefs::Route::Now => {}
+            }
+            if let Some(d) = edge.conns.get(u) {
+                // Every connection of the follower here.
+                for h in d.iter() {
+                    // Written straight into the socket when it takes it; a
+                    // closing connection's user pulls it later.
+                    if h.link.push_shared(edge, frame) {
+                        pushed += 1;
+                    } else {
+                        h.poke.notify_one();
+                    }
+                }
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    pushed
 }
 
 pub(crate) fn follow_changed(edge: &Edge, follower: UserId, celebrity: UserId, follows: bool) {
