@@ -7,9 +7,11 @@
 //! fan-out through [`EdgeHandle`]. It tracks what was sent and not acked: an ack
 //! of a live notification settles it; an ack of an inbox entry removes it
 //! from Redis; whatever is unacked when the connection ends, or unacked for
-//! `ack_timeout`, is written to the inbox. Each connection has a bounded
-//! queue; when it is full, fan-out writes to the inbox instead, so a slow
-//! consumer never stalls anyone else. The edge never reads the log.
+//! `ack_timeout`, is written to the inbox. A push is written into the
+//! socket by whoever pushes (see `link`); what a socket cannot take waits
+//! in a bounded backlog, and when that is full fan-out writes to the inbox
+//! instead, so a slow consumer never stalls anyone else. The edge never
+//! reads the log.
 
 mod celebrity;
 mod conn;
