@@ -148,8 +148,10 @@ pub async fn serve(
     // Presence is written before the first drain: a node that writes this
     // user's inbox after the drain read it then sees the presence and
     // pokes this node (see fan-out's route).
-    if let Err(e) = edge.store.presence_add(user, edge.cfg.incarnation).await {
-        tracing::debug!(user, error = %e, "presence not recorded");
+    if edge.cfg.presence {
+        if let Err(e) = edge.store.presence_add(user, edge.cfg.incarnation).await {
+            tracing::debug!(user, error = %e, "presence not recorded");
+        }
     }
     let mut c = Conn {
         edge: edge.clone(),
@@ -175,7 +177,7 @@ pub async fn serve(
         edge.unindex(user);
     }
     c.settle_on_close(pending).await;
-    if last && !edge.conns.contains_key(&user) {
+    if edge.cfg.presence && last && !edge.conns.contains_key(&user) {
         if let Err(e) = edge.store.presence_remove(user).await {
             tracing::debug!(user, error = %e, "presence not cleared");
         }

@@ -73,6 +73,9 @@ pub struct EdgeConfig {
     /// This process's start (ms): presence entries name it, so entries a
     /// crashed node left behind are stale once it restarts.
     pub incarnation: u64,
+    /// Record which node holds each user's connections (`h:{u:ID}:nodes`):
+    /// only other nodes read it, so a node alone writes none.
+    pub presence: bool,
 }
 
 impl Default for EdgeConfig {
@@ -94,6 +97,7 @@ impl Default for EdgeConfig {
             broadcast_chunk: 512,
             outbox_cap: herald_store::DEFAULT_OUTBOX_CAP,
             incarnation: 0,
+            presence: true,
         }
     }
 }

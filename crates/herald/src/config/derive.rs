@@ -125,6 +125,7 @@ impl Config {
             broadcast_chunk: self.celebrity.broadcast_chunk.max(1),
             outbox_cap: self.celebrity.outbox_cap.max(1),
             incarnation: 0,
+            presence: self.server.cluster,
         }
     }
 
