@@ -1,5 +1,7 @@
 //! Frames between the edge and its clients, other than notifications.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use herald_types::{Notification, UserId, WireFormat};
 use serde::{Deserialize, Serialize};
@@ -99,30 +101,32 @@ pub fn error(code: &str, message: &str, fmt: WireFormat) -> Bytes {
     )
 }
 
+/// A client frame as sent; strings are borrowed from the frame where they
+/// can be (no allocation per acked id).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Incoming {
-    #[serde(rename = "type")]
-    ty: String,
-    #[serde(default)]
-    ids: Vec<String>,
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    ids: Vec<Cow<'a, str>>,
 }
 
 /// A client frame the edge understands.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ClientFrame {
-    Ack(Vec<String>),
+pub enum ClientFrame<'a> {
+    Ack(Vec<Cow<'a, str>>),
 }
 
 /// Parses a client frame (JSON text or MessagePack binary, whatever the
 /// connection's own format).
-pub fn parse(data: &[u8], binary: bool) -> Result<ClientFrame, String> {
+pub fn parse(data: &[u8], binary: bool) -> Result<ClientFrame<'_>, String> {
     let f: Incoming = if binary {
         rmp_serde::from_slice(data).map_err(|e| format!("not a MessagePack frame: {e}"))?
     } else {
         serde_json::from_slice(data).map_err(|e| format!("not a JSON frame: {e}"))?
     };
-    match f.ty.as_str() {
+    match &*f.ty {
         "ack" => {
             if f.ids.len() > MAX_ACK_IDS {
                 return Err(format!("at most {MAX_ACK_IDS} ids per ack"));
@@ -166,7 +170,7 @@ mod tests {
     fn parses_acks_and_refuses_junk() {
         assert_eq!(
             parse(br#"{"type":"ack","ids":["n-1"]}"#, false),
-            Ok(ClientFrame::Ack(vec!["n-1".into()]))
+            Ok(ClientFrame::Ack(vec![Cow::Borrowed("n-1")]))
         );
         assert!(parse(b"{", false).is_err());
         assert!(parse(br#"{"type":"nope"}"#, false).is_err());

@@ -27,7 +27,7 @@ impl Conn {
                 self.edge.metrics.acks.increment(ids.len() as u64);
                 let mut o = self.link.lock();
                 for id in ids {
-                    match o.unacked.remove(&id).map(|p| p.kind) {
+                    match o.unacked.remove(&*id).map(|p| p.kind) {
                         Some(Kind::Live(d)) => acks.settled.extend(d.settle.acked()),
                         Some(Kind::Outbox { celebrity, order }) => {
                             match self.cursors.iter_mut().find(|(c, _)| *c == celebrity) {
@@ -35,7 +35,7 @@ impl Conn {
                                 None => self.cursors.push((celebrity, order)),
                             }
                         }
-                        Some(Kind::Stored) | None => acks.remove.push(id),
+                        Some(Kind::Stored) | None => acks.remove.push(id.into_owned()),
                     }
                 }
                 // A drained page leaves a large, empty map behind.
