@@ -248,12 +248,17 @@ impl Stats {
         let Some(seq) = seq else { return true };
         let now = Instant::now();
         let mut sent_at = None;
+        let mut emptied = false;
         if let Some(mut e) = self.pending.get_mut(&seq) {
             if e.1.remove(&user) {
                 sent_at = Some(e.0);
+                emptied = e.1.is_empty();
             }
         }
-        self.pending.remove_if(&seq, |_, v| v.1.is_empty());
+        // A second lookup only for the event's last recipient.
+        if emptied {
+            self.pending.remove_if(&seq, |_, v| v.1.is_empty());
+        }
         let Some(at) = sent_at else {
             self.unexpected.fetch_add(1, Ordering::Relaxed);
             return true;
