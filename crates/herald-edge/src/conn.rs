@@ -247,9 +247,17 @@ impl Conn {
                         self.spill_oldest().await;
                     }
                 }
-                r = link.sock.writable(), if link.backlogged() => {
-                    if r.is_err() || link.flush() == Flushed::Broken {
-                        return End::SocketError;
+                r = tokio::time::timeout_at(link.write_deadline(cfg.write_timeout), link.sock.writable()), if link.backlogged() => {
+                    match r {
+                        // A frame waited past the write timeout: a consumer
+                        // too slow to keep.
+                        Err(_) => return End::SlowWrite,
+                        Ok(Err(_)) => return End::SocketError,
+                        Ok(Ok(())) => {
+                            if link.flush() == Flushed::Broken {
+                                return End::SocketError;
+                            }
+                        }
                     }
                 }
                 msg = stream.next() => {

@@ -290,6 +290,18 @@ impl Link {
         }
     }
 
+    /// When the oldest unwritten frame has waited `timeout` (far away when
+    /// nothing waits).
+    pub fn write_deadline(&self, timeout: std::time::Duration) -> tokio::time::Instant {
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
+        if !self.backlogged() {
+            return far;
+        }
+        self.lock()
+            .since
+            .map_or(far, |t| tokio::time::Instant::from_std(t + timeout))
+    }
+
     /// How long the oldest unwritten frame has waited, if any.
     pub fn waiting_for(&self) -> Option<std::time::Duration> {
         self.lock().since.map(|t| t.elapsed())
