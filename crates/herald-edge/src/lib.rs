@@ -189,8 +189,7 @@ impl Edge {
         let cfg_outbox_cap = cfg.outbox_cap;
         let (spill_tx, spill_rx) = mpsc::channel(SPILL_QUEUE);
         let spill_store = store.clone();
-        Arc::new_cyclic(move |me| {
-            tokio::spawn(celebrity::sync_loop(me.clone()));
+        let edge = Arc::new_cyclic(move |me| {
             tokio::spawn(spill_loop(
                 spill_store,
                 spill_rx,
@@ -215,7 +214,12 @@ impl Edge {
                 spill_tx,
                 answers,
             }
-        })
+        });
+        // Spawned once the edge exists: a loop started inside
+        // `new_cyclic` could tick first, find nothing to upgrade and end
+        // for good (which left a node blind to other nodes' celebrities).
+        tokio::spawn(celebrity::sync_loop(Arc::downgrade(&edge)));
+        edge
     }
 
     /// Hands a closed connection's leftovers to the background writer.
