@@ -21,6 +21,40 @@ fn key2(kind: &str, object: &str) -> Key2 {
     (h64(kind), h64(object))
 }
 
+/// A fast hasher for the generator's maps (their keys are ids and hashes,
+/// not attacker-chosen).
+type Fast = foldhash::fast::RandomState;
+
+/// Who is still expected to receive one event. Most events have one
+/// recipient: kept inline, taken off with a single lookup.
+pub enum Who {
+    One(u64),
+    Many(HashSet<u64, Fast>),
+}
+
+/// One event still expected somewhere: when it was sent, and by whom.
+pub struct Expected {
+    pub at: Instant,
+    pub who: Who,
+}
+
+impl Expected {
+    pub fn len(&self) -> usize {
+        match &self.who {
+            Who::One(_) => 1,
+            Who::Many(s) => s.len(),
+        }
+    }
+
+    /// Up to `n` of the recipients still expected.
+    pub fn sample(&self, n: usize) -> Vec<u64> {
+        match &self.who {
+            Who::One(u) => vec![*u],
+            Who::Many(s) => s.iter().take(n).copied().collect(),
+        }
+    }
+}
+
 /// What one client (one user) has received, kept by that client's task:
 /// the generator must cost little next to what it measures on the same
 /// cores, so per-receipt bookkeeping touches no shared map. Ids are stable
@@ -29,16 +63,16 @@ fn key2(kind: &str, object: &str) -> Key2 {
 #[derive(Default)]
 pub struct Ledger {
     /// Hash of a notification id -> acked.
-    seen: HashMap<u64, bool>,
+    seen: HashMap<u64, bool, Fast>,
     /// (kind, object) -> singles received since the last aggregate of
     /// that key opened (an aggregate's count includes them).
-    singles: HashMap<Key2, (u64, Instant)>,
+    singles: HashMap<Key2, (u64, Instant), Fast>,
     /// (kind, object) that have their own aggregate: a throttle aggregate
     /// (no object) is not matched against them.
-    agg_objects: HashSet<Key2>,
+    agg_objects: HashSet<Key2, Fast>,
     /// Hash of an aggregate id -> how many notifications it has accounted
     /// for so far.
-    agg_counted: HashMap<u64, u64>,
+    agg_counted: HashMap<u64, u64, Fast>,
 }
 
 /// FNV-1a, 64 bits: ids of one recipient do not collide in practice.
@@ -53,7 +87,7 @@ pub struct Stats {
     /// seq -> (send time, recipients still expected). Tracked per
     /// recipient, so a notification to someone unexpected can never hide
     /// one that was lost.
-    pub pending: DashMap<u64, (Instant, HashSet<u64>)>,
+    pub pending: DashMap<u64, Expected, Fast>,
     /// Notifications for an event the generator did not expect the user to get.
     pub unexpected: AtomicU64,
     /// (recipient, kind) -> (seq, object) of foldable events, in send order,
@@ -97,7 +131,7 @@ impl Stats {
     pub fn new() -> Stats {
         Stats {
             start: Instant::now(),
-            pending: DashMap::new(),
+            pending: DashMap::with_hasher(Fast::default()),
             unexpected: AtomicU64::new(0),
             foldable: DashMap::new(),
             folded: AtomicU64::new(0),
@@ -125,8 +159,11 @@ impl Stats {
         if !recipients.is_empty() {
             self.expected
                 .fetch_add(recipients.len() as u64, Ordering::Relaxed);
-            self.pending
-                .insert(seq, (at, recipients.iter().copied().collect()));
+            let who = match recipients {
+                [one] => Who::One(*one),
+                many => Who::Many(many.iter().copied().collect()),
+            };
+            self.pending.insert(seq, Expected { at, who });
         }
     }
 
@@ -191,12 +228,7 @@ impl Stats {
                 (None, Some(x)) if l.agg_objects.contains(&key2(kind, x)) => continue,
                 _ => {}
             }
-            let mut hit = false;
-            if let Some(mut e) = self.pending.get_mut(seq) {
-                hit = e.1.remove(&user);
-            }
-            self.pending.remove_if(seq, |_, v| v.1.is_empty());
-            if hit {
+            if self.take(*seq, user).is_some() {
                 left -= 1;
                 self.folded.fetch_add(1, Ordering::Relaxed);
                 if from_inbox {
@@ -247,19 +279,7 @@ impl Stats {
         }
         let Some(seq) = seq else { return true };
         let now = Instant::now();
-        let mut sent_at = None;
-        let mut emptied = false;
-        if let Some(mut e) = self.pending.get_mut(&seq) {
-            if e.1.remove(&user) {
-                sent_at = Some(e.0);
-                emptied = e.1.is_empty();
-            }
-        }
-        // A second lookup only for the event's last recipient.
-        if emptied {
-            self.pending.remove_if(&seq, |_, v| v.1.is_empty());
-        }
-        let Some(at) = sent_at else {
+        let Some(at) = self.take(seq, user) else {
             self.unexpected.fetch_add(1, Ordering::Relaxed);
             return true;
         };
@@ -291,6 +311,31 @@ impl Stats {
         true
     }
 
+    /// Takes `user` off `seq`'s expected recipients: when it was sent, or
+    /// None if `user` was not expected to get it. One lookup for an event
+    /// with one recipient; a second only for the last of many.
+    fn take(&self, seq: u64, user: u64) -> Option<Instant> {
+        let only = |_: &u64, e: &Expected| matches!(e.who, Who::One(u) if u == user);
+        if let Some((_, e)) = self.pending.remove_if(&seq, only) {
+            return Some(e.at);
+        }
+        let (at, emptied) = {
+            let mut e = self.pending.get_mut(&seq)?;
+            let at = e.at;
+            let Who::Many(set) = &mut e.who else {
+                return None;
+            };
+            if !set.remove(&user) {
+                return None;
+            }
+            (at, set.is_empty())
+        };
+        if emptied {
+            self.pending.remove_if(&seq, |_, e| e.len() == 0);
+        }
+        Some(at)
+    }
+
     /// These events were never accepted: nobody should expect them.
     pub fn refuse(&self, seqs: &[u64]) {
         for s in seqs {
@@ -311,7 +356,7 @@ impl Stats {
     }
 
     pub fn lost(&self) -> u64 {
-        self.pending.iter().map(|e| e.value().1.len() as u64).sum()
+        self.pending.iter().map(|e| e.value().len() as u64).sum()
     }
 
     pub fn p99_ms(&self) -> f64 {

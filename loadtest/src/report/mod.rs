@@ -128,7 +128,7 @@ pub fn report(o: &Outcome, scenario: &str) -> Report {
                 .take(10)
                 .map(|e| LostSample {
                     seq: *e.key(),
-                    users: e.value().1.iter().take(5).copied().collect(),
+                    users: e.value().sample(5),
                 })
                 .collect(),
             late_over_1s: s.late.load(Ordering::Relaxed),
