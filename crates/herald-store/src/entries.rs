@@ -22,6 +22,36 @@ pub(crate) const SHARE_MIN: usize = 3;
 /// `(field, value)` pairs of a hash, or `(name, body)` of shared bodies.
 pub(crate) type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// `(field, value)` pairs borrowed from a reply.
+pub(crate) type Borrowed<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+/// Borrows `pairs`.
+pub(crate) fn borrow(pairs: &Pairs) -> Borrowed<'_> {
+    pairs.iter().map(|(f, v)| (&f[..], &v[..])).collect()
+}
+
+/// Splits a page a script packed into one string: per entry, the field's
+/// and the value's lengths (4 bytes each, big-endian), then both.
+pub(crate) fn unpack(mut b: &[u8]) -> std::result::Result<Borrowed<'_>, String> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let (Some(lf), Some(lv)) = (b.get(0..4), b.get(4..8)) else {
+            return Err("a packed page ends inside a length".into());
+        };
+        let lf = u32::from_be_bytes([lf[0], lf[1], lf[2], lf[3]]) as usize;
+        let lv = u32::from_be_bytes([lv[0], lv[1], lv[2], lv[3]]) as usize;
+        let rest = &b[8..];
+        if rest.len() < lf.saturating_add(lv) {
+            return Err("a packed page ends inside an entry".into());
+        }
+        let (f, rest) = rest.split_at(lf);
+        let (v, rest) = rest.split_at(lv);
+        out.push((f, v));
+        b = rest;
+    }
+    Ok(out)
+}
+
 /// One user's entry, ready to write.
 pub(crate) struct Encoded {
     pub user: UserId,
@@ -124,7 +154,7 @@ impl Store {
         &self,
         user: UserId,
         key: &str,
-        raw: Pairs,
+        raw: &[(&[u8], &[u8])],
     ) -> Result<(Vec<(Notification, bool)>, Vec<Vec<u8>>)> {
         let mut names: Vec<&[u8]> = raw
             .iter()
@@ -150,12 +180,12 @@ impl Store {
         }
         let mut out = Vec::with_capacity(raw.len());
         let mut orphans = Vec::new();
-        for (f, v) in &raw {
+        for &(f, v) in raw {
             let body = match compact::shared_name(v) {
                 Some(name) => match bodies.get(name) {
                     Some(b) => Some(b.as_slice()),
                     None => {
-                        orphans.push(f.clone());
+                        orphans.push(f.to_vec());
                         continue;
                     }
                 },
@@ -217,5 +247,38 @@ mod tests {
         let (bodies, entries) = encode(&[(1, &p)]);
         assert_eq!(bodies.len(), 1);
         assert!(compact::shared_name(&entries[0].value).is_some());
+    }
+
+    fn pack(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (f, v) in pairs {
+            b.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            b.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            b.extend_from_slice(f);
+            b.extend_from_slice(v);
+        }
+        b
+    }
+
+    #[test]
+    fn a_packed_page_splits_back_into_its_entries() {
+        let pairs: Vec<(&[u8], &[u8])> =
+            vec![(b"\x01ab", b"\x00\x01xyz"), (b"", b"v"), (b"f", b"")];
+        let b = pack(&pairs);
+        assert_eq!(unpack(&b).unwrap(), pairs);
+        assert!(unpack(&[]).unwrap().is_empty());
+        // Cut anywhere inside: an error, never a wrong entry.
+        for cut in 1..b.len() {
+            if let Ok(got) = unpack(&b[..cut]) {
+                assert!(pairs.starts_with(&got), "cut {cut}");
+                assert!(
+                    cut == 4 + 4 + 3 + 5 || cut == 4 + 4 + 3 + 5 + 9,
+                    "cut {cut}"
+                );
+            }
+        }
+        let mut huge = b.clone();
+        huge[0] = 0xff;
+        assert!(unpack(&huge).is_err());
     }
 }

@@ -236,7 +236,9 @@ impl Store {
         rows.truncate(limit);
         let next = if more { rows.last().map(|r| r.0) } else { None };
         let raw: Vec<(Vec<u8>, Vec<u8>)> = rows.into_iter().map(|(_, f, v)| (f, v)).collect();
-        let (items, orphans) = self.decode_entries(user, &key, raw).await?;
+        let (items, orphans) = self
+            .decode_entries(user, &key, &crate::entries::borrow(&raw))
+            .await?;
         self.hdel(&key, &orphans).await?;
         Ok(FeedPage {
             items,

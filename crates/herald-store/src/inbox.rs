@@ -10,12 +10,12 @@
 
 use herald_types::{compact, Notification, UserId};
 
-use crate::{ukey, Result, Store};
+use crate::{ukey, Result, Store, StoreError};
 
 /// Entries of `KEYS[1]` past `ARGV[4]` only: all of them, unsorted, when
 /// there are at most `ARGV[1]`, else the oldest `ARGV[1]` (sorted), with
-/// the hash's size. When
-/// ARGV[2] is 1 (a hello): also the dropped count of `KEYS[2]` (reset), the
+/// the hash's size; the entries come packed in one string
+/// ([`crate::entries::unpack`]). When ARGV[2] is 1 (a hello): also the dropped count of `KEYS[2]` (reset), the
 /// idle lifetime restarted (ARGV[3] s), and the unread count of the feed
 /// `KEYS[3]` within its retention (entries ordered after ARGV[5]), whose
 /// lifetime (ARGV[6] s) starts again.
@@ -33,9 +33,12 @@ local limit = tonumber(ARGV[1])
 if #rows > limit then
   table.sort(rows, function(a, b) return a[1] < b[1] end)
 end
+-- The page as one string (see `entries::unpack`): one reply to encode
+-- and parse instead of two per entry.
 local out = {}
 for k = 1, math.min(limit, #rows) do
   local i = rows[k][2]
+  out[#out + 1] = struct.pack('>I4I4', #all[i], #all[i + 1])
   out[#out + 1] = all[i]
   out[#out + 1] = all[i + 1]
 end
@@ -58,7 +61,7 @@ if ARGV[2] == '1' then
     end
   end
 end
-return {#all / 2, out, dropped, unread}
+return {#all / 2, table.concat(out), dropped, unread}
 "#;
 
 /// Drops the oldest entries of `KEYS[1]` until ARGV[1] remain; counts
@@ -203,9 +206,13 @@ impl Store {
             .arg(after.map_or(-1, |a| a as i64))
             .arg(self.feed_since_us())
             .arg(self.cfg.feed_retention.as_secs().max(1));
-        let (pending, raw, dropped, unread): (u64, crate::entries::Pairs, u64, u64) =
+        let (pending, packed, dropped, unread): (u64, Vec<u8>, u64, u64) =
             self.invoke(&inv).await?;
-        let (items, orphans) = self.decode_entries(user, &key, raw).await?;
+        let raw = crate::entries::unpack(&packed).map_err(|reason| StoreError::Corrupt {
+            key: key.clone(),
+            reason,
+        })?;
+        let (items, orphans) = self.decode_entries(user, &key, &raw).await?;
         let mut pending = pending;
         if !orphans.is_empty() {
             // Their shared body expired (the entries outlived it): gone.
