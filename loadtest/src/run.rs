@@ -255,7 +255,7 @@ pub async fn run(
     progress: bool,
     traffic: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> anyhow::Result<Outcome> {
-    let stats = Arc::new(Stats::new());
+    let stats = Arc::new(Stats::new(spec.clients));
     let (stop_tx, stop_rx) = watch::channel(false);
     let sampler = crate::sample::spawn(stats.clone(), spec.herald_pid, stop_rx.clone());
     let rss_before = spec.herald_pid.and_then(rss_kib);
@@ -331,7 +331,7 @@ pub async fn run(
     let storm_secs = match storm_secs {
         Some(t) => {
             let limit = Instant::now() + Duration::from_secs(60);
-            while !stats.pending.is_empty() && Instant::now() < limit {
+            while !stats.all_received() && Instant::now() < limit {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Some(t.elapsed().as_secs_f64())
@@ -460,7 +460,7 @@ pub async fn run(
                 si(stats.events_accepted.load(Ordering::Relaxed)),
                 si(stats.delivered()),
                 stats.p99_ms(),
-                si(stats.pending.len() as u64)
+                si(stats.events_waiting())
             );
         }
         tokio::time::sleep(tick).await;
@@ -476,7 +476,7 @@ pub async fn run(
     }
     // Wait for stragglers: everything expected, or the grace period.
     let t_drain = Instant::now();
-    while t_drain.elapsed() < spec.grace && !stats.pending.is_empty() {
+    while t_drain.elapsed() < spec.grace && !stats.all_received() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let drain_secs = t_drain.elapsed().as_secs_f64();

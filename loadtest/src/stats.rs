@@ -88,6 +88,12 @@ pub struct Stats {
     /// recipient, so a notification to someone unexpected can never hide
     /// one that was lost.
     pub pending: DashMap<u64, Expected, Fast>,
+    /// Events with one recipient, by recipient (index = user id): seq ->
+    /// send time. The recipient's task takes them off its own small map
+    /// (no shared map of every event in flight).
+    solo: Vec<Mutex<HashMap<u64, Instant, Fast>>>,
+    /// Entries in `solo`.
+    solo_left: AtomicU64,
     /// Notifications for an event the generator did not expect the user to get.
     pub unexpected: AtomicU64,
     /// (recipient, kind) -> (seq, object) of foldable events, in send order,
@@ -122,16 +128,23 @@ pub struct Stats {
     pub drains: Mutex<Histogram<u64>>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
 }
 
 impl Stats {
-    pub fn new() -> Stats {
+    /// Stats for users 1..=`users`.
+    pub fn new(users: u64) -> Stats {
         Stats {
             start: Instant::now(),
             pending: DashMap::with_hasher(Fast::default()),
+            solo: (0..=users).map(|_| Mutex::default()).collect(),
+            solo_left: AtomicU64::new(0),
             unexpected: AtomicU64::new(0),
             foldable: DashMap::new(),
             folded: AtomicU64::new(0),
@@ -160,6 +173,15 @@ impl Stats {
             self.expected
                 .fetch_add(recipients.len() as u64, Ordering::Relaxed);
             let who = match recipients {
+                // The celebrity post is waited for by its seq: kept whole.
+                [one] if seq != CELEBRITY_SEQ => {
+                    if let Some(m) = self.solo.get(*one as usize) {
+                        lock(m).insert(seq, at);
+                        self.solo_left.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Who::One(*one)
+                }
                 [one] => Who::One(*one),
                 many => Who::Many(many.iter().copied().collect()),
             };
@@ -315,6 +337,12 @@ impl Stats {
     /// None if `user` was not expected to get it. One lookup for an event
     /// with one recipient; a second only for the last of many.
     fn take(&self, seq: u64, user: u64) -> Option<Instant> {
+        if let Some(m) = self.solo.get(user as usize) {
+            if let Some(at) = lock(m).remove(&seq) {
+                self.solo_left.fetch_sub(1, Ordering::Relaxed);
+                return Some(at);
+            }
+        }
         let only = |_: &u64, e: &Expected| matches!(e.who, Who::One(u) if u == user);
         if let Some((_, e)) = self.pending.remove_if(&seq, only) {
             return Some(e.at);
@@ -341,6 +369,15 @@ impl Stats {
         for s in seqs {
             self.pending.remove(s);
         }
+        // Rare (an error path): every recipient's map is looked through.
+        let refused: HashSet<u64, Fast> = seqs.iter().copied().collect();
+        for m in &self.solo {
+            let mut m = lock(m);
+            let before = m.len();
+            m.retain(|s, _| !refused.contains(s));
+            self.solo_left
+                .fetch_sub((before - m.len()) as u64, Ordering::Relaxed);
+        }
         self.events_refused
             .fetch_add(seqs.len() as u64, Ordering::Relaxed);
     }
@@ -356,7 +393,44 @@ impl Stats {
     }
 
     pub fn lost(&self) -> u64 {
-        self.pending.iter().map(|e| e.value().len() as u64).sum()
+        self.solo_left.load(Ordering::Relaxed)
+            + self
+                .pending
+                .iter()
+                .map(|e| e.value().len() as u64)
+                .sum::<u64>()
+    }
+
+    /// Nothing expected is still missing.
+    pub fn all_received(&self) -> bool {
+        self.solo_left.load(Ordering::Relaxed) == 0 && self.pending.is_empty()
+    }
+
+    /// Events still expected by someone (for progress lines).
+    pub fn events_waiting(&self) -> u64 {
+        self.solo_left.load(Ordering::Relaxed) + self.pending.len() as u64
+    }
+
+    /// Up to `n` events still expected, with up to 5 of their recipients.
+    pub fn lost_sample(&self, n: usize) -> Vec<(u64, Vec<u64>)> {
+        let mut out: Vec<(u64, Vec<u64>)> = self
+            .pending
+            .iter()
+            .take(n)
+            .map(|e| (*e.key(), e.value().sample(5)))
+            .collect();
+        for (user, m) in self.solo.iter().enumerate() {
+            if out.len() >= n {
+                break;
+            }
+            let m = lock(m);
+            out.extend(
+                m.keys()
+                    .take(n - out.len())
+                    .map(|s| (*s, vec![user as u64])),
+            );
+        }
+        out
     }
 
     pub fn p99_ms(&self) -> f64 {

@@ -123,13 +123,9 @@ pub fn report(o: &Outcome, scenario: &str) -> Report {
             unexpected: s.unexpected.load(Ordering::Relaxed),
             in_aggregates: s.folded.load(Ordering::Relaxed),
             lost_sample: s
-                .pending
-                .iter()
-                .take(10)
-                .map(|e| LostSample {
-                    seq: *e.key(),
-                    users: e.value().sample(5),
-                })
+                .lost_sample(10)
+                .into_iter()
+                .map(|(seq, users)| LostSample { seq, users })
                 .collect(),
             late_over_1s: s.late.load(Ordering::Relaxed),
         },
