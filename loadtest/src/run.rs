@@ -460,7 +460,7 @@ pub async fn run(
                 si(stats.events_accepted.load(Ordering::Relaxed)),
                 si(stats.delivered()),
                 stats.p99_ms(),
-                si(stats.events_waiting())
+                si(stats.waiting())
             );
         }
         tokio::time::sleep(tick).await;

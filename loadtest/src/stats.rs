@@ -88,9 +88,10 @@ pub struct Stats {
     /// recipient, so a notification to someone unexpected can never hide
     /// one that was lost.
     pub pending: DashMap<u64, Expected, Fast>,
-    /// Events with one recipient, by recipient (index = user id): seq ->
-    /// send time. The recipient's task takes them off its own small map
-    /// (no shared map of every event in flight).
+    /// Events expected, by recipient (index = user id): seq -> send time.
+    /// Each recipient's task takes them off its own small map (no shared
+    /// map of every event in flight). `pending` holds the celebrity post
+    /// and events to users outside 1..=clients.
     solo: Vec<Mutex<HashMap<u64, Instant, Fast>>>,
     /// Entries in `solo`.
     solo_left: AtomicU64,
@@ -172,16 +173,17 @@ impl Stats {
         if !recipients.is_empty() {
             self.expected
                 .fetch_add(recipients.len() as u64, Ordering::Relaxed);
-            let who = match recipients {
-                // The celebrity post is waited for by its seq: kept whole.
-                [one] if seq != CELEBRITY_SEQ => {
-                    if let Some(m) = self.solo.get(*one as usize) {
-                        lock(m).insert(seq, at);
-                        self.solo_left.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    Who::One(*one)
+            // The celebrity post is waited for by its seq: kept whole.
+            let max = recipients.iter().copied().max().unwrap_or(0);
+            if seq != CELEBRITY_SEQ && (max as usize) < self.solo.len() {
+                for r in recipients {
+                    lock(&self.solo[*r as usize]).insert(seq, at);
                 }
+                self.solo_left
+                    .fetch_add(recipients.len() as u64, Ordering::Relaxed);
+                return;
+            }
+            let who = match recipients {
                 [one] => Who::One(*one),
                 many => Who::Many(many.iter().copied().collect()),
             };
@@ -406,8 +408,9 @@ impl Stats {
         self.solo_left.load(Ordering::Relaxed) == 0 && self.pending.is_empty()
     }
 
-    /// Events still expected by someone (for progress lines).
-    pub fn events_waiting(&self) -> u64 {
+    /// Notifications still expected, the celebrity post counted once (for
+    /// progress lines: cheaper than `lost`).
+    pub fn waiting(&self) -> u64 {
         self.solo_left.load(Ordering::Relaxed) + self.pending.len() as u64
     }
 
