@@ -1,6 +1,6 @@
 //! The edge's half of the celebrity path: a local index celebrity ->
 //! connected followers, one encoded frame pushed to all of them in slices
-//! that yield, and the pull of outboxes when a follower connects.
+//! (a task each), and the pull of outboxes when a follower connects.
 
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ impl SharedFrame {
 }
 
 /// Pushes a celebrity post to every local follower, `broadcast_chunk` at a
-/// time with a yield in between, so other connections keep their latency.
+/// time (a task each, so other connections keep their latency).
 /// A follower whose queue is full is poked to pull it from the outbox.
 pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
     // The post is in Redis already: keep the hot copy in step, whether or
@@ -60,44 +60,29 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
     let Some(edge) = edge.me.upgrade() else {
         return;
     };
-    let template = n;
+    let template = Arc::new(n);
     tokio::spawn(async move {
         let chunk = edge.cfg.broadcast_chunk.max(1);
         let now_ms = herald_types::now_ms();
         let started = std::time::Instant::now();
-        // Each follower's mutes and modes, read for all slices at once
-        // (their pipelines in flight together: one wait, not one round
-        // trip per slice behind every other task), never one per follower.
-        let reads = followers
+        // One task per slice: it reads its followers' mutes and modes (one
+        // pipeline, never one read per follower) and writes to them as
+        // soon as they come back, while later slices' reads are still in
+        // Redis; the runtime spreads the slices over every core.
+        let tasks: Vec<_> = followers
             .chunks(chunk)
-            .map(|slice| edge.prefs.get_many(slice));
-        let all_prefs = futures_util::future::join_all(reads).await;
-        let mut work = Vec::new();
-        for (slice, prefs) in followers.chunks(chunk).zip(all_prefs) {
-            match prefs {
-                Ok(p) => work.push((slice.to_vec(), p)),
-                // They will pull it from the outbox (filtered) on connect.
-                Err(e) => {
-                    tracing::warn!(celebrity, error = %e, "preferences unavailable, slice skipped")
-                }
-            }
-        }
-        // The slices are written by one task per core (each a socket write
-        // per follower), every slice followed by a yield.
-        let lanes = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8);
-        let mut per_lane: Vec<Vec<Slice>> = (0..lanes).map(|_| Vec::new()).collect();
-        for (i, w) in work.into_iter().enumerate() {
-            per_lane[i % lanes].push(w);
-        }
-        let tasks: Vec<_> = per_lane
-            .into_iter()
-            .filter(|l| !l.is_empty())
-            .map(|lane| {
+            .map(|slice| {
                 let (edge, frame, template) = (edge.clone(), frame.clone(), template.clone());
+                let slice = slice.to_vec();
                 tokio::spawn(async move {
-                    push_lane(&edge, &frame, &template, celebrity, now_ms, lane).await
+                    match edge.prefs.get_many(&slice).await {
+                        Ok(prefs) => push_slice(&edge, &frame, &template, now_ms, &slice, prefs),
+                        // They will pull it from the outbox (filtered) on connect.
+                        Err(e) => {
+                            tracing::warn!(celebrity, error = %e, "preferences unavailable, slice skipped");
+                            0
+                        }
+                    }
                 })
             })
             .collect();
@@ -117,53 +102,47 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
     });
 }
 
-/// Followers of one slice and their preferences.
-type Slice = (Vec<UserId>, Vec<Arc<herald_prefs::Resolved>>);
-
-/// Writes a post to the followers of these slices (a yield after each);
-/// returns the frames written.
-async fn push_lane(
+/// Writes a post to the followers of one slice; returns the frames
+/// written.
+fn push_slice(
     edge: &Edge,
     frame: &SharedFrame,
     template: &Notification,
-    celebrity: UserId,
     now_ms: u64,
-    lane: Vec<Slice>,
+    slice: &[UserId],
+    prefs: Vec<Arc<herald_prefs::Resolved>>,
 ) -> u64 {
     let mut pushed = 0u64;
-    for (slice, prefs) in lane {
-        for (u, p) in slice.iter().zip(prefs) {
-            let route = p.route(frame.kind, celebrity, frame.object.as_deref(), now_ms);
-            match route {
-                herald_prefs::Route::Drop(_) => continue,
-                herald_prefs::Route::Wait(bucket, release_ms) => {
-                    // Digest-mode followers get the post in their digest,
-                    // followers in quiet hours when they end.
-                    edge.answers.answer(herald_types::EdgeAnswer::Hold {
-                        user: *u,
-                        bucket,
-                        release_ms,
-                        n: template.clone(),
-                        seen: None,
-                    });
-                    continue;
-                }
-                herald_prefs::Route::Now => {}
+    for (u, p) in slice.iter().zip(prefs) {
+        let route = p.route(frame.kind, frame.celebrity, frame.object.as_deref(), now_ms);
+        match route {
+            herald_prefs::Route::Drop(_) => continue,
+            herald_prefs::Route::Wait(bucket, release_ms) => {
+                // Digest-mode followers get the post in their digest,
+                // followers in quiet hours when they end.
+                edge.answers.answer(herald_types::EdgeAnswer::Hold {
+                    user: *u,
+                    bucket,
+                    release_ms,
+                    n: template.clone(),
+                    seen: None,
+                });
+                continue;
             }
-            if let Some(d) = edge.conns.get(u) {
-                // Every connection of the follower here.
-                for h in d.iter() {
-                    // Written straight into the socket when it takes it; a
-                    // closing connection's user pulls it later.
-                    if h.link.push_shared(edge, frame) {
-                        pushed += 1;
-                    } else {
-                        h.poke.notify_one();
-                    }
+            herald_prefs::Route::Now => {}
+        }
+        if let Some(d) = edge.conns.get(u) {
+            // Every connection of the follower here.
+            for h in d.iter() {
+                // Written straight into the socket when it takes it; a
+                // closing connection's user pulls it later.
+                if h.link.push_shared(edge, frame) {
+                    pushed += 1;
+                } else {
+                    h.poke.notify_one();
                 }
             }
         }
-        tokio::task::yield_now().await;
     }
     pushed
 }
