@@ -30,26 +30,69 @@ pub(crate) fn borrow(pairs: &Pairs) -> Borrowed<'_> {
     pairs.iter().map(|(f, v)| (&f[..], &v[..])).collect()
 }
 
-/// Splits a page a script packed into one string: per entry, the field's
-/// and the value's lengths (4 bytes each, big-endian), then both.
-pub(crate) fn unpack(mut b: &[u8]) -> std::result::Result<Borrowed<'_>, String> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let (Some(lf), Some(lv)) = (b.get(0..4), b.get(4..8)) else {
-            return Err("a packed page ends inside a length".into());
-        };
-        let lf = u32::from_be_bytes([lf[0], lf[1], lf[2], lf[3]]) as usize;
-        let lv = u32::from_be_bytes([lv[0], lv[1], lv[2], lv[3]]) as usize;
-        let rest = &b[8..];
-        if rest.len() < lf.saturating_add(lv) {
-            return Err("a packed page ends inside an entry".into());
-        }
-        let (f, rest) = rest.split_at(lf);
-        let (v, rest) = rest.split_at(lv);
+/// Splits a page a script packed with `cmsgpack.pack` (a MessagePack
+/// array of field, value, field, value, ...; Lua strings are `str` or
+/// `bin`) into borrowed pairs: one reply for the whole page.
+pub(crate) fn unpack(b: &[u8]) -> std::result::Result<Borrowed<'_>, String> {
+    let mut r = Reader(b);
+    let n = match r.byte()? {
+        m @ 0x90..=0x9f => usize::from(m & 0x0f),
+        0xdc => r.uint(2)?,
+        0xdd => r.uint(4)?,
+        // An empty Lua table may be packed as an empty map.
+        0x80 => 0,
+        m => return Err(format!("a packed page starts with 0x{m:02x}, not an array")),
+    };
+    if n % 2 != 0 {
+        return Err("a packed page has a field without its value".into());
+    }
+    let mut out = Vec::with_capacity(n / 2);
+    for _ in 0..n / 2 {
+        let f = r.string()?;
+        let v = r.string()?;
         out.push((f, v));
-        b = rest;
+    }
+    if !r.0.is_empty() {
+        return Err("bytes after a packed page".into());
     }
     Ok(out)
+}
+
+/// Reads MessagePack headers and strings off a slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("a packed page ends early".into());
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+
+    fn byte(&mut self) -> std::result::Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    /// A big-endian unsigned integer of `width` bytes.
+    fn uint(&mut self, width: usize) -> std::result::Result<usize, String> {
+        Ok(self
+            .take(width)?
+            .iter()
+            .fold(0usize, |v, b| (v << 8) | usize::from(*b)))
+    }
+
+    fn string(&mut self) -> std::result::Result<&'a [u8], String> {
+        let len = match self.byte()? {
+            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
+            0xd9 | 0xc4 => self.uint(1)?,
+            0xda | 0xc5 => self.uint(2)?,
+            0xdb | 0xc6 => self.uint(4)?,
+            m => return Err(format!("0x{m:02x} where a packed page has a string")),
+        };
+        self.take(len)
+    }
 }
 
 /// One user's entry, ready to write.
@@ -249,36 +292,54 @@ mod tests {
         assert!(compact::shared_name(&entries[0].value).is_some());
     }
 
+    /// What `cmsgpack.pack` writes for a table of strings.
     fn pack(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let mut b = Vec::new();
-        for (f, v) in pairs {
-            b.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            b.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            b.extend_from_slice(f);
-            b.extend_from_slice(v);
+        let n = pairs.len() * 2;
+        let mut b = if n < 16 {
+            vec![0x90 | n as u8]
+        } else {
+            let mut h = vec![0xdc];
+            h.extend_from_slice(&(n as u16).to_be_bytes());
+            h
+        };
+        for s in pairs.iter().flat_map(|(f, v)| [f, v]) {
+            match s.len() {
+                l @ 0..=31 => b.push(0xa0 | l as u8),
+                l @ 32..=255 => b.extend_from_slice(&[0xd9, l as u8]),
+                l @ 256..=65535 => {
+                    b.push(0xda);
+                    b.extend_from_slice(&(l as u16).to_be_bytes());
+                }
+                l => {
+                    b.push(0xdb);
+                    b.extend_from_slice(&(l as u32).to_be_bytes());
+                }
+            }
+            b.extend_from_slice(s);
         }
         b
     }
 
     #[test]
     fn a_packed_page_splits_back_into_its_entries() {
+        let long = vec![7u8; 300];
+        let mid = vec![b'x'; 40];
         let pairs: Vec<(&[u8], &[u8])> =
-            vec![(b"\x01ab", b"\x00\x01xyz"), (b"", b"v"), (b"f", b"")];
+            vec![(b"\x01ab", b"\x00\x01xyz"), (b"", &mid), (b"f", &long)];
         let b = pack(&pairs);
         assert_eq!(unpack(&b).unwrap(), pairs);
-        assert!(unpack(&[]).unwrap().is_empty());
-        // Cut anywhere inside: an error, never a wrong entry.
-        for cut in 1..b.len() {
-            if let Ok(got) = unpack(&b[..cut]) {
-                assert!(pairs.starts_with(&got), "cut {cut}");
-                assert!(
-                    cut == 4 + 4 + 3 + 5 || cut == 4 + 4 + 3 + 5 + 9,
-                    "cut {cut}"
-                );
-            }
+        let many: Vec<(&[u8], &[u8])> = (0..20).map(|_| (&b"k"[..], &b"v"[..])).collect();
+        assert_eq!(unpack(&pack(&many)).unwrap(), many);
+        assert!(unpack(&[0x90]).unwrap().is_empty());
+        assert!(unpack(&[0x80]).unwrap().is_empty());
+        // Cut anywhere: an error, never a wrong page.
+        for cut in 0..b.len() {
+            assert!(unpack(&b[..cut]).is_err(), "cut {cut}");
         }
-        let mut huge = b.clone();
-        huge[0] = 0xff;
-        assert!(unpack(&huge).is_err());
+        assert!(unpack(&[0x91, 0xa0]).is_err(), "odd count");
+        assert!(unpack(&[0x92, 0xa0, 0x01]).is_err(), "not a string");
+        let mut extra = b.clone();
+        extra.push(0);
+        assert!(unpack(&extra).is_err());
     }
 }

@@ -14,7 +14,7 @@ use crate::{ukey, Result, Store, StoreError};
 
 /// Entries of `KEYS[1]` past `ARGV[4]` only: all of them, unsorted, when
 /// there are at most `ARGV[1]`, else the oldest `ARGV[1]` (sorted), with
-/// the hash's size; the entries come packed in one string
+/// the hash's size; the entries come as one MessagePack array
 /// ([`crate::entries::unpack`]). When ARGV[2] is 1 (a hello): also the dropped count of `KEYS[2]` (reset), the
 /// idle lifetime restarted (ARGV[3] s), and the unread count of the feed
 /// `KEYS[3]` within its retention (entries ordered after ARGV[5]), whose
@@ -33,12 +33,9 @@ local limit = tonumber(ARGV[1])
 if #rows > limit then
   table.sort(rows, function(a, b) return a[1] < b[1] end)
 end
--- The page as one string (see `entries::unpack`): one reply to encode
--- and parse instead of two per entry.
 local out = {}
 for k = 1, math.min(limit, #rows) do
   local i = rows[k][2]
-  out[#out + 1] = struct.pack('>I4I4', #all[i], #all[i + 1])
   out[#out + 1] = all[i]
   out[#out + 1] = all[i + 1]
 end
@@ -61,7 +58,9 @@ if ARGV[2] == '1' then
     end
   end
 end
-return {#all / 2, table.concat(out), dropped, unread}
+-- The page as one MessagePack string (see `entries::unpack`): one reply
+-- to encode and parse instead of two per entry.
+return {#all / 2, cmsgpack.pack(out), dropped, unread}
 "#;
 
 /// Drops the oldest entries of `KEYS[1]` until ARGV[1] remain; counts
