@@ -113,24 +113,19 @@ pub async fn serve(
     user: UserId,
     fmt: WireFormat,
 ) {
-    let sock = Arc::new(sock);
+    let (read_half, write_half) = sock.into_split();
     let config = WebSocketConfig::default()
         .read_buffer_size(2 * 1024)
         .max_message_size(Some(edge.cfg.max_message_bytes))
         .max_frame_size(Some(edge.cfg.max_message_bytes));
     let mut stream = if early.is_empty() {
-        WebSocketStream::from_raw_socket(ReadSide(sock.clone()), Role::Server, Some(config)).await
+        WebSocketStream::from_raw_socket(ReadSide(read_half), Role::Server, Some(config)).await
     } else {
-        WebSocketStream::from_partially_read(
-            ReadSide(sock.clone()),
-            early,
-            Role::Server,
-            Some(config),
-        )
-        .await
+        WebSocketStream::from_partially_read(ReadSide(read_half), early, Role::Server, Some(config))
+            .await
     };
     let id = edge.opened();
-    let link = Arc::new(Link::new(sock, fmt));
+    let link = Arc::new(Link::new(write_half, fmt));
     let poke = Arc::new(Notify::new());
     let kick = Arc::new(Notify::new());
     let handle = ConnHandle {

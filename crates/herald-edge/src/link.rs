@@ -13,12 +13,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
 use herald_types::{EdgeAnswer, Notification, Refusal, UserId, WireFormat};
-use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use crate::conn::{Kind, Pending};
@@ -32,7 +32,8 @@ pub(crate) type PendingMap = HashMap<String, Pending, foldhash::fast::RandomStat
 const GATHER: usize = 64;
 
 pub(crate) struct Link {
-    pub sock: Arc<TcpStream>,
+    /// The socket's write half (dropped last, it ends the stream with FIN).
+    pub sock: OwnedWriteHalf,
     pub fmt: WireFormat,
     out: Mutex<Out>,
     /// Frames wait in the backlog (read without the lock).
@@ -75,7 +76,7 @@ pub(crate) enum Flushed {
 }
 
 impl Link {
-    pub fn new(sock: Arc<TcpStream>, fmt: WireFormat) -> Link {
+    pub fn new(sock: OwnedWriteHalf, fmt: WireFormat) -> Link {
         Link {
             sock,
             fmt,

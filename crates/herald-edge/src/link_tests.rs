@@ -5,7 +5,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// A server-side link and a client reading it with tungstenite, over
 /// real loopback sockets.
-async fn pair() -> (Link, tokio_tungstenite::WebSocketStream<TcpStream>) {
+async fn pair() -> (
+    Link,
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -21,7 +24,9 @@ async fn pair() -> (Link, tokio_tungstenite::WebSocketStream<TcpStream>) {
         None,
     )
     .await;
-    (Link::new(Arc::new(server), WireFormat::Json), ws)
+    // The read half is not needed: the socket lives with the write half.
+    let (_, write_half) = server.into_split();
+    (Link::new(write_half, WireFormat::Json), ws)
 }
 
 /// Frames written while the reader does not read fill the socket, wait

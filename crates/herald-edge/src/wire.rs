@@ -12,12 +12,11 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 
 pub(crate) const OP_TEXT: u8 = 0x1;
 pub(crate) const OP_BINARY: u8 = 0x2;
@@ -105,32 +104,19 @@ pub(crate) fn close(code: u16, reason: &str) -> Bytes {
     frame(OP_CLOSE, &p)
 }
 
-/// The read side of the connection's socket, for tungstenite.
-pub(crate) struct ReadSide(pub Arc<TcpStream>);
+/// The read half of the connection's socket, for tungstenite. Reads go
+/// through tokio's own `poll_read`, which takes a short read as proof the
+/// socket is drained: the next read waits for readiness instead of trying
+/// a `recvfrom` that can only fail with EAGAIN (one per ack before).
+pub(crate) struct ReadSide(pub OwnedReadHalf);
 
 impl AsyncRead for ReadSide {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            match self.0.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-            let unfilled = buf.initialize_unfilled();
-            match self.0.try_read(unfilled) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                // Readiness was cleared: poll again to register the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
