@@ -58,6 +58,8 @@ pub(crate) struct Conn {
     /// `cursor_flush` and on close, never once per ack.
     pub cursors: Vec<(UserId, u64)>,
     pub cursors_at: Instant,
+    /// The link's frame count at the last heartbeat.
+    frames_at_beat: u64,
 }
 
 /// Why a connection ended (for logs and metrics).
@@ -156,6 +158,7 @@ pub async fn serve(
         last_seen: Instant::now(),
         cursors: Vec::new(),
         cursors_at: Instant::now(),
+        frames_at_beat: 0,
     };
     let end = c.run(&mut stream, &poke, &kick).await;
     tracing::debug!(user, reason = end.as_str(), "connection ended");
@@ -388,8 +391,18 @@ impl Conn {
         }
         if last_ping.elapsed() >= cfg.heartbeat_interval {
             *last_ping = Instant::now();
-            self.link
-                .send(&self.edge.metrics, vec![wire::frame(wire::OP_PING, &[])]);
+            // Frames went out and the client spoke since the last beat:
+            // both ends are known alive, a ping would only cost two
+            // syscalls a side. Otherwise, ping.
+            let frames = self.link.lock().frames;
+            let both_ways =
+                frames != self.frames_at_beat && self.last_seen.elapsed() < cfg.heartbeat_interval;
+            if !both_ways {
+                self.link
+                    .send(&self.edge.metrics, vec![wire::frame(wire::OP_PING, &[])]);
+            }
+            // The ping itself counts from the next beat on.
+            self.frames_at_beat = self.link.lock().frames;
         }
         self.sweep().await;
         if self.cursors_at.elapsed() >= self.edge.cfg.cursor_flush {

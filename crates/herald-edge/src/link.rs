@@ -62,6 +62,9 @@ pub(crate) struct Out {
     /// The backlog's first frame is partly written: whatever is written
     /// next must be its rest.
     front_partial: bool,
+    /// Frames given to this link so far (the heartbeat skips its ping when
+    /// frames went out and the client spoke since the last one).
+    pub frames: u64,
 }
 
 /// Where a connection's writes stand.
@@ -89,6 +92,7 @@ impl Link {
                 closed: false,
                 broken: false,
                 front_partial: false,
+                frames: 0,
             }),
             backlogged: AtomicBool::new(false),
             wake: Notify::new(),
@@ -257,6 +261,7 @@ impl Link {
             o.backlog.push_back((page.freeze(), 0));
         }
         edge.metrics.frames_sent.increment(sent);
+        o.frames += sent;
         sent
     }
 
@@ -265,6 +270,7 @@ impl Link {
         let wake = {
             let mut o = self.lock();
             m.frames_sent.increment(frames.len() as u64);
+            o.frames += frames.len() as u64;
             for f in frames {
                 o.backlog_bytes += f.len();
                 o.backlog.push_back((f, 0));
@@ -331,6 +337,7 @@ impl Link {
     /// One frame: written now when nothing waits before it.
     fn put(&self, o: &mut Out, m: &EdgeMetrics, frame: Bytes, accepted: u64) {
         m.frames_sent.increment(1);
+        o.frames += 1;
         if o.held || o.broken || !o.backlog.is_empty() {
             o.backlog_bytes += frame.len();
             o.backlog.push_back((frame, accepted));
