@@ -7,17 +7,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use herald_types::{UserId, WireFormat};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 
 use crate::link::{Flushed, Link};
+use crate::reader::{Incoming, ReadError, Reader};
 use crate::unacked::Acks;
-use crate::wire::{self, ReadSide};
+use crate::wire;
 use crate::{frames, ConnHandle, Direct, Edge};
 
 /// Most client frames handled (already read, without waiting) before
@@ -116,16 +114,8 @@ pub async fn serve(
     fmt: WireFormat,
 ) {
     let (read_half, write_half) = sock.into_split();
-    let config = WebSocketConfig::default()
-        .read_buffer_size(2 * 1024)
-        .max_message_size(Some(edge.cfg.max_message_bytes))
-        .max_frame_size(Some(edge.cfg.max_message_bytes));
-    let mut stream = if early.is_empty() {
-        WebSocketStream::from_raw_socket(ReadSide(read_half), Role::Server, Some(config)).await
-    } else {
-        WebSocketStream::from_partially_read(ReadSide(read_half), early, Role::Server, Some(config))
-            .await
-    };
+    let mut stream = Reader::new(read_half, &early, edge.cfg.max_message_bytes);
+    drop(early);
     let id = edge.opened();
     let link = Arc::new(Link::new(write_half, fmt));
     let poke = Arc::new(Notify::new());
@@ -185,22 +175,18 @@ pub async fn serve(
 
 /// What a failed read means for the connection: a frame the client should
 /// be told about (closed with 1009, 1007 or 1002), or a socket that is gone.
-fn read_error(e: &tungstenite::Error) -> End {
+fn read_error(e: ReadError) -> End {
     match e {
-        tungstenite::Error::Capacity(_) => End::TooBig,
-        tungstenite::Error::Utf8(_) => End::BadUtf8,
-        tungstenite::Error::Protocol(_) => End::Protocol,
-        _ => End::SocketError,
+        ReadError::TooBig => End::TooBig,
+        ReadError::BadUtf8 => End::BadUtf8,
+        ReadError::Protocol => End::Protocol,
+        ReadError::Eof => End::ClientClosed,
+        ReadError::Socket => End::SocketError,
     }
 }
 
 impl Conn {
-    async fn run(
-        &mut self,
-        stream: &mut WebSocketStream<ReadSide>,
-        poke: &Notify,
-        kick: &Notify,
-    ) -> End {
+    async fn run(&mut self, stream: &mut Reader, poke: &Notify, kick: &Notify) -> End {
         let mut shutdown = self.edge.shutdown.clone();
         if *shutdown.borrow_and_update() {
             return End::Shutdown;
@@ -267,24 +253,22 @@ impl Conn {
                     let mut read = 0;
                     let end = loop {
                         match next {
-                            None => break Some(End::ClientClosed),
-                            Some(Err(e)) => break Some(read_error(&e)),
-                            Some(Ok(Message::Close(f))) => {
+                            Err(e) => break Some(read_error(e)),
+                            Ok(Incoming::Close(code)) => {
                                 // The client's close is answered with its own code.
-                                let reply = match f {
-                                    Some(f) => wire::close(f.code.into(), ""),
+                                let reply = match code {
+                                    Some(code) => wire::close(code, ""),
                                     None => wire::frame(wire::OP_CLOSE, &[]),
                                 };
                                 link.send(&self.edge.metrics, vec![reply]);
                                 let _ = tokio::time::timeout(cfg.write_timeout, self.write_out()).await;
                                 break Some(End::ClientClosed);
                             }
-                            Some(Ok(Message::Ping(p))) => {
+                            Ok(Incoming::Ping(p)) => {
                                 link.send(&self.edge.metrics, vec![wire::frame(wire::OP_PONG, &p)]);
                             }
-                            Some(Ok(Message::Text(t))) => self.on_frame(t.as_bytes(), false, &mut acks),
-                            Some(Ok(Message::Binary(b))) => self.on_frame(&b, true, &mut acks),
-                            Some(Ok(_)) => {}
+                            Ok(Incoming::Data { binary, payload }) => self.on_frame(&payload, binary, &mut acks),
+                            Ok(Incoming::Pong) => {}
                         }
                         read += 1;
                         if read == READ_BATCH {

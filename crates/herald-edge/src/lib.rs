@@ -21,6 +21,7 @@ mod frames;
 mod handshake;
 mod link;
 mod outbox_cache;
+mod reader;
 mod unacked;
 mod wire;
 

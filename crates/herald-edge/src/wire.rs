@@ -5,18 +5,9 @@
 //! pushing a notification, a celebrity broadcast, the connection's own
 //! task) writes it straight into the socket with one non-blocking `write`,
 //! without waking the connection's task or copying it into a per-connection
-//! buffer. Client frames are still read and checked by tungstenite (masks,
-//! fragments, sizes, UTF-8, control frames), over [`ReadSide`]: the socket
-//! for reading, with every write tungstenite would make (its automatic pong
-//! and close replies) discarded, because the connection writes those itself.
-
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! buffer. Client frames are read by `reader.rs`, also Herald's own.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::OwnedReadHalf;
 
 pub(crate) const OP_TEXT: u8 = 0x1;
 pub(crate) const OP_BINARY: u8 = 0x2;
@@ -102,42 +93,6 @@ pub(crate) fn close(code: u16, reason: &str) -> Bytes {
     p.extend_from_slice(&code.to_be_bytes());
     p.extend_from_slice(&reason.as_bytes()[..end]);
     frame(OP_CLOSE, &p)
-}
-
-/// The read half of the connection's socket, for tungstenite. Reads go
-/// through tokio's own `poll_read`, which takes a short read as proof the
-/// socket is drained: the next read waits for readiness instead of trying
-/// a `recvfrom` that can only fail with EAGAIN (one per ack before).
-pub(crate) struct ReadSide(pub OwnedReadHalf);
-
-impl AsyncRead for ReadSide {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ReadSide {
-    /// tungstenite's own replies (pong, close) are discarded: the
-    /// connection writes them through its link.
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 #[cfg(test)]
