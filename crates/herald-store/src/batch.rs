@@ -12,6 +12,10 @@ use std::collections::HashMap;
 
 use redis::{Cmd, FromRedisValue, RedisResult, Value};
 
+/// Arguments and bytes a command's buffers start with.
+const CMD_ARGS: usize = 4;
+const CMD_BYTES: usize = 192;
+
 /// Hash slots of Redis Cluster.
 const SLOTS: u16 = 16384;
 
@@ -39,8 +43,13 @@ impl Batch {
         Batch::default()
     }
 
+    /// Starts a command. Its buffers are sized for the usual command (a
+    /// few arguments, one compact entry) so building it does not grow them
+    /// argument by argument.
     pub fn cmd(&mut self, name: &str) -> &mut Batch {
-        self.pipe.cmd(name);
+        let mut c = Cmd::with_capacity(CMD_ARGS, CMD_BYTES);
+        c.arg(name);
+        self.pipe.add_command(c);
         self.ignored.push(false);
         self
     }

@@ -137,7 +137,7 @@ impl Store {
         for bytes in payloads.into_iter().flatten() {
             out.push(
                 Notification::from_storage(&bytes).map_err(|e| StoreError::Corrupt {
-                    key: ukey(user, b),
+                    key: ukey(user, b).to_string(),
                     reason: e.to_string(),
                 })?,
             );

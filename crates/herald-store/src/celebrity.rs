@@ -285,7 +285,7 @@ impl Store {
         for (c, list) in cursors.iter().zip(lists) {
             for bytes in list {
                 let n = Notification::from_storage(&bytes).map_err(|e| StoreError::Corrupt {
-                    key: ukey(c.celebrity, "outbox"),
+                    key: ukey(c.celebrity, "outbox").to_string(),
                     reason: e.to_string(),
                 })?;
                 out.push((c.celebrity, n));

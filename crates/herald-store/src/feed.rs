@@ -149,7 +149,7 @@ impl Store {
         // Per user (in order of appearance): the key, and the fields this
         // batch added.
         let mut added: HashMap<UserId, (usize, u64)> = HashMap::new();
-        let mut users: Vec<(UserId, String)> = Vec::new();
+        let mut users: Vec<(UserId, crate::key::Key)> = Vec::new();
         for e in &entries {
             let i = added
                 .entry(e.user)
@@ -159,12 +159,12 @@ impl Store {
                 })
                 .0;
             p.cmd("HSET")
-                .arg(users[i].1.as_str())
+                .arg(&users[i].1)
                 .arg(e.field.as_slice())
                 .arg(e.value.as_slice());
         }
         for (_, k) in &users {
-            p.cmd("HLEN").arg(k.as_str());
+            p.cmd("HLEN").arg(k);
         }
         let answers: Vec<u64> = self.run(&p).await?;
         let (new_fields, sizes) = answers.split_at(entries.len().min(answers.len()));
@@ -180,7 +180,7 @@ impl Store {
             // A feed this batch created starts its lifetime (reads and
             // trims renew it): no EXPIRE per write.
             if added.get(u).map(|a| a.1) == Some(*size) {
-                fresh.cmd("EXPIRE").arg(k.as_str()).arg(ttl).ignore();
+                fresh.cmd("EXPIRE").arg(k).arg(ttl).ignore();
             }
             // Trimmed past a tenth over the cap: one scan per tenth of
             // the cap's writes, not one per write.
@@ -188,7 +188,7 @@ impl Store {
                 static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
                 let script = S.get_or_init(|| redis::Script::new(TRIM));
                 let mut inv = script.prepare_invoke();
-                inv.key(k.as_str()).arg(cap).arg(ttl);
+                inv.key(k).arg(cap).arg(ttl);
                 let _: u64 = self.invoke(&inv).await?;
             }
         }

@@ -208,7 +208,7 @@ impl Store {
         let (pending, packed, dropped, unread): (u64, Vec<u8>, u64, u64) =
             self.invoke(&inv).await?;
         let raw = crate::entries::unpack(&packed).map_err(|reason| StoreError::Corrupt {
-            key: key.clone(),
+            key: key.to_string(),
             reason,
         })?;
         let (items, orphans) = self.decode_entries(user, &key, &raw).await?;

@@ -43,6 +43,7 @@ mod entries;
 mod feed;
 mod graph;
 mod inbox;
+mod key;
 mod lease;
 mod prefs;
 mod presence;
@@ -52,6 +53,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use batch::{key_slot, Batch};
+pub(crate) use key::ukey;
 pub use bucket::{Bucket, BucketAdd};
 pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor, DEFAULT_OUTBOX_CAP};
 pub use dead::DeadLetter;
@@ -160,9 +162,6 @@ pub struct Store {
     cfg: StoreConfig,
 }
 
-pub(crate) fn ukey(user: u64, what: &str) -> String {
-    format!("h:{{u:{user}}}:{what}")
-}
 
 impl Store {
     pub async fn connect(cfg: StoreConfig) -> Result<Store> {
