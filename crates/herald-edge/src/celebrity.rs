@@ -14,9 +14,9 @@ use crate::Edge;
 pub(crate) struct SharedFrame {
     pub celebrity: UserId,
     pub order: u64,
-    pub id: String,
+    pub id: Arc<str>,
     kind: herald_types::EventKind,
-    object: Option<String>,
+    object: Option<Arc<str>>,
     /// The whole WebSocket frame in each format, written as is to every
     /// follower.
     json: Bytes,

@@ -47,6 +47,16 @@ pub fn notification(n: &Notification, fmt: WireFormat) -> Bytes {
     f.seal(opcode(fmt))
 }
 
+/// `n`'s frame built in this thread's scratch buffer (a live push: written
+/// at once, so no allocation of its own).
+pub(crate) fn notification_scratch(n: &Notification, fmt: WireFormat) -> wire::Scratch {
+    let mut f = wire::Scratch::take();
+    // Writing into memory fails only if memory does.
+    let _ = n.write_to(fmt, f.payload());
+    f.seal(opcode(fmt));
+    f
+}
+
 /// Appends `n`'s frame to `out`, its payload built in `scratch` (reused
 /// across a page: no allocation per notification).
 pub fn append_notification(

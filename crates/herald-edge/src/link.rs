@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -26,7 +26,7 @@ use crate::{frames, Direct, Edge, EdgeMetrics};
 
 /// A connection's pending notifications by id (foldhash: ids are hashed
 /// on every push and ack; the map is bounded by `max_unacked`).
-pub(crate) type PendingMap = HashMap<String, Pending, foldhash::fast::RandomState>;
+pub(crate) type PendingMap = HashMap<Arc<str>, Pending, foldhash::fast::RandomState>;
 
 /// Most frames given to one vectored write.
 const GATHER: usize = 64;
@@ -112,7 +112,8 @@ impl Link {
     /// if the socket takes it. Handed back when the connection is closing
     /// or its backlog is full (fan-out then stores it).
     pub fn push_live(&self, edge: &Edge, d: Box<Direct>) -> Result<(), (Box<Direct>, Refusal)> {
-        let frame = frames::notification(&d.n, self.fmt);
+        // Encoded before the lock, in this thread's scratch buffer.
+        let scratch = frames::notification_scratch(&d.n, self.fmt);
         let (replaced, wake) = {
             let mut o = self.lock();
             if o.closed {
@@ -137,6 +138,7 @@ impl Link {
                 }) => old.settle.acked(),
                 _ => None,
             };
+            let frame = Frame::Scratch(scratch.frame());
             self.put(&mut o, &edge.metrics, frame, accepted);
             let wake = self.after(&mut o) || o.unacked.len() > edge.cfg.max_unacked;
             (replaced, wake)
@@ -173,7 +175,12 @@ impl Link {
                     sent: Instant::now(),
                 },
             );
-            self.put(&mut o, &edge.metrics, f.frame(self.fmt), f.order);
+            self.put(
+                &mut o,
+                &edge.metrics,
+                Frame::Shared(f.frame(self.fmt)),
+                f.order,
+            );
             self.after(&mut o)
         };
         edge.metrics.delivered_live.increment(1);
@@ -242,7 +249,7 @@ impl Link {
         let mut page = bytes::BytesMut::with_capacity(256 * items.len());
         let mut scratch = Vec::with_capacity(512);
         for (celebrity, n) in items {
-            if o.unacked.contains_key(&n.id) {
+            if o.unacked.contains_key(&*n.id) {
                 continue;
             }
             frames::append_notification(&mut page, &mut scratch, &n, self.fmt);
@@ -334,26 +341,28 @@ impl Link {
         std::mem::take(&mut o.unacked)
     }
 
-    /// One frame: written now when nothing waits before it.
-    fn put(&self, o: &mut Out, m: &EdgeMetrics, frame: Bytes, accepted: u64) {
+    /// One frame: written now when nothing waits before it. A frame in
+    /// scratch memory is copied only for the part that has to wait.
+    fn put(&self, o: &mut Out, m: &EdgeMetrics, frame: Frame<'_>, accepted: u64) {
         m.frames_sent.increment(1);
         o.frames += 1;
+        let bytes = frame.as_slice();
         if o.held || o.broken || !o.backlog.is_empty() {
-            o.backlog_bytes += frame.len();
-            o.backlog.push_back((frame, accepted));
+            o.backlog_bytes += bytes.len();
+            o.backlog.push_back((frame.tail(0), accepted));
             self.check_limit(o);
             return;
         }
-        match self.sock.try_write(&frame) {
-            Ok(n) if n == frame.len() => record(m, accepted),
+        match self.sock.try_write(bytes) {
+            Ok(n) if n == bytes.len() => record(m, accepted),
             Ok(n) => {
-                o.backlog_bytes += frame.len() - n;
-                o.backlog.push_back((frame.slice(n..), accepted));
+                o.backlog_bytes += bytes.len() - n;
+                o.backlog.push_back((frame.tail(n), accepted));
                 o.front_partial = true;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                o.backlog_bytes += frame.len();
-                o.backlog.push_back((frame, accepted));
+                o.backlog_bytes += bytes.len();
+                o.backlog.push_back((frame.tail(0), accepted));
             }
             Err(_) => o.broken = true,
         }
@@ -430,6 +439,31 @@ impl Link {
 
 /// Most bytes of frames waiting for one slow socket.
 const MAX_BACKLOG_BYTES: usize = 4 * 1024 * 1024;
+
+/// A frame handed to [`Link::put`].
+enum Frame<'a> {
+    /// Already in a `Bytes` (shared by many connections).
+    Shared(Bytes),
+    /// In scratch memory: copied only if it has to wait.
+    Scratch(&'a [u8]),
+}
+
+impl Frame<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Frame::Shared(b) => b,
+            Frame::Scratch(s) => s,
+        }
+    }
+
+    /// What is left from `from` on, as a `Bytes` the backlog can keep.
+    fn tail(&self, from: usize) -> Bytes {
+        match self {
+            Frame::Shared(b) => b.slice(from..),
+            Frame::Scratch(s) => Bytes::copy_from_slice(&s[from..]),
+        }
+    }
+}
 
 fn record(m: &EdgeMetrics, accepted: u64) {
     if accepted > 0 {

@@ -115,15 +115,15 @@ mod tests {
 
     fn post(order: u64) -> Notification {
         Notification {
-            id: format!("n-{order}"),
-            event_id: format!("e-{order}"),
+            id: format!("n-{order}").into(),
+            event_id: format!("e-{order}").into(),
             kind: EventKind::Post,
             actor: 1,
             object: None,
             text: None,
             ts_ms: order,
             count: 1,
-            actors: vec![1],
+            actors: vec![1].into(),
             order,
             digest: None,
         }

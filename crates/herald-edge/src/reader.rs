@@ -11,7 +11,7 @@
 //! its payload is read.
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::tcp::OwnedReadHalf;
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -27,9 +27,9 @@ pub(crate) enum Incoming {
     /// A whole text (valid UTF-8) or binary message.
     Data {
         binary: bool,
-        payload: Vec<u8>,
+        payload: Payload,
     },
-    Ping(Vec<u8>),
+    Ping(Payload),
     Pong,
     /// The client closes, with its code if it gave one.
     Close(Option<u16>),
@@ -81,93 +81,54 @@ impl Parser {
         }
     }
 
-    /// One frame: `None` when it is not all here yet; `Some(None)` for a
-    /// fragment that does not end its message.
+    /// One frame from the buffer: `None` when it is not all here yet;
+    /// `Some(None)` for a fragment that does not end its message.
     #[allow(clippy::type_complexity)]
     fn frame(&mut self) -> Result<Option<Option<Incoming>>, ReadError> {
-        let b = &self.buf[..];
-        if b.len() < 2 {
-            return Ok(None);
-        }
-        let (fin, rsv, op) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0f);
-        let (masked, len7) = (b[1] & 0x80 != 0, u64::from(b[1] & 0x7f));
-        if rsv != 0 || !masked {
-            return Err(ReadError::Protocol);
-        }
-        let control = op & 0x8 != 0;
-        match op {
-            OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
-            _ => return Err(ReadError::Protocol),
-        }
-        if control && (!fin || len7 > 125) {
-            return Err(ReadError::Protocol);
-        }
-        let (len, at) = match len7 {
-            126 if b.len() < 4 => return Ok(None),
-            126 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
-            127 if b.len() < 10 => return Ok(None),
-            127 => {
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&b[2..10]);
-                let n = u64::from_be_bytes(n);
-                if n >> 63 != 0 {
-                    return Err(ReadError::Protocol);
+        match step(&mut self.buf[..], &mut self.partial, self.max)? {
+            Step::More(total) => {
+                if total > self.buf.len() {
+                    self.buf.reserve(total - self.buf.len());
                 }
-                (n, 10)
+                Ok(None)
             }
-            n => (n, 2),
-        };
-        // Refused from the header: a large message is never buffered.
-        let before = self.partial.as_ref().map_or(0, |(_, p)| p.len() as u64);
-        if before.saturating_add(len) > self.max as u64 {
-            return Err(ReadError::TooBig);
+            Step::Frame { used, msg } => {
+                self.buf.advance(used);
+                if self.buf.is_empty() {
+                    // Nothing waits: the connection holds no buffer.
+                    self.buf = BytesMut::new();
+                }
+                Ok(Some(msg))
+            }
         }
-        let len = len as usize;
-        let total = at + 4 + len;
-        if b.len() < total {
-            self.buf.reserve(total - b.len());
-            return Ok(None);
-        }
-        let mut key = [0u8; 4];
-        key.copy_from_slice(&b[at..at + 4]);
-        self.buf.advance(at + 4);
-        let mut payload = self.buf.split_to(len);
-        unmask(&mut payload, key);
-        if self.buf.is_empty() {
-            // Nothing waits: the next read starts a fresh, small buffer
-            // (an idle connection holds none).
-            self.buf = BytesMut::new();
-        }
-        let m = match op {
-            OP_PING => Some(Incoming::Ping(payload.to_vec())),
-            OP_PONG => Some(Incoming::Pong),
-            OP_CLOSE => Some(Incoming::Close(close_code(&payload)?)),
-            OP_CONTINUATION => {
-                let Some((binary, mut so_far)) = self.partial.take() else {
-                    return Err(ReadError::Protocol);
-                };
-                so_far.extend_from_slice(&payload);
-                if fin {
-                    Some(data(binary, so_far)?)
-                } else {
-                    self.partial = Some((binary, so_far));
-                    None
+    }
+
+    /// The first message in `input`, bytes just read while the parser's
+    /// own buffer was empty (the usual case: one frame per read), parsed
+    /// where they are; whatever follows it is kept for [`Parser::next`].
+    pub fn take_from(&mut self, mut input: &mut [u8]) -> Result<Option<Incoming>, ReadError> {
+        debug_assert!(self.buf.is_empty());
+        loop {
+            if input.is_empty() {
+                return Ok(None);
+            }
+            match step(input, &mut self.partial, self.max)? {
+                Step::More(total) => {
+                    self.buf = BytesMut::with_capacity(total.max(input.len()));
+                    self.buf.extend_from_slice(input);
+                    return Ok(None);
+                }
+                Step::Frame { used, msg } => {
+                    input = &mut input[used..];
+                    if let Some(m) = msg {
+                        if !input.is_empty() {
+                            self.buf.extend_from_slice(input);
+                        }
+                        return Ok(Some(m));
+                    }
                 }
             }
-            _ => {
-                if self.partial.is_some() {
-                    return Err(ReadError::Protocol);
-                }
-                let binary = op == OP_BINARY;
-                if fin {
-                    Some(data(binary, payload.to_vec())?)
-                } else {
-                    self.partial = Some((binary, payload.to_vec()));
-                    None
-                }
-            }
-        };
-        Ok(Some(m))
+        }
     }
 
     /// Room to read into (a read never needs more than a frame's worth
@@ -180,7 +141,147 @@ impl Parser {
     }
 }
 
-fn data(binary: bool, payload: Vec<u8>) -> Result<Incoming, ReadError> {
+/// What one frame at the start of some bytes comes to.
+enum Step {
+    /// Not all here: this many bytes make the frame (0: header unknown).
+    More(usize),
+    /// A frame of `used` bytes; its message if it ends one.
+    Frame { used: usize, msg: Option<Incoming> },
+}
+
+/// Parses (and unmasks in place) the frame at the start of `b`.
+fn step(
+    b: &mut [u8],
+    partial: &mut Option<(bool, Vec<u8>)>,
+    max: usize,
+) -> Result<Step, ReadError> {
+    if b.len() < 2 {
+        return Ok(Step::More(0));
+    }
+    let (fin, rsv, op) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0f);
+    let (masked, len7) = (b[1] & 0x80 != 0, u64::from(b[1] & 0x7f));
+    if rsv != 0 || !masked {
+        return Err(ReadError::Protocol);
+    }
+    let control = op & 0x8 != 0;
+    match op {
+        OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
+        _ => return Err(ReadError::Protocol),
+    }
+    if control && (!fin || len7 > 125) {
+        return Err(ReadError::Protocol);
+    }
+    let (len, at) = match len7 {
+        126 if b.len() < 4 => return Ok(Step::More(0)),
+        126 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
+        127 if b.len() < 10 => return Ok(Step::More(0)),
+        127 => {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&b[2..10]);
+            let n = u64::from_be_bytes(n);
+            if n >> 63 != 0 {
+                return Err(ReadError::Protocol);
+            }
+            (n, 10)
+        }
+        n => (n, 2),
+    };
+    // Refused from the header: a large message is never buffered.
+    let before = partial.as_ref().map_or(0, |(_, p)| p.len() as u64);
+    if before.saturating_add(len) > max as u64 {
+        return Err(ReadError::TooBig);
+    }
+    let len = len as usize;
+    let total = at + 4 + len;
+    if b.len() < total {
+        return Ok(Step::More(total));
+    }
+    let mut key = [0u8; 4];
+    key.copy_from_slice(&b[at..at + 4]);
+    let payload = &mut b[at + 4..total];
+    unmask(payload, key);
+    let msg = match op {
+        OP_PING => Some(Incoming::Ping(Payload::from(&payload[..]))),
+        OP_PONG => Some(Incoming::Pong),
+        OP_CLOSE => Some(Incoming::Close(close_code(payload)?)),
+        OP_CONTINUATION => {
+            let Some((binary, mut so_far)) = partial.take() else {
+                return Err(ReadError::Protocol);
+            };
+            so_far.extend_from_slice(payload);
+            if fin {
+                Some(data(binary, Payload::Heap(so_far))?)
+            } else {
+                *partial = Some((binary, so_far));
+                None
+            }
+        }
+        _ => {
+            if partial.is_some() {
+                return Err(ReadError::Protocol);
+            }
+            let binary = op == OP_BINARY;
+            if fin {
+                Some(data(binary, Payload::from(&payload[..]))?)
+            } else {
+                *partial = Some((binary, payload.to_vec()));
+                None
+            }
+        }
+    };
+    Ok(Step::Frame { used: total, msg })
+}
+
+/// A message's payload: inline when small (an ack), else on the heap.
+pub(crate) enum Payload {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Vec<u8>),
+}
+
+/// Payload bytes kept inline (an ack of one or two ids fits).
+const INLINE: usize = 126;
+
+impl From<&[u8]> for Payload {
+    fn from(p: &[u8]) -> Payload {
+        if p.len() <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..p.len()].copy_from_slice(p);
+            Payload::Inline {
+                len: p.len() as u8,
+                buf,
+            }
+        } else {
+            Payload::Heap(p.to_vec())
+        }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Inline { len, buf } => &buf[..*len as usize],
+            Payload::Heap(v) => v,
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Payload {}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+fn data(binary: bool, payload: Payload) -> Result<Incoming, ReadError> {
     if !binary && std::str::from_utf8(&payload).is_err() {
         return Err(ReadError::BadUtf8);
     }
@@ -235,6 +336,13 @@ impl Reader {
             if let Some(m) = self.parser.next()? {
                 return Ok(m);
             }
+            if self.parser.buf.is_empty() {
+                let (sock, parser) = (&mut self.sock, &mut self.parser);
+                if let Some(m) = std::future::poll_fn(|cx| read_direct(sock, parser, cx)).await? {
+                    return Ok(m);
+                }
+                continue;
+            }
             match self.sock.read_buf(self.parser.room()).await {
                 Ok(0) => return Err(ReadError::Eof),
                 Err(_) => return Err(ReadError::Socket),
@@ -242,6 +350,44 @@ impl Reader {
             }
         }
     }
+}
+
+thread_local! {
+    /// Where a connection with nothing buffered reads: one per thread, so
+    /// a read costs the connection no allocation and an idle one no memory.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Bytes read at once into the scratch buffer. A read that returns fewer
+/// has drained the socket (the runtime then waits for readiness without
+/// another `recvfrom`).
+const SCRATCH_LEN: usize = 4096;
+
+/// One read into this thread's scratch buffer, parsed there within the
+/// same poll (nothing is held across a wait).
+fn read_direct(
+    sock: &mut OwnedReadHalf,
+    parser: &mut Parser,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Result<Option<Incoming>, ReadError>> {
+    use std::task::Poll;
+    SCRATCH.with_borrow_mut(|s| {
+        if s.len() < SCRATCH_LEN {
+            s.resize(SCRATCH_LEN, 0);
+        }
+        let mut rb = tokio::io::ReadBuf::new(&mut s[..]);
+        match std::pin::Pin::new(sock).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => Poll::Ready(Err(ReadError::Socket)),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Err(ReadError::Eof));
+                }
+                Poll::Ready(parser.take_from(&mut s[..n]))
+            }
+        }
+    })
 }
 
 #[cfg(test)]

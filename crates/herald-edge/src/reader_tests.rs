@@ -40,12 +40,37 @@ fn close(p: &[u8]) -> Vec<u8> {
     client(OpCode::Control(Control::Close), true, p, [7, 1, 7, 1])
 }
 
-/// Everything `bytes` holds, fed in pieces of `cut` bytes.
+/// Everything `bytes` holds, fed in pieces of `cut` bytes the way the
+/// reader does: a piece read while nothing is buffered is parsed where it
+/// was read (`take_from`), else appended to the buffer. The same bytes fed
+/// only through the buffer must give the same answer.
 fn parse(bytes: &[u8], cut: usize, max: usize) -> Result<Vec<Incoming>, ReadError> {
+    let direct = parse_with(bytes, cut, max, true);
+    assert_eq!(
+        direct,
+        parse_with(bytes, cut, max, false),
+        "direct and buffered reads differ"
+    );
+    direct
+}
+
+fn parse_with(
+    bytes: &[u8],
+    cut: usize,
+    max: usize,
+    direct: bool,
+) -> Result<Vec<Incoming>, ReadError> {
     let mut p = Parser::new(max, &[]);
     let mut out = Vec::new();
     for piece in bytes.chunks(cut.max(1)) {
-        p.room().extend_from_slice(piece);
+        if direct && p.buf.is_empty() {
+            let mut read = piece.to_vec();
+            if let Some(m) = p.take_from(&mut read)? {
+                out.push(m);
+            }
+        } else {
+            p.room().extend_from_slice(piece);
+        }
         while let Some(m) = p.next()? {
             out.push(m);
         }
@@ -56,7 +81,7 @@ fn parse(bytes: &[u8], cut: usize, max: usize) -> Result<Vec<Incoming>, ReadErro
 fn data(binary: bool, p: &[u8]) -> Incoming {
     Incoming::Data {
         binary,
-        payload: p.to_vec(),
+        payload: p.into(),
     }
 }
 
@@ -75,7 +100,7 @@ fn messages_come_out_whole_however_the_bytes_arrive() {
     let want = vec![
         data(false, br#"{"type":"ack","ids":["n-1"]}"#),
         data(true, &[0, 1, 2, 255]),
-        Incoming::Ping(b"hi".to_vec()),
+        Incoming::Ping(b"hi"[..].into()),
         data(false, "aéb".as_bytes()),
         data(false, &long),
         data(false, b""),
@@ -158,6 +183,25 @@ fn an_idle_parser_holds_no_buffer() {
     assert_eq!(p.buf.capacity(), 0);
 }
 
+#[test]
+fn a_read_of_one_frame_is_parsed_where_it_was_read() {
+    let mut p = Parser::new(1024, &[]);
+    let mut read = text(true, b"{}");
+    assert_eq!(p.take_from(&mut read).unwrap(), Some(data(false, b"{}")));
+    assert_eq!(p.buf.capacity(), 0);
+    // Two frames and a half: the first comes out, the rest waits.
+    let mut read = text(true, b"a");
+    read.extend(text(true, b"b"));
+    let third = text(true, b"c");
+    read.extend(&third[..3]);
+    assert_eq!(p.take_from(&mut read).unwrap(), Some(data(false, b"a")));
+    assert_eq!(p.next().unwrap(), Some(data(false, b"b")));
+    assert_eq!(p.next().unwrap(), None);
+    p.room().extend_from_slice(&third[3..]);
+    assert_eq!(p.next().unwrap(), Some(data(false, b"c")));
+    assert_eq!(p.buf.capacity(), 0);
+}
+
 proptest! {
     #[test]
     fn any_client_messages_round_trip(
@@ -185,7 +229,7 @@ proptest! {
                 let op = if i == 0 { op } else { OpCode::Data(Data::Continue) };
                 bytes.extend(client(op, fin, c, key));
             }
-            want.push(Incoming::Data { binary: is_binary, payload });
+            want.push(Incoming::Data { binary: is_binary, payload: payload[..].into() });
         }
         prop_assert_eq!(parse(&bytes, cut, 1 << 20).unwrap(), want);
     }

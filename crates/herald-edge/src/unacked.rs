@@ -1,6 +1,7 @@
 //! What happens to notifications a connection sent: acks, the ack
 //! timeout, the cap on unacked, and the connection's end.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use herald_types::{Notification, Settle, UserId};
@@ -82,7 +83,7 @@ impl Conn {
     /// Moves live notifications unacked past the ack timeout to the inbox.
     pub(crate) async fn sweep(&mut self) {
         let timeout = self.edge.cfg.ack_timeout;
-        let late: Vec<String> = self
+        let late: Vec<Arc<str>> = self
             .link
             .lock()
             .unacked
@@ -95,13 +96,13 @@ impl Conn {
 
     /// Past `max_unacked`: the oldest live ones go to the inbox.
     pub(crate) async fn spill_oldest(&mut self) {
-        let ids: Vec<String> = {
+        let ids: Vec<Arc<str>> = {
             let o = self.link.lock();
             let excess = o.unacked.len().saturating_sub(self.edge.cfg.max_unacked);
             if excess == 0 {
                 return;
             }
-            let mut live: Vec<(&String, Instant)> = o
+            let mut live: Vec<(&Arc<str>, Instant)> = o
                 .unacked
                 .iter()
                 .filter(|(_, p)| matches!(p.kind, Kind::Live(..)))
@@ -118,7 +119,7 @@ impl Conn {
 
     /// Writes these live notifications to the inbox; they stay pending as
     /// inbox entries, and are answered `Settled` once the write succeeded.
-    async fn move_to_inbox(&mut self, ids: Vec<String>) {
+    async fn move_to_inbox(&mut self, ids: Vec<Arc<str>>) {
         if ids.is_empty() {
             return;
         }
@@ -128,7 +129,7 @@ impl Conn {
         {
             let mut o = self.link.lock();
             for id in &ids {
-                let Some(p) = o.unacked.get_mut(id) else {
+                let Some(p) = o.unacked.get_mut(&**id) else {
                     continue;
                 };
                 if !matches!(p.kind, Kind::Live(_)) {
@@ -139,7 +140,7 @@ impl Conn {
                     match settle.dropped() {
                         Some(s) => owed.push((n, s)),
                         None => {
-                            o.unacked.remove(id);
+                            o.unacked.remove(&**id);
                         }
                     }
                 }

@@ -53,6 +53,57 @@ impl FrameBuf {
     }
 }
 
+/// A frame built in a reused buffer: the same layout as [`FrameBuf`], for
+/// a frame that is usually written at once and never kept (a live push):
+/// no allocation per frame; only a frame the socket does not take at once
+/// is copied into a `Bytes` of its own.
+pub(crate) struct Scratch(Vec<u8>, usize);
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Scratch buffers above this are not kept for the next frame.
+const SCRATCH_KEEP: usize = 16 * 1024;
+
+impl Scratch {
+    /// This thread's buffer (a fresh one if it is in use), emptied.
+    pub fn take() -> Scratch {
+        let mut b = SCRATCH.with_borrow_mut(std::mem::take);
+        b.clear();
+        b.resize(MAX_HEADER, 0);
+        Scratch(b, 0)
+    }
+
+    /// Where the payload goes.
+    pub fn payload(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+
+    /// Puts the header in front of the payload.
+    pub fn seal(&mut self, opcode: u8) {
+        let len = self.0.len() - MAX_HEADER;
+        let mut h = [0u8; MAX_HEADER];
+        let n = header(opcode, len, &mut h);
+        self.1 = MAX_HEADER - n;
+        self.0[self.1..MAX_HEADER].copy_from_slice(&h[..n]);
+    }
+
+    /// The sealed frame.
+    pub fn frame(&self) -> &[u8] {
+        &self.0[self.1..]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.capacity() <= SCRATCH_KEEP {
+            let b = std::mem::take(&mut self.0);
+            SCRATCH.with_borrow_mut(|s| *s = b);
+        }
+    }
+}
+
 /// Appends one frame to `out` (several frames in one buffer).
 pub(crate) fn put_frame(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
     let mut h = [0u8; MAX_HEADER];

@@ -1,5 +1,7 @@
 //! Building one digest from the notifications of a window.
 
+use std::sync::Arc;
+
 use herald_types::{DigestBody, DigestItem, EventKind, Notification, UserId};
 
 /// Actors listed per digest group.
@@ -16,37 +18,37 @@ pub fn build(user: UserId, start_ms: u64, end_ms: u64, items: &[Notification]) -
         total += n.count.max(1);
         match groups
             .iter_mut()
-            .find(|g| g.kind == n.kind && g.object == n.object)
+            .find(|g| g.kind == n.kind && g.object.as_deref() == n.object.as_deref())
         {
             Some(g) => {
                 g.count += n.count.max(1);
-                for a in &n.actors {
+                for a in n.actors.iter() {
                     if g.actors.len() < ACTORS && !g.actors.contains(a) {
                         g.actors.push(*a);
                     }
                 }
-                g.event_id = n.event_id.clone();
+                g.event_id = n.event_id.to_string();
             }
             None => groups.push(DigestItem {
                 kind: n.kind,
-                object: n.object.clone(),
+                object: n.object.as_deref().map(String::from),
                 count: n.count.max(1),
                 actors: n.actors.iter().copied().take(ACTORS).collect(),
-                event_id: n.event_id.clone(),
+                event_id: n.event_id.to_string(),
             }),
         }
     }
     let newest = items.last();
     Notification {
-        id: format!("d-{user}-{end_ms}"),
-        event_id: newest.map(|n| n.event_id.clone()).unwrap_or_default(),
+        id: format!("d-{user}-{end_ms}").into(),
+        event_id: newest.map_or_else(|| Arc::from(""), |n| n.event_id.clone()),
         kind: newest.map(|n| n.kind).unwrap_or(EventKind::Like),
         actor: newest.map(|n| n.actor).unwrap_or(0),
         object: None,
         text: None,
         ts_ms: end_ms,
         count: total,
-        actors: Vec::new(),
+        actors: Arc::from([]),
         order: end_ms * 1000,
         digest: Some(Box::new(DigestBody {
             window_start_ms: start_ms,

@@ -15,10 +15,15 @@ use crate::Hold;
 /// One event of a batch, on its way through the stages.
 pub(crate) struct Item {
     pub offset: u64,
-    pub event_id: String,
+    pub event_id: Arc<str>,
     pub dedup: String,
     pub ev: LogEvent,
     pub hold: Hold,
+    /// The event's strings and actors as every recipient's notification
+    /// shares them (one allocation per event, not per recipient).
+    pub object: Option<Arc<str>>,
+    pub text: Option<Arc<str>>,
+    pub actors: Arc<[UserId]>,
     /// A post on the push path: its actor's followers (read by the graph
     /// stage).
     pub followers: Option<Vec<UserId>>,
@@ -28,18 +33,43 @@ pub(crate) struct Item {
     pub celebrity_post: bool,
 }
 
-/// The notification `recipient` gets for `i`.
+impl Item {
+    pub(crate) fn new(
+        offset: u64,
+        event_id: String,
+        dedup: String,
+        ev: LogEvent,
+        hold: Hold,
+    ) -> Item {
+        Item {
+            offset,
+            event_id: event_id.into(),
+            dedup,
+            object: ev.object.as_deref().map(Arc::from),
+            text: ev.text.as_deref().map(Arc::from),
+            actors: Arc::from([ev.actor]),
+            ev,
+            hold,
+            followers: None,
+            follower_count: None,
+            celebrity_post: false,
+        }
+    }
+}
+
+/// The notification `recipient` gets for `i`: its id is the only part
+/// built per recipient.
 pub(crate) fn notification(i: &Item, recipient: UserId) -> Notification {
     Notification {
-        id: notification_id(&i.dedup, recipient),
+        id: notification_id(&i.dedup, recipient).into(),
         event_id: i.event_id.clone(),
         kind: i.ev.kind,
         actor: i.ev.actor,
-        object: i.ev.object.clone(),
-        text: i.ev.text.clone(),
+        object: i.object.clone(),
+        text: i.text.clone(),
         ts_ms: i.ev.accepted_us / 1000,
         count: 1,
-        actors: vec![i.ev.actor],
+        actors: i.actors.clone(),
         order: i.ev.accepted_us,
         digest: None,
     }
@@ -107,11 +137,11 @@ mod tests {
     use herald_types::EventKind;
 
     fn item(t: &Arc<crate::Tracker>, offset: u64, kind: EventKind, actor: UserId) -> Item {
-        Item {
+        Item::new(
             offset,
-            event_id: format!("e-0-{offset}"),
-            dedup: format!("e-0-{offset}"),
-            ev: LogEvent {
+            format!("e-0-{offset}"),
+            format!("e-0-{offset}"),
+            LogEvent {
                 client_id: None,
                 scope: None,
                 replay_of: None,
@@ -124,11 +154,8 @@ mod tests {
                 client_ts_ms: None,
                 accepted_us: 1,
             },
-            hold: t.begin(offset),
-            followers: None,
-            follower_count: None,
-            celebrity_post: false,
-        }
+            t.begin(offset),
+        )
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl Worker {
         now: u64,
     ) -> herald_store::Result<()> {
         let items = self.store.bucket_read(user, b, 1000).await?;
-        let ids: Vec<String> = items.iter().map(|n| n.id.clone()).collect();
+        let ids: Vec<String> = items.iter().map(|n| n.id.to_string()).collect();
         let prefs = self.prefs.get(user).await?;
         let window = |t: u64| prefs.digest_window(t);
         let out = match b {

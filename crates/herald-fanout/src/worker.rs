@@ -231,16 +231,7 @@ impl Worker {
                         .clone()
                         .unwrap_or_else(|| event_id(&self.cfg.id_scope, p, r.offset));
                     let dedup = dedup_key(ev.scope.as_deref(), ev.client_id.as_deref(), &eid);
-                    items.push(Item {
-                        offset: r.offset,
-                        event_id: eid,
-                        dedup,
-                        ev,
-                        hold,
-                        followers: None,
-                        follower_count: None,
-                        celebrity_post: false,
-                    });
+                    items.push(Item::new(r.offset, eid, dedup, ev, hold));
                 }
                 Err(e) => {
                     drop(hold);
@@ -259,7 +250,7 @@ impl Worker {
         let claims: Vec<(String, String)> = items
             .iter()
             .filter(|i| i.ev.client_id.is_some())
-            .map(|i| (i.dedup.clone(), i.event_id.clone()))
+            .map(|i| (i.dedup.clone(), i.event_id.to_string()))
             .collect();
         if claims.is_empty() {
             return Ok(());
@@ -335,7 +326,7 @@ impl Worker {
     async fn celebrity_posts(&mut self, items: &[Item]) -> Result<(), Halt> {
         for i in items.iter().filter(|i| i.celebrity_post) {
             let mut n = plan::notification(i, 0);
-            n.id = broadcast_id(&i.dedup);
+            n.id = broadcast_id(&i.dedup).into();
             let store = self.store.clone();
             let cap = self.cfg.outbox_cap;
             let actor = i.ev.actor;

@@ -16,6 +16,9 @@ pub struct PrefsCache {
     ttl: Duration,
     max_entries: usize,
     digest_override_ms: u64,
+    /// What a user who never set anything gets (most users): one shared
+    /// value instead of one allocation per read.
+    default: Arc<Resolved>,
     map: DashMap<UserId, (Instant, Arc<Resolved>)>,
 }
 
@@ -33,6 +36,10 @@ impl PrefsCache {
             ttl,
             max_entries: max_entries.max(1),
             digest_override_ms,
+            default: Arc::new(Resolved {
+                digest_override_ms,
+                ..Resolved::default()
+            }),
             map: DashMap::new(),
         }
     }
@@ -64,9 +71,13 @@ impl PrefsCache {
                 self.map.clear();
             }
             for (i, s) in missing.into_iter().zip(stored) {
-                let mut r = Resolved::from_stored(&s);
-                r.digest_override_ms = self.digest_override_ms;
-                let r = Arc::new(r);
+                let r = if s.doc.is_none() && s.mutes.is_empty() {
+                    self.default.clone()
+                } else {
+                    let mut r = Resolved::from_stored(&s);
+                    r.digest_override_ms = self.digest_override_ms;
+                    Arc::new(r)
+                };
                 self.map.insert(users[i], (now, r.clone()));
                 out[i] = Some(r);
             }

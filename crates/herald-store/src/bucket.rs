@@ -70,14 +70,14 @@ impl Store {
             let b = a.bucket.name();
             p.cmd("HSET")
                 .arg(ukey(a.user, &format!("{b}:data")))
-                .arg(&a.n.id)
+                .arg(&*a.n.id)
                 .arg(a.n.to_storage())
                 .ignore();
             p.cmd("ZADD")
                 .arg(ukey(a.user, b))
                 .arg("NX")
                 .arg(a.n.order)
-                .arg(&a.n.id)
+                .arg(&*a.n.id)
                 .ignore();
             p.cmd("ZADD")
                 .arg(sched(a.bucket, a.partition))

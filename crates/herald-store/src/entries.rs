@@ -258,7 +258,7 @@ mod tests {
             text: Some("hello".into()),
             ts_ms: 1,
             count: 1,
-            actors: vec![9],
+            actors: vec![9].into(),
             order: 1000,
             digest: None,
         }

@@ -53,13 +53,13 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use batch::{key_slot, Batch};
-pub(crate) use key::ukey;
 pub use bucket::{Bucket, BucketAdd};
 pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor, DEFAULT_OUTBOX_CAP};
 pub use dead::DeadLetter;
 pub use feed::{FeedCursor, FeedPage};
 pub use graph::{GraphAnswer, GraphOp};
 pub use inbox::InboxSnapshot;
+pub(crate) use key::ukey;
 pub use lease::{LeaseRole, LeaseView};
 pub use prefs::StoredPrefs;
 pub use presence::Subscription;
@@ -161,7 +161,6 @@ pub struct Store {
     conn: Conn,
     cfg: StoreConfig,
 }
-
 
 impl Store {
     pub async fn connect(cfg: StoreConfig) -> Result<Store> {

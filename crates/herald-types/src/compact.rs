@@ -16,6 +16,8 @@
 //! as LEB128 varints and strings length-prefixed. The order sits at a fixed
 //! place so Lua scripts can sort and trim without decoding the rest.
 
+use std::sync::Arc;
+
 use crate::{DigestBody, EventKind, Notification, UserId};
 
 const OBJECT: u8 = 1;
@@ -157,6 +159,29 @@ fn implied_event_id(f: &[u8]) -> Option<String> {
     Some(s)
 }
 
+/// Whether `event_id` is the one the field implies (no allocation: this
+/// runs for every entry written).
+fn implies_event_id(f: &[u8], event_id: &str) -> bool {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    let (&F_EVENT, rest) = f.split_first().unwrap_or((&0, &[])) else {
+        return false;
+    };
+    let mut c = Cursor(rest);
+    let (Ok(p), Ok(o)) = (c.var(), c.var()) else {
+        return false;
+    };
+    let Ok(scope) = std::str::from_utf8(c.0) else {
+        return false;
+    };
+    SCRATCH.with_borrow_mut(|s| {
+        s.clear();
+        push_event_id(s, p, o, scope);
+        s == event_id
+    })
+}
+
 /// `e-P-O`, or `e-P-O@scope`, appended to `s` (what `format!` would
 /// write, without its machinery: a drained page decodes two ids per entry).
 fn push_event_id(s: &mut String, p: u64, o: u64, scope: &str) {
@@ -210,15 +235,15 @@ pub fn body(n: &Notification, f: &[u8]) -> Vec<u8> {
         flags |= TEXT;
         put_str(&mut b, t.as_bytes());
     }
-    if n.count != 1 || n.actors.as_slice() != [n.actor] {
+    if n.count != 1 || n.actors[..] != [n.actor] {
         flags |= COUNTED;
         put_var(&mut b, n.count);
         put_var(&mut b, n.actors.len() as u64);
-        for a in &n.actors {
+        for a in n.actors.iter() {
             put_var(&mut b, *a);
         }
     }
-    if implied_event_id(f).as_deref() != Some(n.event_id.as_str()) {
+    if !implies_event_id(f, &n.event_id) {
         flags |= EVENT_ID;
         put_str(&mut b, n.event_id.as_bytes());
     }
@@ -279,12 +304,12 @@ pub fn decode(
         }
         (count, actors)
     } else {
-        (1, vec![actor])
+        (1, Vec::from([actor]))
     };
     let event_id = if flags & EVENT_ID != 0 {
         c.string()?
     } else {
-        implied_event_id(f).unwrap_or_default()
+        implied_event_id(f).unwrap_or_default().into()
     };
     let digest = if flags & DIGEST != 0 {
         let raw = c.bytes()?;
@@ -295,7 +320,7 @@ pub fn decode(
         None
     };
     Ok(Notification {
-        id,
+        id: id.into(),
         event_id,
         kind,
         actor,
@@ -303,7 +328,7 @@ pub fn decode(
         text,
         ts_ms,
         count,
-        actors,
+        actors: actors.into(),
         order,
         digest,
     })
@@ -394,9 +419,11 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    fn string(&mut self) -> Result<String, CompactError> {
+    fn string(&mut self) -> Result<Arc<str>, CompactError> {
         let b = self.bytes()?;
-        String::from_utf8(b.to_vec()).map_err(|_| CompactError::Utf8)
+        std::str::from_utf8(b)
+            .map(Arc::from)
+            .map_err(|_| CompactError::Utf8)
     }
 }
 

@@ -1,27 +1,33 @@
 //! The notification a user receives, and its two wire encodings.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{EventKind, UserId};
 
 /// One notification for one recipient. Serialised as the `notification`
 /// object of the WebSocket contract (`type` is added by the encoder).
+///
+/// Its text fields are shared (`Arc`): the recipients of one event share
+/// the event's strings, and the copies made on the way (the feed, the
+/// connection's unacked map) cost a reference count, not an allocation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     /// Stable: the same notification delivered twice carries the same id.
-    pub id: String,
+    pub id: Arc<str>,
     /// The event that caused it (for an aggregate, the newest).
-    pub event_id: String,
+    pub event_id: Arc<str>,
     pub kind: EventKind,
     pub actor: UserId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub object: Option<String>,
+    pub object: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
+    pub text: Option<Arc<str>>,
     /// When Herald accepted the event, in milliseconds since the epoch.
     pub ts_ms: u64,
     pub count: u64,
-    pub actors: Vec<UserId>,
+    pub actors: Arc<[UserId]>,
     /// Ordering key inside the recipient's inbox (microseconds of acceptance);
     /// not part of the wire shape.
     #[serde(skip)]
@@ -71,9 +77,9 @@ struct TaggedCompact<'a> {
     kind: EventKind,
     actor: UserId,
     #[serde(skip_serializing_if = "Option::is_none")]
-    object: &'a Option<String>,
+    object: &'a Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    text: &'a Option<String>,
+    text: &'a Option<Arc<str>>,
     ts_ms: u64,
     count: u64,
     actors: &'a [UserId],
@@ -198,7 +204,7 @@ mod tests {
             text: None,
             ts_ms: 1,
             count: 1,
-            actors: vec![42],
+            actors: Arc::from([42]),
             order: 99,
             digest: None,
         }

@@ -24,6 +24,7 @@
 mod throttle;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_types::ids::{fnv1a64, Fnv64};
@@ -292,9 +293,9 @@ impl Aggregator {
 
     fn aggregate(k: Key, w: &mut Window, now: Instant) -> Option<Notification> {
         let mut n = w.newest.clone()?;
-        n.id = aggregate_id(w.recipient, k, w.first_order);
+        n.id = aggregate_id(w.recipient, k, w.first_order).into();
         n.actor = w.actors.as_slice().first().copied().unwrap_or(n.actor);
-        n.actors = w.actors.as_slice().to_vec();
+        n.actors = Arc::from(w.actors.as_slice());
         n.count = w.count;
         n.text = None;
         if w.any_object {

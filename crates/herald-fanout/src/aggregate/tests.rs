@@ -3,15 +3,15 @@ use super::*;
 
 fn like(actor: UserId, order: u64) -> Notification {
     Notification {
-        id: format!("n-{order}"),
-        event_id: format!("e-0-{order}"),
+        id: format!("n-{order}").into(),
+        event_id: format!("e-0-{order}").into(),
         kind: EventKind::Like,
         actor,
         object: Some("post:1".into()),
         text: None,
         ts_ms: order,
         count: 1,
-        actors: vec![actor],
+        actors: vec![actor].into(),
         order,
         digest: None,
     }
@@ -34,7 +34,7 @@ fn bursts_fold_into_one_growing_aggregate() {
     let out: Vec<Notification> = a.due(t0, false).into_iter().filter_map(|e| e.n).collect();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].count, 100);
-    assert_eq!(out[0].actors, vec![100, 101, 102]);
+    assert_eq!(out[0].actors[..], [100, 101, 102]);
     let id = out[0].id.clone();
     // More within the window: the same id, a higher count.
     a.offer(9, like(500, 200), Settle::None, t0);
@@ -45,7 +45,7 @@ fn bursts_fold_into_one_growing_aggregate() {
         .into_iter()
         .filter_map(|e| e.n)
         .collect();
-    assert_eq!((out[0].id.as_str(), out[0].count), (id.as_str(), 101));
+    assert_eq!((&*out[0].id, out[0].count), (&*id, 101));
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn a_backlog_folds_as_it_would_have_on_time() {
                 alone += 1;
             }
             for n in a.due(now, false).into_iter().filter_map(|e| e.n) {
-                aggregates.insert(n.id.clone(), n.count);
+                aggregates.insert(n.id.to_string(), n.count);
             }
         }
         for n in a
@@ -117,7 +117,7 @@ fn a_backlog_folds_as_it_would_have_on_time() {
             .into_iter()
             .filter_map(|e| e.n)
         {
-            aggregates.insert(n.id.clone(), n.count);
+            aggregates.insert(n.id.to_string(), n.count);
         }
         let mut counts: Vec<u64> = aggregates.into_values().collect();
         counts.sort();
