@@ -113,28 +113,17 @@ impl Writer {
         let dirty: Vec<usize> = (0..self.active.len())
             .filter(|&i| self.active[i].dirty)
             .collect();
-        // Partitions are separate files: sync them in parallel, so a round
-        // costs about one fdatasync rather than one per partition.
-        let active = &self.active;
-        let sync = |i: usize| fault::sync_data(&active[i].file, &active[i].path);
-        let results: Vec<(usize, std::io::Result<()>)> = if dirty.len() <= 1 {
-            dirty.iter().map(|&i| (i, sync(i))).collect()
-        } else {
-            std::thread::scope(|sc| {
-                let handles: Vec<_> = dirty[1..]
-                    .iter()
-                    .map(|&i| (i, sc.spawn(move || sync(i))))
-                    .collect();
-                let mut out = vec![(dirty[0], sync(dirty[0]))];
-                for (i, h) in handles {
-                    let r = h
-                        .join()
-                        .unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")));
-                    out.push((i, r));
-                }
-                out
-            })
-        };
+        // Partitions are separate files: sync them in parallel (`sync.rs`),
+        // so a round costs about one fdatasync rather than one per partition.
+        let files: Vec<_> = dirty
+            .iter()
+            .map(|&i| (self.active[i].file.clone(), self.active[i].path.clone()))
+            .collect();
+        let results: Vec<(usize, std::io::Result<()>)> = dirty
+            .iter()
+            .copied()
+            .zip(self.syncs.sync_all(&files))
+            .collect();
         let mut failed = None;
         let mut full = None;
         for (i, r) in results {

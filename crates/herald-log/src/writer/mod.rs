@@ -17,6 +17,7 @@
 
 mod io;
 mod stage;
+mod sync;
 
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
@@ -69,7 +70,7 @@ impl Cmd {
 
 /// Per-partition state only the writer touches.
 struct Active {
-    file: File,
+    file: std::sync::Arc<File>,
     path: PathBuf,
     base: u64,
     size: u64,
@@ -101,7 +102,7 @@ impl Active {
             .open(&path)
             .map_err(|e| LogError::io(&path, e))?;
         Ok(Active {
-            file,
+            file: std::sync::Arc::new(file),
             path,
             base,
             size,
@@ -120,6 +121,8 @@ impl Active {
 
 pub struct Writer {
     cfg: LogConfig,
+    /// Threads that sync a round's partitions beside the writer's own.
+    syncs: sync::SyncPool,
     parts: Vec<Shared>,
     active: Vec<Active>,
     checkpoints: Arc<Checkpoints>,
@@ -159,6 +162,7 @@ impl Writer {
         }
         Ok(Writer {
             cfg,
+            syncs: sync::SyncPool::default(),
             parts,
             active,
             checkpoints,

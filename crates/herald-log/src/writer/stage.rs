@@ -142,7 +142,7 @@ impl Writer {
             },
         );
         let mut a = Active {
-            file,
+            file: std::sync::Arc::new(file),
             path,
             base,
             size: 0,
