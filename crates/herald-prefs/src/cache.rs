@@ -1,5 +1,14 @@
-//! A short-lived cache of resolved preferences.
+//! A cache of resolved preferences.
+//!
+//! Every change made through this node clears its entry at once, and a
+//! read that raced a change does not keep what it read: `invalidate`
+//! bumps an epoch, and a read that saw the epoch move while it was in
+//! Redis drops the entries it cached. So entries may live as long as
+//! changes made elsewhere allow: at most a second in a cluster (other
+//! nodes' changes are seen within it), longer on a node alone, where
+//! every change comes through it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +29,8 @@ pub struct PrefsCache {
     /// value instead of one allocation per read.
     default: Arc<Resolved>,
     map: DashMap<UserId, (Instant, Arc<Resolved>)>,
+    /// Bumped by every invalidation.
+    epoch: AtomicU64,
 }
 
 impl PrefsCache {
@@ -41,11 +52,14 @@ impl PrefsCache {
                 ..Resolved::default()
             }),
             map: DashMap::new(),
+            epoch: AtomicU64::new(0),
         }
     }
 
-    /// Forgets `user`'s entry (after a change through this node).
+    /// Forgets `user`'s entry (after a change through this node, once it
+    /// is in Redis).
     pub fn invalidate(&self, user: UserId) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.map.remove(&user);
     }
 
@@ -66,6 +80,7 @@ impl PrefsCache {
         }
         if !missing.is_empty() {
             let ids: Vec<UserId> = missing.iter().map(|&i| users[i]).collect();
+            let epoch = self.epoch.load(Ordering::SeqCst);
             let stored = self.store.prefs_get_many(&ids).await?;
             if self.map.len() + ids.len() > self.max_entries {
                 self.map.clear();
@@ -80,6 +95,14 @@ impl PrefsCache {
                 };
                 self.map.insert(users[i], (now, r.clone()));
                 out[i] = Some(r);
+            }
+            // A change landed while this read was in Redis: what it read
+            // serves this call but is not kept (the change's own removal
+            // may have run before these inserts).
+            if self.epoch.load(Ordering::SeqCst) != epoch {
+                for u in &ids {
+                    self.map.remove(u);
+                }
             }
         }
         Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect())

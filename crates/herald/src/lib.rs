@@ -122,7 +122,7 @@ pub async fn run(
         .context("cannot read the celebrity set from redis")?;
     let prefs = Arc::new(herald_prefs::PrefsCache::new(
         store.clone(),
-        Duration::from_millis(cfg.preferences.cache_ttl_ms.clamp(1, 1000)),
+        prefs_ttl(&cfg),
         cfg.preferences.cache_entries,
         cfg.digest.window_override_ms,
     ));
@@ -284,6 +284,18 @@ fn advertise(cfg: &Config, listener: &TcpListener) -> anyhow::Result<String> {
         );
     }
     Ok(a.to_string())
+}
+
+/// How long a cached preference entry lives. In a cluster, changes made
+/// through other nodes must be seen within a second; alone, every change
+/// comes through this node and clears its entry at once, so the entry only
+/// ages out for writes that bypass Herald (straight into Redis).
+fn prefs_ttl(cfg: &Config) -> Duration {
+    let ms = match cfg.server.cluster {
+        true => cfg.preferences.cache_ttl_ms.clamp(1, 1000),
+        false => cfg.preferences.alone_cache_ttl_ms.clamp(1, 3_600_000),
+    };
+    Duration::from_millis(ms)
 }
 
 /// How many WebSocket connections this process can hold (from the

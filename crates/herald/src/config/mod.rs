@@ -78,7 +78,10 @@ impl Default for Aggregation {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Prefs {
+    /// Entry lifetime in a cluster (at most 1000 ms).
     pub cache_ttl_ms: u64,
+    /// Entry lifetime on a node alone (every change comes through it).
+    pub alone_cache_ttl_ms: u64,
     pub cache_entries: usize,
 }
 
@@ -86,6 +89,7 @@ impl Default for Prefs {
     fn default() -> Self {
         Prefs {
             cache_ttl_ms: 1000,
+            alone_cache_ttl_ms: 60_000,
             cache_entries: 1_000_000,
         }
     }
@@ -430,6 +434,12 @@ impl Config {
         }
         if self.feed.max_per_user > 10_000 {
             bail!("feed.max_per_user must be at most 10000 (each page reads the whole feed)");
+        }
+        if !(1..=1000).contains(&self.preferences.cache_ttl_ms) {
+            bail!("preferences.cache_ttl_ms must be between 1 and 1000 (a change is honoured everywhere within a second)");
+        }
+        if !(1..=3_600_000).contains(&self.preferences.alone_cache_ttl_ms) {
+            bail!("preferences.alone_cache_ttl_ms must be between 1 and 3600000");
         }
         if self.redis.inbox_cap == 0 {
             bail!("redis.inbox_cap must be positive");
