@@ -130,7 +130,8 @@ pub(crate) fn encode(items: &[(UserId, &Notification)]) -> (Pairs, Vec<Encoded>)
     // Per shared field: its body, and whether it is queued for writing.
     let mut bodies: HashMap<&[u8], (Vec<u8>, bool)> = HashMap::new();
     let mut shared = Vec::new();
-    for ((user, n), field) in items.iter().zip(&fields) {
+    let mut values = Vec::with_capacity(items.len());
+    for ((_, n), field) in items.iter().zip(&fields) {
         let share = counts
             .get(field.as_slice())
             .is_some_and(|c| *c >= SHARE_MIN);
@@ -148,14 +149,18 @@ pub(crate) fn encode(items: &[(UserId, &Notification)]) -> (Pairs, Vec<Encoded>)
                 }
                 compact::shared_entry(n.order, field)
             } else {
-                compact::entry(n, *user)
+                compact::entry_in(n, field)
             }
         } else {
-            compact::entry(n, *user)
+            compact::entry_in(n, field)
         };
+        values.push(value);
+    }
+    drop((counts, bodies));
+    for (((user, _), field), value) in items.iter().zip(fields).zip(values) {
         out.push(Encoded {
             user: *user,
-            field: field.clone(),
+            field,
             value,
         });
     }

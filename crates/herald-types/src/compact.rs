@@ -198,12 +198,16 @@ fn push_event_id(s: &mut String, p: u64, o: u64, scope: &str) {
 
 /// A self-contained entry for `n` in `recipient`'s hash.
 pub fn entry(n: &Notification, recipient: UserId) -> Vec<u8> {
-    let f = field(&n.id, recipient);
-    let b = body(n, &f);
-    let mut v = Vec::with_capacity(b.len() + 8);
-    v.push(b[0]);
+    entry_in(n, &field(&n.id, recipient))
+}
+
+/// [`entry`] for a field already derived (`f` is `field(&n.id, r)`): one
+/// allocation, the entry itself.
+pub fn entry_in(n: &Notification, f: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40 + n.text.as_ref().map_or(0, |t| t.len()));
+    v.push(0);
     v.extend_from_slice(&n.order.to_be_bytes());
-    v.extend_from_slice(&b[1..]);
+    v[0] = put_body(n, f, &mut v);
     v
 }
 
@@ -220,39 +224,44 @@ pub fn shared_entry(order: u64, name: &[u8]) -> Vec<u8> {
 /// would store it (`f` is its field in one of them): recipients of one
 /// event share it.
 pub fn body(n: &Notification, f: &[u8]) -> Vec<u8> {
-    let mut flags = 0u8;
     let mut b = Vec::with_capacity(32 + n.text.as_ref().map_or(0, |t| t.len()));
     b.push(0);
+    b[0] = put_body(n, f, &mut b);
+    b
+}
+
+/// Appends the body after its flags byte (already in `b`); the flags.
+fn put_body(n: &Notification, f: &[u8], b: &mut Vec<u8>) -> u8 {
+    let mut flags = 0u8;
     b.push(kind_code(n.kind));
-    put_var(&mut b, n.actor);
+    put_var(b, n.actor);
     let ts_delta = (n.ts_ms as i64).wrapping_sub((n.order / 1000) as i64);
-    put_var(&mut b, zigzag(ts_delta));
+    put_var(b, zigzag(ts_delta));
     if let Some(o) = &n.object {
         flags |= OBJECT;
-        put_str(&mut b, o.as_bytes());
+        put_str(b, o.as_bytes());
     }
     if let Some(t) = &n.text {
         flags |= TEXT;
-        put_str(&mut b, t.as_bytes());
+        put_str(b, t.as_bytes());
     }
     if n.count != 1 || n.actors[..] != [n.actor] {
         flags |= COUNTED;
-        put_var(&mut b, n.count);
-        put_var(&mut b, n.actors.len() as u64);
+        put_var(b, n.count);
+        put_var(b, n.actors.len() as u64);
         for a in n.actors.iter() {
-            put_var(&mut b, *a);
+            put_var(b, *a);
         }
     }
     if !implies_event_id(f, &n.event_id) {
         flags |= EVENT_ID;
-        put_str(&mut b, n.event_id.as_bytes());
+        put_str(b, n.event_id.as_bytes());
     }
     if let Some(d) = &n.digest {
         flags |= DIGEST;
-        put_str(&mut b, &rmp_serde::to_vec(d).unwrap_or_default());
+        put_str(b, &rmp_serde::to_vec(d).unwrap_or_default());
     }
-    b[0] = flags;
-    b
+    flags
 }
 
 /// The order key of an entry (its first 9 bytes).
