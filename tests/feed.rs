@@ -211,6 +211,27 @@ async fn an_overflowing_inbox_says_so_and_the_feed_still_lists_everything() {
     assert_eq!(c.hello.get("dropped"), None, "counted once: {}", c.hello);
 }
 
+/// A feed made by a write starts its lifetime then, though nobody reads it
+/// (the write learns it made the hash from its marker field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_made_by_a_write_expires_without_being_read() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    node.like(41, 9, "post:1").await;
+    node.like(42, 9, "post:2").await;
+    // -2: not written yet; -1 would be a feed without a lifetime.
+    let ttl = eventually("the feed written, with its lifetime", || async {
+        let t = redis.cmd("TTL h:{u:9}:fd").unwrap_or_default();
+        let t: i64 = t.trim().trim_start_matches(':').parse().ok()?;
+        (t != -2).then_some(t)
+    })
+    .await;
+    assert!(ttl > 29 * 86_400 && ttl <= 30 * 86_400, "{ttl}");
+    let p = feed(&node, 9, "").await;
+    assert_eq!(ids(&p).len(), 2, "the marker is not an entry: {p}");
+    assert_eq!(p["unread"], 2, "{p}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_keeps_its_newest_entries_up_to_its_cap() {
     let redis = Redis::start();
@@ -236,8 +257,9 @@ async fn a_feed_keeps_its_newest_entries_up_to_its_cap() {
     assert!((5..=6).contains(&listed.len()), "{p}");
     assert!(!listed.contains(&format!("n-{}-8", sent[0])), "{p}");
     assert_eq!(p["unread"], listed.len(), "{p}");
+    // The entries and the feed's marker field.
     let len = redis.cmd("HLEN h:{u:8}:fd").unwrap_or_default();
-    assert!(len.trim() == ":5" || len.trim() == ":6", "{len:?}");
+    assert!(len.trim() == ":6" || len.trim() == ":7", "{len:?}");
 }
 
 /// What the user saw is what the feed lists: a burst folded into an

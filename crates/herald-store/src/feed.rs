@@ -8,14 +8,27 @@
 //! first, trimmed once it passes the cap by a tenth) and entries older than
 //! `feed_retention` are neither listed nor counted, and are removed when a
 //! page is read; the key itself expires `feed_retention` after it was
-//! created or last read (a page, a hello) or trimmed, whichever is latest,
-//! so a write costs two commands (HSET, HLEN) and no EXPIRE. A page is one script call (plus one for shared bodies it names).
+//! created or last read (a page, a hello) or trimmed, whichever is latest.
+//!
+//! A write is one `HSET`. The first of a batch for a user also sets an
+//! empty marker field (`""`, never a notification's field): `HSET`
+//! answers how many fields were new, so 2 (marker and entry) means this
+//! write created the hash, which then gets its lifetime (one `EXPIRE` per
+//! feed, not per write). The size is read (`HLEN`) on about one write in
+//! `feed_cap / 10`, so the hash passes the cap by about a tenth, rarely
+//! more, before the oldest go. Scripts skip the marker (every entry is at
+//! least 9 bytes; the marker's value is empty). A page is one script call
+//! (plus one for shared bodies it names).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use herald_types::{compact, Notification, UserId};
 
 use crate::{ukey, Result, Store};
+
+/// The field that marks a feed as made (empty: no notification's field is).
+const MARKER: &[u8] = b"";
 
 /// Every entry of `KEYS[1]` ordered after ARGV[1] (older ones are
 /// removed), and how many of those are unread; a read renews the feed's
@@ -29,7 +42,9 @@ local old = {}
 local unread = 0
 for i = 1, #all, 2 do
   local v = all[i + 1]
-  if struct.unpack('>I8', v, 2) > since then
+  if #v < 9 then
+    -- the marker
+  elseif struct.unpack('>I8', v, 2) > since then
     out[#out + 1] = all[i]
     out[#out + 1] = v
     if bit.band(string.byte(v, 1), 32) == 0 then unread = unread + 1 end
@@ -49,14 +64,14 @@ if ARGV[1] == '1' then
   for i = 1, #all, 2 do
     local v = all[i + 1]
     local f = string.byte(v, 1)
-    if bit.band(f, 32) == 0 then
+    if #v >= 9 and bit.band(f, 32) == 0 then
       redis.call('HSET', KEYS[1], all[i], string.char(bit.bor(f, 32)) .. string.sub(v, 2))
     end
   end
 else
   for i = 4, #ARGV do
     local v = redis.call('HGET', KEYS[1], ARGV[i])
-    if v then
+    if v and #v >= 9 then
       local f = string.byte(v, 1)
       if bit.band(f, 32) == 0 then
         redis.call('HSET', KEYS[1], ARGV[i], string.char(bit.bor(f, 32)) .. string.sub(v, 2))
@@ -69,7 +84,7 @@ local unread = 0
 local vals = redis.call('HVALS', KEYS[1])
 for i = 1, #vals do
   local v = vals[i]
-  if bit.band(string.byte(v, 1), 32) == 0 and struct.unpack('>I8', v, 2) > since then
+  if #v >= 9 and bit.band(string.byte(v, 1), 32) == 0 and struct.unpack('>I8', v, 2) > since then
     unread = unread + 1
   end
 end
@@ -81,12 +96,14 @@ return unread
 const TRIM: &str = r#"
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 local all = redis.call('HGETALL', KEYS[1])
-local excess = #all / 2 - tonumber(ARGV[1])
-if excess <= 0 then return 0 end
 local rows = {}
 for i = 1, #all, 2 do
-  rows[#rows + 1] = {struct.unpack('>I8', all[i + 1], 2), all[i]}
+  if #all[i + 1] >= 9 then
+    rows[#rows + 1] = {struct.unpack('>I8', all[i + 1], 2), all[i]}
+  end
 end
+local excess = #rows - tonumber(ARGV[1])
+if excess <= 0 then return 0 end
 table.sort(rows, function(a, b) return a[1] < b[1] end)
 for k = 1, excess do redis.call('HDEL', KEYS[1], rows[k][2]) end
 return excess
@@ -145,50 +162,64 @@ impl Store {
         }
         let (bodies, entries) = crate::entries::encode(items);
         self.write_bodies(&bodies).await?;
-        let mut p = crate::Batch::new();
-        // Per user (in order of appearance): the key, and the fields this
-        // batch added.
-        let mut added: HashMap<UserId, (usize, u64)> = HashMap::new();
-        let mut users: Vec<(UserId, crate::key::Key)> = Vec::new();
-        for e in &entries {
-            let i = added
-                .entry(e.user)
-                .or_insert_with(|| {
-                    users.push((e.user, ukey(e.user, "fd")));
-                    (users.len() - 1, 0)
-                })
-                .0;
-            p.cmd("HSET")
-                .arg(&users[i].1)
-                .arg(e.field.as_slice())
-                .arg(e.value.as_slice());
-        }
-        for (_, k) in &users {
-            p.cmd("HLEN").arg(k);
-        }
-        let answers: Vec<u64> = self.run(&p).await?;
-        let (new_fields, sizes) = answers.split_at(entries.len().min(answers.len()));
-        for (e, n) in entries.iter().zip(new_fields) {
-            if let Some(a) = added.get_mut(&e.user) {
-                a.1 += n;
-            }
-        }
         let ttl = self.cfg.feed_retention.as_secs().max(1);
         let cap = self.cfg.feed_cap as u64;
-        let mut fresh = crate::Batch::new();
-        for ((u, k), size) in users.iter().zip(sizes) {
-            // A feed this batch created starts its lifetime (reads and
-            // trims renew it): no EXPIRE per write.
-            if added.get(u).map(|a| a.1) == Some(*size) {
-                fresh.cmd("EXPIRE").arg(k).arg(ttl).ignore();
+        let check_every = (cap / 10).max(1);
+        let mut p = crate::Batch::new();
+        // Per user (in order of appearance): its key, the answer of its
+        // first write (the one with the marker), whether its size is read.
+        let mut seen: HashMap<UserId, usize> = HashMap::new();
+        let mut users: Vec<(crate::key::Key, usize, bool)> = Vec::new();
+        for (k, e) in entries.iter().enumerate() {
+            match seen.get(&e.user) {
+                Some(&i) => {
+                    p.cmd("HSET")
+                        .arg(&users[i].0)
+                        .arg(e.field.as_slice())
+                        .arg(e.value.as_slice());
+                }
+                None => {
+                    let key = ukey(e.user, "fd");
+                    p.cmd("HSET")
+                        .arg(&key)
+                        .arg(MARKER)
+                        .arg(MARKER)
+                        .arg(e.field.as_slice())
+                        .arg(e.value.as_slice());
+                    let n = self.feed_writes.fetch_add(1, Ordering::Relaxed);
+                    seen.insert(e.user, users.len());
+                    users.push((key, k, n % check_every == 0));
+                }
             }
+        }
+        for (key, _, sized) in &users {
+            if *sized {
+                p.cmd("HLEN").arg(key);
+            }
+        }
+        let answers: Vec<u64> = self.run(&p).await?;
+        let (written, mut sizes) = {
+            let (w, s) = answers.split_at(entries.len().min(answers.len()));
+            (w, s.iter())
+        };
+        let mut fresh = crate::Batch::new();
+        for (key, first, sized) in &users {
+            // The marker and the entry both new: this write made the feed,
+            // which starts its lifetime now (reads and trims renew it).
+            if written.get(*first) == Some(&2) {
+                fresh.cmd("EXPIRE").arg(key).arg(ttl).ignore();
+            }
+            let size = match sized {
+                true => sizes.next().map_or(0, |n| n.saturating_sub(1)),
+                false => 0,
+            };
             // Trimmed past a tenth over the cap: one scan per tenth of
             // the cap's writes, not one per write.
-            if *size > cap + (cap / 10).max(1) {
+            if size > cap + (cap / 10).max(1) {
                 static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
                 let script = S.get_or_init(|| redis::Script::new(TRIM));
                 let mut inv = script.prepare_invoke();
-                inv.key(k).arg(cap).arg(ttl);
+                inv.key(key).arg(cap).arg(ttl);
                 let _: u64 = self.invoke(&inv).await?;
             }
         }

@@ -160,6 +160,8 @@ pub(crate) enum Conn {
 pub struct Store {
     conn: Conn,
     cfg: StoreConfig,
+    /// Feed writes so far: every `feed_cap / 10`-th reads the feed's size.
+    feed_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -176,6 +178,7 @@ impl Store {
             return Ok(Store {
                 conn: Conn::Cluster(conn),
                 cfg,
+                feed_writes: Default::default(),
             });
         }
         let client = redis::Client::open(cfg.url.as_str())?;
@@ -191,6 +194,7 @@ impl Store {
         Ok(Store {
             conn: Conn::Single(conn),
             cfg,
+            feed_writes: Default::default(),
         })
     }
 
