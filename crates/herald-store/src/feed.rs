@@ -188,7 +188,7 @@ impl Store {
                         .arg(e.value.as_slice());
                     let n = self.feed_writes.fetch_add(1, Ordering::Relaxed);
                     seen.insert(e.user, users.len());
-                    users.push((key, k, n % check_every == 0));
+                    users.push((key, k, n.is_multiple_of(check_every)));
                 }
             }
         }
