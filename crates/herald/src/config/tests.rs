@@ -47,3 +47,21 @@ fn unknown_keys_and_bad_values_are_refused() {
     .unwrap();
     assert!(Config::load(&p, false, std::iter::empty(), &[]).is_err());
 }
+
+#[test]
+fn preference_cache_lifetimes_are_bounded() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("c.toml");
+    let load = |body: &str| {
+        std::fs::write(&p, format!("[websocket]\ndev_mode = true\n{body}")).unwrap();
+        Config::load(&p, false, std::iter::empty(), &[])
+    };
+    let ok = load("[preferences]\ncache_ttl_ms = 1000\nalone_cache_ttl_ms = 60000\n");
+    assert!(ok.is_ok(), "{ok:?}");
+    // In a cluster a change must be honoured everywhere within a second.
+    let e = load("[preferences]\ncache_ttl_ms = 5000\n").unwrap_err();
+    assert!(e.to_string().contains("preferences.cache_ttl_ms"), "{e}");
+    assert!(load("[preferences]\ncache_ttl_ms = 0\n").is_err());
+    assert!(load("[preferences]\nalone_cache_ttl_ms = 0\n").is_err());
+    assert!(load("[preferences]\nalone_cache_ttl_ms = 3600001\n").is_err());
+}
