@@ -134,6 +134,16 @@ pub fn write_all(mut file: &File, path: &Path, buf: &[u8]) -> io::Result<()> {
     file.write_all(buf)
 }
 
+/// `write_all_at` to `file` (a file at `path`) at `pos`.
+pub fn write_all_at(file: &File, path: &Path, buf: &[u8], pos: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if let Err(e) = check(Op::Write, path) {
+        let _ = file.write_all_at(&buf[..buf.len() / 2], pos);
+        return Err(e);
+    }
+    file.write_all_at(buf, pos)
+}
+
 pub fn sync_data(file: &File, path: &Path) -> io::Result<()> {
     check(Op::Sync, path)?;
     file.sync_data()

@@ -1,7 +1,8 @@
 //! Herald's partitioned, append-only log.
 //!
-//! A log is a directory holding a directory per partition (`p-00000`, ...)
-//! and a `checkpoints/` directory. A partition is a chain of segment files
+//! A log is a directory holding a directory per partition (`p-00000`, ...),
+//! a `checkpoints/` directory and the round journal (`journal`, see
+//! [`Durability`]). A partition is a chain of segment files
 //! named by their zero-padded base offset (`00000000000000000000.log`),
 //! each a sequence of CRC32C-checked record batches (see [`format`]), with a
 //! sparse offset index and a time index beside it (`.index`, `.timeindex`),
@@ -14,11 +15,14 @@
 //! waiting, writes one batch per partition, then applies the
 //! [`Durability`] mode:
 //!
-//! - `Always`: fdatasync before anyone is answered. One fsync per touched
-//!   partition serves every producer in the round (group commit), so the
-//!   cost of a sync is shared and throughput grows with concurrency. A crash
-//!   (process or machine) never loses an acknowledged record. Latency is
-//!   one write plus one fsync.
+//! - `Always`: durable before anyone is answered. The round's batches go to
+//!   their segments and, with their place, into one journal record
+//!   (`journal.rs`); one fdatasync of the journal serves every producer
+//!   and every partition of the round (group commit). Segments are synced
+//!   at a checkpoint about once a second, which empties the journal; opening
+//!   a log writes the journal's records into the segments again first. A
+//!   crash (process or machine) never loses an acknowledged record. Latency
+//!   is two writes plus one fsync.
 //! - `Interval { ms, bytes }`: answered once written to the page cache;
 //!   fsync at least every `ms` or `bytes`. A process crash loses nothing
 //!   (the kernel has the data); a machine crash loses at most the last
@@ -69,6 +73,7 @@ pub mod error;
 pub mod fault;
 pub mod format;
 mod health;
+mod journal;
 mod open;
 mod partition;
 pub mod quarantine;
@@ -121,9 +126,13 @@ impl Log {
         std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
         let lock = lock_dir(dir)?;
         let checkpoints = Arc::new(Checkpoints::open(&dir.join("checkpoints"))?);
+        // Rounds the journal holds are put back in their segments before
+        // recovery looks at them.
+        journal::replay(dir)?;
         let (partitions, rec) = open::open_partitions(dir, &cfg, &checkpoints)?;
         let health = Arc::new(health::HealthCell::new());
         let w = writer::Writer::new(
+            dir,
             cfg.clone(),
             partitions.clone(),
             checkpoints.clone(),

@@ -54,12 +54,17 @@ pub fn open_partitions(
     let mut parts = Vec::new();
     let mut rec = Recovery::default();
     for id in 0..cfg.partitions {
-        let pdir = dir.join(format!("p-{id:05}"));
+        let pdir = partition_dir(dir, id);
         let committed = checkpoints.min_committed(id);
         let state = open_partition(id, &pdir, &qdir, cfg, committed, &mut rec)?;
         parts.push(Arc::new(Partition::new(id, pdir, state)));
     }
     Ok((parts, rec))
+}
+
+/// The directory of partition `id` in the log in `dir`.
+pub(crate) fn partition_dir(dir: &Path, id: u32) -> std::path::PathBuf {
+    dir.join(format!("p-{id:05}"))
 }
 
 fn segment_bases(dir: &Path) -> Result<Vec<u64>> {

@@ -71,6 +71,9 @@ impl Writer {
                 }
             });
         }
+        if let Some(j) = &mut self.journal {
+            j.add(p as u32, a.base, a.size, &self.buf);
+        }
         a.next_offset = next;
         a.size += self.buf.len() as u64;
         a.unpublished.extend(batches);
@@ -83,6 +86,15 @@ impl Writer {
     /// successful round left it: file length, offsets, nothing staged or
     /// unpublished. A partition that cannot be cut back poisons the log.
     pub(super) fn rollback(&mut self) {
+        if let Some(j) = &mut self.journal {
+            if let Err(e) = j.rollback() {
+                let e = LogError::io(j.path(), e);
+                tracing::error!(error = %e, "could not undo a failed journal write, log poisoned");
+                let why = format!("could not undo a failed journal write: {e}");
+                self.health.set(LogHealth::Poisoned(why.clone()));
+                self.poisoned.get_or_insert(why);
+            }
+        }
         for (p, a) in self.active.iter_mut().enumerate() {
             a.staged.clear();
             a.staged_bytes = 0;
@@ -99,9 +111,9 @@ impl Writer {
             }
             a.size = a.acked_size;
             a.next_offset = a.acked_offset;
-            // In `always` mode what is left was synced by its own round.
+            // In `always` mode what is left is in the journal or synced.
             if self.cfg.durability == Durability::Always {
-                a.dirty = false;
+                a.dirty = a.acked_size > a.synced_size;
             }
         }
     }
@@ -110,6 +122,16 @@ impl Writer {
     /// poisons the log: the page cache may have dropped the data, so no later
     /// append may be acknowledged until it is reopened and recovered.
     pub(super) fn sync_dirty(&mut self) -> Result<()> {
+        if self.reapply {
+            if let Some(j) = &self.journal {
+                let records = j.reapply(&self.dir).map_err(super::stage::storage)?;
+                tracing::info!(
+                    records,
+                    "journal written into the segments again after a failed sync"
+                );
+            }
+            self.reapply = false;
+        }
         let dirty: Vec<usize> = (0..self.active.len())
             .filter(|&i| self.active[i].dirty)
             .collect();
@@ -126,9 +148,16 @@ impl Writer {
             .collect();
         let mut failed = None;
         let mut full = None;
+        if results.iter().any(|(_, r)| r.is_err()) {
+            self.reapply = self.journal.is_some();
+        }
         for (i, r) in results {
             match r {
-                Ok(()) => self.active[i].dirty = false,
+                Ok(()) => {
+                    let a = &mut self.active[i];
+                    a.dirty = false;
+                    a.synced_size = a.size;
+                }
                 Err(e) => match LogError::io(&self.active[i].path, e) {
                     // In `always` mode every earlier byte was synced by an
                     // earlier round: a full disk only refuses this round's
@@ -154,6 +183,20 @@ impl Writer {
         }
         self.unsynced_bytes = 0;
         self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Syncs every segment written since the last sync and empties the
+    /// journal, which they make unneeded. A journal that cannot be emptied
+    /// is kept (replaying it again is harmless) and tried at the next one.
+    pub(super) fn checkpoint(&mut self) -> Result<()> {
+        self.sync_dirty()?;
+        if let Some(j) = &mut self.journal {
+            j.discard();
+            if let Err(e) = j.reset() {
+                tracing::warn!(error = %LogError::io(j.path(), e), "journal not emptied; kept until the next checkpoint");
+            }
+        }
         Ok(())
     }
 
@@ -184,6 +227,12 @@ impl Writer {
     /// Periodic work: interval fsync, rolling by age, retention, and
     /// noticing that a full disk has room again.
     pub(super) fn tick(&mut self) {
+        if self.poisoned.is_none() && self.journal.as_ref().is_some_and(|j| j.len() > 0) {
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "journal checkpoint failed");
+                self.note_failure(&e);
+            }
+        }
         if let Durability::Interval { ms, .. } = self.cfg.durability {
             if self.unsynced_bytes > 0 && self.last_sync.elapsed() >= Duration::from_millis(ms) {
                 if let Err(e) = self.sync_dirty() {
@@ -273,7 +322,7 @@ impl Writer {
         for a in &mut self.active {
             a.dirty = true;
         }
-        self.sync_dirty()?;
+        self.checkpoint()?;
         self.publish();
         for part in &self.parts {
             let st = part.read_state();

@@ -4,8 +4,8 @@
 //! everything waiting (a round), stages each request (rolling a full
 //! segment first, before any of the round's bytes reach it), writes one
 //! buffer per partition, makes it durable as the configured [`Durability`]
-//! says (one fsync per touched partition shared by every waiting producer:
-//! group commit), publishes the new end offsets to readers and only then
+//! says (in `always` mode one journal record and one fsync for the whole
+//! round, shared by every waiting producer: group commit), publishes the new end offsets to readers and only then
 //! answers the producers.
 //!
 //! A round either succeeds whole or leaves no trace: when a write or an
@@ -32,6 +32,7 @@ use crate::config::{Durability, LogConfig};
 use crate::error::{LogError, Result};
 use crate::format::BatchHeader;
 use crate::health::{HealthCell, LogHealth};
+use crate::journal::Journal;
 use crate::partition::Shared;
 
 pub type AppendReply = oneshot::Sender<Result<Vec<u64>>>;
@@ -83,6 +84,8 @@ struct Active {
     staged_bytes: u64,
     /// What the last successful round left: a failed round goes back here.
     acked_size: u64,
+    /// What the last successful fdatasync of this file covered.
+    synced_size: u64,
     acked_offset: u64,
     /// Staged or written this round.
     touched: bool,
@@ -112,6 +115,7 @@ impl Active {
             staged: Vec::new(),
             staged_bytes: 0,
             acked_size: size,
+            synced_size: size,
             acked_offset: next_offset,
             touched: false,
             dirty: false,
@@ -120,7 +124,13 @@ impl Active {
 }
 
 pub struct Writer {
+    dir: PathBuf,
     cfg: LogConfig,
+    /// In `always` mode: what makes a round durable (`journal.rs`).
+    journal: Option<Journal>,
+    /// A segment sync failed: the journal is written into the segments
+    /// again before the next one (the kernel may have dropped the pages).
+    reapply: bool,
     /// Threads that sync a round's partitions beside the writer's own.
     syncs: sync::SyncPool,
     parts: Vec<Shared>,
@@ -139,6 +149,7 @@ pub struct Writer {
 
 impl Writer {
     pub(crate) fn new(
+        dir: &std::path::Path,
         cfg: LogConfig,
         parts: Vec<Shared>,
         checkpoints: Arc<Checkpoints>,
@@ -160,7 +171,14 @@ impl Writer {
                 Instant::now(),
             )?);
         }
+        let journal = match cfg.durability {
+            Durability::Always => Some(Journal::open(dir)?),
+            _ => None,
+        };
         Ok(Writer {
+            dir: dir.to_path_buf(),
+            journal,
+            reapply: false,
             cfg,
             syncs: sync::SyncPool::default(),
             parts,
@@ -199,7 +217,7 @@ impl Writer {
         for a in &mut self.active {
             a.dirty = true;
         }
-        let _ = self.sync_dirty();
+        let _ = self.checkpoint();
     }
 
     /// Handles one round of commands; returns true when the log closed.
@@ -283,8 +301,8 @@ impl Writer {
     /// The durability step of a round, as the mode says.
     fn durability_step(&mut self, force: bool) -> Result<()> {
         match self.cfg.durability {
-            _ if force => self.sync_dirty(),
-            Durability::Always => self.sync_dirty(),
+            _ if force => self.checkpoint(),
+            Durability::Always => self.commit_journal(),
             Durability::Interval { ms, bytes } => {
                 if self.last_sync.elapsed() >= std::time::Duration::from_millis(ms)
                     || self.unsynced_bytes >= bytes
@@ -296,6 +314,32 @@ impl Writer {
             }
             Durability::Os => Ok(()),
         }
+    }
+
+    /// `always` mode: the round is durable once its journal record is.
+    fn commit_journal(&mut self) -> Result<()> {
+        let Some(j) = &mut self.journal else {
+            return self.sync_dirty();
+        };
+        if let Err(e) = j.commit() {
+            return Err(match LogError::io(j.path(), e) {
+                // Every earlier record was synced by its own round: a full
+                // disk only refuses this round, which the rollback cuts.
+                full @ LogError::DiskFull { .. } => full,
+                err => {
+                    tracing::error!(error = %err, "journal write or fsync failed, log poisoned");
+                    LogError::Poisoned(format!("journal: {err}"))
+                }
+            });
+        }
+        if j.len() >= crate::journal::CHECKPOINT_BYTES {
+            if let Err(e) = self.checkpoint() {
+                // The round itself is durable; later rounds see the state.
+                tracing::warn!(error = %e, "journal checkpoint failed");
+                self.note_failure(&e);
+            }
+        }
+        Ok(())
     }
 
     /// Records what a failure means for the log's health: a full disk is

@@ -84,11 +84,15 @@ impl Writer {
     /// `p`. Either the new segment is in place or nothing changed (apart
     /// from a poisoned log when the old segment's fsync failed).
     pub(super) fn roll(&mut self, p: usize) -> Result<()> {
-        // In `always` mode every round synced its bytes already.
+        // The segment is closed synced (in `always` mode its bytes are in
+        // the journal already, which keeps them until a checkpoint).
         if self.active[p].dirty {
             let a = &mut self.active[p];
             if let Err(e) = fault::sync_data(&a.file, &a.path) {
                 let e = LogError::io(&a.path, e);
+                // The journal still holds every acknowledged byte of the
+                // segment: it is written again before the next checkpoint.
+                self.reapply = self.journal.is_some();
                 if e.is_full() && self.cfg.durability == Durability::Always {
                     return Err(e);
                 }
@@ -96,6 +100,7 @@ impl Writer {
                 return Err(LogError::Poisoned(e.to_string()));
             }
             a.dirty = false;
+            a.synced_size = a.size;
         }
         let part = self.parts[p].clone();
         let base = self.active[p].next_offset;
@@ -152,6 +157,7 @@ impl Writer {
             staged: Vec::new(),
             staged_bytes: 0,
             acked_size: 0,
+            synced_size: 0,
             acked_offset: base,
             touched: false,
             dirty: false,

@@ -1,8 +1,9 @@
-//! Syncing the partitions of a round in parallel, on threads that live as
-//! long as the writer.
+//! Syncing several segments in parallel, on threads that live as long as
+//! the writer: at a journal checkpoint in `always` mode (about once a
+//! second), and every round in `interval` mode when it is time.
 //!
-//! Partitions are separate files, so a round syncs them all at once and
-//! costs about one `fdatasync` rather than one per partition. The threads
+//! Partitions are separate files, so they are synced all at once and cost
+//! about one `fdatasync`'s wait rather than one per partition. The threads
 //! used to be spawned for every round (scoped threads): at the default 8
 //! partitions and ~85 rounds a second under load, that was ~600 thread
 //! creations a second (each a `clone3`, a stack `mmap`, `mprotect`,
