@@ -134,6 +134,12 @@ pub fn write_all(mut file: &File, path: &Path, buf: &[u8]) -> io::Result<()> {
     file.write_all(buf)
 }
 
+/// The fault layer's check for a write to `path` made without
+/// [`write_all`] (an in-place write of a few bytes).
+pub fn check_write(path: &Path) -> io::Result<()> {
+    check(Op::Write, path)
+}
+
 /// `write_all_at` to `file` (a file at `path`) at `pos`.
 pub fn write_all_at(file: &File, path: &Path, buf: &[u8], pos: u64) -> io::Result<()> {
     use std::os::unix::fs::FileExt;

@@ -8,7 +8,7 @@
 //! can name it (the inbox idle lifetime or the feed retention, whichever is
 //! longer, plus a day), and is refreshed whenever it is read.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::Duration;
 
 use herald_types::{compact, Notification, UserId};
@@ -119,7 +119,7 @@ pub(crate) fn encode(items: &[(UserId, &Notification)]) -> (Pairs, Vec<Encoded>)
         .iter()
         .map(|(user, n)| compact::field(&n.id, *user))
         .collect();
-    let mut counts: HashMap<&[u8], usize> = HashMap::new();
+    let mut counts: HashMap<&[u8], usize> = HashMap::default();
     for ((_, n), f) in items.iter().zip(&fields) {
         // Only fields without the recipient in them name a shareable body.
         if matches!(f.first(), Some(1 | 2)) {
@@ -128,7 +128,7 @@ pub(crate) fn encode(items: &[(UserId, &Notification)]) -> (Pairs, Vec<Encoded>)
         }
     }
     // Per shared field: its body, and whether it is queued for writing.
-    let mut bodies: HashMap<&[u8], (Vec<u8>, bool)> = HashMap::new();
+    let mut bodies: HashMap<&[u8], (Vec<u8>, bool)> = HashMap::default();
     let mut shared = Vec::new();
     let mut values = Vec::with_capacity(items.len());
     for ((_, n), field) in items.iter().zip(&fields) {
@@ -210,7 +210,7 @@ impl Store {
             .collect();
         names.sort_unstable();
         names.dedup();
-        let mut bodies: HashMap<&[u8], Vec<u8>> = HashMap::new();
+        let mut bodies: HashMap<&[u8], Vec<u8>> = HashMap::default();
         if !names.is_empty() {
             let mut p = crate::Batch::new();
             for n in &names {

@@ -20,7 +20,7 @@
 //! least 9 bytes; the marker's value is empty). A page is one script call
 //! (plus one for shared bodies it names).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::Ordering;
 
 use herald_types::{compact, Notification, UserId};
@@ -168,7 +168,7 @@ impl Store {
         let mut p = crate::Batch::new();
         // Per user (in order of appearance): its key, the answer of its
         // first write (the one with the marker), whether its size is read.
-        let mut seen: HashMap<UserId, usize> = HashMap::new();
+        let mut seen: HashMap<UserId, usize> = HashMap::default();
         let mut users: Vec<(crate::key::Key, usize, bool)> = Vec::new();
         for (k, e) in entries.iter().enumerate() {
             match seen.get(&e.user) {
