@@ -2,7 +2,8 @@
 //!
 //! Workers hand every routed notification (live or stored) to one writer
 //! task through a bounded queue (a full queue makes workers wait). The
-//! writer coalesces what is queued into one pipeline. Each notification's
+//! writer coalesces what is queued, and what comes within [`LINGER`] of
+//! the first, into one pipeline. Each notification's
 //! records stay unsettled until its feed entry is written, so a crash
 //! before the write processes them again (ids are stable; the entry is
 //! written once). An error that repeats is given up after bounded attempts
@@ -22,6 +23,10 @@ use crate::settle::Settlements;
 const QUEUE: usize = 256;
 /// Most entries written in one pipeline.
 const MOST: usize = 4096;
+/// How long the writer waits for more entries after the first of a
+/// pipeline: the feed is off the delivery path, and a pipeline's fixed cost
+/// (wake-ups, a round trip) is shared by a few rounds of fan-out.
+const LINGER: Duration = Duration::from_millis(5);
 /// Attempts at a write that fails the same way every time.
 const PERMANENT_ATTEMPTS: u32 = 4;
 
@@ -87,10 +92,17 @@ async fn run(
     let written = metrics::counter!("herald_feed_entries_total", "result" => "written");
     let failed = metrics::counter!("herald_feed_entries_total", "result" => "failed");
     while let Some(mut batch) = rx.recv().await {
+        let until = tokio::time::Instant::now() + LINGER;
         while batch.len() < MOST {
             match rx.try_recv() {
                 Ok(more) => batch.extend(more),
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(more)) => batch.extend(more),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
             }
         }
         let refs: Vec<(UserId, &Notification)> = batch.iter().map(|(u, n, _)| (*u, n)).collect();

@@ -35,8 +35,10 @@ pub struct Checkpoints {
     committed: Mutex<HashMap<(String, u32), u64>>,
     /// Open checkpoint files and the sequence of their newest slot; a
     /// commit to one partition holds only its own entry's lock.
-    files: Mutex<HashMap<(String, u32), std::sync::Arc<Mutex<Slots>>>>,
+    files: Mutex<HashMap<(String, u32), SharedSlots>>,
 }
+
+type SharedSlots = std::sync::Arc<Mutex<Slots>>;
 
 #[derive(Debug)]
 struct Slots {

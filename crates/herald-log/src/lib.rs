@@ -64,8 +64,9 @@
 //! `retention_respects_consumers` is off.
 //!
 //! # Checkpoints
-//! [`Checkpoints`] keeps each consumer group's next offset per partition,
-//! written atomically (temp file, fsync, rename).
+//! [`Checkpoints`] keeps each consumer group's next offset per partition in
+//! a file of two CRC-checked slots: a commit overwrites the older slot in
+//! place and fdatasyncs it, so a torn write leaves the slot before.
 
 pub mod checkpoint;
 pub mod config;

@@ -77,7 +77,15 @@ fn hex(bytes: &[u8]) -> String {
 /// The stable id of the notification `recipient` gets for an event: the same
 /// event (or a retry carrying the same client key) always yields the same id.
 pub fn notification_id(dedup_key: &str, recipient: UserId) -> String {
-    format!("n-{dedup_key}-{recipient}")
+    // Built once per recipient: one allocation of the exact size.
+    let mut digits = itoa::Buffer::new();
+    let r = digits.format(recipient);
+    let mut id = String::with_capacity(3 + dedup_key.len() + r.len());
+    id.push_str("n-");
+    id.push_str(dedup_key);
+    id.push('-');
+    id.push_str(r);
+    id
 }
 
 /// The id of a celebrity post's notification: the same for every
