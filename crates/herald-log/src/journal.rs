@@ -1,10 +1,13 @@
 //! The round journal: one file per log that makes a round durable with one
 //! `fdatasync`, however many partitions the round touched.
 //!
-//! In `always` mode a round writes each touched partition's batches to its
+//! In `always` mode a round of several partitions and at most
+//! [`MAX_ROUND_BYTES`] writes each touched partition's batches to its
 //! segment (to the page cache only) and one record to `journal` holding the
 //! same bytes and where they went; the round's producers are answered after
-//! the journal's `fdatasync` alone. The segments are synced at a checkpoint
+//! the journal's `fdatasync` alone. A round of one partition, or a larger
+//! one, syncs every segment written since the last sync instead (in
+//! parallel), which empties the journal too. The segments are synced at a checkpoint
 //! (every tick, about once a second, or once the journal passes
 //! [`CHECKPOINT_BYTES`]), after which the journal is emptied.
 //!
@@ -38,6 +41,11 @@ pub const FILE: &str = "journal";
 /// A journal longer than this is checkpointed at the end of its round
 /// rather than at the next tick.
 pub(crate) const CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// Rounds of more bytes than this (or of one partition) sync their
+/// segments directly: past it, a second copy costs more than the fsyncs
+/// it saves, and the checkpoint would have much to sync at once.
+pub(crate) const MAX_ROUND_BYTES: u64 = 256 << 10;
 
 const RECORD_HEADER: usize = 8;
 const PART_HEADER: usize = 4 + 8 + 8 + 4;

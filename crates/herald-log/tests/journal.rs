@@ -271,3 +271,36 @@ async fn a_failed_segment_sync_writes_the_journal_into_the_segments_again() {
     let got = read_all(&log, true);
     assert_eq!(got, acked);
 }
+
+/// A round of one partition, or of more bytes than the journal takes,
+/// syncs its segments directly: nothing of it is written twice.
+#[tokio::test]
+async fn rounds_of_one_partition_or_many_bytes_skip_the_journal() {
+    let d = tempfile::tempdir().unwrap();
+    let log = Log::open(d.path(), cfg()).unwrap();
+    let journal = || std::fs::metadata(d.path().join("journal")).unwrap().len();
+    let mut acked = Acked::new();
+    log.append(1, (0..50).map(|i| rec(1, i)).collect())
+        .await
+        .unwrap();
+    assert_eq!(journal(), 0, "a round of one partition was journaled");
+    let big: Vec<(u32, Vec<Bytes>)> = (0..2)
+        .map(|p| (p, vec![Bytes::from(vec![b'b'; 200 << 10])]))
+        .collect();
+    log.append_many(big).await.unwrap();
+    assert_eq!(journal(), 0, "a round of 400 KiB was journaled");
+    // A small round of several partitions is (a tick's checkpoint may
+    // empty the journal in between: try again).
+    let mut seen = false;
+    for k in 0..5 {
+        append_round(&log, &mut acked, 100 + k * 5, 5).await;
+        if journal() > 0 {
+            seen = true;
+            break;
+        }
+    }
+    assert!(
+        seen,
+        "a small round of three partitions never reached the journal"
+    );
+}

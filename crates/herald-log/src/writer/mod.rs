@@ -126,8 +126,11 @@ impl Active {
 pub struct Writer {
     dir: PathBuf,
     cfg: LogConfig,
-    /// In `always` mode: what makes a round durable (`journal.rs`).
+    /// In `always` mode: what makes a small round of several partitions
+    /// durable (`journal.rs`).
     journal: Option<Journal>,
+    /// This round goes through the journal (see `write_staged`).
+    journal_round: bool,
     /// A segment sync failed: the journal is written into the segments
     /// again before the next one (the kernel may have dropped the pages).
     reapply: bool,
@@ -178,6 +181,7 @@ impl Writer {
         Ok(Writer {
             dir: dir.to_path_buf(),
             journal,
+            journal_round: false,
             reapply: false,
             cfg,
             syncs: sync::SyncPool::default(),
@@ -316,10 +320,11 @@ impl Writer {
         }
     }
 
-    /// `always` mode: the round is durable once its journal record is.
+    /// `always` mode: the round is durable once its journal record is, or
+    /// (a round the journal does not take) once its segments are synced.
     fn commit_journal(&mut self) -> Result<()> {
-        let Some(j) = &mut self.journal else {
-            return self.sync_dirty();
+        let Some(j) = self.journal.as_mut().filter(|_| self.journal_round) else {
+            return self.checkpoint();
         };
         if let Err(e) = j.commit() {
             return Err(match LogError::io(j.path(), e) {
