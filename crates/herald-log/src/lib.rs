@@ -15,10 +15,12 @@
 //! waiting, writes one batch per partition, then applies the
 //! [`Durability`] mode:
 //!
-//! - `Always`: durable before anyone is answered. The round's batches go to
-//!   their segments and, with their place, into one journal record
-//!   (`journal.rs`); one fdatasync of the journal serves every producer
-//!   and every partition of the round (group commit). Segments are synced
+//! - `Always`: durable before anyone is answered. A small round of several
+//!   partitions writes its batches to their segments and, with their
+//!   place, into one journal record (`journal.rs`); one fdatasync of the
+//!   journal serves every producer and every partition of the round
+//!   (group commit). A round of one partition or of many bytes syncs its
+//!   segments instead. Segments are synced
 //!   at a checkpoint about once a second, which empties the journal; opening
 //!   a log writes the journal's records into the segments again first. A
 //!   crash (process or machine) never loses an acknowledged record. Latency
