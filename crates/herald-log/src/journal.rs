@@ -47,6 +47,10 @@ pub(crate) const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// it saves, and the checkpoint would have much to sync at once.
 pub(crate) const MAX_ROUND_BYTES: u64 = 256 << 10;
 
+/// Past this many journaled bytes since the last checkpoint, journaled
+/// segment bytes start write-back as soon as they are written.
+pub(crate) const WRITEBACK_AFTER: u64 = 4 << 20;
+
 const RECORD_HEADER: usize = 8;
 const PART_HEADER: usize = 4 + 8 + 8 + 4;
 

@@ -84,11 +84,15 @@ impl Writer {
         }
         if let (true, Some(j)) = (self.journal_round, &mut self.journal) {
             j.add(p as u32, a.base, a.size, &self.buf);
-            // Start writing these pages back now, without waiting: the
-            // checkpoint's sync then finds little left to write and holds
-            // the rounds behind it for less. Advisory; a real error shows
-            // at that sync.
-            start_writeback(&a.file, a.size, self.buf.len() as u64);
+            // Under heavy journaled traffic, start writing these pages back
+            // now, without waiting: the checkpoint's sync then finds little
+            // left to write and holds the rounds behind it for less. Under
+            // light traffic the checkpoint has little to write anyway, and
+            // this would cost a syscall per partition per round. Advisory;
+            // a real error shows at that sync.
+            if j.len() >= crate::journal::WRITEBACK_AFTER {
+                start_writeback(&a.file, a.size, self.buf.len() as u64);
+            }
         }
         a.next_offset = next;
         a.size += self.buf.len() as u64;
