@@ -400,8 +400,15 @@ async fn hello_says_how_many_the_inbox_cap_dropped() {
             .await;
         assert_eq!(s, 202, "{v}");
     }
-    eventually("inbox at its cap", || async {
-        (inbox_ids(&node, 3).await.len() == 5).then_some(())
+    // All eight written (the inbox reaches its cap after five, so its
+    // length alone does not say the last three were processed).
+    eventually("all eight queued, the inbox at its cap", || async {
+        let (_, m) = node.get("/metrics").await;
+        let text = m.as_str().unwrap_or_default().to_string();
+        let queued = text
+            .lines()
+            .any(|l| l.trim_end() == "herald_notifications_total{route=\"queued\"} 8");
+        (queued && inbox_ids(&node, 3).await.len() == 5).then_some(())
     })
     .await;
     let c = Client::connect(&node, 3).await;
