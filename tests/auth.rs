@@ -176,12 +176,80 @@ fn production_refuses_placeholder_secrets() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("gateway.api_keys is shorter than 16"), "{err}");
-    let out = check(&[("HERALD_AUTH__JWT_SECRET", SECRET)]);
+    let keys = format!("[\"{INGEST}\"]");
+    let out = check(&[
+        ("HERALD_AUTH__JWT_SECRET", SECRET),
+        ("HERALD_GATEWAY__API_KEYS", &keys),
+    ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Production with no API key would answer anyone on every backend route:
+/// refused by `check-config` and at start, unless `gateway.open = true`
+/// says it is meant (then a warning, at every start and in `check-config`).
+#[test]
+fn production_without_api_keys_is_refused_unless_stated_open() {
+    let herald = |sub: Option<&str>, env: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+        c.arg("--config")
+            .arg(config_path())
+            .args(["--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1"])
+            .env("HERALD_WEBSOCKET__DEV_MODE", "false")
+            .env("HERALD_AUTH__JWT_SECRET", SECRET);
+        if let Some(s) = sub {
+            c.arg(s);
+        }
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("herald")
+    };
+    for sub in [Some("check-config"), None] {
+        let out = herald(sub, &[]);
+        assert!(!out.status.success(), "{sub:?} must refuse");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("with no API key"), "{sub:?}: {err}");
+        assert!(err.contains("gateway.open"), "{sub:?}: {err}");
+    }
+    let out = herald(Some("check-config"), &[("HERALD_GATEWAY__OPEN", "true")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("warning: gateway.open = true"), "{stdout}");
+    let keys = format!("[\"{ADMIN}\"]");
+    let out = herald(
+        Some("check-config"),
+        &[
+            ("HERALD_GATEWAY__OPEN", "true"),
+            ("HERALD_GATEWAY__ADMIN_KEYS", &keys),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gateway.open = true but API keys"), "{err}");
+}
+
+/// A node stated open starts, warns in its log, and serves without keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_production_node_stated_open_warns_at_start() {
+    let redis = Redis::start();
+    let node = Node::start(
+        &redis,
+        &[
+            ("HERALD_WEBSOCKET__DEV_MODE", "false"),
+            ("HERALD_AUTH__JWT_SECRET", SECRET),
+            ("HERALD_GATEWAY__OPEN", "true"),
+        ],
+    );
+    assert!(
+        node.log_tail().contains("gateway.open = true"),
+        "{}",
+        node.log_tail()
+    );
+    assert_eq!(call(&node, "GET", "/v1/users/5/inbox", None, None).await, 200);
 }
 
 /// The load generator drives a node configured as in production: API

@@ -36,7 +36,7 @@ fn authorize_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn store_down(e: herald_store::StoreError) -> ApiError {
-    ApiError::unavailable(format!("dead-letter store unavailable: {e}"))
+    ApiError::store("dead-letter store", e)
 }
 
 /// Records fan-out could not process after bounded retries.

@@ -89,6 +89,17 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// `503 unavailable` for a Redis failure behind `what` ("feed store",
+    /// ...): the body says what kind of trouble (out of memory,
+    /// unreachable, ...) and never Redis internals (script SHAs, keys,
+    /// commands); the whole error goes to the log.
+    pub fn store(what: &str, e: herald_store::StoreError) -> ApiError {
+        tracing::warn!(store = what, error = %e, "redis call failed");
+        let mut a = ApiError::unavailable(format!("{what} unavailable: {}", e.public_reason()));
+        a.retry_after_s = Some(1);
+        a
+    }
+
     /// Why the log refused an append, as the contract names it: a full
     /// disk (`storage_full`, retry soon: nothing was kept), a log that can
     /// no longer be trusted (`storage_failed`: an operator must look), or

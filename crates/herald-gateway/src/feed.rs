@@ -32,7 +32,7 @@ pub fn router() -> OpenApiRouter<Arc<Gateway>> {
 }
 
 fn unavailable(e: herald_store::StoreError) -> ApiError {
-    ApiError::unavailable(format!("feed store unavailable: {e}"))
+    ApiError::store("feed store", e)
 }
 
 /// A page of the user's feed, newest first, with read state.

@@ -30,7 +30,7 @@ fn invalid(e: Invalid) -> ApiError {
 }
 
 fn unavailable(e: herald_store::StoreError) -> ApiError {
-    ApiError::unavailable(format!("preference store unavailable: {e}"))
+    ApiError::store("preference store", e)
 }
 
 async fn current(gw: &Gateway, user: u64) -> Result<Value, ApiError> {

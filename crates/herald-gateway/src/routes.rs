@@ -105,7 +105,7 @@ async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: 
         let pairs = crate::import::parse_follows(&bytes, enc, MAX_IMPORT_PAIRS)?;
         drop(bytes);
         let unavailable = |e: herald_store::StoreError| {
-            ApiError::unavailable(format!("follower store unavailable: {e}"))
+            ApiError::store("follower store", e)
         };
         gw.store.import_follows(&pairs).await.map_err(unavailable)?;
         // Followees may have crossed the celebrity threshold: the distinct
@@ -146,7 +146,7 @@ async fn follower_count(
             .store
             .follower_count(user)
             .await
-            .map_err(|e| ApiError::unavailable(format!("follower store unavailable: {e}")))?;
+            .map_err(|e| ApiError::store("follower store", e))?;
         Ok(json!({"user": user, "followers": n}))
     }
     .await;
@@ -182,7 +182,7 @@ async fn inbox(
                 })?,
         };
         let unavailable = |e: herald_store::StoreError| {
-            ApiError::unavailable(format!("inbox store unavailable: {e}"))
+            ApiError::store("inbox store", e)
         };
         let snap = gw
             .store

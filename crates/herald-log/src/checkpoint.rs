@@ -220,6 +220,15 @@ impl Checkpoints {
         )
     }
 
+    /// The furthest committed offset over all groups for `partition`.
+    pub fn max_committed(&self, partition: u32) -> Option<u64> {
+        self.lock()
+            .iter()
+            .filter(|((_, p), _)| *p == partition)
+            .map(|(_, o)| *o)
+            .max()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), u64>> {
         self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }

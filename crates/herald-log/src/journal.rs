@@ -23,16 +23,20 @@
 //! Record: `len u32 | crc32c(body) u32 | body`, little-endian; body:
 //! `parts u32`, then per part `partition u32 | segment base u64 |
 //! position u64 | length u32 | bytes`. A record that is short or fails its
-//! CRC ends the journal: it is a round whose sync never returned, so no
-//! producer was told it was stored.
+//! CRC at the end of the journal is a round whose sync never returned, so
+//! no producer was told it was stored; one with intact records after it is
+//! damage (quarantined and reported, see [`replay`]). Either way the
+//! partitions continue past their high watermark.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::config::OnCorruption;
 use crate::error::{LogError, Result};
 use crate::fault;
+use crate::quarantine::{self, QuarantineReport};
 use crate::segment::log_path;
 
 /// The journal's file name in the log directory.
@@ -161,7 +165,8 @@ impl Journal {
     pub(crate) fn reapply(&self, dir: &Path) -> Result<usize> {
         let data = std::fs::read(&self.path).map_err(|e| LogError::io(&self.path, e))?;
         let end = (self.len as usize).min(data.len());
-        let (records, _, files) = apply(dir, &self.path, &data[..end])?;
+        let mut files = Files::new();
+        let (records, _) = apply(dir, &self.path, &data[..end], 0, &mut files)?;
         for (p, f) in &files {
             fault::sync_data(f, p).map_err(|e| LogError::io(p, e))?;
         }
@@ -169,26 +174,85 @@ impl Journal {
     }
 }
 
+/// What replaying the journal found.
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    /// Intact records written back into their segments.
+    pub records: usize,
+    /// Bytes after the intact prefix could not be applied (a torn last
+    /// record, or damage): records whose offsets readers may have seen can
+    /// be missing, so every partition continues past its high watermark.
+    pub lost_tail: bool,
+    /// A damaged record with intact records after it: corruption, not a
+    /// torn write. Its bytes are quarantined and reported.
+    pub quarantined: Option<QuarantineReport>,
+}
+
 /// Replays the journal of the log in `dir`, if it has one, before the
-/// segments are opened: every complete record's bytes are written at their
+/// segments are opened: every intact record's bytes are written at their
 /// place, the segments written are synced, and the journal is emptied.
-/// Returns the number of records replayed.
-pub(crate) fn replay(dir: &Path) -> Result<usize> {
+///
+/// A record that is short or fails its CRC at the very end is a round whose
+/// sync never returned (a torn tail). One followed by intact records is
+/// damage: its bytes (to the next intact record) are quarantined with a
+/// report, the intact records after it are applied too, and under
+/// [`OnCorruption::Refuse`] the log does not open. Either way the caller
+/// is told ([`Replayed::lost_tail`]) so no offset is handed out twice.
+pub(crate) fn replay(dir: &Path, policy: OnCorruption) -> Result<Replayed> {
     let path = dir.join(FILE);
     let data = match std::fs::read(&path) {
         Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Replayed::default()),
         Err(e) => return Err(LogError::io(&path, e)),
     };
     if data.is_empty() {
-        return Ok(0);
+        return Ok(Replayed::default());
     }
-    let (records, used, files) = apply(dir, &path, &data)?;
-    if used < data.len() {
-        tracing::warn!(
-            bytes = data.len() - used,
-            "journal: an incomplete last record (a round never acknowledged) is dropped"
+    let mut out = Replayed::default();
+    let mut files = Files::new();
+    let mut at = 0;
+    loop {
+        let (records, used) = apply(dir, &path, &data, at, &mut files)?;
+        out.records += records;
+        if used >= data.len() {
+            break;
+        }
+        out.lost_tail = true;
+        let Some(resume) = next_intact(&data, used) else {
+            tracing::warn!(
+                bytes = data.len() - used,
+                position = used,
+                "journal: an incomplete last record (a round never acknowledged) is dropped; \
+                 offsets continue past the high watermark"
+            );
+            break;
+        };
+        if policy == OnCorruption::Refuse {
+            return Err(LogError::CorruptSegment {
+                path: path.clone(),
+                position: used as u64,
+                reason: format!(
+                    "journal record damaged with intact records after it (bytes {used}..{resume})"
+                ),
+            });
+        }
+        let report = quarantine::put(
+            &quarantine::dir(dir),
+            quarantine::JOURNAL,
+            &path,
+            used as u64,
+            &data[used..resume],
+            (0, None),
+            "damaged journal record with intact records after it: a round that was \
+             acknowledged may be lost; its partitions continue past their high watermark",
+        )?;
+        tracing::error!(
+            position = used,
+            bytes = resume - used,
+            "journal: a damaged record in the middle was quarantined; the records after it are kept"
         );
+        out.quarantined.get_or_insert(report);
+        at = resume;
     }
     for (p, f) in &files {
         fault::sync_data(f, p).map_err(|e| LogError::io(p, e))?;
@@ -200,11 +264,37 @@ pub(crate) fn replay(dir: &Path) -> Result<usize> {
     fault::set_len(&f, &path, 0).map_err(|e| LogError::io(&path, e))?;
     fault::sync_data(&f, &path).map_err(|e| LogError::io(&path, e))?;
     tracing::info!(
-        records,
+        records = out.records,
         segments = files.len(),
         "journal replayed into the segments"
     );
-    Ok(records)
+    Ok(out)
+}
+
+/// Where the next intact record after the damaged one at `from` starts, if
+/// any: first where the damaged record's own length says, then at every
+/// later byte (a record must also look like one: a sane part count and a
+/// first part that fits, which rules out almost every position before the
+/// CRC is computed).
+fn next_intact(data: &[u8], from: usize) -> Option<usize> {
+    let plausible = |at: usize| -> bool {
+        let Some(h) = data.get(at..at + RECORD_HEADER + 4 + PART_HEADER) else {
+            return false;
+        };
+        let len = le_u32(h, 0) as usize;
+        let parts = le_u32(h, RECORD_HEADER);
+        let first = le_u32(h, RECORD_HEADER + 4 + 20) as usize;
+        (1..=4096).contains(&parts)
+            && at + RECORD_HEADER + len <= data.len()
+            && 4 + PART_HEADER + first <= len
+    };
+    if let Some(h) = data.get(from..from + RECORD_HEADER) {
+        let skip = from + RECORD_HEADER + le_u32(h, 0) as usize;
+        if skip > from && plausible(skip) && next_record(data, skip).is_some() {
+            return Some(skip);
+        }
+    }
+    (from + 1..data.len()).find(|&at| plausible(at) && next_record(data, at).is_some())
 }
 
 /// The next complete, intact record at `at`: its body and where the one
@@ -231,11 +321,16 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 
 type Files = BTreeMap<PathBuf, File>;
 
-/// Writes every intact record of `data` at its place; returns the records
-/// applied, the bytes they took and the files written.
-fn apply(dir: &Path, journal: &Path, data: &[u8]) -> Result<(usize, usize, Files)> {
-    let mut files = Files::new();
-    let mut at = 0;
+/// Writes every intact record of `data` from `at` on at its place, up to
+/// the first that is not intact; returns the records applied and where
+/// they end. The files written are kept in `files` (to sync).
+fn apply(
+    dir: &Path,
+    journal: &Path,
+    data: &[u8],
+    mut at: usize,
+    files: &mut Files,
+) -> Result<(usize, usize)> {
     let mut records = 0;
     while let Some((body, next)) = next_record(data, at) {
         let bad = |reason: &str| LogError::CorruptSegment {
@@ -277,5 +372,5 @@ fn apply(dir: &Path, journal: &Path, data: &[u8]) -> Result<(usize, usize, Files
         at = next;
         records += 1;
     }
-    Ok((records, at, files))
+    Ok((records, at))
 }

@@ -131,8 +131,10 @@ impl Log {
         let checkpoints = Arc::new(Checkpoints::open(&dir.join("checkpoints"))?);
         // Rounds the journal holds are put back in their segments before
         // recovery looks at them.
-        journal::replay(dir)?;
-        let (partitions, rec) = open::open_partitions(dir, &cfg, &checkpoints)?;
+        let replayed = journal::replay(dir, cfg.on_corruption)?;
+        let (partitions, mut rec) =
+            open::open_partitions(dir, &cfg, &checkpoints, replayed.lost_tail)?;
+        rec.quarantined.extend(replayed.quarantined);
         let health = Arc::new(health::HealthCell::new());
         let w = writer::Writer::new(
             dir,

@@ -26,6 +26,7 @@ pub fn open_partitions(
     dir: &Path,
     cfg: &LogConfig,
     checkpoints: &Checkpoints,
+    journal_lost: bool,
 ) -> Result<(Vec<Shared>, Recovery)> {
     fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
     let meta = dir.join("meta");
@@ -56,7 +57,11 @@ pub fn open_partitions(
     for id in 0..cfg.partitions {
         let pdir = partition_dir(dir, id);
         let committed = checkpoints.min_committed(id);
-        let state = open_partition(id, &pdir, &qdir, cfg, committed, &mut rec)?;
+        let seen = Seen {
+            journal_lost,
+            consumed: checkpoints.max_committed(id),
+        };
+        let state = open_partition(id, &pdir, &qdir, cfg, committed, seen, &mut rec)?;
         parts.push(Arc::new(Partition::new(id, pdir, state)));
     }
     Ok((parts, rec))
@@ -89,12 +94,23 @@ fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
+/// What says offsets past the recovered end were handed out before.
+#[derive(Clone, Copy)]
+struct Seen {
+    /// The journal lost rounds (torn or damaged records).
+    journal_lost: bool,
+    /// The furthest consumer checkpoint: a consumer that read past the
+    /// recovered end proves offsets there were handed out.
+    consumed: Option<u64>,
+}
+
 fn open_partition(
     id: u32,
     dir: &Path,
     qdir: &Path,
     cfg: &LogConfig,
     committed: Option<u64>,
+    seen: Seen,
     rec: &mut Recovery,
 ) -> Result<PartitionState> {
     fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
@@ -171,9 +187,18 @@ fn open_partition(
     }
     let end = segments.values().next_back().map_or(0, |s| s.next_offset);
     // Offsets past the end may have been seen by readers before the crash
-    // when the tail was corrupt, or whenever appends were acknowledged
-    // before fsync: continue past the watermark so none is reused.
-    let jump = !clean && (unknown_tail || cfg.durability != Durability::Always);
+    // when the tail was corrupt, whenever appends were acknowledged before
+    // fsync, when the journal lost rounds, or when a consumer had read past
+    // the end: continue past the watermark so none is reused.
+    let consumed_past = seen.consumed.is_some_and(|c| c > end);
+    let jump = seen.journal_lost
+        || consumed_past
+        || (!clean && (unknown_tail || cfg.durability != Durability::Always));
+    if consumed_past && reserved <= end {
+        // No watermark covers what the consumer saw (a log restored from
+        // an older copy): continue past the consumer's position.
+        reserved = seen.consumed.unwrap_or(end).saturating_add(RESERVE);
+    }
     if jump && reserved > end {
         quarantine::add_gap(dir, &mut gaps, (end, reserved))?;
         if let Some(last) = segments.values().next_back() {
@@ -192,7 +217,9 @@ fn open_partition(
             partition = id,
             from = end,
             to = reserved,
-            "unclean shutdown: offsets continue past the high watermark"
+            journal_lost = seen.journal_lost,
+            consumer_past_end = consumed_past,
+            "offsets continue past the high watermark (records readers may have seen are missing)"
         );
     }
     let end = segments.values().next_back().map_or(0, |s| s.next_offset);

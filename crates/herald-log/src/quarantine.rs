@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{LogError, Result};
 use crate::segment::write_atomic;
 
+/// The partition a report about the round journal names (a damaged
+/// journal record may have held any partition's bytes).
+pub const JOURNAL: u32 = u32::MAX;
+
 /// How far ahead of the next offset the watermark is written.
 pub const RESERVE: u64 = 1 << 20;
 
@@ -45,6 +49,27 @@ pub struct QuarantineReport {
     pub at_ms: i64,
     #[serde(default)]
     pub acknowledged: bool,
+}
+
+impl QuarantineReport {
+    /// One line for an operator: where the bytes were and what they held.
+    pub fn describe(&self) -> String {
+        if self.partition == JOURNAL {
+            return format!(
+                "journal bytes {}..{} of {}",
+                self.byte_from,
+                self.byte_to,
+                self.segment.display()
+            );
+        }
+        format!(
+            "partition {} offsets {}..{} of {}",
+            self.partition,
+            self.offset_from,
+            self.offset_to.map_or("?".to_string(), |o| o.to_string()),
+            self.segment.display()
+        )
+    }
 }
 
 fn now_ms() -> i64 {

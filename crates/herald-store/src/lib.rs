@@ -81,26 +81,82 @@ impl StoreError {
     /// be the same every time (a key of the wrong type, a script error),
     /// which callers retry a bounded number of times only.
     pub fn is_transient(&self) -> bool {
-        use redis::{ErrorKind, ServerErrorKind as S};
         match self {
             StoreError::Timeout(_) => true,
             StoreError::Corrupt { .. } => false,
-            StoreError::Redis(e) => {
-                e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_cluster_error()
-                    || matches!(
-                        e.kind(),
-                        ErrorKind::Server(
-                            S::BusyLoading | S::MasterDown | S::ReadOnly | S::TryAgain
-                        ) | ErrorKind::Client
-                    )
-                    || matches!(e.code(), Some("OOM" | "BUSY" | "LOADING" | "MASTERDOWN"))
-            }
+            StoreError::Redis(e) => redis_transient(e),
         }
     }
+
+    /// A short reason fit for an HTTP body or `/readyz`: what kind of
+    /// trouble, never a script's SHA or a key name.
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            StoreError::Timeout(_) => "redis did not answer in time",
+            StoreError::Corrupt { .. } => "stored data is unreadable",
+            StoreError::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+                "redis is unreachable"
+            }
+            StoreError::Redis(e) => match server_codes(e).first().map(String::as_str) {
+                Some("OOM") => "redis is out of memory",
+                Some("LOADING") => "redis is loading its dataset",
+                Some("BUSY") => "redis is busy running a script",
+                Some("MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "READONLY") => {
+                    "redis is failing over"
+                }
+                _ => "redis refused the request",
+            },
+        }
+    }
+}
+
+/// Error codes Redis answers while a wait can cure them: out of memory (an
+/// operator frees or adds memory), a script running, loading its dataset,
+/// failing over, a cluster slot moving.
+const TRANSIENT_CODES: &[&str] = &[
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "NOREPLICAS",
+];
+
+/// Every server error code inside `e`: one for a plain answer, one per
+/// failed command of a pipeline or transaction (a transaction aborted by
+/// an error queued inside it reports that command's own code).
+fn server_codes(e: &redis::RedisError) -> Vec<String> {
+    match e.clone().into_server_errors() {
+        Some(items) => items.iter().map(|(_, s)| s.code().to_string()).collect(),
+        None => e.code().map(str::to_string).into_iter().collect(),
+    }
+}
+
+/// Transient when the connection failed, or when every command that failed
+/// did so with a code a wait can cure (classified item by item: one
+/// permanent item makes the whole answer permanent, so the caller can find
+/// the record at fault; an `EXECABORT` is judged by the errors that caused
+/// it).
+fn redis_transient(e: &redis::RedisError) -> bool {
+    use redis::ErrorKind;
+    if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(e.kind(), ErrorKind::Client)
+    {
+        return true;
+    }
+    let codes = server_codes(e);
+    if codes.is_empty() {
+        return e.is_cluster_error();
+    }
+    codes
+        .iter()
+        .all(|c| c == "EXECABORT" || TRANSIENT_CODES.contains(&c.as_str()))
+        && codes.iter().any(|c| c != "EXECABORT")
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -153,6 +153,9 @@ pub fn check_config(cfg: &crate::Config) -> anyhow::Result<()> {
         cfg.gateway.api_keys.len() + cfg.gateway.read_keys.len() + cfg.gateway.admin_keys.len(),
         cfg.websocket.dev_mode
     );
+    if let Some(w) = crate::open_warning(cfg) {
+        println!("warning: {w}");
+    }
     Ok(())
 }
 

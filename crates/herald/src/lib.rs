@@ -111,6 +111,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = ops::install_metrics();
     let role = Role::of(&cfg);
+    if let Some(w) = open_warning(&cfg) {
+        tracing::warn!("{w}");
+    }
     let max_conns = connection_capacity(&cfg);
     let store = herald_store::Store::connect(cfg.store_config())
         .await
@@ -296,6 +299,20 @@ fn prefs_ttl(cfg: &Config) -> Duration {
         false => cfg.preferences.alone_cache_ttl_ms.clamp(1, 3_600_000),
     };
     Duration::from_millis(ms)
+}
+
+/// What an operator must hear at every start when the backend routes are
+/// open to anyone: development mode without keys, or production with
+/// `gateway.open = true`.
+pub fn open_warning(cfg: &Config) -> Option<&'static str> {
+    if !cfg.no_api_keys() {
+        return None;
+    }
+    Some(if cfg.websocket.dev_mode {
+        "development mode without API keys: every HTTP route answers requests without credentials"
+    } else {
+        "gateway.open = true: no API key, every HTTP route (events, inboxes, admin, /metrics) answers requests without credentials"
+    })
 }
 
 /// How many WebSocket connections this process can hold (from the

@@ -101,18 +101,27 @@ async fn readyz(State(ops): State<Ops>) -> Response {
             match open.first() {
                 None => "ok".to_string(),
                 Some(first) => format!(
-                    "{} corrupt range(s) quarantined, e.g. partition {} offsets {}..{} of {}; see GET /v1/admin/log/quarantine, acknowledge with POST /v1/admin/log/quarantine/ack",
+                    "{} corrupt range(s) quarantined, e.g. {}; see GET /v1/admin/log/quarantine, acknowledge with POST /v1/admin/log/quarantine/ack",
                     open.len(),
-                    first.partition,
-                    first.offset_from,
-                    first.offset_to.map_or("?".to_string(), |o| o.to_string()),
-                    first.segment.display()
+                    first.describe()
                 ),
             }
         }
         Err(e) => format!("unreadable: {e}"),
     };
-    let ready = log == "ok" && redis == "ok" && fanout == "ok" && cluster == "ok";
+    // A damaged journal record may have held acknowledged events: unready
+    // until an operator acknowledges it (segment ranges are shown only).
+    let journal_damaged = ops.log.as_ref().is_some_and(|l| {
+        l.quarantine().is_ok_and(|q| {
+            q.iter()
+                .any(|r| !r.acknowledged && r.partition == herald_log::quarantine::JOURNAL)
+        })
+    });
+    let ready = log == "ok"
+        && redis == "ok"
+        && fanout == "ok"
+        && cluster == "ok"
+        && !journal_damaged;
     let body = json!({
         "ready": ready,
         "checks": {"log": log, "redis": redis, "fanout": fanout, "cluster": cluster, "quarantine": quarantine},

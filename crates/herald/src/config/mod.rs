@@ -222,6 +222,9 @@ pub struct Gateway {
     pub api_keys: Vec<String>,
     pub read_keys: Vec<String>,
     pub admin_keys: Vec<String>,
+    /// Production without any API key: the backend routes answer anyone.
+    /// Refused unless said explicitly (`gateway.open = true`).
+    pub open: bool,
     pub rate_per_key: u32,
     pub rate_per_actor: u32,
 }
@@ -310,6 +313,7 @@ impl Default for Gateway {
             api_keys: Vec::new(),
             read_keys: Vec::new(),
             admin_keys: Vec::new(),
+            open: false,
             rate_per_key: 0,
             rate_per_actor: 0,
         }
@@ -473,12 +477,40 @@ impl Config {
         }
         if !self.websocket.dev_mode {
             self.refuse_weak_secrets()?;
+            self.refuse_open_production()?;
         }
         Ok(())
     }
 }
 
 impl Config {
+    /// No API key of any scope is configured: every backend route (events,
+    /// inboxes, admin, `/metrics`) answers requests without credentials.
+    pub fn no_api_keys(&self) -> bool {
+        let g = &self.gateway;
+        g.api_keys.is_empty() && g.read_keys.is_empty() && g.admin_keys.is_empty()
+    }
+
+    /// Production without API keys is open to anyone who reaches the port:
+    /// refused unless `gateway.open = true` says it is meant (then every
+    /// start logs a warning, `run`). `gateway.open` beside keys is refused
+    /// too: the keys would close what the setting claims is open.
+    fn refuse_open_production(&self) -> anyhow::Result<()> {
+        match (self.no_api_keys(), self.gateway.open) {
+            (true, false) => bail!(
+                "refusing to start in production (websocket.dev_mode = false) with no API key: \
+                 POST /v1/events, every inbox, the admin routes and /metrics would answer anyone; \
+                 set gateway.api_keys (and read_keys, admin_keys), or gateway.open = true \
+                 if the node is meant to be open (behind a gateway that authenticates)"
+            ),
+            (false, true) => bail!(
+                "gateway.open = true but API keys are configured: the keys are required anyway; \
+                 remove gateway.open or the keys"
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// Production (`websocket.dev_mode = false`) refuses placeholder and
     /// short secrets, naming the setting.
     pub fn refuse_weak_secrets(&self) -> anyhow::Result<()> {
