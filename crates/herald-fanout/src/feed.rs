@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::settle::Settlements;
+use crate::status::PartitionStatus;
 
 /// Batches queued between workers and the writer.
 const QUEUE: usize = 256;
@@ -45,6 +46,7 @@ impl FeedWriter {
         store: Store,
         settlements: Arc<Settlements>,
         stop: watch::Receiver<bool>,
+        status: Arc<PartitionStatus>,
     ) -> (FeedWriter, Option<JoinHandle<()>>) {
         if store.config().feed_cap == 0 {
             let w = FeedWriter {
@@ -54,7 +56,7 @@ impl FeedWriter {
             return (w, None);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, settlements.clone(), rx, stop));
+        let task = tokio::spawn(run(store, settlements.clone(), rx, stop, status));
         let w = FeedWriter {
             tx: Some(tx),
             settlements,
@@ -88,6 +90,7 @@ async fn run(
     settlements: Arc<Settlements>,
     mut rx: mpsc::Receiver<Batch>,
     stop: watch::Receiver<bool>,
+    status: Arc<PartitionStatus>,
 ) {
     let written = metrics::counter!("herald_feed_entries_total", "result" => "written");
     let failed = metrics::counter!("herald_feed_entries_total", "result" => "failed");
@@ -106,22 +109,36 @@ async fn run(
             }
         }
         let refs: Vec<(UserId, &Notification)> = batch.iter().map(|(u, n, _)| (*u, n)).collect();
+        // A transient error (Redis unreachable, out of memory, loading,
+        // failing over) is waited out for as long as it lasts, with the
+        // wait growing to 5 s; only an error that repeats is given up.
         let mut attempts = 0u32;
+        let mut waits = 0u32;
         let outcome = loop {
             match store.feed_add(&refs).await {
-                Ok(()) => break Ok(()),
+                Ok(()) => {
+                    status.ok();
+                    break Ok(());
+                }
                 Err(e) => {
+                    status.failing(|| format!("write failed: {}", e.public_reason()));
                     if !e.is_transient() {
                         attempts += 1;
                     }
                     if attempts >= PERMANENT_ATTEMPTS {
+                        status.ok();
                         break Err(e);
                     }
                     if *stop.borrow() {
                         break Err(e);
                     }
                     tracing::warn!(error = %e, entries = refs.len(), "feed write failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(100) * (1 << attempts.min(4))).await;
+                    waits += 1;
+                    let wait = (Duration::from_millis(100) * (1 << waits.min(6))).min(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop_changed(&stop) => {}
+                    }
                 }
             }
         };
@@ -147,4 +164,10 @@ async fn run(
             }
         }
     }
+}
+
+/// Resolves once the node is stopping.
+async fn stop_changed(stop: &watch::Receiver<bool>) {
+    let mut stop = stop.clone();
+    let _ = stop.wait_for(|s| *s).await;
 }

@@ -67,6 +67,69 @@ pub struct FanoutConfig {
     pub aggregation: AggregationConfig,
     /// Suffix of this node's event ids (`@<node>` in a cluster).
     pub id_scope: String,
+    /// Where to start a partition whose checkpoint is damaged or missing
+    /// while it holds records (without one, that partition waits).
+    pub reset: ResetPositions,
+}
+
+/// Where a partition whose checkpoint cannot be read starts, as an
+/// operator said (`herald --reset-position P=earliest|latest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// The oldest record the log still holds: everything is delivered
+    /// again (clients drop duplicates by id).
+    Earliest,
+    /// The end: what was not yet delivered is skipped.
+    Latest,
+}
+
+/// The operator's choices per partition, or for all (`all=latest`).
+#[derive(Debug, Clone, Default)]
+pub struct ResetPositions {
+    all: Option<ResetTo>,
+    each: std::collections::BTreeMap<u32, ResetTo>,
+}
+
+impl ResetPositions {
+    /// Parses `P=earliest|latest` or `all=earliest|latest` items.
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<ResetPositions, String> {
+        let mut r = ResetPositions::default();
+        for item in items {
+            let item = item.as_ref();
+            let (p, to) = item.split_once('=').ok_or_else(|| {
+                format!("reset position {item:?}: expected PARTITION=earliest|latest (or all=...)")
+            })?;
+            let to = match to.trim() {
+                "earliest" => ResetTo::Earliest,
+                "latest" => ResetTo::Latest,
+                other => {
+                    return Err(format!(
+                        "reset position {item:?}: {other:?} is neither earliest nor latest"
+                    ))
+                }
+            };
+            match p.trim() {
+                "all" => r.all = Some(to),
+                n => {
+                    let n: u32 = n.parse().map_err(|_| {
+                        format!("reset position {item:?}: {n:?} is not a partition number")
+                    })?;
+                    r.each.insert(n, to);
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// The choice for partition `p`, if any.
+    pub fn get(&self, p: u32) -> Option<ResetTo> {
+        self.each.get(&p).copied().or(self.all)
+    }
+
+    /// The highest partition named, to check against the log.
+    pub fn highest(&self) -> Option<u32> {
+        self.each.keys().next_back().copied()
+    }
 }
 
 impl Default for FanoutConfig {
@@ -81,26 +144,36 @@ impl Default for FanoutConfig {
             outbox_cap: herald_store::DEFAULT_OUTBOX_CAP,
             aggregation: AggregationConfig::default(),
             id_scope: String::new(),
+            reset: ResetPositions::default(),
         }
     }
 }
 
 /// Which workers are stuck, cheap to clone.
 #[derive(Clone, Default)]
-pub struct FanoutHealth(Arc<Vec<Arc<status::PartitionStatus>>>);
+pub struct FanoutHealth {
+    parts: Arc<Vec<Arc<status::PartitionStatus>>>,
+    feed: Option<Arc<status::PartitionStatus>>,
+}
 
 impl FanoutHealth {
-    /// Partitions whose worker has failed at a step for longer than
-    /// [`status::STALL_AFTER`], with a short reason each.
+    /// What keeps fan-out from doing its work, one short reason each:
+    /// partitions whose worker has failed at a step for longer than
+    /// [`status::STALL_AFTER`], partitions waiting for an operator (an
+    /// unreadable checkpoint), checkpoints that cannot be written, records
+    /// given up on and waiting to be processed again, the feed writer
+    /// failing.
     pub fn stalls(&self) -> Vec<String> {
-        self.0
+        let mut out: Vec<String> = self
+            .parts
             .iter()
             .enumerate()
-            .filter_map(|(p, s)| {
-                s.stalled()
-                    .map(|(d, why)| format!("partition {p} stalled for {} s: {why}", d.as_secs()))
-            })
-            .collect()
+            .flat_map(|(p, s)| s.problems().into_iter().map(move |why| format!("partition {p}: {why}")))
+            .collect();
+        if let Some(f) = &self.feed {
+            out.extend(f.problems().into_iter().map(|why| format!("feed writer: {why}")));
+        }
+        out
     }
 }
 
@@ -133,13 +206,24 @@ impl Fanout {
         let mut workers = Vec::new();
         let mut committers = Vec::new();
         let mut statuses = Vec::new();
-        let (feed, feed_task) =
-            feed::FeedWriter::start(store.clone(), settlements.clone(), stop_rx.clone());
+        let feed_status = Arc::new(status::PartitionStatus::default());
+        let (feed, feed_task) = feed::FeedWriter::start(
+            store.clone(),
+            settlements.clone(),
+            stop_rx.clone(),
+            feed_status.clone(),
+        );
         for (p, tracker) in settlements.trackers().iter().enumerate() {
             let p = p as u32;
             let start = tracker.committable();
             let status = Arc::new(status::PartitionStatus::default());
             statuses.push(status.clone());
+            if let Some(why) = settlements.blocked(p) {
+                // Its records stay in the log; nothing reads or commits
+                // them until an operator says where to start.
+                status.block(why);
+                continue;
+            }
             let w = worker::Worker {
                 partition: p,
                 log: log.clone(),
@@ -153,7 +237,7 @@ impl Fanout {
                 agg: aggregate::Aggregator::new(cfg.aggregation.clone()),
                 cfg: cfg.clone(),
                 stop: stop_rx.clone(),
-                status,
+                status: status.clone(),
                 feed: feed.clone(),
             };
             workers.push(tokio::spawn(w.run(start)));
@@ -162,7 +246,7 @@ impl Fanout {
                 cfg.clone(),
                 p,
                 tracker.clone(),
-                start,
+                status,
                 stop_rx.clone(),
             )));
         }
@@ -173,7 +257,10 @@ impl Fanout {
             log,
             cfg,
             settlements,
-            statuses: FanoutHealth(Arc::new(statuses)),
+            statuses: FanoutHealth {
+                parts: Arc::new(statuses),
+                feed: Some(feed_status),
+            },
             workers,
             committers,
             stop_tx,
@@ -193,10 +280,14 @@ impl Fanout {
         }
     }
 
-    /// Writes every partition's checkpoint as far as settlement allows.
+    /// Writes every partition's checkpoint as far as settlement allows
+    /// (not a blocked partition's: it has no position to write).
     pub async fn commit_final(&self) {
         for (p, t) in self.settlements.trackers().iter().enumerate() {
-            commit(&self.log, &self.cfg.group, p as u32, t.committable()).await;
+            if self.statuses.parts.get(p).is_some_and(|s| s.is_blocked()) {
+                continue;
+            }
+            let _ = commit(&self.log, &self.cfg.group, p as u32, t.committable()).await;
         }
     }
 
@@ -206,43 +297,55 @@ impl Fanout {
     }
 }
 
-async fn commit(log: &Log, group: &str, p: u32, offset: u64) {
+async fn commit(log: &Log, group: &str, p: u32, offset: u64) -> Result<(), String> {
     let log = log.clone();
     let group = group.to_string();
     let r = tokio::task::spawn_blocking(move || log.checkpoints().commit(&group, p, offset)).await;
-    match r {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(partition = p, error = %e, "checkpoint write failed"),
-        Err(e) => tracing::error!(partition = p, error = %e, "checkpoint task failed"),
-    }
+    let r = match r {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("checkpoint task failed: {e}"),
+    };
+    tracing::error!(partition = p, offset, error = %r, "checkpoint write failed");
+    metrics::counter!("herald_fanout_checkpoint_errors_total").increment(1);
+    Err(r)
 }
 
+/// Commits the partition's position as settlement moves it. The lag metric
+/// counts from the durable position (what a crash would replay from), so
+/// a checkpoint that cannot be written shows as growing lag; the write is
+/// tried again every tick. A partition with no checkpoint yet gets one at
+/// once, so a missing file later means it was lost.
 async fn commit_loop(
     log: Log,
     cfg: FanoutConfig,
     p: u32,
     tracker: Arc<Tracker>,
-    start: u64,
+    status: Arc<status::PartitionStatus>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut last = start;
+    let mut durable = log.checkpoints().get(&cfg.group, p);
     let mut tick = tokio::time::interval(cfg.checkpoint_every);
     let label = p.to_string();
+    let lag = metrics::gauge!("herald_fanout_lag_records", "partition" => label.clone());
+    let in_flight = metrics::gauge!("herald_fanout_in_flight_records", "partition" => label);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
         let c = tracker.committable();
-        metrics::gauge!("herald_fanout_in_flight_records", "partition" => label.clone())
-            .set(tracker.in_flight() as f64);
-        if let Ok((_, end)) = log.bounds(p) {
-            metrics::gauge!("herald_fanout_lag_records", "partition" => label.clone())
-                .set(end.saturating_sub(c) as f64);
+        in_flight.set(tracker.in_flight() as f64);
+        status.pinned(tracker.pinned_count());
+        if durable != Some(c) {
+            let r = commit(&log, &cfg.group, p, c).await;
+            if r.is_ok() {
+                durable = Some(c);
+            }
+            status.checkpoint(r);
         }
-        if c != last {
-            commit(&log, &cfg.group, p, c).await;
-            last = c;
+        if let Ok((first, end)) = log.bounds(p) {
+            lag.set(end.saturating_sub(durable.unwrap_or(first)) as f64);
         }
     }
 }

@@ -30,18 +30,64 @@ pub struct Settlements {
     placement: std::sync::OnceLock<Arc<dyn herald_types::Placement>>,
     /// `Refused` and `Hold` answers waiting for their writes.
     later: mpsc::Sender<EdgeAnswer>,
+    /// Per partition: why it waits for an operator, if it does.
+    blocked: std::sync::Mutex<Vec<Option<String>>>,
+}
+
+/// Where a partition without a readable checkpoint starts: its first
+/// record when it holds none yet (a new partition), where the operator
+/// said, or nowhere yet (the reason, for `/readyz`).
+fn unknown_start(
+    log: &Log,
+    cfg: &FanoutConfig,
+    p: u32,
+    first: u64,
+    end: u64,
+) -> (u64, Option<String>) {
+    let damaged = log.checkpoints().damaged(&cfg.group, p);
+    if first >= end && damaged.is_none() {
+        return (first, None);
+    }
+    let what = match damaged {
+        Some(why) => format!("checkpoint damaged ({why})"),
+        None => "checkpoint missing".to_string(),
+    };
+    match cfg.reset.get(p) {
+        Some(to) => {
+            let start = match to {
+                crate::ResetTo::Earliest => first,
+                crate::ResetTo::Latest => end,
+            };
+            tracing::warn!(partition = p, start, first, end, reset = ?to, "{what}; starting where the operator said");
+            metrics::counter!("herald_fanout_position_reset_total").increment(1);
+            (start, None)
+        }
+        None => {
+            let why = format!(
+                "{what} while the partition holds records {first}..{end}: not replaying them \
+                 from the start; restart with --reset-position {p}=earliest (deliver them \
+                 again) or {p}=latest (skip them)"
+            );
+            tracing::error!(partition = p, first, end, "{why}");
+            (first, Some(why))
+        }
+    }
 }
 
 impl Settlements {
     /// Trackers from each partition's committed position; a position past
     /// the end of its partition (the log lost its tail, or was restored
     /// from a copy) is reconciled to the end: new records get offsets past
-    /// anything handed out before.
+    /// anything handed out before. A partition that holds records but
+    /// whose checkpoint is damaged or missing starts where the operator
+    /// said (`cfg.reset`), or is blocked: replaying it from its start
+    /// would deliver everything it holds again.
     pub fn new(log: &Log, cfg: &FanoutConfig, store: Store) -> Arc<Settlements> {
         let mut trackers = Vec::new();
+        let mut blocked = Vec::new();
         for p in 0..log.partitions() {
             let (first, end) = log.bounds(p).unwrap_or((0, 0));
-            let start = match log.checkpoints().get(&cfg.group, p) {
+            let (start, why) = match log.checkpoints().get(&cfg.group, p) {
                 Some(c) if c > end => {
                     tracing::error!(
                         partition = p,
@@ -50,14 +96,19 @@ impl Settlements {
                         "fan-out checkpoint past the end of the partition; continuing from the end"
                     );
                     metrics::counter!("herald_fanout_position_reset_total").increment(1);
-                    end
+                    (end, None)
                 }
-                Some(c) => c,
-                None => first,
+                Some(c) => (c, None),
+                None => unknown_start(log, cfg, p, first, end),
             };
+            metrics::gauge!("herald_fanout_checkpoint_unusable", "partition" => p.to_string())
+                .set(if why.is_some() { 1.0 } else { 0.0 });
             trackers.push(Tracker::new(p, start));
+            blocked.push(why);
         }
-        Self::with_trackers(trackers, cfg, store, log.partitions())
+        let s = Self::with_trackers(trackers, cfg, store, log.partitions());
+        *s.blocked.lock().unwrap_or_else(|e| e.into_inner()) = blocked;
+        s
     }
 
     /// For a node without a log (an edge): no trackers of its own; the
@@ -79,6 +130,7 @@ impl Settlements {
             relay: std::sync::OnceLock::new(),
             placement: std::sync::OnceLock::new(),
             later: tx,
+            blocked: std::sync::Mutex::new(Vec::new()),
         });
         tokio::spawn(write_later(
             store,
@@ -96,6 +148,16 @@ impl Settlements {
 
     pub(crate) fn trackers(&self) -> &[Arc<Tracker>] {
         &self.trackers
+    }
+
+    /// Why partition `p` waits for an operator, if it does.
+    pub(crate) fn blocked(&self, p: u32) -> Option<String> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(p as usize)
+            .cloned()
+            .flatten()
     }
 
     pub(crate) fn set_relay(&self, relay: &Arc<crate::relay::Relay>) {

@@ -18,7 +18,8 @@ struct State {
     /// Unsettled records: (attempt, holds).
     open: BTreeMap<u64, (u32, u32)>,
     /// Records whose notifications could be neither delivered nor stored:
-    /// the checkpoint stays before them until the process restarts.
+    /// the checkpoint stays before them until they are processed again
+    /// (the worker retries them) or the process restarts.
     pinned: BTreeSet<u64>,
     /// One past the last record handed out.
     high: u64,
@@ -56,6 +57,10 @@ impl Tracker {
             s.attempts = s.attempts.wrapping_add(1);
             let a = s.attempts;
             s.open.insert(offset, (a, 1));
+            // Given up on before and processed again now: in `open` and out
+            // of `pinned` under one lock, so the checkpoint never slips
+            // past it in between.
+            s.pinned.remove(&offset);
             s.high = s.high.max(offset + 1);
             a
         };
@@ -119,6 +124,16 @@ impl Tracker {
         s.open.retain(|&o, _| o >= offset);
         s.pinned.retain(|&o| o >= offset);
         s.high = offset;
+    }
+
+    /// Up to `most` records given up on (oldest first), to process again.
+    pub fn pinned(&self, most: usize) -> Vec<u64> {
+        self.lock().pinned.iter().take(most).copied().collect()
+    }
+
+    /// How many records were given up on.
+    pub fn pinned_count(&self) -> usize {
+        self.lock().pinned.len()
     }
 
     /// Records handed out and not yet settled.

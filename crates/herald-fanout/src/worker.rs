@@ -47,6 +47,11 @@ pub(crate) enum Halt {
 /// Attempts at a step that fails the same way every time.
 const PERMANENT_ATTEMPTS: u32 = 4;
 
+/// How often records given up on are processed again, and how many at a
+/// time.
+const PINNED_RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const PINNED_BATCH: usize = 256;
+
 impl Worker {
     fn stopped(&self) -> bool {
         *self.stop.borrow()
@@ -64,10 +69,15 @@ impl Worker {
         };
         tracing::info!(partition = p, offset = next, "fan-out worker started");
         let mut last_release = std::time::Instant::now() - RELEASE_EVERY;
+        let mut last_pinned = std::time::Instant::now();
         while !self.stopped() {
             if last_release.elapsed() >= RELEASE_EVERY {
                 last_release = std::time::Instant::now();
                 self.release_due().await;
+            }
+            if last_pinned.elapsed() >= PINNED_RETRY_EVERY {
+                last_pinned = std::time::Instant::now();
+                self.process_pinned_again().await;
             }
             if self.tracker.in_flight() >= self.cfg.max_in_flight {
                 // Backpressure: wait for clients to ack or connections to close.
@@ -143,6 +153,36 @@ impl Worker {
         tracing::info!(partition = p, offset = next, "fan-out worker stopped");
     }
 
+    /// Records given up on (neither delivered nor stored after retries, or
+    /// a bounded queue overflowed) are processed again, oldest first,
+    /// without waiting for a restart: ids are stable and writes
+    /// idempotent, so a notification delivered meanwhile is at worst sent
+    /// again under the same id.
+    async fn process_pinned_again(&mut self) {
+        let p = self.partition;
+        let offsets = self.tracker.pinned(PINNED_BATCH);
+        if offsets.is_empty() {
+            return;
+        }
+        let mut records = Vec::with_capacity(offsets.len());
+        for off in offsets {
+            match self.log.read(p, off, 1) {
+                Ok(r) => records.extend(r.into_iter().filter(|r| r.offset == off)),
+                Err(e) => {
+                    tracing::warn!(partition = p, offset = off, error = %e, "a record given up on cannot be read again");
+                }
+            }
+        }
+        if records.is_empty() {
+            return;
+        }
+        tracing::info!(partition = p, records = records.len(), "processing records given up on again");
+        metrics::counter!("herald_fanout_reprocessed_total").increment(records.len() as u64);
+        if let Err(Halt::Permanent(why)) = self.process(records.clone()).await {
+            self.isolate(records, why).await;
+        }
+    }
+
     async fn pause(&mut self) {
         tokio::select! {
             _ = tokio::time::sleep(self.cfg.retry_backoff) => {}
@@ -159,6 +199,7 @@ impl Worker {
         Fut: std::future::Future<Output = herald_store::Result<T>>,
     {
         let mut permanent = 0u32;
+        let mut waits = 0u32;
         loop {
             match f().await {
                 Ok(v) => {
@@ -181,7 +222,11 @@ impl Worker {
                     if self.stopped() {
                         return Err(Halt::Stopped);
                     }
-                    let backoff = self.cfg.retry_backoff * (1 << permanent.min(4));
+                    // Growing waits: a transient error (Redis out of
+                    // memory, loading, failing over) may last minutes.
+                    waits += 1;
+                    let backoff = (self.cfg.retry_backoff * (1 << waits.min(5)))
+                        .min(std::time::Duration::from_secs(5));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.stop.changed() => {}

@@ -11,7 +11,9 @@
 //! the slot being written; opening picks the intact slot with the higher
 //! sequence. The file is made by write-then-rename the first time, and a
 //! file of the earlier layout (offset and CRC, 12 bytes) is still read.
-//! A file with no intact slot is reported and treated as absent.
+//! A file with no intact slot is reported ([`Checkpoints::damaged`]) and
+//! holds no position; what to do then is the consumer's decision (Herald's
+//! fan-out refuses to replay such a partition from its start unless told).
 
 use std::collections::HashMap;
 use std::fs;
@@ -33,6 +35,8 @@ const FILE_LEN: usize = SLOT_GAP as usize + SLOT_LEN;
 pub struct Checkpoints {
     dir: PathBuf,
     committed: Mutex<HashMap<(String, u32), u64>>,
+    /// Files found with no intact slot when opened, and why.
+    damaged: HashMap<(String, u32), String>,
     /// Open checkpoint files and the sequence of their newest slot; a
     /// commit to one partition holds only its own entry's lock.
     files: Mutex<HashMap<(String, u32), SharedSlots>>,
@@ -110,6 +114,7 @@ impl Checkpoints {
     pub fn open(dir: &Path) -> Result<Checkpoints> {
         fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
         let mut committed = HashMap::new();
+        let mut damaged = HashMap::new();
         for entry in fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
             let entry = entry.map_err(|e| LogError::io(dir, e))?;
             let name = entry.file_name().to_string_lossy().to_string();
@@ -130,15 +135,28 @@ impl Checkpoints {
                     committed.insert((group.to_string(), part), off);
                 }
                 None => {
-                    tracing::warn!(file = %entry.path().display(), "corrupt checkpoint ignored")
+                    tracing::error!(file = %entry.path().display(), bytes = bytes.len(), "checkpoint damaged: no intact slot");
+                    damaged.insert(
+                        (group.to_string(), part),
+                        format!("{} has no intact slot ({} bytes)", entry.path().display(), bytes.len()),
+                    );
                 }
             }
         }
         Ok(Checkpoints {
             dir: dir.to_path_buf(),
             committed: Mutex::new(committed),
+            damaged,
             files: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Why the checkpoint file of `group` on `partition` could not be read
+    /// when the log opened (no intact slot), if it could not.
+    pub fn damaged(&self, group: &str, partition: u32) -> Option<&str> {
+        self.damaged
+            .get(&(group.to_string(), partition))
+            .map(String::as_str)
     }
 
     /// The committed next offset of `group` on `partition`, if any.

@@ -34,6 +34,13 @@ struct Args {
     /// server.cluster = true.
     #[arg(long, value_parser = ["all", "ingest", "edge"])]
     role: Option<String>,
+    /// Where a partition starts when its fan-out checkpoint is damaged or
+    /// missing while it holds records: P=earliest (deliver again what the
+    /// log holds), P=latest (skip it), or all=...; repeatable. Without it
+    /// such a partition waits and /readyz says why
+    /// (fanout.reset_positions).
+    #[arg(long = "reset-position", value_name = "P=earliest|latest")]
+    reset_position: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -103,6 +110,10 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = &args.role {
         overrides.push(("server", "role", s(v)));
+    }
+    if !args.reset_position.is_empty() {
+        let list = args.reset_position.iter().map(s).collect();
+        overrides.push(("fanout", "reset_positions", toml::Value::Array(list)));
     }
     let cfg = Config::load(&path, optional, std::env::vars(), &overrides)?;
     match &args.command {

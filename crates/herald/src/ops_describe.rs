@@ -55,7 +55,19 @@ pub fn describe() {
     );
     c!(
         "herald_fanout_position_reset_total",
-        "Consumer positions found past the end of their partition and reset."
+        "Consumer positions reset: found past the end of their partition, or set by --reset-position for an unreadable checkpoint."
+    );
+    g!(
+        "herald_fanout_checkpoint_unusable",
+        "1 while a partition's checkpoint was damaged or missing at start and no --reset-position says where it starts (its worker waits), by partition."
+    );
+    c!(
+        "herald_fanout_checkpoint_errors_total",
+        "Checkpoint writes that failed (retried every tick; /readyz fails meanwhile)."
+    );
+    c!(
+        "herald_fanout_reprocessed_total",
+        "Records given up on (neither delivered nor stored) and processed again without a restart."
     );
     g!(
         "herald_fanout_in_flight_records",
@@ -63,7 +75,7 @@ pub fn describe() {
     );
     g!(
         "herald_fanout_lag_records",
-        "Records between the committed consumer position and the end of the log, by partition."
+        "Records between the durable (committed) consumer position and the end of the log, by partition."
     );
     c!(
         "herald_dead_letters_total",

@@ -138,6 +138,9 @@ impl Config {
             celebrity: self.celebrity_policy(),
             outbox_cap: self.celebrity.outbox_cap.max(1),
             id_scope: self.id_scope(),
+            // Checked by `validate`.
+            reset: herald_fanout::ResetPositions::parse(&self.fanout.reset_positions)
+                .unwrap_or_default(),
             aggregation: herald_fanout::AggregationConfig {
                 window: Duration::from_millis(self.aggregation.window_ms),
                 threshold: self.aggregation.threshold.max(2),

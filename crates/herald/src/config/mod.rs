@@ -254,6 +254,7 @@ pub struct Fanout {
     pub checkpoint_ms: u64,
     pub retry_backoff_ms: u64,
     pub remote_answer_timeout_ms: u64,
+    pub reset_positions: Vec<String>,
 }
 
 impl Default for Server {
@@ -347,6 +348,7 @@ impl Default for Fanout {
             checkpoint_ms: 200,
             retry_backoff_ms: 200,
             remote_answer_timeout_ms: 45_000,
+            reset_positions: Vec::new(),
         }
     }
 }
@@ -444,6 +446,14 @@ impl Config {
         }
         if !(1..=3_600_000).contains(&self.preferences.alone_cache_ttl_ms) {
             bail!("preferences.alone_cache_ttl_ms must be between 1 and 3600000");
+        }
+        let reset = herald_fanout::ResetPositions::parse(&self.fanout.reset_positions)
+            .map_err(|e| anyhow::anyhow!("fanout.reset_positions: {e}"))?;
+        if let Some(p) = reset.highest().filter(|p| *p >= self.log.partitions) {
+            bail!(
+                "fanout.reset_positions names partition {p}, but log.partitions is {}",
+                self.log.partitions
+            );
         }
         if self.redis.inbox_cap == 0 {
             bail!("redis.inbox_cap must be positive");
