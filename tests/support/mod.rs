@@ -319,6 +319,12 @@ impl Node {
         false
     }
 
+    /// Sets (or replaces) a `HERALD_*` variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Starts the node again on the same data dir and Redis.
     pub fn restart(&mut self) {
         self.spawn();
@@ -585,7 +591,17 @@ impl Client {
 }
 
 /// Polls `f` until it returns Some or `WAIT` passes.
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_within(what, WAIT, f).await
+}
+
+/// Polls `f` until it returns Some or `wait` passes (for conditions a node
+/// reports only after a delay of its own, such as a stall after 10 s).
+pub async fn eventually_within<T, F, Fut>(what: &str, wait: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -595,7 +611,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        assert!(start.elapsed() < wait, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

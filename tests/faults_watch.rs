@@ -1,0 +1,273 @@
+//! Faults that used to pass unseen, against the real binary: Redis out of
+//! memory during a burst (waited out, never dead-lettered), a damaged or
+//! missing fan-out checkpoint (no silent replay of the partition), an
+//! unwritable checkpoint directory (shown, and the lag counts from what is
+//! durable). Each is visible in `/readyz` while it lasts.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{eventually, eventually_within, Client, Node, Redis};
+
+/// Long enough for a stall to be reported (10 s) on a busy machine.
+const SLOW: Duration = Duration::from_secs(60);
+
+async fn readyz(node: &Node) -> (u16, Value) {
+    node.get("/readyz").await
+}
+
+async fn metrics(node: &Node) -> String {
+    let (s, body) = node.request("GET", "/metrics", None, &[]).await;
+    assert_eq!(s, 200);
+    body.as_str().map(str::to_string).unwrap_or_else(|| body.to_string())
+}
+
+async fn inbox_len(node: &Node, user: u64) -> usize {
+    support::inbox_ids(node, user).await.len()
+}
+
+async fn feed_len(node: &Node, user: u64) -> usize {
+    let (s, v) = node
+        .get(&format!("/v1/users/{user}/notifications?limit=100"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["notifications"].as_array().map_or(0, |a| a.len())
+}
+
+/// Comments without an object never fold: each is its own notification.
+fn comments(from: u64, n: u64, recipients: &[u64]) -> Value {
+    let events: Vec<Value> = (from..from + n)
+        .map(|i| {
+            let r = recipients[(i as usize) % recipients.len()];
+            json!({"kind": "comment", "actor": 500_000 + i, "recipient": r, "text": format!("c{i}")})
+        })
+        .collect();
+    json!({ "events": events })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_out_of_memory_is_waited_out_never_dead_lettered() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let users: Vec<u64> = (1..=10).collect();
+    // Every write refused with OOM from now on.
+    redis.cmd("CONFIG SET maxmemory-policy noeviction");
+    redis.cmd("CONFIG SET maxmemory 1");
+    let (s, v) = node.post("/v1/events", &comments(0, 60, &users)).await;
+    assert_eq!(s, 202, "{v}");
+    let v = eventually_within("/readyz to report Redis out of memory", SLOW, || async {
+        let (s, v) = readyz(&node).await;
+        (s == 503 && v["checks"]["fanout"].to_string().contains("out of memory")).then_some(v)
+    })
+    .await;
+    assert_eq!(v["ready"], false);
+    // Nothing was given up on.
+    let (s, dl) = node.get("/v1/admin/dead-letters?limit=100").await;
+    assert_eq!(s, 200, "{dl}");
+    assert_eq!(dl["dead_letters"].as_array().map_or(0, |a| a.len()), 0, "{dl}");
+    // Memory comes back: everything arrives, inbox and feed, no restart.
+    redis.cmd("CONFIG SET maxmemory 0");
+    for &u in &users {
+        eventually_within("every notification in its inbox", SLOW, || async {
+            (inbox_len(&node, u).await == 6).then_some(())
+        })
+        .await;
+        eventually("every notification in the feed", || async {
+            (feed_len(&node, u).await == 6).then_some(())
+        })
+        .await;
+    }
+    eventually("/readyz to recover", || async {
+        (readyz(&node).await.0 == 200).then_some(())
+    })
+    .await;
+    let (_, dl) = node.get("/v1/admin/dead-letters?limit=100").await;
+    assert_eq!(dl["dead_letters"].as_array().map_or(0, |a| a.len()), 0, "{dl}");
+}
+
+/// The checkpoint file of the partition user 42's comments go to.
+fn checkpoint_of(node: &Node, event_id: &str) -> (u32, PathBuf) {
+    let rest = event_id.strip_prefix("e-").expect("event id");
+    let p: u32 = rest.split('-').next().and_then(|p| p.parse().ok()).expect("partition");
+    (p, node.node_dir.join(format!("log/checkpoints/fanout.{p}")))
+}
+
+/// Delivers `n` comments to `user` and acks them all: the inbox is empty.
+async fn deliver_and_ack(node: &Node, user: u64, from: u64, n: u64) -> String {
+    let (s, v) = node.post("/v1/events", &comments(from, n, &[user])).await;
+    assert_eq!(s, 202, "{v}");
+    let first = v["ids"][0].as_str().expect("id").to_string();
+    let mut c = Client::connect(node, user).await;
+    let got = c.notifications(n as usize).await;
+    let ids: Vec<&str> = got.iter().filter_map(|n| n["id"].as_str()).collect();
+    c.ack(&ids).await;
+    eventually("the acked notifications settled", || async {
+        (inbox_len(node, user).await == 0).then_some(())
+    })
+    .await;
+    c.close().await;
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_or_missing_checkpoint_never_replays_a_partition_silently() {
+    let redis = Redis::start();
+    let mut node = Node::start(&redis, &[]);
+    let first = deliver_and_ack(&node, 42, 0, 20).await;
+    let (p, file) = checkpoint_of(&node, &first);
+    assert!(node.stop(), "clean stop");
+
+    // Both slots damaged.
+    let mut b = std::fs::read(&file).expect("checkpoint");
+    for x in b.iter_mut() {
+        *x ^= 0x5a;
+    }
+    std::fs::write(&file, &b).expect("damage");
+    node.restart_unready();
+    let v = eventually("/readyz to name the damaged checkpoint", || async {
+        let (s, v) = readyz(&node).await;
+        (s == 503).then_some(v)
+    })
+    .await;
+    let why = v["checks"]["fanout"].to_string();
+    assert!(why.contains("checkpoint damaged"), "{v}");
+    assert!(why.contains(&format!("--reset-position {p}=")), "{v}");
+    let m = metrics(&node).await;
+    let line = format!("herald_fanout_checkpoint_unusable{{partition=\"{p}\"}} 1");
+    assert!(m.contains(&line), "{line} missing");
+    // A later event of another partition is still delivered; none of the
+    // 20 acked notifications comes back.
+    let other = (1..200)
+        .find(|u| {
+            herald_types::event::partition_for(*u, 4) != p
+        })
+        .expect("a user of another partition");
+    let (s, _) = node.post("/v1/events", &comments(100, 1, &[other])).await;
+    assert_eq!(s, 202);
+    eventually("the other partition's event", || async {
+        (inbox_len(&node, other).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(inbox_len(&node, 42).await, 0, "acked notifications replayed");
+
+    // The file deleted: the same.
+    assert!(node.stop());
+    std::fs::remove_file(&file).expect("delete");
+    node.restart_unready();
+    let v = eventually("/readyz to name the missing checkpoint", || async {
+        let (s, v) = readyz(&node).await;
+        (s == 503).then_some(v)
+    })
+    .await;
+    assert!(v["checks"]["fanout"].to_string().contains("checkpoint missing"), "{v}");
+    assert_eq!(inbox_len(&node, 42).await, 0, "acked notifications replayed");
+
+    // The operator decides: skip what the partition holds.
+    assert!(node.stop());
+    node.set_env("HERALD_FANOUT__RESET_POSITIONS", &format!("[\"{p}=latest\"]"));
+    node.restart();
+    let (s, v) = node.post("/v1/events", &comments(200, 1, &[42])).await;
+    assert_eq!(s, 202, "{v}");
+    eventually("a new event delivered after the reset", || async {
+        (inbox_len(&node, 42).await == 1).then_some(())
+    })
+    .await;
+}
+
+/// `chattr +i` makes a file or directory unwritable even for root (the
+/// tests run as root, which ignores permission bits); undone on drop.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn set(dir: &Path) -> Immutable {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        paths.push(dir.to_path_buf());
+        for p in &paths {
+            let st = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(p)
+                .status()
+                .expect("chattr");
+            assert!(st.success(), "chattr +i {}", p.display());
+        }
+        Immutable(paths)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::process::Command::new("chattr").arg("-i").arg(p).status();
+        }
+    }
+}
+
+/// The offset a checkpoint file holds: of its two slots (sequence u64,
+/// offset u64, CRC32C of both), the intact one with the higher sequence.
+fn committed(file: &Path) -> Option<u64> {
+    let b = std::fs::read(file).ok()?;
+    let slot = |at: usize| -> Option<(u64, u64)> {
+        let s = b.get(at..at + 20)?;
+        let crc = u32::from_le_bytes(s[16..20].try_into().ok()?);
+        (crc32c::crc32c(&s[..16]) == crc).then(|| {
+            let seq = u64::from_le_bytes(s[..8].try_into().unwrap_or_default());
+            let off = u64::from_le_bytes(s[8..16].try_into().unwrap_or_default());
+            (seq, off)
+        })
+    };
+    [slot(0), slot(512)].into_iter().flatten().max().map(|(_, o)| o)
+}
+
+fn lag(metrics: &str, p: u32) -> f64 {
+    let key = format!("herald_fanout_lag_records{{partition=\"{p}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_checkpoint_directory_is_shown_and_counted_as_lag() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let first = deliver_and_ack(&node, 42, 0, 3).await;
+    let (p, file) = checkpoint_of(&node, &first);
+    eventually("the first notifications' position durable", || async {
+        (committed(&file) == Some(3)).then_some(())
+    })
+    .await;
+    let guard = Immutable::set(&node.node_dir.join("log/checkpoints"));
+    let (s, _) = node.post("/v1/events", &comments(10, 5, &[42])).await;
+    assert_eq!(s, 202);
+    eventually("the new notifications in the inbox", || async {
+        (inbox_len(&node, 42).await == 5).then_some(())
+    })
+    .await;
+    let v = eventually("/readyz to report the checkpoint", || async {
+        let (s, v) = readyz(&node).await;
+        (s == 503).then_some(v)
+    })
+    .await;
+    assert!(v["checks"]["fanout"].to_string().contains("checkpoint cannot be written"), "{v}");
+    // The durable position stays where it was: five records behind.
+    eventually("the lag to count from the durable position", || async {
+        (lag(&metrics(&node).await, p) == 5.0).then_some(())
+    })
+    .await;
+    drop(guard);
+    eventually("/readyz to recover once it is writable", || async {
+        (readyz(&node).await.0 == 200).then_some(())
+    })
+    .await;
+    eventually("the lag to reach 0", || async {
+        (lag(&metrics(&node).await, p) == 0.0).then_some(())
+    })
+    .await;
+}
