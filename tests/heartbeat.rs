@@ -60,3 +60,49 @@ async fn an_idle_connection_is_pinged_and_a_busy_one_is_not() {
     // A stall of a loaded host may let one beat see no traffic.
     assert!(busy_pings <= 1, "busy connection pinged {busy_pings} times");
 }
+
+/// A client that floods pings is closed with 1008 once past its allowance
+/// (`websocket.max_control_per_s`, bursts of twice that), after far fewer
+/// pongs than pings; a user connected beside it is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_closes_the_flooder_and_spares_its_neighbour() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_WEBSOCKET__MAX_CONTROL_PER_S", "10")]);
+    let mut calm = Client::connect(&node, 7).await;
+    let flooder = Client::connect(&node, 8).await;
+    let (mut tx, mut rx) = flooder.ws.split();
+    let sender = tokio::spawn(async move {
+        let mut sent = 0u32;
+        // Bounded: the server must have closed long before the last one.
+        while sent < 100_000 {
+            if tx.send(Message::Ping(vec![1, 2, 3].into())).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let (mut pongs, mut close) = (0u32, None);
+    while let Ok(Some(m)) = tokio::time::timeout(support::WAIT, rx.next()).await {
+        match m {
+            Ok(Message::Pong(_)) => pongs += 1,
+            Ok(Message::Close(f)) => {
+                close = f;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let close = close.expect("the flooder was closed with a close frame");
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    assert!(close.reason.contains("control"), "{close:?}");
+    assert!(pongs <= 40, "{pongs} pongs answered past a burst of 20");
+    sender.abort();
+    // The neighbour still gets what it is sent.
+    for i in 0..5 {
+        node.like(100 + i, 7, &format!("post:{i}")).await;
+    }
+    let got = calm.notifications(5).await;
+    assert_eq!(got.len(), 5);
+}

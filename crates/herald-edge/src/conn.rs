@@ -58,6 +58,43 @@ pub(crate) struct Conn {
     pub cursors_at: Instant,
     /// The link's frame count at the last heartbeat.
     frames_at_beat: u64,
+    /// What is left of the client's allowance of control frames.
+    control: ControlBudget,
+}
+
+/// A token bucket for a client's control frames (ping, pong): refilled at
+/// `rate` per second up to `2 * rate`. A client past it is closed (1008):
+/// each ping costs the node a pong write, and a flood of them would take a
+/// core from everyone else. Hand-written: 16 bytes in the connection, no
+/// clock or allocation of a rate-limiter crate per connection.
+struct ControlBudget {
+    tokens: f32,
+    at: Instant,
+}
+
+impl ControlBudget {
+    fn new(rate: u32) -> ControlBudget {
+        ControlBudget {
+            tokens: 2.0 * rate as f32,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one frame's token; false when the client is past its rate.
+    fn take(&mut self, rate: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f32() * rate as f32;
+        self.at = now;
+        self.tokens = (self.tokens + refill).min(2.0 * rate as f32);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 /// Why a connection ended (for logs and metrics).
@@ -75,6 +112,8 @@ pub(crate) enum End {
     BadUtf8,
     /// A frame that breaks RFC 6455 (unmasked, reserved bits, ...).
     Protocol,
+    /// More control frames than `websocket.max_control_per_s` allows.
+    ControlFlood,
 }
 
 impl End {
@@ -89,6 +128,7 @@ impl End {
             End::TooBig => "frame_too_big",
             End::BadUtf8 => "invalid_utf8",
             End::Protocol => "protocol_error",
+            End::ControlFlood => "control_flood",
         }
     }
 
@@ -101,6 +141,7 @@ impl End {
             End::TooBig => Some((1009, "frame too big")),
             End::BadUtf8 => Some((1007, "invalid UTF-8")),
             End::Protocol => Some((1002, "protocol error")),
+            End::ControlFlood => Some((1008, "too many control frames")),
             _ => None,
         }
     }
@@ -149,6 +190,7 @@ pub async fn serve(
         cursors: Vec::new(),
         cursors_at: Instant::now(),
         frames_at_beat: 0,
+        control: ControlBudget::new(edge.cfg.max_control_per_s),
     };
     let end = c.run(&mut stream, &poke, &kick).await;
     tracing::debug!(user, reason = end.as_str(), "connection ended");
@@ -263,6 +305,11 @@ impl Conn {
                                 link.send(&self.edge.metrics, vec![reply]);
                                 let _ = tokio::time::timeout(cfg.write_timeout, self.write_out()).await;
                                 break Some(End::ClientClosed);
+                            }
+                            Ok(Incoming::Ping(_) | Incoming::Pong)
+                                if !self.control.take(cfg.max_control_per_s) =>
+                            {
+                                break Some(End::ControlFlood);
                             }
                             Ok(Incoming::Ping(p)) => {
                                 link.send(&self.edge.metrics, vec![wire::frame(wire::OP_PONG, &p)]);

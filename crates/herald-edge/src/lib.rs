@@ -65,6 +65,10 @@ pub struct EdgeConfig {
     pub drain_limit: usize,
     /// Largest frame accepted from a client.
     pub max_message_bytes: usize,
+    /// Control frames (ping, pong) a client may send per second, bursts up
+    /// to twice that; past it the connection is closed with 1008 (0: no
+    /// limit).
+    pub max_control_per_s: u32,
     /// Most connections this node holds.
     pub max_connections: usize,
     /// Followers pushed per slice of a celebrity broadcast before yielding.
@@ -94,6 +98,7 @@ impl Default for EdgeConfig {
             write_timeout: Duration::from_secs(10),
             drain_limit: 1000,
             max_message_bytes: 64 * 1024,
+            max_control_per_s: 10,
             max_connections: 15_000,
             broadcast_chunk: 512,
             outbox_cap: herald_store::DEFAULT_OUTBOX_CAP,

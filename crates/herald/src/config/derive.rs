@@ -119,6 +119,7 @@ impl Config {
             write_timeout: Duration::from_millis(w.write_timeout_ms),
             drain_limit: self.redis.inbox_cap,
             max_message_bytes: w.max_message_bytes,
+            max_control_per_s: w.max_control_per_s,
             max_connections,
             max_devices: w.max_devices,
             cursor_flush: Duration::from_millis(w.cursor_flush_ms.max(100)),
