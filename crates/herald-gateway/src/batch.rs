@@ -51,11 +51,7 @@ pub(crate) fn events_from(
     }
 }
 
-fn refuse<E: de::Error>(why: &RefCell<Option<ApiError>>, e: ApiError) -> E {
-    let msg = e.message.clone();
-    *why.borrow_mut() = Some(e);
-    E::custom(msg)
-}
+use crate::strict::{duplicate, refuse, Strict};
 
 struct Top<'a> {
     max: usize,
@@ -80,13 +76,16 @@ impl<'de> Visitor<'de> for Top<'_> {
         let mut single = Map::new();
         let mut batch = None;
         while let Some(k) = m.next_key::<String>()? {
+            if single.contains_key(&k) || (k == "events" && batch.is_some()) {
+                return Err(refuse(self.why, duplicate(&k)));
+            }
             if k == "events" {
                 batch = Some(m.next_value_seed(Events {
                     max: self.max,
                     why: self.why,
                 })?);
             } else {
-                single.insert(k, m.next_value::<Value>()?);
+                single.insert(k, m.next_value_seed(Strict { why: self.why })?);
             }
         }
         Ok(match batch {
@@ -141,7 +140,7 @@ impl<'de> Visitor<'de> for Events<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::with_capacity(s.size_hint().unwrap_or(0).min(self.max));
-        while let Some(v) = s.next_element::<Value>()? {
+        while let Some(v) = s.next_element_seed(Strict { why: self.why })? {
             let i = out.len();
             if i == self.max {
                 let e = ApiError::too_large(format!(
@@ -219,6 +218,39 @@ mod tests {
         let (s, t) = both(four.as_bytes(), Encoding::Json);
         assert_eq!(s.map_err(|e| e.code), Err("too_large"));
         assert_eq!(t.map_err(|e| e.code), Err("too_large"));
+    }
+
+    /// A key given twice is refused, naming it, at the top, inside a
+    /// batch's event and deeper, in JSON and in MessagePack; never "last
+    /// one wins".
+    #[test]
+    fn duplicate_keys_are_refused_naming_the_key() {
+        for body in [
+            r#"{"kind": "comment", "actor": 1, "recipient": 2, "kind": "like", "object": "o"}"#,
+            r#"{"events": [{"kind": "comment", "actor": 1, "recipient": 2, "kind": "like"}]}"#,
+            r#"{"events": [{"kind": "follow", "actor": 1, "recipient": 2}], "events": [{"kind": "follow", "actor": 1, "recipient": 3}]}"#,
+        ] {
+            let (s, t) = both(body.as_bytes(), Encoding::Json);
+            for r in [s, t] {
+                let e = r.expect_err(body);
+                assert_eq!(e.code, "duplicate_key", "{body}");
+                assert_eq!(e.field.as_deref(), Some(if body.matches("\"events\"").count() == 2 { "events" } else { "kind" }));
+            }
+        }
+        // MessagePack: a map of two entries both named "kind".
+        let mut b = vec![0x83];
+        for (k, v) in [("kind", "comment"), ("kind", "like")] {
+            b.push(0xa0 | k.len() as u8);
+            b.extend_from_slice(k.as_bytes());
+            b.push(0xa0 | v.len() as u8);
+            b.extend_from_slice(v.as_bytes());
+        }
+        b.extend_from_slice(&[0xa5, b'a', b'c', b't', b'o', b'r', 0x01]);
+        let (s, t) = both(&b, Encoding::MsgPack);
+        for r in [s, t] {
+            let e = r.expect_err("msgpack");
+            assert_eq!((e.code, e.field.as_deref()), ("duplicate_key", Some("kind")));
+        }
     }
 
     proptest! {

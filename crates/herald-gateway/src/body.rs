@@ -154,24 +154,33 @@ impl http_body::Body for Deadline {
 
 /// Parses a body into a JSON value, whatever its encoding.
 pub fn parse(bytes: &[u8], enc: Encoding) -> Result<Value, ApiError> {
-    match enc {
-        Encoding::Json => serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::malformed(format!("body is not valid JSON: {e}"))),
-        Encoding::MsgPack => {
-            use serde::Deserialize;
-            let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
-            let v = Value::deserialize(&mut de)
-                .map_err(|e| ApiError::malformed(format!("body is not valid MessagePack: {e}")))?;
-            // One value and nothing after it, as with JSON.
-            let used = de.get_ref().position() as usize;
-            if used < bytes.len() {
-                return Err(ApiError::malformed(format!(
-                    "body is not valid MessagePack: {} trailing bytes after the value",
-                    bytes.len() - used
-                )));
-            }
-            Ok(v)
+    use serde::de::DeserializeSeed;
+    let why = std::cell::RefCell::new(None);
+    let seed = crate::strict::Strict { why: &why };
+    let r = match enc {
+        Encoding::Json => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            seed.deserialize(&mut de)
+                .and_then(|v| de.end().map(|_| v))
+                .map_err(|e| format!("body is not valid JSON: {e}"))
         }
+        Encoding::MsgPack => {
+            let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+            match seed.deserialize(&mut de) {
+                // One value and nothing after it, as with JSON.
+                Ok(_) if (de.get_ref().position() as usize) < bytes.len() => Err(format!(
+                    "body is not valid MessagePack: {} trailing bytes after the value",
+                    bytes.len() - de.get_ref().position() as usize
+                )),
+                Ok(v) => Ok(v),
+                Err(e) => Err(format!("body is not valid MessagePack: {e}")),
+            }
+        }
+    };
+    match (r, why.into_inner()) {
+        (Ok(v), _) => Ok(v),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(ApiError::malformed(e)),
     }
 }
 

@@ -18,6 +18,7 @@ mod http;
 mod import;
 mod prefs;
 mod routes;
+mod strict;
 pub mod schema;
 pub mod validate;
 
