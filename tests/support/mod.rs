@@ -42,9 +42,18 @@ impl Redis {
 
     /// A redis-server with extra arguments (e.g. cluster mode).
     pub fn start_with(extra: &[&str]) -> Redis {
+        Redis::start_inner(extra, None)
+    }
+
+    /// A redis-server on `port` (a node was told to use it before it ran).
+    pub fn start_on(port: u16) -> Redis {
+        Redis::start_inner(&[], Some(port))
+    }
+
+    fn start_inner(extra: &[&str], fixed: Option<u16>) -> Redis {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
-            let port = free_port();
+            let port = fixed.unwrap_or_else(free_port);
             let child = Command::new("redis-server")
                 .args([
                     "--port",
@@ -194,6 +203,26 @@ impl Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let node_dir = dir.path().join("node");
         Self::start_in(redis, env, dir, node_dir)
+    }
+
+    /// Starts a node against a Redis URL that may not answer yet, without
+    /// waiting for it to become ready; returns once it listens.
+    pub fn start_unready(redis_url: &str, env: &[(&str, &str)]) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut n = Node {
+            child: None,
+            addr: String::new(),
+            data: dir.path().to_path_buf(),
+            node_dir: dir.path().join("node"),
+            redis_url: redis_url.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            _dir: Some(dir),
+        };
+        n.spawn_inner(false);
+        n
     }
 
     /// Starts a node whose `--data-dir` is `node_dir` (a tmpfs, say); its

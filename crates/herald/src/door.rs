@@ -44,6 +44,60 @@ pub struct DoorConfig {
     pub body_timeout: Duration,
     /// How long shutdown waits for in-flight HTTP requests.
     pub drain_timeout: Duration,
+    /// Browser origins answered with CORS headers (`http.cors_origins`;
+    /// `*` for any); empty: no CORS.
+    pub cors_origins: Vec<String>,
+}
+
+/// The CORS layer for `origins` (checked at start by the config): preflight
+/// requests answered, responses to those origins carrying the headers.
+/// Credentials are bearer tokens, never cookies, so no
+/// `Access-Control-Allow-Credentials`.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Answers `501 unsupported_transfer_encoding` to a request whose body
+/// comes in a transfer coding other than `chunked` alone (`gzip, chunked`,
+/// say): hyper would pass the still-encoded bytes on as the body. The
+/// connection is closed, its body unread.
+async fn refuse_transfer_codings(req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let other = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .any(|c| !c.eq_ignore_ascii_case("chunked"));
+    if !other {
+        return next.run(req).await;
+    }
+    let e = herald_gateway::ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "unsupported_transfer_encoding",
+        "only the chunked transfer coding is accepted (send Content-Length, or Transfer-Encoding: chunked)",
+    );
+    let mut r = e.into_response();
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// Open connections, in total and per address.
@@ -91,7 +145,12 @@ pub async fn serve(
         .unwrap_or(NonZeroU32::MIN);
     let rate = NonZeroU32::new(cfg.per_ip_rate)
         .map(|r| governor::RateLimiter::keyed(governor::Quota::per_second(r).allow_burst(burst)));
-    let app = app.layer(axum::middleware::from_fn(refuse_limited));
+    let mut app = app
+        .layer(axum::middleware::from_fn(refuse_transfer_codings))
+        .layer(axum::middleware::from_fn(refuse_limited));
+    if !cfg.cors_origins.is_empty() {
+        app = app.layer(cors(&cfg.cors_origins));
+    }
     // Shutdown: connections finish the request in hand and close; `alive`
     // counts the connection tasks still running.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

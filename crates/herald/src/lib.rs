@@ -9,6 +9,7 @@ mod door;
 mod ops;
 mod ops_describe;
 mod routes;
+mod starting;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -109,20 +110,19 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut shutdown = Box::pin(shutdown);
     let metrics = ops::install_metrics();
     let role = Role::of(&cfg);
     if let Some(w) = open_warning(&cfg) {
         tracing::warn!("{w}");
     }
     let max_conns = connection_capacity(&cfg);
-    let store = herald_store::Store::connect(cfg.store_config())
-        .await
-        .with_context(|| format!("cannot connect to redis at {}", cfg.redis.url))?;
     let celebrities = Arc::new(herald_store::CelebritySet::default());
-    store
-        .load_celebrities(&celebrities)
-        .await
-        .context("cannot read the celebrity set from redis")?;
+    let Some(store) = starting::connect_redis(&cfg, &listener, &celebrities, &mut shutdown).await
+    else {
+        tracing::info!("stopped before redis could be reached");
+        return Ok(());
+    };
     let prefs = Arc::new(herald_prefs::PrefsCache::new(
         store.clone(),
         prefs_ttl(&cfg),
@@ -248,6 +248,7 @@ pub async fn run(
         header_timeout: Duration::from_millis(cfg.http.header_timeout_ms),
         body_timeout: Duration::from_millis(cfg.http.body_timeout_ms),
         drain_timeout: Duration::from_millis(cfg.server.shutdown_timeout_ms),
+        cors_origins: cfg.http.cors_origins.clone(),
     };
     door::serve(listener, app, door, shutdown)
         .await

@@ -174,6 +174,7 @@ pub struct Http {
     pub body_timeout_ms: u64,
     pub per_ip_connections: usize,
     pub per_ip_rate: u32,
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Http {
@@ -183,6 +184,7 @@ impl Default for Http {
             body_timeout_ms: 30_000,
             per_ip_connections: 4096,
             per_ip_rate: 1000,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -465,6 +467,16 @@ impl Config {
         }
         if self.http.header_timeout_ms == 0 || self.http.body_timeout_ms == 0 {
             bail!("http.header_timeout_ms and http.body_timeout_ms must be positive");
+        }
+        for o in &self.http.cors_origins {
+            let ok = o == "*"
+                || ((o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.ends_with('/')
+                    && axum::http::HeaderValue::from_str(o).is_ok()
+                    && !o.contains(char::is_whitespace));
+            if !ok {
+                bail!("http.cors_origins: {o:?} is not an origin (scheme://host[:port], no path or trailing slash) nor \"*\"");
+            }
         }
         if self.http.per_ip_connections == 0 {
             bail!("http.per_ip_connections must be positive");
