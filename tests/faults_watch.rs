@@ -271,3 +271,64 @@ async fn an_unwritable_checkpoint_directory_is_shown_and_counted_as_lag() {
     })
     .await;
 }
+
+/// A journal record as the log writes it: `len | crc32c(body) | body`,
+/// body `parts | (partition | segment base | position | length | bytes)*`.
+fn journal_record(partition: u32, pos: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.extend_from_slice(&partition.to_le_bytes());
+    body.extend_from_slice(&0u64.to_le_bytes());
+    body.extend_from_slice(&pos.to_le_bytes());
+    body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    body.extend_from_slice(bytes);
+    let mut r = Vec::new();
+    r.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    r.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    r.extend_from_slice(&body);
+    r
+}
+
+/// A damaged journal record with intact ones after it is reported: the
+/// node is unready (acknowledged events may be lost) until an operator
+/// acknowledges it, and the damage is listed with the quarantine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_record_keeps_the_node_unready_until_acknowledged() {
+    let redis = Redis::start();
+    let mut node = Node::start(&redis, &[]);
+    let first = deliver_and_ack(&node, 42, 0, 3).await;
+    let (p, _) = checkpoint_of(&node, &first);
+    assert!(node.stop());
+    let log = node.node_dir.join("log");
+    let seg = log.join(format!("p-{p:05}/{:020}.log", 0));
+    let bytes = std::fs::read(&seg).expect("segment");
+    // Three records that rewrite what the segment already holds, the middle
+    // one with a flipped byte: no data changes, only the damage is there.
+    let good = journal_record(p, 0, &bytes);
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 0x01;
+    let journal: Vec<u8> = [good.clone(), bad, good].concat();
+    std::fs::write(log.join("journal"), journal).expect("journal");
+    node.restart_unready();
+    let v = eventually("/readyz to report the damaged journal", || async {
+        let (s, v) = readyz(&node).await;
+        (s == 503).then_some(v)
+    })
+    .await;
+    assert!(v["checks"]["quarantine"].to_string().contains("journal bytes"), "{v}");
+    let (s, q) = node.get("/v1/admin/log/quarantine").await;
+    assert_eq!(s, 200, "{q}");
+    let (s, _) = node.post("/v1/admin/log/quarantine/ack", &json!({})).await;
+    assert_eq!(s, 200);
+    eventually("/readyz once acknowledged", || async {
+        (readyz(&node).await.0 == 200).then_some(())
+    })
+    .await;
+    // The partition goes on past every id handed out before.
+    let (s, v) = node.post("/v1/events", &comments(50, 1, &[42])).await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["ids"][0].as_str().expect("id");
+    let off: u64 = id.rsplit('-').next().and_then(|o| o.parse().ok()).expect("offset");
+    assert!(off >= 3, "offset {off} handed out again");
+}
