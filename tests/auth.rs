@@ -249,7 +249,10 @@ async fn a_production_node_stated_open_warns_at_start() {
         "{}",
         node.log_tail()
     );
-    assert_eq!(call(&node, "GET", "/v1/users/5/inbox", None, None).await, 200);
+    assert_eq!(
+        call(&node, "GET", "/v1/users/5/inbox", None, None).await,
+        200
+    );
 }
 
 /// The load generator drives a node configured as in production: API

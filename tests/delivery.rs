@@ -295,7 +295,10 @@ async fn websocket_auth_is_required_without_dev_mode() {
         &[
             ("HERALD_WEBSOCKET__DEV_MODE", "false"),
             ("HERALD_WEBSOCKET__JWT_SECRET", SECRET),
-            ("HERALD_GATEWAY__API_KEYS", "[\"ingest-key-0123456789abcdef\"]"),
+            (
+                "HERALD_GATEWAY__API_KEYS",
+                "[\"ingest-key-0123456789abcdef\"]",
+            ),
         ],
     );
     let r = tokio_tungstenite::connect_async(node.ws_url(1)).await;

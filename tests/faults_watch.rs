@@ -22,7 +22,9 @@ async fn readyz(node: &Node) -> (u16, Value) {
 async fn metrics(node: &Node) -> String {
     let (s, body) = node.request("GET", "/metrics", None, &[]).await;
     assert_eq!(s, 200);
-    body.as_str().map(str::to_string).unwrap_or_else(|| body.to_string())
+    body.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string())
 }
 
 async fn inbox_len(node: &Node, user: u64) -> usize {
@@ -67,7 +69,11 @@ async fn redis_out_of_memory_is_waited_out_never_dead_lettered() {
     // Nothing was given up on.
     let (s, dl) = node.get("/v1/admin/dead-letters?limit=100").await;
     assert_eq!(s, 200, "{dl}");
-    assert_eq!(dl["dead_letters"].as_array().map_or(0, |a| a.len()), 0, "{dl}");
+    assert_eq!(
+        dl["dead_letters"].as_array().map_or(0, |a| a.len()),
+        0,
+        "{dl}"
+    );
     // Memory comes back: everything arrives, inbox and feed, no restart.
     redis.cmd("CONFIG SET maxmemory 0");
     for &u in &users {
@@ -85,13 +91,21 @@ async fn redis_out_of_memory_is_waited_out_never_dead_lettered() {
     })
     .await;
     let (_, dl) = node.get("/v1/admin/dead-letters?limit=100").await;
-    assert_eq!(dl["dead_letters"].as_array().map_or(0, |a| a.len()), 0, "{dl}");
+    assert_eq!(
+        dl["dead_letters"].as_array().map_or(0, |a| a.len()),
+        0,
+        "{dl}"
+    );
 }
 
 /// The checkpoint file of the partition user 42's comments go to.
 fn checkpoint_of(node: &Node, event_id: &str) -> (u32, PathBuf) {
     let rest = event_id.strip_prefix("e-").expect("event id");
-    let p: u32 = rest.split('-').next().and_then(|p| p.parse().ok()).expect("partition");
+    let p: u32 = rest
+        .split('-')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("partition");
     (p, node.node_dir.join(format!("log/checkpoints/fanout.{p}")))
 }
 
@@ -141,9 +155,7 @@ async fn a_damaged_or_missing_checkpoint_never_replays_a_partition_silently() {
     // A later event of another partition is still delivered; none of the
     // 20 acked notifications comes back.
     let other = (1..200)
-        .find(|u| {
-            herald_types::event::partition_for(*u, 4) != p
-        })
+        .find(|u| herald_types::event::partition_for(*u, 4) != p)
         .expect("a user of another partition");
     let (s, _) = node.post("/v1/events", &comments(100, 1, &[other])).await;
     assert_eq!(s, 202);
@@ -151,7 +163,11 @@ async fn a_damaged_or_missing_checkpoint_never_replays_a_partition_silently() {
         (inbox_len(&node, other).await == 1).then_some(())
     })
     .await;
-    assert_eq!(inbox_len(&node, 42).await, 0, "acked notifications replayed");
+    assert_eq!(
+        inbox_len(&node, 42).await,
+        0,
+        "acked notifications replayed"
+    );
 
     // The file deleted: the same.
     assert!(node.stop());
@@ -162,12 +178,24 @@ async fn a_damaged_or_missing_checkpoint_never_replays_a_partition_silently() {
         (s == 503).then_some(v)
     })
     .await;
-    assert!(v["checks"]["fanout"].to_string().contains("checkpoint missing"), "{v}");
-    assert_eq!(inbox_len(&node, 42).await, 0, "acked notifications replayed");
+    assert!(
+        v["checks"]["fanout"]
+            .to_string()
+            .contains("checkpoint missing"),
+        "{v}"
+    );
+    assert_eq!(
+        inbox_len(&node, 42).await,
+        0,
+        "acked notifications replayed"
+    );
 
     // The operator decides: skip what the partition holds.
     assert!(node.stop());
-    node.set_env("HERALD_FANOUT__RESET_POSITIONS", &format!("[\"{p}=latest\"]"));
+    node.set_env(
+        "HERALD_FANOUT__RESET_POSITIONS",
+        &format!("[\"{p}=latest\"]"),
+    );
     node.restart();
     let (s, v) = node.post("/v1/events", &comments(200, 1, &[42])).await;
     assert_eq!(s, 202, "{v}");
@@ -203,7 +231,10 @@ impl Immutable {
 impl Drop for Immutable {
     fn drop(&mut self) {
         for p in &self.0 {
-            let _ = std::process::Command::new("chattr").arg("-i").arg(p).status();
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(p)
+                .status();
         }
     }
 }
@@ -221,7 +252,11 @@ fn committed(file: &Path) -> Option<u64> {
             (seq, off)
         })
     };
-    [slot(0), slot(512)].into_iter().flatten().max().map(|(_, o)| o)
+    [slot(0), slot(512)]
+        .into_iter()
+        .flatten()
+        .max()
+        .map(|(_, o)| o)
 }
 
 fn lag(metrics: &str, p: u32) -> f64 {
@@ -255,7 +290,12 @@ async fn an_unwritable_checkpoint_directory_is_shown_and_counted_as_lag() {
         (s == 503).then_some(v)
     })
     .await;
-    assert!(v["checks"]["fanout"].to_string().contains("checkpoint cannot be written"), "{v}");
+    assert!(
+        v["checks"]["fanout"]
+            .to_string()
+            .contains("checkpoint cannot be written"),
+        "{v}"
+    );
     // The durable position stays where it was: five records behind.
     eventually("the lag to count from the durable position", || async {
         (lag(&metrics(&node).await, p) == 5.0).then_some(())
@@ -316,7 +356,12 @@ async fn a_damaged_journal_record_keeps_the_node_unready_until_acknowledged() {
         (s == 503).then_some(v)
     })
     .await;
-    assert!(v["checks"]["quarantine"].to_string().contains("journal bytes"), "{v}");
+    assert!(
+        v["checks"]["quarantine"]
+            .to_string()
+            .contains("journal bytes"),
+        "{v}"
+    );
     let (s, q) = node.get("/v1/admin/log/quarantine").await;
     assert_eq!(s, 200, "{q}");
     let (s, _) = node.post("/v1/admin/log/quarantine/ack", &json!({})).await;
@@ -329,6 +374,10 @@ async fn a_damaged_journal_record_keeps_the_node_unready_until_acknowledged() {
     let (s, v) = node.post("/v1/events", &comments(50, 1, &[42])).await;
     assert_eq!(s, 202, "{v}");
     let id = v["ids"][0].as_str().expect("id");
-    let off: u64 = id.rsplit('-').next().and_then(|o| o.parse().ok()).expect("offset");
+    let off: u64 = id
+        .rsplit('-')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .expect("offset");
     assert!(off >= 3, "offset {off} handed out again");
 }

@@ -43,7 +43,8 @@ fn only_the_chunked_transfer_coding_is_accepted() {
 fn duplicate_keys_are_refused_naming_the_key() {
     let redis = Redis::start();
     let node = Node::start(&redis, &[]);
-    let body = br#"{"kind":"comment","actor":1,"recipient":2,"text":"hi","kind":"like","object":"o"}"#;
+    let body =
+        br#"{"kind":"comment","actor":1,"recipient":2,"text":"hi","kind":"like","object":"o"}"#;
     let (s, v) = http_blocking(
         &node.addr,
         "POST",
@@ -62,7 +63,10 @@ fn cors_answers_preflight_for_configured_origins_only() {
     let redis = Redis::start();
     let node = Node::start(
         &redis,
-        &[("HERALD_HTTP__CORS_ORIGINS", r#"["https://app.example.com"]"#)],
+        &[(
+            "HERALD_HTTP__CORS_ORIGINS",
+            r#"["https://app.example.com"]"#,
+        )],
     );
     let preflight = |origin: &str| {
         exchange(
@@ -75,7 +79,10 @@ fn cors_answers_preflight_for_configured_origins_only() {
     };
     let ok = preflight("https://app.example.com");
     assert!(ok.starts_with("http/1.1 200"), "{ok}");
-    assert!(ok.contains("access-control-allow-origin: https://app.example.com"), "{ok}");
+    assert!(
+        ok.contains("access-control-allow-origin: https://app.example.com"),
+        "{ok}"
+    );
     assert!(ok.contains("authorization"), "{ok}");
     let other = preflight("https://evil.example.net");
     assert!(!other.contains("access-control-allow-origin"), "{other}");
@@ -86,7 +93,10 @@ fn cors_answers_preflight_for_configured_origins_only() {
     )
     .to_lowercase();
     assert!(get.starts_with("http/1.1 200"), "{get}");
-    assert!(get.contains("access-control-allow-origin: https://app.example.com"), "{get}");
+    assert!(
+        get.contains("access-control-allow-origin: https://app.example.com"),
+        "{get}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,9 +108,17 @@ async fn a_node_started_while_redis_is_down_is_unready_then_serves() {
         (s == 503).then_some(v)
     })
     .await;
-    assert!(v["checks"]["redis"].to_string().contains("unreachable"), "{v}");
+    assert!(
+        v["checks"]["redis"].to_string().contains("unreachable"),
+        "{v}"
+    );
     assert_eq!(node.get("/healthz").await.0, 200);
-    let (s, _) = node.post("/v1/events", &serde_json::json!({"kind":"like","actor":1,"recipient":2,"object":"o"})).await;
+    let (s, _) = node
+        .post(
+            "/v1/events",
+            &serde_json::json!({"kind":"like","actor":1,"recipient":2,"object":"o"}),
+        )
+        .await;
     assert_eq!(s, 503);
     let _redis = Redis::start_on(port);
     eventually("/readyz once redis is up", || async {

@@ -275,9 +275,18 @@ impl Node {
         let mut child = cmd.spawn().expect("spawn herald");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        // The node logs to stdout: kept beside its stderr for log_tail.
+        let mut copy = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.join("herald.log"))
+            .ok();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(f) = copy.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
                 if let Some(rest) = line.strip_prefix("herald listening: http://") {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(addr);

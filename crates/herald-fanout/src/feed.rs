@@ -134,7 +134,8 @@ async fn run(
                     }
                     tracing::warn!(error = %e, entries = refs.len(), "feed write failed, retrying");
                     waits += 1;
-                    let wait = (Duration::from_millis(100) * (1 << waits.min(6))).min(Duration::from_secs(5));
+                    let wait = (Duration::from_millis(100) * (1 << waits.min(6)))
+                        .min(Duration::from_secs(5));
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = stop_changed(&stop) => {}

@@ -168,10 +168,18 @@ impl FanoutHealth {
             .parts
             .iter()
             .enumerate()
-            .flat_map(|(p, s)| s.problems().into_iter().map(move |why| format!("partition {p}: {why}")))
+            .flat_map(|(p, s)| {
+                s.problems()
+                    .into_iter()
+                    .map(move |why| format!("partition {p}: {why}"))
+            })
             .collect();
         if let Some(f) = &self.feed {
-            out.extend(f.problems().into_iter().map(|why| format!("feed writer: {why}")));
+            out.extend(
+                f.problems()
+                    .into_iter()
+                    .map(|why| format!("feed writer: {why}")),
+            );
         }
         out
     }

@@ -176,7 +176,11 @@ impl Worker {
         if records.is_empty() {
             return;
         }
-        tracing::info!(partition = p, records = records.len(), "processing records given up on again");
+        tracing::info!(
+            partition = p,
+            records = records.len(),
+            "processing records given up on again"
+        );
         metrics::counter!("herald_fanout_reprocessed_total").increment(records.len() as u64);
         if let Err(Halt::Permanent(why)) = self.process(records.clone()).await {
             self.isolate(records, why).await;

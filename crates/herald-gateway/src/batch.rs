@@ -234,7 +234,14 @@ mod tests {
             for r in [s, t] {
                 let e = r.expect_err(body);
                 assert_eq!(e.code, "duplicate_key", "{body}");
-                assert_eq!(e.field.as_deref(), Some(if body.matches("\"events\"").count() == 2 { "events" } else { "kind" }));
+                assert_eq!(
+                    e.field.as_deref(),
+                    Some(if body.matches("\"events\"").count() == 2 {
+                        "events"
+                    } else {
+                        "kind"
+                    })
+                );
             }
         }
         // MessagePack: a map of two entries both named "kind".
@@ -249,7 +256,10 @@ mod tests {
         let (s, t) = both(&b, Encoding::MsgPack);
         for r in [s, t] {
             let e = r.expect_err("msgpack");
-            assert_eq!((e.code, e.field.as_deref()), ("duplicate_key", Some("kind")));
+            assert_eq!(
+                (e.code, e.field.as_deref()),
+                ("duplicate_key", Some("kind"))
+            );
         }
     }
 

@@ -18,8 +18,8 @@ mod http;
 mod import;
 mod prefs;
 mod routes;
-mod strict;
 pub mod schema;
+mod strict;
 pub mod validate;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -104,9 +104,7 @@ async fn post_follows(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: 
         let bytes = read_limited(&headers, body, gw.cfg.max_import_bytes).await?;
         let pairs = crate::import::parse_follows(&bytes, enc, MAX_IMPORT_PAIRS)?;
         drop(bytes);
-        let unavailable = |e: herald_store::StoreError| {
-            ApiError::store("follower store", e)
-        };
+        let unavailable = |e: herald_store::StoreError| ApiError::store("follower store", e);
         gw.store.import_follows(&pairs).await.map_err(unavailable)?;
         // Followees may have crossed the celebrity threshold: the distinct
         // followees, without a second list of every pair.
@@ -181,9 +179,7 @@ async fn inbox(
                     )
                 })?,
         };
-        let unavailable = |e: herald_store::StoreError| {
-            ApiError::store("inbox store", e)
-        };
+        let unavailable = |e: herald_store::StoreError| ApiError::store("inbox store", e);
         let snap = gw
             .store
             .inbox_snapshot(user, limit, false)

@@ -138,7 +138,11 @@ impl Checkpoints {
                     tracing::error!(file = %entry.path().display(), bytes = bytes.len(), "checkpoint damaged: no intact slot");
                     damaged.insert(
                         (group.to_string(), part),
-                        format!("{} has no intact slot ({} bytes)", entry.path().display(), bytes.len()),
+                        format!(
+                            "{} has no intact slot ({} bytes)",
+                            entry.path().display(),
+                            bytes.len()
+                        ),
                     );
                 }
             }

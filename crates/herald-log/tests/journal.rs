@@ -203,7 +203,10 @@ async fn a_torn_last_journal_record_is_dropped_and_the_rest_replayed() {
         assert_eq!(got.get(k), Some(v), "acknowledged record {k:?} lost");
     }
     assert_eq!(got.len(), acked.len());
-    assert!(log.quarantine().unwrap().is_empty(), "a torn tail is no corruption");
+    assert!(
+        log.quarantine().unwrap().is_empty(),
+        "a torn tail is no corruption"
+    );
     drop(log);
 
     // A flipped byte inside the last good record: the records before it
@@ -359,12 +362,26 @@ async fn a_damaged_journal_record_in_the_middle_is_quarantined_and_no_offset_is_
         assert_eq!(acked.get(k), Some(v), "record {k:?} is not what was sent");
     }
     let lost: Vec<_> = acked.keys().filter(|k| !got.contains_key(k)).collect();
-    assert!(!lost.is_empty(), "the damaged round's records cannot be read");
+    assert!(
+        !lost.is_empty(),
+        "the damaged round's records cannot be read"
+    );
     // New appends get offsets past every offset handed out before the crash.
     for p in 0..PARTITIONS {
-        let top = acked.keys().filter(|k| k.0 == p).map(|k| k.1).max().unwrap();
-        let next = log.append(p, vec![Bytes::from_static(b"after")]).await.unwrap();
-        assert!(next > top, "partition {p}: offset {next} handed out again (acked up to {top})");
+        let top = acked
+            .keys()
+            .filter(|k| k.0 == p)
+            .map(|k| k.1)
+            .max()
+            .unwrap();
+        let next = log
+            .append(p, vec![Bytes::from_static(b"after")])
+            .await
+            .unwrap();
+        assert!(
+            next > top,
+            "partition {p}: offset {next} handed out again (acked up to {top})"
+        );
     }
     log.close().await.unwrap();
 
@@ -392,9 +409,18 @@ async fn a_consumer_position_past_the_end_moves_the_partition_past_it() {
     log.close().await.unwrap();
     std::fs::remove_dir_all(dir.join("p-00000")).unwrap();
     let log = Log::open(dir, cfg()).unwrap();
-    let next = log.append(0, vec![Bytes::from_static(b"again")]).await.unwrap();
-    assert!(next >= 30, "offset {next} handed out again after the files were lost");
+    let next = log
+        .append(0, vec![Bytes::from_static(b"again")])
+        .await
+        .unwrap();
+    assert!(
+        next >= 30,
+        "offset {next} handed out again after the files were lost"
+    );
     // Partitions that lost nothing go on where they were.
-    assert_eq!(log.append(1, vec![Bytes::from_static(b"x")]).await.unwrap(), 30);
+    assert_eq!(
+        log.append(1, vec![Bytes::from_static(b"x")]).await.unwrap(),
+        30
+    );
     log.close().await.unwrap();
 }

@@ -94,7 +94,9 @@ impl StoreError {
         match self {
             StoreError::Timeout(_) => "redis did not answer in time",
             StoreError::Corrupt { .. } => "stored data is unreadable",
-            StoreError::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+            StoreError::Redis(e)
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() =>
+            {
                 "redis is unreachable"
             }
             StoreError::Redis(e) => match server_codes(e).first().map(String::as_str) {

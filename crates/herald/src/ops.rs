@@ -117,11 +117,8 @@ async fn readyz(State(ops): State<Ops>) -> Response {
                 .any(|r| !r.acknowledged && r.partition == herald_log::quarantine::JOURNAL)
         })
     });
-    let ready = log == "ok"
-        && redis == "ok"
-        && fanout == "ok"
-        && cluster == "ok"
-        && !journal_damaged;
+    let ready =
+        log == "ok" && redis == "ok" && fanout == "ok" && cluster == "ok" && !journal_damaged;
     let body = json!({
         "ready": ready,
         "checks": {"log": log, "redis": redis, "fanout": fanout, "cluster": cluster, "quarantine": quarantine},

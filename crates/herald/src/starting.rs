@@ -109,7 +109,10 @@ fn unready(path: &str, redis: &str) -> Response<axum::body::Body> {
     let mut r = Response::new(axum::body::Body::from(body.to_string()));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
