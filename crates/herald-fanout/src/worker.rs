@@ -213,7 +213,7 @@ impl Worker {
                 Err(e) => {
                     metrics::counter!("herald_fanout_redis_errors_total").increment(1);
                     self.status
-                        .failing(|| format!("redis step {what} failed: {e}"));
+                        .failing(|| format!("redis step {what} failed: {}", e.public_reason()));
                     if !e.is_transient() {
                         permanent += 1;
                         if permanent >= PERMANENT_ATTEMPTS {

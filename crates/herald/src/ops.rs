@@ -74,7 +74,7 @@ async fn readyz(State(ops): State<Ops>) -> Response {
     };
     let redis = match tokio::time::timeout(Duration::from_secs(2), ops.store.ping()).await {
         Ok(Ok(())) => "ok".to_string(),
-        Ok(Err(e)) => format!("unreachable: {e}"),
+        Ok(Err(e)) => format!("unreachable: {}", e.public_reason()),
         Err(_) => "unreachable: no answer within 2 s".to_string(),
     };
     let stalls = ops.fanout.stalls();
