@@ -381,3 +381,30 @@ async fn a_damaged_journal_record_keeps_the_node_unready_until_acknowledged() {
         .expect("offset");
     assert!(off >= 3, "offset {off} handed out again");
 }
+
+/// A node that lost its whole disk starts its log again past every offset
+/// its old log could have handed out: event ids, and so notification ids,
+/// never repeat, and what the old ids left in Redis is not overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_disk_never_hands_out_an_event_id_again() {
+    let redis = Redis::start();
+    let mut node = Node::start(&redis, &[]);
+    let (s, v) = node.post("/v1/events", &comments(0, 1, &[42])).await;
+    assert_eq!(s, 202, "{v}");
+    let before = v["ids"][0].as_str().expect("id").to_string();
+    eventually("the first notification in the inbox", || async {
+        (inbox_len(&node, 42).await == 1).then_some(())
+    })
+    .await;
+    node.kill9();
+    std::fs::remove_dir_all(&node.node_dir).expect("wipe");
+    node.restart();
+    let (s, v) = node.post("/v1/events", &comments(0, 1, &[42])).await;
+    assert_eq!(s, 202, "{v}");
+    let after = v["ids"][0].as_str().expect("id").to_string();
+    assert_ne!(before, after, "event id handed out again after a wipe");
+    eventually("both notifications in the inbox", || async {
+        (inbox_len(&node, 42).await == 2).then_some(())
+    })
+    .await;
+}

@@ -51,6 +51,13 @@ pub struct LogConfig {
     pub max_requests_per_round: usize,
     /// What recovery does with corruption.
     pub on_corruption: OnCorruption,
+    /// The first offset of a partition that starts empty (no segment, no
+    /// watermark: a new log, or a wiped disk). Herald passes the time in
+    /// microseconds, so a log made again on a wiped disk hands out offsets
+    /// (event ids) past every one its predecessor could have used (as long
+    /// as the clock did not go back and a partition took under one record
+    /// per microsecond). 0 by default.
+    pub fresh_base: u64,
 }
 
 impl Default for LogConfig {
@@ -71,6 +78,7 @@ impl Default for LogConfig {
             queue_depth: 4096,
             max_requests_per_round: 4096,
             on_corruption: OnCorruption::Quarantine,
+            fresh_base: 0,
         }
     }
 }

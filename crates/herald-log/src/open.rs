@@ -182,7 +182,8 @@ fn open_partition(
         segments.insert(base, seg);
     }
     if segments.is_empty() {
-        let base = reserved;
+        // Nothing on disk: a new partition, or one whose files are gone.
+        let base = reserved.max(cfg.fresh_base);
         segments.insert(base, new_segment(dir, base, cfg)?);
     }
     let end = segments.values().next_back().map_or(0, |s| s.next_offset);

@@ -26,6 +26,9 @@ impl Config {
                 "refuse" => herald_log::OnCorruption::Refuse,
                 _ => herald_log::OnCorruption::Quarantine,
             },
+            // A log made on an empty (or wiped) disk starts its offsets at
+            // the time: event ids never repeat those of a lost log.
+            fresh_base: herald_types::now_us(),
             ..herald_log::LogConfig::default()
         }
     }
