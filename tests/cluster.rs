@@ -143,3 +143,42 @@ async fn a_celebrity_post_reaches_followers_on_every_node() {
     assert_eq!(n_b["event_id"], post_id.as_str(), "{n_b}");
     assert_eq!(n_a["id"], n_b["id"], "one id for every follower");
 }
+
+/// A node frozen past its liveness lifetime is taken for dead: another node
+/// writes its connected users' notifications to their inboxes. When it
+/// wakes it learns its liveness had lapsed and every connection drains,
+/// so a user who stayed connected gets them without reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_wakes_after_being_taken_for_dead_drains_its_connections() {
+    let redis = Redis::start();
+    let a = Node::start(&redis, &cluster_env("node-a"));
+    let b = Node::start(&redis, &cluster_env("node-b"));
+    let mut on_b = Client::connect(&b, 5).await;
+    b.pause();
+    support::eventually_within(
+        "node B's liveness to lapse",
+        Duration::from_secs(30),
+        || async {
+            (redis.cmd("EXISTS h:{nodes}:alive:node-b").as_deref() == Some(":0\r\n")).then_some(())
+        },
+    )
+    .await;
+    // Node A's own view: node B is dead, so nothing is handed to it.
+    eventually("node A to see node B dead", || async {
+        let (_, m) = a.get("/metrics").await;
+        m.as_str()
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.trim_end() == "herald_relay_nodes_alive 1")
+            .then_some(())
+    })
+    .await;
+    let id = a.like(1, 5, "post:frozen").await;
+    eventually("the notification in the inbox", || async {
+        (!inbox_ids(&a, 5).await.is_empty()).then_some(())
+    })
+    .await;
+    b.resume();
+    let n = on_b.notification().await;
+    assert_eq!(n["event_id"], id.as_str(), "{n}");
+}

@@ -329,6 +329,26 @@ impl Node {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// SIGSTOP: the node freezes (its sockets stay open).
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: a signal to our own child process.
+            unsafe {
+                libc_kill(c.id() as i32, 19);
+            }
+        }
+    }
+
+    /// SIGCONT after [`Node::pause`].
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: a signal to our own child process.
+            unsafe {
+                libc_kill(c.id() as i32, 18);
+            }
+        }
+    }
+
     /// SIGKILL: no shutdown work at all.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

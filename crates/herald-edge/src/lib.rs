@@ -339,6 +339,18 @@ impl Edge {
         None
     }
 
+    /// Tells every user's primary connection here to drain the inbox.
+    pub(crate) fn poke_all(&self) {
+        let mut n = 0u64;
+        for d in self.conns.iter() {
+            if let Some(h) = d.value().first() {
+                h.poke.notify_one();
+                n += 1;
+            }
+        }
+        tracing::info!(users = n, "every connection told to drain its inbox");
+    }
+
     /// Tells `user`'s primary connection here to drain the inbox.
     pub(crate) fn poke(&self, user: UserId) {
         if let Some(h) = self
@@ -356,6 +368,7 @@ impl EdgeHandle for Edge {
         match cmd {
             EdgeCommand::Push { user, n, settle } => return self.push(user, n, settle),
             EdgeCommand::Poke { user } => self.poke(user),
+            EdgeCommand::PokeAll => self.poke_all(),
             EdgeCommand::Broadcast { celebrity, n } => celebrity::broadcast(self, celebrity, n),
             EdgeCommand::FollowChanged {
                 follower,

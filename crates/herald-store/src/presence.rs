@@ -54,17 +54,21 @@ impl Store {
         Ok(maps.into_iter().map(|m| m.into_iter().collect()).collect())
     }
 
-    /// Says this node is alive (with its incarnation) for `ttl`.
-    pub async fn node_alive(&self, incarnation: u64, ttl: Duration) -> Result<()> {
+    /// Says this node is alive (with its incarnation) for `ttl`. Returns
+    /// whether it still was: false when the key had expired (or named
+    /// another incarnation), so other nodes took this one for dead since
+    /// the last call.
+    pub async fn node_alive(&self, incarnation: u64, ttl: Duration) -> Result<bool> {
         let mut p = crate::Batch::new();
         p.cmd("SET")
             .arg(alive_key(&self.cfg.node_id))
             .arg(incarnation)
             .arg("PX")
             .arg(ttl.as_millis().max(1) as u64)
-            .ignore();
+            .arg("GET");
         p.cmd("SADD").arg(NODES).arg(&self.cfg.node_id).ignore();
-        self.run::<()>(&p).await
+        let (was,): (Option<u64>,) = self.run(&p).await?;
+        Ok(was == Some(incarnation))
     }
 
     /// The nodes alive now, with their incarnations.

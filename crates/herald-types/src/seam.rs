@@ -98,6 +98,10 @@ pub enum EdgeCommand {
     },
     /// `user`'s inbox has new entries: drain it if connected here.
     Poke { user: UserId },
+    /// Other nodes may have written inboxes of users connected here without
+    /// telling this node (it was taken for dead, or its channel was down):
+    /// every connection drains.
+    PokeAll,
     /// A celebrity's post, already durable in its outbox: push it to every
     /// follower connected here (one id for all, so it is encoded once).
     Broadcast { celebrity: UserId, n: Notification },

@@ -65,6 +65,14 @@ pub fn describe() {
         "herald_fanout_checkpoint_errors_total",
         "Checkpoint writes that failed (retried every tick; /readyz fails meanwhile)."
     );
+    g!(
+        "herald_relay_nodes_alive",
+        "Nodes this node sees alive (its own included), as of its last liveness read (cluster)."
+    );
+    c!(
+        "herald_relay_liveness_lapsed_total",
+        "Times this node found its own liveness had lapsed (frozen or cut off from Redis) and told every connection to drain (cluster)."
+    );
     c!(
         "herald_fanout_reprocessed_total",
         "Records given up on (neither delivered nor stored) and processed again without a restart."

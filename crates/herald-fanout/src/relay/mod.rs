@@ -193,7 +193,7 @@ impl Relay {
                 celebrity: *celebrity,
                 followers: followers.clone(),
             },
-            EdgeCommand::Push { .. } | EdgeCommand::Poke { .. } => return,
+            EdgeCommand::Push { .. } | EdgeCommand::Poke { .. } | EdgeCommand::PokeAll => return,
         };
         let nodes: Vec<String> = self
             .alive
@@ -389,6 +389,7 @@ impl Relay {
 
 async fn subscribe_loop(relay: Weak<Relay>) {
     let mut wait = Duration::from_millis(100);
+    let mut again = false;
     loop {
         let Some(node) = relay.upgrade().map(|r| r.node.clone()) else {
             return;
@@ -400,6 +401,13 @@ async fn subscribe_loop(relay: Weak<Relay>) {
             Ok(mut sub) => {
                 wait = Duration::from_millis(100);
                 tracing::info!(node = %node, "relay listening");
+                if again {
+                    // Pokes sent while the channel was down are lost.
+                    if let Some(r) = relay.upgrade() {
+                        r.to_local(EdgeCommand::PokeAll);
+                    }
+                }
+                again = true;
                 while let Some(msg) = sub.next().await {
                     let Some(r) = relay.upgrade() else { return };
                     r.on_message(&msg);
@@ -416,21 +424,36 @@ async fn subscribe_loop(relay: Weak<Relay>) {
 async fn heartbeat_loop(relay: Weak<Relay>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n = 0u64;
+    let mut first = true;
     loop {
         tick.tick().await;
         let Some(r) = relay.upgrade() else { return };
         if n.is_multiple_of(3) {
-            if let Err(e) = r
+            match r
                 .store
                 .node_alive(r.incarnation, Duration::from_secs(10))
                 .await
             {
-                tracing::warn!(error = %e, "node liveness not written");
+                Ok(true) => {}
+                Ok(false) if first => {}
+                Ok(false) => {
+                    // Frozen, or cut off from Redis, past the liveness
+                    // lifetime: other nodes wrote inboxes of users
+                    // connected here and told nobody here.
+                    tracing::warn!(
+                        "this node's liveness had lapsed; every connection drains its inbox"
+                    );
+                    metrics::counter!("herald_relay_liveness_lapsed_total").increment(1);
+                    r.to_local(EdgeCommand::PokeAll);
+                }
+                Err(e) => tracing::warn!(error = %e, "node liveness not written"),
             }
+            first = false;
         }
         n += 1;
         match r.store.nodes_alive().await {
             Ok(a) => {
+                metrics::gauge!("herald_relay_nodes_alive").set(a.len() as f64);
                 if let Ok(mut m) = r.alive.write() {
                     *m = a;
                 }
