@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# A local cluster on loopback: a Redis Cluster of 3 masters and 3 Herald
-# nodes working as one (server.cluster = true: pushes to users connected
-# to another node travel over Redis pub/sub).
+# A local cluster on loopback: a Redis Cluster of 3 masters, each with a
+# replica (a master lost is replaced by its replica), and 3 Herald nodes
+# working as one (server.cluster = true: pushes to users connected to
+# another node travel over Redis pub/sub).
 #
-#   deploy/cluster.sh up       start everything, print one line per node, return once ready
-#   deploy/cluster.sh status   one line per node: pid, alive, ready
-#   deploy/cluster.sh down     stop everything it started
+#   deploy/cluster.sh up           start everything, print one line per node, return once ready
+#   deploy/cluster.sh status       one line per node: pid, alive, ready
+#   deploy/cluster.sh stop NAME    stop one Herald node (SIGTERM, then SIGKILL after 10 s)
+#   deploy/cluster.sh start NAME   start a stopped node again with its config and
+#                                  whatever its data directory holds (empty included);
+#                                  print its line, return once it is ready
+#   deploy/cluster.sh down         stop everything it started
+#
+# A node line: node <name> http://127.0.0.1:<port> pid <pid> role <role> data <dir>
 #
 # Settings (environment): HERALD_CLUSTER_DIR (state, default
-# /tmp/herald-cluster), REDIS_BASE_PORT (7001), HERALD_BASE_PORT (7411),
+# /tmp/herald-cluster), REDIS_BASE_PORT (7001: the masters, then their
+# replicas, six consecutive ports), HERALD_BASE_PORT (7411),
 # HERALD_BIN (default: a release build, built if missing), HERALD_NODES
 # (Herald nodes, default 3; the Redis Cluster keeps 3 masters),
 # HERALD_ROLES (each node's role in order, default all of them "all"; e.g.
@@ -24,6 +32,8 @@ rbase="${REDIS_BASE_PORT:-7001}"
 hbase="${HERALD_BASE_PORT:-7411}"
 nodes="${HERALD_NODES:-3}"
 masters=3
+# One replica per master.
+servers=$((masters * 2))
 
 alive() { kill -0 "$1" 2>/dev/null; }
 
@@ -42,7 +52,7 @@ up() {
     if [ ! -x "$bin" ]; then
         cargo build --release -p herald >&2
     fi
-    if [ $((rbase + masters - 1 + 10000)) -gt 65535 ]; then
+    if [ $((rbase + servers - 1 + 10000)) -gt 65535 ]; then
         echo "REDIS_BASE_PORT=$rbase is too high: Redis Cluster also listens on port + 10000 (its bus)" >&2
         exit 1
     fi
@@ -51,17 +61,20 @@ up() {
     key="${HERALD_CLUSTER_KEY:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
     seeds=""
     addrs=""
-    for i in $(seq 0 $((masters - 1))); do
+    for i in $(seq 0 $((servers - 1))); do
         port=$((rbase + i))
         mkdir -p "$dir/redis-$port"
+        # An append-only file synced every second: a master restarted
+        # after a crash comes back with its data (its replica may have
+        # taken over meanwhile).
         redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
             --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
-            --save "" --appendonly no --dir "$dir/redis-$port" \
+            --save "" --appendonly yes --appendfsync everysec --dir "$dir/redis-$port" \
             --daemonize yes --pidfile "$dir/redis-$port/pid" --logfile "$dir/redis-$port/log"
         seeds="$seeds${seeds:+, }\"redis://127.0.0.1:$port\""
         addrs="$addrs 127.0.0.1:$port"
     done
-    for i in $(seq 0 $((masters - 1))); do
+    for i in $(seq 0 $((servers - 1))); do
         port=$((rbase + i))
         for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
         redis-cli -p "$port" ping >/dev/null 2>&1 || {
@@ -71,7 +84,7 @@ up() {
         }
     done
     # shellcheck disable=SC2086
-    redis-cli --cluster create $addrs --cluster-replicas 0 --cluster-yes >"$dir/cluster-create.log" 2>&1 || {
+    redis-cli --cluster create $addrs --cluster-replicas 1 --cluster-yes >"$dir/cluster-create.log" 2>&1 || {
         echo "redis-cli --cluster create failed:" >&2
         cat "$dir/cluster-create.log" >&2
         exit 1
@@ -80,30 +93,83 @@ up() {
         redis-cli -p "$rbase" cluster info 2>/dev/null | grep -q cluster_state:ok && break
         sleep 0.05
     done
+    # What `start NAME` needs later: the binary, the key, the seeds.
+    printf '%s\n%s\n%s\n' "$bin" "$key" "$seeds" >"$dir/env"
     : >"$dir/nodes"
     read -r -a roles <<<"${HERALD_ROLES:-}"
     for i in $(seq 1 "$nodes"); do
         port=$((hbase + i - 1))
         name="node-$i"
         role="${roles[$((i - 1))]:-all}"
-        HERALD_SERVER__CLUSTER=true HERALD_SERVER__NODE_ID="$name" \
-            HERALD_SERVER__CLUSTER_KEY="$key" \
-            HERALD_REDIS__CLUSTER_NODES="[$seeds]" HERALD_LOG="${HERALD_LOG:-warn}" \
-            nohup "$bin" --config config/default.toml --listen "127.0.0.1:$port" --role "$role" \
-            --data-dir "$dir/$name" >"$dir/$name.log" 2>&1 &
-        echo "$name $port $! $role" >>"$dir/nodes"
+        launch "$name" "$port" "$role"
     done
     while read -r name port pid _; do
-        for _ in $(seq 300); do
-            ready "$port" && break
-            alive "$pid" || { echo "$name exited; see $dir/$name.log" >&2; exit 1; }
-            sleep 0.1
-        done
-        ready "$port" || { echo "$name never became ready; see $dir/$name.log" >&2; exit 1; }
+        wait_ready "$name" "$port" "$pid"
     done <"$dir/nodes"
     while read -r name port pid role; do
-        echo "node $name http://127.0.0.1:$port pid $pid role $role"
+        line "$name" "$port" "$pid" "$role"
     done <"$dir/nodes"
+}
+
+line() { # name port pid role
+    echo "node $1 http://127.0.0.1:$2 pid $3 role $4 data $dir/$1"
+}
+
+# Starts node NAME on PORT with ROLE and records it in $dir/nodes.
+launch() { # name port role
+    local bin key seeds
+    { read -r bin; read -r key; read -r seeds; } <"$dir/env"
+    HERALD_SERVER__CLUSTER=true HERALD_SERVER__NODE_ID="$1" \
+        HERALD_SERVER__CLUSTER_KEY="$key" \
+        HERALD_REDIS__CLUSTER_NODES="[$seeds]" HERALD_LOG="${HERALD_LOG:-warn}" \
+        nohup "$bin" --config config/default.toml --listen "127.0.0.1:$2" --role "$3" \
+        --data-dir "$dir/$1" >>"$dir/$1.log" 2>&1 &
+    echo "$1 $2 $! $3" >>"$dir/nodes"
+}
+
+wait_ready() { # name port pid
+    for _ in $(seq 300); do
+        ready "$2" && return 0
+        alive "$3" || { echo "$1 exited; see $dir/$1.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "$1 never became ready; see $dir/$1.log" >&2
+    exit 1
+}
+
+# The recorded line of node NAME (name port pid role), or nothing.
+find_node() {
+    [ -f "$dir/nodes" ] || return 0
+    awk -v n="$1" '$1 == n' "$dir/nodes"
+}
+
+stop_node() { # name
+    local rec name port pid role
+    rec="$(find_node "$1")"
+    [ -n "$rec" ] || { echo "no node named $1 (see: $0 status)" >&2; exit 1; }
+    read -r name port pid role <<<"$rec"
+    if alive "$pid"; then
+        kill "$pid" || true
+        for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+        alive "$pid" && kill -9 "$pid" || true
+    fi
+    echo "node $name stopped"
+}
+
+start_node() { # name
+    local rec name port pid role
+    rec="$(find_node "$1")"
+    [ -n "$rec" ] || { echo "no node named $1 (see: $0 status)" >&2; exit 1; }
+    read -r name port pid role <<<"$rec"
+    if alive "$pid"; then
+        echo "node $name is running (pid $pid); stop it first" >&2
+        exit 1
+    fi
+    awk -v n="$name" '$1 != n' "$dir/nodes" >"$dir/nodes.tmp" && mv "$dir/nodes.tmp" "$dir/nodes"
+    launch "$name" "$port" "$role"
+    read -r _ _ pid _ <<<"$(find_node "$name")"
+    wait_ready "$name" "$port" "$pid"
+    line "$name" "$port" "$pid" "$role"
 }
 
 status() {
@@ -113,11 +179,12 @@ status() {
         alive "$pid" && state="up"
         r="not ready"
         ready "$port" && r="ready"
-        echo "node $name http://127.0.0.1:$port pid $pid role $role $state $r"
+        echo "node $name http://127.0.0.1:$port pid $pid role $role $state $r data $dir/$name"
     done <"$dir/nodes"
-    for i in $(seq 0 $((masters - 1))); do
+    for i in $(seq 0 $((servers - 1))); do
         port=$((rbase + i))
-        echo "redis 127.0.0.1:$port $(redis-cli -p "$port" ping 2>/dev/null || echo down)"
+        r="$(redis-cli -p "$port" role 2>/dev/null | head -n 1 || true)"
+        echo "redis 127.0.0.1:$port $(redis-cli -p "$port" ping 2>/dev/null || echo down) ${r:-}"
     done
 }
 
@@ -129,7 +196,7 @@ down() {
             alive "$pid" && kill -9 "$pid" || true
         done <"$dir/nodes"
     fi
-    for i in $(seq 0 $((masters - 1))); do
+    for i in $(seq 0 $((servers - 1))); do
         port=$((rbase + i))
         redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
     done
@@ -140,6 +207,8 @@ down() {
 case "${1:-}" in
     up) up ;;
     status) status ;;
+    stop) [ -n "${2:-}" ] || { echo "usage: $0 stop NAME" >&2; exit 2; }; stop_node "$2" ;;
+    start) [ -n "${2:-}" ] || { echo "usage: $0 start NAME" >&2; exit 2; }; start_node "$2" ;;
     down) down ;;
-    *) echo "usage: $0 up|status|down" >&2; exit 2 ;;
+    *) echo "usage: $0 up|status|stop NAME|start NAME|down" >&2; exit 2 ;;
 esac

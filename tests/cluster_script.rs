@@ -1,7 +1,8 @@
 //! The local cluster as a newcomer runs it: `deploy/cluster.sh up` (a Redis
-//! Cluster of 3 masters and 3 Herald nodes on loopback), the load
-//! generator's smoke workload spread over the three nodes with one
-//! verdict, then `deploy/cluster.sh down`.
+//! Cluster of 3 masters with a replica each, and 3 Herald nodes on
+//! loopback), the load generator's smoke workload spread over the three
+//! nodes with one verdict, one node stopped and started again
+//! (`stop NAME`, `start NAME`), then `deploy/cluster.sh down`.
 
 mod support;
 
@@ -11,41 +12,42 @@ use std::process::Command;
 
 use support::summary_row;
 
-/// A base port with the next two free as well, and (for Redis Cluster,
-/// whose bus listens on port + 10000) those ten thousand above too. The
-/// base is drawn below the kernel's ephemeral range so that the bus
-/// ports stay under 65536.
-fn three_free_ports() -> u16 {
+/// A base port with the next `n - 1` free as well, and (for Redis
+/// Cluster, whose bus listens on port + 10000) those ten thousand above
+/// too. The base is drawn below the kernel's ephemeral range so that the
+/// bus ports stay under 65536.
+fn free_ports(n: u16) -> u16 {
     let seed = std::process::id() as u64 ^ support::free_port() as u64;
     for attempt in 0..200u64 {
         let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 131) % 12_000) as u16;
         let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if (0..3).all(|i| free(base + i) && free(base + 10_000 + i)) {
+        if (0..n).all(|i| free(base + i) && free(base + 10_000 + i)) {
             return base;
         }
     }
-    panic!("no three consecutive free ports");
+    panic!("no {n} consecutive free ports");
 }
 
 #[test]
 fn the_local_cluster_works_as_one() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let state = tempfile::tempdir().expect("tempdir");
-    let rbase = three_free_ports();
+    // Three masters and their three replicas.
+    let rbase = free_ports(6);
     let clash = |h: u16| {
         (0..3).any(|i| {
-            (rbase..rbase + 3).contains(&(h + i))
-                || (rbase + 10_000..rbase + 10_003).contains(&(h + i))
+            (rbase..rbase + 6).contains(&(h + i))
+                || (rbase + 10_000..rbase + 10_006).contains(&(h + i))
         })
     };
     let hbase = (0..50)
-        .map(|_| three_free_ports())
+        .map(|_| free_ports(3))
         .find(|&h| !clash(h))
         .expect("two disjoint port ranges");
     let script = |cmd: &str| {
         Command::new("bash")
             .arg(root.join("deploy/cluster.sh"))
-            .arg(cmd)
+            .args(cmd.split_whitespace())
             .env("HERALD_CLUSTER_DIR", state.path().join("c"))
             .env("REDIS_BASE_PORT", rbase.to_string())
             .env("HERALD_BASE_PORT", hbase.to_string())
@@ -98,6 +100,33 @@ fn the_local_cluster_works_as_one() {
         .output()
         .expect("herald-loadgen");
     let stdout = String::from_utf8_lossy(&run.stdout).to_string();
+    // One node stopped and started again on the data it kept: it prints
+    // its line and is ready when the script returns.
+    let data = lines[1]
+        .split_whitespace()
+        .skip_while(|w| *w != "data")
+        .nth(1)
+        .expect("node line: ... data <dir>")
+        .to_string();
+    assert!(Path::new(&data).join("log").exists(), "{data}");
+    let stop = script("stop node-2");
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let start = script("start node-2");
+    let again = String::from_utf8_lossy(&start.stdout).to_string();
+    assert!(
+        start.status.success(),
+        "{again}\n{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    assert!(again.starts_with("node node-2 http://"), "{again}");
+    assert!(
+        again.trim_end().ends_with(&format!("data {data}")),
+        "{again}"
+    );
     let status = script("status");
     let down = script("down");
     assert!(
@@ -112,6 +141,9 @@ fn the_local_cluster_works_as_one() {
     );
     let status = String::from_utf8_lossy(&status.stdout).to_string();
     assert_eq!(status.matches(" up ready").count(), 3, "{status}");
+    // Each master has a replica.
+    assert_eq!(status.matches(" PONG master").count(), 3, "{status}");
+    assert_eq!(status.matches(" PONG slave").count(), 3, "{status}");
     assert!(down.status.success());
     assert!(
         !state.path().join("c").exists(),

@@ -193,8 +193,8 @@ async fn a_corrupt_batch_mid_segment_is_quarantined_and_the_rest_delivered() {
         accepted.push(ids);
     }
     node.kill9();
-    let (p, _) = parse_id(&accepted[0][0]);
-    let seg = node.node_dir.join(format!("log/p-{p:05}/{:020}.log", 0));
+    let (p, base) = parse_id(&accepted[0][0]);
+    let seg = node.node_dir.join(format!("log/p-{p:05}/{base:020}.log"));
     let mut bytes = std::fs::read(&seg).expect("segment");
     let layout = batches(&bytes);
     assert_eq!(layout.len(), 30, "one batch per request");

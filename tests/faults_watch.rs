@@ -98,6 +98,29 @@ async fn redis_out_of_memory_is_waited_out_never_dead_lettered() {
     );
 }
 
+/// The offset of an event id `e-P-O` (or `e-P-O@node`).
+fn offset_of(event_id: &str) -> u64 {
+    event_id
+        .split('@')
+        .next()
+        .and_then(|e| e.rsplit('-').next())
+        .and_then(|o| o.parse().ok())
+        .expect("event id")
+}
+
+/// The first segment file of partition `p` of a node's log (a new log's
+/// partitions start at an offset taken from the time).
+fn first_segment(node: &Node, p: u32) -> PathBuf {
+    let dir = node.node_dir.join(format!("log/p-{p:05}"));
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("partition dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs.into_iter().next().expect("a segment")
+}
+
 /// The checkpoint file of the partition user 42's comments go to.
 fn checkpoint_of(node: &Node, event_id: &str) -> (u32, PathBuf) {
     let rest = event_id.strip_prefix("e-").expect("event id");
@@ -274,8 +297,9 @@ async fn an_unwritable_checkpoint_directory_is_shown_and_counted_as_lag() {
     let node = Node::start(&redis, &[]);
     let first = deliver_and_ack(&node, 42, 0, 3).await;
     let (p, file) = checkpoint_of(&node, &first);
+    let past = offset_of(&first) + 3;
     eventually("the first notifications' position durable", || async {
-        (committed(&file) == Some(3)).then_some(())
+        (committed(&file) == Some(past)).then_some(())
     })
     .await;
     let guard = Immutable::set(&node.node_dir.join("log/checkpoints"));
@@ -314,11 +338,11 @@ async fn an_unwritable_checkpoint_directory_is_shown_and_counted_as_lag() {
 
 /// A journal record as the log writes it: `len | crc32c(body) | body`,
 /// body `parts | (partition | segment base | position | length | bytes)*`.
-fn journal_record(partition: u32, pos: u64, bytes: &[u8]) -> Vec<u8> {
+fn journal_record(partition: u32, segment_base: u64, pos: u64, bytes: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&1u32.to_le_bytes());
     body.extend_from_slice(&partition.to_le_bytes());
-    body.extend_from_slice(&0u64.to_le_bytes());
+    body.extend_from_slice(&segment_base.to_le_bytes());
     body.extend_from_slice(&pos.to_le_bytes());
     body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     body.extend_from_slice(bytes);
@@ -340,11 +364,12 @@ async fn a_damaged_journal_record_keeps_the_node_unready_until_acknowledged() {
     let (p, _) = checkpoint_of(&node, &first);
     assert!(node.stop());
     let log = node.node_dir.join("log");
-    let seg = log.join(format!("p-{p:05}/{:020}.log", 0));
+    let seg = first_segment(&node, p);
+    let base = offset_of(&first);
     let bytes = std::fs::read(&seg).expect("segment");
     // Three records that rewrite what the segment already holds, the middle
     // one with a flipped byte: no data changes, only the damage is there.
-    let good = journal_record(p, 0, &bytes);
+    let good = journal_record(p, base, 0, &bytes);
     let mut bad = good.clone();
     let n = bad.len();
     bad[n - 1] ^= 0x01;
@@ -373,13 +398,8 @@ async fn a_damaged_journal_record_keeps_the_node_unready_until_acknowledged() {
     // The partition goes on past every id handed out before.
     let (s, v) = node.post("/v1/events", &comments(50, 1, &[42])).await;
     assert_eq!(s, 202, "{v}");
-    let id = v["ids"][0].as_str().expect("id");
-    let off: u64 = id
-        .rsplit('-')
-        .next()
-        .and_then(|o| o.parse().ok())
-        .expect("offset");
-    assert!(off >= 3, "offset {off} handed out again");
+    let off = offset_of(v["ids"][0].as_str().expect("id"));
+    assert!(off >= base + 3, "offset {off} handed out again");
 }
 
 /// A node that lost its whole disk starts its log again past every offset
