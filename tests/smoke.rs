@@ -49,3 +49,49 @@ fn loadgen_smoke_loses_nothing() {
     assert!(report["notifications"]["delivered_live"].as_u64().unwrap() > 0);
     assert!(out_dir.path().join("smoke.html").exists());
 }
+
+/// Two `--failover` runs against the same node: the second's idempotency
+/// keys and texts are its own, so Herald does not drop its events as
+/// repeats of the first's, and what the first left behind (inboxes) is
+/// not counted against it.
+#[test]
+fn a_second_run_against_the_same_node_is_judged_on_its_own() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    for run in 0..2 {
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = loadgen(
+            &node,
+            &[
+                "run",
+                "--scenario",
+                "smoke",
+                "--clients",
+                "100",
+                "--rate",
+                "200",
+                "--duration",
+                "2",
+                "--failover",
+                "--strict",
+            ],
+            out_dir.path(),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "run {run} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            summary_row(&stdout, "lost").as_deref(),
+            Some("0"),
+            "run {run}: {stdout}"
+        );
+        assert_eq!(
+            summary_row(&stdout, "unexpected").as_deref(),
+            Some("0"),
+            "run {run}: {stdout}"
+        );
+    }
+}

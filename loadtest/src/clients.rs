@@ -42,9 +42,15 @@ struct Frame<'a> {
     count: Option<u64>,
 }
 
-/// The sequence number the generator put in `text` ("lg:<seq>").
+/// The sequence number this run put in `text` ("lg:<run>:<seq>"); None for
+/// anything else (an earlier run's notification is not this run's).
 fn seq_of(text: Option<&str>) -> Option<u64> {
-    text?.strip_prefix("lg:")?.parse().ok()
+    let rest = text?.strip_prefix("lg:")?;
+    let (run, seq) = rest.split_once(':')?;
+    if run != crate::run::run_tag() {
+        return None;
+    }
+    seq.parse().ok()
 }
 
 /// With `--jwt-secret`: clients connect with an HS256 token of their own

@@ -14,6 +14,24 @@ use crate::graph::{Graph, Rng};
 use crate::http::Conn;
 use crate::stats::Stats;
 
+/// This run's tag, different for every run of the generator: it is in
+/// every event's text (`lg:<run>:<seq>`) and idempotency key
+/// (`lg-<run>-<seq>`), so a second run against the same node is not taken
+/// for retries of the first (Herald drops repeated keys), and
+/// notifications left from earlier runs (inboxes, graphs seeded before)
+/// are not counted in this run's verdict.
+pub fn run_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let x = t ^ (u64::from(std::process::id()) << 40);
+        format!("{:x}", x & 0xffff_ffff_ffff)
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub target: SocketAddr,
@@ -48,7 +66,7 @@ pub struct RunSpec {
     /// Give every user stored preferences first (a mute of an actor that
     /// never acts), to measure the cost of preference checks.
     pub set_prefs: bool,
-    /// Events carry idempotency keys (`lg-<seq>`).
+    /// Events carry idempotency keys (`lg-<run>-<seq>`).
     pub idempotent: bool,
     /// Retry a refused or failed batch this long before giving up on it
     /// (none: one attempt).
@@ -96,7 +114,7 @@ async fn queue_storm(spec: &RunSpec, stats: &Stats) -> anyhow::Result<()> {
         for user in 1..=spec.clients {
             seq += 1;
             let actor = user % spec.clients + 1;
-            events.push(json!({"kind": "like", "actor": actor, "recipient": user, "object": format!("post:s{round}"), "text": format!("lg:{seq}")}));
+            events.push(json!({"kind": "like", "actor": actor, "recipient": user, "object": format!("post:s{round}"), "text": format!("lg:{}:{seq}", run_tag())}));
             stats.expect(seq, Instant::now(), &[user]);
         }
     }
@@ -218,7 +236,7 @@ fn make_event(rng: &mut Rng, spec: &RunSpec, seq: u64) -> Value {
     }
     let mut ev = pick_event(rng, spec, seq, actor, kind);
     if spec.idempotent {
-        ev["id"] = json!(format!("lg-{seq}"));
+        ev["id"] = json!(format!("lg-{}-{seq}", run_tag()));
     }
     ev
 }
@@ -226,7 +244,7 @@ fn make_event(rng: &mut Rng, spec: &RunSpec, seq: u64) -> Value {
 fn pick_event(rng: &mut Rng, spec: &RunSpec, seq: u64, actor: u64, kind: usize) -> Value {
     let n = spec.clients.max(2);
     let other = |rng: &mut Rng| rng.below(n) + 1;
-    let text = format!("lg:{seq}");
+    let text = format!("lg:{}:{seq}", run_tag());
     let object = format!("post:{}", rng.below(1_000_000));
     if kind == 0 && spec.hot_share > 0.0 && rng.f64() < spec.hot_share {
         let hot = format!("post:hot{}", rng.below(3));
@@ -357,9 +375,9 @@ pub async fn run(
     let celebrity_task = match (spec.celebrity_post, celebs.first()) {
         (true, Some(&actor)) => {
             let seq = crate::stats::CELEBRITY_SEQ;
-            let mut ev = json!({"kind": "post", "actor": actor, "object": "post:celebrity", "text": format!("lg:{seq}")});
+            let mut ev = json!({"kind": "post", "actor": actor, "object": "post:celebrity", "text": format!("lg:{}:{seq}", run_tag())});
             if spec.idempotent {
-                ev["id"] = json!(format!("lg-{seq}"));
+                ev["id"] = json!(format!("lg-{}-{seq}", run_tag()));
             }
             let r = recipients(&graph, &ev, spec.clients);
             eprintln!("celebrity {actor} posts to {} online followers", r.len());
@@ -421,9 +439,9 @@ pub async fn run(
             celeb_credit -= 1.0;
             seq += 1;
             let actor = celebs[rng.below(celebs.len() as u64) as usize];
-            let mut ev = json!({"kind": "post", "actor": actor, "object": format!("post:c{seq}"), "text": format!("lg:{seq}")});
+            let mut ev = json!({"kind": "post", "actor": actor, "object": format!("post:c{seq}"), "text": format!("lg:{}:{seq}", run_tag())});
             if spec.idempotent {
-                ev["id"] = json!(format!("lg-{seq}"));
+                ev["id"] = json!(format!("lg-{}-{seq}", run_tag()));
             }
             seqs.push(seq);
             let r = recipients(&graph, &ev, spec.clients);
