@@ -428,3 +428,78 @@ async fn a_wiped_disk_never_hands_out_an_event_id_again() {
     })
     .await;
 }
+
+/// Sum of `herald_fanout_in_flight_records` over partitions.
+fn in_flight(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("herald_fanout_in_flight_records{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `redis.wait_replicas = 1`: a record whose notification went to an inbox
+/// settles only once a replica has the write. With the replica frozen the
+/// record stays unsettled (and `/readyz` says why after 10 s); once it
+/// answers, the record settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_writes_settle_only_once_a_replica_has_them() {
+    let redis = Redis::start();
+    let port = redis
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
+    eventually("the replica in sync", || async {
+        redis
+            .cmd("INFO replication")
+            .filter(|i| i.contains("connected_slaves:1") && i.contains("state=online"))
+            .map(|_| ())
+    })
+    .await;
+    let node = Node::start(&redis, &[("HERALD_REDIS__WAIT_REPLICAS", "1")]);
+    // Confirmed: the record settles.
+    let (s, _) = node.post("/v1/events", &comments(0, 1, &[42])).await;
+    assert_eq!(s, 202);
+    eventually("the first record settled", || async {
+        (inbox_len(&node, 42).await == 1 && in_flight(&metrics(&node).await) == 0.0).then_some(())
+    })
+    .await;
+    replica.pause();
+    let (s, _) = node.post("/v1/events", &comments(1, 1, &[42])).await;
+    assert_eq!(s, 202);
+    eventually("the write on the master", || async {
+        (inbox_len(&node, 42).await == 2).then_some(())
+    })
+    .await;
+    let v = eventually_within(
+        "/readyz to say the replicas did not confirm",
+        SLOW,
+        || async {
+            let (s, v) = readyz(&node).await;
+            (s == 503).then_some(v)
+        },
+    )
+    .await;
+    assert!(
+        v["checks"]["fanout"]
+            .to_string()
+            .contains("replicas did not confirm"),
+        "{v}"
+    );
+    assert!(
+        in_flight(&metrics(&node).await) >= 1.0,
+        "settled without a replica"
+    );
+    replica.resume();
+    eventually_within(
+        "the record settled once the replica has it",
+        SLOW,
+        || async {
+            (in_flight(&metrics(&node).await) == 0.0 && readyz(&node).await.0 == 200).then_some(())
+        },
+    )
+    .await;
+}

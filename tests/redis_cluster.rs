@@ -159,3 +159,42 @@ where
     }
     false
 }
+
+/// `redis.wait_replicas = 1` on Redis Cluster: the WAIT goes to the master
+/// of each inbox's slot, on the connection the writes went over, and the
+/// records settle once the replicas confirm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_writes_wait_for_a_replica_on_each_master() {
+    let cluster = RedisCluster::start_with_replicas(3, 1);
+    let seeds = cluster.seeds();
+    let node = Node::start(
+        &cluster.nodes[0],
+        &[
+            ("HERALD_REDIS__CLUSTER_NODES", seeds.as_str()),
+            ("HERALD_REDIS__WAIT_REPLICAS", "1"),
+        ],
+    );
+    // Offline users on many slots.
+    for u in 1..=20u64 {
+        node.like(100 + u, u, "post:w").await;
+    }
+    for u in 1..=20u64 {
+        support::eventually("every inbox written", || async {
+            let (s, v) = node.get(&format!("/v1/users/{u}/inbox?limit=10")).await;
+            (s == 200 && v["notifications"].as_array().is_some_and(|a| a.len() == 1)).then_some(())
+        })
+        .await;
+    }
+    support::eventually("every record settled", || async {
+        let (_, m) = node.get("/metrics").await;
+        let text = m.as_str().unwrap_or_default().to_string();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("herald_fanout_in_flight_records"))
+            .collect();
+        (!lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))).then_some(())
+    })
+    .await;
+    let (s, v) = node.get("/readyz").await;
+    assert_eq!(s, 200, "{v}");
+}

@@ -106,6 +106,15 @@ impl Store {
         if items.is_empty() {
             return Ok(0);
         }
+        // With wait_replicas, over the inbox connection: its WAIT then
+        // covers exactly these writes and blocks nothing else.
+        match self.inbox_side() {
+            Some(side) => side.inbox_push_here(items).await,
+            None => self.inbox_push_here(items).await,
+        }
+    }
+
+    async fn inbox_push_here(&self, items: &[(UserId, &Notification)]) -> Result<u64> {
         let (bodies, entries) = crate::entries::encode(items);
         self.write_bodies(&bodies).await?;
         let mut p = crate::Batch::new();
@@ -143,6 +152,10 @@ impl Store {
             if size > cap {
                 dropped += self.inbox_trim(*u).await?;
             }
+        }
+        if self.cfg.wait_replicas > 0 {
+            let keys: Vec<String> = users.iter().map(|u| ukey(*u, "ib").to_string()).collect();
+            self.confirm_replicated(&keys).await?;
         }
         Ok(dropped)
     }

@@ -73,6 +73,8 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("stored data for {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("{got} of {wanted} redis replicas confirmed the writes in time")]
+    NotReplicated { wanted: u32, got: u32 },
 }
 
 impl StoreError {
@@ -82,7 +84,7 @@ impl StoreError {
     /// which callers retry a bounded number of times only.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Timeout(_) => true,
+            StoreError::Timeout(_) | StoreError::NotReplicated { .. } => true,
             StoreError::Corrupt { .. } => false,
             StoreError::Redis(e) => redis_transient(e),
         }
@@ -94,6 +96,7 @@ impl StoreError {
         match self {
             StoreError::Timeout(_) => "redis did not answer in time",
             StoreError::Corrupt { .. } => "stored data is unreadable",
+            StoreError::NotReplicated { .. } => "redis replicas did not confirm the writes",
             StoreError::Redis(e)
                 if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() =>
             {
@@ -187,6 +190,10 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// This node's name, written as presence.
     pub node_id: String,
+    /// Inbox writes count only once this many Redis replicas confirm them
+    /// (`WAIT`, once per pipeline and master); 0: as soon as the master
+    /// has them.
+    pub wait_replicas: u32,
 }
 
 impl Default for StoreConfig {
@@ -202,6 +209,7 @@ impl Default for StoreConfig {
             presence_ttl: Duration::from_secs(90),
             timeout: Duration::from_secs(5),
             node_id: "node-1".into(),
+            wait_replicas: 0,
         }
     }
 }
@@ -217,6 +225,10 @@ pub(crate) enum Conn {
 #[derive(Clone)]
 pub struct Store {
     conn: Conn,
+    /// With `wait_replicas`: a connection of its own for inbox writes and
+    /// their `WAIT` (which blocks the connection it is sent on until the
+    /// replicas answer: on the shared one it would stall everything else).
+    inbox_conn: Option<Conn>,
     cfg: StoreConfig,
     /// Feed writes so far: every `feed_cap / 10`-th reads the feed's size.
     feed_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -224,6 +236,32 @@ pub struct Store {
 
 impl Store {
     pub async fn connect(cfg: StoreConfig) -> Result<Store> {
+        let conn = Self::open(&cfg).await?;
+        let inbox_conn = match cfg.wait_replicas {
+            0 => None,
+            _ => Some(Self::open(&cfg).await?),
+        };
+        Ok(Store {
+            conn,
+            inbox_conn,
+            cfg,
+            feed_writes: Default::default(),
+        })
+    }
+
+    /// The store whose calls go over the inbox connection (itself when
+    /// there is none).
+    pub(crate) fn inbox_side(&self) -> Option<Store> {
+        let conn = self.inbox_conn.clone()?;
+        Some(Store {
+            conn,
+            inbox_conn: None,
+            cfg: self.cfg.clone(),
+            feed_writes: self.feed_writes.clone(),
+        })
+    }
+
+    async fn open(cfg: &StoreConfig) -> Result<Conn> {
         if !cfg.cluster_nodes.is_empty() {
             let client = redis::cluster::ClusterClientBuilder::new(cfg.cluster_nodes.clone())
                 .connection_timeout(cfg.timeout)
@@ -233,11 +271,7 @@ impl Store {
             let conn = tokio::time::timeout(cfg.timeout, client.get_async_connection())
                 .await
                 .map_err(|_| StoreError::Timeout(cfg.timeout))??;
-            return Ok(Store {
-                conn: Conn::Cluster(conn),
-                cfg,
-                feed_writes: Default::default(),
-            });
+            return Ok(Conn::Cluster(conn));
         }
         let client = redis::Client::open(cfg.url.as_str())?;
         let mcfg = ConnectionManagerConfig::new()
@@ -249,11 +283,7 @@ impl Store {
             tokio::time::timeout(cfg.timeout, client.get_connection_manager_with_config(mcfg))
                 .await
                 .map_err(|_| StoreError::Timeout(cfg.timeout))??;
-        Ok(Store {
-            conn: Conn::Single(conn),
-            cfg,
-            feed_writes: Default::default(),
-        })
+        Ok(Conn::Single(conn))
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -276,6 +306,69 @@ impl Store {
             Ok(r) => Ok(r?),
             Err(_) => Err(StoreError::Timeout(self.cfg.timeout)),
         }
+    }
+
+    /// With `wait_replicas`, waits until that many replicas have every write
+    /// this node sent so far to the masters of `keys` (one `WAIT` per
+    /// master, on the connection the writes went over); an error when
+    /// fewer confirm within the store's timeout (the caller retries: the
+    /// writes are idempotent).
+    pub(crate) async fn confirm_replicated(&self, keys: &[String]) -> Result<()> {
+        let wanted = self.cfg.wait_replicas;
+        if wanted == 0 || keys.is_empty() {
+            return Ok(());
+        }
+        // WAIT blocks its connection (the inbox one) until it answers.
+        let wait_ms = self
+            .cfg
+            .timeout
+            .as_millis()
+            .saturating_sub(100)
+            .clamp(1, 1000) as u64;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted).arg(wait_ms);
+        let fut = async {
+            match &self.conn {
+                Conn::Single(c) => {
+                    let got: u32 = wait.query_async(&mut c.clone()).await?;
+                    Ok::<_, StoreError>(got)
+                }
+                Conn::Cluster(c) => {
+                    use redis::cluster_routing::{
+                        Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+                    };
+                    // One WAIT per master: keys of one slot share one.
+                    let mut slots: Vec<u16> =
+                        keys.iter().map(|k| batch::key_slot(k.as_bytes())).collect();
+                    slots.sort_unstable();
+                    slots.dedup();
+                    let waits = slots.into_iter().map(|slot| {
+                        let mut c = c.clone();
+                        let wait = wait.clone();
+                        async move {
+                            let route =
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                                    Route::new(slot, SlotAddr::Master),
+                                ));
+                            let v = c.route_command(wait, route).await?;
+                            let got: u32 =
+                                redis::from_redis_value(v).map_err(redis::RedisError::from)?;
+                            Ok::<u32, StoreError>(got)
+                        }
+                    });
+                    let got = futures_util::future::try_join_all(waits).await?;
+                    Ok(got.into_iter().min().unwrap_or(0))
+                }
+            }
+        };
+        let got = match tokio::time::timeout(self.cfg.timeout, fut).await {
+            Ok(r) => r?,
+            Err(_) => return Err(StoreError::Timeout(self.cfg.timeout)),
+        };
+        if got < wanted {
+            return Err(StoreError::NotReplicated { wanted, got });
+        }
+        Ok(())
     }
 
     /// Runs a Lua script invocation (all its keys in one slot) with the

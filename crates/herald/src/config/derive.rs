@@ -46,6 +46,7 @@ impl Config {
             presence_ttl: Duration::from_secs(self.redis.presence_ttl_s),
             timeout: Duration::from_millis(self.redis.timeout_ms),
             node_id: self.server.node_id.clone(),
+            wait_replicas: self.redis.wait_replicas,
         }
     }
 

@@ -199,6 +199,7 @@ pub struct Redis {
     pub inbox_idle_ttl_s: u64,
     pub dedup_ttl_s: u64,
     pub presence_ttl_s: u64,
+    pub wait_replicas: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +288,7 @@ impl Default for Redis {
             inbox_idle_ttl_s: 30 * 86_400,
             dedup_ttl_s: 86_400,
             presence_ttl_s: 90,
+            wait_replicas: 0,
         }
     }
 }
@@ -458,6 +460,9 @@ impl Config {
                 "fanout.reset_positions names partition {p}, but log.partitions is {}",
                 self.log.partitions
             );
+        }
+        if self.redis.wait_replicas > 16 {
+            bail!("redis.wait_replicas must be between 0 and 16 (replicas of each master that confirm inbox writes)");
         }
         if self.redis.inbox_cap == 0 {
             bail!("redis.inbox_cap must be positive");
