@@ -182,3 +182,48 @@ async fn a_node_that_wakes_after_being_taken_for_dead_drains_its_connections() {
     let n = on_b.notification().await;
     assert_eq!(n["event_id"], id.as_str(), "{n}");
 }
+
+/// A push handed to a node that then dies goes to the inbox once that node
+/// is seen dead (its liveness lapses, 10 s), not only after the answer
+/// timeout (here a minute, 45 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_a_node_seen_dead_goes_to_the_inbox_before_the_answer_timeout() {
+    let redis = Redis::start();
+    let mut env_a = cluster_env("node-a");
+    env_a.retain(|(k, _)| *k != "HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS");
+    env_a.push(("HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS", "60000"));
+    let a = Node::start(&redis, &env_a);
+    let mut b = Node::start(&redis, &cluster_env("node-b"));
+    let _on_b = Client::connect(&b, 7).await;
+    eventually("node A to see node B alive", || async {
+        let (_, m) = a.get("/metrics").await;
+        m.as_str()
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.trim_end() == "herald_relay_nodes_alive 2")
+            .then_some(())
+    })
+    .await;
+    // Node A still believes node B alive for a few seconds: its push goes
+    // to a node that will never answer.
+    b.kill9();
+    let started = std::time::Instant::now();
+    let id = a.like(3, 7, "post:z").await;
+    support::eventually_within(
+        "the notification in the inbox",
+        Duration::from_secs(40),
+        || async {
+            let (s, v) = a.get("/v1/users/7/inbox?limit=10").await;
+            (s == 200
+                && v["notifications"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|n| n["event_id"] == id.as_str())))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the push waited for the answer timeout"
+    );
+}

@@ -41,6 +41,10 @@ const OUTBOX: usize = 100_000;
 /// A push handed to another node, waiting for its answer.
 struct Sent {
     deadline: Instant,
+    /// The node it was handed to: once that node is no longer alive, it
+    /// will not answer, and the push goes to the inbox without waiting
+    /// for the deadline.
+    node: Arc<str>,
     user: UserId,
     n: Notification,
     settle: Settle,
@@ -135,11 +139,12 @@ impl Relay {
         let copies: Arc<[u64]> = ids.clone().into();
         let stored = n.to_storage();
         if let Ok(mut s) = self.sent.lock() {
-            for id in &ids {
+            for (id, node) in ids.iter().zip(nodes) {
                 s.insert(
                     *id,
                     Sent {
                         deadline: Instant::now() + self.answer_timeout,
+                        node: Arc::from(node.as_str()),
                         user,
                         n: n.clone(),
                         settle: settle.clone(),
@@ -355,15 +360,17 @@ impl Relay {
         }
     }
 
-    /// Pushes never answered (their node died): to the inbox, once no
-    /// copy of the same notification is still waiting.
+    /// Pushes never answered (their node died: it is no longer alive, or
+    /// the answer timeout passed): to the inbox, once no copy of the same
+    /// notification is still waiting.
     fn sweep(&self) {
         let now = Instant::now();
+        let alive = self.alive.read().map(|a| a.clone()).unwrap_or_default();
         let late: Vec<Sent> = match self.sent.lock() {
             Ok(mut s) => {
                 let ids: Vec<u64> = s
                     .iter()
-                    .filter(|(_, v)| v.deadline <= now)
+                    .filter(|(_, v)| v.deadline <= now || !alive.contains_key(&*v.node))
                     .map(|(k, _)| *k)
                     .collect();
                 let gone: Vec<Sent> = ids.into_iter().filter_map(|k| s.remove(&k)).collect();
