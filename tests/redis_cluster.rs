@@ -198,3 +198,73 @@ async fn inbox_writes_wait_for_a_replica_on_each_master() {
     let (s, v) = node.get("/readyz").await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// A master with no replica killed and started again (same port, same
+/// cluster identity, its data gone): the node's Redis connection recovers
+/// by itself and serves every user again, those on that master included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_restarted_without_a_replica_is_served_again() {
+    let mut cluster = RedisCluster::start(3);
+    let seeds = cluster.seeds();
+    let node = Node::start(
+        &cluster.nodes[0],
+        &[
+            ("HERALD_REDIS__CLUSTER_NODES", seeds.as_str()),
+            ("HERALD_REDIS__TIMEOUT_MS", "1000"),
+        ],
+    );
+    node.like(7, 2, "post:before").await;
+    // Traffic to many users (every master) throughout.
+    let addr = node.addr.clone();
+    let traffic = tokio::spawn(async move {
+        for round in 0..400u64 {
+            let events: Vec<serde_json::Value> = (0..50u64)
+                .map(|i| serde_json::json!({"kind": "comment", "actor": 9_000 + i, "recipient": 100 + (round * 50 + i) % 500, "text": "t"}))
+                .collect();
+            let body = serde_json::json!({ "events": events }).to_string();
+            let addr = addr.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                support::http_blocking(
+                    &addr,
+                    "POST",
+                    "/v1/events",
+                    Some(body.as_bytes()),
+                    &[("content-type", "application/json")],
+                )
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let victim = cluster.master_of("h:{u:2}:ib");
+    cluster.nodes[victim].kill9();
+    // Requests fail meanwhile; the node keeps trying.
+    let (s, _) = node.get("/v1/users/2/inbox?limit=10").await;
+    assert_ne!(s, 200, "the inbox of a dead master answered");
+    cluster.nodes[victim].restart();
+    cluster.wait_ok();
+    let id = node.like(8, 2, "post:after").await;
+    let served = eventually_long(Duration::from_secs(40), || async {
+        let (s, v) = node.get("/v1/users/2/inbox?limit=10").await;
+        (s == 200
+            && v["notifications"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|n| n["event_id"] == id.as_str())))
+        .then_some(())
+    })
+    .await;
+    if !served {
+        let (s, v) = node.get("/v1/users/2/inbox?limit=10").await;
+        let (rs, rv) = node.get("/readyz").await;
+        let log = std::fs::read_to_string(node.data.join("herald.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(25).collect();
+        panic!(
+            "the node never served the restarted master's users again: {s} {v}; readyz {rs} {rv}\n{}",
+            tail.join("\n")
+        );
+    }
+    traffic.abort();
+    let (s, v) = node.get("/readyz").await;
+    assert_eq!(s, 200, "{v}");
+}

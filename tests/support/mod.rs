@@ -33,6 +33,28 @@ pub struct Redis {
     child: Child,
     pub port: u16,
     _dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+fn spawn_redis(port: u16, extra: &[&str], dir: &Path) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(extra)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (the test script installs it)")
 }
 
 impl Redis {
@@ -54,42 +76,43 @@ impl Redis {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = fixed.unwrap_or_else(free_port);
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .args(extra)
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (the test script installs it)");
+            let child = spawn_redis(port, extra, dir.path());
             let mut r = Redis {
                 child,
                 port,
                 _dir: dir,
+                extra: extra.iter().map(|e| e.to_string()).collect(),
             };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if r.ping() {
-                    return r;
-                }
-                if let Ok(Some(_)) = r.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if r.wait_up() {
+                return r;
             }
             let _ = r.child.kill();
         }
         panic!("redis-server did not start");
+    }
+
+    /// Starts the server again (after [`Redis::kill9`]) on the same port,
+    /// with the same arguments and directory (a cluster node keeps its
+    /// `nodes.conf`: same id, same slots, its data gone without
+    /// persistence).
+    pub fn restart(&mut self) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = spawn_redis(self.port, &extra, self._dir.path());
+        assert!(self.wait_up(), "redis-server did not start again");
+    }
+
+    fn wait_up(&mut self) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if self.ping() {
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     pub fn url(&self) -> String {

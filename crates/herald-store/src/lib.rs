@@ -38,6 +38,7 @@
 mod batch;
 mod bucket;
 mod celebrity;
+mod cluster_conn;
 mod dead;
 mod entries;
 mod feed;
@@ -218,7 +219,23 @@ impl Default for StoreConfig {
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(std::sync::Arc<cluster_conn::ClusterConn>),
+}
+
+impl Conn {
+    /// Records a call's outcome (a cluster connection that keeps failing
+    /// is made anew).
+    fn observe<T>(
+        &self,
+        r: &std::result::Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) {
+        if let Conn::Cluster(c) = self {
+            match r {
+                Ok(r) => c.observe(r),
+                Err(_) => c.failed(),
+            }
+        }
+    }
 }
 
 /// Handle on the Redis stores. Cheap to clone.
@@ -268,9 +285,7 @@ impl Store {
                 .response_timeout(cfg.timeout)
                 .retries(3)
                 .build()?;
-            let conn = tokio::time::timeout(cfg.timeout, client.get_async_connection())
-                .await
-                .map_err(|_| StoreError::Timeout(cfg.timeout))??;
+            let conn = cluster_conn::ClusterConn::connect(client, cfg.timeout).await?;
             return Ok(Conn::Cluster(conn));
         }
         let client = redis::Client::open(cfg.url.as_str())?;
@@ -299,10 +314,12 @@ impl Store {
                     let mut c = c.clone();
                     batch.whole().query_async(&mut c).await
                 }
-                Conn::Cluster(c) => batch.run_cluster(c).await,
+                Conn::Cluster(c) => batch.run_cluster(&c.get()).await,
             }
         };
-        match tokio::time::timeout(self.cfg.timeout, fut).await {
+        let r = tokio::time::timeout(self.cfg.timeout, fut).await;
+        self.conn.observe(&r);
+        match r {
             Ok(r) => Ok(r?),
             Err(_) => Err(StoreError::Timeout(self.cfg.timeout)),
         }
@@ -343,7 +360,7 @@ impl Store {
                     slots.sort_unstable();
                     slots.dedup();
                     let waits = slots.into_iter().map(|slot| {
-                        let mut c = c.clone();
+                        let mut c = c.get();
                         let wait = wait.clone();
                         async move {
                             let route =
@@ -380,10 +397,12 @@ impl Store {
         let fut = async {
             match &self.conn {
                 Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
-                Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+                Conn::Cluster(c) => inv.invoke_async(&mut c.get()).await,
             }
         };
-        match tokio::time::timeout(self.cfg.timeout, fut).await {
+        let r = tokio::time::timeout(self.cfg.timeout, fut).await;
+        self.conn.observe(&r);
+        match r {
             Ok(r) => Ok(r?),
             Err(_) => Err(StoreError::Timeout(self.cfg.timeout)),
         }

@@ -65,6 +65,10 @@ pub fn describe() {
         "herald_fanout_checkpoint_errors_total",
         "Checkpoint writes that failed (retried every tick; /readyz fails meanwhile)."
     );
+    c!(
+        "herald_redis_reconnects_total",
+        "Redis Cluster connections made anew after calls kept failing for 5 s."
+    );
     g!(
         "herald_relay_nodes_alive",
         "Nodes this node sees alive (its own included), as of its last liveness read (cluster)."
