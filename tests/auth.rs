@@ -188,6 +188,23 @@ fn production_refuses_placeholder_secrets() {
     );
 }
 
+/// `--config` is taken after the subcommand too.
+#[test]
+fn check_config_takes_config_after_the_subcommand() {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(config_path())
+        .output()
+        .expect("herald check-config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config ok"));
+}
+
 /// Production with no API key would answer anyone on every backend route:
 /// refused by `check-config` and at start, unless `gateway.open = true`
 /// says it is meant (then a warning, at every start and in `check-config`).

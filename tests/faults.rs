@@ -458,6 +458,24 @@ async fn a_record_that_fails_every_time_becomes_a_dead_letter_and_replays() {
     .await;
     let (_, v) = node.get("/v1/admin/dead-letters").await;
     assert_eq!(v["dead_letters"].as_array().map(Vec::len), Some(0), "{v}");
+    // Ids that are not found, or not ids at all, fail instead of
+    // "replayed 0".
+    let refused = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["dead-letters", "replay"])
+            .args(args)
+            .args(["--url", &format!("http://{}", node.addr)])
+            .arg("--config")
+            .arg(support::config_path())
+            .output()
+            .expect("herald dead-letters");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = refused(&[&format!("dl-{p}-{o}")]);
+    assert!(err.contains("not found"), "{err}");
+    let err = refused(&["order-7"]);
+    assert!(err.contains("not dead-letter ids"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,6 +123,13 @@ pub fn dead_letters_list(t: &Target, limit: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `id` has the shape of a dead-letter id, `dl-<partition>-<offset>`.
+fn dead_letter_id(id: &str) -> bool {
+    id.strip_prefix("dl-")
+        .and_then(|r| r.split_once('-'))
+        .is_some_and(|(p, o)| p.parse::<u32>().is_ok() && o.parse::<u64>().is_ok())
+}
+
 /// `herald dead-letters replay`: appends them to the log again.
 pub fn dead_letters_replay(t: &Target, ids: &[String], all: bool) -> anyhow::Result<()> {
     let body = match (all, ids.is_empty()) {
@@ -130,11 +137,26 @@ pub fn dead_letters_replay(t: &Target, ids: &[String], all: bool) -> anyhow::Res
         (false, false) => serde_json::json!({ "ids": ids }),
         _ => bail!("give either --all or one or more ids"),
     };
+    let malformed: Vec<&String> = ids.iter().filter(|i| !dead_letter_id(i)).collect();
+    if !malformed.is_empty() {
+        bail!(
+            "not dead-letter ids (dl-<partition>-<offset>, as `herald dead-letters list` shows them): {}",
+            malformed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
     let (s, v) = t.call("POST", "/v1/admin/dead-letters/replay", Some(&body))?;
     if s != 200 {
         bail!("the node answered {s}: {v}");
     }
-    println!("replayed {}", v["replayed"]);
+    let replayed = v["replayed"].as_u64().unwrap_or(0);
+    println!("replayed {replayed}");
+    if !all && (replayed as usize) < ids.len() {
+        bail!(
+            "{} of the {} ids given were not found (already replayed, or never dead letters; see `herald dead-letters list`)",
+            ids.len() - replayed as usize,
+            ids.len()
+        );
+    }
     Ok(())
 }
 

@@ -17,8 +17,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Real-time notification fan-out node"
 )]
 struct Args {
-    /// The config file (default: config/default.toml).
-    #[arg(long)]
+    /// The config file (default: config/default.toml); before or after
+    /// the subcommand.
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// HTTP and WebSocket address (server.listen).
     #[arg(long)]
