@@ -473,6 +473,7 @@ impl Config {
         if self.http.header_timeout_ms == 0 || self.http.body_timeout_ms == 0 {
             bail!("http.header_timeout_ms and http.body_timeout_ms must be positive");
         }
+        self.check_durations()?;
         for o in &self.http.cors_origins {
             let ok = o == "*"
                 || ((o.starts_with("http://") || o.starts_with("https://"))
@@ -513,6 +514,91 @@ impl Config {
 }
 
 impl Config {
+    /// Every duration within bounds that keep the node working: none 0
+    /// where 0 would spin or never time out, none so long it stops meaning
+    /// anything. The error names the key and its bounds.
+    fn check_durations(&self) -> anyhow::Result<()> {
+        const HOUR: u64 = 3_600_000;
+        const DAY: u64 = 24 * HOUR;
+        let w = &self.websocket;
+        let checks: [(&str, u64, u64, u64); 15] = [
+            ("websocket.heartbeat_ms", w.heartbeat_ms, 100, HOUR),
+            ("websocket.idle_timeout_ms", w.idle_timeout_ms, 1000, DAY),
+            (
+                "websocket.write_timeout_ms",
+                w.write_timeout_ms,
+                100,
+                10 * 60_000,
+            ),
+            ("websocket.ack_timeout_ms", w.ack_timeout_ms, 100, DAY),
+            ("websocket.cursor_flush_ms", w.cursor_flush_ms, 10, HOUR),
+            ("redis.timeout_ms", self.redis.timeout_ms, 10, 10 * 60_000),
+            (
+                "fanout.checkpoint_ms",
+                self.fanout.checkpoint_ms,
+                10,
+                60_000,
+            ),
+            (
+                "fanout.retry_backoff_ms",
+                self.fanout.retry_backoff_ms,
+                1,
+                60_000,
+            ),
+            (
+                "fanout.remote_answer_timeout_ms",
+                self.fanout.remote_answer_timeout_ms,
+                100,
+                HOUR,
+            ),
+            (
+                "server.shutdown_timeout_ms",
+                self.server.shutdown_timeout_ms,
+                100,
+                HOUR,
+            ),
+            (
+                "http.header_timeout_ms",
+                self.http.header_timeout_ms,
+                100,
+                HOUR,
+            ),
+            ("http.body_timeout_ms", self.http.body_timeout_ms, 100, HOUR),
+            (
+                "log.fsync_interval_ms",
+                self.log.fsync_interval_ms,
+                1,
+                60_000,
+            ),
+            ("log.segment_ms", self.log.segment_ms, 1000, 30 * DAY),
+            (
+                "auth.max_lifetime_s",
+                self.auth.max_lifetime_s,
+                1,
+                366 * 86_400,
+            ),
+        ];
+        for (name, v, lo, hi) in checks {
+            if !(lo..=hi).contains(&v) {
+                bail!("{name} = {v} is out of bounds: between {lo} and {hi}");
+            }
+        }
+        if w.idle_timeout_ms <= w.heartbeat_ms {
+            bail!(
+                "websocket.idle_timeout_ms ({}) must be longer than websocket.heartbeat_ms ({}): a quiet connection would close before its ping",
+                w.idle_timeout_ms,
+                w.heartbeat_ms
+            );
+        }
+        if self.auth.leeway_s > 3600 {
+            bail!(
+                "auth.leeway_s = {} is out of bounds: between 0 and 3600",
+                self.auth.leeway_s
+            );
+        }
+        Ok(())
+    }
+
     /// No API key of any scope is configured: every backend route (events,
     /// inboxes, admin, `/metrics`) answers requests without credentials.
     pub fn no_api_keys(&self) -> bool {

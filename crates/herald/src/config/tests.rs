@@ -65,3 +65,27 @@ fn preference_cache_lifetimes_are_bounded() {
     assert!(load("[preferences]\nalone_cache_ttl_ms = 0\n").is_err());
     assert!(load("[preferences]\nalone_cache_ttl_ms = 3600001\n").is_err());
 }
+
+#[test]
+fn durations_are_bounded_and_the_error_names_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("c.toml");
+    let load = |body: &str| {
+        std::fs::write(&p, format!("[websocket]\ndev_mode = true\n{body}")).unwrap();
+        Config::load(&p, false, std::iter::empty(), &[])
+    };
+    let e = load("heartbeat_ms = 0\n").unwrap_err();
+    assert!(e.to_string().contains("websocket.heartbeat_ms = 0"), "{e}");
+    let e = load("heartbeat_ms = 50000\n").unwrap_err();
+    assert!(e.to_string().contains("idle_timeout_ms"), "{e}");
+    let e = load("[redis]\ntimeout_ms = 0\n").unwrap_err();
+    assert!(e.to_string().contains("redis.timeout_ms"), "{e}");
+    assert!(load("[fanout]\ncheckpoint_ms = 0\n").is_err());
+    assert!(load("[fanout]\nreset_positions = [\"3=soon\"]\n").is_err());
+    assert!(load("[fanout]\nreset_positions = [\"99=latest\"]\n").is_err());
+    assert!(load("[fanout]\nreset_positions = [\"1=latest\", \"all=earliest\"]\n").is_ok());
+    assert!(load("[http]\ncors_origins = [\"https://app.example.com/\"]\n").is_err());
+    assert!(load("[http]\ncors_origins = [\"https://app.example.com\", \"*\"]\n").is_ok());
+    assert!(load("[redis]\nwait_replicas = 17\n").is_err());
+    assert!(load("").is_ok());
+}
