@@ -318,3 +318,24 @@ fn the_load_generator_drives_a_production_config_node() {
         "{stdout}"
     );
 }
+
+/// What operators alert on exists from the start (at 0), and the process
+/// CPU time is a counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_operators_alert_on_exist_from_the_start() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let (s, m) = node.request("GET", "/metrics", None, &[]).await;
+    assert_eq!(s, 200);
+    let text = m
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| m.to_string());
+    for line in [
+        "herald_dead_letters_total 0",
+        "herald_fanout_redis_errors_total 0",
+        "# TYPE process_cpu_seconds_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing");
+    }
+}

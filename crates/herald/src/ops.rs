@@ -39,6 +39,7 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             crate::ops_describe::describe();
+            crate::ops_describe::register_zeroes();
             Some(handle)
         })
         .clone()
@@ -158,6 +159,14 @@ async fn render(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Respo
         }
     }
     crate::ops_describe::sample_process();
-    let text = ops.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    let mut text = ops.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    if let Some(cpu) = crate::ops_describe::cpu_seconds() {
+        use std::fmt::Write;
+        let _ = write!(
+            text,
+            "# HELP process_cpu_seconds_total CPU time of the process (user and system), in seconds.\n\
+             # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}\n"
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -192,7 +192,6 @@ pub fn describe() {
         "herald_relay_broadcasts_dropped_total",
         "Broadcasts to other nodes that could not be queued (cluster)."
     );
-    g!("process_cpu_seconds_total", Unit::Seconds, "CPU time of the process (user and system), in seconds (a gauge: the metrics crate's counters are integers).");
     g!(
         "process_resident_memory_bytes",
         Unit::Bytes,
@@ -205,19 +204,44 @@ pub fn describe() {
     g!("process_max_fds", "The open-file limit.");
 }
 
-/// Reads this process's CPU, memory and descriptors from `/proc`.
-pub fn sample_process() {
+/// Counters present (at 0) from the start, so an alert on them works
+/// before their first increment.
+pub fn register_zeroes() {
+    for name in [
+        "herald_dead_letters_total",
+        "herald_fanout_redis_errors_total",
+        "herald_fanout_read_errors_total",
+        "herald_fanout_position_reset_total",
+        "herald_fanout_checkpoint_errors_total",
+        "herald_fanout_reprocessed_total",
+        "herald_fanout_skipped_records_total",
+        "herald_spill_overflow_total",
+        "herald_later_writes_overflow_total",
+        "herald_redis_reconnects_total",
+        "herald_events_accepted_total",
+        "herald_acks_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}
+
+/// The process's CPU time (user and system) in seconds, from `/proc`.
+/// Rendered as a Prometheus counter by the `/metrics` handler (the metrics
+/// crate's counters are integers).
+pub fn cpu_seconds() -> Option<f64> {
     // SAFETY: sysconf reads a constant of the system.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the command name (which may hold spaces).
-        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime and stime are fields 14 and 15 (11 and 12 after ')').
-            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            metrics::gauge!("process_cpu_seconds_total").set((t(11) + t(12)) / ticks);
-        }
-    }
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (11 and 12 after ')').
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    Some((t(11) + t(12)) / ticks)
+}
+
+/// Reads this process's memory and descriptors from `/proc`.
+pub fn sample_process() {
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         if let Some(kb) = status
             .lines()
