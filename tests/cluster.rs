@@ -81,12 +81,7 @@ async fn a_push_to_a_dead_node_falls_back_to_the_inbox() {
     // unanswered and lands in the inbox after the answer timeout.
     let id = a.like(3, 7, "post:z").await;
     eventually("the notification in the inbox", || async {
-        let (s, v) = a.get("/v1/users/7/inbox?limit=10").await;
-        (s == 200
-            && v["notifications"]
-                .as_array()
-                .is_some_and(|l| l.iter().any(|n| n["event_id"] == id.as_str())))
-        .then_some(())
+        support::inbox_has(&a, 7, &id).await.then_some(())
     })
     .await;
     eventually("records settled on node A", || async {
@@ -165,12 +160,7 @@ async fn a_node_that_wakes_after_being_taken_for_dead_drains_its_connections() {
     .await;
     // Node A's own view: node B is dead, so nothing is handed to it.
     eventually("node A to see node B dead", || async {
-        let (_, m) = a.get("/metrics").await;
-        m.as_str()
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.trim_end() == "herald_relay_nodes_alive 1")
-            .then_some(())
+        (support::nodes_alive(&a).await == Some(1)).then_some(())
     })
     .await;
     let id = a.like(1, 5, "post:frozen").await;
@@ -196,12 +186,7 @@ async fn a_push_to_a_node_seen_dead_goes_to_the_inbox_before_the_answer_timeout(
     let mut b = Node::start(&redis, &cluster_env("node-b"));
     let _on_b = Client::connect(&b, 7).await;
     eventually("node A to see node B alive", || async {
-        let (_, m) = a.get("/metrics").await;
-        m.as_str()
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.trim_end() == "herald_relay_nodes_alive 2")
-            .then_some(())
+        (support::nodes_alive(&a).await == Some(2)).then_some(())
     })
     .await;
     // Node A still believes node B alive for a few seconds: its push goes
@@ -212,14 +197,7 @@ async fn a_push_to_a_node_seen_dead_goes_to_the_inbox_before_the_answer_timeout(
     support::eventually_within(
         "the notification in the inbox",
         Duration::from_secs(40),
-        || async {
-            let (s, v) = a.get("/v1/users/7/inbox?limit=10").await;
-            (s == 200
-                && v["notifications"]
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|n| n["event_id"] == id.as_str())))
-            .then_some(())
-        },
+        || async { support::inbox_has(&a, 7, &id).await.then_some(()) },
     )
     .await;
     assert!(

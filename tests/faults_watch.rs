@@ -19,6 +19,16 @@ async fn readyz(node: &Node) -> (u16, Value) {
     node.get("/readyz").await
 }
 
+/// Waits until `/readyz` fails with `check` saying `says`; returns the body.
+async fn unready_because(node: &Node, check: &str, says: &str, wait: Duration) -> Value {
+    let what = format!("/readyz to fail with {check} saying {says:?}");
+    eventually_within(&what, wait, || async {
+        let (s, v) = readyz(node).await;
+        (s == 503 && v["checks"][check].to_string().contains(says)).then_some(v)
+    })
+    .await
+}
+
 async fn metrics(node: &Node) -> String {
     let (s, body) = node.request("GET", "/metrics", None, &[]).await;
     assert_eq!(s, 200);
@@ -60,11 +70,7 @@ async fn redis_out_of_memory_is_waited_out_never_dead_lettered() {
     redis.cmd("CONFIG SET maxmemory 1");
     let (s, v) = node.post("/v1/events", &comments(0, 60, &users)).await;
     assert_eq!(s, 202, "{v}");
-    let v = eventually_within("/readyz to report Redis out of memory", SLOW, || async {
-        let (s, v) = readyz(&node).await;
-        (s == 503 && v["checks"]["fanout"].to_string().contains("out of memory")).then_some(v)
-    })
-    .await;
+    let v = unready_because(&node, "fanout", "out of memory", SLOW).await;
     assert_eq!(v["ready"], false);
     // Nothing was given up on.
     let (s, dl) = node.get("/v1/admin/dead-letters?limit=100").await;
@@ -164,11 +170,7 @@ async fn a_damaged_or_missing_checkpoint_never_replays_a_partition_silently() {
     }
     std::fs::write(&file, &b).expect("damage");
     node.restart_unready();
-    let v = eventually("/readyz to name the damaged checkpoint", || async {
-        let (s, v) = readyz(&node).await;
-        (s == 503).then_some(v)
-    })
-    .await;
+    let v = unready_because(&node, "fanout", "checkpoint damaged", support::WAIT).await;
     let why = v["checks"]["fanout"].to_string();
     assert!(why.contains("checkpoint damaged"), "{v}");
     assert!(why.contains(&format!("--reset-position {p}=")), "{v}");
@@ -196,17 +198,7 @@ async fn a_damaged_or_missing_checkpoint_never_replays_a_partition_silently() {
     assert!(node.stop());
     std::fs::remove_file(&file).expect("delete");
     node.restart_unready();
-    let v = eventually("/readyz to name the missing checkpoint", || async {
-        let (s, v) = readyz(&node).await;
-        (s == 503).then_some(v)
-    })
-    .await;
-    assert!(
-        v["checks"]["fanout"]
-            .to_string()
-            .contains("checkpoint missing"),
-        "{v}"
-    );
+    unready_because(&node, "fanout", "checkpoint missing", support::WAIT).await;
     assert_eq!(
         inbox_len(&node, 42).await,
         0,
@@ -309,17 +301,13 @@ async fn an_unwritable_checkpoint_directory_is_shown_and_counted_as_lag() {
         (inbox_len(&node, 42).await == 5).then_some(())
     })
     .await;
-    let v = eventually("/readyz to report the checkpoint", || async {
-        let (s, v) = readyz(&node).await;
-        (s == 503).then_some(v)
-    })
+    unready_because(
+        &node,
+        "fanout",
+        "checkpoint cannot be written",
+        support::WAIT,
+    )
     .await;
-    assert!(
-        v["checks"]["fanout"]
-            .to_string()
-            .contains("checkpoint cannot be written"),
-        "{v}"
-    );
     // The durable position stays where it was: five records behind.
     eventually("the lag to count from the durable position", || async {
         (lag(&metrics(&node).await, p) == 5.0).then_some(())
@@ -376,17 +364,7 @@ async fn a_damaged_journal_record_keeps_the_node_unready_until_acknowledged() {
     let journal: Vec<u8> = [good.clone(), bad, good].concat();
     std::fs::write(log.join("journal"), journal).expect("journal");
     node.restart_unready();
-    let v = eventually("/readyz to report the damaged journal", || async {
-        let (s, v) = readyz(&node).await;
-        (s == 503).then_some(v)
-    })
-    .await;
-    assert!(
-        v["checks"]["quarantine"]
-            .to_string()
-            .contains("journal bytes"),
-        "{v}"
-    );
+    unready_because(&node, "quarantine", "journal bytes", support::WAIT).await;
     let (s, q) = node.get("/v1/admin/log/quarantine").await;
     assert_eq!(s, 200, "{q}");
     let (s, _) = node.post("/v1/admin/log/quarantine/ack", &json!({})).await;
@@ -474,21 +452,7 @@ async fn inbox_writes_settle_only_once_a_replica_has_them() {
         (inbox_len(&node, 42).await == 2).then_some(())
     })
     .await;
-    let v = eventually_within(
-        "/readyz to say the replicas did not confirm",
-        SLOW,
-        || async {
-            let (s, v) = readyz(&node).await;
-            (s == 503).then_some(v)
-        },
-    )
-    .await;
-    assert!(
-        v["checks"]["fanout"]
-            .to_string()
-            .contains("replicas did not confirm"),
-        "{v}"
-    );
+    unready_because(&node, "fanout", "replicas did not confirm", SLOW).await;
     assert!(
         in_flight(&metrics(&node).await) >= 1.0,
         "settled without a replica"

@@ -246,12 +246,7 @@ async fn a_master_restarted_without_a_replica_is_served_again() {
     cluster.wait_ok();
     let id = node.like(8, 2, "post:after").await;
     let served = eventually_long(Duration::from_secs(40), || async {
-        let (s, v) = node.get("/v1/users/2/inbox?limit=10").await;
-        (s == 200
-            && v["notifications"]
-                .as_array()
-                .is_some_and(|l| l.iter().any(|n| n["event_id"] == id.as_str())))
-        .then_some(())
+        support::inbox_has(&node, 2, &id).await.then_some(())
     })
     .await;
     if !served {

@@ -697,6 +697,27 @@ where
     }
 }
 
+/// Whether `user`'s inbox holds a notification of event `event_id` (false
+/// while the inbox cannot be read).
+pub async fn inbox_has(node: &Node, user: u64, event_id: &str) -> bool {
+    let (s, v) = node
+        .get(&format!("/v1/users/{user}/inbox?limit=1000"))
+        .await;
+    s == 200
+        && v["notifications"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|n| n["event_id"] == event_id))
+}
+
+/// How many nodes `node` sees alive (its own included), from its metrics.
+pub async fn nodes_alive(node: &Node) -> Option<u64> {
+    let (_, m) = node.get("/metrics").await;
+    m.as_str()?
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_relay_nodes_alive "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Ids of notifications waiting in `user`'s inbox, via the public API.
 pub async fn inbox_ids(node: &Node, user: u64) -> Vec<String> {
     let (s, v) = node
