@@ -14,8 +14,15 @@ export HERALD_REQUIRE_NODE=1
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo build --workspace --all-targets
-cargo test --workspace 2>&1 | tee "$log"
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
+# Every test runs even after one fails; the status is kept for the end.
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=1
+cargo fmt --all -- --check || status=1
+cargo clippy --workspace --all-targets -- -D warnings || status=1
+failed="$(grep -E '^test .* \.\.\. FAILED$' "$log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | sort -u | tr '\n' ' ' || true)"
+if [ -n "$failed" ]; then
+    echo "failed tests: $failed"
+fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
