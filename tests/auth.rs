@@ -261,11 +261,14 @@ async fn a_production_node_stated_open_warns_at_start() {
             ("HERALD_GATEWAY__OPEN", "true"),
         ],
     );
-    assert!(
-        node.log_tail().contains("gateway.open = true"),
-        "{}",
-        node.log_tail()
-    );
+    // The start-up log (copied from the node's stdout as it comes) warns,
+    // and says what to open next.
+    let next = format!("http://{}/v1/openapi.json", node.addr);
+    support::eventually("the start-up lines in the log", || async {
+        let log = node.log_tail();
+        (log.contains("gateway.open = true") && log.contains(&next)).then_some(())
+    })
+    .await;
     assert_eq!(
         call(&node, "GET", "/v1/users/5/inbox", None, None).await,
         200

@@ -67,7 +67,7 @@ impl Worker {
                 return;
             }
         };
-        tracing::info!(partition = p, offset = next, "fan-out worker started");
+        tracing::debug!(partition = p, offset = next, "fan-out worker started");
         let mut last_release = std::time::Instant::now() - RELEASE_EVERY;
         let mut last_pinned = std::time::Instant::now();
         while !self.stopped() {
@@ -150,7 +150,7 @@ impl Worker {
         // what is pending (live or to the inbox) before stopping.
         let due = self.agg.due(std::time::Instant::now(), true);
         self.route_aggregates(due).await;
-        tracing::info!(partition = p, offset = next, "fan-out worker stopped");
+        tracing::debug!(partition = p, offset = next, "fan-out worker stopped");
     }
 
     /// Records given up on (neither delivered nor stored after retries, or

@@ -238,7 +238,11 @@ pub async fn run(
             }
         }
     });
-    tracing::info!(addr = %listener.local_addr()?, role = ?role, partitions = cfg.log.partitions, "herald serving");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, role = ?role, partitions = cfg.log.partitions, "herald serving");
+    for (what, path) in next_steps(&cfg, role) {
+        tracing::info!(url = %format!("http://{addr}{path}"), "{what}");
+    }
     let door = door::DoorConfig {
         // Every WebSocket is an HTTP connection first; a little more room
         // for plain requests, within the files kept in reserve.
@@ -300,6 +304,22 @@ fn prefs_ttl(cfg: &Config) -> Duration {
         false => cfg.preferences.alone_cache_ttl_ms.clamp(1, 3_600_000),
     };
     Duration::from_millis(ms)
+}
+
+/// What to open next, one line each, by role: the demo (development mode),
+/// the API's description, the readiness and metrics endpoints.
+fn next_steps(cfg: &Config, role: Role) -> Vec<(&'static str, &'static str)> {
+    let mut out = Vec::new();
+    if cfg.websocket.dev_mode && role.holds_connections() && role.has_log() {
+        out.push(("demo page (development mode)", "/demo?user=2"));
+    }
+    if role.holds_connections() {
+        out.push(("websocket", "/v1/ws"));
+    }
+    out.push(("api description", "/v1/openapi.json"));
+    out.push(("readiness", "/readyz"));
+    out.push(("metrics (admin key once keys are set)", "/metrics"));
+    out
 }
 
 /// What an operator must hear at every start when the backend routes are
