@@ -418,6 +418,23 @@ impl Node {
     }
 
     /// The response head (status line and headers, lower-cased) of a POST.
+    /// POSTs `body` over a fresh connection; returns the head (lowercase)
+    /// and the body as the node sent them.
+    pub fn post_raw(&self, path: &str, body: &Value) -> (String, String) {
+        let mut s = TcpStream::connect(&self.addr).expect("connect");
+        let b = body.to_string();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+            b.len()
+        );
+        s.write_all(req.as_bytes()).expect("write");
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (head.to_ascii_lowercase(), body.to_string())
+    }
+
     pub fn post_head(&self, path: &str, body: &Value) -> String {
         let mut s = TcpStream::connect(&self.addr).expect("connect");
         let b = body.to_string();
