@@ -192,16 +192,13 @@ async fn a_push_to_a_node_seen_dead_goes_to_the_inbox_before_the_answer_timeout(
     // Node A still believes node B alive for a few seconds: its push goes
     // to a node that will never answer.
     b.kill9();
-    let started = std::time::Instant::now();
     let id = a.like(3, 7, "post:z").await;
+    // The deadline (40 s) is below the answer timeout (60 s): only a push
+    // concluded when node B is seen dead gets there in time.
     support::eventually_within(
         "the notification in the inbox",
         Duration::from_secs(40),
         || async { support::inbox_has(&a, 7, &id).await.then_some(()) },
     )
     .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "the push waited for the answer timeout"
-    );
 }

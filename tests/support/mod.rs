@@ -436,17 +436,7 @@ impl Node {
     }
 
     pub fn post_head(&self, path: &str, body: &Value) -> String {
-        let mut s = TcpStream::connect(&self.addr).expect("connect");
-        let b = body.to_string();
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
-            b.len()
-        );
-        s.write_all(req.as_bytes()).expect("write");
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
-        text.split("\r\n\r\n").next().unwrap_or("").to_string()
+        self.post_raw(path, body).0
     }
 
     pub fn ws_url(&self, user: u64) -> String {

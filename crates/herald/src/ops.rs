@@ -91,6 +91,9 @@ async fn readyz(State(ops): State<Ops>) -> Response {
             "no partition lease round has succeeded lately (is Redis reachable?)".to_string()
         }
     };
+    // A damaged journal record may have held acknowledged events: unready
+    // until an operator acknowledges it (segment ranges are shown only).
+    let mut journal_damaged = false;
     let quarantine = match ops
         .log
         .as_ref()
@@ -99,6 +102,9 @@ async fn readyz(State(ops): State<Ops>) -> Response {
     {
         Ok(q) => {
             let open: Vec<_> = q.iter().filter(|r| !r.acknowledged).collect();
+            journal_damaged = open
+                .iter()
+                .any(|r| r.partition == herald_log::quarantine::JOURNAL);
             match open.first() {
                 None => "ok".to_string(),
                 Some(first) => format!(
@@ -110,14 +116,6 @@ async fn readyz(State(ops): State<Ops>) -> Response {
         }
         Err(e) => format!("unreadable: {e}"),
     };
-    // A damaged journal record may have held acknowledged events: unready
-    // until an operator acknowledges it (segment ranges are shown only).
-    let journal_damaged = ops.log.as_ref().is_some_and(|l| {
-        l.quarantine().is_ok_and(|q| {
-            q.iter()
-                .any(|r| !r.acknowledged && r.partition == herald_log::quarantine::JOURNAL)
-        })
-    });
     let ready =
         log == "ok" && redis == "ok" && fanout == "ok" && cluster == "ok" && !journal_damaged;
     let body = json!({
