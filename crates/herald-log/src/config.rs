@@ -58,6 +58,11 @@ pub struct LogConfig {
     /// as the clock did not go back and a partition took under one record
     /// per microsecond). 0 by default.
     pub fresh_base: u64,
+    /// The partitions hold Raft logs whose offsets the leader decides
+    /// (herald-raft): recovery never moves a partition past its high
+    /// watermark (what a replica lost, its leader sends again), and
+    /// `fresh_base` does not apply (every replica starts at 0).
+    pub replicated: bool,
 }
 
 impl Default for LogConfig {
@@ -79,6 +84,7 @@ impl Default for LogConfig {
             max_requests_per_round: 4096,
             on_corruption: OnCorruption::Quarantine,
             fresh_base: 0,
+            replicated: false,
         }
     }
 }

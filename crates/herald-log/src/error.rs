@@ -40,6 +40,12 @@ pub enum LogError {
     Closed,
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("entry at offset {got} of partition {partition} does not continue its log (next offset {expected})")]
+    EntryOutOfPlace {
+        partition: u32,
+        expected: u64,
+        got: u64,
+    },
 }
 
 impl LogError {

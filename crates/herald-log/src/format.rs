@@ -12,11 +12,31 @@
 //! ```
 //! All integers are little-endian. A batch is valid only if its length fits
 //! in the file, its CRC matches and its records exactly fill it.
+//!
+//! A batch of a replicated partition (magic 2) is one entry of its Raft
+//! log: the same header, then the entry's place in the Raft log before the
+//! records:
+//!
+//! ```text
+//! 37  u64  term of the leader that made the entry
+//! 45  u64  node id of that leader
+//! 53  u64  Raft log index
+//! 61  u8   kind: 0 events, 1 blank (a new leader's first entry),
+//!          2 membership
+//! 62  events: records, as above; blank and membership: record count 0,
+//!     then an opaque body (the encoded member set) filling the batch
+//! ```
+//! Blank and membership entries hold no records and take no offset, so
+//! readers of events never see them.
 
 use bytes::Bytes;
 
 pub const MAGIC: u8 = 1;
+/// Magic of a batch that is one entry of a replicated partition's Raft log.
+pub const MAGIC_ENTRY: u8 = 2;
 pub const HEADER_LEN: usize = 37;
+/// Header length of a Raft entry batch.
+pub const ENTRY_HEADER_LEN: usize = 62;
 pub const RECORD_OVERHEAD: usize = 8;
 /// The largest batch the log will read back; guards against a corrupt length.
 pub const MAX_BATCH_LEN: usize = 64 * 1024 * 1024;
@@ -29,6 +49,37 @@ pub struct Record {
     pub payload: Bytes,
 }
 
+/// What a Raft entry batch is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Application records (events).
+    Events = 0,
+    /// A new leader's first entry; no records.
+    Blank = 1,
+    /// A membership change; no records, its body is the member set.
+    Membership = 2,
+}
+
+impl EntryKind {
+    fn from_u8(b: u8) -> Option<EntryKind> {
+        match b {
+            0 => Some(EntryKind::Events),
+            1 => Some(EntryKind::Blank),
+            2 => Some(EntryKind::Membership),
+            _ => None,
+        }
+    }
+}
+
+/// The place of a batch in its partition's Raft log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    pub term: u64,
+    pub leader: u64,
+    pub index: u64,
+    pub kind: EntryKind,
+}
+
 /// The header of a batch that passed validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
@@ -38,11 +89,28 @@ pub struct BatchHeader {
     pub last_ts: i64,
     /// Whole size on disk, including the length field.
     pub size: usize,
+    /// Set for a batch that is a Raft log entry (magic 2).
+    pub entry: Option<EntryMeta>,
 }
 
 impl BatchHeader {
     pub fn next_offset(&self) -> u64 {
         self.base_offset + self.count as u64
+    }
+
+    /// Where the records start.
+    pub fn records_at(&self) -> usize {
+        if self.entry.is_some() {
+            ENTRY_HEADER_LEN
+        } else {
+            HEADER_LEN
+        }
+    }
+
+    /// Whether the records are the application's (every plain batch, and
+    /// Raft entries of kind `Events`).
+    pub fn holds_events(&self) -> bool {
+        self.entry.is_none_or(|e| e.kind == EntryKind::Events)
     }
 }
 
@@ -53,8 +121,56 @@ pub fn encode_batch<'a>(
     ts: i64,
     records: impl Iterator<Item = &'a [u8]>,
 ) -> BatchHeader {
+    encode(out, base_offset, ts, None, records)
+}
+
+/// Appends one Raft entry batch: `records` (all stamped `ts`) for an
+/// `Events` entry; for the other kinds no records, and `body` after the
+/// header.
+pub fn encode_entry<'a>(
+    out: &mut Vec<u8>,
+    base_offset: u64,
+    ts: i64,
+    entry: EntryMeta,
+    records: impl Iterator<Item = &'a [u8]>,
+    body: &[u8],
+) -> BatchHeader {
+    if entry.kind == EntryKind::Events {
+        return encode(out, base_offset, ts, Some(entry), records);
+    }
     let start = out.len();
-    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    let mut h = encode(out, base_offset, ts, Some(entry), std::iter::empty());
+    out.extend_from_slice(body);
+    h.size += body.len();
+    let b = &mut out[start..];
+    b[0..4].copy_from_slice(&((h.size - 4) as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&b[8..h.size]);
+    b[4..8].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The body of a blank or membership entry batch (held in `buf` from 0).
+pub fn entry_body<'b>(buf: &'b [u8], h: &BatchHeader) -> &'b [u8] {
+    match h.entry {
+        Some(e) if e.kind != EntryKind::Events => &buf[ENTRY_HEADER_LEN..h.size],
+        _ => &[],
+    }
+}
+
+fn encode<'a>(
+    out: &mut Vec<u8>,
+    base_offset: u64,
+    ts: i64,
+    entry: Option<EntryMeta>,
+    records: impl Iterator<Item = &'a [u8]>,
+) -> BatchHeader {
+    let start = out.len();
+    let head = if entry.is_some() {
+        ENTRY_HEADER_LEN
+    } else {
+        HEADER_LEN
+    };
+    out.extend_from_slice(&[0u8; ENTRY_HEADER_LEN][..head]);
     let mut count: u32 = 0;
     for r in records {
         out.extend_from_slice(&(r.len() as u32).to_le_bytes());
@@ -65,11 +181,17 @@ pub fn encode_batch<'a>(
     let size = out.len() - start;
     let h = &mut out[start..];
     h[0..4].copy_from_slice(&((size - 4) as u32).to_le_bytes());
-    h[8] = MAGIC;
+    h[8] = if entry.is_some() { MAGIC_ENTRY } else { MAGIC };
     h[9..17].copy_from_slice(&base_offset.to_le_bytes());
     h[17..21].copy_from_slice(&count.to_le_bytes());
     h[21..29].copy_from_slice(&ts.to_le_bytes());
     h[29..37].copy_from_slice(&ts.to_le_bytes());
+    if let Some(e) = entry {
+        h[37..45].copy_from_slice(&e.term.to_le_bytes());
+        h[45..53].copy_from_slice(&e.leader.to_le_bytes());
+        h[53..61].copy_from_slice(&e.index.to_le_bytes());
+        h[61] = e.kind as u8;
+    }
     let crc = crc32c::crc32c(&h[8..]);
     h[4..8].copy_from_slice(&crc.to_le_bytes());
     BatchHeader {
@@ -78,6 +200,7 @@ pub fn encode_batch<'a>(
         first_ts: ts,
         last_ts: ts,
         size,
+        entry,
     }
 }
 
@@ -107,7 +230,7 @@ pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, Invalid> {
     if crc32c::crc32c(&buf[8..size]) != crc {
         return Err(Invalid::Corrupt("crc mismatch".into()));
     }
-    if buf[8] != MAGIC {
+    if buf[8] != MAGIC && buf[8] != MAGIC_ENTRY {
         return Err(Invalid::Corrupt(format!("unknown magic {}", buf[8])));
     }
     let rd8 = |i: usize| {
@@ -119,8 +242,42 @@ pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, Invalid> {
     let count = u32::from_le_bytes([buf[17], buf[18], buf[19], buf[20]]);
     let first_ts = i64::from_le_bytes(rd8(21));
     let last_ts = i64::from_le_bytes(rd8(29));
+    let entry = if buf[8] == MAGIC_ENTRY {
+        if size < ENTRY_HEADER_LEN {
+            return Err(Invalid::Corrupt(
+                "entry batch shorter than its header".into(),
+            ));
+        }
+        let kind = EntryKind::from_u8(buf[61])
+            .ok_or_else(|| Invalid::Corrupt(format!("unknown entry kind {}", buf[61])))?;
+        Some(EntryMeta {
+            term: u64::from_le_bytes(rd8(37)),
+            leader: u64::from_le_bytes(rd8(45)),
+            index: u64::from_le_bytes(rd8(53)),
+            kind,
+        })
+    } else {
+        None
+    };
+    if let Some(e) = entry.filter(|e| e.kind != EntryKind::Events) {
+        if count != 0 {
+            return Err(Invalid::Corrupt(format!("{:?} entry with records", e.kind)));
+        }
+        return Ok(BatchHeader {
+            base_offset,
+            count,
+            first_ts,
+            last_ts,
+            size,
+            entry,
+        });
+    }
     // The records must exactly fill the batch.
-    let mut pos = HEADER_LEN;
+    let mut pos = if entry.is_some() {
+        ENTRY_HEADER_LEN
+    } else {
+        HEADER_LEN
+    };
     for _ in 0..count {
         if pos + RECORD_OVERHEAD > size {
             return Err(Invalid::Corrupt("record header past batch end".into()));
@@ -145,13 +302,14 @@ pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, Invalid> {
         first_ts,
         last_ts,
         size,
+        entry,
     })
 }
 
 /// Splits a validated batch (held in `buf`, starting at 0) into records,
 /// keeping those at or after `from` and stopping before `until`.
 pub fn records_of(buf: &Bytes, h: &BatchHeader, from: u64, until: u64, out: &mut Vec<Record>) {
-    let mut pos = HEADER_LEN;
+    let mut pos = h.records_at();
     for i in 0..h.count as u64 {
         let rl = u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
         let delta = u32::from_le_bytes([buf[pos + 4], buf[pos + 5], buf[pos + 6], buf[pos + 7]]);
@@ -189,6 +347,47 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].offset, 11);
         assert_eq!(&out[1].payload[..], b"hello");
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let meta = EntryMeta {
+            term: 7,
+            leader: 2,
+            index: 41,
+            kind: EntryKind::Events,
+        };
+        let mut buf = Vec::new();
+        let recs: Vec<&[u8]> = vec![b"a", b"bc"];
+        let h = encode_entry(&mut buf, 100, 5, meta, recs.into_iter(), &[]);
+        let blank = EntryMeta {
+            index: 42,
+            kind: EntryKind::Membership,
+            ..meta
+        };
+        let h2 = encode_entry(&mut buf, 102, 6, blank, std::iter::empty(), b"members");
+        let c = check_batch(&buf).unwrap();
+        assert_eq!(c, h);
+        assert_eq!(c.entry, Some(meta));
+        let b = Bytes::from(buf);
+        let mut out = vec![];
+        records_of(&b, &c, 0, u64::MAX, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(&out[1].payload[..], b"bc");
+        let c2 = check_batch(&b[h.size..]).unwrap();
+        assert_eq!(c2, h2);
+        assert_eq!(c2.count, 0);
+        assert_eq!(c2.next_offset(), 102);
+        assert_eq!(entry_body(&b[h.size..], &c2), b"members");
+        for (from, to) in [(0, h.size), (h.size, b.len())] {
+            for i in from..to {
+                for bit in 0..8 {
+                    let mut x = b[from..to].to_vec();
+                    x[i - from] ^= 1 << bit;
+                    assert!(check_batch(&x).is_err(), "flip at {i}:{bit} undetected");
+                }
+            }
+        }
     }
 
     #[test]

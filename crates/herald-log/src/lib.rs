@@ -94,10 +94,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use checkpoint::Checkpoints;
 pub use config::{Durability, LogConfig, OnCorruption};
 pub use error::{LogError, Result};
-pub use format::Record;
+pub use format::{EntryKind, EntryMeta, Record};
 pub use health::LogHealth;
+pub use partition::StoredEntry;
 pub use quarantine::QuarantineReport;
 pub use segment::Truncation;
+pub use writer::NewEntry;
 
 use partition::Shared;
 use writer::Cmd;
@@ -228,6 +230,58 @@ impl Log {
             .await
             .map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Appends Raft entries to `partition`, each as its own batch (see
+    /// [`format`]); returns each one's base offset once the append is as
+    /// durable as the log's mode promises. An entry with its own `base`
+    /// (a follower's copy of the leader's) must continue the log exactly,
+    /// else [`LogError::EntryOutOfPlace`].
+    pub async fn append_entries(&self, partition: u32, entries: Vec<NewEntry>) -> Result<Vec<u64>> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .sender()?
+            .send(Cmd::AppendEntries {
+                partition,
+                entries,
+                reply,
+            })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Cuts `partition` back to before its first entry with a Raft index
+    /// at or past `from_index` (`hint`: an offset at or before that entry).
+    /// The cut is durable when this returns. Only an uncommitted tail may be
+    /// cut: readers must not have been given what it removes.
+    pub async fn truncate_entries(&self, partition: u32, hint: u64, from_index: u64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .sender()?
+            .send(Cmd::Truncate {
+                partition,
+                from_offset: hint,
+                from_index,
+                reply,
+            })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Reads Raft entries of `partition` with an index at or past
+    /// `min_index`, scanning from offset `hint` (at or before the first
+    /// wanted entry), about `max_bytes` of them (at least one if any).
+    pub fn read_entries(
+        &self,
+        partition: u32,
+        hint: u64,
+        min_index: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEntry>> {
+        self.part(partition)?
+            .read_entries(hint, min_index, max_bytes)
     }
 
     /// Makes everything appended so far durable, whatever the mode.

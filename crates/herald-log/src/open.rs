@@ -183,7 +183,11 @@ fn open_partition(
     }
     if segments.is_empty() {
         // Nothing on disk: a new partition, or one whose files are gone.
-        let base = reserved.max(cfg.fresh_base);
+        let base = if cfg.replicated {
+            0
+        } else {
+            reserved.max(cfg.fresh_base)
+        };
         segments.insert(base, new_segment(dir, base, cfg)?);
     }
     let end = segments.values().next_back().map_or(0, |s| s.next_offset);
@@ -192,9 +196,10 @@ fn open_partition(
     // fsync, when the journal lost rounds, or when a consumer had read past
     // the end: continue past the watermark so none is reused.
     let consumed_past = seen.consumed.is_some_and(|c| c > end);
-    let jump = seen.journal_lost
-        || consumed_past
-        || (!clean && (unknown_tail || cfg.durability != Durability::Always));
+    let jump = !cfg.replicated
+        && (seen.journal_lost
+            || consumed_past
+            || (!clean && (unknown_tail || cfg.durability != Durability::Always)));
     if consumed_past && reserved <= end {
         // No watermark covers what the consumer saw (a log restored from
         // an older copy): continue past the consumer's position.

@@ -222,6 +222,139 @@ impl Partition {
     }
 }
 
+/// One Raft entry batch read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub meta: crate::format::EntryMeta,
+    pub base_offset: u64,
+    pub timestamp_ms: i64,
+    pub records: Vec<Bytes>,
+    pub body: Bytes,
+}
+
+impl Partition {
+    /// Reads Raft entry batches whose index is at or past `min_index`,
+    /// scanning from offset `hint` (at or before the first wanted entry),
+    /// until about `max_bytes` (at least one entry when any is there).
+    /// Plain batches are skipped.
+    pub fn read_entries(
+        &self,
+        hint: u64,
+        min_index: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEntry>> {
+        let segs: Vec<(std::sync::Arc<std::fs::File>, PathBuf, u64, u64)> = {
+            let st = self.read_state();
+            let first = st
+                .segments
+                .range(..hint.max(1))
+                .next_back()
+                .map_or(0, |(b, _)| *b);
+            st.segments
+                .range(first..)
+                .map(|(b, s)| {
+                    let start = if *b == first {
+                        s.position_for(hint.saturating_sub(1))
+                    } else {
+                        0
+                    };
+                    (s.file.clone(), s.path.clone(), start, s.size)
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (file, path, mut pos, size) in segs {
+            while pos < size {
+                let want = (size - pos).min((max_bytes.saturating_sub(bytes) + MIN_READ) as u64);
+                let mut buf = vec![0u8; want as usize];
+                file.read_exact_at(&mut buf, pos)
+                    .map_err(|e| LogError::io(&path, e))?;
+                let buf = Bytes::from(buf);
+                let mut p = 0usize;
+                loop {
+                    let h = match check_batch(&buf[p..]) {
+                        Ok(h) => h,
+                        Err(Invalid::Short { need }) if p == 0 => {
+                            if pos + need as u64 > size {
+                                return Err(LogError::CorruptSegment {
+                                    path,
+                                    position: pos,
+                                    reason: "batch runs past the readable end".into(),
+                                });
+                            }
+                            let mut big = vec![0u8; need];
+                            file.read_exact_at(&mut big, pos)
+                                .map_err(|e| LogError::io(&path, e))?;
+                            let big = Bytes::from(big);
+                            let h = check_batch(&big).map_err(|_| LogError::CorruptSegment {
+                                path: path.clone(),
+                                position: pos,
+                                reason: "batch changed while read".into(),
+                            })?;
+                            bytes += push_entry(&big, &h, min_index, &mut out);
+                            pos += h.size as u64;
+                            break;
+                        }
+                        Err(Invalid::Short { .. }) => {
+                            pos += p as u64;
+                            break;
+                        }
+                        Err(Invalid::Corrupt(reason)) => {
+                            return Err(LogError::CorruptSegment {
+                                path,
+                                position: pos + p as u64,
+                                reason,
+                            })
+                        }
+                    };
+                    bytes += push_entry(&buf.slice(p..p + h.size), &h, min_index, &mut out);
+                    p += h.size;
+                    if pos + p as u64 >= size {
+                        pos += p as u64;
+                        break;
+                    }
+                    if bytes >= max_bytes && !out.is_empty() {
+                        return Ok(out);
+                    }
+                }
+                if bytes >= max_bytes && !out.is_empty() {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Adds the entry batch `b` (header `h`) to `out` when its index is at or
+/// past `min_index`; returns the bytes it added.
+fn push_entry(
+    b: &Bytes,
+    h: &crate::format::BatchHeader,
+    min_index: u64,
+    out: &mut Vec<StoredEntry>,
+) -> usize {
+    let Some(meta) = h.entry.filter(|e| e.index >= min_index) else {
+        return 0;
+    };
+    let mut recs = Vec::with_capacity(h.count as usize);
+    records_of(b, h, 0, u64::MAX, &mut recs);
+    let body = if h.count == 0 && meta.kind != crate::format::EntryKind::Events {
+        b.slice(crate::format::ENTRY_HEADER_LEN..h.size)
+    } else {
+        Bytes::new()
+    };
+    out.push(StoredEntry {
+        meta,
+        base_offset: h.base_offset,
+        timestamp_ms: h.first_ts,
+        records: recs.into_iter().map(|r| r.payload).collect(),
+        body,
+    });
+    h.size
+}
+
 fn payload_bytes(r: &[Record]) -> usize {
     r.iter().map(|r| r.payload.len() + 16).sum()
 }

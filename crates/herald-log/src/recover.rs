@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::config::OnCorruption;
 use crate::error::{LogError, Result};
 use crate::fault;
-use crate::format::{check_batch, BatchHeader, Invalid, HEADER_LEN, MAGIC};
+use crate::format::{check_batch, BatchHeader, Invalid, HEADER_LEN, MAGIC, MAGIC_ENTRY};
 use crate::quarantine::{self, QuarantineReport};
 use crate::segment::{load_index, sync_dir, SegmentInfo, Truncation};
 
@@ -59,7 +59,7 @@ fn resync(buf: &[u8], from: usize, expected: u64) -> Option<(usize, BatchHeader)
     let mut y = from;
     while y + HEADER_LEN <= buf.len() {
         let b = &buf[y..];
-        if b[8] == MAGIC {
+        if b[8] == MAGIC || b[8] == MAGIC_ENTRY {
             let mut o = [0u8; 8];
             o.copy_from_slice(&b[9..17]);
             let base = u64::from_le_bytes(o);

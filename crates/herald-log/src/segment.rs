@@ -71,9 +71,11 @@ impl SegmentInfo {
     /// bytes have passed since the previous one.
     pub fn note_batch(&mut self, h: &BatchHeader, pos: u64, interval: u64) {
         let rel = (h.base_offset - self.base) as u32;
+        // Entries without records share their base offset with the next
+        // batch: the index keeps offsets strictly increasing.
         let due = match self.index.last() {
             None => true,
-            Some(&(_, last)) => pos >= last as u64 + interval,
+            Some(&(r, last)) => pos >= last as u64 + interval && rel > r,
         };
         if due {
             self.index.push((rel, pos as u32));

@@ -34,7 +34,7 @@ impl Writer {
         let (parts, bytes) = self
             .active
             .iter()
-            .filter(|a| !a.staged.is_empty())
+            .filter(|a| !a.staged.is_empty() || !a.entries.is_empty())
             .fold((0usize, 0u64), |(n, b), a| (n + 1, b + a.staged_bytes));
         self.journal_round =
             self.journal.is_some() && parts >= 2 && bytes <= crate::journal::MAX_ROUND_BYTES;
@@ -47,17 +47,31 @@ impl Writer {
     /// Encodes and writes partition `p`'s staged records (one batch per
     /// `MAX_WRITE_BATCH`) with one write call.
     fn write_partition(&mut self, p: usize) -> Result<()> {
-        if self.active[p].staged.is_empty() {
+        if self.active[p].staged.is_empty() && self.active[p].entries.is_empty() {
             return Ok(());
         }
         let ts = now_ms();
         let staged = std::mem::take(&mut self.active[p].staged);
+        let entries = std::mem::take(&mut self.active[p].entries);
         self.active[p].staged_bytes = 0;
         self.buf.clear();
         let a = &mut self.active[p];
         let mut next = a.next_offset;
         let mut i = 0;
         let mut batches = Vec::new();
+        for (e, base) in &entries {
+            let pos = a.size + self.buf.len() as u64;
+            let h = crate::format::encode_entry(
+                &mut self.buf,
+                *base,
+                e.ts.unwrap_or(ts),
+                e.meta,
+                e.records.iter().map(|b| &b[..]),
+                &e.body,
+            );
+            next = h.next_offset();
+            batches.push((h, pos));
+        }
         while i < staged.len() {
             let mut j = i;
             let mut bytes = HEADER_LEN as u64;
@@ -117,6 +131,7 @@ impl Writer {
         }
         for (p, a) in self.active.iter_mut().enumerate() {
             a.staged.clear();
+            a.entries.clear();
             a.staged_bytes = 0;
             a.unpublished.clear();
             if !a.touched && a.size == a.acked_size {

@@ -18,6 +18,7 @@
 mod io;
 mod stage;
 mod sync;
+mod truncate;
 
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
@@ -37,6 +38,26 @@ use crate::partition::Shared;
 
 pub type AppendReply = oneshot::Sender<Result<Vec<u64>>>;
 
+/// One Raft log entry to append as its own batch (see `format`).
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub meta: crate::format::EntryMeta,
+    /// The offset its first record takes: `None` on the leader (the next
+    /// offset), the leader's choice on a follower.
+    pub base: Option<u64>,
+    /// Timestamp of its records, ms (`None`: now).
+    pub ts: Option<i64>,
+    pub records: Vec<Bytes>,
+    /// Blank and membership entries: their body.
+    pub body: Bytes,
+}
+
+impl NewEntry {
+    fn bytes(&self) -> usize {
+        self.records.iter().map(|b| b.len()).sum::<usize>() + self.body.len()
+    }
+}
+
 /// Past this many bytes of records the writer stops folding requests into
 /// the round (so a segment overshoots its size by a bounded amount).
 const MAX_ROUND_BYTES: usize = 64 << 20;
@@ -55,6 +76,21 @@ pub enum Cmd {
     Tick,
     /// Flush, write indexes and clean-shutdown markers, then stop.
     Close(oneshot::Sender<Result<()>>),
+    /// Append Raft entries to one partition, each as its own batch;
+    /// answered with each entry's base offset.
+    AppendEntries {
+        partition: u32,
+        entries: Vec<NewEntry>,
+        reply: AppendReply,
+    },
+    /// Cut a partition back to before `from_offset` (a Raft log's
+    /// uncommitted tail that a new leader overwrites).
+    Truncate {
+        partition: u32,
+        from_offset: u64,
+        from_index: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 impl Cmd {
@@ -64,6 +100,7 @@ impl Cmd {
                 .iter()
                 .map(|(_, r)| r.iter().map(|b| b.len()).sum::<usize>())
                 .sum(),
+            Cmd::AppendEntries { entries, .. } => entries.iter().map(NewEntry::bytes).sum(),
             _ => 0,
         }
     }
@@ -82,6 +119,8 @@ struct Active {
     /// Records accepted this round, not yet encoded.
     staged: Vec<Bytes>,
     staged_bytes: u64,
+    /// Raft entries accepted this round, with their base offsets.
+    entries: Vec<(NewEntry, u64)>,
     /// What the last successful round left: a failed round goes back here.
     acked_size: u64,
     /// What the last successful fdatasync of this file covered.
@@ -114,6 +153,7 @@ impl Active {
             unpublished: Vec::new(),
             staged: Vec::new(),
             staged_bytes: 0,
+            entries: Vec::new(),
             acked_size: size,
             synced_size: size,
             acked_offset: next_offset,
@@ -238,6 +278,29 @@ impl Writer {
                         self.note_failure(e);
                     }
                     pending.push((reply, r));
+                }
+                Cmd::AppendEntries {
+                    partition,
+                    entries,
+                    reply,
+                } => {
+                    let r = self.stage_entries(partition, entries);
+                    if let Err(e) = &r {
+                        self.note_failure(e);
+                    }
+                    pending.push((reply, r));
+                }
+                Cmd::Truncate {
+                    partition,
+                    from_offset,
+                    from_index,
+                    reply,
+                } => {
+                    let r = self.truncate(partition, from_offset, from_index);
+                    if let Err(e) = &r {
+                        self.note_failure(e);
+                    }
+                    let _ = reply.send(r);
                 }
                 Cmd::Flush(tx) => flushes.push(tx),
                 Cmd::Tick => tick = true,

@@ -66,6 +66,14 @@ impl Writer {
                 self.reserved[p] = to;
             }
         }
+        if let Some((p, _)) = parts
+            .iter()
+            .find(|(p, _)| !self.active[*p as usize].entries.is_empty())
+        {
+            return Err(LogError::Config(format!(
+                "partition {p} takes Raft entries this round, not plain records"
+            )));
+        }
         let mut bases = Vec::with_capacity(parts.len());
         for (p, recs) in parts {
             let a = &mut self.active[p as usize];
@@ -76,6 +84,80 @@ impl Writer {
                 a.staged.push(r);
             }
         }
+        Ok(bases)
+    }
+
+    /// Stages Raft entries of partition `p`, each to become one batch;
+    /// returns each one's base offset. An entry with a base of its own (a
+    /// follower's copy) must continue the log exactly.
+    pub(super) fn stage_entries(
+        &mut self,
+        p: u32,
+        entries: Vec<super::NewEntry>,
+    ) -> Result<Vec<u64>> {
+        if let Some(why) = &self.poisoned {
+            return Err(LogError::Poisoned(why.clone()));
+        }
+        let pi = p as usize;
+        if pi >= self.active.len() {
+            return Err(LogError::UnknownPartition(p));
+        }
+        if !self.active[pi].staged.is_empty() {
+            return Err(LogError::Config(format!(
+                "partition {p} takes plain records this round, not Raft entries"
+            )));
+        }
+        let mut bytes = 0u64;
+        for e in &entries {
+            for r in &e.records {
+                if r.len() > self.cfg.max_record_bytes {
+                    return Err(LogError::RecordTooLarge {
+                        size: r.len(),
+                        limit: self.cfg.max_record_bytes,
+                    });
+                }
+            }
+            bytes += (e.bytes() + e.records.len() * RECORD_OVERHEAD) as u64
+                + crate::format::ENTRY_HEADER_LEN as u64;
+        }
+        if bytes as usize > MAX_REQUEST_BYTES {
+            return Err(LogError::RecordTooLarge {
+                size: bytes as usize,
+                limit: MAX_REQUEST_BYTES,
+            });
+        }
+        let a = &self.active[pi];
+        if a.entries.is_empty() && a.size > 0 && a.size + bytes >= self.cfg.segment_bytes {
+            self.roll(pi)?;
+        }
+        let a = &self.active[pi];
+        let mut next = a
+            .entries
+            .last()
+            .map_or(a.next_offset, |(e, b)| b + e.records.len() as u64);
+        let mut placed = Vec::with_capacity(entries.len());
+        for e in entries {
+            let base = e.base.unwrap_or(next);
+            if base != next {
+                return Err(LogError::EntryOutOfPlace {
+                    partition: p,
+                    expected: next,
+                    got: base,
+                });
+            }
+            next = base + e.records.len() as u64;
+            placed.push((e, base));
+        }
+        if next > self.reserved[pi] {
+            let to = next + RESERVE;
+            save_reserved(&self.parts[pi].dir, to).map_err(storage)?;
+            self.reserved[pi] = to;
+        }
+        let a = &mut self.active[pi];
+        let bases = placed.iter().map(|(_, b)| *b).collect();
+        a.touched = true;
+        a.staged_bytes += bytes;
+        a.entries.extend(placed);
         Ok(bases)
     }
 
@@ -156,6 +238,7 @@ impl Writer {
             unpublished: Vec::new(),
             staged: Vec::new(),
             staged_bytes: 0,
+            entries: Vec::new(),
             acked_size: 0,
             synced_size: 0,
             acked_offset: base,
