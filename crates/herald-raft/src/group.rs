@@ -1,0 +1,508 @@
+//! A node's replicas: for every partition whose replica set holds this
+//! node, one Raft group with its store, state machine and proposer.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_log::Log;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::machine::{Committed, Machine};
+use crate::net::{Network, SnapshotMsg, Transport};
+use crate::store::PartitionStore;
+use crate::types::{node_id, NodeId, Proposal, Raft};
+
+/// A member of the cluster's replication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// The node's name (`server.node_id`); its Raft id is a hash of it.
+    pub name: String,
+    /// `host:port` of its HTTP listener.
+    pub addr: String,
+}
+
+/// How this node's replicas run.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This node's name; must be one of `peers`.
+    pub node: String,
+    /// Every ingest node of the cluster (this one too).
+    pub peers: Vec<PeerAddr>,
+    /// Replicas per partition (at most `peers.len()`).
+    pub factor: usize,
+    pub cluster_key: String,
+    pub heartbeat: Duration,
+    /// Elections start after a random wait in `[election, 2 * election)`.
+    pub election: Duration,
+    /// A proposal not committed in this long fails (not enough replicas).
+    pub commit_timeout: Duration,
+}
+
+impl ReplicaConfig {
+    /// Checks the settings; the error names what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.factor == 0 || self.factor > self.peers.len() {
+            return Err(format!(
+                "log.replication_factor = {} needs between 1 and {} ingest peers (server.peers)",
+                self.factor,
+                self.peers.len()
+            ));
+        }
+        if !self.peers.iter().any(|p| p.name == self.node) {
+            return Err(format!(
+                "server.peers does not name this node ({})",
+                self.node
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for p in &self.peers {
+            if !ids.insert(node_id(&p.name)) {
+                return Err(format!("server.peers names {} twice", p.name));
+            }
+        }
+        if self.heartbeat.is_zero() || self.election < self.heartbeat * 3 {
+            return Err("the election timeout must be at least three heartbeats".into());
+        }
+        Ok(())
+    }
+
+    /// The replica set of `partition`: `factor` peers chosen by rendezvous
+    /// hashing (stable when peers are added or removed elsewhere).
+    pub fn replica_set(&self, partition: u32) -> Vec<NodeId> {
+        let mut scored: Vec<(u64, NodeId)> = self
+            .peers
+            .iter()
+            .map(|p| {
+                let id = node_id(&p.name);
+                (node_id(&format!("{}/{partition}", p.name)), id)
+            })
+            .collect();
+        scored.sort_unstable_by(|a, b| b.cmp(a));
+        let mut set: Vec<NodeId> = scored.into_iter().take(self.factor).map(|s| s.1).collect();
+        set.sort_unstable();
+        set
+    }
+}
+
+/// Why a proposal did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("this node does not lead partition {partition}")]
+    NotLeader {
+        partition: u32,
+        /// The leader's name and address, when known.
+        leader: Option<PeerAddr>,
+    },
+    #[error("partition {partition} did not reach a majority of its replicas in {waited:?}")]
+    NotEnoughReplicas { partition: u32, waited: Duration },
+    #[error("partition {partition}: {why}")]
+    Failed { partition: u32, why: String },
+    #[error("unknown partition {0}")]
+    UnknownPartition(u32),
+}
+
+/// Largest proposal: several producers' records go in one entry up to this.
+const MAX_ENTRY_BYTES: usize = 4 << 20;
+/// Proposals of one partition in flight at once.
+const IN_FLIGHT: usize = 8;
+/// Producers waiting per partition before `propose` waits for room.
+const QUEUE: usize = 4096;
+
+struct Pending {
+    records: Vec<Bytes>,
+    reply: oneshot::Sender<Result<u64, ReplicaError>>,
+}
+
+struct Group {
+    raft: Raft,
+    committed: watch::Receiver<Committed>,
+    proposer: mpsc::Sender<Pending>,
+}
+
+/// Every replica this node holds.
+pub struct Replicas {
+    me: NodeId,
+    cfg: ReplicaConfig,
+    peers: BTreeMap<NodeId, PeerAddr>,
+    groups: Vec<Option<Group>>,
+    /// Per partition: its replica set.
+    sets: Vec<Vec<NodeId>>,
+}
+
+/// One partition as this node sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionView {
+    pub partition: u32,
+    pub replicas: Vec<String>,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub role: &'static str,
+    pub last_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub committed_offset: u64,
+    /// On the leader: per follower, entries behind the leader's last.
+    pub lag: BTreeMap<String, u64>,
+}
+
+impl Replicas {
+    /// Starts a Raft group for every partition of `log` whose replica set
+    /// holds this node; their state files go under `dir`.
+    pub async fn start(
+        cfg: ReplicaConfig,
+        log: Log,
+        dir: PathBuf,
+    ) -> Result<Arc<Replicas>, String> {
+        cfg.validate()?;
+        let me = node_id(&cfg.node);
+        let peers: BTreeMap<NodeId, PeerAddr> = cfg
+            .peers
+            .iter()
+            .map(|p| (node_id(&p.name), p.clone()))
+            .collect();
+        let transport = Transport::new(cfg.cluster_key.clone());
+        let raft_cfg = openraft::Config {
+            cluster_name: "herald".into(),
+            heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.election.as_millis() as u64,
+            election_timeout_max: cfg.election.as_millis() as u64 * 2,
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            max_payload_entries: 256,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| format!("raft settings: {e}"))?;
+        let raft_cfg = Arc::new(raft_cfg);
+        let mut groups = Vec::new();
+        let mut sets = Vec::new();
+        for p in 0..log.partitions() {
+            let set = cfg.replica_set(p);
+            sets.push(set.clone());
+            if !set.contains(&me) {
+                groups.push(None);
+                continue;
+            }
+            let pdir = dir.join(format!("p-{p:05}"));
+            let (l, d) = (log.clone(), pdir.clone());
+            let store = tokio::task::spawn_blocking(move || PartitionStore::open(l, p, d))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("partition {p}: {e}"))?;
+            let machine = Machine::open(pdir, store.last_log_id());
+            let committed = machine.committed();
+            let net = Network {
+                transport: transport.clone(),
+                partition: p,
+            };
+            let raft = Raft::new(me, raft_cfg.clone(), net, store, machine)
+                .await
+                .map_err(|e| format!("partition {p}: {e}"))?;
+            if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+                let members: BTreeMap<NodeId, BasicNode> = set
+                    .iter()
+                    .filter_map(|id| peers.get(id).map(|pa| (*id, BasicNode::new(&pa.addr))))
+                    .collect();
+                // Every replica initializes with the same members, which
+                // openraft allows; one of them wins the first election.
+                match raft.initialize(members).await {
+                    Ok(()) | Err(RaftError::APIError(_)) => {}
+                    Err(e) => return Err(format!("partition {p}: {e}")),
+                }
+            }
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(propose_loop(p, raft.clone(), rx));
+            groups.push(Some(Group {
+                raft,
+                committed,
+                proposer: tx,
+            }));
+        }
+        tracing::info!(
+            node = %cfg.node,
+            replicas = groups.iter().filter(|g| g.is_some()).count(),
+            factor = cfg.factor,
+            "replicated partitions started"
+        );
+        Ok(Arc::new(Replicas {
+            me,
+            cfg,
+            peers,
+            groups,
+            sets,
+        }))
+    }
+
+    fn group(&self, partition: u32) -> Result<Option<&Group>, ReplicaError> {
+        self.groups
+            .get(partition as usize)
+            .map(Option::as_ref)
+            .ok_or(ReplicaError::UnknownPartition(partition))
+    }
+
+    /// This node's Raft id.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// Whether this node holds a replica of `partition`.
+    pub fn holds(&self, partition: u32) -> bool {
+        matches!(self.group(partition), Ok(Some(_)))
+    }
+
+    /// The replica set of `partition`, by name.
+    pub fn replicas_of(&self, partition: u32) -> Vec<PeerAddr> {
+        self.sets
+            .get(partition as usize)
+            .map(|s| {
+                s.iter()
+                    .filter_map(|id| self.peers.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The leader of `partition` as this node knows it.
+    pub fn leader(&self, partition: u32) -> Option<PeerAddr> {
+        let g = self.group(partition).ok()??;
+        let id = g.raft.metrics().borrow().current_leader?;
+        self.peers.get(&id).cloned()
+    }
+
+    /// Whether this node leads `partition` now, and in which term.
+    pub fn leading(&self, partition: u32) -> Option<u64> {
+        let g = self.group(partition).ok()??;
+        let m = g.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.me))
+            .then_some(m.current_term)
+    }
+
+    /// A receiver of `partition`'s committed position (on a replica).
+    pub fn committed(&self, partition: u32) -> Option<watch::Receiver<Committed>> {
+        Some(self.group(partition).ok()??.committed.clone())
+    }
+
+    /// Appends `records` to `partition` through its Raft group: the offset
+    /// of the first once a majority of its replicas hold them durably.
+    pub async fn propose(&self, partition: u32, records: Vec<Bytes>) -> Result<u64, ReplicaError> {
+        let Some(g) = self.group(partition)? else {
+            return Err(ReplicaError::NotLeader {
+                partition,
+                leader: None,
+            });
+        };
+        if self.leading(partition).is_none() {
+            return Err(ReplicaError::NotLeader {
+                partition,
+                leader: self.leader(partition),
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        let wait = self.cfg.commit_timeout;
+        let run = async {
+            g.proposer
+                .send(Pending { records, reply })
+                .await
+                .map_err(|_| ReplicaError::Failed {
+                    partition,
+                    why: "the replica stopped".into(),
+                })?;
+            rx.await.map_err(|_| ReplicaError::Failed {
+                partition,
+                why: "the replica stopped".into(),
+            })?
+        };
+        match tokio::time::timeout(wait, run).await {
+            Ok(Err(ReplicaError::NotLeader { .. })) => Err(ReplicaError::NotLeader {
+                partition,
+                leader: self.leader(partition),
+            }),
+            Ok(r) => r,
+            Err(_) => Err(ReplicaError::NotEnoughReplicas {
+                partition,
+                waited: wait,
+            }),
+        }
+    }
+
+    /// What this node knows of every partition.
+    pub fn view(&self) -> Vec<PartitionView> {
+        let name = |id: &NodeId| {
+            self.peers
+                .get(id)
+                .map_or_else(|| id.to_string(), |p| p.name.clone())
+        };
+        (0..self.groups.len() as u32)
+            .map(|p| {
+                let replicas = self.sets[p as usize].iter().map(name).collect();
+                let Some(g) = self.groups[p as usize].as_ref() else {
+                    return PartitionView {
+                        partition: p,
+                        replicas,
+                        leader: None,
+                        term: 0,
+                        role: "none",
+                        last_index: None,
+                        committed_index: None,
+                        committed_offset: 0,
+                        lag: BTreeMap::new(),
+                    };
+                };
+                let m = g.raft.metrics().borrow().clone();
+                let c = *g.committed.borrow();
+                let last = m.last_log_index.unwrap_or(0);
+                let lag = m
+                    .replication
+                    .as_ref()
+                    .map(|r| {
+                        r.iter()
+                            .filter(|(id, _)| **id != self.me)
+                            .map(|(id, matched)| {
+                                (
+                                    name(id),
+                                    last.saturating_sub(matched.map_or(0, |l| l.index)),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                PartitionView {
+                    partition: p,
+                    replicas,
+                    leader: m.current_leader.as_ref().map(name),
+                    term: m.current_term,
+                    role: match m.state {
+                        ServerState::Leader => "leader",
+                        ServerState::Follower => "follower",
+                        ServerState::Candidate => "candidate",
+                        ServerState::Learner => "learner",
+                        ServerState::Shutdown => "stopped",
+                    },
+                    last_index: m.last_log_index,
+                    committed_index: c.index,
+                    committed_offset: c.next_offset,
+                    lag,
+                }
+            })
+            .collect()
+    }
+
+    /// Serves a Raft message from a peer (`op`: append, vote, snapshot);
+    /// the MessagePack answer.
+    pub async fn serve(&self, partition: u32, op: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        let g = self
+            .group(partition)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("this node holds no replica of partition {partition}"))?;
+        let bad = |e: rmp_serde::decode::Error| format!("undecodable {op} message: {e}");
+        let enc = |r: Result<Vec<u8>, rmp_serde::encode::Error>| r.map_err(|e| e.to_string());
+        match op {
+            "append" => {
+                let req = rmp_serde::from_slice(body).map_err(bad)?;
+                enc(rmp_serde::to_vec_named(&g.raft.append_entries(req).await))
+            }
+            "vote" => {
+                let req = rmp_serde::from_slice(body).map_err(bad)?;
+                enc(rmp_serde::to_vec_named(&g.raft.vote(req).await))
+            }
+            "snapshot" => {
+                let m: SnapshotMsg = rmp_serde::from_slice(body).map_err(bad)?;
+                let snap = openraft::Snapshot {
+                    meta: m.meta,
+                    snapshot: Box::new(m.data),
+                };
+                enc(rmp_serde::to_vec_named(
+                    &g.raft.install_full_snapshot(m.vote, snap).await,
+                ))
+            }
+            other => Err(format!("unknown raft message {other}")),
+        }
+    }
+
+    /// Stops every group.
+    pub async fn shutdown(&self) {
+        for g in self.groups.iter().flatten() {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(error = %e, "raft group did not stop cleanly");
+            }
+        }
+    }
+}
+
+/// Folds waiting producers into proposals (one Raft entry each, up to
+/// [`MAX_ENTRY_BYTES`]), with up to [`IN_FLIGHT`] uncommitted at a time,
+/// and answers each producer with its first record's offset.
+async fn propose_loop(partition: u32, raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        let mut bytes: usize = batch[0].records.iter().map(|r| r.len()).sum();
+        while bytes < MAX_ENTRY_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.records.iter().map(|r| r.len()).sum::<usize>();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut records = Vec::with_capacity(batch.iter().map(|p| p.records.len()).sum());
+        let mut replies = Vec::with_capacity(batch.len());
+        for p in batch {
+            replies.push((records.len() as u64, p.reply));
+            records.extend(p.records);
+        }
+        let proposal = Proposal {
+            base: u64::MAX,
+            ts: now_ms(),
+            records,
+        };
+        let answer = match raft.client_write_ff(proposal).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                for (_, r) in replies {
+                    let _ = r.send(Err(ReplicaError::Failed {
+                        partition,
+                        why: e.to_string(),
+                    }));
+                }
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            let res = answer.await;
+            drop(slot);
+            for (at, r) in replies {
+                let _ = r.send(match &res {
+                    Ok(Ok(w)) => Ok(w.data.base + at),
+                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(ReplicaError::NotLeader {
+                        partition,
+                        leader: None,
+                    }),
+                    Ok(Err(e)) => Err(ReplicaError::Failed {
+                        partition,
+                        why: e.to_string(),
+                    }),
+                    Err(_) => Err(ReplicaError::Failed {
+                        partition,
+                        why: "the replica stopped".into(),
+                    }),
+                });
+            }
+        });
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
