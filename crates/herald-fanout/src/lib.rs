@@ -21,6 +21,7 @@ mod aggregate;
 mod dead;
 mod digest;
 mod feed;
+mod leader;
 mod lease;
 mod plan;
 mod relay;
@@ -199,6 +200,10 @@ pub struct Fanout {
 impl Fanout {
     /// Starts a worker and a checkpoint committer per partition, from the
     /// positions `settlements` was made with; `edge` is this node's edge.
+    /// With `replicas`, a partition's worker runs only while this node
+    /// leads it (`leader.rs`), and partitions it holds no replica of are
+    /// left alone.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         log: Log,
         store: Store,
@@ -207,6 +212,7 @@ impl Fanout {
         prefs: Arc<herald_prefs::PrefsCache>,
         cfg: FanoutConfig,
         settlements: Arc<Settlements>,
+        replicas: Option<Arc<herald_raft::Replicas>>,
     ) -> Fanout {
         // Other nodes, when a relay was started for this node.
         let relay = settlements.relay();
@@ -227,34 +233,77 @@ impl Fanout {
             let status = Arc::new(status::PartitionStatus::default());
             statuses.push(status.clone());
             if let Some(why) = settlements.blocked(p) {
-                // Its records stay in the log; nothing reads or commits
-                // them until an operator says where to start.
-                status.block(why);
-                continue;
+                if replicas.as_ref().is_some_and(|r| r.holds(p)) {
+                    // A replicated partition's leader starts from the
+                    // position its last leader saved in Redis.
+                    tracing::warn!(partition = p, why = %why, "local checkpoint unusable; the saved position decides");
+                } else {
+                    // Its records stay in the log; nothing reads or commits
+                    // them until an operator says where to start.
+                    status.block(why);
+                    continue;
+                }
             }
-            let w = worker::Worker {
-                partition: p,
-                log: log.clone(),
-                store: store.clone(),
-                edge: edge.clone(),
-                settlements: settlements.clone(),
-                relay: relay.clone(),
-                celebrities: celebrities.clone(),
-                prefs: prefs.clone(),
-                tracker: tracker.clone(),
-                agg: aggregate::Aggregator::new(cfg.aggregation.clone()),
-                cfg: cfg.clone(),
-                stop: stop_rx.clone(),
-                status: status.clone(),
-                feed: feed.clone(),
+            let make = {
+                let (log, store, edge, settlements, relay) = (
+                    log.clone(),
+                    store.clone(),
+                    edge.clone(),
+                    settlements.clone(),
+                    relay.clone(),
+                );
+                let (celebrities, prefs, tracker, cfg) = (
+                    celebrities.clone(),
+                    prefs.clone(),
+                    tracker.clone(),
+                    cfg.clone(),
+                );
+                let (status, feed) = (status.clone(), feed.clone());
+                move |stop, committed| worker::Worker {
+                    partition: p,
+                    log: log.clone(),
+                    store: store.clone(),
+                    edge: edge.clone(),
+                    settlements: settlements.clone(),
+                    relay: relay.clone(),
+                    celebrities: celebrities.clone(),
+                    prefs: prefs.clone(),
+                    tracker: tracker.clone(),
+                    agg: aggregate::Aggregator::new(cfg.aggregation.clone()),
+                    cfg: cfg.clone(),
+                    stop,
+                    status: status.clone(),
+                    feed: feed.clone(),
+                    committed,
+                }
             };
-            workers.push(tokio::spawn(w.run(start)));
+            let term = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            match &replicas {
+                Some(r) if r.holds(p) => {
+                    workers.push(tokio::spawn(leader::lead_loop(
+                        p,
+                        r.clone(),
+                        log.clone(),
+                        store.clone(),
+                        cfg.group.clone(),
+                        tracker.clone(),
+                        term.clone(),
+                        stop_rx.clone(),
+                        move |stop, committed| make(stop, Some(committed)),
+                    )));
+                }
+                // A partition this node holds no replica of: nothing to read.
+                Some(_) => continue,
+                None => workers.push(tokio::spawn(make(stop_rx.clone(), None).run(start))),
+            }
             committers.push(tokio::spawn(commit_loop(
                 log.clone(),
+                store.clone(),
                 cfg.clone(),
                 p,
                 tracker.clone(),
                 status,
+                term,
                 stop_rx.clone(),
             )));
         }
@@ -324,12 +373,15 @@ async fn commit(log: &Log, group: &str, p: u32, offset: u64) -> Result<(), Strin
 /// a checkpoint that cannot be written shows as growing lag; the write is
 /// tried again every tick. A partition with no checkpoint yet gets one at
 /// once, so a missing file later means it was lost.
+#[allow(clippy::too_many_arguments)]
 async fn commit_loop(
     log: Log,
+    store: Store,
     cfg: FanoutConfig,
     p: u32,
     tracker: Arc<Tracker>,
     status: Arc<status::PartitionStatus>,
+    term: Arc<std::sync::atomic::AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut durable = log.checkpoints().get(&cfg.group, p);
@@ -351,6 +403,8 @@ async fn commit_loop(
                 durable = Some(c);
             }
             status.checkpoint(r);
+            // A replicated partition's leader saves it for the next leader.
+            leader::save(&store, p, &term, c).await;
         }
         if let Ok((first, end)) = log.bounds(p) {
             lag.set(end.saturating_sub(durable.unwrap_or(first)) as f64);

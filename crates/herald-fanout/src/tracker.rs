@@ -126,6 +126,15 @@ impl Tracker {
         s.high = offset;
     }
 
+    /// This node starts leading the partition again at `offset`: nothing
+    /// handed out before (by an earlier leadership) is waited for.
+    pub fn restart(&self, offset: u64) {
+        let mut s = self.lock();
+        s.open.clear();
+        s.pinned.clear();
+        s.high = offset;
+    }
+
     /// Up to `most` records given up on (oldest first), to process again.
     pub fn pinned(&self, most: usize) -> Vec<u64> {
         self.lock().pinned.iter().take(most).copied().collect()

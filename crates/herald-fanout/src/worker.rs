@@ -32,6 +32,8 @@ pub struct Worker {
     pub status: Arc<crate::status::PartitionStatus>,
     /// Where every routed notification is recorded for the user's feed.
     pub(crate) feed: crate::feed::FeedWriter,
+    /// A replicated partition: read only what its replicas committed.
+    pub(crate) committed: Option<watch::Receiver<herald_raft::Committed>>,
 }
 
 /// Why a stage gave up.
@@ -84,8 +86,22 @@ impl Worker {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 continue;
             }
-            let records = match self.log.read(p, next, self.cfg.read_max_bytes) {
-                Ok(r) => r,
+            // A replicated partition is read only up to what a majority of
+            // its replicas hold.
+            let limit = self
+                .committed
+                .as_mut()
+                .map_or(u64::MAX, |c| c.borrow_and_update().next_offset);
+            let read = if next >= limit {
+                Ok(Vec::new())
+            } else {
+                self.log.read(p, next, self.cfg.read_max_bytes)
+            };
+            let records = match read {
+                Ok(mut r) => {
+                    r.retain(|r| r.offset < limit);
+                    r
+                }
                 Err(LogError::OffsetOutOfRange { start, .. }) if next < start => {
                     tracing::error!(
                         partition = p,
@@ -124,8 +140,15 @@ impl Worker {
             };
             if records.is_empty() {
                 let deadline = self.agg.next_deadline();
+                let committed = self.committed.clone();
                 tokio::select! {
-                    r = end_rx.changed() => if r.is_err() { return },
+                    r = end_rx.changed(), if committed.is_none() => if r.is_err() { return },
+                    r = async {
+                        match committed {
+                            Some(mut c) => c.changed().await,
+                            None => std::future::pending().await,
+                        }
+                    } => if r.is_err() { return },
                     _ = self.stop.changed() => {}
                     _ = tokio::time::sleep(RELEASE_EVERY) => {}
                     _ = async {

@@ -60,8 +60,10 @@ pub struct LogConfig {
     pub fresh_base: u64,
     /// The partitions hold Raft logs whose offsets the leader decides
     /// (herald-raft): recovery never moves a partition past its high
-    /// watermark (what a replica lost, its leader sends again), and
-    /// `fresh_base` does not apply (every replica starts at 0).
+    /// watermark (what a replica lost, its leader sends again), every
+    /// replica starts at 0, and `fresh_base` is where a leader puts the
+    /// first records of a partition that never held any (followers take
+    /// the leader's offsets, jumps included).
     pub replicated: bool,
 }
 

@@ -86,9 +86,9 @@ async fn entries_append_read_cut_and_survive_a_reopen() {
         .await
         .unwrap();
     assert_eq!(after, vec![69, 69]);
-    // A follower's copy must continue the log exactly.
+    // A follower's copy never goes back.
     let err = log
-        .append_entries(0, vec![entry(2, 27, Some(80), 1)])
+        .append_entries(0, vec![entry(2, 27, Some(60), 1)])
         .await
         .unwrap_err();
     assert!(
@@ -96,7 +96,7 @@ async fn entries_append_read_cut_and_survive_a_reopen() {
             err,
             LogError::EntryOutOfPlace {
                 expected: 71,
-                got: 80,
+                got: 60,
                 ..
             }
         ),
@@ -151,4 +151,65 @@ async fn cutting_everything_and_a_blank_entry_at_a_segment_end() {
     log.close().await.unwrap();
     let log = Log::open(dir.path(), cfg()).unwrap();
     assert_eq!(log.read_entries(0, 0, 0, 1 << 20).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_leaders_first_records_start_at_the_fresh_base_and_followers_follow() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Log::open(
+        a.path(),
+        LogConfig {
+            fresh_base: 1_000_000,
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let follower = Log::open(
+        b.path(),
+        LogConfig {
+            fresh_base: 7_000_000,
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let mut bases = leader.append_entries(0, vec![blank(1, 0)]).await.unwrap();
+    bases.extend(
+        leader
+            .append_entries(0, vec![entry(1, 1, None, 3)])
+            .await
+            .unwrap(),
+    );
+    bases.extend(
+        leader
+            .append_entries(0, vec![entry(1, 2, None, 2)])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(bases, vec![0, 1_000_000, 1_000_003]);
+    // The follower copies what the leader holds, offsets included.
+    let copy: Vec<NewEntry> = leader
+        .read_entries(0, 0, 0, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|e| NewEntry {
+            meta: e.meta,
+            base: Some(e.base_offset),
+            ts: Some(e.timestamp_ms),
+            records: e.records,
+            body: e.body,
+        })
+        .collect();
+    let got = follower.append_entries(0, copy).await.unwrap();
+    assert_eq!(got, bases);
+    drop(follower);
+    // After a crash the jump is known, not a loss.
+    let follower = Log::open(b.path(), cfg()).unwrap();
+    assert!(follower.quarantine().unwrap().is_empty());
+    let recs = follower.read(0, 0, 1 << 20).unwrap();
+    assert_eq!(recs.len(), 5);
+    assert_eq!(recs[0].offset, 1_000_000);
+    assert_eq!(
+        follower.read_entries(0, 0, 0, 1 << 20).unwrap(),
+        leader.read_entries(0, 0, 0, 1 << 20).unwrap()
+    );
 }

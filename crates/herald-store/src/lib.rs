@@ -46,6 +46,7 @@ mod graph;
 mod inbox;
 mod key;
 mod lease;
+mod position;
 mod prefs;
 mod presence;
 
@@ -62,6 +63,7 @@ pub use graph::{GraphAnswer, GraphOp};
 pub use inbox::InboxSnapshot;
 pub(crate) use key::ukey;
 pub use lease::{LeaseRole, LeaseView};
+pub use position::Position;
 pub use prefs::StoredPrefs;
 pub use presence::Subscription;
 

@@ -136,17 +136,41 @@ impl Writer {
             .last()
             .map_or(a.next_offset, |(e, b)| b + e.records.len() as u64);
         let mut placed = Vec::with_capacity(entries.len());
+        let mut gaps = Vec::new();
         for e in entries {
-            let base = e.base.unwrap_or(next);
-            if base != next {
+            // A leader's first records in a partition that never held any
+            // start at `fresh_base` (the time): a cluster made again on
+            // wiped disks never hands out an offset (an event id) again.
+            let fresh = next == 0 && !e.records.is_empty() && self.cfg.fresh_base > 0;
+            let base = match e.base {
+                Some(b) => b,
+                None if fresh => self.cfg.fresh_base,
+                None => next,
+            };
+            if base < next {
                 return Err(LogError::EntryOutOfPlace {
                     partition: p,
                     expected: next,
                     got: base,
                 });
             }
+            if base > next && !e.records.is_empty() {
+                // The leader's log jumps here (its first records, or a
+                // recovery past its watermark): recorded, so recovery
+                // knows the jump is not a loss.
+                gaps.push((next, base));
+                next = base;
+            }
+            let base = if e.records.is_empty() { next } else { base };
             next = base + e.records.len() as u64;
             placed.push((e, base));
+        }
+        if !gaps.is_empty() {
+            let dir = self.parts[pi].dir.clone();
+            let mut known = crate::quarantine::load_gaps(&dir).map_err(storage)?;
+            for g in gaps {
+                crate::quarantine::add_gap(&dir, &mut known, g).map_err(storage)?;
+            }
         }
         if next > self.reserved[pi] {
             let to = next + RESERVE;

@@ -135,6 +135,9 @@ impl Writer {
             file.read_exact_at(&mut buf, start)
                 .map_err(|e| LogError::io(&path, e))?;
             let mut p = 0usize;
+            // Where the batch before the cut ends (a jump in offsets that
+            // the cut batch started is cut with it).
+            let mut prev_end: Option<u64> = None;
             while p < buf.len() {
                 let h = match check_batch(&buf[p..]) {
                     Ok(h) => h,
@@ -147,8 +150,10 @@ impl Writer {
                     }
                 };
                 if h.entry.is_some_and(|e| e.index >= from_index) {
-                    return Ok(Some((base, start + p as u64, h.base_offset)));
+                    let next = prev_end.unwrap_or(h.base_offset).min(h.base_offset);
+                    return Ok(Some((base, start + p as u64, next)));
                 }
+                prev_end = Some(h.next_offset());
                 p += h.size;
             }
         }
