@@ -213,6 +213,9 @@ pub struct Node {
     pub node_dir: PathBuf,
     redis_url: String,
     env: Vec<(String, String)>,
+    /// `--listen`: `127.0.0.1:0` unless the node needs a fixed port (peers
+    /// that must know each other's address before they start).
+    listen: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -242,10 +245,65 @@ impl Node {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            listen: "127.0.0.1:0".into(),
             _dir: Some(dir),
         };
         n.spawn_inner(false);
         n
+    }
+
+    /// Starts a node listening on `port` without waiting for it to become
+    /// ready (a replica is ready once its partitions have leaders, which
+    /// needs its peers); returns once it listens.
+    pub fn start_on_port(redis: &Redis, env: &[(&str, &str)], port: u16) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut n = Node {
+            child: None,
+            addr: String::new(),
+            data: dir.path().to_path_buf(),
+            node_dir: dir.path().join("node"),
+            redis_url: redis.url(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            listen: format!("127.0.0.1:{port}"),
+            _dir: Some(dir),
+        };
+        n.spawn_inner(false);
+        n
+    }
+
+    /// Waits (up to `wait`) for `/readyz` to answer 200.
+    pub fn wait_ready(&self, wait: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = http_blocking(&self.addr, "GET", "/readyz", None, &[]) {
+                return;
+            }
+            if start.elapsed() > wait {
+                let r = http_blocking(&self.addr, "GET", "/readyz", None, &[]);
+                panic!(
+                    "{} never became ready: {r:?}\n{}",
+                    self.addr,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Keeps the node's files after the test (debugging).
+    pub fn keep_files(&mut self) {
+        if let Some(d) = self._dir.take() {
+            let _ = d.keep();
+        }
+    }
+
+    /// Deletes the node's data directory (a stopped node's disk lost).
+    pub fn wipe(&self) {
+        assert!(self.child.is_none(), "wipe a stopped node only");
+        let _ = std::fs::remove_dir_all(&self.node_dir);
     }
 
     /// Starts a node whose `--data-dir` is `node_dir` (a tmpfs, say); its
@@ -266,6 +324,7 @@ impl Node {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            listen: "127.0.0.1:0".into(),
             _dir: Some(dir),
         };
         n.spawn();
@@ -285,7 +344,7 @@ impl Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
         cmd.arg("--config")
             .arg(config_path())
-            .args(["--listen", "127.0.0.1:0", "--redis", &self.redis_url])
+            .args(["--listen", &self.listen, "--redis", &self.redis_url])
             .arg("--data-dir")
             .arg(&self.node_dir)
             .env("HERALD_LOG", "info,herald=debug")

@@ -54,7 +54,10 @@ pub(crate) async fn lead_loop(
                 _ = stop.changed() => {}
             }
         };
-        let local = log.checkpoints().get(&group, p).unwrap_or(0);
+        // Never before where the log starts: a new partition's first
+        // records sit at a fresh base, past an empty start.
+        let first = log.bounds(p).map_or(0, |b| b.0);
+        let local = log.checkpoints().get(&group, p).unwrap_or(first).max(first);
         let saved = match store.position(p).await {
             Ok(pos) => pos,
             Err(e) => {
@@ -63,7 +66,7 @@ pub(crate) async fn lead_loop(
                 continue;
             }
         };
-        let start = local.max(saved.map_or(0, |s| s.offset));
+        let start = local.max(saved.map_or(first, |s| s.offset));
         match store.save_position(p, term, start).await {
             Ok(true) => {}
             Ok(false) => {

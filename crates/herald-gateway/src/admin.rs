@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<Arc<Gateway>> {
         .routes(routes!(replay_dead))
         .routes(routes!(list_quarantine))
         .routes(routes!(ack_quarantine))
+        .routes(routes!(crate::cluster::cluster))
 }
 
 fn authorize_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {

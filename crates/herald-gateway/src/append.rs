@@ -58,10 +58,9 @@ pub(crate) async fn append(gw: &Gateway, events: &[LogEvent]) -> Result<Vec<Stri
         }
         let local_done = async {
             if local.is_empty() {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), Vec::new()));
             }
-            let bases = append_here(gw, &local).await?;
-            Ok::<_, ApiError>(local.iter().zip(bases).collect::<Vec<_>>())
+            append_owned(gw, local).await
         };
         let remote_done = join_all(remote.into_iter().map(|(addr, parts)| async move {
             let r = match &gw.forwarder {
@@ -71,12 +70,15 @@ pub(crate) async fn append(gw: &Gateway, events: &[LogEvent]) -> Result<Vec<Stri
             (addr, parts, r)
         }));
         let (local_r, remote_r) = tokio::join!(local_done, remote_done);
-        for ((p, records), base) in local_r? {
+        let (done, moved) = local_r?;
+        for ((p, records), base) in done {
             let ids = (0..records.len() as u64)
-                .map(|i| ids::event_id(&gw.cfg.id_scope, *p, base + i))
+                .map(|i| ids::event_id(&gw.cfg.id_scope, p, base + i))
                 .collect();
-            ids_of.insert(*p, ids);
+            ids_of.insert(p, ids);
         }
+        // Partitions whose leadership moved while they were proposed.
+        later.extend(moved);
         for (addr, parts, r) in remote_r {
             match r {
                 Ok(ids) => {
@@ -122,6 +124,59 @@ pub(crate) async fn append(gw: &Gateway, events: &[LogEvent]) -> Result<Vec<Stri
                 .unwrap_or_default()
         })
         .collect())
+}
+
+type Part = (u32, Vec<Bytes>);
+
+/// Appends parts this node owns: to its log (one request), or through
+/// their Raft groups when partitions are replicated (concurrently; a part
+/// whose partition this node no longer leads comes back in the second
+/// list, to be sent to the new leader). Each appended part with its
+/// first offset.
+async fn append_owned(
+    gw: &Gateway,
+    parts: Vec<Part>,
+) -> Result<(Vec<(Part, u64)>, Vec<Part>), ApiError> {
+    let Some(r) = &gw.replicas else {
+        let bases = append_here(gw, &parts).await?;
+        return Ok((parts.into_iter().zip(bases).collect(), Vec::new()));
+    };
+    let t = Instant::now();
+    let results = join_all(parts.into_iter().map(|(p, records)| async move {
+        let res = r.propose(p, records.clone()).await;
+        ((p, records), res)
+    }))
+    .await;
+    let mut done = Vec::new();
+    let mut moved = Vec::new();
+    let mut failure = None;
+    for (part, res) in results {
+        match res {
+            Ok(base) => done.push((part, base)),
+            Err(herald_raft::ReplicaError::NotLeader { .. }) => moved.push(part),
+            Err(e) => {
+                tracing::warn!(error = %e, "replicated append failed");
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    metrics::histogram!("herald_log_append_seconds").record(t.elapsed().as_secs_f64());
+    if let Some(e) = failure {
+        return Err(replica_error(&e));
+    }
+    Ok((done, moved))
+}
+
+/// What a producer hears when a replicated partition cannot take events.
+fn replica_error(e: &herald_raft::ReplicaError) -> ApiError {
+    use herald_raft::ReplicaError;
+    let (code, retry) = match e {
+        ReplicaError::NotEnoughReplicas { .. } => ("not_enough_replicas", 1),
+        _ => ("storage_failed", 5),
+    };
+    let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string());
+    err.retry_after_s = Some(retry);
+    err
 }
 
 /// One request to this node's log; each part's first offset.
@@ -175,10 +230,16 @@ pub(crate) async fn internal_append(
                 ));
             }
         }
-        let bases = append_here(&gw, &parts).await?;
-        let ids: Vec<String> = parts
+        let (done, moved) = append_owned(&gw, parts).await?;
+        if let Some((p, _)) = moved.first() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_owner",
+                format!("this node does not lead partition {p} now"),
+            ));
+        }
+        let ids: Vec<String> = done
             .iter()
-            .zip(bases)
             .flat_map(|((p, records), base)| (0..records.len() as u64).map(move |i| (*p, base + i)))
             .map(|(p, o)| ids::event_id(&gw.cfg.id_scope, p, o))
             .collect();
@@ -187,6 +248,50 @@ pub(crate) async fn internal_append(
     .await;
     match r {
         Ok(ids) => (StatusCode::OK, Json(json!({ "ids": ids }))).into_response(),
+        Err(e) => reject(e),
+    }
+}
+
+/// `POST /v1/internal/raft/{partition}/{op}`: a Raft message of a
+/// replicated partition from another replica (`append`, `vote`,
+/// `snapshot`; MessagePack).
+#[utoipa::path(post, path = "/v1/internal/raft/{partition}/{op}", tag = "cluster",
+    description = "Between the replicas of a replicated partition only (MessagePack, `x-herald-cluster-key`); refused otherwise.",
+    params(("partition" = u32, Path), ("op" = String, Path, description = "append, vote or snapshot")),
+    request_body(content = Vec<u8>, content_type = "application/msgpack"),
+    responses(
+        (status = 200, description = "The Raft answer (MessagePack)"),
+        (status = 400, description = "Not a Raft message of a partition this node replicates", body = crate::schema::ErrorBody),
+        (status = 401, description = "Missing or wrong cluster key", body = crate::schema::ErrorBody),
+        (status = 404, description = "This node replicates no partition", body = crate::schema::ErrorBody)))]
+pub(crate) async fn internal_raft(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path((partition, op)): axum::extract::Path<(u32, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        let (Some(f), Some(replicas)) = (&gw.forwarder, &gw.replicas) else {
+            return Err(ApiError::not_found("this node replicates no partition"));
+        };
+        if !f.key_matches(headers.get(CLUSTER_KEY_HEADER)) {
+            return Err(ApiError::unauthorized());
+        }
+        // Entries of up to a few MB each, a replication step at a time.
+        let bytes = read_limited(&headers, body, 64 << 20).await?;
+        replicas
+            .serve(partition, &op, &bytes)
+            .await
+            .map_err(ApiError::malformed)
+    }
+    .await;
+    match r {
+        Ok(answer) => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/msgpack")],
+            answer,
+        )
+            .into_response(),
         Err(e) => reject(e),
     }
 }

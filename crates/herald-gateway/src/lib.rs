@@ -11,6 +11,7 @@ mod admin;
 mod append;
 mod batch;
 pub mod body;
+mod cluster;
 pub mod error;
 mod feed;
 pub mod forward;
@@ -35,6 +36,7 @@ pub use forward::{Forwarder, CLUSTER_KEY_HEADER};
 pub fn api_doc() -> utoipa::openapi::OpenApi {
     let r: utoipa_axum::router::OpenApiRouter<Arc<Gateway>> = routes::router()
         .routes(utoipa_axum::routes!(append::internal_append))
+        .routes(utoipa_axum::routes!(append::internal_raft))
         .merge(prefs::router())
         .merge(feed::router())
         .merge(admin::router());
@@ -45,6 +47,7 @@ pub fn api_doc() -> utoipa::openapi::OpenApi {
 pub fn router(gw: Arc<Gateway>) -> utoipa_axum::router::OpenApiRouter {
     routes::router()
         .routes(utoipa_axum::routes!(append::internal_append))
+        .routes(utoipa_axum::routes!(append::internal_raft))
         .merge(prefs::router())
         .merge(feed::router())
         .merge(admin::router())
@@ -119,6 +122,8 @@ pub struct Gateway {
     pub placement: Arc<dyn herald_types::Placement>,
     /// To the other nodes, in a cluster.
     pub forwarder: Option<Forwarder>,
+    /// Replicated partitions: appends go through their Raft groups.
+    pub replicas: Option<Arc<herald_raft::Replicas>>,
     last_us: AtomicU64,
     key_limiter: Option<KeyedLimiter<String>>,
     actor_limiter: Option<KeyedLimiter<u64>>,
@@ -132,8 +137,10 @@ impl Gateway {
         celebrities: Arc<herald_store::CelebritySet>,
         prefs: Arc<herald_prefs::PrefsCache>,
         placement: Arc<dyn herald_types::Placement>,
+        replicas: Option<Arc<herald_raft::Replicas>>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
+            replicas,
             forwarder: (!cfg.cluster_key.is_empty())
                 .then(|| Forwarder::new(cfg.cluster_key.clone())),
             placement,

@@ -90,10 +90,11 @@ impl Partition {
                     return Ok(out);
                 };
                 if from >= seg.next_offset {
-                    // Past the end of a closed segment: the next one starts
-                    // here, or after a recorded gap.
-                    match st.segments.range(from..).next() {
-                        Some((_, next)) => from = next.base,
+                    // Past the end of a closed (or empty) segment: the next
+                    // one starts here, or after a recorded gap.
+                    use std::ops::Bound::{Excluded, Unbounded};
+                    match st.segments.range((Excluded(seg.base), Unbounded)).next() {
+                        Some((_, next)) => from = from.max(next.base),
                         None => return Ok(out),
                     }
                     continue;

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_log::Log;
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ServerState};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use openraft::ServerState;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::machine::{Committed, Machine};
 use crate::net::{Network, SnapshotMsg, Transport};
+use crate::propose::{Pending, QUEUE};
 use crate::store::PartitionStore;
-use crate::types::{node_id, NodeId, Proposal, Raft};
+use crate::types::{node_id, NodeId, Raft};
 
 /// A member of the cluster's replication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub struct ReplicaConfig {
     pub election: Duration,
     /// A proposal not committed in this long fails (not enough replicas).
     pub commit_timeout: Duration,
+    /// This node's `server.role` (reported in the cluster view).
+    pub role: String,
 }
 
 impl ReplicaConfig {
@@ -106,47 +108,21 @@ pub enum ReplicaError {
     UnknownPartition(u32),
 }
 
-/// Largest proposal: several producers' records go in one entry up to this.
-const MAX_ENTRY_BYTES: usize = 4 << 20;
-/// Proposals of one partition in flight at once.
-const IN_FLIGHT: usize = 8;
-/// Producers waiting per partition before `propose` waits for room.
-const QUEUE: usize = 4096;
-
-struct Pending {
-    records: Vec<Bytes>,
-    reply: oneshot::Sender<Result<u64, ReplicaError>>,
-}
-
-struct Group {
-    raft: Raft,
-    committed: watch::Receiver<Committed>,
+pub(crate) struct Group {
+    pub(crate) raft: Raft,
+    pub(crate) committed: watch::Receiver<Committed>,
     proposer: mpsc::Sender<Pending>,
 }
 
 /// Every replica this node holds.
 pub struct Replicas {
-    me: NodeId,
-    cfg: ReplicaConfig,
-    peers: BTreeMap<NodeId, PeerAddr>,
-    groups: Vec<Option<Group>>,
+    pub(crate) me: NodeId,
+    pub(crate) transport: Transport,
+    pub(crate) cfg: ReplicaConfig,
+    pub(crate) peers: BTreeMap<NodeId, PeerAddr>,
+    pub(crate) groups: Vec<Option<Group>>,
     /// Per partition: its replica set.
-    sets: Vec<Vec<NodeId>>,
-}
-
-/// One partition as this node sees it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PartitionView {
-    pub partition: u32,
-    pub replicas: Vec<String>,
-    pub leader: Option<String>,
-    pub term: u64,
-    pub role: &'static str,
-    pub last_index: Option<u64>,
-    pub committed_index: Option<u64>,
-    pub committed_offset: u64,
-    /// On the leader: per follower, entries behind the leader's last.
-    pub lag: BTreeMap<String, u64>,
+    pub(crate) sets: Vec<Vec<NodeId>>,
 }
 
 impl Replicas {
@@ -201,20 +177,20 @@ impl Replicas {
             let raft = Raft::new(me, raft_cfg.clone(), net, store, machine)
                 .await
                 .map_err(|e| format!("partition {p}: {e}"))?;
-            if !raft.is_initialized().await.map_err(|e| e.to_string())? {
-                let members: BTreeMap<NodeId, BasicNode> = set
-                    .iter()
-                    .filter_map(|id| peers.get(id).map(|pa| (*id, BasicNode::new(&pa.addr))))
-                    .collect();
-                // Every replica initializes with the same members, which
-                // openraft allows; one of them wins the first election.
-                match raft.initialize(members).await {
-                    Ok(()) | Err(RaftError::APIError(_)) => {}
-                    Err(e) => return Err(format!("partition {p}: {e}")),
-                }
-            }
+            tokio::spawn(crate::init::form(
+                raft.clone(),
+                transport.clone(),
+                crate::init::Formation {
+                    partition: p,
+                    me: cfg.node.clone(),
+                    members: set
+                        .iter()
+                        .filter_map(|id| peers.get(id).map(|pa| (*id, pa.clone())))
+                        .collect(),
+                },
+            ));
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(propose_loop(p, raft.clone(), rx));
+            tokio::spawn(crate::propose::propose_loop(p, raft.clone(), rx));
             groups.push(Some(Group {
                 raft,
                 committed,
@@ -227,13 +203,16 @@ impl Replicas {
             factor = cfg.factor,
             "replicated partitions started"
         );
-        Ok(Arc::new(Replicas {
+        let r = Arc::new(Replicas {
             me,
+            transport,
             cfg,
             peers,
             groups,
             sets,
-        }))
+        });
+        tokio::spawn(crate::view::metrics_loop(Arc::downgrade(&r)));
+        Ok(r)
     }
 
     fn group(&self, partition: u32) -> Result<Option<&Group>, ReplicaError> {
@@ -303,6 +282,7 @@ impl Replicas {
         }
         let (reply, rx) = oneshot::channel();
         let wait = self.cfg.commit_timeout;
+        let t0 = std::time::Instant::now();
         let run = async {
             g.proposer
                 .send(Pending { records, reply })
@@ -316,84 +296,32 @@ impl Replicas {
                 why: "the replica stopped".into(),
             })?
         };
-        match tokio::time::timeout(wait, run).await {
+        let r = tokio::time::timeout(wait, run).await;
+        if matches!(r, Ok(Ok(_))) {
+            metrics::histogram!("herald_raft_commit_seconds").record(t0.elapsed().as_secs_f64());
+        }
+        match r {
             Ok(Err(ReplicaError::NotLeader { .. })) => Err(ReplicaError::NotLeader {
                 partition,
                 leader: self.leader(partition),
             }),
             Ok(r) => r,
-            Err(_) => Err(ReplicaError::NotEnoughReplicas {
-                partition,
-                waited: wait,
-            }),
+            Err(_) => {
+                metrics::counter!("herald_raft_not_enough_replicas_total").increment(1);
+                Err(ReplicaError::NotEnoughReplicas {
+                    partition,
+                    waited: wait,
+                })
+            }
         }
-    }
-
-    /// What this node knows of every partition.
-    pub fn view(&self) -> Vec<PartitionView> {
-        let name = |id: &NodeId| {
-            self.peers
-                .get(id)
-                .map_or_else(|| id.to_string(), |p| p.name.clone())
-        };
-        (0..self.groups.len() as u32)
-            .map(|p| {
-                let replicas = self.sets[p as usize].iter().map(name).collect();
-                let Some(g) = self.groups[p as usize].as_ref() else {
-                    return PartitionView {
-                        partition: p,
-                        replicas,
-                        leader: None,
-                        term: 0,
-                        role: "none",
-                        last_index: None,
-                        committed_index: None,
-                        committed_offset: 0,
-                        lag: BTreeMap::new(),
-                    };
-                };
-                let m = g.raft.metrics().borrow().clone();
-                let c = *g.committed.borrow();
-                let last = m.last_log_index.unwrap_or(0);
-                let lag = m
-                    .replication
-                    .as_ref()
-                    .map(|r| {
-                        r.iter()
-                            .filter(|(id, _)| **id != self.me)
-                            .map(|(id, matched)| {
-                                (
-                                    name(id),
-                                    last.saturating_sub(matched.map_or(0, |l| l.index)),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                PartitionView {
-                    partition: p,
-                    replicas,
-                    leader: m.current_leader.as_ref().map(name),
-                    term: m.current_term,
-                    role: match m.state {
-                        ServerState::Leader => "leader",
-                        ServerState::Follower => "follower",
-                        ServerState::Candidate => "candidate",
-                        ServerState::Learner => "learner",
-                        ServerState::Shutdown => "stopped",
-                    },
-                    last_index: m.last_log_index,
-                    committed_index: c.index,
-                    committed_offset: c.next_offset,
-                    lag,
-                }
-            })
-            .collect()
     }
 
     /// Serves a Raft message from a peer (`op`: append, vote, snapshot);
     /// the MessagePack answer.
     pub async fn serve(&self, partition: u32, op: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        if op == "view" {
+            return rmp_serde::to_vec_named(&self.local_view()).map_err(|e| e.to_string());
+        }
         let g = self
             .group(partition)
             .map_err(|e| e.to_string())?
@@ -431,78 +359,4 @@ impl Replicas {
             }
         }
     }
-}
-
-/// Folds waiting producers into proposals (one Raft entry each, up to
-/// [`MAX_ENTRY_BYTES`]), with up to [`IN_FLIGHT`] uncommitted at a time,
-/// and answers each producer with its first record's offset.
-async fn propose_loop(partition: u32, raft: Raft, mut rx: mpsc::Receiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        let mut bytes: usize = batch[0].records.iter().map(|r| r.len()).sum();
-        while bytes < MAX_ENTRY_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.records.iter().map(|r| r.len()).sum::<usize>();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        let mut records = Vec::with_capacity(batch.iter().map(|p| p.records.len()).sum());
-        let mut replies = Vec::with_capacity(batch.len());
-        for p in batch {
-            replies.push((records.len() as u64, p.reply));
-            records.extend(p.records);
-        }
-        let proposal = Proposal {
-            base: u64::MAX,
-            ts: now_ms(),
-            records,
-        };
-        let answer = match raft.client_write_ff(proposal).await {
-            Ok(rx) => rx,
-            Err(e) => {
-                for (_, r) in replies {
-                    let _ = r.send(Err(ReplicaError::Failed {
-                        partition,
-                        why: e.to_string(),
-                    }));
-                }
-                return;
-            }
-        };
-        tokio::spawn(async move {
-            let res = answer.await;
-            drop(slot);
-            for (at, r) in replies {
-                let _ = r.send(match &res {
-                    Ok(Ok(w)) => Ok(w.data.base + at),
-                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(ReplicaError::NotLeader {
-                        partition,
-                        leader: None,
-                    }),
-                    Ok(Err(e)) => Err(ReplicaError::Failed {
-                        partition,
-                        why: e.to_string(),
-                    }),
-                    Err(_) => Err(ReplicaError::Failed {
-                        partition,
-                        why: "the replica stopped".into(),
-                    }),
-                });
-            }
-        });
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

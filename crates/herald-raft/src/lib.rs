@@ -7,12 +7,16 @@ pub use openraft;
 
 mod durable;
 pub mod group;
+mod init;
 pub mod machine;
 pub mod net;
+mod propose;
 pub mod store;
 pub mod types;
+pub mod view;
 
-pub use group::{PartitionView, PeerAddr, ReplicaConfig, ReplicaError, Replicas};
+pub use group::{PeerAddr, ReplicaConfig, ReplicaError, Replicas};
 pub use machine::Committed;
 pub use store::PartitionStore;
 pub use types::{node_id, NodeId, Placed, Proposal, TypeConfig};
+pub use view::{ClusterView, NodeReport, PartitionView};

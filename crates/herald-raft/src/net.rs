@@ -49,6 +49,17 @@ impl Transport {
         Transport { client, key }
     }
 
+    /// Asks the node at `addr` what it sees of its replicas.
+    pub(crate) async fn get_view(
+        &self,
+        addr: &str,
+        ttl: Duration,
+    ) -> Result<crate::view::NodeReport, String> {
+        self.call(addr, 0, "view", &(), ttl)
+            .await
+            .map_err(|e| format!("{e:?}"))
+    }
+
     /// Sends `msg` to `addr` for `partition`'s `op`; the peer's answer.
     async fn call<Q: Serialize, A: DeserializeOwned>(
         &self,

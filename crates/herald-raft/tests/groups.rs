@@ -75,6 +75,7 @@ async fn cluster(n: usize) -> Vec<Node> {
             heartbeat: Duration::from_millis(100),
             election: Duration::from_millis(500),
             commit_timeout: Duration::from_secs(3),
+            role: "ingest".into(),
         };
         let replicas = Replicas::start(cfg, log.clone(), dir.path().join("raft"))
             .await

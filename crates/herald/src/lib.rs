@@ -8,6 +8,7 @@ mod demo;
 mod door;
 mod ops;
 mod ops_describe;
+mod replicated;
 mod routes;
 mod starting;
 
@@ -132,8 +133,9 @@ pub async fn run(
     // This process's start: presence entries and leases name it, so a
     // restarted node is not mistaken for the one that crashed.
     let incarnation = herald_types::now_ms();
-    // In a cluster, partitions are leased in Redis; alone, all are ours.
-    let leases = match cfg.server.cluster {
+    // In a cluster, partitions are leased in Redis (or, replicated, led
+    // by their Raft leader); alone, all are ours.
+    let leases = match cfg.server.cluster && !cfg.replicated() {
         true => Some(
             herald_fanout::Leases::start(
                 store.clone(),
@@ -147,13 +149,29 @@ pub async fn run(
         ),
         false => None,
     };
-    let placement: Arc<dyn herald_types::Placement> = match &leases {
-        Some(l) => l.clone(),
-        None => Arc::new(herald_types::placement::Alone),
-    };
     let log = match role.has_log() {
         true => Some(open_log(&cfg).await?),
         false => None,
+    };
+    let replicas = match (&log, cfg.replicated()) {
+        (Some(log), true) => Some(
+            herald_raft::Replicas::start(
+                cfg.replica_config()?,
+                log.clone(),
+                cfg.server.data_dir.join("raft"),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("replicated partitions: {e}"))?,
+        ),
+        _ => None,
+    };
+    let placement: Arc<dyn herald_types::Placement> = match (&leases, cfg.replicated()) {
+        (_, true) => Arc::new(replicated::RaftPlacement::new(
+            replicas.clone(),
+            cfg.replication_peers()?,
+        )),
+        (Some(l), false) => l.clone(),
+        (None, false) => Arc::new(herald_types::placement::Alone),
     };
     // Fan-out's trackers come first: the edge answers settlement to them.
     let fanout_cfg = cfg.fanout_config();
@@ -203,6 +221,7 @@ pub async fn run(
             celebrities.clone(),
             prefs.clone(),
             placement.clone(),
+            replicas.clone(),
         )
     });
     let mut fanout = log.as_ref().map(|log| {
@@ -214,6 +233,7 @@ pub async fn run(
             prefs,
             fanout_cfg,
             settlements,
+            replicas.clone(),
         )
     });
 
@@ -222,6 +242,7 @@ pub async fn run(
         store: store.clone(),
         fanout: fanout.as_ref().map(|f| f.health()).unwrap_or_default(),
         leases: leases.clone(),
+        replicas: replicas.clone(),
         keys: cfg.api_keys(),
         metrics,
     };
@@ -271,6 +292,9 @@ pub async fn run(
         .await;
     if let Some(f) = &fanout {
         f.commit_final().await;
+    }
+    if let Some(r) = &replicas {
+        r.shutdown().await;
     }
     if let Some(log) = log {
         log.close().await.context("closing the log")?;

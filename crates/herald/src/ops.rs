@@ -17,6 +17,8 @@ pub struct Ops {
     pub log: Option<herald_log::Log>,
     /// In a cluster: this node's partition leases.
     pub leases: Option<std::sync::Arc<herald_fanout::Leases>>,
+    /// Replicated partitions this node holds.
+    pub replicas: Option<std::sync::Arc<herald_raft::Replicas>>,
     /// With keys configured, `/metrics` needs an admin key.
     pub keys: herald_auth::ApiKeys,
     pub store: herald_store::Store,
@@ -84,10 +86,11 @@ async fn readyz(State(ops): State<Ops>) -> Response {
     } else {
         stalls.join("; ")
     };
-    let cluster = match &ops.leases {
-        None => "ok".to_string(),
-        Some(l) if l.fresh() => "ok".to_string(),
-        Some(_) => {
+    let cluster = match (&ops.leases, &ops.replicas) {
+        (_, Some(r)) => replication_check(r),
+        (None, None) => "ok".to_string(),
+        (Some(l), None) if l.fresh() => "ok".to_string(),
+        (Some(_), None) => {
             "no partition lease round has succeeded lately (is Redis reachable?)".to_string()
         }
     };
@@ -128,6 +131,45 @@ async fn readyz(State(ops): State<Ops>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// How long a leader may go without a majority's answer before `/readyz`
+/// says its partitions lack one.
+const QUORUM_LOST_AFTER_MS: u64 = 3000;
+
+/// Replicated partitions: those this node leads without a majority
+/// answering it lately, and those it holds with no leader known.
+fn replication_check(r: &herald_raft::Replicas) -> String {
+    let mut lacking = Vec::new();
+    let mut leaderless = Vec::new();
+    for v in r.view() {
+        if v.role == "none" {
+            continue;
+        }
+        if v.role == "leader" && v.quorum_ack_ms.is_none_or(|ms| ms > QUORUM_LOST_AFTER_MS) {
+            lacking.push(v.partition.to_string());
+        } else if v.leader.is_none() {
+            leaderless.push(v.partition.to_string());
+        }
+    }
+    let mut out = Vec::new();
+    if !lacking.is_empty() {
+        out.push(format!(
+            "partition(s) {} led here lack a majority of their replicas (writes answer 503 not_enough_replicas)",
+            lacking.join(", ")
+        ));
+    }
+    if !leaderless.is_empty() {
+        out.push(format!(
+            "partition(s) {} have no leader yet (an election is under way)",
+            leaderless.join(", ")
+        ));
+    }
+    if out.is_empty() {
+        "ok".to_string()
+    } else {
+        out.join("; ")
+    }
 }
 
 /// Prometheus text; admin API key only once keys are configured.

@@ -135,15 +135,15 @@ impl Writer {
             .entries
             .last()
             .map_or(a.next_offset, |(e, b)| b + e.records.len() as u64);
-        let mut placed = Vec::with_capacity(entries.len());
-        let mut gaps = Vec::new();
+        let mut placed: Vec<(super::NewEntry, u64)> = Vec::with_capacity(entries.len());
         for e in entries {
             // A leader's first records in a partition that never held any
             // start at `fresh_base` (the time): a cluster made again on
             // wiped disks never hands out an offset (an event id) again.
             let fresh = next == 0 && !e.records.is_empty() && self.cfg.fresh_base > 0;
             let base = match e.base {
-                Some(b) => b,
+                Some(b) if !e.records.is_empty() => b,
+                Some(_) => next,
                 None if fresh => self.cfg.fresh_base,
                 None => next,
             };
@@ -154,23 +154,14 @@ impl Writer {
                     got: base,
                 });
             }
-            if base > next && !e.records.is_empty() {
-                // The leader's log jumps here (its first records, or a
-                // recovery past its watermark): recorded, so recovery
-                // knows the jump is not a loss.
-                gaps.push((next, base));
-                next = base;
+            if base > next {
+                // The log jumps here (a leader's first records, or a
+                // recovery past its watermark): a new segment starts at
+                // the new offset, so offsets within a segment stay close.
+                self.jump(pi, next, base, &mut placed)?;
             }
-            let base = if e.records.is_empty() { next } else { base };
             next = base + e.records.len() as u64;
             placed.push((e, base));
-        }
-        if !gaps.is_empty() {
-            let dir = self.parts[pi].dir.clone();
-            let mut known = crate::quarantine::load_gaps(&dir).map_err(storage)?;
-            for g in gaps {
-                crate::quarantine::add_gap(&dir, &mut known, g).map_err(storage)?;
-            }
         }
         if next > self.reserved[pi] {
             let to = next + RESERVE;
@@ -183,6 +174,51 @@ impl Writer {
         a.staged_bytes += bytes;
         a.entries.extend(placed);
         Ok(bases)
+    }
+
+    /// Partition `pi`'s offsets jump from `next` to `to`: the gap is
+    /// recorded (recovery knows it is no loss) and a segment starts at
+    /// `to`. Entries staged before it this round may only be ones without
+    /// records (a leader's first entries): they move to the new segment.
+    fn jump(
+        &mut self,
+        pi: usize,
+        next: u64,
+        to: u64,
+        placed: &mut Vec<(super::NewEntry, u64)>,
+    ) -> Result<()> {
+        let staged_records = self.active[pi]
+            .entries
+            .iter()
+            .chain(placed.iter())
+            .any(|(e, _)| !e.records.is_empty());
+        if staged_records || !self.active[pi].staged.is_empty() {
+            return Err(LogError::EntryOutOfPlace {
+                partition: pi as u32,
+                expected: next,
+                got: to,
+            });
+        }
+        let dir = self.parts[pi].dir.clone();
+        let mut known = crate::quarantine::load_gaps(&dir).map_err(storage)?;
+        crate::quarantine::add_gap(&dir, &mut known, (next, to)).map_err(storage)?;
+        let mut moved = std::mem::take(&mut self.active[pi].entries);
+        let earlier = moved.len();
+        moved.append(placed);
+        self.active[pi].next_offset = to;
+        if let Err(e) = self.roll(pi) {
+            // Earlier requests keep their entries; this one fails whole.
+            let a = &mut self.active[pi];
+            a.next_offset = a.acked_offset;
+            moved.truncate(earlier);
+            a.entries = moved;
+            return Err(e);
+        }
+        for (_, b) in &mut moved {
+            *b = to;
+        }
+        *placed = moved;
+        Ok(())
     }
 
     /// Closes the active segment of `p` (synced, indexes written) and starts

@@ -29,6 +29,9 @@ impl Config {
             // A log made on an empty (or wiped) disk starts its offsets at
             // the time: event ids never repeat those of a lost log.
             fresh_base: herald_types::now_us(),
+            // Replicated: offsets are the Raft log's, the same on every
+            // replica.
+            replicated: self.replicated(),
             ..herald_log::LogConfig::default()
         }
     }
@@ -78,9 +81,10 @@ impl Config {
     }
 
     /// Suffix of this node's event ids: `@<node>` in a cluster (every node
-    /// keeps its own log), empty alone.
+    /// keeps its own log), empty alone or when partitions are replicated
+    /// (every replica holds each record at the same offset).
     pub fn id_scope(&self) -> String {
-        if self.server.cluster {
+        if self.server.cluster && !self.replicated() {
             format!("@{}", self.server.node_id)
         } else {
             String::new()

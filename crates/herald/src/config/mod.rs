@@ -8,6 +8,9 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 mod derive;
+mod replication;
+
+pub use replication::Replication;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +28,7 @@ pub struct Config {
     pub aggregation: Aggregation,
     pub digest: DigestCfg,
     pub feed: Feed,
+    pub replication: Replication,
 }
 
 /// The notification feed (the list behind the bell icon).
@@ -214,6 +218,9 @@ pub struct Log {
     pub retention_bytes: u64,
     pub retention_ms: u64,
     pub on_corruption: String,
+    /// Replicas of each partition (1: this node's log alone; 3 recommended
+    /// in a cluster, with `[replication]`).
+    pub replication_factor: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,6 +312,7 @@ impl Default for Log {
             retention_bytes: 0,
             retention_ms: 7 * 24 * 3_600_000,
             on_corruption: "quarantine".into(),
+            replication_factor: 1,
         }
     }
 }
@@ -474,6 +482,7 @@ impl Config {
             bail!("http.header_timeout_ms and http.body_timeout_ms must be positive");
         }
         self.check_durations()?;
+        self.check_replication()?;
         for o in &self.http.cors_origins {
             let ok = o == "*"
                 || ((o.starts_with("http://") || o.starts_with("https://"))

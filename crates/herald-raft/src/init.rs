@@ -1,0 +1,80 @@
+//! Forming a partition's group: only a new cluster initializes.
+//!
+//! openraft lets every member initialize a new group with the same
+//! members. But a replica whose disk was wiped is pristine too: were it to
+//! initialize, it would campaign on an empty log and disrupt the leaders
+//! of the others. So a pristine replica initializes only once a majority
+//! of its replica set (itself included) answers that they are pristine
+//! too, and none that it holds entries; otherwise it waits, and the
+//! leader refills it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use openraft::error::RaftError;
+use openraft::BasicNode;
+
+use crate::group::PeerAddr;
+use crate::net::Transport;
+use crate::types::{NodeId, Raft};
+
+/// How often peers are asked while the answer is "wait".
+const ASK_EVERY: Duration = Duration::from_millis(500);
+
+pub(crate) struct Formation {
+    pub partition: u32,
+    pub me: String,
+    /// The replica set, by id, with its peers.
+    pub members: BTreeMap<NodeId, PeerAddr>,
+}
+
+/// Waits until forming the group is safe, then initializes it (or learns
+/// that it exists: a leader reached this replica first).
+pub(crate) async fn form(raft: Raft, transport: Transport, f: Formation) {
+    let p = f.partition;
+    let majority = f.members.len() / 2 + 1;
+    let mut said_waiting = false;
+    loop {
+        if raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        let mut pristine = 1; // this replica
+        let mut formed = Vec::new();
+        for peer in f.members.values().filter(|m| m.name != f.me) {
+            let Ok(report) = transport.get_view(&peer.addr, ASK_EVERY).await else {
+                continue;
+            };
+            match report.partitions.iter().find(|v| v.partition == p) {
+                Some(v) if v.last_index.is_some() => formed.push(peer.name.clone()),
+                Some(_) => pristine += 1,
+                None => {}
+            }
+        }
+        if !formed.is_empty() {
+            // The group exists: its leader will send this replica the log.
+            if !said_waiting {
+                tracing::info!(
+                    partition = p,
+                    holders = ?formed,
+                    "this replica is empty; waiting for the leader to refill it"
+                );
+                said_waiting = true;
+            }
+        } else if pristine >= majority {
+            let nodes: BTreeMap<NodeId, BasicNode> = f
+                .members
+                .iter()
+                .map(|(id, pa)| (*id, BasicNode::new(&pa.addr)))
+                .collect();
+            match raft.initialize(nodes).await {
+                Ok(()) => tracing::info!(partition = p, "replicated partition formed"),
+                Err(RaftError::APIError(_)) => {}
+                Err(e) => {
+                    tracing::error!(partition = p, error = %e, "could not form the partition's group")
+                }
+            }
+            return;
+        }
+        tokio::time::sleep(ASK_EVERY).await;
+    }
+}

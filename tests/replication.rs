@@ -1,0 +1,217 @@
+//! Replicated partitions (`log.replication_factor = 3`): three real nodes,
+//! each with its own disk, on one real Redis. Every event answered `202`
+//! is delivered after any one node is lost, even with its disk; event ids
+//! are never handed out twice; a node that comes back empty is refilled;
+//! `GET /v1/admin/cluster` shows who leads what.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{eventually_within, free_port, inbox_has, Node, Redis};
+
+const NODES: usize = 3;
+
+fn env_for(name: &str, peers: &str) -> Vec<(String, String)> {
+    vec![
+        ("HERALD_SERVER__CLUSTER".into(), "true".into()),
+        ("HERALD_SERVER__NODE_ID".into(), name.into()),
+        (
+            "HERALD_SERVER__CLUSTER_KEY".into(),
+            "test-cluster-key".into(),
+        ),
+        ("HERALD_LOG__REPLICATION_FACTOR".into(), "3".into()),
+        ("HERALD_REPLICATION__PEERS".into(), peers.into()),
+        ("HERALD_REPLICATION__HEARTBEAT_MS".into(), "100".into()),
+        ("HERALD_REPLICATION__ELECTION_MS".into(), "500".into()),
+        (
+            "HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS".into(),
+            "2000".into(),
+        ),
+    ]
+}
+
+fn start_cluster(redis: &Redis) -> Vec<Node> {
+    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    let peers = format!(
+        "[{}]",
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("\"node-{}=127.0.0.1:{p}\"", i + 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let nodes: Vec<Node> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let env = env_for(&format!("node-{}", i + 1), &peers);
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Node::start_on_port(redis, &env, *port)
+        })
+        .collect();
+    let mut nodes = nodes;
+    if std::env::var("KEEP_LOGS").is_ok() {
+        for n in nodes.iter_mut() {
+            eprintln!("node data: {}", n.data.display());
+            n.keep_files();
+        }
+    }
+    for n in &nodes {
+        n.wait_ready(Duration::from_secs(60));
+    }
+    nodes
+}
+
+/// Posts a like from `actor` to `recipient` at any live node, retrying
+/// while leadership moves; the event id once answered `202`.
+async fn like(nodes: &[&Node], actor: u64, recipient: u64) -> String {
+    let body = json!({"kind": "like", "actor": actor, "recipient": recipient, "object": format!("post:{actor}")});
+    let start = std::time::Instant::now();
+    let mut i = actor as usize;
+    loop {
+        let n = nodes[i % nodes.len()];
+        i += 1;
+        let (s, v) = n.post("/v1/events", &body).await;
+        if s == 202 {
+            return v["ids"][0].as_str().unwrap_or_default().to_string();
+        }
+        assert!(s == 503 || s == 0, "unexpected answer {s}: {v}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no node took the event in 60 s: {s} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cluster_view(n: &Node) -> Value {
+    let (s, v) = n.get("/v1/admin/cluster").await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// The node leading the most partitions.
+fn busiest_leader(view: &Value) -> String {
+    let mut counts = std::collections::HashMap::new();
+    for p in view["partitions"].as_array().into_iter().flatten() {
+        if let Some(l) = p["leader"].as_str() {
+            *counts.entry(l.to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, c)| *c)
+        .map(|(l, _)| l)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_accepted_is_lost_when_a_leader_dies_with_its_disk() {
+    let redis = Redis::start();
+    let mut nodes = start_cluster(&redis);
+    let view = cluster_view(&nodes[0]).await;
+    assert_eq!(
+        view["partitions"].as_array().map(Vec::len),
+        Some(4),
+        "{view}"
+    );
+    for p in view["partitions"].as_array().into_iter().flatten() {
+        assert!(
+            p["leader"].is_string(),
+            "a partition without a leader: {view}"
+        );
+        assert_eq!(p["replicas"].as_array().map(Vec::len), Some(3), "{view}");
+    }
+
+    // Offline recipients: every event ends in an inbox. Redis is frozen
+    // while the first events are taken, so fan-out cannot have delivered
+    // them anywhere when their leader dies: only the copies in the other
+    // replicas' logs can.
+    let mut accepted = Vec::new();
+    redis.pause();
+    {
+        let all: Vec<&Node> = nodes.iter().collect();
+        for k in 0..60u64 {
+            let id = like(&all, 1000 + k, 5000 + k % 20).await;
+            accepted.push((5000 + k % 20, id));
+        }
+    }
+    // The node leading the most partitions dies with its disk.
+    let victim_name = busiest_leader(&cluster_view(&nodes[0]).await);
+    let v = nodes
+        .iter()
+        .position(|n| cluster_view_name(n) == victim_name)
+        .unwrap_or(0);
+    nodes[v].kill9();
+    nodes[v].wipe();
+    redis.resume();
+    {
+        let alive: Vec<&Node> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != v)
+            .map(|(_, n)| n)
+            .collect();
+        for k in 60..120u64 {
+            let id = like(&alive, 1000 + k, 5000 + k % 20).await;
+            accepted.push((5000 + k % 20, id));
+        }
+    }
+    // It comes back with an empty disk and is refilled from the leaders.
+    nodes[v].restart_unready();
+    nodes[v].wait_ready(Duration::from_secs(60));
+    {
+        let all: Vec<&Node> = nodes.iter().collect();
+        for k in 120..150u64 {
+            let id = like(&all, 1000 + k, 5000 + k % 20).await;
+            accepted.push((5000 + k % 20, id));
+        }
+    }
+
+    // No event id handed out twice.
+    let ids: HashSet<&String> = accepted.iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        ids.len(),
+        accepted.len(),
+        "an event id was handed out twice"
+    );
+    // Every accepted event is in its recipient's inbox.
+    let reader = &nodes[(v + 1) % NODES];
+    for (user, id) in &accepted {
+        eventually_within(
+            &format!("{id} in the inbox of {user}"),
+            Duration::from_secs(60),
+            || async { inbox_has(reader, *user, id).await.then_some(()) },
+        )
+        .await;
+    }
+    // The refilled node is in sync again everywhere.
+    let start = std::time::Instant::now();
+    loop {
+        let view = cluster_view(&nodes[v]).await;
+        let synced = view["partitions"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .all(|p| p["in_sync"].as_array().map(Vec::len) == Some(3))
+        });
+        if synced {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "replicas not in sync: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn cluster_view_name(n: &Node) -> String {
+    match support::http_blocking(&n.addr, "GET", "/v1/admin/cluster", None, &[]) {
+        Ok((200, v)) => v["node"].as_str().unwrap_or_default().to_string(),
+        _ => String::new(),
+    }
+}
