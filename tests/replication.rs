@@ -207,6 +207,39 @@ async fn nothing_accepted_is_lost_when_a_leader_dies_with_its_disk() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let table = cluster_status_table(&nodes[0]);
+    for i in 1..=NODES {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("node-{i} ")) && l.ends_with("yes")),
+            "node-{i} not listed alive:\n{table}"
+        );
+    }
+    let rows: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("PARTITION"))
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), 4, "{table}");
+    assert!(rows.iter().all(|r| !r.contains("(none)")), "{table}");
+}
+
+/// `herald cluster status` prints the view as tables: every node alive,
+/// every partition with a leader and three replicas in sync.
+fn cluster_status_table(n: &Node) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--config"])
+        .arg(support::config_path())
+        .args(["cluster", "status", "--url", &format!("http://{}", n.addr)])
+        .output()
+        .expect("run herald cluster status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 fn cluster_view_name(n: &Node) -> String {

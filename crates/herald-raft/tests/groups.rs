@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes as AxBytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use herald_log::{Log, LogConfig};
@@ -24,15 +24,24 @@ struct Node {
 
 type Slot = Arc<OnceCell<Arc<Replicas>>>;
 
+/// Every request goes here (the node's own router is not in this crate):
+/// `/v1/internal/raft/{p}/{op}` is parsed from the path.
 async fn serve(
     State(slot): State<Slot>,
-    Path((p, op)): Path<(u32, String)>,
+    uri: axum::http::Uri,
     body: AxBytes,
 ) -> Result<Vec<u8>, (StatusCode, String)> {
+    let bad = || (StatusCode::NOT_FOUND, format!("no route {uri}"));
+    let rest = uri
+        .path()
+        .strip_prefix("/v1/internal/raft/")
+        .ok_or_else(bad)?;
+    let (p, op) = rest.split_once('/').ok_or_else(bad)?;
+    let p: u32 = p.parse().map_err(|_| bad())?;
     let r = slot
         .get()
         .ok_or((StatusCode::SERVICE_UNAVAILABLE, "starting".into()))?;
-    r.serve(p, &op, &body)
+    r.serve(p, op, &body)
         .await
         .map_err(|e| (StatusCode::BAD_REQUEST, e))
 }
@@ -51,9 +60,7 @@ async fn cluster(n: usize) -> Vec<Node> {
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let slot: Slot = Arc::new(OnceCell::new());
-        let app = axum::Router::new()
-            .route("/v1/internal/raft/{p}/{op}", axum::routing::post(serve))
-            .with_state(slot.clone());
+        let app = axum::Router::new().fallback(serve).with_state(slot.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(l, app).await;
         });

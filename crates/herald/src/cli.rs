@@ -1,5 +1,6 @@
-//! Operator commands: `herald dead-letters list|replay` (over a running
-//! node's HTTP API), `herald check-config`, `herald token`.
+//! Operator commands: `herald dead-letters list|replay` and `herald
+//! cluster status` (over a running node's HTTP API), `herald
+//! check-config`, `herald token`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -230,4 +231,65 @@ fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
         bail!("--ttl must be positive");
     }
     Ok(Duration::from_secs(n.saturating_mul(mult)))
+}
+
+/// `herald cluster status`: `GET /v1/admin/cluster` as two tables.
+pub fn cluster_status(t: &Target) -> anyhow::Result<()> {
+    let (status, v) = t.call("GET", "/v1/admin/cluster", None)?;
+    if status != 200 {
+        bail!("the node answered {status}: {v}");
+    }
+    print!("{}", cluster_tables(&v));
+    Ok(())
+}
+
+/// The text `herald cluster status` prints for a cluster view.
+pub fn cluster_tables(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let list = |x: &serde_json::Value| {
+        x.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "seen from {}", v["node"].as_str().unwrap_or("?"));
+    let _ = writeln!(out, "{:<16} {:<22} {:<8} ALIVE", "NODE", "ADDRESS", "ROLE");
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<22} {:<8} {}",
+            n["id"].as_str().unwrap_or("?"),
+            n["addr"].as_str().unwrap_or(""),
+            n["role"].as_str().unwrap_or("?"),
+            if n["alive"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<10} {:<16} {:<6} {:<30} {:<30} COMMITTED",
+        "PARTITION", "LEADER", "TERM", "REPLICAS", "IN SYNC"
+    );
+    for p in v["partitions"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<16} {:<6} {:<30} {:<30} {}",
+            p["partition"],
+            p["leader"].as_str().unwrap_or("(none)"),
+            p["term"],
+            list(&p["replicas"]),
+            list(&p["in_sync"]),
+            p["committed"]
+        );
+    }
+    out
 }

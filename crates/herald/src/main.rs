@@ -73,6 +73,24 @@ enum Command {
         #[arg(long, global = true)]
         key: Option<String>,
     },
+    /// The cluster as a running node sees it (GET /v1/admin/cluster).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+        /// The node (default: the config's server.listen).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        /// An admin API key (default: the config's first gateway.admin_keys).
+        #[arg(long, global = true)]
+        key: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ClusterAction {
+    /// Nodes (alive or not) and, per partition, its leader, term, replicas
+    /// in sync and committed offset, as tables.
+    Status,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -129,6 +147,12 @@ fn main() -> anyhow::Result<()> {
             DeadLetterAction::Replay { all, ids } => {
                 herald::cli::dead_letters_replay(&t, ids, *all)
             }
+        };
+    }
+    if let Some(Command::Cluster { action, url, key }) = &args.command {
+        let t = herald::cli::Target::new(url.as_deref(), key.as_deref(), &cfg)?;
+        return match action {
+            ClusterAction::Status => herald::cli::cluster_status(&t),
         };
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")

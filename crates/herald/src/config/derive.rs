@@ -75,8 +75,13 @@ impl Config {
                 String::new()
             },
             // A dead owner's lease expires, and a live node takes it
-            // within a round.
-            owner_wait: Duration::from_millis(self.server.lease_ttl_ms + 2000),
+            // within a round; a replicated partition elects a leader
+            // within two election timeouts.
+            owner_wait: Duration::from_millis(if self.replicated() {
+                2 * self.replication.election_ms + 2000
+            } else {
+                self.server.lease_ttl_ms + 2000
+            }),
         }
     }
 
