@@ -2,7 +2,9 @@
 # A local cluster on loopback: a Redis Cluster of 3 masters, each with a
 # replica (a master lost is replaced by its replica), and 3 Herald nodes
 # working as one (server.cluster = true: pushes to users connected to
-# another node travel over Redis pub/sub).
+# another node travel over Redis pub/sub), their log partitions
+# replicated 3 times (Raft per partition: any one node may be lost with
+# its disk).
 #
 #   deploy/cluster.sh up           start everything, print one line per node, return once ready
 #   deploy/cluster.sh status       one line per node: pid, alive, ready
@@ -21,7 +23,9 @@
 # (Herald nodes, default 3; the Redis Cluster keeps 3 masters),
 # HERALD_ROLES (each node's role in order, default all of them "all"; e.g.
 # "ingest ingest edge edge" with HERALD_NODES=4: clients go to the edges,
-# events to any node).
+# events to any node), HERALD_REPLICATION (log.replication_factor: default
+# 3 when at least 3 nodes hold a log, else 1; 1 shares partitions by
+# leases in Redis instead).
 # Then, for example:
 #   target/release/herald-loadgen run --scenario smoke --strict \
 #     --targets 127.0.0.1:7411,127.0.0.1:7412,127.0.0.1:7413
@@ -93,10 +97,27 @@ up() {
         redis-cli -p "$rbase" cluster info 2>/dev/null | grep -q cluster_state:ok && break
         sleep 0.05
     done
-    # What `start NAME` needs later: the binary, the key, the seeds.
-    printf '%s\n%s\n%s\n' "$bin" "$key" "$seeds" >"$dir/env"
-    : >"$dir/nodes"
     read -r -a roles <<<"${HERALD_ROLES:-}"
+    # Replication: the nodes that hold a log are its peers.
+    peers=""
+    ingest=0
+    for i in $(seq 1 "$nodes"); do
+        role="${roles[$((i - 1))]:-all}"
+        [ "$role" = edge ] && continue
+        ingest=$((ingest + 1))
+        peers="$peers${peers:+, }\"node-$i=127.0.0.1:$((hbase + i - 1))\""
+    done
+    default_rf=1
+    [ "$ingest" -ge 3 ] && default_rf=3
+    rf="${HERALD_REPLICATION:-$default_rf}"
+    if [ "$rf" -gt "$ingest" ]; then
+        echo "HERALD_REPLICATION=$rf needs at least $rf nodes that hold a log ($ingest here)" >&2
+        exit 1
+    fi
+    # What `start NAME` needs later: the binary, the key, the seeds, the
+    # replication factor and its peers.
+    printf '%s\n%s\n%s\n%s\n%s\n' "$bin" "$key" "$seeds" "$rf" "$peers" >"$dir/env"
+    : >"$dir/nodes"
     for i in $(seq 1 "$nodes"); do
         port=$((hbase + i - 1))
         name="node-$i"
@@ -117,10 +138,11 @@ line() { # name port pid role
 
 # Starts node NAME on PORT with ROLE and records it in $dir/nodes.
 launch() { # name port role
-    local bin key seeds
-    { read -r bin; read -r key; read -r seeds; } <"$dir/env"
+    local bin key seeds rf peers
+    { read -r bin; read -r key; read -r seeds; read -r rf; read -r peers; } <"$dir/env"
     HERALD_SERVER__CLUSTER=true HERALD_SERVER__NODE_ID="$1" \
         HERALD_SERVER__CLUSTER_KEY="$key" \
+        HERALD_LOG__REPLICATION_FACTOR="$rf" HERALD_REPLICATION__PEERS="[$peers]" \
         HERALD_REDIS__CLUSTER_NODES="[$seeds]" HERALD_LOG="${HERALD_LOG:-warn}" \
         nohup "$bin" --config config/default.toml --listen "127.0.0.1:$2" --role "$3" \
         --data-dir "$dir/$1" >>"$dir/$1.log" 2>&1 &
