@@ -1,6 +1,7 @@
 //! `herald-loadgen ingest`: how many events/s the gateway makes durable.
-//! Concurrent keep-alive connections post fixed-size batches of likes as
-//! fast as they are answered; reports accepted events/s and request latency.
+//! Concurrent keep-alive connections (over one node or several) post
+//! fixed-size batches of likes as fast as they are answered, or paced to a
+//! rate; reports accepted events/s and request latency.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,12 +13,25 @@ use serde_json::json;
 
 use crate::http::Conn;
 
-pub async fn run(
-    target: SocketAddr,
-    connections: usize,
-    batch: usize,
-    secs: u64,
-) -> anyhow::Result<()> {
+/// What to run.
+pub struct Plan {
+    pub targets: Vec<SocketAddr>,
+    pub connections: usize,
+    pub batch: usize,
+    pub secs: u64,
+    /// Events per second over all connections; 0: unpaced.
+    pub rate: u64,
+}
+
+pub async fn run(plan: Plan) -> anyhow::Result<()> {
+    let Plan {
+        targets,
+        connections,
+        batch,
+        secs,
+        rate,
+    } = plan;
+    let connections = connections.max(1);
     // One body reused: 1,000 likes to 1,000 different users by default.
     let events: Vec<_> = (0..batch as u64)
         .map(|i| json!({"kind": "like", "actor": 1 + i % 97, "recipient": 100_000 + i, "object": format!("post:{i}"), "text": "ingest benchmark"}))
@@ -27,15 +41,23 @@ pub async fn run(
     let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs.clamp(1, 600));
     let start = Instant::now();
+    // Paced: each connection sends one batch every `period`, the
+    // connections spread evenly over it.
+    let period = (rate > 0)
+        .then(|| Duration::from_secs_f64(batch as f64 * connections as f64 / rate as f64));
     let mut tasks = Vec::new();
-    for _ in 0..connections.max(1) {
+    for c in 0..connections {
         let (body, accepted, errors) = (body.clone(), accepted.clone(), errors.clone());
-        let addr = target.to_string();
+        let addr = targets[c % targets.len()].to_string();
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let mut conn = Conn::new(&addr);
+            let mut due = period.map(|p| start + p.mul_f64(c as f64 / connections as f64));
             while Instant::now() < deadline {
-                let t = Instant::now();
+                if let Some(d) = due {
+                    tokio::time::sleep_until(d.into()).await;
+                }
+                let t = due.unwrap_or_else(Instant::now);
                 match conn
                     .request("POST", "/v1/events", "application/json", &body)
                     .await
@@ -47,6 +69,9 @@ pub async fn run(
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                if let (Some(d), Some(p)) = (due.as_mut(), period) {
+                    *d += p;
                 }
             }
             h

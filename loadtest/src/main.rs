@@ -111,6 +111,10 @@ struct IngestArgs {
     /// Herald's address (must be a loopback address).
     #[arg(long, default_value = "127.0.0.1:7400")]
     target: SocketAddr,
+    /// Several nodes (comma-separated, loopback): connections are spread
+    /// over them in turn (overrides --target).
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<SocketAddr>,
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 16)]
     connections: usize,
@@ -120,6 +124,11 @@ struct IngestArgs {
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Events per second over all connections (0: as fast as answered).
+    /// Paced: latency counts from each request's scheduled time, so a
+    /// node that falls behind shows it.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
 #[derive(Args, Clone)]
@@ -322,8 +331,22 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Command::Ingest(a) => {
-                check_loopback(&a.target)?;
-                ingest::run(a.target, a.connections, a.batch, a.duration).await
+                let targets = if a.targets.is_empty() {
+                    vec![a.target]
+                } else {
+                    a.targets.clone()
+                };
+                for t in &targets {
+                    check_loopback(t)?;
+                }
+                ingest::run(ingest::Plan {
+                    targets,
+                    connections: a.connections,
+                    batch: a.batch,
+                    secs: a.duration,
+                    rate: a.rate,
+                })
+                .await
             }
         }
     })

@@ -89,6 +89,13 @@ impl ReplicaConfig {
         set.sort_unstable();
         set
     }
+
+    /// The replica that should lead `partition` when all are up: the
+    /// partitions go round the replica set, so each node leads a share.
+    pub fn preferred_leader(&self, partition: u32) -> NodeId {
+        let set = self.replica_set(partition);
+        set[partition as usize % set.len().max(1)]
+    }
 }
 
 /// Why a proposal did not commit.
@@ -141,18 +148,29 @@ impl Replicas {
             .map(|p| (node_id(&p.name), p.clone()))
             .collect();
         let transport = Transport::new(cfg.cluster_key.clone());
-        let raft_cfg = openraft::Config {
-            cluster_name: "herald".into(),
-            heartbeat_interval: cfg.heartbeat.as_millis() as u64,
-            election_timeout_min: cfg.election.as_millis() as u64,
-            election_timeout_max: cfg.election.as_millis() as u64 * 2,
-            snapshot_policy: openraft::SnapshotPolicy::Never,
-            max_payload_entries: 256,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| format!("raft settings: {e}"))?;
-        let raft_cfg = Arc::new(raft_cfg);
+        // A partition's preferred leader campaigns first (its election
+        // timeout is the shorter one), so leadership starts spread over the
+        // nodes; the others wait between 1.5 and 2 election timeouts.
+        let election = cfg.election.as_millis() as u64;
+        let raft_cfg = |preferred: bool| {
+            let (min, max) = if preferred {
+                (election, election + election / 4)
+            } else {
+                (election + election / 2, election * 2)
+            };
+            openraft::Config {
+                cluster_name: "herald".into(),
+                heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+                election_timeout_min: min,
+                election_timeout_max: max,
+                snapshot_policy: openraft::SnapshotPolicy::Never,
+                max_payload_entries: 256,
+                ..Default::default()
+            }
+            .validate()
+            .map(Arc::new)
+            .map_err(|e| format!("raft settings: {e}"))
+        };
         let mut groups = Vec::new();
         let mut sets = Vec::new();
         for p in 0..log.partitions() {
@@ -174,9 +192,15 @@ impl Replicas {
                 transport: transport.clone(),
                 partition: p,
             };
-            let raft = Raft::new(me, raft_cfg.clone(), net, store, machine)
-                .await
-                .map_err(|e| format!("partition {p}: {e}"))?;
+            let raft = Raft::new(
+                me,
+                raft_cfg(cfg.preferred_leader(p) == me)?,
+                net,
+                store,
+                machine,
+            )
+            .await
+            .map_err(|e| format!("partition {p}: {e}"))?;
             tokio::spawn(crate::init::form(
                 raft.clone(),
                 transport.clone(),

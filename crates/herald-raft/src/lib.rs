@@ -12,6 +12,7 @@ pub mod machine;
 pub mod net;
 mod propose;
 pub mod store;
+mod tail;
 pub mod types;
 pub mod view;
 

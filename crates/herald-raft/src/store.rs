@@ -70,6 +70,7 @@ pub struct PartitionStore {
     partition: u32,
     dir: PathBuf,
     locs: Arc<RwLock<Locs>>,
+    tail: Arc<std::sync::Mutex<crate::tail::Tail>>,
 }
 
 impl PartitionStore {
@@ -125,6 +126,7 @@ impl PartitionStore {
             partition,
             dir,
             locs: Arc::new(RwLock::new(locs)),
+            tail: Arc::default(),
         })
     }
 
@@ -144,6 +146,14 @@ impl PartitionStore {
     /// Reads entries `[start, end)` (fewer when `limit` bytes are reached,
     /// but at least one when any is held).
     fn read(&self, start: u64, end: u64, limit: usize) -> Result<Vec<Entry>, StorageError> {
+        if let Some(hit) = self
+            .tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(start, end, limit)
+        {
+            return Ok(hit);
+        }
         let (start, hint) = {
             let l = self.locs();
             let start = start.max(l.first);
@@ -318,12 +328,14 @@ impl RaftLogStorage<TypeConfig> for PartitionStore {
     {
         let mut news = Vec::new();
         let mut metas = Vec::new();
+        let mut kept = Vec::new();
         for e in entries {
             metas.push((
                 e.log_id.leader_id.term,
                 e.log_id.leader_id.node_id,
                 e.log_id.index,
             ));
+            kept.push(e.clone());
             news.push(to_new(e)?);
         }
         if let Some(&(_, _, first)) = metas.first() {
@@ -345,10 +357,20 @@ impl RaftLogStorage<TypeConfig> for PartitionStore {
                     if l.at.is_empty() {
                         l.first = metas.first().map_or(l.first, |m| m.2);
                     }
-                    for ((term, leader, _), base) in metas.into_iter().zip(bases) {
+                    for ((term, leader, _), base) in metas.into_iter().zip(bases.iter().copied()) {
                         l.at.push_back(Loc { base, term, leader });
                     }
                 }
+                // As read back from the log: records at their offsets.
+                for (e, base) in kept.iter_mut().zip(bases) {
+                    if let EntryPayload::Normal(p) = &mut e.payload {
+                        p.base = base;
+                    }
+                }
+                self.tail
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(kept);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -373,6 +395,10 @@ impl RaftLogStorage<TypeConfig> for PartitionStore {
             .truncate_entries(self.partition, hint, idx)
             .await
             .map_err(|e| StorageIOError::write_logs(openraft::AnyError::new(&e)))?;
+        self.tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .truncate(idx);
         let mut l = self.locs_mut();
         let keep = idx.saturating_sub(l.first) as usize;
         l.at.truncate(keep);
@@ -382,6 +408,10 @@ impl RaftLogStorage<TypeConfig> for PartitionStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The bytes go with retention (whole segments); the store forgets
         // the entries' places.
+        self.tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .purge(log_id.index);
         let mut l = self.locs_mut();
         while l.first <= log_id.index && !l.at.is_empty() {
             l.at.pop_front();

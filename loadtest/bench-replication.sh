@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Replicated partitions on this machine: a private redis-server on 6621 and
+# NODES release herald nodes on 127.0.0.1:7521.. with
+# log.replication_factor = RF (1: one node, today's path), then one
+# measurement:
+#
+#   loadtest/bench-replication.sh ingest RF [herald-loadgen ingest flags]
+#       e.g. ingest 3 --connections 16 --batch 1000 --duration 8
+#   loadtest/bench-replication.sh failover
+#       3 nodes, RF 3: kill -9 the node leading the most partitions; prints
+#       how long until every partition has a live leader again and until a
+#       batch touching every partition is answered 202.
+#   loadtest/bench-replication.sh refill MB
+#       3 nodes, RF 3: about MB megabytes of events, then one node is
+#       stopped, its disk wiped and it is started again; prints how long
+#       until it holds every partition's log again (in sync), and MB/s.
+#
+#   cargo build --release -p herald -p herald-loadgen
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir="${BENCH_DIR:-/tmp/herald-bench-repl}"
+mode=$1
+shift
+bin=target/release/herald
+lg=target/release/herald-loadgen
+rport=6621
+base=7521
+
+now_ms() { date +%s%3N; }
+
+start_redis() {
+    mkdir -p "$dir"
+    redis-cli -p $rport shutdown nosave >/dev/null 2>&1 || true
+    sleep 0.3
+    redis-server --port $rport --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+        --logfile "$dir/redis.log"
+    for _ in $(seq 50); do redis-cli -p $rport ping >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
+# start_nodes N RF: nodes node-1..N, recorded in $dir/pids.
+start_nodes() {
+    local n=$1 rf=$2 peers="" i
+    for i in $(seq 1 "$n"); do
+        peers="$peers${peers:+, }\"node-$i=127.0.0.1:$((base + i - 1))\""
+    done
+    : >"$dir/pids"
+    for i in $(seq 1 "$n"); do start_node "$i" "$n" "$rf" "$peers"; done
+    for i in $(seq 1 "$n"); do wait_ready $((base + i - 1)); done
+}
+
+start_node() { # i n rf peers
+    local i=$1 n=$2 rf=$3 peers=$4 cluster=false
+    [ "$n" -gt 1 ] && cluster=true
+    env HERALD_LOG=warn HERALD_SERVER__CLUSTER=$cluster HERALD_SERVER__NODE_ID="node-$i" \
+        HERALD_SERVER__CLUSTER_KEY=bench-cluster-key HERALD_LOG__REPLICATION_FACTOR="$rf" \
+        HERALD_REPLICATION__PEERS="[$peers]" \
+        "$bin" --config config/default.toml --listen "127.0.0.1:$((base + i - 1))" \
+        --redis "redis://127.0.0.1:$rport" --data-dir "$dir/node-$i" >>"$dir/node-$i.out" 2>&1 &
+    echo "$i $!" >>"$dir/pids"
+}
+
+wait_ready() { # port
+    for _ in $(seq 600); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$1/readyz" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "node on $1 never became ready" >&2
+    exit 1
+}
+
+pid_of() { awk -v i="$1" '$1 == i {print $2}' "$dir/pids" | tail -n 1; }
+
+stop_all() {
+    [ -f "$dir/pids" ] && while read -r _ pid; do kill "$pid" 2>/dev/null || true; done <"$dir/pids"
+    sleep 1
+    redis-cli -p $rport shutdown nosave >/dev/null 2>&1 || true
+}
+trap stop_all EXIT
+
+fresh() { stop_all; rm -rf "$dir"; mkdir -p "$dir"; start_redis; }
+
+# A batch of 64 likes to 64 recipients: every partition (of 8) gets some.
+batch_body() {
+    local ev="" k
+    for k in $(seq 0 63); do
+        ev="$ev${ev:+,}{\"kind\":\"like\",\"actor\":$((k + 1)),\"recipient\":$((900000 + k)),\"object\":\"post:$k\"}"
+    done
+    echo "{\"events\":[$ev]}"
+}
+
+case "$mode" in
+ingest)
+    rf=$1
+    shift
+    fresh
+    n=1
+    [ "$rf" -gt 1 ] && n=$rf
+    start_nodes "$n" "$rf"
+    targets=""
+    for i in $(seq 1 "$n"); do targets="$targets${targets:+,}127.0.0.1:$((base + i - 1))"; done
+    "$lg" ingest --targets "$targets" "$@"
+    ;;
+failover)
+    fresh
+    start_nodes 3 3
+    body="$(batch_body)"
+    view="$(curl -fsS http://127.0.0.1:$base/v1/admin/cluster)"
+    victim="$(echo "$view" | python3 -c 'import json,sys,collections; v=json.load(sys.stdin); c=collections.Counter(p["leader"] for p in v["partitions"] if p["leader"]); print(c.most_common(1)[0][0])')"
+    led="$(echo "$view" | python3 -c "import json,sys; v=json.load(sys.stdin); print(sum(1 for p in v['partitions'] if p['leader']=='$victim'))")"
+    i="${victim#node-}"
+    other=$(( i % 3 + 1 ))
+    oport=$((base + other - 1))
+    curl -fsS -o /dev/null -X POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$oport/v1/events"
+    t0=$(now_ms)
+    kill -9 "$(pid_of "$i")"
+    elected=""
+    accepted=""
+    while [ -z "$accepted" ] && [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
+        if [ -z "$elected" ]; then
+            if curl -fsS "http://127.0.0.1:$oport/v1/admin/cluster" 2>/dev/null | python3 -c "import json,sys; v=json.load(sys.stdin); sys.exit(0 if all(p['leader'] and p['leader']!='$victim' for p in v['partitions']) else 1)"; then
+                elected=$(( $(now_ms) - t0 ))
+            fi
+        fi
+        code="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$oport/v1/events" || true)"
+        [ "$code" = 202 ] && accepted=$(( $(now_ms) - t0 ))
+        sleep 0.02
+    done
+    echo "failover: killed $victim (leader of $led of 8 partitions); every partition led again after ${elected:-?} ms; a batch touching every partition answered 202 after ${accepted:-never} ms"
+    ;;
+refill)
+    mb=$1
+    fresh
+    start_nodes 3 3
+    # About 240 bytes a record on disk: MB megabytes of 1,000-event batches.
+    secs=$(( mb / 40 + 2 ))
+    "$lg" ingest --targets "127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))" --connections 12 --batch 1000 --duration "$secs" | sed 's/^/fill: /'
+    held="$(du -sm "$dir/node-3/log" | cut -f1)"
+    kill "$(pid_of 3)"
+    sleep 2
+    rm -rf "$dir/node-3"
+    peers="\"node-1=127.0.0.1:$base\", \"node-2=127.0.0.1:$((base + 1))\", \"node-3=127.0.0.1:$((base + 2))\""
+    t0=$(now_ms)
+    start_node 3 3 3 "$peers"
+    until curl -fsS "http://127.0.0.1:$base/v1/admin/cluster" 2>/dev/null | python3 -c "import json,sys; v=json.load(sys.stdin); sys.exit(0 if all(len(p['in_sync'])==3 for p in v['partitions']) else 1)"; do
+        sleep 0.1
+        [ $(( $(now_ms) - t0 )) -gt 600000 ] && { echo "refill: not in sync after 600 s" >&2; exit 1; }
+    done
+    ms=$(( $(now_ms) - t0 ))
+    got="$(du -sm "$dir/node-3/log" | cut -f1)"
+    echo "refill: node-3 held ${held} MB; wiped and started again, in sync after ${ms} ms ($got MB now): $(python3 -c "print(round($got*1000/max($ms,1), 1))") MB/s"
+    ;;
+*)
+    echo "usage: $0 ingest RF [flags] | failover | refill MB" >&2
+    exit 2
+    ;;
+esac
