@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Herald needs on a Debian machine when it is missing:
-# redis-server (from Debian's packages), and with --with-browser Debian's
+# redis-server (from Debian's packages), curl, iproute2 (the nemesis
+# tests' network namespaces), and with --with-browser Debian's
 # chromium (the test suite renders the load report and drives the demo page
 # in it) and Node.js with npm (the browser client's tests; Node.js 20.10 or
 # newer, for its WebSocket client). The Rust toolchain must already be
@@ -15,6 +16,8 @@ fi
 want=()
 command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
 command -v curl >/dev/null 2>&1 || want+=(curl)
+# `ip netns` and veth pairs: the nemesis tests' network partitions.
+command -v ip >/dev/null 2>&1 || want+=(iproute2)
 if [ "${1:-}" = "--with-browser" ]; then
     command -v chromium >/dev/null 2>&1 || want+=(chromium)
     command -v node >/dev/null 2>&1 || want+=(nodejs)

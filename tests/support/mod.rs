@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 mod infra;
+pub mod netns;
 #[allow(unused_imports)]
 pub use infra::{RedisCluster, Tmpfs};
 
@@ -216,6 +217,8 @@ pub struct Node {
     /// `--listen`: `127.0.0.1:0` unless the node needs a fixed port (peers
     /// that must know each other's address before they start).
     listen: String,
+    /// A command the node runs under (`ip netns exec NS`), if any.
+    wrap: Vec<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -246,6 +249,7 @@ impl Node {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             listen: "127.0.0.1:0".into(),
+            wrap: Vec::new(),
             _dir: Some(dir),
         };
         n.spawn_inner(false);
@@ -268,6 +272,30 @@ impl Node {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             listen: format!("127.0.0.1:{port}"),
+            wrap: Vec::new(),
+            _dir: Some(dir),
+        };
+        n.spawn_inner(false);
+        n
+    }
+
+    /// Starts a node inside network namespace `ns`, listening on `listen`
+    /// (an address of that namespace), against `redis_url`, without
+    /// waiting for it to become ready.
+    pub fn start_in_netns(ns: &str, listen: &str, redis_url: &str, env: &[(&str, &str)]) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut n = Node {
+            child: None,
+            addr: String::new(),
+            data: dir.path().to_path_buf(),
+            node_dir: dir.path().join("node"),
+            redis_url: redis_url.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            listen: listen.to_string(),
+            wrap: vec!["ip".into(), "netns".into(), "exec".into(), ns.into()],
             _dir: Some(dir),
         };
         n.spawn_inner(false);
@@ -325,6 +353,7 @@ impl Node {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             listen: "127.0.0.1:0".into(),
+            wrap: Vec::new(),
             _dir: Some(dir),
         };
         n.spawn();
@@ -341,7 +370,14 @@ impl Node {
             .append(true)
             .open(self.data.join("herald.log"))
             .expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let mut cmd = match self.wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_herald"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_herald")),
+        };
         cmd.arg("--config")
             .arg(config_path())
             .args(["--listen", &self.listen, "--redis", &self.redis_url])

@@ -78,9 +78,12 @@ pub(crate) async fn propose_loop(partition: u32, raft: Raft, mut rx: mpsc::Recei
                         partition,
                         why: e.to_string(),
                     }),
-                    Err(_) => Err(ReplicaError::Failed {
+                    // The group dropped the write unanswered (it lost its
+                    // leadership, or stopped): its fate is unknown; the
+                    // producer is sent on to whoever leads now.
+                    Err(_) => Err(ReplicaError::NotLeader {
                         partition,
-                        why: "the replica stopped".into(),
+                        leader: None,
                     }),
                 });
             }

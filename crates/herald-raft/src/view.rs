@@ -63,6 +63,10 @@ pub struct PartitionView {
     pub in_sync: Vec<String>,
     /// On the leader: milliseconds since a majority last answered it.
     pub quorum_ack_ms: Option<u64>,
+    /// The group stopped on a fatal error (storage failed): why. The
+    /// partition's replica on this node serves nothing until a restart.
+    #[serde(default)]
+    pub failed: Option<String>,
 }
 
 impl Replicas {
@@ -89,6 +93,7 @@ impl Replicas {
                         lag: BTreeMap::new(),
                         in_sync: Vec::new(),
                         quorum_ack_ms: None,
+                        failed: None,
                     };
                 };
                 let m = g.raft.metrics().borrow().clone();
@@ -133,6 +138,7 @@ impl Replicas {
                     lag,
                     in_sync,
                     quorum_ack_ms: m.millis_since_quorum_ack,
+                    failed: m.running_state.as_ref().err().map(|e| e.to_string()),
                 }
             })
             .collect()

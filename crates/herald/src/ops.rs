@@ -142,8 +142,13 @@ const QUORUM_LOST_AFTER_MS: u64 = 3000;
 fn replication_check(r: &herald_raft::Replicas) -> String {
     let mut lacking = Vec::new();
     let mut leaderless = Vec::new();
+    let mut failed = Vec::new();
     for v in r.view() {
         if v.role == "none" {
+            continue;
+        }
+        if let Some(why) = &v.failed {
+            failed.push(format!("partition {}: {why}", v.partition));
             continue;
         }
         if v.role == "leader" && v.quorum_ack_ms.is_none_or(|ms| ms > QUORUM_LOST_AFTER_MS) {
@@ -153,6 +158,12 @@ fn replication_check(r: &herald_raft::Replicas) -> String {
         }
     }
     let mut out = Vec::new();
+    if !failed.is_empty() {
+        out.push(format!(
+            "replica stopped ({}); restart the node",
+            failed.join("; ")
+        ));
+    }
     if !lacking.is_empty() {
         out.push(format!(
             "partition(s) {} led here lack a majority of their replicas (writes answer 503 not_enough_replicas)",
