@@ -182,7 +182,7 @@ fn producer(
         let recipient = 8000 + seq % RECIPIENTS;
         let mut ev = json!({"kind": "like", "actor": 7001, "recipient": recipient,
                             "object": format!("post:{seq}"), "text": format!("seq {seq}")});
-        if seq % 2 == 0 {
+        if seq.is_multiple_of(2) {
             ev["id"] = json!(format!("nemesis-{}-{seq}", std::process::id()));
         }
         let body = serde_json::to_vec(&ev).unwrap_or_default();
