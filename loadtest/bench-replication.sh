@@ -21,7 +21,10 @@ cd "$(dirname "$0")/.."
 dir="${BENCH_DIR:-/tmp/herald-bench-repl}"
 mode=$1
 shift
-bin=target/release/herald
+# HERALD_BIN and HERALD_CONFIG: another build to compare (a base build
+# with its own config/default.toml).
+bin="${HERALD_BIN:-target/release/herald}"
+config="${HERALD_CONFIG:-config/default.toml}"
 lg=target/release/herald-loadgen
 rport=6621
 base=7521
@@ -49,12 +52,16 @@ start_nodes() {
 }
 
 start_node() { # i n rf peers
-    local i=$1 n=$2 rf=$3 peers=$4 cluster=false
-    [ "$n" -gt 1 ] && cluster=true
-    env HERALD_LOG=warn HERALD_SERVER__CLUSTER=$cluster HERALD_SERVER__NODE_ID="node-$i" \
-        HERALD_SERVER__CLUSTER_KEY=bench-cluster-key HERALD_LOG__REPLICATION_FACTOR="$rf" \
-        HERALD_REPLICATION__PEERS="[$peers]" \
-        "$bin" --config config/default.toml --listen "127.0.0.1:$((base + i - 1))" \
+    local i=$1 n=$2 rf=$3 peers=$4
+    local extra=()
+    # One node alone gets no cluster settings (a base build knows none).
+    if [ "$n" -gt 1 ]; then
+        extra=(HERALD_SERVER__CLUSTER=true HERALD_SERVER__NODE_ID="node-$i"
+            HERALD_SERVER__CLUSTER_KEY=bench-cluster-key HERALD_LOG__REPLICATION_FACTOR="$rf"
+            HERALD_REPLICATION__PEERS="[$peers]")
+    fi
+    env HERALD_LOG=warn "${extra[@]}" \
+        "$bin" --config "$config" --listen "127.0.0.1:$((base + i - 1))" \
         --redis "redis://127.0.0.1:$rport" --data-dir "$dir/node-$i" >>"$dir/node-$i.out" 2>&1 &
     echo "$i $!" >>"$dir/pids"
 }
@@ -115,12 +122,13 @@ failover)
     kill -9 "$(pid_of "$i")"
     elected=""
     accepted=""
-    while [ -z "$accepted" ] && [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
-        if [ -z "$elected" ]; then
-            if curl -fsS "http://127.0.0.1:$oport/v1/admin/cluster" 2>/dev/null | python3 -c "import json,sys; v=json.load(sys.stdin); sys.exit(0 if all(p['leader'] and p['leader']!='$victim' for p in v['partitions']) else 1)"; then
-                elected=$(( $(now_ms) - t0 ))
-            fi
+    while [ -z "$elected" ] && [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
+        if curl -fsS "http://127.0.0.1:$oport/v1/admin/cluster" 2>/dev/null | python3 -c "import json,sys; v=json.load(sys.stdin); sys.exit(0 if all(p['leader'] and p['leader']!='$victim' for p in v['partitions']) else 1)"; then
+            elected=$(( $(now_ms) - t0 ))
         fi
+        sleep 0.02
+    done
+    while [ -z "$accepted" ] && [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
         code="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$oport/v1/events" || true)"
         [ "$code" = 202 ] && accepted=$(( $(now_ms) - t0 ))
         sleep 0.02

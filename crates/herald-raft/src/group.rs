@@ -211,6 +211,7 @@ impl Replicas {
                         .iter()
                         .filter_map(|id| peers.get(id).map(|pa| (*id, pa.clone())))
                         .collect(),
+                    preferred: cfg.preferred_leader(p),
                 },
             ));
             let (tx, rx) = mpsc::channel(QUEUE);

@@ -26,7 +26,14 @@ pub(crate) struct Formation {
     pub me: String,
     /// The replica set, by id, with its peers.
     pub members: BTreeMap<NodeId, PeerAddr>,
+    /// The replica that should lead: it forms the group (and so wins the
+    /// first election); the others form it only if it stays unreachable.
+    pub preferred: NodeId,
 }
+
+/// How long the others wait for an unreachable preferred leader before
+/// forming the group themselves.
+const PREFERRED_GRACE: Duration = Duration::from_secs(3);
 
 /// Waits until forming the group is safe, then initializes it (or learns
 /// that it exists: a leader reached this replica first).
@@ -34,16 +41,20 @@ pub(crate) async fn form(raft: Raft, transport: Transport, f: Formation) {
     let p = f.partition;
     let majority = f.members.len() / 2 + 1;
     let mut said_waiting = false;
+    let me_preferred = f.members.get(&f.preferred).is_some_and(|p| p.name == f.me);
+    let started = std::time::Instant::now();
     loop {
         if raft.is_initialized().await.unwrap_or(true) {
             return;
         }
         let mut pristine = 1; // this replica
         let mut formed = Vec::new();
-        for peer in f.members.values().filter(|m| m.name != f.me) {
+        let mut preferred_up = false;
+        for (id, peer) in f.members.iter().filter(|(_, m)| m.name != f.me) {
             let Ok(report) = transport.get_view(&peer.addr, ASK_EVERY).await else {
                 continue;
             };
+            preferred_up |= *id == f.preferred;
             match report.partitions.iter().find(|v| v.partition == p) {
                 Some(v) if v.last_index.is_some() => formed.push(peer.name.clone()),
                 Some(_) => pristine += 1,
@@ -60,7 +71,9 @@ pub(crate) async fn form(raft: Raft, transport: Transport, f: Formation) {
                 );
                 said_waiting = true;
             }
-        } else if pristine >= majority {
+        } else if pristine >= majority
+            && (me_preferred || !preferred_up && started.elapsed() >= PREFERRED_GRACE)
+        {
             let nodes: BTreeMap<NodeId, BasicNode> = f
                 .members
                 .iter()

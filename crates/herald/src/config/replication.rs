@@ -30,8 +30,8 @@ impl Default for Replication {
     fn default() -> Self {
         Replication {
             peers: Vec::new(),
-            heartbeat_ms: 250,
-            election_ms: 1000,
+            heartbeat_ms: 150,
+            election_ms: 600,
             commit_timeout_ms: 5000,
         }
     }
