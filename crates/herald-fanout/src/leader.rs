@@ -17,26 +17,43 @@ use herald_raft::{Committed, Replicas};
 use herald_store::Store;
 use tokio::sync::watch;
 
+use crate::status::PartitionStatus;
 use crate::{worker::Worker, Tracker};
 
 /// How often leadership is looked at.
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 
+/// What a partition's leadership loop works with.
+pub(crate) struct Lead {
+    pub p: u32,
+    pub replicas: Arc<Replicas>,
+    pub log: Log,
+    pub store: Store,
+    /// The fan-out's consumer group (its local checkpoint).
+    pub group: String,
+    pub tracker: Arc<Tracker>,
+    pub status: Arc<PartitionStatus>,
+    /// The term of the running worker (0: none), for the committer.
+    pub term: Arc<AtomicU64>,
+}
+
 /// Runs partition `p`'s worker whenever this node leads it. `make` builds
-/// a worker with its own stop signal and the committed position; `term`
-/// holds the term of the running worker (0: none), for the committer.
-#[allow(clippy::too_many_arguments)]
+/// a worker with its own stop signal and the committed position.
 pub(crate) async fn lead_loop(
-    p: u32,
-    replicas: Arc<Replicas>,
-    log: Log,
-    store: Store,
-    group: String,
-    tracker: Arc<Tracker>,
-    term_cell: Arc<AtomicU64>,
+    lead: Lead,
     mut stop: watch::Receiver<bool>,
     make: impl Fn(watch::Receiver<bool>, watch::Receiver<Committed>) -> Worker + Send + 'static,
 ) {
+    let Lead {
+        p,
+        replicas,
+        log,
+        store,
+        group,
+        tracker,
+        status,
+        term: term_cell,
+    } = lead;
     let Some(committed) = replicas.committed(p) else {
         return;
     };
@@ -104,6 +121,10 @@ pub(crate) async fn lead_loop(
         let _ = wstop_tx.send(true);
         let _ = worker.await;
         term_cell.store(0, Ordering::Release);
+        // A failing step or records given up on under that leadership are
+        // the new leader's to redo: nothing here waits on them any more.
+        status.ok();
+        status.pinned(0);
         if *stop.borrow() {
             return;
         }

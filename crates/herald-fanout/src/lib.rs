@@ -278,16 +278,21 @@ impl Fanout {
                 }
             };
             let term = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut replicated = false;
             match &replicas {
                 Some(r) if r.holds(p) => {
+                    replicated = true;
                     workers.push(tokio::spawn(leader::lead_loop(
-                        p,
-                        r.clone(),
-                        log.clone(),
-                        store.clone(),
-                        cfg.group.clone(),
-                        tracker.clone(),
-                        term.clone(),
+                        leader::Lead {
+                            p,
+                            replicas: r.clone(),
+                            log: log.clone(),
+                            store: store.clone(),
+                            group: cfg.group.clone(),
+                            tracker: tracker.clone(),
+                            status: status.clone(),
+                            term: term.clone(),
+                        },
                         stop_rx.clone(),
                         move |stop, committed| make(stop, Some(committed)),
                     )));
@@ -303,7 +308,7 @@ impl Fanout {
                 p,
                 tracker.clone(),
                 status,
-                term,
+                replicated.then_some(term),
                 stop_rx.clone(),
             )));
         }
@@ -381,7 +386,9 @@ async fn commit_loop(
     p: u32,
     tracker: Arc<Tracker>,
     status: Arc<status::PartitionStatus>,
-    term: Arc<std::sync::atomic::AtomicU64>,
+    // A replicated partition: the term of this node's running worker (0:
+    // it does not lead the partition now).
+    lead: Option<Arc<std::sync::atomic::AtomicU64>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut durable = log.checkpoints().get(&cfg.group, p);
@@ -395,8 +402,15 @@ async fn commit_loop(
             _ = stop.changed() => return,
         }
         let c = tracker.committable();
-        in_flight.set(tracker.in_flight() as f64);
-        status.pinned(tracker.pinned_count());
+        // Not leading a replicated partition: what is left of an earlier
+        // leadership is not this node's problem to report.
+        let reporting = lead
+            .as_ref()
+            .is_none_or(|t| t.load(std::sync::atomic::Ordering::Acquire) != 0);
+        if reporting {
+            in_flight.set(tracker.in_flight() as f64);
+            status.pinned(tracker.pinned_count());
+        }
         if durable != Some(c) {
             let r = commit(&log, &cfg.group, p, c).await;
             if r.is_ok() {
@@ -404,7 +418,9 @@ async fn commit_loop(
             }
             status.checkpoint(r);
             // A replicated partition's leader saves it for the next leader.
-            leader::save(&store, p, &term, c).await;
+            if let Some(t) = &lead {
+                leader::save(&store, p, t, c).await;
+            }
         }
         if let Ok((first, end)) = log.bounds(p) {
             lag.set(end.saturating_sub(durable.unwrap_or(first)) as f64);
