@@ -248,3 +248,58 @@ fn cluster_view_name(n: &Node) -> String {
         _ => String::new(),
     }
 }
+
+/// An edge node (no log) in a replicated cluster passes the routes it does
+/// not serve to a reachable ingest node: with one of three killed, every
+/// post through the edge is still accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_passes_routes_to_reachable_ingest_nodes_only() {
+    let redis = Redis::start();
+    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    let peers = format!(
+        "[{}]",
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("\"node-{}=127.0.0.1:{p}\"", i + 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut nodes: Vec<Node> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let env = env_for(&format!("node-{}", i + 1), &peers);
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Node::start_on_port(&redis, &env, *port)
+        })
+        .collect();
+    for n in &nodes {
+        n.wait_ready(Duration::from_secs(60));
+    }
+    let mut env = env_for("edge-1", &peers);
+    env.push(("HERALD_SERVER__ROLE".into(), "edge".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let edge = Node::start(&redis, &env);
+    nodes[2].kill9();
+    // Within a probe or two, the edge stops passing routes to the dead
+    // node: twenty posts in a row are accepted.
+    let start = std::time::Instant::now();
+    let mut in_a_row = 0;
+    let mut k = 0u64;
+    while in_a_row < 20 {
+        k += 1;
+        let (s, v) = edge
+            .post(
+                "/v1/events",
+                &json!({"kind": "like", "actor": 1, "recipient": 6000 + k % 7, "object": format!("post:{k}")}),
+            )
+            .await;
+        in_a_row = if s == 202 { in_a_row + 1 } else { 0 };
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the edge kept passing posts to the dead node: {s} {v}"
+        );
+    }
+}

@@ -166,10 +166,7 @@ pub async fn run(
         _ => None,
     };
     let placement: Arc<dyn herald_types::Placement> = match (&leases, cfg.replicated()) {
-        (_, true) => Arc::new(replicated::RaftPlacement::new(
-            replicas.clone(),
-            cfg.replication_peers()?,
-        )),
+        (_, true) => replicated::RaftPlacement::start(replicas.clone(), cfg.replication_peers()?),
         (Some(l), false) => l.clone(),
         (None, false) => Arc::new(herald_types::placement::Alone),
     };
