@@ -223,6 +223,29 @@ async fn nothing_accepted_is_lost_when_a_leader_dies_with_its_disk() {
         .collect();
     assert_eq!(rows.len(), 4, "{table}");
     assert!(rows.iter().all(|r| !r.contains("(none)")), "{table}");
+    // Followers too count their fan-out lag from the position the leader
+    // saved (their retention keeps only what fan-out may still need).
+    for n in &nodes {
+        eventually_within(
+            "every replica's fan-out lag near zero",
+            Duration::from_secs(30),
+            || async {
+                let (_, m) = n.get("/metrics").await;
+                let text = m.as_str().unwrap_or_default().to_string();
+                let lags: Vec<f64> = text
+                    .lines()
+                    .filter(|l| l.starts_with("herald_fanout_lag_records{"))
+                    .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+                    .collect();
+                let ok = lags.len() == 4 && lags.iter().all(|l| *l < 100.0);
+                if !ok {
+                    eprintln!("{}: lags {lags:?}", n.addr);
+                }
+                ok.then_some(())
+            },
+        )
+        .await;
+    }
 }
 
 /// `herald cluster status` prints the view as tables: every node alive,
@@ -302,4 +325,35 @@ async fn an_edge_passes_routes_to_reachable_ingest_nodes_only() {
             "the edge kept passing posts to the dead node: {s} {v}"
         );
     }
+}
+
+/// The fan-out position saved in Redis: offsets of 16 digits come back as
+/// they went in, an older term is refused (the fencing token), and within
+/// a term the position never goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saved_position_is_fenced_by_term() {
+    let redis = Redis::start();
+    let store = herald_store::Store::connect(herald_store::StoreConfig {
+        url: redis.url(),
+        ..herald_store::StoreConfig::default()
+    })
+    .await
+    .expect("connect");
+    let big = 1_796_253_361_371_025u64;
+    assert!(store.save_position(0, 5, big).await.unwrap());
+    let got = store.position(0).await.unwrap().expect("saved");
+    assert_eq!((got.term, got.offset), (5, big));
+    // A deposed leader (older term) cannot move it.
+    assert!(!store.save_position(0, 4, big + 1000).await.unwrap());
+    // Within a term it never goes back.
+    assert!(store.save_position(0, 5, 100).await.unwrap());
+    assert_eq!(
+        store.position(0).await.unwrap().map(|p| p.offset),
+        Some(big)
+    );
+    // A newer leader sets it, even lower (it starts from what it read).
+    assert!(store.save_position(0, 6, big - 5).await.unwrap());
+    let got = store.position(0).await.unwrap().expect("saved");
+    assert_eq!((got.term, got.offset), (6, big - 5));
+    assert_eq!(store.position(1).await.unwrap(), None);
 }

@@ -401,12 +401,25 @@ async fn commit_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let c = tracker.committable();
         // Not leading a replicated partition: what is left of an earlier
-        // leadership is not this node's problem to report.
+        // leadership is not this node's problem to report, and the local
+        // checkpoint follows the position the leader saved (retention on
+        // this replica keeps only what fan-out may still need).
         let reporting = lead
             .as_ref()
             .is_none_or(|t| t.load(std::sync::atomic::Ordering::Acquire) != 0);
+        if !reporting {
+            if let Ok(Some(pos)) = store.position(p).await {
+                let still_following = lead
+                    .as_ref()
+                    .is_some_and(|t| t.load(std::sync::atomic::Ordering::Acquire) == 0);
+                if still_following && tracker.in_flight() == 0 && pos.offset > tracker.committable()
+                {
+                    tracker.restart(pos.offset);
+                }
+            }
+        }
+        let c = tracker.committable();
         if reporting {
             in_flight.set(tracker.in_flight() as f64);
             status.pinned(tracker.pinned_count());

@@ -185,6 +185,29 @@ impl PartitionStore {
                 if e.meta.index >= end {
                     return Ok(out);
                 }
+                if e.meta.index > from && out.is_empty() {
+                    // Retention removed the entries asked for (a replica
+                    // further behind than the log keeps): nothing to send.
+                    // The follower stays behind (shown as lag and out of
+                    // sync) rather than the leader stopping.
+                    static WARNED_MS: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    let last = WARNED_MS.load(std::sync::atomic::Ordering::Relaxed);
+                    if now >= last + 10_000 {
+                        WARNED_MS.store(now, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(
+                            partition = self.partition,
+                            wanted = from,
+                            oldest = e.meta.index,
+                            "a replica needs entries retention removed; it cannot be refilled"
+                        );
+                    }
+                    metrics::counter!("herald_raft_entries_gone_total").increment(1);
+                    return Ok(Vec::new());
+                }
                 if e.meta.index != from {
                     let err = std::io::Error::other(format!(
                         "partition {}: read entry {} where {from} was expected",

@@ -17,16 +17,20 @@ const KEY: &str = "h:{fanout}:pos";
 // KEYS[1] = the hash. ARGV: partition, term, offset.
 // Returns 1 when saved, 0 when a newer term holds the partition. An offset
 // never goes back within a term.
+// Lua numbers are doubles: offsets (up to 2^53 here) compare exactly, but
+// are written back as the strings they came as (formatting a large double
+// would give "1.7962533613710e+15").
 const SAVE: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local term, off = tonumber(ARGV[2]), tonumber(ARGV[3])
+local keep = ARGV[3]
 if cur then
-  local t, o = string.match(cur, '^(%d+) (%d+)$')
-  t, o = tonumber(t), tonumber(o)
+  local ts, os = string.match(cur, '^(%d+) (%d+)$')
+  local t, o = tonumber(ts), tonumber(os)
   if t and t > term then return 0 end
-  if t == term and o > off then off = o end
+  if t == term and o > off then keep = os end
 end
-redis.call('HSET', KEYS[1], ARGV[1], term .. ' ' .. off)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. keep)
 return 1
 "#;
 
