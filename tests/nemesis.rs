@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::netns::{Net, NsRedis};
-use support::{http_blocking, Node};
+use support::{env_refs, http_blocking, peer_list, replicated_env, Node};
 
 const NODES: usize = 3;
 const RECIPIENTS: u64 = 16;
@@ -46,29 +46,6 @@ struct Cluster {
     addrs: Vec<String>,
 }
 
-fn env_for(name: &str, peers: &str) -> Vec<(String, String)> {
-    vec![
-        ("HERALD_SERVER__CLUSTER".into(), "true".into()),
-        ("HERALD_SERVER__NODE_ID".into(), name.into()),
-        (
-            "HERALD_SERVER__CLUSTER_KEY".into(),
-            "nemesis-cluster-key".into(),
-        ),
-        ("HERALD_LOG__REPLICATION_FACTOR".into(), "3".into()),
-        ("HERALD_REPLICATION__PEERS".into(), peers.into()),
-        ("HERALD_REPLICATION__HEARTBEAT_MS".into(), "100".into()),
-        ("HERALD_REPLICATION__ELECTION_MS".into(), "500".into()),
-        (
-            "HERALD_REPLICATION__COMMIT_TIMEOUT_MS".into(),
-            "2000".into(),
-        ),
-        (
-            "HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS".into(),
-            "2000".into(),
-        ),
-    ]
-}
-
 fn start() -> Cluster {
     let mut net = Net::new();
     let rns = net.add("redis", 1);
@@ -76,21 +53,16 @@ fn start() -> Cluster {
     let addrs: Vec<String> = (0..NODES)
         .map(|i| format!("{}:7400", net.addr(11 + i as u8)))
         .collect();
-    let peers = format!(
-        "[{}]",
-        addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("\"node-{}={a}\"", i + 1))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let peers = peer_list(&addrs);
     let mut nodes = Vec::new();
     for (i, a) in addrs.iter().enumerate() {
         let ns = net.add(&format!("n{}", i + 1), 11 + i as u8);
-        let env = env_for(&format!("node-{}", i + 1), &peers);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        nodes.push(Node::start_in_netns(&ns, a, &redis.url, &env));
+        let mut env = replicated_env(&format!("node-{}", i + 1), &peers);
+        env.push((
+            "HERALD_REPLICATION__COMMIT_TIMEOUT_MS".into(),
+            "2000".into(),
+        ));
+        nodes.push(Node::start_in_netns(&ns, a, &redis.url, &env_refs(&env)));
     }
     if std::env::var("KEEP_LOGS").is_ok() {
         for n in nodes.iter_mut() {

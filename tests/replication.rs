@@ -10,51 +10,24 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{eventually_within, free_port, inbox_has, Node, Redis};
+use support::{
+    env_refs, eventually_within, free_port, inbox_has, peer_list, replicated_env, Node, Redis,
+};
 
 const NODES: usize = 3;
 
-fn env_for(name: &str, peers: &str) -> Vec<(String, String)> {
-    vec![
-        ("HERALD_SERVER__CLUSTER".into(), "true".into()),
-        ("HERALD_SERVER__NODE_ID".into(), name.into()),
-        (
-            "HERALD_SERVER__CLUSTER_KEY".into(),
-            "test-cluster-key".into(),
-        ),
-        ("HERALD_LOG__REPLICATION_FACTOR".into(), "3".into()),
-        ("HERALD_REPLICATION__PEERS".into(), peers.into()),
-        ("HERALD_REPLICATION__HEARTBEAT_MS".into(), "100".into()),
-        ("HERALD_REPLICATION__ELECTION_MS".into(), "500".into()),
-        (
-            "HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS".into(),
-            "2000".into(),
-        ),
-    ]
-}
-
 fn start_cluster(redis: &Redis) -> Vec<Node> {
     let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-    let peers = format!(
-        "[{}]",
-        ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("\"node-{}=127.0.0.1:{p}\"", i + 1))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let nodes: Vec<Node> = ports
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peers = peer_list(&addrs);
+    let mut nodes: Vec<Node> = ports
         .iter()
         .enumerate()
         .map(|(i, port)| {
-            let env = env_for(&format!("node-{}", i + 1), &peers);
-            let env: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            Node::start_on_port(redis, &env, *port)
+            let env = replicated_env(&format!("node-{}", i + 1), &peers);
+            Node::start_on_port(redis, &env_refs(&env), *port)
         })
         .collect();
-    let mut nodes = nodes;
     if std::env::var("KEEP_LOGS").is_ok() {
         for n in nodes.iter_mut() {
             eprintln!("node data: {}", n.data.display());
@@ -65,6 +38,12 @@ fn start_cluster(redis: &Redis) -> Vec<Node> {
         n.wait_ready(Duration::from_secs(60));
     }
     nodes
+}
+
+/// The `replication.peers` value of a cluster started by `start_cluster`.
+fn peers_of(nodes: &[Node]) -> String {
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    peer_list(&addrs)
 }
 
 /// Posts a like from `actor` to `recipient` at any live node, retrying
@@ -278,33 +257,11 @@ fn cluster_view_name(n: &Node) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_passes_routes_to_reachable_ingest_nodes_only() {
     let redis = Redis::start();
-    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-    let peers = format!(
-        "[{}]",
-        ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("\"node-{}=127.0.0.1:{p}\"", i + 1))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let mut nodes: Vec<Node> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let env = env_for(&format!("node-{}", i + 1), &peers);
-            let env: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            Node::start_on_port(&redis, &env, *port)
-        })
-        .collect();
-    for n in &nodes {
-        n.wait_ready(Duration::from_secs(60));
-    }
-    let mut env = env_for("edge-1", &peers);
+    let mut nodes = start_cluster(&redis);
+    let peers = peers_of(&nodes);
+    let mut env = replicated_env("edge-1", &peers);
     env.push(("HERALD_SERVER__ROLE".into(), "edge".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let edge = Node::start(&redis, &env);
+    let edge = Node::start(&redis, &env_refs(&env));
     nodes[2].kill9();
     // Within a probe or two, the edge stops passing routes to the dead
     // node: twenty posts in a row are accepted.

@@ -234,11 +234,10 @@ impl Node {
         Self::start_in(redis, env, dir, node_dir)
     }
 
-    /// Starts a node against a Redis URL that may not answer yet, without
-    /// waiting for it to become ready; returns once it listens.
-    pub fn start_unready(redis_url: &str, env: &[(&str, &str)]) -> Node {
+    /// A node not started yet, on a fresh temporary data dir.
+    fn unstarted(redis_url: &str, env: &[(&str, &str)], listen: String, wrap: Vec<String>) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut n = Node {
+        Node {
             child: None,
             addr: String::new(),
             data: dir.path().to_path_buf(),
@@ -248,10 +247,16 @@ impl Node {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            listen: "127.0.0.1:0".into(),
-            wrap: Vec::new(),
+            listen,
+            wrap,
             _dir: Some(dir),
-        };
+        }
+    }
+
+    /// Starts a node against a Redis URL that may not answer yet, without
+    /// waiting for it to become ready; returns once it listens.
+    pub fn start_unready(redis_url: &str, env: &[(&str, &str)]) -> Node {
+        let mut n = Self::unstarted(redis_url, env, "127.0.0.1:0".into(), Vec::new());
         n.spawn_inner(false);
         n
     }
@@ -260,21 +265,7 @@ impl Node {
     /// ready (a replica is ready once its partitions have leaders, which
     /// needs its peers); returns once it listens.
     pub fn start_on_port(redis: &Redis, env: &[(&str, &str)], port: u16) -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut n = Node {
-            child: None,
-            addr: String::new(),
-            data: dir.path().to_path_buf(),
-            node_dir: dir.path().join("node"),
-            redis_url: redis.url(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            listen: format!("127.0.0.1:{port}"),
-            wrap: Vec::new(),
-            _dir: Some(dir),
-        };
+        let mut n = Self::unstarted(&redis.url(), env, format!("127.0.0.1:{port}"), Vec::new());
         n.spawn_inner(false);
         n
     }
@@ -283,21 +274,8 @@ impl Node {
     /// (an address of that namespace), against `redis_url`, without
     /// waiting for it to become ready.
     pub fn start_in_netns(ns: &str, listen: &str, redis_url: &str, env: &[(&str, &str)]) -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut n = Node {
-            child: None,
-            addr: String::new(),
-            data: dir.path().to_path_buf(),
-            node_dir: dir.path().join("node"),
-            redis_url: redis_url.to_string(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            listen: listen.to_string(),
-            wrap: vec!["ip".into(), "netns".into(), "exec".into(), ns.into()],
-            _dir: Some(dir),
-        };
+        let wrap = vec!["ip".into(), "netns".into(), "exec".into(), ns.into()];
+        let mut n = Self::unstarted(redis_url, env, listen.to_string(), wrap);
         n.spawn_inner(false);
         n
     }
@@ -797,6 +775,39 @@ where
         assert!(start.elapsed() < wait, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `replication.peers` for nodes `node-1`, `node-2`, ... at `addrs`.
+pub fn peer_list(addrs: &[String]) -> String {
+    let list: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("\"node-{}={a}\"", i + 1))
+        .collect();
+    format!("[{}]", list.join(","))
+}
+
+/// The settings of replicated node `name` among `peers` (replication 3,
+/// fast heartbeats and elections for tests).
+pub fn replicated_env(name: &str, peers: &str) -> Vec<(String, String)> {
+    [
+        ("HERALD_SERVER__CLUSTER", "true"),
+        ("HERALD_SERVER__NODE_ID", name),
+        ("HERALD_SERVER__CLUSTER_KEY", "test-cluster-key"),
+        ("HERALD_LOG__REPLICATION_FACTOR", "3"),
+        ("HERALD_REPLICATION__PEERS", peers),
+        ("HERALD_REPLICATION__HEARTBEAT_MS", "100"),
+        ("HERALD_REPLICATION__ELECTION_MS", "500"),
+        ("HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS", "2000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Borrowed pairs of `env`, as the start functions take them.
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 /// Whether `user`'s inbox holds a notification of event `event_id` (false

@@ -223,6 +223,45 @@ impl Partition {
     }
 }
 
+/// Where to scan a segment from, for entries at or after some offset.
+pub(crate) struct SegmentScan {
+    pub base: u64,
+    pub file: std::sync::Arc<std::fs::File>,
+    pub path: PathBuf,
+    /// Byte position to start at.
+    pub start: u64,
+    pub size: u64,
+}
+
+impl Partition {
+    /// The segments that may hold batches at or after offset `hint`, each
+    /// with the position to scan it from. A batch without records at `hint`
+    /// may end the segment before the one holding `hint`: the scan starts
+    /// in the segment before it.
+    pub(crate) fn segments_from(&self, hint: u64) -> Vec<SegmentScan> {
+        let st = self.read_state();
+        let first = st
+            .segments
+            .range(..hint.max(1))
+            .next_back()
+            .map_or(0, |(b, _)| *b);
+        st.segments
+            .range(first..)
+            .map(|(b, s)| SegmentScan {
+                base: *b,
+                file: s.file.clone(),
+                path: s.path.clone(),
+                start: if *b == first {
+                    s.position_for(hint.saturating_sub(1))
+                } else {
+                    0
+                },
+                size: s.size,
+            })
+            .collect()
+    }
+}
+
 /// One Raft entry batch read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEntry {
@@ -244,28 +283,16 @@ impl Partition {
         min_index: u64,
         max_bytes: usize,
     ) -> Result<Vec<StoredEntry>> {
-        let segs: Vec<(std::sync::Arc<std::fs::File>, PathBuf, u64, u64)> = {
-            let st = self.read_state();
-            let first = st
-                .segments
-                .range(..hint.max(1))
-                .next_back()
-                .map_or(0, |(b, _)| *b);
-            st.segments
-                .range(first..)
-                .map(|(b, s)| {
-                    let start = if *b == first {
-                        s.position_for(hint.saturating_sub(1))
-                    } else {
-                        0
-                    };
-                    (s.file.clone(), s.path.clone(), start, s.size)
-                })
-                .collect()
-        };
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for (file, path, mut pos, size) in segs {
+        for SegmentScan {
+            file,
+            path,
+            start: mut pos,
+            size,
+            ..
+        } in self.segments_from(hint)
+        {
             while pos < size {
                 let want = (size - pos).min((max_bytes.saturating_sub(bytes) + MIN_READ) as u64);
                 let mut buf = vec![0u8; want as usize];

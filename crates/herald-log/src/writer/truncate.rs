@@ -99,35 +99,14 @@ impl Writer {
     /// The segment, byte position and offset of the first batch of `pi`
     /// whose Raft index is at or past `from_index`, if any.
     fn find_cut(&self, pi: usize, hint: u64, from_index: u64) -> Result<Option<(u64, u64, u64)>> {
-        let part = &self.parts[pi];
-        let segs: Vec<(
-            u64,
-            std::sync::Arc<std::fs::File>,
-            std::path::PathBuf,
-            u64,
-            u64,
-        )> = {
-            let st = part.read_state();
-            // A batch without records at `hint` may end the segment before
-            // the one holding `hint`.
-            let first = st
-                .segments
-                .range(..hint.max(1))
-                .next_back()
-                .map_or(0, |(b, _)| *b);
-            st.segments
-                .range(first..)
-                .map(|(b, s)| {
-                    let start = if *b == first {
-                        s.position_for(hint.saturating_sub(1))
-                    } else {
-                        0
-                    };
-                    (*b, s.file.clone(), s.path.clone(), start, s.size)
-                })
-                .collect()
-        };
-        for (base, file, path, start, size) in segs {
+        for crate::partition::SegmentScan {
+            base,
+            file,
+            path,
+            start,
+            size,
+        } in self.parts[pi].segments_from(hint)
+        {
             if start >= size {
                 continue;
             }
