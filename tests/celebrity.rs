@@ -209,7 +209,14 @@ async fn crossing_the_threshold_changes_path_without_loss_or_duplicates() {
         ["post:p1", "post:p2", "post:p3"]
     );
     sentinels(&node, std::slice::from_mut(&mut live), "post:s1").await;
-    // An offline follower gets all three once, in order.
+    // An offline follower gets all three once, in order: p1 and p3 from
+    // its inbox, p2 from the outbox (the inbox API merges them as the
+    // drain does). Waited for: the live pushes can come before the inbox
+    // writes of the same record on a busy machine.
+    support::eventually("p1, p2 and p3 waiting for the offline follower", || async {
+        (support::inbox_ids(&node, 150).await.len() == 3).then_some(())
+    })
+    .await;
     let mut off = Client::connect(&node, 150).await;
     assert_eq!(off.hello["pending"], 3);
     assert_eq!(

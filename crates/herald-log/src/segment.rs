@@ -72,10 +72,11 @@ impl SegmentInfo {
     pub fn note_batch(&mut self, h: &BatchHeader, pos: u64, interval: u64) {
         let rel = (h.base_offset - self.base) as u32;
         // Entries without records share their base offset with the next
-        // batch: the index keeps offsets strictly increasing.
+        // batch: they never take an index entry of their own (record
+        // batches are indexed exactly as before entries existed).
         let due = match self.index.last() {
             None => true,
-            Some(&(r, last)) => pos >= last as u64 + interval && rel > r,
+            Some(&(r, last)) => pos >= last as u64 + interval && (rel > r || h.count > 0),
         };
         if due {
             self.index.push((rel, pos as u32));

@@ -89,3 +89,47 @@ fn durations_are_bounded_and_the_error_names_the_key() {
     assert!(load("[redis]\nwait_replicas = 17\n").is_err());
     assert!(load("").is_ok());
 }
+
+#[test]
+fn replication_settings_are_checked_together() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("c.toml");
+    let load = |extra: &str| {
+        std::fs::write(
+            &p,
+            format!("[websocket]\ndev_mode = true\n[server]\nnode_id = \"node-1\"\n{extra}"),
+        )
+        .unwrap();
+        Config::load(&p, false, std::iter::empty(), &[]).and_then(|c| c.validate().map(|_| c))
+    };
+    let peers = r#"["node-1=127.0.0.1:7411", "node-2=127.0.0.1:7412", "node-3=127.0.0.1:7413"]"#;
+    let err = |extra: &str| load(extra).err().map(|e| e.to_string()).unwrap_or_default();
+    // Replication needs a cluster.
+    assert!(err("[log]\nreplication_factor = 3\n").contains("server.cluster"));
+    let cluster = "cluster = true\ncluster_key = \"k\"\n";
+    // Peers that do not name this node, malformed ones, too few of them.
+    let e = err(&format!(
+        "{cluster}[log]\nreplication_factor = 3\n[replication]\npeers = [\"node-2=a:1\", \"node-3=b:1\", \"node-4=c:1\"]\n"
+    ));
+    assert!(e.contains("does not name this node"), "{e}");
+    let e = err(&format!(
+        "{cluster}[log]\nreplication_factor = 3\n[replication]\npeers = [\"node-1\"]\n"
+    ));
+    assert!(e.contains("name=host:port"), "{e}");
+    let e = err(&format!(
+        "{cluster}[log]\nreplication_factor = 3\n[replication]\npeers = [\"node-1=127.0.0.1:7411\"]\n"
+    ));
+    assert!(e.contains("replication_factor"), "{e}");
+    let e = err(&format!(
+        "{cluster}[log]\nreplication_factor = 3\n[replication]\npeers = {peers}\nelection_ms = 100\n"
+    ));
+    assert!(e.contains("election_ms"), "{e}");
+    // A good one: replicated, event ids without a node name.
+    let c = load(&format!(
+        "{cluster}[log]\nreplication_factor = 3\n[replication]\npeers = {peers}\n"
+    ))
+    .expect("valid");
+    assert!(c.replicated());
+    assert_eq!(c.id_scope(), "");
+    assert_eq!(c.replica_config().expect("peers").peers.len(), 3);
+}
