@@ -210,7 +210,6 @@ async fn proposals_commit_on_a_majority_and_survive_the_leaders_loss() {
     last.replicas.shutdown().await;
     last.server.abort();
     let alone = &nodes[0];
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let r = alone.replicas.propose(0, recs("c", 1)).await;
     assert!(
         matches!(
