@@ -131,13 +131,13 @@ impl Worker {
 
     /// After an inbox write: other nodes that hold these users now (one may
     /// have connected after the holders were read, and drained before the
-    /// write) are told to drain again.
+    /// write; or not be seen alive here yet) are told to drain again.
     async fn poke_remote(&self, written: &[(UserId, Notification, Settle, bool)]) {
         let Some(relay) = &self.relay else {
             return;
         };
         let users: Vec<UserId> = written.iter().map(|(u, ..)| *u).collect();
-        if let Ok(holders) = relay.holders(&users).await {
+        if let Ok(holders) = relay.holders_any(&users).await {
             for (u, nodes) in users.iter().zip(holders) {
                 for node in nodes {
                     relay.poke(&node, *u);

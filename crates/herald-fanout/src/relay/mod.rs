@@ -30,8 +30,10 @@ use tokio::sync::mpsc;
 
 use crate::Settlements;
 
+mod loops;
 mod wire;
 
+use loops::{heartbeat_loop, subscribe_loop};
 use wire::{channel, publish_loop, Outcome, Wire};
 
 /// Messages waiting to be published; past it a push falls back to the
@@ -65,6 +67,10 @@ pub struct Relay {
     out: mpsc::Sender<(String, Vec<u8>)>,
     settlements: Weak<Settlements>,
     edge: RwLock<Option<Arc<dyn EdgeHandle>>>,
+    /// When this node's channel last delivered anything (its own pings
+    /// included), as an `Instant` since `started`, in ms.
+    heard_ms: AtomicU64,
+    started: Instant,
 }
 
 impl Relay {
@@ -89,6 +95,8 @@ impl Relay {
             out: tx,
             settlements: Arc::downgrade(settlements),
             edge: RwLock::new(None),
+            heard_ms: AtomicU64::new(0),
+            started: Instant::now(),
         });
         settlements.set_relay(&relay);
         tokio::spawn(publish_loop(relay.store.clone(), rx));
@@ -114,6 +122,22 @@ impl Relay {
     /// For users this node's edge does not hold: the other live nodes that
     /// do, from presence (one round trip).
     pub async fn holders(&self, users: &[UserId]) -> herald_store::Result<Vec<Vec<String>>> {
+        self.holders_where(users, true).await
+    }
+
+    /// Every other node that presence says holds each user, alive or not
+    /// as this node last read it: whom to poke after an inbox write (a
+    /// node this node has not yet seen alive, just started or back from a
+    /// lapse, may hold the user; a poke to a dead one costs a publish).
+    pub async fn holders_any(&self, users: &[UserId]) -> herald_store::Result<Vec<Vec<String>>> {
+        self.holders_where(users, false).await
+    }
+
+    async fn holders_where(
+        &self,
+        users: &[UserId],
+        alive_only: bool,
+    ) -> herald_store::Result<Vec<Vec<String>>> {
         let presence = self.store.presence_of(users).await?;
         let alive = self.alive.read().map(|a| a.clone()).unwrap_or_default();
         Ok(presence
@@ -121,7 +145,9 @@ impl Relay {
             .map(|nodes| {
                 nodes
                     .into_iter()
-                    .filter(|(n, inc)| *n != self.node && alive.get(n) == Some(inc))
+                    .filter(|(n, inc)| {
+                        *n != self.node && (!alive_only || alive.get(n) == Some(inc))
+                    })
                     .map(|(n, _)| n)
                     .collect()
             })
@@ -217,7 +243,7 @@ impl Relay {
     /// because its node died reaches the user where it reconnected.
     pub async fn poke_everywhere(&self, user: UserId) {
         self.to_local(EdgeCommand::Poke { user });
-        if let Ok(h) = self.holders(&[user]).await {
+        if let Ok(h) = self.holders_any(&[user]).await {
             for node in h.into_iter().flatten() {
                 self.poke(&node, user);
             }
@@ -250,7 +276,23 @@ impl Relay {
 
     /// One pub/sub message: a bundle of everything one flush of the sender
     /// had for this node.
+    /// Notes that this node's channel delivered something now.
+    fn heard(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.heard_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long this node's channel has been silent.
+    fn silent_for(&self) -> Duration {
+        let heard = self.heard_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(heard))
+    }
+
     fn on_message(&self, bytes: &[u8]) {
+        self.heard();
         let bundle: Vec<Wire> = match rmp_serde::from_slice(bytes) {
             Ok(b) => b,
             Err(e) => {
@@ -300,6 +342,7 @@ impl Relay {
                 celebrity,
                 followers,
             }),
+            Wire::Ping => {}
         }
     }
 
@@ -391,82 +434,5 @@ impl Relay {
         for sent in late {
             self.conclude(sent, Outcome::Refused);
         }
-    }
-}
-
-async fn subscribe_loop(relay: Weak<Relay>) {
-    let mut wait = Duration::from_millis(100);
-    let mut again = false;
-    loop {
-        let Some(node) = relay.upgrade().map(|r| r.node.clone()) else {
-            return;
-        };
-        let Some(store) = relay.upgrade().map(|r| r.store.clone()) else {
-            return;
-        };
-        match store.subscribe(&channel(&node)).await {
-            Ok(mut sub) => {
-                wait = Duration::from_millis(100);
-                tracing::info!(node = %node, "relay listening");
-                if again {
-                    // Pokes sent while the channel was down are lost.
-                    if let Some(r) = relay.upgrade() {
-                        r.to_local(EdgeCommand::PokeAll);
-                    }
-                }
-                again = true;
-                while let Some(msg) = sub.next().await {
-                    let Some(r) = relay.upgrade() else { return };
-                    r.on_message(&msg);
-                }
-                tracing::warn!("relay subscription ended; reconnecting");
-            }
-            Err(e) => tracing::warn!(error = %e, "relay cannot subscribe; retrying"),
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(5));
-    }
-}
-
-async fn heartbeat_loop(relay: Weak<Relay>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut n = 0u64;
-    let mut first = true;
-    loop {
-        tick.tick().await;
-        let Some(r) = relay.upgrade() else { return };
-        if n.is_multiple_of(3) {
-            match r
-                .store
-                .node_alive(r.incarnation, Duration::from_secs(10))
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) if first => {}
-                Ok(false) => {
-                    // Frozen, or cut off from Redis, past the liveness
-                    // lifetime: other nodes wrote inboxes of users
-                    // connected here and told nobody here.
-                    tracing::warn!(
-                        "this node's liveness had lapsed; every connection drains its inbox"
-                    );
-                    metrics::counter!("herald_relay_liveness_lapsed_total").increment(1);
-                    r.to_local(EdgeCommand::PokeAll);
-                }
-                Err(e) => tracing::warn!(error = %e, "node liveness not written"),
-            }
-            first = false;
-        }
-        n += 1;
-        match r.store.nodes_alive().await {
-            Ok(a) => {
-                metrics::gauge!("herald_relay_nodes_alive").set(a.len() as f64);
-                if let Ok(mut m) = r.alive.write() {
-                    *m = a;
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "node list not read"),
-        }
-        r.sweep();
     }
 }

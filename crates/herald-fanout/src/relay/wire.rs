@@ -48,6 +48,10 @@ pub(super) enum Wire {
         celebrity: bool,
         followers: Vec<UserId>,
     },
+    /// A node's heartbeat to its own channel: while it arrives, the
+    /// subscription is alive (one that died silently, as a sharded one
+    /// does when its Redis master fails over, is made again).
+    Ping,
 }
 
 pub(super) fn channel(node: &str) -> String {

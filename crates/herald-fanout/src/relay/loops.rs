@@ -1,0 +1,121 @@
+//! The relay's background loops: its subscription to this node's channel
+//! (made again when it ends or falls silent) and its heartbeat (liveness,
+//! the self-ping, the list of live nodes, the sweep of unanswered pushes).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use herald_types::EdgeCommand;
+
+use super::wire::{channel, Wire};
+use super::Relay;
+
+/// A subscription silent this long (the node pings itself every second)
+/// is made again.
+const SILENT: Duration = Duration::from_secs(4);
+
+pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
+    let mut wait = Duration::from_millis(100);
+    let mut again = false;
+    loop {
+        let Some(node) = relay.upgrade().map(|r| r.node.clone()) else {
+            return;
+        };
+        let Some(store) = relay.upgrade().map(|r| r.store.clone()) else {
+            return;
+        };
+        match store.subscribe(&channel(&node)).await {
+            Ok(mut sub) => {
+                wait = Duration::from_millis(100);
+                tracing::info!(node = %node, "relay listening");
+                if again {
+                    // Pokes sent while the channel was down are lost.
+                    if let Some(r) = relay.upgrade() {
+                        r.to_local(EdgeCommand::PokeAll);
+                    }
+                }
+                again = true;
+                if let Some(r) = relay.upgrade() {
+                    r.heard();
+                }
+                let mut look = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        msg = sub.next() => {
+                            let Some(msg) = msg else {
+                                tracing::warn!("relay subscription ended; reconnecting");
+                                break;
+                            };
+                            let Some(r) = relay.upgrade() else { return };
+                            r.on_message(&msg);
+                        }
+                        _ = look.tick() => {
+                            let Some(r) = relay.upgrade() else { return };
+                            if r.silent_for() > SILENT {
+                                tracing::warn!(silent_ms = r.silent_for().as_millis() as u64, "relay subscription silent (its own pings stopped arriving); subscribing again");
+                                metrics::counter!("herald_relay_resubscribed_total").increment(1);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "relay cannot subscribe; retrying"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub(super) async fn heartbeat_loop(relay: Weak<Relay>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut first = true;
+    loop {
+        tick.tick().await;
+        let Some(r) = relay.upgrade() else { return };
+        // Proves this node's own subscription alive (subscribe_loop).
+        r.send(&r.node, &Wire::Ping);
+        // Each second: a lapse is noticed (and drained) within a second of
+        // Redis answering again.
+        match r
+            .store
+            .node_alive(r.incarnation, Duration::from_secs(10))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) if first => {}
+            Ok(false) => {
+                // Frozen, or cut off from Redis, past the liveness
+                // lifetime: other nodes wrote inboxes of users
+                // connected here and told nobody here.
+                tracing::warn!(
+                    "this node's liveness had lapsed; every connection drains its inbox"
+                );
+                metrics::counter!("herald_relay_liveness_lapsed_total").increment(1);
+                r.to_local(EdgeCommand::PokeAll);
+                // And again once every other node has read this
+                // node's liveness back (they refresh it each second):
+                // until then they write its users' inboxes unpoked.
+                let later = Arc::downgrade(&r);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    if let Some(r) = later.upgrade() {
+                        r.to_local(EdgeCommand::PokeAll);
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "node liveness not written"),
+        }
+        first = false;
+        match r.store.nodes_alive().await {
+            Ok(a) => {
+                metrics::gauge!("herald_relay_nodes_alive").set(a.len() as f64);
+                if let Ok(mut m) = r.alive.write() {
+                    *m = a;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "node list not read"),
+        }
+        r.sweep();
+    }
+}
