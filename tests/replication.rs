@@ -284,18 +284,23 @@ async fn an_edge_passes_routes_to_reachable_ingest_nodes_only() {
     }
 }
 
+/// A store (default settings) on `redis`.
+async fn store_on(redis: &Redis) -> herald_store::Store {
+    herald_store::Store::connect(herald_store::StoreConfig {
+        url: redis.url(),
+        ..herald_store::StoreConfig::default()
+    })
+    .await
+    .expect("connect")
+}
+
 /// The fan-out position saved in Redis: offsets of 16 digits come back as
 /// they went in, an older term is refused (the fencing token), and within
 /// a term the position never goes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saved_position_is_fenced_by_term() {
     let redis = Redis::start();
-    let store = herald_store::Store::connect(herald_store::StoreConfig {
-        url: redis.url(),
-        ..herald_store::StoreConfig::default()
-    })
-    .await
-    .expect("connect");
+    let store = store_on(&redis).await;
     let big = 1_796_253_361_371_025u64;
     assert!(store.save_position(0, 5, big).await.unwrap());
     let got = store.position(0).await.unwrap().expect("saved");
@@ -313,4 +318,130 @@ async fn the_saved_position_is_fenced_by_term() {
     let got = store.position(0).await.unwrap().expect("saved");
     assert_eq!((got.term, got.offset), (6, big - 5));
     assert_eq!(store.position(1).await.unwrap(), None);
+}
+
+/// The other effects a partition's leader makes once carry its term too,
+/// checked by the script that writes them: a celebrity's outbox, dead
+/// letters, and a released bucket (its inbox write and its removal). Once
+/// a newer term wrote, an older one is refused and writes nothing; term 0
+/// (no replication) is never checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_per_partition_effects_are_fenced_by_term() {
+    use herald_store::{Bucket, BucketAdd, DeadLetter, Fence, OutboxCursor};
+    let redis = Redis::start();
+    let store = store_on(&redis).await;
+    let note = |id: &str, order: u64| herald_types::Notification {
+        id: id.into(),
+        event_id: format!("e-{id}").into(),
+        kind: herald_types::EventKind::Like,
+        actor: 7,
+        object: Some("post:1".into()),
+        text: None,
+        ts_ms: order / 1000,
+        count: 1,
+        actors: std::sync::Arc::from([7u64]),
+        order,
+        digest: None,
+    };
+    let at = |term| Fence { partition: 2, term };
+
+    // Outbox: term 3 writes, term 2 is refused, term 0 is not checked.
+    assert!(store
+        .outbox_push(50, &note("a", 1_000), 10, at(3))
+        .await
+        .unwrap());
+    assert!(!store
+        .outbox_push(50, &note("b", 2_000), 10, at(2))
+        .await
+        .unwrap());
+    assert!(store
+        .outbox_push(50, &note("c", 3_000), 10, at(0))
+        .await
+        .unwrap());
+    let cursor = [OutboxCursor {
+        celebrity: 50,
+        seen: None,
+    }];
+    let ids: Vec<String> = store
+        .outbox_read(&cursor, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, n)| n.id.to_string())
+        .collect();
+    assert_eq!(ids, ["a", "c"]);
+
+    // Dead letters: the same.
+    let dl = |offset| DeadLetter {
+        id: DeadLetter::id_for(2, offset),
+        partition: 2,
+        offset,
+        reason: "test".into(),
+        at_ms: offset as i64,
+        event: None,
+        raw_hex: Some("00".into()),
+    };
+    assert!(store.dead_letter_put(&dl(1), at(5)).await.unwrap());
+    assert!(!store.dead_letter_put(&dl(2), at(4)).await.unwrap());
+    let listed: Vec<u64> = store
+        .dead_letter_list(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.offset)
+        .collect();
+    assert_eq!(listed, [1]);
+
+    // A bucket released by term 2: term 1 can then neither write the
+    // user's inbox nor empty the bucket.
+    let (user, held) = (900u64, note("h1", 5_000));
+    store
+        .bucket_add(&[BucketAdd::new(user, Bucket::Held, 1, &held, 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .bucket_release(user, std::slice::from_ref(&held), at(2))
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    let late = note("h2", 6_000);
+    assert_eq!(
+        store
+            .bucket_release(user, std::slice::from_ref(&late), at(1))
+            .await
+            .unwrap(),
+        None
+    );
+    let inbox: Vec<String> = store
+        .inbox_read(user, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.id.to_string())
+        .collect();
+    assert_eq!(inbox, ["h1"]);
+    let ids = vec!["h1".to_string()];
+    assert!(!store
+        .bucket_done(user, Bucket::Held, at(1), &ids, 0)
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .bucket_read(user, Bucket::Held, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(store
+        .bucket_done(user, Bucket::Held, at(2), &ids, 0)
+        .await
+        .unwrap());
+    assert!(store
+        .bucket_read(user, Bucket::Held, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -55,11 +55,16 @@ impl Worker {
             event,
         };
         let store = self.store.clone();
+        let fence = self.fence;
         match self
-            .retry("dead letter", || store.dead_letter_put(&d))
+            .retry("dead letter", || store.dead_letter_put(&d, fence))
             .await
         {
-            Ok(()) => {
+            Ok(false) => {
+                self.deposed("dead_letter");
+                hold.fail();
+            }
+            Ok(true) => {
                 let class = if undecodable { "undecodable" } else { "failed" };
                 metrics::counter!("herald_dead_letters_total", "reason" => class).increment(1);
                 tracing::error!(

@@ -38,11 +38,12 @@ pub(crate) struct Lead {
 }
 
 /// Runs partition `p`'s worker whenever this node leads it. `make` builds
-/// a worker with its own stop signal and the committed position.
+/// a worker with its own stop signal, the committed position and the term
+/// its fenced writes carry.
 pub(crate) async fn lead_loop(
     lead: Lead,
     mut stop: watch::Receiver<bool>,
-    make: impl Fn(watch::Receiver<bool>, watch::Receiver<Committed>) -> Worker + Send + 'static,
+    make: impl Fn(watch::Receiver<bool>, watch::Receiver<Committed>, u64) -> Worker + Send + 'static,
 ) {
     let Lead {
         p,
@@ -107,7 +108,7 @@ pub(crate) async fn lead_loop(
         );
         metrics::counter!("herald_fanout_lead_starts_total").increment(1);
         let (wstop_tx, wstop_rx) = watch::channel(false);
-        let worker = tokio::spawn(make(wstop_rx, committed.clone()).run(start));
+        let worker = tokio::spawn(make(wstop_rx, committed.clone(), term).run(start));
         // Lead until Raft says otherwise or the node stops.
         loop {
             if *stop.borrow() || replicas.leading(p) != Some(term) {

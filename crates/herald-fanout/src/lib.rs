@@ -259,8 +259,10 @@ impl Fanout {
                     cfg.clone(),
                 );
                 let (status, feed) = (status.clone(), feed.clone());
-                move |stop, committed| worker::Worker {
+                move |stop, committed, term| worker::Worker {
                     partition: p,
+                    fence: herald_store::Fence { partition: p, term },
+                    deposed: false,
                     log: log.clone(),
                     store: store.clone(),
                     edge: edge.clone(),
@@ -294,12 +296,12 @@ impl Fanout {
                             term: term.clone(),
                         },
                         stop_rx.clone(),
-                        move |stop, committed| make(stop, Some(committed)),
+                        move |stop, committed, term| make(stop, Some(committed), term),
                     )));
                 }
                 // A partition this node holds no replica of: nothing to read.
                 Some(_) => continue,
-                None => workers.push(tokio::spawn(make(stop_rx.clone(), None).run(start))),
+                None => workers.push(tokio::spawn(make(stop_rx.clone(), None, 0).run(start))),
             }
             committers.push(tokio::spawn(commit_loop(
                 log.clone(),

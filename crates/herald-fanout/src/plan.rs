@@ -131,6 +131,22 @@ pub(crate) fn route(
     r
 }
 
+/// How many of `items` can go through the stages together: up to the
+/// first post whose author's follower count changed earlier in the batch
+/// (its path, push or pull, is decided by that change). At least one.
+pub(crate) fn path_decided_until(items: &[Item]) -> usize {
+    let mut changed: std::collections::HashSet<UserId> = Default::default();
+    for (k, i) in items.iter().enumerate() {
+        if i.ev.kind.to_followers() && changed.contains(&i.ev.actor) {
+            return k.max(1);
+        }
+        if let (Some(_), Some(followee)) = (i.ev.kind.graph_change(), i.ev.recipient) {
+            changed.insert(followee);
+        }
+    }
+    items.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +212,31 @@ mod tests {
         assert_eq!(r.dropped.len(), 1);
         assert_eq!(r.waiting.len(), 1);
         assert_eq!(r.waiting[0].2, Bucket::Digest);
+    }
+
+    #[test]
+    fn a_post_after_its_authors_follower_change_waits_for_the_next_run() {
+        let t = crate::Tracker::new(0, 0);
+        let follow = |o, followee| {
+            let mut i = item(&t, o, EventKind::Follow, 9);
+            i.ev.recipient = Some(followee);
+            i
+        };
+        let post = |o, actor| item(&t, o, EventKind::Post, actor);
+        // Another account's change does not split; the author's does.
+        let items = vec![
+            post(0, 5),
+            follow(1, 6),
+            post(2, 5),
+            follow(3, 5),
+            post(4, 5),
+        ];
+        assert_eq!(path_decided_until(&items), 4);
+        assert_eq!(path_decided_until(&items[4..]), 1);
+        // A follower change first in the batch: the post still runs alone.
+        let items = vec![follow(0, 5), post(1, 5), post(2, 5)];
+        assert_eq!(path_decided_until(&items), 1);
+        assert_eq!(path_decided_until(&items[1..]), 2);
+        assert_eq!(path_decided_until(&[]), 0);
     }
 }

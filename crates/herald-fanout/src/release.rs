@@ -11,7 +11,9 @@ impl Worker {
     /// notifications go to the inbox, in order) and digest windows that
     /// closed (one `digest` per window, to the inbox). The inbox write comes
     /// first and ids are stable, so a crash in between repeats nothing the
-    /// client has not already been told.
+    /// client has not already been told. Both writes carry the leader's
+    /// term: once a newer leader released for a user, a deposed one can
+    /// neither write that user's inbox nor empty its buckets.
     pub(crate) async fn release_due(&mut self) {
         if !self.settlements.owns(self.partition) {
             return;
@@ -27,8 +29,15 @@ impl Worker {
                 return;
             };
             for (user, due_ms) in due {
-                if let Err(e) = self.release_one(user, b, due_ms, now).await {
-                    tracing::warn!(partition = p, user, error = %e, "bucket release failed; will retry");
+                match self.release_one(user, b, due_ms, now).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.deposed("release");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = p, user, error = %e, "bucket release failed; will retry");
+                    }
                 }
             }
         }
@@ -40,7 +49,7 @@ impl Worker {
         b: Bucket,
         due_ms: u64,
         now: u64,
-    ) -> herald_store::Result<()> {
+    ) -> herald_store::Result<bool> {
         let items = self.store.bucket_read(user, b, 1000).await?;
         let ids: Vec<String> = items.iter().map(|n| n.id.to_string()).collect();
         let prefs = self.prefs.get(user).await?;
@@ -54,8 +63,14 @@ impl Worker {
             }
         };
         if !out.is_empty() {
+            match self.store.bucket_release(user, &out, self.fence).await? {
+                None => return Ok(false),
+                Some(dropped) if dropped > 0 => {
+                    metrics::counter!("herald_notifications_dropped_total", "reason" => "inbox_full").increment(dropped);
+                }
+                Some(_) => {}
+            }
             let refs: Vec<(UserId, &Notification)> = out.iter().map(|n| (user, n)).collect();
-            self.store.inbox_push(&refs).await?;
             self.store.feed_add(&refs).await?;
             let label = if b == Bucket::Held { "held" } else { "digest" };
             metrics::counter!("herald_buckets_released_total", "bucket" => label).increment(1);
@@ -66,7 +81,7 @@ impl Worker {
             Bucket::Digest => window(now + 1).1,
         };
         self.store
-            .bucket_done(user, b, self.partition, &ids, next)
+            .bucket_done(user, b, self.fence, &ids, next)
             .await
     }
 }

@@ -17,6 +17,11 @@ const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_millis(250)
 
 pub struct Worker {
     pub partition: u32,
+    /// What this worker's fenced writes carry: its leader's term (0 when
+    /// the partition is not replicated).
+    pub fence: herald_store::Fence,
+    /// A fenced write was refused: a newer leader runs the partition.
+    pub deposed: bool,
     pub log: Log,
     pub store: Store,
     pub edge: Arc<dyn EdgeHandle>,
@@ -56,7 +61,22 @@ const PINNED_BATCH: usize = 256;
 
 impl Worker {
     fn stopped(&self) -> bool {
-        *self.stop.borrow()
+        self.deposed || *self.stop.borrow()
+    }
+
+    /// A fenced write of `what` was refused: a newer leader holds the
+    /// partition, so this worker stops; what it held stays unsettled (the
+    /// new leader processes it from the saved position).
+    pub(crate) fn deposed(&mut self, what: &'static str) -> Halt {
+        self.deposed = true;
+        metrics::counter!("herald_fanout_fenced_total", "effect" => what).increment(1);
+        tracing::warn!(
+            partition = self.partition,
+            term = self.fence.term,
+            effect = what,
+            "a newer leader holds the partition: write refused, fan-out stops here"
+        );
+        Halt::Stopped
     }
 
     pub async fn run(mut self, start: u64) {
@@ -271,10 +291,19 @@ impl Worker {
     pub(crate) async fn process(&mut self, records: Vec<Record>) -> Result<(), Halt> {
         metrics::counter!("herald_fanout_events_total").increment(records.len() as u64);
         let mut items = self.decode(records).await;
-        match self.stages(&mut items).await {
-            Ok(()) => Ok(()),
-            Err(h) => Err(abandon(items, h)),
+        // A follow or unfollow can move its followee across the celebrity
+        // threshold, which decides the path of the followee's next post: a
+        // post after such a change in the same batch waits for the next run.
+        while !items.is_empty() {
+            let rest = items.split_off(plan::path_decided_until(&items));
+            if let Err(h) = self.stages(&mut items).await {
+                let mut all = items;
+                all.extend(rest);
+                return Err(abandon(all, h));
+            }
+            items = rest;
         }
+        Ok(())
     }
 
     async fn stages(&mut self, items: &mut Vec<Item>) -> Result<(), Halt> {
@@ -402,8 +431,13 @@ impl Worker {
             let store = self.store.clone();
             let cap = self.cfg.outbox_cap;
             let actor = i.ev.actor;
-            self.retry("outbox", || store.outbox_push(actor, &n, cap))
-                .await?;
+            let fence = self.fence;
+            if !self
+                .retry("outbox", || store.outbox_push(actor, &n, cap, fence))
+                .await?
+            {
+                return Err(self.deposed("outbox"));
+            }
             metrics::counter!("herald_celebrity_posts_total").increment(1);
             self.to_every_edge(EdgeCommand::Broadcast {
                 celebrity: actor,

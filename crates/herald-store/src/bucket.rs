@@ -6,7 +6,30 @@
 
 use herald_types::{Notification, UserId};
 
-use crate::{ukey, Result, Store, StoreError};
+use std::sync::OnceLock;
+
+use crate::{ukey, Fence, Result, Store, StoreError};
+
+// KEYS: inbox, fence. ARGV: partition, term, idle ttl (s, 0 = none), then
+// field, entry pairs. Returns the inbox's size, or -1 when fenced.
+const RELEASE: &str = r#"
+if fenced(KEYS[2], ARGV[1], ARGV[2]) then return -1 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl, 'NX') end
+return redis.call('HLEN', KEYS[1])
+"#;
+
+// KEYS: bucket, its data, fence. ARGV: partition, term, ids.
+// Returns 1 when removed, 0 when fenced.
+const DONE: &str = r#"
+if fenced(KEYS[3], ARGV[1], ARGV[2]) then return 0 end
+for i = 3, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('HDEL', KEYS[2], ARGV[i])
+end
+return 1
+"#;
 
 pub use herald_types::Bucket;
 
@@ -145,43 +168,108 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes released ids from a user's bucket and reschedules it at
-    /// `next_ms` if anything arrived meanwhile. The order of the steps
+    /// Writes released notifications of one user's bucket to its inbox:
+    /// one script that checks the fence first (`fence.rs`). `Ok(None)`:
+    /// refused, a newer leader of the partition already released for this
+    /// user; otherwise how many old entries the inbox cap dropped.
+    pub async fn bucket_release(
+        &self,
+        user: UserId,
+        items: &[Notification],
+        fence: Fence,
+    ) -> Result<Option<u64>> {
+        if items.is_empty() {
+            return Ok(Some(0));
+        }
+        // With wait_replicas, over the inbox connection (as inbox_push).
+        match self.inbox_side() {
+            Some(side) => side.release_here(user, items, fence).await,
+            None => self.release_here(user, items, fence).await,
+        }
+    }
+
+    async fn release_here(
+        &self,
+        user: UserId,
+        items: &[Notification],
+        fence: Fence,
+    ) -> Result<Option<u64>> {
+        static S: OnceLock<redis::Script> = OnceLock::new();
+        let refs: Vec<(UserId, &Notification)> = items.iter().map(|n| (user, n)).collect();
+        let (bodies, entries) = crate::entries::encode(&refs);
+        // Bodies are immutable and named by their event: written unfenced.
+        self.write_bodies(&bodies).await?;
+        let script = S.get_or_init(|| redis::Script::new(&crate::fence::with_check(RELEASE)));
+        let mut inv = script.prepare_invoke();
+        inv.key(ukey(user, "ib"))
+            .key(ukey(user, "fence"))
+            .arg(fence.partition)
+            .arg(fence.term)
+            .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)));
+        for e in &entries {
+            inv.arg(e.field.as_slice()).arg(e.value.as_slice());
+        }
+        let size: i64 = self.invoke(&inv).await?;
+        let Ok(size) = u64::try_from(size) else {
+            return Ok(None);
+        };
+        let dropped = if size > self.cfg.inbox_cap as u64 {
+            self.inbox_trim(user).await?
+        } else {
+            0
+        };
+        self.confirm_replicated(&[ukey(user, "ib").to_string()])
+            .await?;
+        Ok(Some(dropped))
+    }
+
+    /// Removes released ids from a user's bucket (a script that checks the
+    /// fence first; `Ok(false)` when refused) and reschedules the bucket
+    /// at `next_ms` if anything arrived meanwhile. The order of the steps
     /// (remove, unschedule, count, reschedule) leaves no item unscheduled
     /// whatever a concurrent `bucket_add` does.
     pub async fn bucket_done(
         &self,
         user: UserId,
         bucket: Bucket,
-        partition: u32,
+        fence: Fence,
         ids: &[String],
         next_ms: u64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        static S: OnceLock<redis::Script> = OnceLock::new();
         let b = bucket.name();
-        let mut p = crate::Batch::new();
-        if !ids.is_empty() {
-            p.cmd("ZREM").arg(ukey(user, b)).arg(ids).ignore();
-            p.cmd("HDEL")
-                .arg(ukey(user, &format!("{b}:data")))
-                .arg(ids)
-                .ignore();
+        let script = S.get_or_init(|| redis::Script::new(&crate::fence::with_check(DONE)));
+        let mut inv = script.prepare_invoke();
+        inv.key(ukey(user, b))
+            .key(ukey(user, &format!("{b}:data")))
+            .key(ukey(user, "fence"))
+            .arg(fence.partition)
+            .arg(fence.term);
+        for id in ids {
+            inv.arg(id);
         }
-        p.cmd("ZREM")
-            .arg(sched(bucket, partition))
-            .arg(user)
-            .ignore();
+        let done: i64 = self.invoke(&inv).await?;
+        if done == 0 {
+            return Ok(false);
+        }
+        // The schedule is in a slot of its own: one step after another.
+        let sched = sched(bucket, fence.partition);
+        let mut p = crate::Batch::new();
+        p.cmd("ZREM").arg(&sched).arg(user).ignore();
+        self.run::<()>(&p).await?;
+        let mut p = crate::Batch::new();
         p.cmd("ZCARD").arg(ukey(user, b));
         let (left,): (u64,) = self.run(&p).await?;
         if left > 0 {
             let mut p = crate::Batch::new();
             p.cmd("ZADD")
-                .arg(sched(bucket, partition))
+                .arg(&sched)
                 .arg("NX")
                 .arg(next_ms)
                 .arg(user)
                 .ignore();
             self.run::<()>(&p).await?;
         }
-        Ok(())
+        Ok(true)
     }
 }

@@ -16,6 +16,15 @@ const OWNERS: &str = "h:outbox-owners";
 /// Bumped on every change of `h:celebrities`: nodes poll it and reload.
 const VERSION: &str = "h:celebrities:version";
 
+// KEYS: outbox, fence. ARGV: partition, term, order, post, cap.
+// Returns 1 when written, 0 when fenced.
+const OUTBOX_PUSH: &str = r#"
+if fenced(KEYS[2], ARGV[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], 'NX', ARGV[3], ARGV[4])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[5]) - 1)
+return 1
+"#;
+
 /// When an account changes path: it becomes a celebrity at `enter`
 /// followers and stops being one below `exit` (`exit` < `enter`, so an
 /// account near the line does not flap).
@@ -213,23 +222,30 @@ impl Store {
         Ok(changed)
     }
 
-    /// Writes a celebrity's post to its outbox: two commands whatever the
-    /// number of followers. Idempotent (the same post twice is one entry).
-    pub async fn outbox_push(&self, celebrity: UserId, n: &Notification, cap: usize) -> Result<()> {
-        let key = ukey(celebrity, "outbox");
-        let mut p = crate::Batch::new();
-        p.cmd("ZADD")
-            .arg(&key)
-            .arg("NX")
+    /// Writes a celebrity's post to its outbox: one script whatever the
+    /// number of followers, kept to `cap` posts. Idempotent (the same post
+    /// twice is one entry).
+    /// `Ok(false)`: refused, a newer leader of the celebrity's partition
+    /// already wrote to this outbox (`fence.rs`).
+    pub async fn outbox_push(
+        &self,
+        celebrity: UserId,
+        n: &Notification,
+        cap: usize,
+        fence: crate::Fence,
+    ) -> Result<bool> {
+        static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = S.get_or_init(|| redis::Script::new(&crate::fence::with_check(OUTBOX_PUSH)));
+        let mut inv = script.prepare_invoke();
+        inv.key(ukey(celebrity, "outbox"))
+            .key(ukey(celebrity, "fence"))
+            .arg(fence.partition)
+            .arg(fence.term)
             .arg(n.order)
             .arg(n.to_storage())
-            .ignore();
-        p.cmd("ZREMRANGEBYRANK")
-            .arg(&key)
-            .arg(0)
-            .arg(-(cap.max(1) as i64) - 1)
-            .ignore();
-        self.run::<()>(&p).await
+            .arg(cap.max(1));
+        let r: i64 = self.invoke(&inv).await?;
+        Ok(r == 1)
     }
 
     /// Which of `owners` `user` follows, with how far `user` has read each.

@@ -5,10 +5,22 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Result, Store, StoreError};
+use std::sync::OnceLock;
+
+use crate::{Fence, Result, Store, StoreError};
 
 const DATA: &str = "h:{dlq}";
 const ORDER: &str = "h:{dlq}:order";
+const FENCE: &str = "h:{dlq}:fence";
+
+// KEYS: data, order, fence. ARGV: partition, term, id, json, at_ms.
+// Returns how many dead letters there are, or -1 when fenced.
+const PUT: &str = r#"
+if fenced(KEYS[3], ARGV[1], ARGV[2]) then return -1 end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
+return redis.call('ZCARD', KEYS[2])
+"#;
 
 /// Most dead letters kept; past it the oldest go (counted by the caller's
 /// metric when they were written).
@@ -36,17 +48,28 @@ impl DeadLetter {
 
 impl Store {
     /// Stores a dead letter (idempotent by id) and trims the oldest past
-    /// [`MAX_DEAD_LETTERS`].
-    pub async fn dead_letter_put(&self, d: &DeadLetter) -> Result<()> {
+    /// [`MAX_DEAD_LETTERS`]. `Ok(false)`: refused, a newer leader of the
+    /// partition already wrote dead letters (`fence.rs`).
+    pub async fn dead_letter_put(&self, d: &DeadLetter, fence: Fence) -> Result<bool> {
+        static S: OnceLock<redis::Script> = OnceLock::new();
         let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt {
             key: DATA.into(),
             reason: e.to_string(),
         })?;
-        let mut p = crate::Batch::new();
-        p.cmd("HSET").arg(DATA).arg(&d.id).arg(json).ignore();
-        p.cmd("ZADD").arg(ORDER).arg(d.at_ms).arg(&d.id).ignore();
-        p.cmd("ZCARD").arg(ORDER);
-        let (n,): (usize,) = self.run(&p).await?;
+        let script = S.get_or_init(|| redis::Script::new(&crate::fence::with_check(PUT)));
+        let mut inv = script.prepare_invoke();
+        inv.key(DATA)
+            .key(ORDER)
+            .key(FENCE)
+            .arg(fence.partition)
+            .arg(fence.term)
+            .arg(&d.id)
+            .arg(json)
+            .arg(d.at_ms);
+        let n: i64 = self.invoke(&inv).await?;
+        let Ok(n) = usize::try_from(n) else {
+            return Ok(false);
+        };
         if n > MAX_DEAD_LETTERS {
             let mut p = crate::Batch::new();
             p.cmd("ZRANGE")
@@ -56,7 +79,7 @@ impl Store {
             let (old,): (Vec<String>,) = self.run(&p).await?;
             self.dead_letter_remove(&old).await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The oldest `limit` dead letters.

@@ -160,7 +160,7 @@ impl Store {
         Ok(dropped)
     }
 
-    async fn inbox_trim(&self, user: UserId) -> Result<u64> {
+    pub(crate) async fn inbox_trim(&self, user: UserId) -> Result<u64> {
         static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let mut inv = script(&S, TRIM).prepare_invoke();
         inv.key(ukey(user, "ib"))

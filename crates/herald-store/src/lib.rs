@@ -34,6 +34,8 @@
 //! | `h:{lease}:p:P` | string with a TTL | the ingest node holding partition P (`node#incarnation`) |
 //! | `h:{lease}:members` | hash | ingest node -> `expiry_ms address` (its membership in the partition group) |
 //! | `h:{dlq}`, `h:{dlq}:order` | hash + sorted set | dead letters by id (JSON), and their ids by time |
+//! | `h:{dlq}:fence`, `h:{u:ID}:fence` | hash | partition -> newest Raft term that wrote dead letters / ID's outbox or released buckets (`fence.rs`) |
+//! | `h:{fanout}:pos` | hash | partition -> `term offset`: a replicated partition's fan-out position |
 
 mod batch;
 mod bucket;
@@ -42,6 +44,7 @@ mod cluster_conn;
 mod dead;
 mod entries;
 mod feed;
+mod fence;
 mod graph;
 mod inbox;
 mod key;
@@ -59,6 +62,7 @@ pub use bucket::{Bucket, BucketAdd};
 pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor, DEFAULT_OUTBOX_CAP};
 pub use dead::DeadLetter;
 pub use feed::{FeedCursor, FeedPage};
+pub use fence::Fence;
 pub use graph::{GraphAnswer, GraphOp};
 pub use inbox::InboxSnapshot;
 pub(crate) use key::ukey;
