@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The nemesis, long form: three replicated nodes in network namespaces,
-# Redis in a fourth, a producer posting throughout, and ROUNDS rounds of
-# faults (the busiest leader cut off the network past the election
-# timeout; frozen with SIGSTOP; killed with SIGKILL and its disk wiped,
-# then started empty). Prints each fault with its recovery time and the
-# verdict: events accepted, lost (must be 0), order and ids checked.
+# a Redis Cluster (3 masters with a replica each, redis.wait_replicas = 1)
+# in a fourth, a producer posting throughout to offline users and to one
+# connected user per node, and ROUNDS rounds of faults (the busiest leader
+# cut off the network past the election timeout; frozen with SIGSTOP;
+# killed with SIGKILL and its disk wiped, then started empty; the Redis
+# master of an inbox killed with SIGKILL, then started again). Prints each
+# fault with its recovery time and how soon connected users were served
+# once it was over (goal: 1 s), and the verdict: events accepted, lost
+# (must be 0; a connected user must have received its events, not merely
+# have them in its inbox), order and ids checked.
 # Needs root (network namespaces) and iproute2, curl, redis-server.
 #
 #   loadtest/nemesis.sh [ROUNDS]      (default 5; CI plays 1)

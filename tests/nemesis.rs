@@ -8,11 +8,23 @@
 //! 2. the busiest leader is frozen (SIGSTOP) past the election timeout,
 //!    then woken;
 //! 3. a node is killed (SIGKILL) with its data directory wiped, then
-//!    started again empty.
+//!    started again empty;
+//! 4. the Redis Cluster master holding an offline recipient's inbox is
+//!    killed (SIGKILL); its replica takes over, and it comes back as a
+//!    replica (`redis.wait_replicas = 1`).
 //!
-//! The checker reads the whole history: every event answered `202` is in
-//! its recipient's inbox, in the producer's order per recipient; no event
-//! id was handed out twice. Events with and without idempotency keys.
+//! Redis is a cluster of three masters with a replica each, in a fourth
+//! namespace. One user per node stays connected throughout (a WebSocket
+//! from the test, reconnecting only if its connection closes); every fifth
+//! event goes to one of them.
+//!
+//! The checker reads the whole history: every event answered `202` reached
+//! its recipient (in the offline recipients' inboxes, in the producer's
+//! order per recipient; received by the connected ones, live or drained,
+//! never left in an inbox while they stay connected); no event id was
+//! handed out twice. Events with and without idempotency keys. After each
+//! fault, once the node is back, a probe event to each connected user
+//! measures how soon it is served (reported; the goal is 1 s).
 //! `NEMESIS_ROUNDS` plays the sequence more times (loadtest/nemesis.sh);
 //! each fault's recovery time is printed.
 
@@ -24,11 +36,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::netns::{Net, NsRedis};
+use support::netns::{Net, NsRedisCluster};
 use support::{env_refs, http_blocking, peer_list, replicated_env, Node};
 
 const NODES: usize = 3;
 const RECIPIENTS: u64 = 16;
+/// The connected users: `LIVE + i` on node `i`.
+const LIVE: u64 = 8200;
+/// The offline recipient whose inbox's Redis master is killed.
+const VICTIM_KEY: &str = "h:{u:8000}:ib";
 
 /// One answered post.
 #[derive(Clone, Debug)]
@@ -41,7 +57,7 @@ struct Sent {
 struct Cluster {
     net: Net,
     nodes: Vec<Node>,
-    _redis: NsRedis,
+    redis: NsRedisCluster,
     /// Node index -> its address.
     addrs: Vec<String>,
 }
@@ -49,7 +65,9 @@ struct Cluster {
 fn start() -> Cluster {
     let mut net = Net::new();
     let rns = net.add("redis", 1);
-    let redis = NsRedis::start(&rns, &net.addr(1));
+    let redis = NsRedisCluster::start(&rns, &net.addr(1), 3);
+    let seeds = redis.seeds();
+    let any_redis = format!("redis://{}:7000", net.addr(1));
     let addrs: Vec<String> = (0..NODES)
         .map(|i| format!("{}:7400", net.addr(11 + i as u8)))
         .collect();
@@ -62,7 +80,9 @@ fn start() -> Cluster {
             "HERALD_REPLICATION__COMMIT_TIMEOUT_MS".into(),
             "2000".into(),
         ));
-        nodes.push(Node::start_in_netns(&ns, a, &redis.url, &env_refs(&env)));
+        env.push(("HERALD_REDIS__CLUSTER_NODES".into(), seeds.clone()));
+        env.push(("HERALD_REDIS__WAIT_REPLICAS".into(), "1".into()));
+        nodes.push(Node::start_in_netns(&ns, a, &any_redis, &env_refs(&env)));
     }
     if std::env::var("KEEP_LOGS").is_ok() {
         for n in nodes.iter_mut() {
@@ -76,7 +96,7 @@ fn start() -> Cluster {
     Cluster {
         net,
         nodes,
-        _redis: redis,
+        redis,
         addrs,
     }
 }
@@ -151,7 +171,11 @@ fn producer(
             t[turn % t.len()].clone()
         };
         seq += 1;
-        let recipient = 8000 + seq % RECIPIENTS;
+        let recipient = if seq.is_multiple_of(5) {
+            LIVE + (seq / 5) % NODES as u64
+        } else {
+            8000 + seq % RECIPIENTS
+        };
         let mut ev = json!({"kind": "like", "actor": 7001, "recipient": recipient,
                             "object": format!("post:{seq}"), "text": format!("seq {seq}")});
         if seq.is_multiple_of(2) {
@@ -179,6 +203,162 @@ fn producer(
             }
         }
     }
+}
+
+/// What the connected users received: event id -> when first.
+type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// The connected users, one per node, each on a thread of its own.
+struct Live {
+    seen: Seen,
+    reconnects: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Live {
+    fn start(c: &Cluster) -> Live {
+        let seen: Seen = Arc::default();
+        let reconnects = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..NODES)
+            .map(|i| {
+                let url = format!("ws://{}/v1/ws?user={}", c.addrs[i], LIVE + i as u64);
+                let (seen, reconnects, stop) = (seen.clone(), reconnects.clone(), stop.clone());
+                std::thread::spawn(move || live_user(url, seen, reconnects, stop))
+            })
+            .collect();
+        Live {
+            seen,
+            reconnects,
+            stop,
+            threads,
+        }
+    }
+
+    fn has(&self, event_id: &str) -> Option<Instant> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(event_id)
+            .copied()
+    }
+
+    /// Posts one event to each connected user (through another node) and
+    /// waits for each to be served; the slowest time from the `202`.
+    fn probe(&self, c: &Cluster) -> Duration {
+        let mut posted = Vec::new();
+        for i in 0..NODES {
+            let via = &c.addrs[(i + 1) % NODES];
+            let body = json!({"kind": "like", "actor": 7003, "recipient": LIVE + i as u64,
+                              "object": format!("probe:{}", posted.len())});
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            let t0 = Instant::now();
+            loop {
+                let r = http_blocking(
+                    via,
+                    "POST",
+                    "/v1/events",
+                    Some(&body),
+                    &[("content-type", "application/json")],
+                );
+                if let Ok((202, v)) = r {
+                    posted.push((
+                        v["ids"][0].as_str().unwrap_or_default().to_string(),
+                        Instant::now(),
+                    ));
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "probe never accepted: {r:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let mut slowest = Duration::ZERO;
+        for (id, at) in posted {
+            let t0 = Instant::now();
+            let got = loop {
+                if let Some(t) = self.has(&id) {
+                    break t;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "a connected user was never served probe {id}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            slowest = slowest.max(got.saturating_duration_since(at));
+        }
+        slowest
+    }
+
+    fn stop(self) -> (HashMap<String, Instant>, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (seen, self.reconnects.load(Ordering::Relaxed))
+    }
+}
+
+/// One connected user: records and acks every notification; connects
+/// again only when its connection closes.
+fn live_user(url: String, seen: Seen, reconnects: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async move {
+        let mut first = true;
+        while !stop.load(Ordering::Relaxed) {
+            let conn = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio_tungstenite::connect_async(url.as_str()),
+            )
+            .await;
+            let Ok(Ok((mut ws, _))) = conn else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            if !first {
+                reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            first = false;
+            while !stop.load(Ordering::Relaxed) {
+                let m = match tokio::time::timeout(Duration::from_millis(300), ws.next()).await {
+                    Err(_) => continue,
+                    Ok(Some(Ok(m))) => m,
+                    Ok(_) => break,
+                };
+                let v: Value = match m {
+                    Message::Text(t) => serde_json::from_str(t.as_str()).unwrap_or(Value::Null),
+                    Message::Binary(b) => rmp_serde::from_slice(&b).unwrap_or(Value::Null),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                if v["type"] != "notification" {
+                    continue;
+                }
+                if let (Some(eid), Some(id)) = (v["event_id"].as_str(), v["id"].as_str()) {
+                    seen.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(eid.to_string())
+                        .or_insert_with(Instant::now);
+                    let ack = json!({"type": "ack", "ids": [id]}).to_string();
+                    if ws.send(Message::text(ack)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Posts to node `i` from inside its own namespace (the side of a cut it
@@ -230,6 +410,7 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let mut c = start();
+    let live = Live::start(&c);
     let targets = Arc::new(Mutex::new(Vec::new()));
     c.set_targets(&targets, None);
     let stop = Arc::new(AtomicBool::new(false));
@@ -257,8 +438,9 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
         c.net.plug(&format!("n{}", l + 1), true);
         c.nodes[l].wait_ready(Duration::from_secs(60));
         c.set_targets(&targets, None);
+        let served = live.probe(&c);
         report.push(format!(
-            "round {round}: partition of node-{}: new leaders after {elected:?}",
+            "round {round}: partition of node-{}: new leaders after {elected:?}; connected users served {served:?} after it was back",
             l + 1
         ));
 
@@ -273,8 +455,9 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
         c.nodes[l].resume();
         c.nodes[l].wait_ready(Duration::from_secs(60));
         c.set_targets(&targets, None);
+        let served = live.probe(&c);
         report.push(format!(
-            "round {round}: SIGSTOP of node-{}: new leaders after {elected:?}",
+            "round {round}: SIGSTOP of node-{}: new leaders after {elected:?}; connected users served {served:?} after it woke",
             l + 1
         ));
 
@@ -291,10 +474,25 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
         let t1 = Instant::now();
         c.nodes[v].wait_ready(Duration::from_secs(60));
         c.set_targets(&targets, None);
+        let ready = t1.elapsed();
+        let served = live.probe(&c);
         report.push(format!(
-            "round {round}: SIGKILL and wipe of node-{}: new leaders after {elected:?}, back and ready {:?} after its restart",
+            "round {round}: SIGKILL and wipe of node-{}: new leaders after {elected:?}, back and ready {ready:?} after its restart; connected users served {served:?} after",
             v + 1,
-            t1.elapsed()
+        ));
+
+        // 4. The Redis master of an offline recipient's inbox killed; its
+        // replica takes over; it comes back as a replica.
+        let m = c.redis.master_of(VICTIM_KEY);
+        c.redis.kill(m);
+        let took_over = c
+            .redis
+            .wait_failover(VICTIM_KEY, m, Duration::from_secs(60));
+        c.redis.restart(m);
+        let healthy = c.redis.wait_healthy(Duration::from_secs(60));
+        let served = live.probe(&c);
+        report.push(format!(
+            "round {round}: SIGKILL of redis master {m}: replica took over after {took_over:?}, replicas linked again {healthy:?} later; connected users served {served:?} after"
         ));
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -315,6 +513,7 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
     let reader = &c.addrs[0];
     let start = Instant::now();
     let mut lost: Vec<&Sent>;
+    let is_live = |r: u64| (LIVE..LIVE + NODES as u64).contains(&r);
     loop {
         let mut inboxes: HashMap<u64, Vec<String>> = HashMap::new();
         for r in 0..RECIPIENTS {
@@ -331,9 +530,14 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
                 inboxes.insert(user, list);
             }
         }
+        // A connected user must have received it (left in its inbox
+        // while it stays connected is not delivered).
         lost = sent
             .iter()
             .filter(|s| {
+                if is_live(s.recipient) {
+                    return live.has(&s.event_id).is_none();
+                }
                 !inboxes
                     .get(&s.recipient)
                     .is_some_and(|l| l.contains(&s.event_id))
@@ -357,11 +561,32 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    let to_live = sent.iter().filter(|s| is_live(s.recipient)).count();
+    // Where the connected users' missing events are (for the report).
+    let parked: Vec<&str> = lost
+        .iter()
+        .filter(|s| is_live(s.recipient))
+        .filter(|s| {
+            get(
+                reader,
+                &format!("/v1/users/{}/inbox?limit=1000", s.recipient),
+            )
+            .is_some_and(|v| v.to_string().contains(&s.event_id))
+        })
+        .map(|s| s.event_id.as_str())
+        .collect();
+    if !parked.is_empty() {
+        eprintln!(
+            "nemesis: {} events for connected users wait in their inboxes: {parked:?}",
+            parked.len()
+        );
+    }
+    let (_, reconnects) = live.stop();
     for line in &report {
         eprintln!("nemesis: {line}");
     }
     eprintln!(
-        "nemesis: {} events accepted (202), {} requests refused during faults, lost {}",
+        "nemesis: {} events accepted (202), {to_live} of them to connected users ({reconnects} reconnects), {} requests refused during faults, lost {}",
         sent.len(),
         refused.load(Ordering::Relaxed),
         lost.len()

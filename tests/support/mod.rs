@@ -665,7 +665,12 @@ impl Client {
     }
 
     pub async fn connect_with(node: &Node, user: u64, protocol: Option<&str>) -> Client {
-        let mut req = node.ws_url(user).into_client_request().expect("request");
+        Self::connect_url(&node.ws_url(user), user, protocol).await
+    }
+
+    /// Connects to a WebSocket URL (`ws://host:port/v1/ws?user=ID`).
+    pub async fn connect_url(url: &str, user: u64, protocol: Option<&str>) -> Client {
+        let mut req = url.into_client_request().expect("request");
         if let Some(p) = protocol {
             req.headers_mut()
                 .insert("sec-websocket-protocol", p.parse().expect("header"));
