@@ -228,6 +228,13 @@ async fn a_feed_made_by_a_write_expires_without_being_read() {
     })
     .await;
     assert!(ttl > 29 * 86_400 && ttl <= 30 * 86_400, "{ttl}");
+    // Both likes in, then exactly two entries (the marker is not one).
+    eventually("both likes in the feed", || async {
+        let t = redis.cmd("HLEN h:{u:9}:fd").unwrap_or_default();
+        let n: usize = t.trim().trim_start_matches(':').parse().ok()?;
+        (n >= 3).then_some(())
+    })
+    .await;
     let p = feed(&node, 9, "").await;
     assert_eq!(ids(&p).len(), 2, "the marker is not an entry: {p}");
     assert_eq!(p["unread"], 2, "{p}");

@@ -381,6 +381,16 @@ impl Log {
     pub fn checkpoints(&self) -> &Arc<Checkpoints> {
         &self.inner.checkpoints
     }
+
+    /// Retention of `partition` keeps every segment holding records at or
+    /// past `offset` (whatever its age or size limits say) until this is
+    /// moved on. Without a hold, retention follows its limits alone.
+    pub fn hold_retention(&self, partition: u32, offset: u64) -> Result<()> {
+        self.part(partition)?
+            .retention_floor
+            .store(offset, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
 }
 
 impl Inner {

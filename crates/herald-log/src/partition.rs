@@ -45,6 +45,10 @@ pub struct Partition {
     pub state: RwLock<PartitionState>,
     /// One past the last readable offset, for tailing readers.
     pub end_tx: watch::Sender<u64>,
+    /// Retention keeps every segment with records at or past this offset
+    /// (`u64::MAX`: no hold). A replicated partition holds retention at its
+    /// snapshot, so what retention removes is always already in it.
+    pub retention_floor: std::sync::atomic::AtomicU64,
 }
 
 impl Partition {
@@ -55,6 +59,7 @@ impl Partition {
             dir,
             state: RwLock::new(state),
             end_tx: watch::channel(end).0,
+            retention_floor: std::sync::atomic::AtomicU64::new(u64::MAX),
         }
     }
 

@@ -184,6 +184,32 @@ async fn retention_deletes_old_segments_but_respects_consumers() {
 }
 
 #[tokio::test]
+async fn a_retention_hold_keeps_every_segment_with_records_past_it() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(1);
+    c.retention_bytes = Some(1);
+    c.retention_ms = None;
+    c.retention_respects_consumers = false;
+    let log = open(d.path(), c.clone());
+    log.hold_retention(0, 2000).unwrap();
+    for i in 0..100u64 {
+        log.append(0, (i * 50..i * 50 + 50).map(rec).collect())
+            .await
+            .unwrap();
+    }
+    log.enforce_retention().await.unwrap();
+    let (start, _) = log.bounds(0).unwrap();
+    assert!(start > 0 && start <= 2000, "start offset {start}");
+    assert_eq!(log.read(0, 2000, 10).unwrap()[0].payload, rec(2000));
+    // Moved on: retention follows its limits up to the new hold.
+    log.hold_retention(0, 4500).unwrap();
+    log.enforce_retention().await.unwrap();
+    let (later, _) = log.bounds(0).unwrap();
+    assert!(later > 2000 && later <= 4500, "start offset {later}");
+    assert!(log.hold_retention(7, 0).is_err(), "an unknown partition");
+}
+
+#[tokio::test]
 async fn interval_and_os_modes_serve_reads() {
     for durability in [
         Durability::Interval {

@@ -163,7 +163,10 @@ impl Replicas {
                 heartbeat_interval: cfg.heartbeat.as_millis() as u64,
                 election_timeout_min: min,
                 election_timeout_max: max,
+                // Snapshots are built by the retention loop at the start it
+                // chooses, and Raft forgets only what retention removed.
                 snapshot_policy: openraft::SnapshotPolicy::Never,
+                max_in_snapshot_log_to_keep: u64::MAX,
                 max_payload_entries: 256,
                 ..Default::default()
             }
@@ -181,12 +184,21 @@ impl Replicas {
                 continue;
             }
             let pdir = dir.join(format!("p-{p:05}"));
-            let (l, d) = (log.clone(), pdir.clone());
-            let store = tokio::task::spawn_blocking(move || PartitionStore::open(l, p, d))
+            std::fs::create_dir_all(&pdir).map_err(|e| format!("{}: {e}", pdir.display()))?;
+            let start =
+                crate::machine::load_start(&pdir).map_err(|e| format!("partition {p}: {e}"))?;
+            let (l, d, s) = (
+                log.clone(),
+                pdir.clone(),
+                start.as_ref().and_then(|s| s.last()),
+            );
+            let store = tokio::task::spawn_blocking(move || PartitionStore::open(l, p, d, s))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("partition {p}: {e}"))?;
-            let machine = Machine::open(pdir, store.last_log_id());
+            let machine = Machine::open(pdir, store.last_log_id(), start);
+            let (start_cell, want_cell) = machine.cells();
+            let retain_store = store.clone();
             let committed = machine.committed();
             let net = Network {
                 transport: transport.clone(),
@@ -216,6 +228,14 @@ impl Replicas {
             ));
             let (tx, rx) = mpsc::channel(QUEUE);
             tokio::spawn(crate::propose::propose_loop(p, raft.clone(), rx));
+            tokio::spawn(crate::retain::retain_loop(crate::retain::Retain {
+                partition: p,
+                raft: raft.clone(),
+                store: retain_store,
+                log: log.clone(),
+                start: start_cell,
+                want: want_cell,
+            }));
             groups.push(Some(Group {
                 raft,
                 committed,
@@ -283,6 +303,16 @@ impl Replicas {
         let m = m.borrow();
         (m.state == ServerState::Leader && m.current_leader == Some(self.me))
             .then_some(m.current_term)
+    }
+
+    /// The Raft index of the last entry this replica's group no longer
+    /// holds (retention removed it; followers further behind are sent the
+    /// start instead), if any.
+    pub fn purged(&self, partition: u32) -> Option<u64> {
+        let g = self.group(partition).ok()??;
+        let m = g.raft.metrics();
+        let purged = m.borrow().purged;
+        purged.map(|l| l.index)
     }
 
     /// A receiver of `partition`'s committed position (on a replica).

@@ -11,13 +11,14 @@ mod init;
 pub mod machine;
 pub mod net;
 mod propose;
+mod retain;
 pub mod store;
 mod tail;
 pub mod types;
 pub mod view;
 
 pub use group::{PeerAddr, ReplicaConfig, ReplicaError, Replicas};
-pub use machine::Committed;
+pub use machine::{Committed, Start};
 pub use store::PartitionStore;
 pub use types::{node_id, NodeId, Placed, Proposal, TypeConfig};
 pub use view::{ClusterView, NodeReport, PartitionView};

@@ -74,30 +74,43 @@ pub struct PartitionStore {
 }
 
 impl PartitionStore {
-    /// Opens the store of `partition` in `log`, keeping its vote in `dir`.
-    /// Blocking: scans the partition's entries once.
-    pub fn open(log: Log, partition: u32, dir: PathBuf) -> Result<PartitionStore, StorageError> {
+    /// Opens the store of `partition` in `log`, keeping its vote in `dir`;
+    /// `start` is the replica's snapshot (entries up to it are covered and
+    /// skipped). Blocking: scans the partition's entries once.
+    pub fn open(
+        log: Log,
+        partition: u32,
+        dir: PathBuf,
+        start: Option<LogId>,
+    ) -> Result<PartitionStore, StorageError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageIOError::read_logs(openraft::AnyError::new(&e)))?;
+        let gap = |what: String| -> StorageError {
+            let err = std::io::Error::other(format!("partition {partition}: {what}"));
+            StorageIOError::read_logs(openraft::AnyError::new(&err)).into()
+        };
         let mut locs = Locs::default();
         let mut hint = 0u64;
+        let after = start.map_or(0, |s| s.index + 1);
         let mut next: Option<u64> = None;
         loop {
             let got = log
-                .read_entries(partition, hint, next.unwrap_or(0), READ_BYTES)
+                .read_entries(partition, hint, next.unwrap_or(after), READ_BYTES)
                 .map_err(|e| StorageIOError::read_logs(openraft::AnyError::new(&e)))?;
             let Some(last) = got.last() else { break };
             hint = last.base_offset;
             for e in &got {
+                if e.meta.index < after {
+                    continue;
+                }
                 match next {
                     None => locs.first = e.meta.index,
                     Some(n) if n != e.meta.index => {
-                        let err = std::io::Error::other(format!(
-                            "partition {partition}: Raft entry {} follows {}: the log lost entries",
+                        return Err(gap(format!(
+                            "Raft entry {} follows {}: the log lost entries",
                             e.meta.index,
                             n - 1
-                        ));
-                        return Err(StorageIOError::read_logs(openraft::AnyError::new(&err)).into());
+                        )));
                     }
                     Some(_) => {}
                 }
@@ -109,7 +122,19 @@ impl PartitionStore {
                 });
             }
         }
-        if locs.first > 0 {
+        if let Some(s) = start {
+            // The log continues right after its start (retention never
+            // removes past it).
+            if locs.at.is_empty() {
+                locs.first = after;
+            } else if locs.first != after {
+                return Err(gap(format!(
+                    "the log starts at entry {} but its snapshot ends at {}",
+                    locs.first, s.index
+                )));
+            }
+            locs.purged = Some(s);
+        } else if locs.first > 0 {
             // Retention removed the front: what came before is "purged".
             if let Some(l) = locs.at.front() {
                 locs.purged = Some(log_id(l.term, l.leader, locs.first - 1));
@@ -128,6 +153,30 @@ impl PartitionStore {
             locs: Arc::new(RwLock::new(locs)),
             tail: Arc::default(),
         })
+    }
+
+    /// The last entry all of whose records lie below `offset`, with the
+    /// offset the next entry starts at: where a snapshot may start so that
+    /// nothing at or past `offset` is covered.
+    pub(crate) fn boundary_below(&self, offset: u64) -> Option<(LogId, u64)> {
+        let l = self.locs();
+        let k = l.at.partition_point(|x| x.base <= offset);
+        let i = k.checked_sub(2)?;
+        let (at, next) = (l.at[i], l.at[i + 1]);
+        Some((log_id(at.term, at.leader, l.first + i as u64), next.base))
+    }
+
+    /// The Raft index of the first entry the log still holds (retention
+    /// removes whole segments from the front).
+    pub(crate) fn first_held(&self) -> Option<u64> {
+        let (start, _) = self.log.bounds(self.partition).ok()?;
+        let got = self.log.read_entries(self.partition, start, 0, 1).ok()?;
+        got.first().map(|e| e.meta.index)
+    }
+
+    /// The last entry Raft forgot (purged).
+    pub(crate) fn purged(&self) -> Option<LogId> {
+        self.locs().purged
     }
 
     fn locs(&self) -> std::sync::RwLockReadGuard<'_, Locs> {

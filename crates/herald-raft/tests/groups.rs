@@ -46,7 +46,19 @@ async fn serve(
         .map_err(|e| (StatusCode::BAD_REQUEST, e))
 }
 
+fn log_config() -> LogConfig {
+    LogConfig {
+        partitions: 2,
+        replicated: true,
+        ..LogConfig::default()
+    }
+}
+
 async fn cluster(n: usize) -> Vec<Node> {
+    cluster_with(n, log_config()).await
+}
+
+async fn cluster_with(n: usize, log_cfg: LogConfig) -> Vec<Node> {
     let mut listeners = Vec::new();
     let mut peers = Vec::new();
     for i in 0..n {
@@ -59,44 +71,58 @@ async fn cluster(n: usize) -> Vec<Node> {
     }
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
-        let slot: Slot = Arc::new(OnceCell::new());
-        let app = axum::Router::new().fallback(serve).with_state(slot.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(l, app).await;
-        });
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(
-            &dir.path().join("log"),
-            LogConfig {
-                partitions: 2,
-                replicated: true,
-                ..LogConfig::default()
-            },
-        )
-        .unwrap();
-        let cfg = ReplicaConfig {
-            node: peers[i].name.clone(),
-            peers: peers.clone(),
-            factor: 3,
-            cluster_key: "k".into(),
-            heartbeat: Duration::from_millis(100),
-            election: Duration::from_millis(500),
-            commit_timeout: Duration::from_secs(3),
-            role: "ingest".into(),
-        };
-        let replicas = Replicas::start(cfg, log.clone(), dir.path().join("raft"))
-            .await
-            .unwrap();
-        let _ = slot.set(replicas.clone());
-        nodes.push(Node {
-            name: peers[i].name.clone(),
-            log,
-            replicas,
-            server,
-            _dir: dir,
-        });
+        nodes.push(start_node(&peers, i, l, dir, log_cfg.clone()).await);
     }
     nodes
+}
+
+/// Starts node `i` of `peers` on listener `l` with its files in `dir`.
+async fn start_node(
+    peers: &[PeerAddr],
+    i: usize,
+    l: tokio::net::TcpListener,
+    dir: tempfile::TempDir,
+    log_cfg: LogConfig,
+) -> Node {
+    let slot: Slot = Arc::new(OnceCell::new());
+    let app = axum::Router::new().fallback(serve).with_state(slot.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    let log = Log::open(&dir.path().join("log"), log_cfg).unwrap();
+    let cfg = ReplicaConfig {
+        node: peers[i].name.clone(),
+        peers: peers.to_vec(),
+        factor: 3,
+        cluster_key: "k".into(),
+        heartbeat: Duration::from_millis(100),
+        election: Duration::from_millis(500),
+        commit_timeout: Duration::from_secs(3),
+        role: "ingest".into(),
+    };
+    let replicas = Replicas::start(cfg, log.clone(), dir.path().join("raft"))
+        .await
+        .unwrap();
+    let _ = slot.set(replicas.clone());
+    Node {
+        name: peers[i].name.clone(),
+        log,
+        replicas,
+        server,
+        _dir: dir,
+    }
+}
+
+/// Stops `n` (its groups, its listener, its log); its files stay.
+async fn stop_node(n: Node) -> tempfile::TempDir {
+    n.replicas.shutdown().await;
+    n.server.abort();
+    let _ = n.server.await;
+    n.log.close().await.unwrap();
+    drop(n.replicas);
+    drop(n.log);
+    n._dir
 }
 
 /// The index of the node leading `p`, waiting up to `within`.
@@ -225,4 +251,146 @@ async fn proposals_commit_on_a_majority_and_survive_the_leaders_loss() {
     );
     alone.replicas.shutdown().await;
     drop(gone.log);
+}
+
+/// The records `node` holds in `p`, from the first it still has.
+fn held(node: &Node, p: u32) -> Vec<(u64, Bytes)> {
+    let (start, _) = node.log.bounds(p).unwrap();
+    let mut out = Vec::new();
+    let mut from = start;
+    loop {
+        let got = node.log.read(p, from, 1 << 20).unwrap();
+        let Some(last) = got.last() else { break };
+        from = last.offset + 1;
+        out.extend(got.into_iter().map(|r| (r.offset, r.payload)));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_behind_the_leaders_retention_continues_from_its_start() {
+    let log_cfg = LogConfig {
+        partitions: 1,
+        replicated: true,
+        segment_bytes: 16 * 1024,
+        retention_bytes: Some(1),
+        retention_check_ms: 100,
+        ..LogConfig::default()
+    };
+    let mut nodes = cluster_with(3, log_cfg.clone()).await;
+    let peers: Vec<PeerAddr> = nodes
+        .iter()
+        .map(|n| n.replicas.replicas_of(0))
+        .next()
+        .unwrap();
+    let l = leader_of(&nodes, 0, Duration::from_secs(10)).await;
+    let f = (l + 1) % 3;
+    let lead_name = nodes[l].name.clone();
+    // A follower goes, with its disk.
+    let victim = nodes.remove(f);
+    let victim_name = victim.name.clone();
+    let victim_i = peers.iter().position(|p| p.name == victim_name).unwrap();
+    let addr = peers[victim_i].addr.clone();
+    drop(stop_node(victim).await);
+    let l = nodes.iter().position(|n| n.name == lead_name).unwrap();
+    // The others take more than retention keeps (16 KiB segments).
+    let body = "x".repeat(200);
+    let mut last = Bytes::new();
+    for k in 0..100 {
+        let r: Vec<Bytes> = (0..5)
+            .map(|i| Bytes::from(format!("r{k}-{i}-{body}")))
+            .collect();
+        last = r[4].clone();
+        nodes[l].replicas.propose(0, r).await.unwrap();
+    }
+    // Fan-out is done with everything: retention may remove it.
+    let start = Instant::now();
+    loop {
+        for n in &nodes {
+            let (_, end) = n.log.bounds(0).unwrap();
+            n.log.checkpoints().commit("fanout", 0, end).unwrap();
+            n.log.enforce_retention().await.unwrap();
+        }
+        // Removed on the leader's disk, and forgotten by its group.
+        if nodes[l].log.bounds(0).unwrap().0 > 0 && nodes[l].replicas.purged(0).is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "retention never removed a segment on the leader ({:?})",
+            nodes[l].log.bounds(0)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader_first = nodes[l].log.bounds(0).unwrap().0;
+    // The follower comes back empty; the entries it would need are gone.
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let back = start_node(
+        &peers,
+        victim_i,
+        listener,
+        tempfile::tempdir().unwrap(),
+        log_cfg.clone(),
+    )
+    .await;
+    let start = Instant::now();
+    loop {
+        let got = held(&back, 0);
+        if got.last().map(|r| &r.1) == Some(&last) {
+            let (first, _) = got[0];
+            assert!(
+                first >= leader_first,
+                "it holds {first}, before the leader's {leader_first}"
+            );
+            let on_leader: Vec<_> = held(&nodes[l], 0)
+                .into_iter()
+                .filter(|r| r.0 >= first)
+                .collect();
+            assert_eq!(got, on_leader, "the refilled copy differs");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the wiped replica was never refilled (holds {} records)",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It counts in the majority: with the other follower gone, the leader
+    // still commits.
+    let other = nodes.iter().position(|n| n.name != lead_name).unwrap();
+    let other = nodes.remove(other);
+    drop(stop_node(other).await);
+    let l = nodes.iter().position(|n| n.name == lead_name).unwrap();
+    nodes[l]
+        .replicas
+        .propose(0, vec![Bytes::from("after")])
+        .await
+        .unwrap();
+    // And it opens again from its start after a restart.
+    let dir = stop_node(back).await;
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let back = start_node(&peers, victim_i, listener, dir, log_cfg).await;
+    let start = Instant::now();
+    loop {
+        match nodes[l]
+            .replicas
+            .propose(0, vec![Bytes::from("again")])
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no commit with the restarted replica: {e}"
+            ),
+        }
+    }
+    assert_eq!(
+        held(&back, 0).last().map(|r| r.1.clone()),
+        Some(Bytes::from("again"))
+    );
+    back.replicas.shutdown().await;
+    for n in nodes {
+        n.replicas.shutdown().await;
+    }
 }

@@ -314,6 +314,9 @@ impl Writer {
             } else {
                 None
             };
+            let floor = part
+                .retention_floor
+                .load(std::sync::atomic::Ordering::Acquire);
             loop {
                 let victim = {
                     let st = part.read_state();
@@ -329,7 +332,8 @@ impl Writer {
                         .retention_ms
                         .is_some_and(|ms| seg.max_ts < now - ms as i64);
                     let too_big = self.cfg.retention_bytes.is_some_and(|b| total > b);
-                    let needed = keep_from.is_some_and(|k| seg.next_offset > k);
+                    let needed =
+                        keep_from.is_some_and(|k| seg.next_offset > k) || seg.next_offset > floor;
                     if (too_old || too_big) && !needed {
                         Some(seg.base)
                     } else {

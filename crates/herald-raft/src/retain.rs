@@ -1,0 +1,110 @@
+//! Retention on a replicated partition. Every few seconds, per replica:
+//!
+//! 1. the replica's start (its snapshot) moves on to the last entry that
+//!    fan-out no longer needs (the partition's lowest local checkpoint, at
+//!    most the committed end), saved before it is used;
+//! 2. the log's retention is held at that start, so a segment is removed
+//!    only once the start covers it;
+//! 3. Raft is told what retention removed (it "purges" up to the first
+//!    entry still held), so a follower further behind is sent the start
+//!    (a snapshot) and continues from it instead of waiting for entries
+//!    that are gone.
+
+use std::time::Duration;
+
+use herald_log::Log;
+
+use crate::machine::{lock, StartCell, WantCell};
+use crate::store::PartitionStore;
+use crate::types::Raft;
+
+/// How often the start moves on and Raft hears what retention removed.
+const EVERY: Duration = Duration::from_secs(2);
+/// The longest wait for Raft to build a snapshot asked for.
+const BUILD_WAIT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Retain {
+    pub partition: u32,
+    pub raft: Raft,
+    pub store: PartitionStore,
+    pub log: Log,
+    pub start: StartCell,
+    pub want: WantCell,
+}
+
+pub(crate) async fn retain_loop(r: Retain) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !r.log.is_open() {
+            return;
+        }
+        let held = lock(&r.start).as_ref().map_or(0, |s| s.next_offset);
+        if r.log.hold_retention(r.partition, held).is_err() {
+            return;
+        }
+        match r.step().await {
+            Ok(()) => {}
+            // The group stopped.
+            Err(()) => return,
+        }
+    }
+}
+
+impl Retain {
+    async fn step(&self) -> Result<(), ()> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.running_state.is_err() {
+            return Err(());
+        }
+        // What fan-out still needs, else everything committed.
+        let committed = m.last_applied;
+        let needed = self.log.checkpoints().min_committed(self.partition);
+        let end = self
+            .store
+            .boundary_below(u64::MAX)
+            .map(|(_, next)| next)
+            .unwrap_or(0);
+        let upto = needed.unwrap_or(end);
+        let current = lock(&self.start).as_ref().and_then(|s| s.last());
+        if let Some((id, next_offset)) = self.store.boundary_below(upto) {
+            if Some(id) <= committed && Some(id) > current {
+                *lock(&self.want) = Some((id, next_offset));
+                self.raft.trigger().snapshot().await.map_err(|_| ())?;
+                let mut metrics = self.raft.metrics();
+                let built = tokio::time::timeout(BUILD_WAIT, async {
+                    loop {
+                        if metrics.borrow().snapshot >= Some(id) {
+                            return true;
+                        }
+                        if metrics.changed().await.is_err() {
+                            return false;
+                        }
+                    }
+                })
+                .await;
+                if matches!(built, Ok(true)) {
+                    if let Some(s) = lock(&self.start).as_ref() {
+                        let _ = self.log.hold_retention(self.partition, s.next_offset);
+                    }
+                } else {
+                    tracing::debug!(
+                        partition = self.partition,
+                        "a snapshot asked for was not built in time"
+                    );
+                }
+            }
+        }
+        // Raft forgets what retention removed (never past the start).
+        if let Some(first) = self.store.first_held() {
+            let gone = first.checked_sub(1);
+            if let Some(upto) = gone {
+                if self.store.purged().map(|p| p.index) < Some(upto) {
+                    self.raft.trigger().purge_log(upto).await.map_err(|_| ())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
