@@ -591,6 +591,13 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
         refused.load(Ordering::Relaxed),
         lost.len()
     );
+    if !lost.is_empty() {
+        // The nodes' logs stay for whoever reads this failure.
+        for n in c.nodes.iter_mut() {
+            eprintln!("nemesis: node data kept in {}", n.data.display());
+            n.keep_files();
+        }
+    }
     assert!(
         lost.is_empty(),
         "{} accepted events never delivered, e.g. {:?}",

@@ -13,6 +13,8 @@ use super::Relay;
 /// A subscription silent this long (the node pings itself every second)
 /// is made again.
 const SILENT: Duration = Duration::from_secs(4);
+/// A look at the subscription this late means the process itself stalled.
+const STALLED: Duration = Duration::from_secs(2);
 
 pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
     let mut wait = Duration::from_millis(100);
@@ -39,6 +41,8 @@ pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
                     r.heard();
                 }
                 let mut look = tokio::time::interval(Duration::from_secs(1));
+                look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut looked = std::time::Instant::now();
                 loop {
                     tokio::select! {
                         msg = sub.next() => {
@@ -51,6 +55,18 @@ pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
                         }
                         _ = look.tick() => {
                             let Some(r) = relay.upgrade() else { return };
+                            // This process did not run for a while (frozen,
+                            // starved): its pings were not sent, and what
+                            // arrived meanwhile waits unread in the
+                            // subscription, so it is given time to read it
+                            // rather than dropped.
+                            let gap = looked.elapsed();
+                            looked = std::time::Instant::now();
+                            if gap > STALLED {
+                                tracing::info!(stalled_ms = gap.as_millis() as u64, "this node did not run for a while; reading what its subscription holds");
+                                r.heard();
+                                continue;
+                            }
                             if r.silent_for() > SILENT {
                                 tracing::warn!(silent_ms = r.silent_for().as_millis() as u64, "relay subscription silent (its own pings stopped arriving); subscribing again");
                                 metrics::counter!("herald_relay_resubscribed_total").increment(1);
