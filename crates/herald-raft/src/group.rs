@@ -117,6 +117,8 @@ pub enum ReplicaError {
 
 pub(crate) struct Group {
     pub(crate) raft: Raft,
+    /// This replica is empty and waits to be refilled: it grants no vote.
+    refilling: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) committed: watch::Receiver<Committed>,
     proposer: mpsc::Sender<Pending>,
 }
@@ -213,6 +215,7 @@ impl Replicas {
             )
             .await
             .map_err(|e| format!("partition {p}: {e}"))?;
+            let refilling = Arc::new(std::sync::atomic::AtomicBool::new(false));
             tokio::spawn(crate::init::form(
                 raft.clone(),
                 transport.clone(),
@@ -224,6 +227,7 @@ impl Replicas {
                         .filter_map(|id| peers.get(id).map(|pa| (*id, pa.clone())))
                         .collect(),
                     preferred: cfg.preferred_leader(p),
+                    refilling: refilling.clone(),
                 },
             ));
             let (tx, rx) = mpsc::channel(QUEUE);
@@ -238,6 +242,7 @@ impl Replicas {
             }));
             groups.push(Some(Group {
                 raft,
+                refilling,
                 committed,
                 proposer: tx,
             }));
@@ -315,6 +320,12 @@ impl Replicas {
         purged.map(|l| l.index)
     }
 
+    /// Whether this replica of `partition` is empty and waits for its
+    /// leader to refill it (it grants no vote meanwhile).
+    pub fn refilling(&self, partition: u32) -> bool {
+        matches!(self.group(partition), Ok(Some(g)) if g.refilling.load(std::sync::atomic::Ordering::Acquire))
+    }
+
     /// A receiver of `partition`'s committed position (on a replica).
     pub fn committed(&self, partition: u32) -> Option<watch::Receiver<Committed>> {
         Some(self.group(partition).ok()??.committed.clone())
@@ -389,7 +400,18 @@ impl Replicas {
                 enc(rmp_serde::to_vec_named(&g.raft.append_entries(req).await))
             }
             "vote" => {
-                let req = rmp_serde::from_slice(body).map_err(bad)?;
+                let req: openraft::raft::VoteRequest<NodeId> =
+                    rmp_serde::from_slice(body).map_err(bad)?;
+                // A vote for nobody while empty and waiting for the leader.
+                if g.refilling.load(std::sync::atomic::Ordering::Acquire) {
+                    // Refused with this replica's own (lower) vote: the
+                    // candidate counts it as a refusal and goes on.
+                    metrics::counter!("herald_raft_votes_withheld_total").increment(1);
+                    let vote = g.raft.metrics().borrow().vote;
+                    let no = openraft::raft::VoteResponse::new(vote, None, false);
+                    let r: Result<_, openraft::error::RaftError<NodeId>> = Ok(no);
+                    return enc(rmp_serde::to_vec_named(&r));
+                }
                 enc(rmp_serde::to_vec_named(&g.raft.vote(req).await))
             }
             "snapshot" => {

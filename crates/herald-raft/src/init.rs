@@ -6,9 +6,13 @@
 //! of the others. So a pristine replica initializes only once a majority
 //! of its replica set (itself included) answers that they are pristine
 //! too, and none that it holds entries; otherwise it waits, and the
-//! leader refills it.
+//! leader refills it, granting no vote meanwhile (a vote it cast before
+//! losing its disk is forgotten; voting again in that term could elect a
+//! second leader).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::RaftError;
@@ -29,6 +33,9 @@ pub(crate) struct Formation {
     /// The replica that should lead: it forms the group (and so wins the
     /// first election); the others form it only if it stays unreachable.
     pub preferred: NodeId,
+    /// Set while this replica is empty and waits for a group that exists
+    /// elsewhere: it grants no vote until the leader has refilled it.
+    pub refilling: Arc<AtomicBool>,
 }
 
 /// How long the others wait for an unreachable preferred leader before
@@ -45,6 +52,7 @@ pub(crate) async fn form(raft: Raft, transport: Transport, f: Formation) {
     let started = std::time::Instant::now();
     loop {
         if raft.is_initialized().await.unwrap_or(true) {
+            f.refilling.store(false, Ordering::Release);
             return;
         }
         let mut pristine = 1; // this replica
@@ -63,6 +71,9 @@ pub(crate) async fn form(raft: Raft, transport: Transport, f: Formation) {
         }
         if !formed.is_empty() {
             // The group exists: its leader will send this replica the log.
+            // Until then it votes for nobody: it may have voted in the
+            // current term before it lost its disk, and must not vote twice.
+            f.refilling.store(true, Ordering::Release);
             if !said_waiting {
                 tracing::info!(
                     partition = p,

@@ -394,3 +394,80 @@ async fn a_replica_behind_the_leaders_retention_continues_from_its_start() {
         n.replicas.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_replica_grants_no_vote_until_it_is_refilled() {
+    let mut nodes = cluster(3).await;
+    let peers = nodes[0].replicas.replicas_of(0);
+    let l = leader_of(&nodes, 0, Duration::from_secs(10)).await;
+    for k in 0..5 {
+        nodes[l]
+            .replicas
+            .propose(0, recs(&format!("v{k}"), 2))
+            .await
+            .unwrap();
+    }
+    let lead_name = nodes[l].name.clone();
+    let lead_i = peers.iter().position(|p| p.name == lead_name).unwrap();
+    let w = (l + 1) % 3;
+    let wiped_name = nodes[w].name.clone();
+    let wiped_i = peers.iter().position(|p| p.name == wiped_name).unwrap();
+    // The leader stops (its disk kept) and a follower loses its disk.
+    let gone = nodes.remove(l);
+    let lead_dir = stop_node(gone).await;
+    let w = nodes.iter().position(|n| n.name == wiped_name).unwrap();
+    drop(stop_node(nodes.remove(w)).await);
+    let listener = tokio::net::TcpListener::bind(&peers[wiped_i].addr)
+        .await
+        .unwrap();
+    let wiped = start_node(
+        &peers,
+        wiped_i,
+        listener,
+        tempfile::tempdir().unwrap(),
+        log_config(),
+    )
+    .await;
+    let start = Instant::now();
+    while !wiped.replicas.refilling(0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the empty replica never saw the group exists"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Asked for a vote in a term far ahead, it grants none.
+    let survivor = &nodes[0];
+    let req = openraft::raft::VoteRequest::<u64>::new(
+        openraft::Vote::new(1_000, survivor.replicas.id()),
+        None,
+    );
+    let body = rmp_serde::to_vec_named(&req).unwrap();
+    let answer = wiped.replicas.serve(0, "vote", &body).await.unwrap();
+    let answer: Result<openraft::raft::VoteResponse<u64>, openraft::error::RaftError<u64>> =
+        rmp_serde::from_slice(&answer).unwrap();
+    assert!(!answer.unwrap().vote_granted, "an empty replica voted");
+    // The old leader returns: a leader is elected without the empty
+    // replica's vote, refills it, and from then on it votes.
+    let listener = tokio::net::TcpListener::bind(&peers[lead_i].addr)
+        .await
+        .unwrap();
+    let back = start_node(&peers, lead_i, listener, lead_dir, log_config()).await;
+    let got = records_on(&wiped, 0, 10).await;
+    assert_eq!(
+        got.len(),
+        10,
+        "the refilled replica holds every committed record"
+    );
+    let start = Instant::now();
+    while wiped.replicas.refilling(0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still refusing votes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in [back, wiped].iter().chain(nodes.iter()) {
+        n.replicas.shutdown().await;
+    }
+}
