@@ -192,7 +192,9 @@ impl Replicas {
             let (l, d, s) = (
                 log.clone(),
                 pdir.clone(),
-                start.as_ref().and_then(|s| s.last()),
+                start
+                    .as_ref()
+                    .and_then(|s| s.last().map(|id| (id, s.next_offset))),
             );
             let store = tokio::task::spawn_blocking(move || PartitionStore::open(l, p, d, s))
                 .await

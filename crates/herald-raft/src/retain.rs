@@ -32,6 +32,14 @@ pub(crate) struct Retain {
     pub want: WantCell,
 }
 
+/// Holds retention so that the entry right after a start whose records
+/// continue at `next_offset` stays: an entry without records (a new
+/// leader's blank entry) there sits at `next_offset` in the segment that
+/// ends at it, which is kept too.
+fn hold(log: &Log, partition: u32, next_offset: u64) -> herald_log::Result<()> {
+    log.hold_retention(partition, next_offset.saturating_sub(1))
+}
+
 pub(crate) async fn retain_loop(r: Retain) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -41,7 +49,7 @@ pub(crate) async fn retain_loop(r: Retain) {
             return;
         }
         let held = lock(&r.start).as_ref().map_or(0, |s| s.next_offset);
-        if r.log.hold_retention(r.partition, held).is_err() {
+        if hold(&r.log, r.partition, held).is_err() {
             return;
         }
         match r.step().await {
@@ -86,7 +94,7 @@ impl Retain {
                 .await;
                 if matches!(built, Ok(true)) {
                     if let Some(s) = lock(&self.start).as_ref() {
-                        let _ = self.log.hold_retention(self.partition, s.next_offset);
+                        let _ = hold(&self.log, self.partition, s.next_offset);
                     }
                 } else {
                     tracing::debug!(

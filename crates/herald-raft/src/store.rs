@@ -75,14 +75,18 @@ pub struct PartitionStore {
 
 impl PartitionStore {
     /// Opens the store of `partition` in `log`, keeping its vote in `dir`;
-    /// `start` is the replica's snapshot (entries up to it are covered and
-    /// skipped). Blocking: scans the partition's entries once.
+    /// `start` is the replica's snapshot: the last entry it covers and the
+    /// offset the log continues at (entries up to it are skipped). Blocking: scans the partition's entries once.
     pub fn open(
         log: Log,
         partition: u32,
         dir: PathBuf,
-        start: Option<LogId>,
+        start: Option<(LogId, u64)>,
     ) -> Result<PartitionStore, StorageError> {
+        let (start, start_offset) = match start {
+            Some((id, offset)) => (Some(id), offset),
+            None => (None, 0),
+        };
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageIOError::read_logs(openraft::AnyError::new(&e)))?;
         let gap = |what: String| -> StorageError {
@@ -90,7 +94,8 @@ impl PartitionStore {
             StorageIOError::read_logs(openraft::AnyError::new(&err)).into()
         };
         let mut locs = Locs::default();
-        let mut hint = 0u64;
+        // Entries after the start are at or after its offset.
+        let mut hint = start_offset;
         let after = start.map_or(0, |s| s.index + 1);
         let mut next: Option<u64> = None;
         loop {
