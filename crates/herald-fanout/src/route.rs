@@ -137,13 +137,7 @@ impl Worker {
             return;
         };
         let users: Vec<UserId> = written.iter().map(|(u, ..)| *u).collect();
-        if let Ok(holders) = relay.holders_any(&users).await {
-            for (u, nodes) in users.iter().zip(holders) {
-                for node in nodes {
-                    relay.poke(&node, *u);
-                }
-            }
-        }
+        relay.poke_holders(&users).await;
     }
 
     /// Hands a copy of `n` to each node in `nodes`, counted against its

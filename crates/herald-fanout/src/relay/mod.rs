@@ -243,9 +243,36 @@ impl Relay {
     /// because its node died reaches the user where it reconnected.
     pub async fn poke_everywhere(&self, user: UserId) {
         self.to_local(EdgeCommand::Poke { user });
-        if let Ok(h) = self.holders_any(&[user]).await {
-            for node in h.into_iter().flatten() {
-                self.poke(&node, user);
+        self.poke_holders(&[user]).await;
+    }
+
+    /// Tells every other node that presence says holds each of `users`
+    /// that their inbox has new entries. When presence cannot be read
+    /// (Redis failing over), every other node this node knows is told:
+    /// a poke a holder misses leaves the entry waiting while its user
+    /// stays connected.
+    pub async fn poke_holders(&self, users: &[UserId]) {
+        match self.holders_any(users).await {
+            Ok(holders) => {
+                for (u, nodes) in users.iter().zip(holders) {
+                    for node in nodes {
+                        self.poke(&node, *u);
+                    }
+                }
+            }
+            Err(e) => {
+                let nodes: Vec<String> = self
+                    .alive
+                    .read()
+                    .map(|a| a.keys().filter(|n| **n != self.node).cloned().collect())
+                    .unwrap_or_default();
+                tracing::debug!(error = %e, nodes = nodes.len(), "presence unreadable; poking every node");
+                metrics::counter!("herald_relay_pokes_broadcast_total").increment(1);
+                for node in &nodes {
+                    for u in users {
+                        self.poke(node, *u);
+                    }
+                }
             }
         }
     }
