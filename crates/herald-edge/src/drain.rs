@@ -157,6 +157,12 @@ impl Conn {
     pub(crate) async fn resync(&mut self) -> Result<bool, End> {
         match self.read_waiting(false).await {
             Some((snap, pulled)) => {
+                tracing::debug!(
+                    user = self.user,
+                    inbox = snap.items.len(),
+                    pulled = pulled.len(),
+                    "drained after a poke"
+                );
                 self.send_merged(snap.items, pulled);
                 Ok(true)
             }

@@ -341,6 +341,7 @@ impl Relay {
                 n,
             } => self.on_push(from, push, user, &n),
             Wire::Poke { user } => {
+                tracing::debug!(user, "poked by another node");
                 if let Some(edge) = self.edge.read().ok().and_then(|e| e.clone()) {
                     edge.send(EdgeCommand::Poke { user });
                 }
