@@ -322,7 +322,10 @@ async fn write_later(
                 return;
             };
             s.release(&settle);
-            tracing::debug!(user, "a refused push is in the inbox; its holders are poked");
+            tracing::debug!(
+                user,
+                "a refused push is in the inbox; its holders are poked"
+            );
             // In a cluster the user may have reconnected elsewhere since.
             if let Some(r) = s.relay() {
                 r.poke_everywhere(user).await;

@@ -117,6 +117,8 @@ pub enum ReplicaError {
 
 pub(crate) struct Group {
     pub(crate) raft: Raft,
+    /// Set while leadership is being handed to the preferred replica.
+    handing_over: Arc<std::sync::atomic::AtomicBool>,
     /// This replica is empty and waits to be refilled: it grants no vote.
     refilling: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) committed: watch::Receiver<Committed>,
@@ -242,8 +244,18 @@ impl Replicas {
                 start: start_cell,
                 want: want_cell,
             }));
+            let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            tokio::spawn(crate::balance::balance_loop(crate::balance::Balance {
+                partition: p,
+                me,
+                preferred: cfg.preferred_leader(p),
+                raft: raft.clone(),
+                election: cfg.election,
+                handing_over: handing_over.clone(),
+            }));
             groups.push(Some(Group {
                 raft,
+                handing_over,
                 refilling,
                 committed,
                 proposer: tx,
@@ -296,6 +308,15 @@ impl Replicas {
             .unwrap_or_default()
     }
 
+    /// The replica that should lead `partition` when all are up (leadership
+    /// goes back to it after a failover).
+    pub fn preferred(&self, partition: u32) -> Option<PeerAddr> {
+        self.sets.get(partition as usize)?;
+        self.peers
+            .get(&self.cfg.preferred_leader(partition))
+            .cloned()
+    }
+
     /// The leader of `partition` as this node knows it.
     pub fn leader(&self, partition: u32) -> Option<PeerAddr> {
         let g = self.group(partition).ok()??;
@@ -346,6 +367,13 @@ impl Replicas {
             return Err(ReplicaError::NotLeader {
                 partition,
                 leader: self.leader(partition),
+            });
+        }
+        if g.handing_over.load(std::sync::atomic::Ordering::Acquire) {
+            // Leadership is moving; the new leader is not known yet.
+            return Err(ReplicaError::NotLeader {
+                partition,
+                leader: None,
             });
         }
         let (reply, rx) = oneshot::channel();

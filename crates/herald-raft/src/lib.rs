@@ -5,6 +5,7 @@
 
 pub use openraft;
 
+mod balance;
 mod durable;
 pub mod group;
 mod init;

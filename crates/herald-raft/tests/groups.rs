@@ -471,3 +471,57 @@ async fn a_wiped_replica_grants_no_vote_until_it_is_refilled() {
         n.replicas.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_goes_back_to_the_preferred_replica() {
+    let mut nodes = cluster(3).await;
+    let peers = nodes[0].replicas.replicas_of(0);
+    let preferred = nodes[0].replicas.preferred(0).unwrap();
+    let pi = peers.iter().position(|p| p.name == preferred.name).unwrap();
+    let l = leader_of(&nodes, 0, Duration::from_secs(10)).await;
+    nodes[l].replicas.propose(0, recs("a", 3)).await.unwrap();
+    // The preferred replica goes; another leads.
+    let at = nodes.iter().position(|n| n.name == preferred.name).unwrap();
+    let dir = stop_node(nodes.remove(at)).await;
+    let l = leader_of(&nodes, 0, Duration::from_secs(10)).await;
+    let interim = nodes[l].replicas.leading(0).unwrap_or(0);
+    let start = Instant::now();
+    loop {
+        if nodes[l].replicas.propose(0, recs("b", 3)).await.is_ok() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no commit without it"
+        );
+    }
+    // It comes back: within a while it leads again, and takes writes.
+    let listener = tokio::net::TcpListener::bind(&preferred.addr)
+        .await
+        .unwrap();
+    let back = start_node(&peers, pi, listener, dir, log_config()).await;
+    let start = Instant::now();
+    // (A restarted leader believes in its old term until it hears of the
+    // newer one: only a later term counts.)
+    while back.replicas.leading(0).is_none_or(|t| t <= interim) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "leadership never went back to {}",
+            preferred.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("leadership back after {:?}", start.elapsed());
+    let start = Instant::now();
+    loop {
+        match back.replicas.propose(0, recs("c", 1)).await {
+            Ok(_) => break,
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(10), "{e}"),
+        }
+    }
+    assert_eq!(records_on(&back, 0, 7).await.len(), 7);
+    back.replicas.shutdown().await;
+    for n in &nodes {
+        n.replicas.shutdown().await;
+    }
+}
