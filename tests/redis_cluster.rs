@@ -263,3 +263,47 @@ async fn a_master_restarted_without_a_replica_is_served_again() {
     let (s, v) = node.get("/readyz").await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// A node of a cluster notices a Redis Cluster failover and has every
+/// connection drain its inbox: a poke published on the master that died
+/// may never have been passed on, and would leave an entry waiting while
+/// its user stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_makes_every_connection_drain() {
+    let mut cluster = RedisCluster::start_with_replicas(3, 1);
+    let seeds = cluster.seeds();
+    let node = Node::start(
+        &cluster.nodes[0],
+        &[
+            ("HERALD_REDIS__CLUSTER_NODES", seeds.as_str()),
+            ("HERALD_REDIS__TIMEOUT_MS", "1000"),
+            ("HERALD_SERVER__CLUSTER", "true"),
+            ("HERALD_SERVER__NODE_ID", "node-1"),
+            ("HERALD_SERVER__CLUSTER_KEY", "test-cluster-key"),
+        ],
+    );
+    let _online = Client::connect(&node, 1).await;
+    let failovers = |m: &serde_json::Value| {
+        m.as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("herald_relay_redis_failovers_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (_, m) = node.get("/metrics").await;
+    assert_eq!(failovers(&m), 0.0, "a failover seen before any");
+    let victim = cluster.master_of("h:{u:2}:ib");
+    cluster.nodes[victim].kill9();
+    let seen = eventually_long(Duration::from_secs(60), || async {
+        let (_, m) = node.get("/metrics").await;
+        (failovers(&m) >= 1.0).then_some(())
+    })
+    .await;
+    assert!(seen, "the failover was never noticed");
+    let log = std::fs::read_to_string(node.data.join("herald.log")).unwrap_or_default();
+    assert!(
+        log.contains("every connection told to drain its inbox"),
+        "the connections were not told to drain"
+    );
+}

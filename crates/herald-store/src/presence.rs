@@ -71,6 +71,21 @@ impl Store {
         Ok(was == Some(incarnation))
     }
 
+    /// The Redis Cluster's current epoch as one of its nodes reports it
+    /// (every failover raises it); `None` on a single Redis.
+    pub async fn cluster_epoch(&self) -> Result<Option<u64>> {
+        if !matches!(self.conn, crate::Conn::Cluster(_)) {
+            return Ok(None);
+        }
+        let mut p = crate::Batch::new();
+        p.cmd("CLUSTER").arg("INFO");
+        let (info,): (String,) = self.run(&p).await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("cluster_current_epoch:"))
+            .and_then(|v| v.trim().parse().ok()))
+    }
+
     /// The nodes alive now, with their incarnations.
     pub async fn nodes_alive(&self) -> Result<HashMap<String, u64>> {
         let mut p = crate::Batch::new();

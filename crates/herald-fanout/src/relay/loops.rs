@@ -86,6 +86,7 @@ pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
 pub(super) async fn heartbeat_loop(relay: Weak<Relay>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut first = true;
+    let mut epoch: Option<u64> = None;
     loop {
         tick.tick().await;
         let Some(r) = relay.upgrade() else { return };
@@ -108,21 +109,28 @@ pub(super) async fn heartbeat_loop(relay: Weak<Relay>) {
                     "this node's liveness had lapsed; every connection drains its inbox"
                 );
                 metrics::counter!("herald_relay_liveness_lapsed_total").increment(1);
-                r.to_local(EdgeCommand::PokeAll);
                 // And again once every other node has read this
                 // node's liveness back (they refresh it each second):
                 // until then they write its users' inboxes unpoked.
-                let later = Arc::downgrade(&r);
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    if let Some(r) = later.upgrade() {
-                        r.to_local(EdgeCommand::PokeAll);
-                    }
-                });
+                drain_all_twice(&r);
             }
             Err(e) => tracing::warn!(error = %e, "node liveness not written"),
         }
         first = false;
+        // A Redis Cluster failover loses what pub/sub had not passed on
+        // (a poke published on the master that died): every connection
+        // here drains once the cluster has a new configuration.
+        if let Ok(Some(e)) = r.store.cluster_epoch().await {
+            if epoch.is_some_and(|seen| e > seen) {
+                tracing::info!(
+                    epoch = e,
+                    "the Redis Cluster changed its configuration (a failover); every connection drains its inbox"
+                );
+                metrics::counter!("herald_relay_redis_failovers_total").increment(1);
+                drain_all_twice(&r);
+            }
+            epoch = Some(epoch.map_or(e, |seen| seen.max(e)));
+        }
         match r.store.nodes_alive().await {
             Ok(a) => {
                 metrics::gauge!("herald_relay_nodes_alive").set(a.len() as f64);
@@ -134,4 +142,17 @@ pub(super) async fn heartbeat_loop(relay: Weak<Relay>) {
         }
         r.sweep();
     }
+}
+
+/// Every connection here drains its inbox now, and again 2 s later (after
+/// writes other nodes were still retrying).
+fn drain_all_twice(r: &Arc<Relay>) {
+    r.to_local(EdgeCommand::PokeAll);
+    let later = Arc::downgrade(r);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Some(r) = later.upgrade() {
+            r.to_local(EdgeCommand::PokeAll);
+        }
+    });
 }
