@@ -557,8 +557,10 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
                     .iter()
                     .filter_map(|t| t.strip_prefix("seq ")?.parse().ok())
                     .collect();
+                // (An unkeyed event whose hand-over was retried after its
+                // answer was lost is there twice: at least once.)
                 assert!(
-                    seqs.windows(2).all(|w| w[0] < w[1]),
+                    seqs.windows(2).all(|w| w[0] <= w[1]),
                     "user {user}: the producer's events out of order: {seqs:?}"
                 );
             }
