@@ -7,6 +7,7 @@ pub use openraft;
 
 mod balance;
 mod durable;
+mod entry;
 pub mod group;
 mod init;
 pub mod machine;

@@ -6,12 +6,11 @@
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
-use herald_log::{EntryKind, EntryMeta, Log, NewEntry, StoredEntry};
+use herald_log::Log;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
@@ -19,7 +18,8 @@ use openraft::{
 };
 
 use crate::durable;
-use crate::types::{Entry, LogId, Proposal, StorageError, TypeConfig, Vote};
+use crate::entry::{range_of, to_entry, to_new};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// The most bytes one replication read gathers (a follower far behind
 /// catches up in steps of this size).
@@ -59,7 +59,7 @@ impl Locs {
     }
 }
 
-fn log_id(term: u64, leader: u64, index: u64) -> LogId {
+pub(crate) fn log_id(term: u64, leader: u64, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term, leader), index)
 }
 
@@ -277,74 +277,6 @@ impl PartitionStore {
         }
         Ok(out)
     }
-}
-
-fn to_entry(e: StoredEntry) -> Result<Entry, StorageError> {
-    let payload = match e.meta.kind {
-        EntryKind::Events => EntryPayload::Normal(Proposal {
-            base: e.base_offset,
-            ts: e.timestamp_ms,
-            records: e.records,
-        }),
-        EntryKind::Blank => EntryPayload::Blank,
-        EntryKind::Membership => {
-            let m = rmp_serde::from_slice(&e.body)
-                .map_err(|err| StorageIOError::read_logs(openraft::AnyError::new(&err)))?;
-            EntryPayload::Membership(m)
-        }
-    };
-    Ok(Entry {
-        log_id: log_id(e.meta.term, e.meta.leader, e.meta.index),
-        payload,
-    })
-}
-
-fn to_new(e: Entry) -> Result<NewEntry, StorageError> {
-    let meta = |kind| EntryMeta {
-        term: e.log_id.leader_id.term,
-        leader: e.log_id.leader_id.node_id,
-        index: e.log_id.index,
-        kind,
-    };
-    Ok(match e.payload {
-        EntryPayload::Normal(p) => NewEntry {
-            meta: meta(EntryKind::Events),
-            base: (p.base != u64::MAX).then_some(p.base),
-            ts: Some(p.ts),
-            records: p.records,
-            body: Bytes::new(),
-        },
-        EntryPayload::Blank => NewEntry {
-            meta: meta(EntryKind::Blank),
-            base: None,
-            ts: None,
-            records: Vec::new(),
-            body: Bytes::new(),
-        },
-        EntryPayload::Membership(ref m) => NewEntry {
-            meta: meta(EntryKind::Membership),
-            base: None,
-            ts: None,
-            records: Vec::new(),
-            body: rmp_serde::to_vec(m)
-                .map_err(|err| StorageIOError::write_logs(openraft::AnyError::new(&err)))?
-                .into(),
-        },
-    })
-}
-
-fn range_of<RB: RangeBounds<u64>>(r: &RB) -> (u64, u64) {
-    let start = match r.start_bound() {
-        Bound::Included(s) => *s,
-        Bound::Excluded(s) => s + 1,
-        Bound::Unbounded => 0,
-    };
-    let end = match r.end_bound() {
-        Bound::Included(e) => e + 1,
-        Bound::Excluded(e) => *e,
-        Bound::Unbounded => u64::MAX,
-    };
-    (start, end)
 }
 
 impl RaftLogReader<TypeConfig> for PartitionStore {
