@@ -57,6 +57,8 @@ const PERMANENT_ATTEMPTS: u32 = 4;
 /// How often records given up on are processed again, and how many at a
 /// time.
 const PINNED_RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest wait between two tries of a failing Redis step.
+const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 const PINNED_BATCH: usize = 256;
 
 impl Worker {
@@ -269,11 +271,15 @@ impl Worker {
                     if self.stopped() {
                         return Err(Halt::Stopped);
                     }
-                    // Growing waits: a transient error (Redis out of
-                    // memory, loading, failing over) may last minutes.
+                    // Growing waits, up to a second: a transient error
+                    // (Redis out of memory, loading, failing over, no
+                    // replica to confirm yet) may last minutes, and the
+                    // partition's later records (live pushes too) wait
+                    // behind this one, so it is tried again within a
+                    // second of Redis being back.
                     waits += 1;
                     let backoff = (self.cfg.retry_backoff * (1 << waits.min(5)))
-                        .min(std::time::Duration::from_secs(5));
+                        .min(MAX_RETRY_WAIT);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.stop.changed() => {}

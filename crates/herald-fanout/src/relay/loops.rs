@@ -79,7 +79,8 @@ pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
             Err(e) => tracing::warn!(error = %e, "relay cannot subscribe; retrying"),
         }
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(5));
+        // At most a second between tries: pokes are lost while it is down.
+        wait = (wait * 2).min(Duration::from_secs(1));
     }
 }
 
