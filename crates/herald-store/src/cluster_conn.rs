@@ -19,11 +19,14 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
 /// Failing this long makes a new connection.
-const REBUILD_AFTER: Duration = Duration::from_secs(5);
-/// A streak of failures ends after this long without one.
-const QUIET: Duration = Duration::from_secs(2);
-/// Rebuilds at most this often.
-const RETRY_EVERY: Duration = Duration::from_secs(10);
+const REBUILD_AFTER: Duration = Duration::from_secs(3);
+/// A streak of failures ends after this long without one (longer than
+/// the gap between two calls that each wait out their timeout and a
+/// retry's backoff, or a wedged connection's streak never grows).
+const QUIET: Duration = Duration::from_secs(5);
+/// Rebuilds at most this often (a rebuild made during a failover may get
+/// the old map; the next one, after it, gets the new).
+const RETRY_EVERY: Duration = Duration::from_secs(5);
 
 pub(crate) struct ClusterConn {
     client: ClusterClient,
