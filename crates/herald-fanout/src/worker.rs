@@ -278,8 +278,8 @@ impl Worker {
                     // behind this one, so it is tried again within a
                     // second of Redis being back.
                     waits += 1;
-                    let backoff = (self.cfg.retry_backoff * (1 << waits.min(5)))
-                        .min(MAX_RETRY_WAIT);
+                    let backoff =
+                        (self.cfg.retry_backoff * (1 << waits.min(5))).min(MAX_RETRY_WAIT);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.stop.changed() => {}
