@@ -39,6 +39,8 @@ pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
                 again = true;
                 if let Some(r) = relay.upgrade() {
                     r.heard();
+                    // Made now: a failover seen before needs no other.
+                    r.take_resubscribe();
                 }
                 let mut look = tokio::time::interval(Duration::from_secs(1));
                 look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -66,6 +68,11 @@ pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
                                 tracing::info!(stalled_ms = gap.as_millis() as u64, "this node did not run for a while; reading what its subscription holds");
                                 r.heard();
                                 continue;
+                            }
+                            if r.take_resubscribe() {
+                                tracing::info!("the Redis Cluster failed over; subscribing again where the channel lives now");
+                                metrics::counter!("herald_relay_resubscribed_total").increment(1);
+                                break;
                             }
                             if r.silent_for() > SILENT {
                                 tracing::warn!(silent_ms = r.silent_for().as_millis() as u64, "relay subscription silent (its own pings stopped arriving); subscribing again");
@@ -128,6 +135,7 @@ pub(super) async fn heartbeat_loop(relay: Weak<Relay>) {
                     "the Redis Cluster changed its configuration (a failover); every connection drains its inbox"
                 );
                 metrics::counter!("herald_relay_redis_failovers_total").increment(1);
+                r.ask_resubscribe();
                 drain_all_twice(&r);
             }
             epoch = Some(epoch.map_or(e, |seen| seen.max(e)));

@@ -70,6 +70,10 @@ pub struct Relay {
     /// When this node's channel last delivered anything (its own pings
     /// included), as an `Instant` since `started`, in ms.
     heard_ms: AtomicU64,
+    /// Set when the subscription should be made again now (the Redis
+    /// Cluster failed over: it may sit where the channel's messages no
+    /// longer go).
+    resubscribe: std::sync::atomic::AtomicBool,
     started: Instant,
 }
 
@@ -96,6 +100,7 @@ impl Relay {
             settlements: Arc::downgrade(settlements),
             edge: RwLock::new(None),
             heard_ms: AtomicU64::new(0),
+            resubscribe: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
         });
         settlements.set_relay(&relay);
@@ -308,6 +313,18 @@ impl Relay {
         let ms = self.started.elapsed().as_millis() as u64;
         self.heard_ms
             .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Asks the subscription loop to subscribe again at its next look.
+    fn ask_resubscribe(&self) {
+        self.resubscribe
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a new subscription was asked for (and clears the request).
+    fn take_resubscribe(&self) -> bool {
+        self.resubscribe
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// How long this node's channel has been silent.
