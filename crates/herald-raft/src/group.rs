@@ -243,6 +243,7 @@ impl Replicas {
                 log: log.clone(),
                 start: start_cell,
                 want: want_cell,
+                seen_start: None,
             }));
             let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
             tokio::spawn(crate::balance::balance_loop(crate::balance::Balance {

@@ -30,6 +30,8 @@ pub(crate) struct Retain {
     pub log: Log,
     pub start: StartCell,
     pub want: WantCell,
+    /// The log's first offset when Raft was last told what is gone.
+    pub seen_start: Option<Option<u64>>,
 }
 
 /// Holds retention so that the entry right after a start whose records
@@ -40,7 +42,7 @@ fn hold(log: &Log, partition: u32, next_offset: u64) -> herald_log::Result<()> {
     log.hold_retention(partition, next_offset.saturating_sub(1))
 }
 
-pub(crate) async fn retain_loop(r: Retain) {
+pub(crate) async fn retain_loop(mut r: Retain) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -61,20 +63,18 @@ pub(crate) async fn retain_loop(r: Retain) {
 }
 
 impl Retain {
-    async fn step(&self) -> Result<(), ()> {
+    async fn step(&mut self) -> Result<(), ()> {
         let m = self.raft.metrics().borrow().clone();
         if m.running_state.is_err() {
             return Err(());
         }
         // What fan-out still needs, else everything committed.
         let committed = m.last_applied;
-        let needed = self.log.checkpoints().min_committed(self.partition);
-        let end = self
-            .store
-            .boundary_below(u64::MAX)
-            .map(|(_, next)| next)
-            .unwrap_or(0);
-        let upto = needed.unwrap_or(end);
+        let upto = self
+            .log
+            .checkpoints()
+            .min_committed(self.partition)
+            .unwrap_or(u64::MAX);
         let current = lock(&self.start).as_ref().and_then(|s| s.last());
         if let Some((id, next_offset)) = self.store.boundary_below(upto) {
             if Some(id) <= committed && Some(id) > current {
@@ -104,7 +104,13 @@ impl Retain {
                 }
             }
         }
-        // Raft forgets what retention removed (never past the start).
+        // Raft forgets what retention removed (never past the start): read
+        // only when retention moved the log's first offset.
+        let start = self.log.bounds(self.partition).map(|b| b.0).ok();
+        if self.seen_start == Some(start) {
+            return Ok(());
+        }
+        self.seen_start = Some(start);
         if let Some(first) = self.store.first_held() {
             let gone = first.checked_sub(1);
             if let Some(upto) = gone {
