@@ -55,17 +55,14 @@ pub(crate) async fn lead_loop(
         status,
         term: term_cell,
     } = lead;
-    let Some(committed) = replicas.committed(p) else {
-        return;
-    };
     loop {
-        // Wait to lead.
-        let term = loop {
+        // Wait to lead (a replica held here, opened now or later).
+        let (term, committed) = loop {
             if *stop.borrow() {
                 return;
             }
-            if let Some(t) = replicas.leading(p) {
-                break t;
+            if let (Some(t), Some(c)) = (replicas.leading(p), replicas.committed(p)) {
+                break (t, c);
             }
             tokio::select! {
                 _ = tokio::time::sleep(LOOK_EVERY) => {}

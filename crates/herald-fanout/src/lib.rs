@@ -233,7 +233,7 @@ impl Fanout {
             let status = Arc::new(status::PartitionStatus::default());
             statuses.push(status.clone());
             if let Some(why) = settlements.blocked(p) {
-                if replicas.as_ref().is_some_and(|r| r.holds(p)) {
+                if replicas.is_some() {
                     // A replicated partition's leader starts from the
                     // position its last leader saved in Redis.
                     tracing::warn!(partition = p, why = %why, "local checkpoint unusable; the saved position decides");
@@ -282,7 +282,9 @@ impl Fanout {
             let term = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let mut replicated = false;
             match &replicas {
-                Some(r) if r.holds(p) => {
+                // Replicas come and go with the node set: the loop waits
+                // to lead whatever this node holds.
+                Some(r) => {
                     replicated = true;
                     workers.push(tokio::spawn(leader::lead_loop(
                         leader::Lead {
@@ -299,8 +301,6 @@ impl Fanout {
                         move |stop, committed, term| make(stop, Some(committed), term),
                     )));
                 }
-                // A partition this node holds no replica of: nothing to read.
-                Some(_) => continue,
                 None => workers.push(tokio::spawn(make(stop_rx.clone(), None, 0).run(start))),
             }
             committers.push(tokio::spawn(commit_loop(

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
+use crate::topology::Topology;
 use crate::types::{NodeId, Raft};
 
 /// How often a leader looks.
@@ -31,7 +32,9 @@ const COOLDOWN: Duration = Duration::from_secs(30);
 pub(crate) struct Balance {
     pub partition: u32,
     pub me: NodeId,
-    pub preferred: NodeId,
+    /// Where the partition's replicas belong (its preferred leader may
+    /// change with the node set).
+    pub topo: Arc<Topology>,
     pub raft: Raft,
     pub election: Duration,
     /// Set while handing over: proposals are refused (not leader).
@@ -39,9 +42,6 @@ pub(crate) struct Balance {
 }
 
 pub(crate) async fn balance_loop(b: Balance) {
-    if b.preferred == b.me {
-        return;
-    }
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut led: Option<(u64, Instant)> = None;
@@ -66,30 +66,32 @@ pub(crate) async fn balance_loop(b: Balance) {
         if since.elapsed() < SETTLED || tried.elapsed() < COOLDOWN {
             continue;
         }
-        let voter = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == b.preferred);
+        let Some(preferred) = b.topo.preferred(b.partition).filter(|p| *p != b.me) else {
+            continue;
+        };
+        // Only in a settled membership (no change under way).
+        let membership = m.membership_config.membership();
+        let voter = membership.get_joint_config().len() == 1
+            && membership.voter_ids().any(|v| v == preferred);
         let caught_up = m
             .replication
             .as_ref()
-            .and_then(|r| r.get(&b.preferred).cloned().flatten())
+            .and_then(|r| r.get(&preferred).cloned().flatten())
             .is_some_and(|l| Some(l.index) == m.last_log_index);
         if !voter || !caught_up {
             continue;
         }
         tried = Instant::now();
-        b.hand_over(m.current_term).await;
+        b.hand_over(m.current_term, preferred).await;
     }
 }
 
 impl Balance {
-    async fn hand_over(&self, term: u64) {
+    async fn hand_over(&self, term: u64, to: NodeId) {
         tracing::info!(
             partition = self.partition,
             term,
-            to = self.preferred,
+            to = %self.topo.name(to),
             "handing leadership back to the partition's preferred replica"
         );
         self.handing_over.store(true, Ordering::Release);

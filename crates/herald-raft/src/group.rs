@@ -1,9 +1,9 @@
 //! A node's replicas: for every partition whose replica set holds this
 //! node, one Raft group with its store, state machine and proposer.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,10 +11,11 @@ use herald_log::Log;
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::machine::{Committed, Machine};
-use crate::net::{Network, SnapshotMsg, Transport};
-use crate::propose::{Pending, QUEUE};
-use crate::store::PartitionStore;
+use crate::machine::{Committed, StartCell};
+use crate::net::{SnapshotMsg, Transport};
+use crate::open::has_state;
+use crate::propose::Pending;
+use crate::topology::Topology;
 use crate::types::{node_id, NodeId, Raft};
 
 /// A member of the cluster's replication.
@@ -29,10 +30,15 @@ pub struct PeerAddr {
 /// How this node's replicas run.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
-    /// This node's name; must be one of `peers`.
+    /// This node's name. A node not among `peers` holds no replica until
+    /// the node set names it.
     pub node: String,
-    /// Every ingest node of the cluster (this one too).
+    /// The cluster's ingest nodes as this node starts (the node set; it
+    /// changes with [`Replicas::set_nodes`]).
     pub peers: Vec<PeerAddr>,
+    /// The node set's epoch: 1 for the set the cluster was made with
+    /// (groups are formed only then), higher after each change.
+    pub epoch: u64,
     /// Replicas per partition (at most `peers.len()`).
     pub factor: usize,
     pub cluster_key: String,
@@ -45,56 +51,44 @@ pub struct ReplicaConfig {
     pub role: String,
 }
 
+/// Checks a node set for a replication factor; the error names what is
+/// wrong.
+pub fn check_nodes(nodes: &[PeerAddr], factor: usize) -> Result<(), String> {
+    if factor == 0 || factor > nodes.len() {
+        return Err(format!(
+            "log.replication_factor = {factor} needs between 1 and {} ingest nodes",
+            nodes.len()
+        ));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for p in nodes {
+        if !ids.insert(node_id(&p.name)) {
+            return Err(format!("the node set names {} twice", p.name));
+        }
+    }
+    Ok(())
+}
+
 impl ReplicaConfig {
     /// Checks the settings; the error names what is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        if self.factor == 0 || self.factor > self.peers.len() {
-            return Err(format!(
-                "log.replication_factor = {} needs between 1 and {} ingest peers (server.peers)",
-                self.factor,
-                self.peers.len()
-            ));
-        }
-        if !self.peers.iter().any(|p| p.name == self.node) {
-            return Err(format!(
-                "server.peers does not name this node ({})",
-                self.node
-            ));
-        }
-        let mut ids = std::collections::HashSet::new();
-        for p in &self.peers {
-            if !ids.insert(node_id(&p.name)) {
-                return Err(format!("server.peers names {} twice", p.name));
-            }
-        }
+        check_nodes(&self.peers, self.factor)?;
         if self.heartbeat.is_zero() || self.election < self.heartbeat * 3 {
             return Err("the election timeout must be at least three heartbeats".into());
         }
         Ok(())
     }
 
-    /// The replica set of `partition`: `factor` peers chosen by rendezvous
-    /// hashing (stable when peers are added or removed elsewhere).
+    /// The replica set of `partition` over `peers`: `factor` peers chosen
+    /// by rendezvous hashing (stable when peers are added or removed
+    /// elsewhere).
     pub fn replica_set(&self, partition: u32) -> Vec<NodeId> {
-        let mut scored: Vec<(u64, NodeId)> = self
-            .peers
-            .iter()
-            .map(|p| {
-                let id = node_id(&p.name);
-                (node_id(&format!("{}/{partition}", p.name)), id)
-            })
-            .collect();
-        scored.sort_unstable_by(|a, b| b.cmp(a));
-        let mut set: Vec<NodeId> = scored.into_iter().take(self.factor).map(|s| s.1).collect();
-        set.sort_unstable();
-        set
+        crate::topology::placement(&self.peers, self.factor, partition)
     }
 
-    /// The replica that should lead `partition` when all are up: the
-    /// partitions go round the replica set, so each node leads a share.
+    /// The replica that should lead `partition` when all are up.
     pub fn preferred_leader(&self, partition: u32) -> NodeId {
-        let set = self.replica_set(partition);
-        set[partition as usize % set.len().max(1)]
+        crate::topology::preferred(&self.replica_set(partition), partition).unwrap_or(0)
     }
 }
 
@@ -118,11 +112,26 @@ pub enum ReplicaError {
 pub(crate) struct Group {
     pub(crate) raft: Raft,
     /// Set while leadership is being handed to the preferred replica.
-    handing_over: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) handing_over: Arc<AtomicBool>,
     /// This replica is empty and waits to be refilled: it grants no vote.
-    refilling: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) refilling: Arc<AtomicBool>,
     pub(crate) committed: watch::Receiver<Committed>,
-    proposer: mpsc::Sender<Pending>,
+    pub(crate) proposer: mpsc::Sender<Pending>,
+    /// Set once the group removed this replica (it is being closed).
+    pub(crate) leaving: Arc<AtomicBool>,
+    /// Set while this leader changes the group's membership.
+    pub(crate) changing: Arc<AtomicBool>,
+    pub(crate) start: StartCell,
+    /// Ends the group's loops.
+    pub(crate) stop: watch::Sender<bool>,
+}
+
+/// A partition this node holds no replica of, as its leader reports it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Route {
+    pub leader: Option<PeerAddr>,
+    pub term: u64,
+    pub replicas: Vec<String>,
 }
 
 /// Every replica this node holds.
@@ -130,15 +139,32 @@ pub struct Replicas {
     pub(crate) me: NodeId,
     pub(crate) transport: Transport,
     pub(crate) cfg: ReplicaConfig,
-    pub(crate) peers: BTreeMap<NodeId, PeerAddr>,
-    pub(crate) groups: Vec<Option<Group>>,
-    /// Per partition: its replica set.
-    pub(crate) sets: Vec<Vec<NodeId>>,
+    pub(crate) topo: Arc<Topology>,
+    pub(crate) log: Log,
+    pub(crate) dir: PathBuf,
+    pub(crate) groups: RwLock<Vec<Option<Arc<Group>>>>,
+    /// Per partition: where it is led, from the peers' views (kept by the
+    /// membership loop; used for partitions without a replica here).
+    pub(crate) routes: RwLock<Vec<Route>>,
+    /// One membership step at a time on this node (opening or closing a
+    /// replica).
+    pub(crate) stepping: tokio::sync::Mutex<()>,
+}
+
+pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Replicas {
     /// Starts a Raft group for every partition of `log` whose replica set
-    /// holds this node; their state files go under `dir`.
+    /// holds this node, or whose replica this node holds from before (its
+    /// group decides whether it still is one); their state files go under
+    /// `dir`. A loop then follows the node set: replicas are added and
+    /// removed as it changes (`members.rs`).
     pub async fn start(
         cfg: ReplicaConfig,
         log: Log,
@@ -146,144 +172,53 @@ impl Replicas {
     ) -> Result<Arc<Replicas>, String> {
         cfg.validate()?;
         let me = node_id(&cfg.node);
-        let peers: BTreeMap<NodeId, PeerAddr> = cfg
-            .peers
-            .iter()
-            .map(|p| (node_id(&p.name), p.clone()))
-            .collect();
-        let transport = Transport::new(cfg.cluster_key.clone());
-        // A partition's preferred leader campaigns first (its election
-        // timeout is the shorter one), so leadership starts spread over the
-        // nodes; the others wait between 1.5 and 2 election timeouts.
-        let election = cfg.election.as_millis() as u64;
-        let raft_cfg = |preferred: bool| {
-            let (min, max) = if preferred {
-                (election, election + election / 4)
-            } else {
-                (election + election / 2, election * 2)
-            };
-            openraft::Config {
-                cluster_name: "herald".into(),
-                heartbeat_interval: cfg.heartbeat.as_millis() as u64,
-                election_timeout_min: min,
-                election_timeout_max: max,
-                // Snapshots are built by the retention loop at the start it
-                // chooses, and Raft forgets only what retention removed.
-                snapshot_policy: openraft::SnapshotPolicy::Never,
-                max_in_snapshot_log_to_keep: u64::MAX,
-                max_payload_entries: 256,
-                ..Default::default()
-            }
-            .validate()
-            .map(Arc::new)
-            .map_err(|e| format!("raft settings: {e}"))
-        };
-        let mut groups = Vec::new();
-        let mut sets = Vec::new();
-        for p in 0..log.partitions() {
-            let set = cfg.replica_set(p);
-            sets.push(set.clone());
-            if !set.contains(&me) {
-                groups.push(None);
-                continue;
-            }
-            let pdir = dir.join(format!("p-{p:05}"));
-            std::fs::create_dir_all(&pdir).map_err(|e| format!("{}: {e}", pdir.display()))?;
-            let start =
-                crate::machine::load_start(&pdir).map_err(|e| format!("partition {p}: {e}"))?;
-            let (l, d, s) = (
-                log.clone(),
-                pdir.clone(),
-                start
-                    .as_ref()
-                    .and_then(|s| s.last().map(|id| (id, s.next_offset))),
-            );
-            let store = tokio::task::spawn_blocking(move || PartitionStore::open(l, p, d, s))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("partition {p}: {e}"))?;
-            let machine = Machine::open(pdir, store.last_log_id(), start);
-            let (start_cell, want_cell) = machine.cells();
-            let retain_store = store.clone();
-            let committed = machine.committed();
-            let net = Network {
-                transport: transport.clone(),
-                partition: p,
-            };
-            let raft = Raft::new(
-                me,
-                raft_cfg(cfg.preferred_leader(p) == me)?,
-                net,
-                store,
-                machine,
-            )
-            .await
-            .map_err(|e| format!("partition {p}: {e}"))?;
-            let refilling = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            tokio::spawn(crate::init::form(
-                raft.clone(),
-                transport.clone(),
-                crate::init::Formation {
-                    partition: p,
-                    me: cfg.node.clone(),
-                    members: set
-                        .iter()
-                        .filter_map(|id| peers.get(id).map(|pa| (*id, pa.clone())))
-                        .collect(),
-                    preferred: cfg.preferred_leader(p),
-                    refilling: refilling.clone(),
-                },
-            ));
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(crate::propose::propose_loop(p, raft.clone(), rx));
-            tokio::spawn(crate::retain::retain_loop(crate::retain::Retain {
-                partition: p,
-                raft: raft.clone(),
-                store: retain_store,
-                log: log.clone(),
-                start: start_cell,
-                want: want_cell,
-                seen_start: None,
-            }));
-            let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            tokio::spawn(crate::balance::balance_loop(crate::balance::Balance {
-                partition: p,
-                me,
-                preferred: cfg.preferred_leader(p),
-                raft: raft.clone(),
-                election: cfg.election,
-                handing_over: handing_over.clone(),
-            }));
-            groups.push(Some(Group {
-                raft,
-                handing_over,
-                refilling,
-                committed,
-                proposer: tx,
-            }));
-        }
-        tracing::info!(
-            node = %cfg.node,
-            replicas = groups.iter().filter(|g| g.is_some()).count(),
-            factor = cfg.factor,
-            "replicated partitions started"
-        );
+        let topo = Arc::new(Topology::new(cfg.factor, cfg.epoch, cfg.peers.clone()));
+        let partitions = log.partitions();
         let r = Arc::new(Replicas {
             me,
-            transport,
+            transport: Transport::new(cfg.cluster_key.clone()),
+            topo,
+            log,
+            dir,
+            groups: RwLock::new((0..partitions).map(|_| None).collect()),
+            routes: RwLock::new(vec![Route::default(); partitions as usize]),
+            stepping: tokio::sync::Mutex::new(()),
             cfg,
-            peers,
-            groups,
-            sets,
         });
+        let mut held = 0;
+        for p in 0..partitions {
+            let placed = r.topo.placement(p).contains(&me);
+            if !placed && !has_state(&r.dir, p) {
+                crate::members::hold_given_up(&r, p);
+                continue;
+            }
+            // Formed only by the set the cluster was made with.
+            let g = r.open_group(p, r.cfg.epoch <= 1).await?;
+            write(&r.groups)[p as usize] = Some(Arc::new(g));
+            held += 1;
+        }
+        if !r.topo.nodes().iter().any(|p| p.name == r.cfg.node) {
+            tracing::warn!(
+                node = %r.cfg.node,
+                "this node is not in the cluster's node set: it holds no replica until it is added (herald cluster add)"
+            );
+        }
+        tracing::info!(
+            node = %r.cfg.node,
+            replicas = held,
+            factor = r.cfg.factor,
+            epoch = r.cfg.epoch,
+            "replicated partitions started"
+        );
         tokio::spawn(crate::view::metrics_loop(Arc::downgrade(&r)));
+        tokio::spawn(crate::members::members_loop(Arc::downgrade(&r)));
         Ok(r)
     }
 
-    fn group(&self, partition: u32) -> Result<Option<&Group>, ReplicaError> {
-        self.groups
+    pub(crate) fn group(&self, partition: u32) -> Result<Option<Arc<Group>>, ReplicaError> {
+        read(&self.groups)
             .get(partition as usize)
-            .map(Option::as_ref)
+            .cloned()
             .ok_or(ReplicaError::UnknownPartition(partition))
     }
 
@@ -292,37 +227,78 @@ impl Replicas {
         self.me
     }
 
-    /// Whether this node holds a replica of `partition`.
+    /// Whether this node holds a replica of `partition` now (replicas come
+    /// and go with the node set).
     pub fn holds(&self, partition: u32) -> bool {
         matches!(self.group(partition), Ok(Some(_)))
     }
 
-    /// The replica set of `partition`, by name.
+    /// The replicas of `partition` (its group's voters), by name: as this
+    /// node's replica knows them, else as the partition's leader reported.
     pub fn replicas_of(&self, partition: u32) -> Vec<PeerAddr> {
-        self.sets
+        if let Ok(Some(g)) = self.group(partition) {
+            let m = g.raft.metrics().borrow().membership_config.clone();
+            let voters: Vec<PeerAddr> = m
+                .membership()
+                .voter_ids()
+                .map(|id| self.peer_of(id, m.membership().get_node(&id)))
+                .collect();
+            if !voters.is_empty() {
+                return voters;
+            }
+        }
+        let routed = read(&self.routes)
             .get(partition as usize)
-            .map(|s| {
-                s.iter()
-                    .filter_map(|id| self.peers.get(id).cloned())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .map(|r| r.replicas.clone())
+            .unwrap_or_default();
+        if !routed.is_empty() {
+            return routed
+                .iter()
+                .map(|n| {
+                    self.topo.peer(node_id(n)).unwrap_or_else(|| PeerAddr {
+                        name: n.clone(),
+                        addr: String::new(),
+                    })
+                })
+                .collect();
+        }
+        self.topo
+            .placement(partition)
+            .into_iter()
+            .filter_map(|id| self.topo.peer(id))
+            .collect()
+    }
+
+    /// A member's name and address: from the node set, else from the
+    /// group's membership (its address only).
+    fn peer_of(&self, id: NodeId, node: Option<&openraft::BasicNode>) -> PeerAddr {
+        self.topo.peer(id).unwrap_or_else(|| PeerAddr {
+            name: id.to_string(),
+            addr: node.map(|n| n.addr.clone()).unwrap_or_default(),
+        })
     }
 
     /// The replica that should lead `partition` when all are up (leadership
     /// goes back to it after a failover).
     pub fn preferred(&self, partition: u32) -> Option<PeerAddr> {
-        self.sets.get(partition as usize)?;
-        self.peers
-            .get(&self.cfg.preferred_leader(partition))
-            .cloned()
+        self.topo
+            .preferred(partition)
+            .and_then(|id| self.topo.peer(id))
     }
 
-    /// The leader of `partition` as this node knows it.
+    /// The leader of `partition` as this node knows it (from its replica,
+    /// else from the leader's own report).
     pub fn leader(&self, partition: u32) -> Option<PeerAddr> {
-        let g = self.group(partition).ok()??;
-        let id = g.raft.metrics().borrow().current_leader?;
-        self.peers.get(&id).cloned()
+        if let Ok(Some(g)) = self.group(partition) {
+            let m = g.raft.metrics().borrow().clone();
+            if let Some(id) = m.current_leader {
+                return Some(self.peer_of(id, m.membership_config.membership().get_node(&id)));
+            }
+            return None;
+        }
+        read(&self.routes)
+            .get(partition as usize)
+            .and_then(|r| r.leader.clone())
     }
 
     /// Whether this node leads `partition` now, and in which term.
@@ -347,7 +323,30 @@ impl Replicas {
     /// Whether this replica of `partition` is empty and waits for its
     /// leader to refill it (it grants no vote meanwhile).
     pub fn refilling(&self, partition: u32) -> bool {
-        matches!(self.group(partition), Ok(Some(g)) if g.refilling.load(std::sync::atomic::Ordering::Acquire))
+        matches!(self.group(partition), Ok(Some(g)) if g.refilling.load(Ordering::Acquire))
+    }
+
+    /// The node set this node works towards: its epoch and nodes.
+    pub fn nodes(&self) -> (u64, Vec<PeerAddr>) {
+        (self.topo.epoch(), self.topo.nodes())
+    }
+
+    /// Takes a newer node set (a higher `epoch`): replicas move to where
+    /// it places them (the partitions' leaders add and remove members).
+    /// False when `epoch` is not newer; an error when the set cannot hold
+    /// the replication factor (nothing changes).
+    pub fn set_nodes(&self, epoch: u64, nodes: Vec<PeerAddr>) -> Result<bool, String> {
+        check_nodes(&nodes, self.cfg.factor)?;
+        let changed = self.topo.set(epoch, nodes);
+        if changed {
+            tracing::info!(epoch, nodes = ?self.topo.nodes().iter().map(|p| &p.name).collect::<Vec<_>>(), "the cluster's node set changed");
+        }
+        Ok(changed)
+    }
+
+    /// The replication factor.
+    pub fn factor(&self) -> usize {
+        self.cfg.factor
     }
 
     /// A receiver of `partition`'s committed position (on a replica).
@@ -370,7 +369,7 @@ impl Replicas {
                 leader: self.leader(partition),
             });
         }
-        if g.handing_over.load(std::sync::atomic::Ordering::Acquire) {
+        if g.handing_over.load(Ordering::Acquire) || g.leaving.load(Ordering::Acquire) {
             // Leadership is moving; the new leader is not known yet.
             return Err(ReplicaError::NotLeader {
                 partition,
@@ -423,6 +422,7 @@ impl Replicas {
             .group(partition)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("this node holds no replica of partition {partition}"))?;
+        let g = &g;
         let bad = |e: rmp_serde::decode::Error| format!("undecodable {op} message: {e}");
         let enc = |r: Result<Vec<u8>, rmp_serde::encode::Error>| r.map_err(|e| e.to_string());
         match op {
@@ -434,7 +434,7 @@ impl Replicas {
                 let req: openraft::raft::VoteRequest<NodeId> =
                     rmp_serde::from_slice(body).map_err(bad)?;
                 // A vote for nobody while empty and waiting for the leader.
-                if g.refilling.load(std::sync::atomic::Ordering::Acquire) {
+                if g.refilling.load(Ordering::Acquire) {
                     // Refused with this replica's own (lower) vote: the
                     // candidate counts it as a refusal and goes on.
                     metrics::counter!("herald_raft_votes_withheld_total").increment(1);
@@ -461,10 +461,14 @@ impl Replicas {
 
     /// Stops every group.
     pub async fn shutdown(&self) {
-        for g in self.groups.iter().flatten() {
-            if let Err(e) = g.raft.shutdown().await {
-                tracing::warn!(error = %e, "raft group did not stop cleanly");
-            }
+        let _step = self.stepping.lock().await;
+        let groups: Vec<(u32, Arc<Group>)> = read(&self.groups)
+            .iter()
+            .enumerate()
+            .filter_map(|(p, g)| g.clone().map(|g| (p as u32, g)))
+            .collect();
+        for (p, g) in groups {
+            self.close_group(p, &g, false).await;
         }
     }
 }

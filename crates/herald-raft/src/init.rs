@@ -36,6 +36,14 @@ pub(crate) struct Formation {
     /// Set while this replica is empty and waits for a group that exists
     /// elsewhere: it grants no vote until the leader has refilled it.
     pub refilling: Arc<AtomicBool>,
+    /// Whether this replica may form the group at all: only while the
+    /// cluster's node set is the one it was made with. A replica placed
+    /// here by a membership change joins the group that exists (its
+    /// leader adds it) and never forms one.
+    pub may_form: bool,
+    /// Every other node known: asked too, so a group that exists on nodes
+    /// outside the replica set is found.
+    pub others: Vec<PeerAddr>,
 }
 
 /// How long the others wait for an unreachable preferred leader before
@@ -58,14 +66,25 @@ pub(crate) async fn form(raft: Raft, transport: Transport, f: Formation) {
         let mut pristine = 1; // this replica
         let mut formed = Vec::new();
         let mut preferred_up = false;
-        for (id, peer) in f.members.iter().filter(|(_, m)| m.name != f.me) {
+        let mut asked = std::collections::BTreeSet::new();
+        let everyone = f
+            .members
+            .iter()
+            .map(|(id, p)| (*id, p))
+            .chain(f.others.iter().map(|p| (crate::types::node_id(&p.name), p)));
+        for (id, peer) in everyone.filter(|(_, m)| m.name != f.me) {
+            if !asked.insert(id) {
+                continue;
+            }
             let Ok(report) = transport.get_view(&peer.addr, ASK_EVERY).await else {
                 continue;
             };
-            preferred_up |= *id == f.preferred;
+            let member = f.members.contains_key(&id);
+            preferred_up |= id == f.preferred;
             match report.partitions.iter().find(|v| v.partition == p) {
                 Some(v) if v.last_index.is_some() => formed.push(peer.name.clone()),
-                Some(_) => pristine += 1,
+                Some(_) if member => pristine += 1,
+                Some(_) => {}
                 None => {}
             }
         }
@@ -79,6 +98,17 @@ pub(crate) async fn form(raft: Raft, transport: Transport, f: Formation) {
                     partition = p,
                     holders = ?formed,
                     "this replica is empty; waiting for the leader to refill it"
+                );
+                said_waiting = true;
+            }
+        } else if !f.may_form {
+            // Placed here by a membership change: the group's leader adds
+            // this replica; until then it has no vote to give.
+            f.refilling.store(true, Ordering::Release);
+            if !said_waiting {
+                tracing::info!(
+                    partition = p,
+                    "this replica is new; waiting for the partition's leader to add it"
                 );
                 said_waiting = true;
             }

@@ -10,7 +10,9 @@
 //!    (a snapshot) and continues from it instead of waiting for entries
 //!    that are gone.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use herald_log::Log;
 
@@ -32,6 +34,32 @@ pub(crate) struct Retain {
     pub want: WantCell,
     /// The log's first offset when Raft was last told what is gone.
     pub seen_start: Option<Option<u64>>,
+    /// Set when the group removed this replica: the start moves to the
+    /// committed end, whatever fan-out's checkpoints say (fan-out of the
+    /// partition runs elsewhere from now on).
+    pub leaving: Arc<AtomicBool>,
+}
+
+/// How long a replica being given up waits for its start to reach its
+/// committed end.
+const LEAVE_WAIT: Duration = Duration::from_secs(6);
+
+/// Waits (up to [`LEAVE_WAIT`]) until the start of a replica marked
+/// leaving covers what it holds committed (but its last entry, which a
+/// start never covers).
+pub(crate) async fn settle_before_leaving(raft: &Raft, start: &StartCell) {
+    let until = Instant::now() + LEAVE_WAIT;
+    while Instant::now() < until {
+        let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let at = lock(start)
+            .as_ref()
+            .and_then(|s| s.last())
+            .map_or(0, |l| l.index);
+        if at + 1 >= applied {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Holds retention so that the entry right after a start whose records
@@ -46,7 +74,12 @@ pub(crate) async fn retain_loop(mut r: Retain) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        // A replica being given up moves on at once, and keeps moving.
+        if !r.leaving.load(Ordering::Acquire) {
+            tick.tick().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         if !r.log.is_open() {
             return;
         }
@@ -70,11 +103,14 @@ impl Retain {
         }
         // What fan-out still needs, else everything committed.
         let committed = m.last_applied;
-        let upto = self
-            .log
-            .checkpoints()
-            .min_committed(self.partition)
-            .unwrap_or(u64::MAX);
+        let upto = match self.leaving.load(Ordering::Acquire) {
+            true => u64::MAX,
+            false => self
+                .log
+                .checkpoints()
+                .min_committed(self.partition)
+                .unwrap_or(u64::MAX),
+        };
         let current = lock(&self.start).as_ref().and_then(|s| s.last());
         if let Some((id, next_offset)) = self.store.boundary_below(upto) {
             if Some(id) <= committed && Some(id) > current {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use openraft::ServerState;
 
-use crate::group::Replicas;
+use crate::group::{read, Replicas};
 use crate::types::NodeId;
 
 /// One node's answer to "what do you see" (`cluster_view`).
@@ -67,20 +67,32 @@ pub struct PartitionView {
     /// partition's replica on this node serves nothing until a restart.
     #[serde(default)]
     pub failed: Option<String>,
+    /// The leader's address, when this replica knows it.
+    #[serde(default)]
+    pub leader_addr: Option<String>,
+    /// Every member of the group as this replica knows it (voters and
+    /// learners), and whether that membership is committed.
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub members_committed: bool,
+    /// The Raft index of that membership.
+    #[serde(default)]
+    pub members_index: Option<u64>,
 }
 
 impl Replicas {
     /// What this node knows of every partition.
     pub fn view(&self) -> Vec<PartitionView> {
-        let name = |id: &NodeId| {
-            self.peers
-                .get(id)
-                .map_or_else(|| id.to_string(), |p| p.name.clone())
-        };
-        (0..self.groups.len() as u32)
-            .map(|p| {
-                let replicas = self.sets[p as usize].iter().map(name).collect();
-                let Some(g) = self.groups[p as usize].as_ref() else {
+        let name = |id: &NodeId| self.topo.name(*id);
+        let groups = read(&self.groups).clone();
+        groups
+            .iter()
+            .enumerate()
+            .map(|(p, g)| {
+                let p = p as u32;
+                let replicas = self.replicas_of(p).into_iter().map(|r| r.name).collect();
+                let Some(g) = g.as_ref() else {
                     return PartitionView {
                         partition: p,
                         replicas,
@@ -94,6 +106,10 @@ impl Replicas {
                         in_sync: Vec::new(),
                         quorum_ack_ms: None,
                         failed: None,
+                        leader_addr: None,
+                        members: Vec::new(),
+                        members_committed: false,
+                        members_index: None,
                     };
                 };
                 let m = g.raft.metrics().borrow().clone();
@@ -114,9 +130,11 @@ impl Replicas {
                     .map(|(id, i)| (name(id), last.saturating_sub(*i)))
                     .collect();
                 let committed = c.index.unwrap_or(0);
+                let membership = m.membership_config.membership();
+                let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
                 let in_sync = matched
                     .iter()
-                    .filter(|(id, i)| *id == self.me || *i >= committed)
+                    .filter(|(id, i)| voters.contains(id) && (*id == self.me || *i >= committed))
                     .map(|(id, _)| name(id))
                     .collect();
                 PartitionView {
@@ -139,6 +157,12 @@ impl Replicas {
                     in_sync,
                     quorum_ack_ms: m.millis_since_quorum_ack,
                     failed: m.running_state.as_ref().err().map(|e| e.to_string()),
+                    leader_addr: m
+                        .current_leader
+                        .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone())),
+                    members: membership.nodes().map(|(id, _)| name(id)).collect(),
+                    members_committed: m.membership_config.log_id().map(|l| l.index) <= c.index,
+                    members_index: m.membership_config.log_id().map(|l| l.index),
                 }
             })
             .collect()
@@ -156,7 +180,14 @@ impl Replicas {
     /// The cluster as every reachable replica reports it: each partition
     /// as its leader (of the highest term) sees it.
     pub async fn cluster_view(&self) -> ClusterView {
-        let asks = self.cfg.peers.iter().map(|p| async move {
+        let target = self.topo.nodes();
+        let mut everyone = target.clone();
+        for k in self.topo.known() {
+            if !everyone.iter().any(|t| t.name == k.name) {
+                everyone.push(k);
+            }
+        }
+        let asks = everyone.iter().map(|p| async move {
             if p.name == self.cfg.node {
                 return (p.clone(), Some(self.local_view()));
             }
@@ -169,7 +200,18 @@ impl Replicas {
         let reports = futures_util::future::join_all(asks).await;
         let mut nodes = Vec::new();
         let mut best: BTreeMap<u32, PartitionView> = BTreeMap::new();
+        // Nodes outside the node set are listed while they hold replicas.
+        let holding = |name: &str| {
+            reports.iter().flat_map(|(_, r)| r.iter()).any(|r| {
+                r.partitions
+                    .iter()
+                    .any(|v| v.replicas.iter().any(|n| n == name))
+            })
+        };
         for (peer, report) in &reports {
+            if !target.iter().any(|t| t.name == peer.name) && !holding(&peer.name) {
+                continue;
+            }
             nodes.push(NodeSummary {
                 id: peer.name.clone(),
                 addr: peer.addr.clone(),
@@ -194,9 +236,10 @@ impl Replicas {
                 }
             }
         }
-        let partitions = (0..self.sets.len() as u32)
+        let partitions = (0..self.log.partitions())
             .map(|p| {
-                let replicas = self.replicas_of(p).into_iter().map(|r| r.name).collect();
+                let replicas: Vec<String> =
+                    self.replicas_of(p).into_iter().map(|r| r.name).collect();
                 match best.remove(&p) {
                     Some(v) => PartitionSummary {
                         partition: p,
@@ -206,7 +249,10 @@ impl Replicas {
                             v.leader.clone()
                         },
                         term: v.term,
-                        replicas,
+                        replicas: match v.replicas.is_empty() {
+                            true => replicas,
+                            false => v.replicas,
+                        },
                         in_sync: v.in_sync,
                         committed: v.committed_offset,
                     },

@@ -153,22 +153,39 @@ pub async fn run(
         true => Some(open_log(&cfg).await?),
         false => None,
     };
-    let replicas = match (&log, cfg.replicated()) {
-        (Some(log), true) => Some(
-            herald_raft::Replicas::start(
-                cfg.replica_config()?,
-                log.clone(),
-                cfg.server.data_dir.join("raft"),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("replicated partitions: {e}"))?,
+    // The node set: made from `replication.peers` when the cluster first
+    // starts, then changed with `herald cluster add/remove`.
+    let node_set = match cfg.replicated() {
+        true => Some(
+            store
+                .node_set_or_init(&replicated::pairs(&cfg.replication_peers()?))
+                .await
+                .context("cannot read the cluster's node set from Redis")?,
         ),
+        false => None,
+    };
+    let replicas = match (&log, &node_set) {
+        (Some(log), Some(set)) => {
+            let mut rcfg = cfg.replica_config()?;
+            rcfg.peers = replicated::peers_of(&set.nodes);
+            rcfg.epoch = set.epoch;
+            Some(
+                herald_raft::Replicas::start(rcfg, log.clone(), cfg.server.data_dir.join("raft"))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("replicated partitions: {e}"))?,
+            )
+        }
         _ => None,
     };
-    let placement: Arc<dyn herald_types::Placement> = match (&leases, cfg.replicated()) {
-        (_, true) => replicated::RaftPlacement::start(replicas.clone(), cfg.replication_peers()?),
-        (Some(l), false) => l.clone(),
-        (None, false) => Arc::new(herald_types::placement::Alone),
+    let placement: Arc<dyn herald_types::Placement> = match (&leases, &node_set) {
+        (_, Some(set)) => replicated::RaftPlacement::start(
+            replicas.clone(),
+            set.epoch,
+            replicated::peers_of(&set.nodes),
+            store.clone(),
+        ),
+        (Some(l), None) => l.clone(),
+        (None, None) => Arc::new(herald_types::placement::Alone),
     };
     // Fan-out's trackers come first: the edge answers settlement to them.
     let fanout_cfg = cfg.fanout_config();

@@ -12,9 +12,11 @@ use super::Config;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Replication {
-    /// Every ingest node of the cluster, this one too: `name=host:port`
-    /// (`name` is its `server.node_id`, `host:port` its HTTP address).
-    /// Fixed for the life of the cluster's logs.
+    /// The ingest nodes the cluster is made with, this one too:
+    /// `name=host:port` (`name` is its `server.node_id`, `host:port` its
+    /// HTTP address). Read when the cluster first starts (the node set is
+    /// then kept in Redis); change it later with `herald cluster add` and
+    /// `herald cluster remove`.
     pub peers: Vec<String>,
     /// How often a leader tells its followers it is alive.
     pub heartbeat_ms: u64,
@@ -66,6 +68,7 @@ impl Config {
         Ok(herald_raft::ReplicaConfig {
             node: self.server.node_id.clone(),
             peers: self.replication_peers()?,
+            epoch: 1,
             factor: self.log.replication_factor,
             cluster_key: self.server.cluster_key.clone(),
             heartbeat: Duration::from_millis(r.heartbeat_ms),
