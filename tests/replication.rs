@@ -10,62 +10,20 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{
-    env_refs, eventually_within, free_port, inbox_has, peer_list, replicated_env, Node, Redis,
-};
+use support::{env_refs, eventually_within, inbox_has, replicated_env, Node, Redis};
 
 const NODES: usize = 3;
 
 fn start_cluster(redis: &Redis) -> Vec<Node> {
-    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let peers = peer_list(&addrs);
-    let mut nodes: Vec<Node> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let env = replicated_env(&format!("node-{}", i + 1), &peers);
-            Node::start_on_port(redis, &env_refs(&env), *port)
-        })
-        .collect();
-    if std::env::var("KEEP_LOGS").is_ok() {
-        for n in nodes.iter_mut() {
-            eprintln!("node data: {}", n.data.display());
-            n.keep_files();
-        }
-    }
-    for n in &nodes {
-        n.wait_ready(Duration::from_secs(60));
-    }
-    nodes
+    support::start_replicated(redis, NODES)
 }
 
-/// The `replication.peers` value of a cluster started by `start_cluster`.
 fn peers_of(nodes: &[Node]) -> String {
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    peer_list(&addrs)
+    support::peers_of(nodes)
 }
 
-/// Posts a like from `actor` to `recipient` at any live node, retrying
-/// while leadership moves; the event id once answered `202`.
 async fn like(nodes: &[&Node], actor: u64, recipient: u64) -> String {
-    let body = json!({"kind": "like", "actor": actor, "recipient": recipient, "object": format!("post:{actor}")});
-    let start = std::time::Instant::now();
-    let mut i = actor as usize;
-    loop {
-        let n = nodes[i % nodes.len()];
-        i += 1;
-        let (s, v) = n.post("/v1/events", &body).await;
-        if s == 202 {
-            return v["ids"][0].as_str().unwrap_or_default().to_string();
-        }
-        assert!(s == 503 || s == 0, "unexpected answer {s}: {v}");
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no node took the event in 60 s: {s} {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::like_anywhere(nodes, actor, recipient).await
 }
 
 async fn cluster_view(n: &Node) -> Value {

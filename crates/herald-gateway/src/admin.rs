@@ -30,6 +30,8 @@ pub fn router() -> OpenApiRouter<Arc<Gateway>> {
         .routes(routes!(list_quarantine))
         .routes(routes!(ack_quarantine))
         .routes(routes!(crate::cluster::cluster))
+        .routes(routes!(crate::cluster::add_node))
+        .routes(routes!(crate::cluster::remove_node))
 }
 
 fn authorize_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {

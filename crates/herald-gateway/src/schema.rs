@@ -200,3 +200,29 @@ pub struct Replay {
 pub struct Replayed {
     pub replayed: usize,
 }
+
+/// A node to add to the cluster's node set.
+#[derive(Serialize, ToSchema)]
+pub struct NodeBody {
+    /// Its `server.node_id`: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    pub name: String,
+    /// `host:port` of its HTTP listener, as the other nodes reach it.
+    pub addr: String,
+}
+
+/// One node of the node set.
+#[derive(Serialize, ToSchema)]
+pub struct NodeEntry {
+    pub id: String,
+    pub addr: String,
+}
+
+/// The node set after a change.
+#[derive(Serialize, ToSchema)]
+pub struct NodeSetView {
+    /// Grows with every change (1: the set the cluster was made with).
+    pub epoch: u64,
+    pub nodes: Vec<NodeEntry>,
+    /// False when the set already was so (the request changed nothing).
+    pub changed: bool,
+}

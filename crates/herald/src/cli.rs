@@ -243,6 +243,66 @@ pub fn cluster_status(t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `herald cluster add NAME ADDR`: `POST /v1/admin/cluster/nodes`.
+pub fn cluster_add(t: &Target, name: &str, addr: &str) -> anyhow::Result<()> {
+    let body = serde_json::json!({"name": name, "addr": addr});
+    let (status, v) = t.call("POST", "/v1/admin/cluster/nodes", Some(&body))?;
+    node_set_answer(status, &v, &format!("{name} added"))
+}
+
+/// `herald cluster remove NAME`: `DELETE /v1/admin/cluster/nodes/NAME`.
+pub fn cluster_remove(t: &Target, name: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/admin/cluster/nodes/{}", url_segment(name));
+    let (status, v) = t.call("DELETE", &path, None)?;
+    node_set_answer(status, &v, &format!("{name} removed"))
+}
+
+/// A path segment with everything but unreserved characters escaped.
+fn url_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn node_set_answer(status: u16, v: &serde_json::Value, done: &str) -> anyhow::Result<()> {
+    if status != 200 {
+        bail!(
+            "the node answered {status}: {}",
+            v["error"]["message"]
+                .as_str()
+                .map_or_else(|| v.to_string(), String::from)
+        );
+    }
+    let nodes: Vec<String> = v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            format!(
+                "{}={}",
+                n["id"].as_str().unwrap_or("?"),
+                n["addr"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let what = match v["changed"].as_bool() {
+        Some(false) => "unchanged (already so)".to_string(),
+        _ => done.to_string(),
+    };
+    println!(
+        "{what}; node set epoch {}: {}",
+        v["epoch"],
+        nodes.join(", ")
+    );
+    println!("replicas move in the background: watch `herald cluster status`");
+    Ok(())
+}
+
 /// The text `herald cluster status` prints for a cluster view.
 pub fn cluster_tables(v: &serde_json::Value) -> String {
     use std::fmt::Write;

@@ -91,6 +91,20 @@ enum ClusterAction {
     /// Nodes (alive or not) and, per partition, its leader, term, replicas
     /// in sync and committed offset, as tables.
     Status,
+    /// Adds an ingest node to the node set (start it first): replicas
+    /// move onto it while appends go on.
+    Add {
+        /// Its server.node_id.
+        name: String,
+        /// host:port of its HTTP listener, as the other nodes reach it.
+        addr: String,
+    },
+    /// Removes an ingest node from the node set: its replicas move to the
+    /// others; stop it once `cluster status` lists it in no partition.
+    Remove {
+        /// Its server.node_id.
+        name: String,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -153,6 +167,8 @@ fn main() -> anyhow::Result<()> {
         let t = herald::cli::Target::new(url.as_deref(), key.as_deref(), &cfg)?;
         return match action {
             ClusterAction::Status => herald::cli::cluster_status(&t),
+            ClusterAction::Add { name, addr } => herald::cli::cluster_add(&t, name, addr),
+            ClusterAction::Remove { name } => herald::cli::cluster_remove(&t, name),
         };
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
