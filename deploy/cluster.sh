@@ -12,6 +12,10 @@
 #   deploy/cluster.sh start NAME   start a stopped node again with its config and
 #                                  whatever its data directory holds (empty included);
 #                                  print its line, return once it is ready
+#   deploy/cluster.sh join NAME    start a new node (the next port) and add it to the
+#                                  node set: replicas move onto it while appends go on
+#   deploy/cluster.sh leave NAME   remove a node from the node set, wait until it holds
+#                                  no replica (up to 5 min), then stop it
 #   deploy/cluster.sh down         stop everything it started
 #
 # A node line: node <name> http://127.0.0.1:<port> pid <pid> role <role> data <dir>
@@ -194,6 +198,49 @@ start_node() { # name
     line "$name" "$port" "$pid" "$role"
 }
 
+# Runs `herald cluster ARGS` against the first live node.
+herald_cluster() {
+    local bin rec_port
+    { read -r bin; } <"$dir/env"
+    rec_port=""
+    while read -r _ port pid _; do
+        alive "$pid" && { rec_port="$port"; break; }
+    done <"$dir/nodes"
+    [ -n "$rec_port" ] || { echo "no live node to ask" >&2; exit 1; }
+    "$bin" --config config/default.toml cluster "$@" --url "http://127.0.0.1:$rec_port"
+}
+
+join_node() { # name
+    [ -f "$dir/nodes" ] || { echo "no cluster (state dir $dir); run: $0 up" >&2; exit 1; }
+    [ -z "$(find_node "$1")" ] || { echo "a node named $1 exists (see: $0 status)" >&2; exit 1; }
+    local port
+    port=$(($(awk 'BEGIN{m=0} $2 > m {m=$2} END{print m}' "$dir/nodes") + 1))
+    launch "$1" "$port" all
+    read -r _ _ pid _ <<<"$(find_node "$1")"
+    wait_ready "$1" "$port" "$pid"
+    herald_cluster add "$1" "127.0.0.1:$port"
+    line "$1" "$port" "$pid" all
+}
+
+leave_node() { # name
+    local rec name port pid role
+    rec="$(find_node "$1")"
+    [ -n "$rec" ] || { echo "no node named $1 (see: $0 status)" >&2; exit 1; }
+    read -r name port pid role <<<"$rec"
+    herald_cluster remove "$name"
+    # Until no partition lists it among its replicas.
+    for _ in $(seq 300); do
+        if ! herald_cluster status | awk 'f && NF >= 4 {print $4} /^PARTITION/ {f=1}' | tr ',' '\n' | grep -qx "$name"; then
+            stop_node "$name"
+            awk -v n="$name" '$1 != n' "$dir/nodes" >"$dir/nodes.tmp" && mv "$dir/nodes.tmp" "$dir/nodes"
+            return 0
+        fi
+        sleep 1
+    done
+    echo "$name still holds replicas after 5 min; left running (see: herald cluster status)" >&2
+    exit 1
+}
+
 status() {
     [ -f "$dir/nodes" ] || { echo "no cluster (state dir $dir)"; return 0; }
     while read -r name port pid role; do
@@ -231,6 +278,8 @@ case "${1:-}" in
     status) status ;;
     stop) [ -n "${2:-}" ] || { echo "usage: $0 stop NAME" >&2; exit 2; }; stop_node "$2" ;;
     start) [ -n "${2:-}" ] || { echo "usage: $0 start NAME" >&2; exit 2; }; start_node "$2" ;;
+    join) [ -n "${2:-}" ] || { echo "usage: $0 join NAME" >&2; exit 2; }; join_node "$2" ;;
+    leave) [ -n "${2:-}" ] || { echo "usage: $0 leave NAME" >&2; exit 2; }; leave_node "$2" ;;
     down) down ;;
-    *) echo "usage: $0 up|status|stop NAME|start NAME|down" >&2; exit 2 ;;
+    *) echo "usage: $0 up|status|stop NAME|start NAME|join NAME|leave NAME|down" >&2; exit 2 ;;
 esac

@@ -112,13 +112,27 @@ async fn nodes_join_and_leave_while_posts_are_accepted_and_delivered() {
 
     // Bad requests change nothing.
     let (s, v) = nodes[0]
-        .post("/v1/admin/cluster/nodes", &json!({"name": "no spaces", "addr": addr4}))
+        .post(
+            "/v1/admin/cluster/nodes",
+            &json!({"name": "no spaces", "addr": addr4}),
+        )
         .await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("name")), "{v}");
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("name")),
+        "{v}"
+    );
     let (s, v) = nodes[0]
-        .post("/v1/admin/cluster/nodes", &json!({"name": "node-4", "addr": "nowhere"}))
+        .post(
+            "/v1/admin/cluster/nodes",
+            &json!({"name": "node-4", "addr": "nowhere"}),
+        )
         .await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("addr")), "{v}");
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("addr")),
+        "{v}"
+    );
 
     // `herald cluster add`: replicas move onto node-4.
     let (ok, out) = cli(&nodes[0], &["add", "node-4", &addr4]);
@@ -126,9 +140,16 @@ async fn nodes_join_and_leave_while_posts_are_accepted_and_delivered() {
     let (ok, out) = cli(&nodes[1], &["add", "node-4", &addr4]);
     assert!(ok && out.contains("unchanged"), "{out}");
     let (s, v) = nodes[0]
-        .post("/v1/admin/cluster/nodes", &json!({"name": "node-4", "addr": "127.0.0.1:1"}))
+        .post(
+            "/v1/admin/cluster/nodes",
+            &json!({"name": "node-4", "addr": "127.0.0.1:1"}),
+        )
         .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("node_exists")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("node_exists")),
+        "{v}"
+    );
     set.push(peer("node-4", &addr4));
     for k in 20..40u64 {
         let all: Vec<&Node> = nodes.iter().collect();
@@ -151,7 +172,11 @@ async fn nodes_join_and_leave_while_posts_are_accepted_and_delivered() {
     let (s, v) = nodes[1]
         .request("DELETE", "/v1/admin/cluster/nodes/node-2", None, &[])
         .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("too_few_nodes")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("too_few_nodes")),
+        "{v}"
+    );
     let (s, _) = nodes[1]
         .request("DELETE", "/v1/admin/cluster/nodes/node-9", None, &[])
         .await;

@@ -2,7 +2,8 @@
 //! Cluster of 3 masters with a replica each, and 3 Herald nodes on
 //! loopback), the load generator's smoke workload spread over the three
 //! nodes with one verdict, one node stopped and started again
-//! (`stop NAME`, `start NAME`), then `deploy/cluster.sh down`.
+//! (`stop NAME`, `start NAME`), a fourth node joined and the first one
+//! taken out (`join NAME`, `leave NAME`), then `deploy/cluster.sh down`.
 
 mod support;
 
@@ -35,13 +36,13 @@ fn the_local_cluster_works_as_one() {
     // Three masters and their three replicas.
     let rbase = free_ports(6);
     let clash = |h: u16| {
-        (0..3).any(|i| {
+        (0..4).any(|i| {
             (rbase..rbase + 6).contains(&(h + i))
                 || (rbase + 10_000..rbase + 10_006).contains(&(h + i))
         })
     };
     let hbase = (0..50)
-        .map(|_| free_ports(3))
+        .map(|_| free_ports(4))
         .find(|&h| !clash(h))
         .expect("two disjoint port ranges");
     let script = |cmd: &str| {
@@ -127,6 +128,22 @@ fn the_local_cluster_works_as_one() {
         again.trim_end().ends_with(&format!("data {data}")),
         "{again}"
     );
+    // A fourth node joins (replicas move onto it), then node-1 leaves
+    // (its replicas move away, then it is stopped).
+    let join = script("join node-4");
+    let joined = String::from_utf8_lossy(&join.stdout).to_string();
+    assert!(
+        join.status.success() && joined.contains("node node-4 http://"),
+        "{joined}\n{}",
+        String::from_utf8_lossy(&join.stderr)
+    );
+    let leave = script("leave node-1");
+    let left = String::from_utf8_lossy(&leave.stdout).to_string();
+    assert!(
+        leave.status.success() && left.contains("node node-1 stopped"),
+        "{left}\n{}",
+        String::from_utf8_lossy(&leave.stderr)
+    );
     let status = script("status");
     let down = script("down");
     assert!(
@@ -141,6 +158,10 @@ fn the_local_cluster_works_as_one() {
     );
     let status = String::from_utf8_lossy(&status.stdout).to_string();
     assert_eq!(status.matches(" up ready").count(), 3, "{status}");
+    assert!(
+        status.contains("node node-4 ") && !status.contains("node node-1 "),
+        "{status}"
+    );
     // Each master has a replica.
     assert_eq!(status.matches(" PONG master").count(), 3, "{status}");
     assert_eq!(status.matches(" PONG slave").count(), 3, "{status}");
