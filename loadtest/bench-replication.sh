@@ -14,6 +14,12 @@
 #       3 nodes, RF 3: about MB megabytes of events, then one node is
 #       stopped, its disk wiped and it is started again; prints how long
 #       until it holds every partition's log again (in sync), and MB/s.
+#   loadtest/bench-replication.sh join MB [RATE]
+#       3 nodes, RF 3: about MB megabytes of events, then node-4 is started
+#       and added to the node set (herald cluster add) while a paced ingest
+#       of RATE events/s (default 10000) runs; prints how long until every
+#       partition's replicas are where the 4-node set places them (in
+#       sync), the MB node-4 received, and the paced ingest's answers.
 #
 #   cargo build --release -p herald -p herald-loadgen
 set -euo pipefail
@@ -157,8 +163,56 @@ refill)
     got="$(du -sm "$dir/node-3/log" | cut -f1)"
     echo "refill: node-3 held ${held} MB; wiped and started again, in sync after ${ms} ms ($got MB now): $(python3 -c "print(round($got*1000/max($ms,1), 1))") MB/s"
     ;;
+join)
+    mb=$1
+    rate=${2:-10000}
+    fresh
+    start_nodes 3 3
+    secs=$(( mb / 40 + 2 ))
+    "$lg" ingest --targets "127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))" --connections 12 --batch 1000 --duration "$secs" | sed 's/^/fill: /'
+    held="$(du -sm "$dir/node-1/log" | cut -f1)"
+    peers="\"node-1=127.0.0.1:$base\", \"node-2=127.0.0.1:$((base + 1))\", \"node-3=127.0.0.1:$((base + 2))\""
+    start_node 4 4 3 "$peers"
+    wait_ready $((base + 3))
+    "$lg" ingest --targets "127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))" --connections 8 --batch 100 --rate "$rate" --duration 60 >"$dir/paced.out" 2>&1 &
+    paced=$!
+    sleep 2
+    t0=$(now_ms)
+    "$bin" --config "$config" cluster add node-4 "127.0.0.1:$((base + 3))" --url "http://127.0.0.1:$base" | sed 's/^/add: /'
+    # Settled: every partition's replicas where herald-raft's placement
+    # (FNV-1a of the name, splitmix64-mixed with the partition) puts them.
+    until curl -fsS "http://127.0.0.1:$base/v1/admin/cluster" 2>/dev/null | python3 -c "
+import json, sys
+M = (1 << 64) - 1
+def fnv(s):
+    h = 0xcbf29ce484222325
+    for b in s.encode():
+        h = ((h ^ b) * 0x100000001b3) & M
+    return max(h, 1)
+def mix(z):
+    z = (z + 0x9e3779b97f4a7c15) & M
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M
+    return z ^ (z >> 31)
+names = ['node-1', 'node-2', 'node-3', 'node-4']
+def placed(p):
+    scored = sorted(((mix(fnv(n) ^ mix(p + 1)), fnv(n), n) for n in names), reverse=True)
+    return sorted(n for _, _, n in scored[:3])
+v = json.load(sys.stdin)
+ok = all(sorted(p['replicas']) == placed(p['partition']) and sorted(p['in_sync']) == placed(p['partition']) for p in v['partitions'])
+sys.exit(0 if ok else 1)"; do
+        sleep 0.1
+        [ $(( $(now_ms) - t0 )) -gt 600000 ] && { echo "join: not settled after 600 s" >&2; exit 1; }
+    done
+    ms=$(( $(now_ms) - t0 ))
+    got="$(du -sm "$dir/node-4/log" | cut -f1)"
+    on4="$(curl -fsS "http://127.0.0.1:$base/v1/admin/cluster" | python3 -c "import json,sys; v=json.load(sys.stdin); print(sum(1 for p in v['partitions'] if 'node-4' in p['replicas']))")"
+    echo "join: each node held ${held} MB; node-4 added, replicas of $on4 of 8 partitions moved onto it in ${ms} ms ($got MB): $(python3 -c "print(round($got*1000/max($ms,1), 1))") MB/s"
+    wait "$paced" || true
+    sed 's/^/paced during the move: /' "$dir/paced.out"
+    ;;
 *)
-    echo "usage: $0 ingest RF [flags] | failover | refill MB" >&2
+    echo "usage: $0 ingest RF [flags] | failover | refill MB | join MB [RATE]" >&2
     exit 2
     ;;
 esac
