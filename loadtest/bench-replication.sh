@@ -20,6 +20,7 @@
 #       of RATE events/s (default 10000) runs; prints how long until every
 #       partition's replicas are where the 4-node set places them (in
 #       sync), the MB node-4 received, and the paced ingest's answers.
+#       JOIN_CONTROL=1: the same without adding node-4 (the baseline).
 #
 #   cargo build --release -p herald -p herald-loadgen
 set -euo pipefail
@@ -66,7 +67,7 @@ start_node() { # i n rf peers
             HERALD_SERVER__CLUSTER_KEY=bench-cluster-key HERALD_LOG__REPLICATION_FACTOR="$rf"
             HERALD_REPLICATION__PEERS="[$peers]")
     fi
-    env HERALD_LOG=warn "${extra[@]}" \
+    env HERALD_LOG="${BENCH_LOG:-warn}" "${extra[@]}" \
         "$bin" --config "$config" --listen "127.0.0.1:$((base + i - 1))" \
         --redis "redis://127.0.0.1:$rport" --data-dir "$dir/node-$i" >>"$dir/node-$i.out" 2>&1 &
     echo "$i $!" >>"$dir/pids"
@@ -177,6 +178,13 @@ join)
     "$lg" ingest --targets "127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))" --connections 8 --batch 100 --rate "$rate" --duration 60 >"$dir/paced.out" 2>&1 &
     paced=$!
     sleep 2
+    if [ -n "${JOIN_CONTROL:-}" ]; then
+        # The same run without the join: what the fill's aftermath (its
+        # fan-out still running) costs the paced ingest by itself.
+        wait "$paced" || true
+        sed 's/^/paced without a move (control): /' "$dir/paced.out"
+        exit 0
+    fi
     t0=$(now_ms)
     "$bin" --config "$config" cluster add node-4 "127.0.0.1:$((base + 3))" --url "http://127.0.0.1:$base" | sed 's/^/add: /'
     # Settled: every partition's replicas where herald-raft's placement

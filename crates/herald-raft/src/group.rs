@@ -149,6 +149,8 @@ pub struct Replicas {
     /// One membership step at a time on this node (opening or closing a
     /// replica).
     pub(crate) stepping: tokio::sync::Mutex<()>,
+    /// Held while a leader decides to add learners (`members.rs`).
+    pub(crate) moves: tokio::sync::Mutex<()>,
 }
 
 pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -183,6 +185,7 @@ impl Replicas {
             groups: RwLock::new((0..partitions).map(|_| None).collect()),
             routes: RwLock::new(vec![Route::default(); partitions as usize]),
             stepping: tokio::sync::Mutex::new(()),
+            moves: tokio::sync::Mutex::new(()),
             cfg,
         });
         let mut held = 0;
@@ -289,12 +292,21 @@ impl Replicas {
     /// The leader of `partition` as this node knows it (from its replica,
     /// else from the leader's own report).
     pub fn leader(&self, partition: u32) -> Option<PeerAddr> {
-        if let Ok(Some(g)) = self.group(partition) {
+        // A replica being closed (its group removed it) hears of no new
+        // leader: the leaders' reports say.
+        if let Ok(Some(g)) = self
+            .group(partition)
+            .map(|g| g.filter(|g| !g.leaving.load(Ordering::Acquire)))
+        {
             let m = g.raft.metrics().borrow().clone();
-            if let Some(id) = m.current_leader {
+            // (A leader that stepped down names itself a while.)
+            let stale = |id: &NodeId| *id == self.me && m.state != ServerState::Leader;
+            if let Some(id) = m.current_leader.filter(|id| !stale(id)) {
                 return Some(self.peer_of(id, m.membership_config.membership().get_node(&id)));
             }
-            return None;
+            if m.current_leader.is_none() {
+                return None;
+            }
         }
         read(&self.routes)
             .get(partition as usize)
@@ -444,6 +456,15 @@ impl Replicas {
                     return enc(rmp_serde::to_vec_named(&r));
                 }
                 enc(rmp_serde::to_vec_named(&g.raft.vote(req).await))
+            }
+            "elect" => {
+                let _ = g.raft.trigger().elect().await;
+                enc(rmp_serde::to_vec_named(&true))
+            }
+            "pause" => {
+                let ms: u64 = rmp_serde::from_slice(body).map_err(bad)?;
+                crate::balance::pause(&g.raft, std::time::Duration::from_millis(ms.min(60_000)));
+                enc(rmp_serde::to_vec_named(&true))
             }
             "snapshot" => {
                 let m: SnapshotMsg = rmp_serde::from_slice(body).map_err(bad)?;

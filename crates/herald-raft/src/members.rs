@@ -155,25 +155,27 @@ impl Replicas {
             return;
         }
         let me_name = &self.cfg.node;
-        let committed = g.committed.borrow().index;
-        let removed_here = !membership.nodes().any(|(id, _)| *id == self.me)
-            && m.membership_config.log_id().map(|l| l.index) <= committed;
-        // A replica removed while it was away (or that missed the last
-        // step: the leader stops sending to it once it is out) hears it
-        // from the leader: a committed membership newer than its own
-        // without it. (Its term may be ahead: alone it campaigns.)
+        // Only the leader says a replica is out: a committed membership at
+        // least as new as this replica's own, without it. (A replica's own
+        // view may be older: a new one being filled holds the group's first
+        // membership, which does not name it, until the entry that added it
+        // arrives. A removed one may have missed the last step: the leader
+        // stops sending to it once it is out; and alone it campaigns, so
+        // its term may be ahead.) A leader that removed itself knows.
         let mine = m.membership_config.log_id().map(|l| l.index);
-        let removed_there = reports.iter().any(|(_, r)| {
+        let removed = reports.iter().any(|(_, r)| {
             r.partitions.iter().any(|v| {
                 v.partition == p
                     && v.role == "leader"
-                    && v.members_index > mine
+                    && v.members_index >= mine
                     && v.members_committed
                     && !v.members.is_empty()
                     && !v.members.iter().any(|n| n == me_name)
             })
-        });
-        if removed_here || removed_there {
+        }) || (!membership.nodes().any(|(id, _)| *id == self.me)
+            && m.membership_config.log_id().map(|l| l.index) <= g.committed.borrow().index
+            && m.vote.leader_id().voted_for() == Some(self.me));
+        if removed {
             self.give_up(p, &g, "the partition's group removed this replica")
                 .await;
             return;
@@ -182,11 +184,9 @@ impl Replicas {
             && !g.handing_over.load(Ordering::Acquire)
             && !g.changing.swap(true, Ordering::AcqRel)
         {
-            let moving = self.moving();
             let (r, g) = (self.clone(), g.clone());
             tokio::spawn(async move {
-                let done =
-                    tokio::time::timeout(CHANGE_WAIT, r.move_replicas(p, &g, desired, moving));
+                let done = tokio::time::timeout(CHANGE_WAIT, r.move_replicas(p, &g, desired));
                 if done.await.is_err() {
                     tracing::info!(
                         partition = p,
@@ -247,7 +247,7 @@ impl Replicas {
     }
 
     /// On `p`'s leader: one step towards `desired` as its voters.
-    async fn move_replicas(&self, p: u32, g: &Group, desired: Vec<NodeId>, moving: usize) {
+    async fn move_replicas(&self, p: u32, g: &Group, desired: Vec<NodeId>) {
         let m = g.raft.metrics().borrow().clone();
         let mem = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
@@ -274,8 +274,11 @@ impl Replicas {
         }
         let missing: BTreeSet<NodeId> = want.difference(&nodes).copied().collect();
         if !missing.is_empty() {
+            // Decided one partition at a time, so each sees the learners
+            // the others just added.
+            let _one = self.moves.lock().await;
             let filling = nodes.len() > voters.len();
-            if !filling && moving >= MOVES_AT_ONCE {
+            if !filling && self.moving() >= MOVES_AT_ONCE {
                 return;
             }
             for id in missing {

@@ -60,6 +60,26 @@ impl Transport {
             .map_err(|e| format!("{e:?}"))
     }
 
+    /// Asks the replica of `partition` at `addr` to start no election for
+    /// `ms` milliseconds (or until it hears of a newer term): a leader
+    /// handing its partition over keeps the other followers from taking
+    /// it first.
+    pub(crate) async fn pause(&self, addr: &str, partition: u32, ms: u64) -> Result<(), String> {
+        self.call::<u64, bool>(addr, partition, "pause", &ms, Duration::from_millis(500))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    /// Asks the replica of `partition` at `addr` to start an election now
+    /// (the preferred replica, once the other followers' leases ran out).
+    pub(crate) async fn elect(&self, addr: &str, partition: u32) -> Result<(), String> {
+        self.call::<bool, bool>(addr, partition, "elect", &true, Duration::from_millis(500))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    }
+
     /// Sends `msg` to `addr` for `partition`'s `op`; the peer's answer.
     async fn call<Q: Serialize, A: DeserializeOwned>(
         &self,

@@ -131,6 +131,7 @@ impl Replicas {
                 raft: raft.clone(),
                 election: self.cfg.election,
                 handing_over: handing_over.clone(),
+                transport: self.transport.clone(),
             }),
         );
         Ok(Group {
