@@ -304,9 +304,8 @@ impl Replicas {
             if let Some(id) = m.current_leader.filter(|id| !stale(id)) {
                 return Some(self.peer_of(id, m.membership_config.membership().get_node(&id)));
             }
-            if m.current_leader.is_none() {
-                return None;
-            }
+            // No leader known here yet: none (an election is under way).
+            m.current_leader?;
         }
         read(&self.routes)
             .get(partition as usize)
