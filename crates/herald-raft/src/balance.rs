@@ -105,8 +105,16 @@ pub(crate) async fn balance_loop(b: Balance) {
         };
         // Only in a settled membership (no replica being added or moved).
         let membership = m.membership_config.membership();
+        // Nor while the replicas are not where the node set places them
+        // (a move is pending: the move hands leadership over if it must).
+        let placed: std::collections::BTreeSet<NodeId> =
+            b.topo.placement(b.partition).into_iter().collect();
         let voter = membership.get_joint_config().len() == 1
             && membership.nodes().count() == membership.voter_ids().count()
+            && membership
+                .voter_ids()
+                .collect::<std::collections::BTreeSet<_>>()
+                == placed
             && membership.voter_ids().any(|v| v == preferred);
         let caught_up = m
             .replication
@@ -126,12 +134,12 @@ pub(crate) async fn balance_loop(b: Balance) {
 
 impl Balance {
     /// Whether `to` took the leadership over.
-    async fn hand_over(&self, term: u64, to: NodeId) -> bool {
+    pub(crate) async fn hand_over(&self, term: u64, to: NodeId) -> bool {
         tracing::info!(
             partition = self.partition,
             term,
             to = %self.topo.name(to),
-            "handing leadership back to the partition's preferred replica"
+            "handing the partition's leadership over"
         );
         self.handing_over.store(true, Ordering::Release);
         self.raft.runtime_config().tick(false);

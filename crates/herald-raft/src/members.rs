@@ -309,6 +309,37 @@ impl Replicas {
         if !want.iter().filter(|id| !voters.contains(id)).all(caught_up) {
             return;
         }
+        if !want.contains(&self.me) && !joint {
+            // This leader is to go: it hands the partition to a replica that
+            // stays first (a pause of about one leader lease), rather than
+            // leaving the group leaderless until the others' leases run out
+            // and they elect one. The new leader makes the change.
+            let stays = |id: &NodeId| {
+                voters.contains(id)
+                    && m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .is_some_and(|l| Some(l.index) == m.last_log_index)
+            };
+            let to = self
+                .topo
+                .preferred(p)
+                .filter(stays)
+                .or_else(|| want.iter().copied().find(stays));
+            if let Some(to) = to {
+                let b = crate::balance::Balance {
+                    partition: p,
+                    me: self.me,
+                    topo: self.topo.clone(),
+                    raft: g.raft.clone(),
+                    election: self.cfg.election,
+                    handing_over: g.handing_over.clone(),
+                    transport: self.transport.clone(),
+                };
+                b.hand_over(m.current_term, to).await;
+                return;
+            }
+        }
         tracing::info!(
             partition = p,
             from = ?name(&voters),
