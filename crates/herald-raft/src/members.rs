@@ -7,9 +7,9 @@
 //! filled from its log, or from its start), and once they hold nearly
 //! everything it changes the voters to the new set in one joint-consensus
 //! step, which drops the replicas that are no longer placed. Appends go on
-//! meanwhile; a leader that removed itself steps down once that is
-//! committed, and the remaining replicas elect a leader (a pause of about
-//! one election timeout on that partition).
+//! meanwhile; a leader that is not placed in the new set first hands the
+//! partition to a replica that stays (`balance.rs`; a pause of about one
+//! leader lease on that partition), and the new leader makes the change.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
