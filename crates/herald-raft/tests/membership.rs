@@ -241,6 +241,18 @@ async fn a_node_added_then_one_removed_moves_replicas_while_appends_go_on() {
             .join(format!("raft/p-{p:05}/left"));
         assert!(marker.exists(), "{} not marked", marker.display());
     }
+    // Restarted, it opens none of them again.
+    let out = nodes.remove(leaving);
+    list.lock()
+        .unwrap()
+        .retain(|r| !Arc::ptr_eq(r, &out.replicas));
+    let dir = stop_node(out).await;
+    let l = tokio::net::TcpListener::bind(&gone.addr).await.unwrap();
+    let again = start_node_as(&gone.name, &peers, 3, l, dir, log_cfg.clone()).await;
+    for p in 0..PARTITIONS {
+        assert!(!again.replicas.holds(p), "{} opened {p} again", gone.name);
+    }
+    again.replicas.shutdown().await;
     // Appends went on, and every acknowledged one is on every replica.
     let _ = stop_tx.send(true);
     w.await.unwrap();
