@@ -7,7 +7,8 @@
 //! fan-out through [`EdgeHandle`]. It tracks what was sent and not acked: an ack
 //! of a live notification settles it; an ack of an inbox entry removes it
 //! from Redis; whatever is unacked when the connection ends, or unacked for
-//! `ack_timeout`, is written to the inbox. A push is written into the
+//! `ack_timeout`, is reported to fan-out (`Refused`, `Unacked`), which parks
+//! it: the edge never writes the inbox. A push is written into the
 //! socket by whoever pushes (see `link`); what a socket cannot take waits
 //! in a bounded backlog, and when that is full fan-out writes to the inbox
 //! instead, so a slow consumer never stalls anyone else. The edge never
@@ -34,7 +35,7 @@ use herald_store::Store;
 use herald_types::{
     Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, Refusal, Settle, UserId,
 };
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 /// Edge settings.
 #[derive(Debug, Clone)]
@@ -163,22 +164,9 @@ pub struct Edge {
     closed: Notify,
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
-    /// Unacked work of closed connections waiting for Redis to come back.
-    spill_tx: mpsc::Sender<Spill>,
     /// Where settlement answers go (fan-out's trackers).
     pub(crate) answers: Arc<dyn Answers>,
 }
-
-/// What a closed connection could not write to the inbox (Redis did not
-/// answer): retried in the background until written, then settled.
-pub(crate) struct Spill {
-    user: UserId,
-    items: Vec<(Notification, Settle)>,
-}
-
-/// Closed connections' leftovers waiting for Redis; past it, the records
-/// stay unsettled until restart (processed again then).
-const SPILL_QUEUE: usize = 10_000;
 
 impl Edge {
     pub fn new(
@@ -193,58 +181,28 @@ impl Edge {
         }
         let (shutdown_tx, shutdown) = watch::channel(false);
         let cfg_outbox_cap = cfg.outbox_cap;
-        let (spill_tx, spill_rx) = mpsc::channel(SPILL_QUEUE);
-        let spill_store = store.clone();
-        let edge = Arc::new_cyclic(move |me| {
-            tokio::spawn(spill_loop(
-                spill_store,
-                spill_rx,
-                me.clone(),
-                answers.clone(),
-            ));
-            Edge {
-                metrics: EdgeMetrics::new(),
-                cfg,
-                store,
-                conns: DashMap::new(),
-                index: DashMap::new(),
-                celebrities,
-                outboxes: outbox_cache::OutboxCache::new(cfg_outbox_cap),
-                prefs,
-                me: me.clone(),
-                next_id: AtomicU64::new(1),
-                open: AtomicUsize::new(0),
-                closed: Notify::new(),
-                shutdown,
-                shutdown_tx,
-                spill_tx,
-                answers,
-            }
+        let edge = Arc::new_cyclic(move |me| Edge {
+            metrics: EdgeMetrics::new(),
+            cfg,
+            store,
+            conns: DashMap::new(),
+            index: DashMap::new(),
+            celebrities,
+            outboxes: outbox_cache::OutboxCache::new(cfg_outbox_cap),
+            prefs,
+            me: me.clone(),
+            next_id: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+            shutdown,
+            shutdown_tx,
+            answers,
         });
         // Spawned once the edge exists: a loop started inside
         // `new_cyclic` could tick first, find nothing to upgrade and end
         // for good (which left a node blind to other nodes' celebrities).
         tokio::spawn(celebrity::sync_loop(Arc::downgrade(&edge)));
         edge
-    }
-
-    /// Hands a closed connection's leftovers to the background writer.
-    pub(crate) fn spill(&self, user: UserId, items: Vec<(Notification, Settle)>) {
-        let n = items.len();
-        if let Err(e) = self.spill_tx.try_send(Spill { user, items }) {
-            tracing::error!(
-                user,
-                notifications = n,
-                "background inbox writer is full; these records are processed again after restart"
-            );
-            metrics::counter!("herald_spill_overflow_total").increment(n as u64);
-            let s = match e {
-                mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
-            };
-            for (_, settle) in s.items {
-                self.answers.answer(EdgeAnswer::Failed(settle));
-            }
-        }
     }
 
     pub fn router(self: &Arc<Self>) -> utoipa_axum::router::OpenApiRouter {
@@ -385,42 +343,4 @@ impl EdgeHandle for Edge {
     }
 }
 
-/// Writes closed connections' leftovers to their inboxes, retrying with
-/// backoff while Redis does not answer; each settles once written.
-async fn spill_loop(
-    store: Store,
-    mut rx: mpsc::Receiver<Spill>,
-    edge: std::sync::Weak<Edge>,
-    answers: Arc<dyn Answers>,
-) {
-    let min = Duration::from_millis(200);
-    while let Some(s) = rx.recv().await {
-        let mut backoff = min;
-        loop {
-            let items: Vec<(UserId, &Notification)> =
-                s.items.iter().map(|(n, _)| (s.user, n)).collect();
-            match store.inbox_push(&items).await {
-                Ok(_) => {
-                    metrics::counter!("herald_notifications_total", "route" => "queued_after_outage")
-                        .increment(items.len() as u64);
-                    break;
-                }
-                Err(e) => {
-                    if backoff == min {
-                        tracing::warn!(user = s.user, error = %e, "inbox still unavailable for a closed connection's notifications; retrying");
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        // The inbox has them: settled.
-        let user = s.user;
-        answers.settled(s.items.into_iter().map(|(_, settle)| settle).collect());
-        // The user may have reconnected meanwhile.
-        if let Some(edge) = edge.upgrade() {
-            edge.poke(user);
-        }
-    }
-}
 pub use handshake::Admission;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use herald_types::{Notification, Settle, UserId};
+use herald_types::{Notification, Settle};
 
 use crate::conn::{Conn, Kind};
 use crate::frames::{self, ClientFrame};
@@ -91,7 +91,7 @@ impl Conn {
             .filter(|(_, p)| matches!(p.kind, Kind::Live(..)) && p.sent.elapsed() >= timeout)
             .map(|(id, _)| id.clone())
             .collect();
-        self.move_to_inbox(late).await;
+        self.give_back(late, "ack_timeout");
     }
 
     /// Past `max_unacked`: the oldest live ones go to the inbox.
@@ -114,17 +114,18 @@ impl Conn {
                 .map(|(id, _)| id.clone())
                 .collect()
         };
-        self.move_to_inbox(ids).await;
+        self.give_back(ids, "unacked_cap");
     }
 
-    /// Writes these live notifications to the inbox; they stay pending as
-    /// inbox entries, and are answered `Settled` once the write succeeded.
-    async fn move_to_inbox(&mut self, ids: Vec<Arc<str>>) {
+    /// Gives these live notifications back to fan-out, which parks them
+    /// (the inbox): each stays pending here as an inbox entry, so an ack
+    /// still removes it. (An ack that races the parking may leave a copy
+    /// in the inbox: the client drops it by id.)
+    fn give_back(&mut self, ids: Vec<Arc<str>>, route: &'static str) {
         if ids.is_empty() {
             return;
         }
-        // Copies another device still holds, or acked, are only dropped
-        // here; the others are written and then settled.
+        // Copies another device still holds, or acked, are only dropped.
         let mut owed: Vec<(Notification, Settle)> = Vec::new();
         {
             let mut o = self.link.lock();
@@ -146,37 +147,36 @@ impl Conn {
                 }
             }
         }
+        self.report_unacked(owed, route);
+    }
+
+    /// Reports notifications nobody acked to fan-out (their owner), one
+    /// answer each.
+    fn report_unacked(&self, owed: Vec<(Notification, Settle)>, route: &'static str) {
         if owed.is_empty() {
             return;
         }
-        let items: Vec<(UserId, &Notification)> =
-            owed.iter().map(|(n, _)| (self.user, n)).collect();
-        match self.edge.store.inbox_push(&items).await {
-            Ok(_) => {
-                metrics::counter!("herald_notifications_total", "route" => "ack_timeout")
-                    .increment(owed.len() as u64);
-                // The inbox has them now: pending as inbox entries.
-                self.edge
-                    .answers
-                    .settled(owed.into_iter().map(|(_, s)| s).collect());
-            }
-            Err(e) => {
-                // Kept as inbox entries to the client; written in the
-                // background like a closed connection's leftovers.
-                tracing::warn!(user = self.user, error = %e, "moving unacked to inbox failed; retrying in the background");
-                self.edge.spill(self.user, owed);
-            }
+        metrics::counter!("herald_notifications_total", "route" => route)
+            .increment(owed.len() as u64);
+        for (n, settle) in owed {
+            self.edge.answers.answer(herald_types::EdgeAnswer::Refused {
+                user: self.user,
+                n,
+                settle,
+                why: herald_types::Refusal::Unacked,
+            });
         }
     }
 
     /// The connection is over: everything live that was not acked (sent,
-    /// or still waiting to be written) goes to the inbox.
+    /// or still waiting to be written) goes back to fan-out, which parks it.
     pub(crate) async fn settle_on_close(&mut self, pending: crate::link::PendingMap) {
         self.flush_cursors().await;
         let mut left: Vec<(Notification, Settle)> = Vec::new();
         // Copies another device of the user still holds (or acked) are
-        // only dropped; the last copy nobody acked is stored. Shared
-        // (celebrity) frames stay in their outbox: nothing to do.
+        // only dropped; the last copy nobody acked goes back. Shared
+        // (celebrity) frames stay in their outbox: nothing to do. Copies
+        // another node handed over go back to it the same way.
         for (_, p) in pending {
             if let Kind::Live(d) = p.kind {
                 let Direct { n, settle } = *d;
@@ -185,43 +185,6 @@ impl Conn {
                 }
             }
         }
-        // Copies another node handed over go back to it: it stores them
-        // unless another device of the user acked the same notification.
-        let (remote, left): (Vec<_>, Vec<_>) = left
-            .into_iter()
-            .partition(|(_, s)| matches!(s, Settle::Remote(_)));
-        for (n, settle) in remote {
-            self.edge.answers.answer(herald_types::EdgeAnswer::Refused {
-                user: self.user,
-                n,
-                settle,
-                why: herald_types::Refusal::Offline,
-            });
-        }
-        if left.is_empty() {
-            return;
-        }
-        metrics::counter!("herald_notifications_total", "route" => "queued_on_close")
-            .increment(left.len() as u64);
-        let items: Vec<(UserId, &Notification)> =
-            left.iter().map(|(n, _)| (self.user, n)).collect();
-        match self.edge.store.inbox_push(&items).await {
-            Ok(_) => {
-                drop(items);
-                self.edge
-                    .answers
-                    .settled(left.into_iter().map(|(_, s)| s).collect());
-                // A newer connection for this user may have drained already.
-                self.edge.poke(self.user);
-            }
-            Err(e) => {
-                // Redis is down: the edge keeps retrying in the background
-                // until the inbox has them; their records stay unsettled
-                // until then, never pinned for the life of the process.
-                tracing::warn!(user = self.user, error = %e, "writing unacked to inbox failed; retrying in the background");
-                drop(items);
-                self.edge.spill(self.user, left);
-            }
-        }
+        self.report_unacked(left, "queued_on_close");
     }
 }

@@ -32,7 +32,14 @@ pub struct Settlements {
     later: mpsc::Sender<EdgeAnswer>,
     /// Per partition: why it waits for an operator, if it does.
     blocked: std::sync::Mutex<Vec<Option<String>>>,
+    /// Users whose inbox got parked notifications (alone: this node's edge
+    /// listens and tells their connections to drain; in a cluster the
+    /// relay tells every node holding them).
+    parked: tokio::sync::broadcast::Sender<herald_types::UserId>,
 }
+
+/// Most parked notifications written in one pipeline.
+const PARK_BATCH: usize = 512;
 
 /// Where a partition without a readable checkpoint starts: its first
 /// record when it holds none yet (a new partition), where the operator
@@ -125,12 +132,14 @@ impl Settlements {
         partitions: u32,
     ) -> Arc<Settlements> {
         let (tx, rx) = mpsc::channel(LATER_WRITES);
+        let (parked, _) = tokio::sync::broadcast::channel(4096);
         let s = Arc::new(Settlements {
             trackers,
             relay: std::sync::OnceLock::new(),
             placement: std::sync::OnceLock::new(),
             later: tx,
             blocked: std::sync::Mutex::new(Vec::new()),
+            parked,
         });
         tokio::spawn(write_later(
             store,
@@ -140,6 +149,13 @@ impl Settlements {
             partitions,
         ));
         s
+    }
+
+    /// Users whose inbox just got notifications nobody acked or took
+    /// (when no relay tells the nodes): an edge subscribes and pokes
+    /// their connections. A receiver that lags behind should poke all.
+    pub fn parked(&self) -> tokio::sync::broadcast::Receiver<herald_types::UserId> {
+        self.parked.subscribe()
     }
 
     pub fn tracker(&self, partition: u32) -> Option<&Arc<Tracker>> {
@@ -274,8 +290,10 @@ impl Answers for Settlements {
 }
 
 /// Writes what edges left to fan-out, retrying while Redis is
-/// unreachable: refused pushes to the inbox (then released), held posts to
-/// their bucket (then the follower's outbox cursor, when given).
+/// unreachable: notifications nobody took or acked to the inbox (up to
+/// [`PARK_BATCH`] in one pipeline, then released and their users' edges
+/// told), held posts to their bucket (then the follower's outbox cursor,
+/// when given). The one background writer for everything parked.
 async fn write_later(
     store: Store,
     mut rx: mpsc::Receiver<EdgeAnswer>,
@@ -283,53 +301,109 @@ async fn write_later(
     backoff: Duration,
     partitions: u32,
 ) {
-    while let Some(w) = rx.recv().await {
-        let mut wait = backoff;
-        loop {
-            let r = match &w {
-                EdgeAnswer::Refused { user, n, .. } => {
-                    store.inbox_push(&[(*user, n)]).await.map(|_| ())
-                }
-                EdgeAnswer::Hold {
-                    user,
-                    bucket,
-                    release_ms,
-                    n,
-                    seen,
-                } => {
-                    let add = BucketAdd::new(*user, *bucket, *release_ms, n, partitions);
-                    match store.bucket_add(&[add]).await {
-                        Ok(()) => match seen {
-                            Some(s) => store.outbox_seen(*user, &[*s]).await,
-                            None => Ok(()),
-                        },
-                        Err(e) => Err(e),
-                    }
-                }
-                EdgeAnswer::Settled(_) | EdgeAnswer::Failed(_) => Ok(()),
-            };
-            match r {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "a write left by an edge failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
+    let mut batch: Vec<EdgeAnswer> = Vec::with_capacity(PARK_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < PARK_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
             }
         }
-        if let EdgeAnswer::Refused { user, settle, .. } = w {
+        let (refused, holds): (Vec<EdgeAnswer>, Vec<EdgeAnswer>) = batch
+            .drain(..)
+            .partition(|w| matches!(w, EdgeAnswer::Refused { .. }));
+        if !refused.is_empty() {
+            park(&store, &refused, backoff).await;
             let Some(s) = settlements.upgrade() else {
                 return;
             };
-            s.release(&settle);
-            tracing::debug!(
-                user,
-                "a refused push is in the inbox; its holders are poked"
-            );
-            // In a cluster the user may have reconnected elsewhere since.
-            if let Some(r) = s.relay() {
-                r.poke_everywhere(user).await;
+            let mut users = Vec::with_capacity(refused.len());
+            for w in refused {
+                if let EdgeAnswer::Refused { user, settle, .. } = w {
+                    s.release(&settle);
+                    users.push(user);
+                }
+            }
+            users.sort_unstable();
+            users.dedup();
+            // Their connections drain: in a cluster wherever they are now.
+            match s.relay() {
+                Some(r) => {
+                    for u in users {
+                        r.poke_everywhere(u).await;
+                    }
+                }
+                None => {
+                    for u in users {
+                        let _ = s.parked.send(u);
+                    }
+                }
             }
         }
+        for w in holds {
+            let mut wait = backoff;
+            loop {
+                let r = match &w {
+                    EdgeAnswer::Hold {
+                        user,
+                        bucket,
+                        release_ms,
+                        n,
+                        seen,
+                    } => {
+                        let add = BucketAdd::new(*user, *bucket, *release_ms, n, partitions);
+                        match store.bucket_add(&[add]).await {
+                            Ok(()) => match seen {
+                                Some(s) => store.outbox_seen(*user, &[*s]).await,
+                                None => Ok(()),
+                            },
+                            Err(e) => Err(e),
+                        }
+                    }
+                    _ => Ok(()),
+                };
+                match r {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a held post's bucket write failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes refused notifications to their users' inboxes in one pipeline,
+/// retrying with backoff while Redis does not answer.
+async fn park(store: &Store, refused: &[EdgeAnswer], backoff: Duration) {
+    let items: Vec<(herald_types::UserId, &herald_types::Notification)> = refused
+        .iter()
+        .filter_map(|w| match w {
+            EdgeAnswer::Refused { user, n, .. } => Some((*user, n)),
+            _ => None,
+        })
+        .collect();
+    let mut wait = backoff;
+    let mut failed = false;
+    loop {
+        match store.inbox_push(&items).await {
+            Ok(_) => break,
+            Err(e) => {
+                if !failed {
+                    tracing::warn!(error = %e, notifications = items.len(), "parking notifications in the inbox failed; retrying");
+                }
+                failed = true;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    metrics::counter!("herald_fanout_parked_total").increment(items.len() as u64);
+    if failed {
+        metrics::counter!("herald_notifications_total", "route" => "queued_after_outage")
+            .increment(items.len() as u64);
     }
 }

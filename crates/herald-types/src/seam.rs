@@ -84,6 +84,10 @@ pub enum Refusal {
     Offline,
     /// The user's connection queue is full (a slow consumer).
     Full,
+    /// Sent, but not acked: the ack timed out, the connection passed its
+    /// cap on unacked notifications, or it closed. Fan-out parks it (the
+    /// inbox); the edge only reports.
+    Unacked,
 }
 
 /// What fan-out asks of an edge.

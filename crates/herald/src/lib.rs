@@ -213,6 +213,27 @@ pub async fn run(
         prefs.clone(),
         settlements.clone(),
     );
+    // What fan-out parks for users connected here: their connections
+    // drain it (alone; in a cluster the relay tells every node).
+    tokio::spawn({
+        let mut parked = settlements.parked();
+        let edge = edge.clone();
+        async move {
+            use herald_types::{EdgeCommand, EdgeHandle};
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match parked.recv().await {
+                    Ok(user) => {
+                        edge.send(EdgeCommand::Poke { user });
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        edge.send(EdgeCommand::PokeAll);
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }
+    });
     // Several nodes: pushes to users connected elsewhere travel over
     // Redis pub/sub (one channel per node), answers come back the same way.
     let _relay = cfg.server.cluster.then(|| {
