@@ -15,10 +15,13 @@ use tokio::sync::mpsc;
 
 use crate::{FanoutConfig, Tracker};
 
-/// Writes edges left to fan-out, waiting for Redis; past it they are
-/// dropped (refused pushes: their records stay unsettled until restart;
-/// held posts: the follower pulls them again on its next connect).
-const LATER_WRITES: usize = 10_000;
+/// Writes edges left to fan-out (every notification nobody took or acked,
+/// and held posts), waiting for the writer; past it they are dropped
+/// (refused pushes: their records stay unsettled until restart; held
+/// posts: the follower pulls them again on its next connect). Sized for a
+/// mass disconnect: 100,000 users' unacked notifications at once, a few
+/// hundred bytes each.
+const LATER_WRITES: usize = 100_000;
 
 /// Every partition's tracker, and a writer for what edges leave to
 /// fan-out.
