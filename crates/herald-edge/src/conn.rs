@@ -13,10 +13,10 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::link::{Flushed, Link};
+use crate::pending::Acks;
 use crate::reader::{Incoming, ReadError, Reader};
-use crate::unacked::Acks;
 use crate::wire;
-use crate::{frames, ConnHandle, Direct, Edge};
+use crate::{frames, ConnHandle, Edge};
 
 /// Most client frames handled (already read, without waiting) before
 /// their acks are applied together.
@@ -27,22 +27,6 @@ const SYNC_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(250
 const SYNC_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// A timer that is not armed.
 const FAR: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
-
-/// What a sent, unacked notification is, which says what its ack does.
-pub(crate) enum Kind {
-    /// Pushed live by fan-out: the ack answers `Settled`. Kept whole so it
-    /// can be written to the inbox if the ack never comes.
-    Live(Box<Direct>),
-    /// From the inbox: the ack removes it there.
-    Stored,
-    /// A celebrity's post (outbox): the ack advances the read cursor.
-    Outbox { celebrity: UserId, order: u64 },
-}
-
-pub(crate) struct Pending {
-    pub kind: Kind,
-    pub sent: Instant,
-}
 
 pub(crate) struct Conn {
     pub edge: Arc<Edge>,

@@ -22,6 +22,7 @@ mod frames;
 mod handshake;
 mod link;
 mod outbox_cache;
+mod pending;
 mod reader;
 mod unacked;
 mod wire;

@@ -10,10 +10,10 @@
 //! task is woken and nothing is copied per frame on the common path. The
 //! lock is never held across an await.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,12 +21,8 @@ use herald_types::{EdgeAnswer, Notification, Refusal, UserId, WireFormat};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
-use crate::conn::{Kind, Pending};
+use crate::pending::{Kind, Pending, PendingMap};
 use crate::{frames, Direct, Edge, EdgeMetrics};
-
-/// A connection's pending notifications by id (foldhash: ids are hashed
-/// on every push and ack; the map is bounded by `max_unacked`).
-pub(crate) type PendingMap = HashMap<Arc<str>, Pending, foldhash::fast::RandomState>;
 
 /// Most frames given to one vectored write.
 const GATHER: usize = 64;

@@ -1,23 +1,15 @@
-//! What happens to notifications a connection sent: acks, the ack
-//! timeout, the cap on unacked, and the connection's end.
+//! When a connection's sent notifications are acked, given back or left:
+//! the acks read, the ack timeout, the cap on unacked and the connection's
+//! end. What the set holds and how each question is answered is in
+//! `pending.rs`; this is the connection's side (locking, Redis, reports).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use herald_types::{Notification, Settle};
 
-use crate::conn::{Conn, Kind};
+use crate::conn::Conn;
 use crate::frames::{self, ClientFrame};
-use crate::Direct;
-
-/// Acks of the frames read together, applied at once.
-#[derive(Default)]
-pub(crate) struct Acks {
-    /// Live notifications acked: fan-out's records to settle.
-    settled: Vec<Settle>,
-    /// Inbox entries (or unknown ids) to remove from the inbox.
-    remove: Vec<String>,
-}
+use crate::pending::{self, Acks};
 
 impl Conn {
     /// One client frame: an ack's ids are sorted into `acks` (applied by
@@ -27,22 +19,7 @@ impl Conn {
             Ok(ClientFrame::Ack(ids)) => {
                 self.edge.metrics.acks.increment(ids.len() as u64);
                 let mut o = self.link.lock();
-                for id in ids {
-                    match o.unacked.remove(&*id).map(|p| p.kind) {
-                        Some(Kind::Live(d)) => acks.settled.extend(d.settle.acked()),
-                        Some(Kind::Outbox { celebrity, order }) => {
-                            match self.cursors.iter_mut().find(|(c, _)| *c == celebrity) {
-                                Some(e) => e.1 = e.1.max(order),
-                                None => self.cursors.push((celebrity, order)),
-                            }
-                        }
-                        Some(Kind::Stored) | None => acks.remove.push(id.into_owned()),
-                    }
-                }
-                // A drained page leaves a large, empty map behind.
-                if o.unacked.is_empty() && o.unacked.capacity() > 64 {
-                    o.unacked.shrink_to(8);
-                }
+                pending::ack(&mut o.unacked, ids, acks, &mut self.cursors);
             }
             Err(why) => {
                 metrics::counter!("herald_ws_bad_frames_total").increment(1);
@@ -80,74 +57,25 @@ impl Conn {
         }
     }
 
-    /// Moves live notifications unacked past the ack timeout to the inbox.
+    /// Live notifications unacked past the ack timeout go back to fan-out.
     pub(crate) async fn sweep(&mut self) {
         let timeout = self.edge.cfg.ack_timeout;
-        let late: Vec<Arc<str>> = self
-            .link
-            .lock()
-            .unacked
-            .iter()
-            .filter(|(_, p)| matches!(p.kind, Kind::Live(..)) && p.sent.elapsed() >= timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
-        self.give_back(late, "ack_timeout");
-    }
-
-    /// Past `max_unacked`: the oldest live ones go to the inbox.
-    pub(crate) async fn spill_oldest(&mut self) {
-        let ids: Vec<Arc<str>> = {
-            let o = self.link.lock();
-            let excess = o.unacked.len().saturating_sub(self.edge.cfg.max_unacked);
-            if excess == 0 {
-                return;
-            }
-            let mut live: Vec<(&Arc<str>, Instant)> = o
-                .unacked
-                .iter()
-                .filter(|(_, p)| matches!(p.kind, Kind::Live(..)))
-                .map(|(id, p)| (id, p.sent))
-                .collect();
-            live.sort_by_key(|(_, t)| *t);
-            live.into_iter()
-                .take(excess)
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
-        self.give_back(ids, "unacked_cap");
-    }
-
-    /// Gives these live notifications back to fan-out, which parks them
-    /// (the inbox): each stays pending here as an inbox entry, so an ack
-    /// still removes it. (An ack that races the parking may leave a copy
-    /// in the inbox: the client drops it by id.)
-    fn give_back(&mut self, ids: Vec<Arc<str>>, route: &'static str) {
-        if ids.is_empty() {
-            return;
-        }
-        // Copies another device still holds, or acked, are only dropped.
-        let mut owed: Vec<(Notification, Settle)> = Vec::new();
-        {
+        let owed = {
             let mut o = self.link.lock();
-            for id in &ids {
-                let Some(p) = o.unacked.get_mut(&**id) else {
-                    continue;
-                };
-                if !matches!(p.kind, Kind::Live(_)) {
-                    continue;
-                }
-                if let Kind::Live(d) = std::mem::replace(&mut p.kind, Kind::Stored) {
-                    let Direct { n, settle } = *d;
-                    match settle.dropped() {
-                        Some(s) => owed.push((n, s)),
-                        None => {
-                            o.unacked.remove(&**id);
-                        }
-                    }
-                }
-            }
-        }
-        self.report_unacked(owed, route);
+            let late = pending::overdue(&o.unacked, timeout);
+            pending::give_back(&mut o.unacked, &late)
+        };
+        self.report_unacked(owed, "ack_timeout");
+    }
+
+    /// Past `max_unacked`: the oldest live ones go back to fan-out.
+    pub(crate) async fn spill_oldest(&mut self) {
+        let owed = {
+            let mut o = self.link.lock();
+            let ids = pending::past_cap(&o.unacked, self.edge.cfg.max_unacked);
+            pending::give_back(&mut o.unacked, &ids)
+        };
+        self.report_unacked(owed, "unacked_cap");
     }
 
     /// Reports notifications nobody acked to fan-out (their owner), one
@@ -170,21 +98,8 @@ impl Conn {
 
     /// The connection is over: everything live that was not acked (sent,
     /// or still waiting to be written) goes back to fan-out, which parks it.
-    pub(crate) async fn settle_on_close(&mut self, pending: crate::link::PendingMap) {
+    pub(crate) async fn settle_on_close(&mut self, set: pending::PendingMap) {
         self.flush_cursors().await;
-        let mut left: Vec<(Notification, Settle)> = Vec::new();
-        // Copies another device of the user still holds (or acked) are
-        // only dropped; the last copy nobody acked goes back. Shared
-        // (celebrity) frames stay in their outbox: nothing to do. Copies
-        // another node handed over go back to it the same way.
-        for (_, p) in pending {
-            if let Kind::Live(d) = p.kind {
-                let Direct { n, settle } = *d;
-                if let Some(s) = settle.dropped() {
-                    left.push((n, s));
-                }
-            }
-        }
-        self.report_unacked(left, "queued_on_close");
+        self.report_unacked(pending::left_on_close(set), "queued_on_close");
     }
 }
