@@ -80,6 +80,23 @@ fn cli(node: &Node, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Likes from `k + 1` to user `700 + k` for each `k` in `ks`, each
+/// through any of `nodes` until accepted; (recipient, event id) kept.
+async fn post_likes(nodes: &[&Node], ks: std::ops::Range<u64>, accepted: &mut Vec<(u64, String)>) {
+    for k in ks {
+        accepted.push((700 + k, like_anywhere(nodes, k + 1, 700 + k).await));
+    }
+}
+
+/// `POST /v1/admin/cluster/nodes` with `name` and `addr`.
+async fn add_node(n: &Node, name: &str, addr: &str) -> (u16, Value) {
+    n.post(
+        "/v1/admin/cluster/nodes",
+        &json!({"name": name, "addr": addr}),
+    )
+    .await
+}
+
 fn peer(name: &str, addr: &str) -> PeerAddr {
     PeerAddr {
         name: name.into(),
@@ -97,10 +114,8 @@ async fn nodes_join_and_leave_while_posts_are_accepted_and_delivered() {
         .map(|(i, n)| peer(&format!("node-{}", i + 1), &n.addr))
         .collect();
     let mut accepted: Vec<(u64, String)> = Vec::new();
-    for k in 0..20u64 {
-        let all: Vec<&Node> = nodes.iter().collect();
-        accepted.push((700 + k, like_anywhere(&all, k + 1, 700 + k).await));
-    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    post_likes(&all, 0..20, &mut accepted).await;
 
     // A fourth node starts: not in the node set, it holds nothing yet.
     let port = free_port();
@@ -111,23 +126,13 @@ async fn nodes_join_and_leave_while_posts_are_accepted_and_delivered() {
     let addr4 = nodes[3].addr.clone();
 
     // Bad requests change nothing.
-    let (s, v) = nodes[0]
-        .post(
-            "/v1/admin/cluster/nodes",
-            &json!({"name": "no spaces", "addr": addr4}),
-        )
-        .await;
+    let (s, v) = add_node(&nodes[0], "no spaces", &addr4).await;
     assert_eq!(
         (s, v["error"]["field"].as_str()),
         (400, Some("name")),
         "{v}"
     );
-    let (s, v) = nodes[0]
-        .post(
-            "/v1/admin/cluster/nodes",
-            &json!({"name": "node-4", "addr": "nowhere"}),
-        )
-        .await;
+    let (s, v) = add_node(&nodes[0], "node-4", "nowhere").await;
     assert_eq!(
         (s, v["error"]["field"].as_str()),
         (400, Some("addr")),
@@ -139,22 +144,15 @@ async fn nodes_join_and_leave_while_posts_are_accepted_and_delivered() {
     assert!(ok && out.contains("node-4 added"), "{out}");
     let (ok, out) = cli(&nodes[1], &["add", "node-4", &addr4]);
     assert!(ok && out.contains("unchanged"), "{out}");
-    let (s, v) = nodes[0]
-        .post(
-            "/v1/admin/cluster/nodes",
-            &json!({"name": "node-4", "addr": "127.0.0.1:1"}),
-        )
-        .await;
+    let (s, v) = add_node(&nodes[0], "node-4", "127.0.0.1:1").await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (409, Some("node_exists")),
         "{v}"
     );
     set.push(peer("node-4", &addr4));
-    for k in 20..40u64 {
-        let all: Vec<&Node> = nodes.iter().collect();
-        accepted.push((700 + k, like_anywhere(&all, k + 1, 700 + k).await));
-    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    post_likes(&all, 20..40, &mut accepted).await;
     moved_to(&nodes[0], &set, "replicas moved onto node-4").await;
 
     // node-1 leaves: its replicas move away; then it is stopped.
@@ -164,10 +162,8 @@ async fn nodes_join_and_leave_while_posts_are_accepted_and_delivered() {
     assert_eq!(s, 200, "{v}");
     assert!(!v["nodes"].to_string().contains("node-1"), "{v}");
     set.remove(0);
-    for k in 40..60u64 {
-        let all: Vec<&Node> = nodes.iter().collect();
-        accepted.push((700 + k, like_anywhere(&all, k + 1, 700 + k).await));
-    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    post_likes(&all, 40..60, &mut accepted).await;
     moved_to(&nodes[1], &set, "replicas moved off node-1").await;
     let (s, v) = nodes[1]
         .request("DELETE", "/v1/admin/cluster/nodes/node-2", None, &[])
@@ -183,9 +179,7 @@ async fn nodes_join_and_leave_while_posts_are_accepted_and_delivered() {
     assert_eq!(s, 404);
     nodes[0].kill9();
     let live: Vec<&Node> = nodes[1..].iter().collect();
-    for k in 60..80u64 {
-        accepted.push((700 + k, like_anywhere(&live, k + 1, 700 + k).await));
-    }
+    post_likes(&live, 60..80, &mut accepted).await;
     // Every accepted event is in its recipient's inbox.
     for (user, id) in &accepted {
         eventually_within(

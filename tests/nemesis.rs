@@ -88,15 +88,7 @@ fn start() -> Cluster {
         env.push(("HERALD_REDIS__WAIT_REPLICAS".into(), "1".into()));
         nodes.push(Node::start_in_netns(&ns, a, &any_redis, &env_refs(&env)));
     }
-    if std::env::var("KEEP_LOGS").is_ok() {
-        for n in nodes.iter_mut() {
-            eprintln!("node data: {}", n.data.display());
-            n.keep_files();
-        }
-    }
-    for n in &nodes {
-        n.wait_ready(Duration::from_secs(60));
-    }
+    support::keep_logs_and_wait_ready(&mut nodes);
     Cluster {
         net,
         nodes,

@@ -893,16 +893,22 @@ pub fn start_replicated(redis: &Redis, n: usize) -> Vec<Node> {
             Node::start_on_port(redis, &env_refs(&env), *port)
         })
         .collect();
+    keep_logs_and_wait_ready(&mut nodes);
+    nodes
+}
+
+/// With `KEEP_LOGS` set, keeps the nodes' data directories (printing
+/// where: "node data: DIR"); then waits until every node serves.
+pub fn keep_logs_and_wait_ready(nodes: &mut [Node]) {
     if std::env::var("KEEP_LOGS").is_ok() {
         for n in nodes.iter_mut() {
             eprintln!("node data: {}", n.data.display());
             n.keep_files();
         }
     }
-    for n in &nodes {
+    for n in nodes.iter() {
         n.wait_ready(Duration::from_secs(60));
     }
-    nodes
 }
 
 /// The `replication.peers` value of a cluster started by `start_replicated`.

@@ -298,7 +298,9 @@ impl Replicas {
             .group(partition)
             .map(|g| g.filter(|g| !g.leaving.load(Ordering::Acquire)))
         {
-            let m = g.raft.metrics().borrow().clone();
+            // Read in place: this is asked per part of every request.
+            let metrics = g.raft.metrics();
+            let m = metrics.borrow();
             // (A leader that stepped down names itself a while.)
             let stale = |id: &NodeId| *id == self.me && m.state != ServerState::Leader;
             if let Some(id) = m.current_leader.filter(|id| !stale(id)) {

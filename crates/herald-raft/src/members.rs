@@ -238,7 +238,8 @@ impl Replicas {
             .iter()
             .flatten()
             .filter(|g| {
-                let m = g.raft.metrics().borrow().clone();
+                let metrics = g.raft.metrics();
+                let m = metrics.borrow();
                 let mem = m.membership_config.membership();
                 m.state == openraft::ServerState::Leader
                     && mem.nodes().count() > mem.voter_ids().count()
