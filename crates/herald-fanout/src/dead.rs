@@ -53,6 +53,7 @@ impl Worker {
             at_ms: herald_types::now_ms() as i64,
             raw_hex: undecodable.then(|| r.payload.iter().map(|b| format!("{b:02x}")).collect()),
             event,
+            webhook: None,
         };
         let store = self.store.clone();
         let fence = self.fence;

@@ -38,11 +38,22 @@ pub struct DeadLetter {
     /// The raw record (hex) when it could not be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_hex: Option<String>,
+    /// A notification the webhook never got a `2xx` for, within its retry
+    /// budget: the request's item (`{"user": ..., "notification": {...}}`).
+    /// Replaying it parks it for the webhook again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<serde_json::Value>,
 }
 
 impl DeadLetter {
     pub fn id_for(partition: u32, offset: u64) -> String {
         format!("dl-{partition}-{offset}")
+    }
+
+    /// The id of a webhook item's dead letter (one per user and
+    /// notification).
+    pub fn webhook_id_for(field: &str) -> String {
+        format!("dl-wh-{field}")
     }
 }
 
@@ -80,6 +91,36 @@ impl Store {
             self.dead_letter_remove(&old).await?;
         }
         Ok(true)
+    }
+
+    /// Stores webhook items' dead letters (idempotent by id; not fenced:
+    /// a webhook item is settled once, and a second copy of its letter
+    /// is the same letter). Trims the oldest past [`MAX_DEAD_LETTERS`].
+    pub async fn dead_letters_put_webhook(&self, list: &[DeadLetter]) -> Result<()> {
+        if list.is_empty() {
+            return Ok(());
+        }
+        let mut p = crate::Batch::new();
+        for d in list {
+            let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt {
+                key: DATA.into(),
+                reason: e.to_string(),
+            })?;
+            p.cmd("HSET").arg(DATA).arg(&d.id).arg(json).ignore();
+            p.cmd("ZADD").arg(ORDER).arg(d.at_ms).arg(&d.id).ignore();
+        }
+        p.cmd("ZCARD").arg(ORDER);
+        let (n,): (usize,) = self.run(&p).await?;
+        if n > MAX_DEAD_LETTERS {
+            let mut p = crate::Batch::new();
+            p.cmd("ZRANGE")
+                .arg(ORDER)
+                .arg(0)
+                .arg((n - MAX_DEAD_LETTERS - 1) as i64);
+            let (old,): (Vec<String>,) = self.run(&p).await?;
+            self.dead_letter_remove(&old).await?;
+        }
+        Ok(())
     }
 
     /// The oldest `limit` dead letters.

@@ -53,6 +53,7 @@ mod nodes;
 mod position;
 mod prefs;
 mod presence;
+mod webhook;
 
 use std::time::Duration;
 
@@ -72,6 +73,7 @@ pub use nodes::{NodeChange, NodeSet};
 pub use position::Position;
 pub use prefs::StoredPrefs;
 pub use presence::Subscription;
+pub use webhook::{webhook_field, WebhookBatch, MAX_WEBHOOK_BATCH};
 
 /// What the store can fail at.
 #[derive(Debug, thiserror::Error)]

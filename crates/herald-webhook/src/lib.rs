@@ -1,0 +1,214 @@
+//! The webhook for notifications nobody saw.
+//!
+//! Fan-out parks a notification here when it goes to a user's inbox and
+//! the user's preferences allow the webhook ([`Webhooks::park`]): into a
+//! durable queue in Redis, one shard per fan-out partition, before the
+//! record it came from settles. The owner of each partition sends its
+//! shard: several notifications per `POST` to `webhook.url`, signed as the
+//! Standard Webhooks specification says (`webhook-id`, `webhook-timestamp`,
+//! `webhook-signature`), body
+//! `{"type": "notifications", "items": [{"user": ID, "notification": {...}}]}`
+//! with each notification the same object as the WebSocket frame. A `2xx`
+//! settles a request; anything else (or no answer within
+//! `webhook.timeout_ms`) is tried again with exponential backoff and
+//! jitter, under the same `webhook-id`, until `webhook.retry_for_s` has
+//! passed since the first attempt; then each item becomes a dead letter
+//! (`herald dead-letters replay` parks it again).
+//!
+//! A slow or dead receiver never slows live delivery or fan-out: parking
+//! is one Redis write, sending runs on its own tasks with at most
+//! `webhook.max_in_flight` requests open, and what waits stays in Redis.
+
+mod deliver;
+mod sign;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_store::Store;
+use herald_types::{Notification, Placement, UserId, WireFormat};
+
+pub use sign::{Signer, SECRET_PREFIX};
+
+/// Why the webhook cannot be set up, or an item not parked.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] herald_store::StoreError),
+}
+
+/// Webhook settings (`[webhook]`).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Where requests go: `http://host[:port]/path`.
+    pub url: hyper::Uri,
+    pub signer: Signer,
+    /// Most notifications in one request.
+    pub batch: usize,
+    /// Most requests open at once (per node).
+    pub max_in_flight: usize,
+    /// A request without an answer in this long has failed.
+    pub timeout: Duration,
+    /// Retries stop this long after a request's first attempt; its items
+    /// become dead letters.
+    pub retry_for: Duration,
+    /// The first retry's wait; each next one doubles, up to `backoff_max`
+    /// (each with jitter: a random 50-100% of it).
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// `/readyz` reports the backlog once it passes this many
+    /// notifications.
+    pub backlog_alert: u64,
+}
+
+impl WebhookConfig {
+    /// Checks a URL as the webhook's: `http://` with a host (HTTPS needs a
+    /// TLS-originating proxy on loopback, see `docs/WEBHOOK.md`).
+    pub fn parse_url(url: &str) -> Result<hyper::Uri, WebhookError> {
+        let bad = |why: String| WebhookError::Config(format!("webhook.url {url:?}: {why}"));
+        let uri: hyper::Uri = url.parse().map_err(|e| bad(format!("not a URL ({e})")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(bad(
+                    "https is not supported by this build: send to a TLS-originating proxy \
+                     on loopback (see docs/WEBHOOK.md)"
+                        .into(),
+                ))
+            }
+            _ => return Err(bad("must start with http://".into())),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(bad("has no host".into()));
+        }
+        Ok(uri)
+    }
+}
+
+/// The webhook of one node: parks notifications, sends the shards of the
+/// partitions this node owns.
+pub struct Webhooks {
+    store: Store,
+    cfg: WebhookConfig,
+    partitions: u32,
+    placement: Arc<dyn Placement>,
+    /// Something was parked here: the sender looks now, not at its next
+    /// round.
+    wake: tokio::sync::Notify,
+    /// Notifications waiting in the shards this node owns, at the last
+    /// count.
+    backlog: AtomicU64,
+    /// The last failure, for `/readyz`.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Webhooks {
+    /// Starts sending what the partitions this node owns hold; parks for
+    /// any partition.
+    pub fn start(
+        store: Store,
+        cfg: WebhookConfig,
+        partitions: u32,
+        placement: Arc<dyn Placement>,
+    ) -> Arc<Webhooks> {
+        let w = Arc::new(Webhooks {
+            store,
+            cfg,
+            partitions: partitions.max(1),
+            placement,
+            wake: tokio::sync::Notify::new(),
+            backlog: AtomicU64::new(0),
+            last_error: std::sync::Mutex::new(None),
+        });
+        tokio::spawn(deliver::run(Arc::downgrade(&w)));
+        tokio::spawn(deliver::count_backlog(Arc::downgrade(&w)));
+        w
+    }
+
+    /// Parks `items` for the webhook in partition `p`'s shard; returns
+    /// once Redis holds them (then their records may settle).
+    pub async fn park(
+        &self,
+        p: u32,
+        items: &[(UserId, &Notification)],
+    ) -> Result<(), WebhookError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(String, Vec<u8>)> = items
+            .iter()
+            .map(|(u, n)| (herald_store::webhook_field(*u, &n.id), item_json(*u, n)))
+            .collect();
+        let p = p % self.partitions;
+        let new = self.store.webhook_enqueue(p, &rows).await?;
+        metrics::counter!("herald_webhook_parked_total").increment(new);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Parks items as dead letters held them (`{"user": ..,
+    /// "notification": {...}}`), for a replay; returns how many were
+    /// readable.
+    pub async fn park_again(&self, items: &[serde_json::Value]) -> Result<usize, WebhookError> {
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<(String, Vec<u8>)>> =
+            Default::default();
+        for v in items {
+            let (Some(user), Some(id)) = (v["user"].as_u64(), v["notification"]["id"].as_str())
+            else {
+                continue;
+            };
+            let Ok(body) = serde_json::to_vec(v) else {
+                continue;
+            };
+            by_shard
+                .entry((user % self.partitions as u64) as u32)
+                .or_default()
+                .push((herald_store::webhook_field(user, id), body));
+        }
+        let mut n = 0;
+        for (p, rows) in by_shard {
+            self.store.webhook_enqueue(p, &rows).await?;
+            n += rows.len();
+        }
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    /// What `/readyz` says: `ok`, or the backlog past its bound and the
+    /// last failure.
+    pub fn health(&self) -> String {
+        let backlog = self.backlog.load(Ordering::Relaxed);
+        if backlog <= self.cfg.backlog_alert {
+            return "ok".into();
+        }
+        let last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| "none".into());
+        format!(
+            "{backlog} notifications wait for the webhook (more than webhook.backlog_alert = {}); last failure: {last}",
+            self.cfg.backlog_alert
+        )
+    }
+
+    fn owns(&self, p: u32) -> bool {
+        self.placement.owner(p) == herald_types::Owner::Local
+    }
+}
+
+/// One request item: `{"user": ID, "notification": <the WebSocket frame>}`.
+fn item_json(user: UserId, n: &Notification) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"user\":");
+    out.extend_from_slice(user.to_string().as_bytes());
+    out.extend_from_slice(b",\"notification\":");
+    // Writing into memory fails only if memory does.
+    let _ = n.write_to(WireFormat::Json, &mut out);
+    out.push(b'}');
+    out
+}
