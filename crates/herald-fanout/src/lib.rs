@@ -28,6 +28,7 @@ mod relay;
 mod release;
 mod route;
 mod settle;
+pub mod sink;
 mod status;
 mod tracker;
 mod worker;

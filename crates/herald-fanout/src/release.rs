@@ -8,8 +8,9 @@ use crate::worker::Worker;
 
 impl Worker {
     /// Releases this partition's due buckets: quiet hours that ended (their
-    /// notifications go to the inbox, in order) and digest windows that
-    /// closed (one `digest` per window, to the inbox). The inbox write comes
+    /// notifications are parked, in order: the inbox, the webhook) and
+    /// digest windows that closed (one `digest` per window, parked the
+    /// same way, or only by webhook when the user asked). The inbox write comes
     /// first and ids are stable, so a crash in between repeats nothing the
     /// client has not already been told. Both writes carry the leader's
     /// term: once a newer leader released for a user, a deposed one can
@@ -63,15 +64,29 @@ impl Worker {
             }
         };
         if !out.is_empty() {
-            match self.store.bucket_release(user, &out, self.fence).await? {
-                None => return Ok(false),
-                Some(dropped) if dropped > 0 => {
+            let refs: Vec<(UserId, &Notification)> = out.iter().map(|n| (user, n)).collect();
+            // A digest the user wants only by webhook (when one is there
+            // and takes digests for them) skips the inbox.
+            let sinks = self.settlements.sinks();
+            let webhook_only = b == Bucket::Digest
+                && sinks.has_webhook()
+                && prefs.prefs.digest.channel == herald_prefs::DigestChannel::Webhook
+                && prefs.prefs.webhook_allows("digest");
+            let parking = crate::sink::Parking {
+                items: &refs,
+                fence: Some(self.fence),
+                webhook_only,
+            };
+            match sinks.park(&parking).await? {
+                crate::sink::Parked::Fenced => return Ok(false),
+                crate::sink::Parked::Held { dropped } if dropped > 0 => {
                     metrics::counter!("herald_notifications_dropped_total", "reason" => "inbox_full").increment(dropped);
                 }
-                Some(_) => {}
+                crate::sink::Parked::Held { .. } => {}
             }
-            let refs: Vec<(UserId, &Notification)> = out.iter().map(|n| (user, n)).collect();
-            self.store.feed_add(&refs).await?;
+            if !webhook_only {
+                self.store.feed_add(&refs).await?;
+            }
             let label = if b == Bucket::Held { "held" } else { "digest" };
             metrics::counter!("herald_buckets_released_total", "bucket" => label).increment(1);
             self.edge.send(herald_types::EdgeCommand::Poke { user });

@@ -1,5 +1,5 @@
 //! Handing notifications on: live to the recipient's connection through
-//! the edge, or to the recipient's inbox (one pipeline) when the edge
+//! the edge, or parked (the inbox, and the webhook: `sink`) when the edge
 //! refuses (the user is not connected there, or not keeping up).
 
 use herald_types::{EdgeAnswer, EdgeCommand, Notification, Refusal, Settle, UserId};
@@ -68,9 +68,18 @@ impl Worker {
         if !to_inbox.is_empty() {
             let refs: Vec<(UserId, &Notification)> =
                 to_inbox.iter().map(|(u, n, ..)| (*u, n)).collect();
-            let store = self.store.clone();
-            match self.retry("inbox", || store.inbox_push(&refs)).await {
-                Ok(dropped) => {
+            let sinks = self.settlements.sinks().clone();
+            let parking = crate::sink::Parking {
+                items: &refs,
+                fence: None,
+                webhook_only: false,
+            };
+            match self.retry("park", || sinks.park(&parking)).await {
+                Ok(parked) => {
+                    let dropped = match parked {
+                        crate::sink::Parked::Held { dropped } => dropped,
+                        crate::sink::Parked::Fenced => 0,
+                    };
                     if dropped > 0 {
                         metrics::counter!("herald_notifications_dropped_total", "reason" => "inbox_full").increment(dropped);
                     }

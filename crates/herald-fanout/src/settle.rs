@@ -30,7 +30,9 @@ pub struct Settlements {
     /// Answers for pushes another node handed over go back through it.
     relay: std::sync::OnceLock<std::sync::Weak<crate::relay::Relay>>,
     /// Who owns which partition, in a cluster (alone: this node, all).
-    placement: std::sync::OnceLock<Arc<dyn herald_types::Placement>>,
+    placement: Arc<dyn herald_types::Placement>,
+    /// Where notifications nobody took are parked.
+    sinks: crate::sink::Sinks,
     /// `Refused` and `Hold` answers waiting for their writes.
     later: mpsc::Sender<EdgeAnswer>,
     /// Per partition: why it waits for an operator, if it does.
@@ -92,7 +94,13 @@ impl Settlements {
     /// whose checkpoint is damaged or missing starts where the operator
     /// said (`cfg.reset`), or is blocked: replaying it from its start
     /// would deliver everything it holds again.
-    pub fn new(log: &Log, cfg: &FanoutConfig, store: Store) -> Arc<Settlements> {
+    pub fn new(
+        log: &Log,
+        cfg: &FanoutConfig,
+        store: Store,
+        sinks: crate::sink::Sinks,
+        placement: Arc<dyn herald_types::Placement>,
+    ) -> Arc<Settlements> {
         let mut trackers = Vec::new();
         let mut blocked = Vec::new();
         for p in 0..log.partitions() {
@@ -116,7 +124,7 @@ impl Settlements {
             trackers.push(Tracker::new(p, start));
             blocked.push(why);
         }
-        let s = Self::with_trackers(trackers, cfg, store, log.partitions());
+        let s = Self::with_trackers(trackers, cfg, store, sinks, placement, log.partitions());
         *s.blocked.lock().unwrap_or_else(|e| e.into_inner()) = blocked;
         s
     }
@@ -124,14 +132,22 @@ impl Settlements {
     /// For a node without a log (an edge): no trackers of its own; the
     /// pushes it takes come from other nodes and are answered there.
     /// `partitions` is the cluster's partition count (bucket schedules).
-    pub fn without_log(cfg: &FanoutConfig, store: Store, partitions: u32) -> Arc<Settlements> {
-        Self::with_trackers(Vec::new(), cfg, store, partitions)
+    pub fn without_log(
+        cfg: &FanoutConfig,
+        store: Store,
+        sinks: crate::sink::Sinks,
+        placement: Arc<dyn herald_types::Placement>,
+        partitions: u32,
+    ) -> Arc<Settlements> {
+        Self::with_trackers(Vec::new(), cfg, store, sinks, placement, partitions)
     }
 
     fn with_trackers(
         trackers: Vec<Arc<Tracker>>,
         cfg: &FanoutConfig,
         store: Store,
+        sinks: crate::sink::Sinks,
+        placement: Arc<dyn herald_types::Placement>,
         partitions: u32,
     ) -> Arc<Settlements> {
         let (tx, rx) = mpsc::channel(LATER_WRITES);
@@ -139,13 +155,15 @@ impl Settlements {
         let s = Arc::new(Settlements {
             trackers,
             relay: std::sync::OnceLock::new(),
-            placement: std::sync::OnceLock::new(),
+            placement,
+            sinks: sinks.clone(),
             later: tx,
             blocked: std::sync::Mutex::new(Vec::new()),
             parked,
         });
         tokio::spawn(write_later(
             store,
+            sinks,
             rx,
             Arc::downgrade(&s),
             cfg.retry_backoff,
@@ -163,6 +181,11 @@ impl Settlements {
 
     pub fn tracker(&self, partition: u32) -> Option<&Arc<Tracker>> {
         self.trackers.get(partition as usize)
+    }
+
+    /// Where notifications nobody took are parked.
+    pub fn sinks(&self) -> &crate::sink::Sinks {
+        &self.sinks
     }
 
     pub(crate) fn trackers(&self) -> &[Arc<Tracker>] {
@@ -183,18 +206,11 @@ impl Settlements {
         let _ = self.relay.set(Arc::downgrade(relay));
     }
 
-    /// Tells the workers who owns which partition (once, at start).
-    pub fn set_placement(&self, p: Arc<dyn herald_types::Placement>) {
-        let _ = self.placement.set(p);
-    }
-
     /// Whether this node owns partition `p` now (always, alone). Only the
     /// owner releases a partition's due buckets, so each happens once
     /// cluster-wide.
     pub(crate) fn owns(&self, p: u32) -> bool {
-        self.placement
-            .get()
-            .is_none_or(|pl| pl.owner(p) == herald_types::Owner::Local)
+        self.placement.owner(p) == herald_types::Owner::Local
     }
 
     /// The relay to other nodes, if this node is part of a cluster.
@@ -299,6 +315,7 @@ impl Answers for Settlements {
 /// when given). The one background writer for everything parked.
 async fn write_later(
     store: Store,
+    sinks: crate::sink::Sinks,
     mut rx: mpsc::Receiver<EdgeAnswer>,
     settlements: std::sync::Weak<Settlements>,
     backoff: Duration,
@@ -317,7 +334,7 @@ async fn write_later(
             .drain(..)
             .partition(|w| matches!(w, EdgeAnswer::Refused { .. }));
         if !refused.is_empty() {
-            park(&store, &refused, backoff).await;
+            park(&sinks, &refused, backoff).await;
             let Some(s) = settlements.upgrade() else {
                 return;
             };
@@ -379,9 +396,10 @@ async fn write_later(
     }
 }
 
-/// Writes refused notifications to their users' inboxes in one pipeline,
-/// retrying with backoff while Redis does not answer.
-async fn park(store: &Store, refused: &[EdgeAnswer], backoff: Duration) {
+/// Parks refused notifications through the sinks (the inbox in one
+/// pipeline, then the webhook), retrying with backoff while Redis does not
+/// answer.
+async fn park(sinks: &crate::sink::Sinks, refused: &[EdgeAnswer], backoff: Duration) {
     let items: Vec<(herald_types::UserId, &herald_types::Notification)> = refused
         .iter()
         .filter_map(|w| match w {
@@ -392,7 +410,12 @@ async fn park(store: &Store, refused: &[EdgeAnswer], backoff: Duration) {
     let mut wait = backoff;
     let mut failed = false;
     loop {
-        match store.inbox_push(&items).await {
+        let parking = crate::sink::Parking {
+            items: &items,
+            fence: None,
+            webhook_only: false,
+        };
+        match sinks.park(&parking).await {
             Ok(_) => break,
             Err(e) => {
                 if !failed {

@@ -77,14 +77,18 @@ async fn list_dead(
 }
 
 fn render(d: &DeadLetter) -> Value {
-    json!({
+    let mut v = json!({
         "id": d.id,
         "partition": d.partition,
         "offset": d.offset,
         "reason": d.reason,
         "at_ms": d.at_ms,
         "event": d.event.as_ref().map(|e| serde_json::to_value(e).unwrap_or(Value::Null)),
-    })
+    });
+    if let Some(w) = &d.webhook {
+        v["webhook"] = w.clone();
+    }
+    v
 }
 
 /// Processes dead letters again.
@@ -128,6 +132,25 @@ async fn replay_dead(
                 .map_err(store_down)?,
             _ => return Err(bad()),
         };
+        // Webhook items are parked for the webhook again (when one is
+        // configured; otherwise they stay listed).
+        let (hooks, list): (Vec<_>, Vec<_>) = list.into_iter().partition(|d| d.webhook.is_some());
+        let mut hook_ids = Vec::new();
+        if gw.cfg.webhook && !hooks.is_empty() {
+            let items: Vec<Value> = hooks.iter().filter_map(|d| d.webhook.clone()).collect();
+            for (p, rows) in herald_store::webhook_rows(&items, gw.log.partitions()) {
+                gw.store
+                    .webhook_enqueue(p, &rows)
+                    .await
+                    .map_err(store_down)?;
+            }
+            hook_ids = hooks.into_iter().map(|d| d.id).collect();
+            gw.store
+                .dead_letter_remove(&hook_ids)
+                .await
+                .map_err(store_down)?;
+            tracing::info!(count = hook_ids.len(), "webhook dead letters parked again");
+        }
         // Undecodable records cannot be replayed; they stay listed.
         let (ids, events): (Vec<String>, Vec<herald_types::LogEvent>) = list
             .into_iter()
@@ -153,7 +176,7 @@ async fn replay_dead(
                 .map_err(store_down)?;
             tracing::info!(count = ids.len(), "dead letters replayed");
         }
-        Ok(json!({"replayed": ids.len()}))
+        Ok(json!({"replayed": ids.len() + hook_ids.len()}))
     }
     .await;
     respond(r)

@@ -84,6 +84,9 @@ pub struct GatewayConfig {
     /// How long an append waits for a partition without a live owner (a
     /// node died and its lease has not expired yet) before `503`.
     pub owner_wait: std::time::Duration,
+    /// A webhook is configured: its dead letters can be replayed (parked
+    /// for it again).
+    pub webhook: bool,
 }
 
 impl Default for GatewayConfig {
@@ -100,6 +103,7 @@ impl Default for GatewayConfig {
             id_scope: String::new(),
             cluster_key: String::new(),
             owner_wait: std::time::Duration::from_secs(8),
+            webhook: false,
         }
     }
 }

@@ -18,7 +18,9 @@ mod windows;
 use herald_types::{EventKind, UserId};
 
 pub use cache::PrefsCache;
-pub use model::{parse_document, Document, Invalid, Mode, Preferences};
+pub use model::{
+    parse_document, DigestChannel, Document, Invalid, Mode, Preferences, WebhookPrefs,
+};
 
 /// A user's preferences with their active mutes, as the hot path reads them.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -43,6 +43,28 @@ pub struct Digest {
     pub interval: Interval,
     pub timezone: String,
     pub hour: u8,
+    /// Where a window's summary goes.
+    pub channel: DigestChannel,
+}
+
+/// Where a digest window's summary goes: the inbox (in-app, and the
+/// webhook too when it is on for `digest`), or only the webhook (e.g. for
+/// an email).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DigestChannel {
+    Inbox,
+    Webhook,
+}
+
+/// The webhook channel: notifications that go to the inbox (the user was
+/// offline, or did not ack in time) are also sent to the product's
+/// webhook, unless turned off here, wholly or per kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookPrefs {
+    pub enabled: bool,
+    /// Kind (or `digest`) -> on or off; kinds not listed are on.
+    pub kinds: BTreeMap<String, bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -60,6 +82,15 @@ pub struct Preferences {
     pub digest: Digest,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quiet_hours: Option<QuietHours>,
+    pub webhook: WebhookPrefs,
+}
+
+impl Preferences {
+    /// Whether a notification of `kind` (a kind's name, or `digest`) that
+    /// goes to the inbox is also sent to the webhook.
+    pub fn webhook_allows(&self, kind: &str) -> bool {
+        self.webhook.enabled && self.webhook.kinds.get(kind).copied().unwrap_or(true)
+    }
 }
 
 impl Default for Preferences {
@@ -71,8 +102,13 @@ impl Default for Preferences {
                 interval: Interval::Hourly,
                 timezone: "UTC".into(),
                 hour: 9,
+                channel: DigestChannel::Inbox,
             },
             quiet_hours: None,
+            webhook: WebhookPrefs {
+                enabled: true,
+                kinds: BTreeMap::new(),
+            },
         }
     }
 }
@@ -184,6 +220,7 @@ pub fn parse_document(v: &Value) -> Result<Document, Invalid> {
             "muted_actors",
             "muted_objects",
             "quiet_hours",
+            "webhook",
         ],
         "",
     )?;
@@ -199,6 +236,9 @@ pub fn parse_document(v: &Value) -> Result<Document, Invalid> {
     }
     if let Some(q) = m.get("quiet_hours") {
         prefs.quiet_hours = parse_quiet_hours(q)?;
+    }
+    if let Some(w) = m.get("webhook") {
+        prefs.webhook = parse_webhook(w)?;
     }
     let muted_actors = match m.get("muted_actors") {
         Some(a) => parse_muted_actors(a)?,
@@ -241,7 +281,7 @@ fn parse_digest(d: &Value) -> Result<Digest, Invalid> {
     let d = d
         .as_object()
         .ok_or_else(|| bad("digest", "must be an object"))?;
-    only(d, &["interval", "timezone", "hour"], "digest.")?;
+    only(d, &["interval", "timezone", "hour", "channel"], "digest.")?;
     let mut digest = Preferences::default().digest;
     if let Some(i) = d.get("interval") {
         digest.interval = match i.as_str() {
@@ -259,7 +299,51 @@ fn parse_digest(d: &Value) -> Result<Digest, Invalid> {
                 .filter(|h| *h < 24)
                 .ok_or_else(|| bad("digest.hour", "must be an hour 0 to 23"))? as u8;
     }
+    if let Some(c) = d.get("channel") {
+        digest.channel = match c.as_str() {
+            Some("inbox") => DigestChannel::Inbox,
+            Some("webhook") => DigestChannel::Webhook,
+            _ => return Err(bad("digest.channel", "must be \"inbox\" or \"webhook\"")),
+        };
+    }
     Ok(digest)
+}
+
+/// `webhook`: `enabled` (default true) and `kinds` (kind or `digest` ->
+/// true/false).
+fn parse_webhook(w: &Value) -> Result<WebhookPrefs, Invalid> {
+    let w = w
+        .as_object()
+        .ok_or_else(|| bad("webhook", "must be an object"))?;
+    only(w, &["enabled", "kinds"], "webhook.")?;
+    let mut out = Preferences::default().webhook;
+    if let Some(e) = w.get("enabled") {
+        out.enabled = e
+            .as_bool()
+            .ok_or_else(|| bad("webhook.enabled", "must be true or false"))?;
+    }
+    if let Some(k) = w.get("kinds") {
+        let k = k
+            .as_object()
+            .ok_or_else(|| bad("webhook.kinds", "must be an object of kind -> true/false"))?;
+        for (name, v) in k {
+            let field = format!("webhook.kinds.{name}");
+            match EventKind::parse(name) {
+                Some(kind) if !kind.notifies() => {
+                    return Err(bad(field, format!("{name} is never notified")));
+                }
+                None if name != "digest" => {
+                    return Err(bad(field, format!("unknown kind {name:?}")))
+                }
+                _ => {}
+            }
+            let on = v
+                .as_bool()
+                .ok_or_else(|| bad(&field, "must be true or false"))?;
+            out.kinds.insert(name.clone(), on);
+        }
+    }
+    Ok(out)
 }
 
 /// `quiet_hours`: start and end (distinct), time zone (UTC by default);
@@ -463,5 +547,35 @@ mod tests {
         );
         assert_eq!(field(json!({"muted_actors": ["x"]})), "muted_actors");
         assert_eq!(field(json!({"muted_objects": [""]})), "muted_objects");
+        assert_eq!(field(json!({"webhook": {"on": true}})), "webhook.on");
+        assert_eq!(field(json!({"webhook": {"enabled": 1}})), "webhook.enabled");
+        assert_eq!(
+            field(json!({"webhook": {"kinds": {"like": "off"}}})),
+            "webhook.kinds.like"
+        );
+        assert_eq!(
+            field(json!({"webhook": {"kinds": {"poke": false}}})),
+            "webhook.kinds.poke"
+        );
+        assert_eq!(
+            field(json!({"digest": {"channel": "email"}})),
+            "digest.channel"
+        );
+    }
+
+    #[test]
+    fn the_webhook_channel_is_on_unless_turned_off() {
+        let d = |v: Value| parse_document(&v).unwrap().prefs;
+        let all = d(json!({}));
+        assert!(all.webhook_allows("comment") && all.webhook_allows("digest"));
+        let some = d(json!({"webhook": {"kinds": {"like": false, "digest": false}}}));
+        assert!(!some.webhook_allows("like") && !some.webhook_allows("digest"));
+        assert!(some.webhook_allows("comment"));
+        let none = d(json!({"webhook": {"enabled": false}}));
+        assert!(!none.webhook_allows("comment"));
+        let mail =
+            d(json!({"digest": {"channel": "webhook"}, "webhook": {"kinds": {"like": false}}}));
+        assert_eq!(mail.digest.channel, DigestChannel::Webhook);
+        assert_eq!(Preferences::from_stored(Some(&mail.to_json())), mail);
     }
 }

@@ -73,7 +73,7 @@ pub use nodes::{NodeChange, NodeSet};
 pub use position::Position;
 pub use prefs::StoredPrefs;
 pub use presence::Subscription;
-pub use webhook::{webhook_field, WebhookBatch, MAX_WEBHOOK_BATCH};
+pub use webhook::{webhook_field, webhook_rows, webhook_shard, WebhookBatch, MAX_WEBHOOK_BATCH};
 
 /// What the store can fail at.
 #[derive(Debug, thiserror::Error)]

@@ -101,6 +101,34 @@ impl WebhookBatch {
     }
 }
 
+/// The shard (fan-out partition) that holds a user's webhook items.
+pub fn webhook_shard(user: herald_types::UserId, partitions: u32) -> u32 {
+    (user % u64::from(partitions.max(1))) as u32
+}
+
+/// Parks items as dead letters hold them (`{"user": ID, "notification":
+/// {"id": ...}}`), each in its user's shard; returns how many were
+/// readable (the rest are left out).
+pub fn webhook_rows(
+    items: &[serde_json::Value],
+    partitions: u32,
+) -> std::collections::BTreeMap<u32, Vec<(String, Vec<u8>)>> {
+    let mut by_shard: std::collections::BTreeMap<u32, Vec<(String, Vec<u8>)>> = Default::default();
+    for v in items {
+        let (Some(user), Some(id)) = (v["user"].as_u64(), v["notification"]["id"].as_str()) else {
+            continue;
+        };
+        let Ok(body) = serde_json::to_vec(v) else {
+            continue;
+        };
+        by_shard
+            .entry(webhook_shard(user, partitions))
+            .or_default()
+            .push((webhook_field(user, id), body));
+    }
+    by_shard
+}
+
 /// The queue's field for a user's notification.
 pub fn webhook_field(user: herald_types::UserId, notification_id: &str) -> String {
     format!("{user}/{notification_id}")

@@ -128,52 +128,39 @@ impl Webhooks {
         w
     }
 
-    /// Parks `items` for the webhook in partition `p`'s shard; returns
-    /// once Redis holds them (then their records may settle).
-    pub async fn park(
-        &self,
-        p: u32,
-        items: &[(UserId, &Notification)],
-    ) -> Result<(), WebhookError> {
-        if items.is_empty() {
-            return Ok(());
+    /// Parks `items` for the webhook (each in its user's shard: user id
+    /// modulo the partition count); returns once Redis holds them (then
+    /// their records may settle).
+    pub async fn park(&self, items: &[(UserId, &Notification)]) -> Result<(), WebhookError> {
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<(String, Vec<u8>)>> =
+            Default::default();
+        for (u, n) in items {
+            by_shard
+                .entry(self.shard(*u))
+                .or_default()
+                .push((herald_store::webhook_field(*u, &n.id), item_json(*u, n)));
         }
-        let rows: Vec<(String, Vec<u8>)> = items
-            .iter()
-            .map(|(u, n)| (herald_store::webhook_field(*u, &n.id), item_json(*u, n)))
-            .collect();
-        let p = p % self.partitions;
-        let new = self.store.webhook_enqueue(p, &rows).await?;
-        metrics::counter!("herald_webhook_parked_total").increment(new);
-        self.wake.notify_one();
+        self.enqueue(by_shard).await?;
         Ok(())
     }
 
-    /// Parks items as dead letters held them (`{"user": ..,
-    /// "notification": {...}}`), for a replay; returns how many were
-    /// readable.
-    pub async fn park_again(&self, items: &[serde_json::Value]) -> Result<usize, WebhookError> {
-        let mut by_shard: std::collections::BTreeMap<u32, Vec<(String, Vec<u8>)>> =
-            Default::default();
-        for v in items {
-            let (Some(user), Some(id)) = (v["user"].as_u64(), v["notification"]["id"].as_str())
-            else {
-                continue;
-            };
-            let Ok(body) = serde_json::to_vec(v) else {
-                continue;
-            };
-            by_shard
-                .entry((user % self.partitions as u64) as u32)
-                .or_default()
-                .push((herald_store::webhook_field(user, id), body));
-        }
+    fn shard(&self, user: UserId) -> u32 {
+        herald_store::webhook_shard(user, self.partitions)
+    }
+
+    async fn enqueue(
+        &self,
+        by_shard: std::collections::BTreeMap<u32, Vec<(String, Vec<u8>)>>,
+    ) -> Result<usize, WebhookError> {
         let mut n = 0;
         for (p, rows) in by_shard {
-            self.store.webhook_enqueue(p, &rows).await?;
+            let new = self.store.webhook_enqueue(p, &rows).await?;
+            metrics::counter!("herald_webhook_parked_total").increment(new);
             n += rows.len();
         }
-        self.wake.notify_one();
+        if n > 0 {
+            self.wake.notify_one();
+        }
         Ok(n)
     }
 

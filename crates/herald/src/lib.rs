@@ -189,13 +189,28 @@ pub async fn run(
     };
     // Fan-out's trackers come first: the edge answers settlement to them.
     let fanout_cfg = cfg.fanout_config();
+    // Where notifications nobody took go: the inbox, and the webhook
+    // when one is configured (sent by the owner of each partition).
+    let webhooks = cfg.webhook_config()?.map(|w| {
+        herald_webhook::Webhooks::start(store.clone(), w, cfg.log.partitions, placement.clone())
+    });
+    let sinks = herald_fanout::sink::Sinks::new(store.clone(), prefs.clone(), webhooks.clone());
     let settlements = match &log {
-        Some(log) => herald_fanout::Settlements::new(log, &fanout_cfg, store.clone()),
-        None => {
-            herald_fanout::Settlements::without_log(&fanout_cfg, store.clone(), cfg.log.partitions)
-        }
+        Some(log) => herald_fanout::Settlements::new(
+            log,
+            &fanout_cfg,
+            store.clone(),
+            sinks,
+            placement.clone(),
+        ),
+        None => herald_fanout::Settlements::without_log(
+            &fanout_cfg,
+            store.clone(),
+            sinks,
+            placement.clone(),
+            cfg.log.partitions,
+        ),
     };
-    settlements.set_placement(placement.clone());
     let mut edge_cfg = cfg.edge_config(max_conns);
     edge_cfg.incarnation = incarnation;
     let jwt = cfg.jwt_config();
@@ -280,6 +295,7 @@ pub async fn run(
         replicas: replicas.clone(),
         keys: cfg.api_keys(),
         metrics,
+        webhooks: webhooks.clone(),
     };
     let app = routes::app(&cfg, role, gateway.clone(), &edge, ops_state, placement);
     let housekeeping = tokio::spawn({

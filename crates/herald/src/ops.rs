@@ -24,6 +24,8 @@ pub struct Ops {
     pub store: herald_store::Store,
     pub fanout: herald_fanout::FanoutHealth,
     pub metrics: Option<PrometheusHandle>,
+    /// The webhook, when one is configured.
+    pub webhooks: Option<std::sync::Arc<herald_webhook::Webhooks>>,
 }
 
 /// Installs the Prometheus recorder once per process.
@@ -119,11 +121,17 @@ async fn readyz(State(ops): State<Ops>) -> Response {
         }
         Err(e) => format!("unreadable: {e}"),
     };
+    // A webhook backlog past its bound is shown but does not make the
+    // node unready (live delivery works; the receiver needs looking at).
+    let webhook = ops
+        .webhooks
+        .as_ref()
+        .map_or_else(|| "off".to_string(), |w| w.health());
     let ready =
         log == "ok" && redis == "ok" && fanout == "ok" && cluster == "ok" && !journal_damaged;
     let body = json!({
         "ready": ready,
-        "checks": {"log": log, "redis": redis, "fanout": fanout, "cluster": cluster, "quarantine": quarantine},
+        "checks": {"log": log, "redis": redis, "fanout": fanout, "cluster": cluster, "quarantine": quarantine, "webhook": webhook},
     });
     let status = if ready {
         StatusCode::OK

@@ -5,6 +5,40 @@
 pub fn describe() {
     use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h, Unit};
     c!(
+        "herald_webhook_parked_total",
+        "Notifications parked for the webhook (they went to the inbox and the user's preferences allow it)."
+    );
+    c!(
+        "herald_webhook_sent_total",
+        "Notifications delivered to the webhook (their request answered 2xx)."
+    );
+    c!(
+        "herald_webhook_retried_total",
+        "Notifications whose request failed and will be sent again."
+    );
+    c!(
+        "herald_webhook_requests_total",
+        "Webhook requests, by outcome (ok: 2xx; failed: another status, no answer or a timeout)."
+    );
+    c!(
+        "herald_webhook_dead_lettered_total",
+        "Notifications given up after webhook.retry_for_s: dead letters (replayable)."
+    );
+    g!(
+        "herald_webhook_backlog",
+        "Notifications waiting for the webhook in the shards this node sends."
+    );
+    h!(
+        "herald_webhook_request_seconds",
+        Unit::Seconds,
+        "Time for one webhook request to be answered (or to fail)."
+    );
+    h!(
+        "herald_webhook_delivery_seconds",
+        Unit::Seconds,
+        "From a webhook request's first attempt to its 2xx."
+    );
+    c!(
         "herald_events_accepted_total",
         "Events answered 202 (durable in the log of their partition's owner)."
     );
@@ -208,6 +242,10 @@ pub fn describe() {
 /// before their first increment.
 pub fn register_zeroes() {
     for name in [
+        "herald_webhook_parked_total",
+        "herald_webhook_sent_total",
+        "herald_webhook_retried_total",
+        "herald_webhook_dead_lettered_total",
         "herald_dead_letters_total",
         "herald_fanout_redis_errors_total",
         "herald_fanout_read_errors_total",

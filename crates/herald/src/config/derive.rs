@@ -82,6 +82,7 @@ impl Config {
             } else {
                 self.server.lease_ttl_ms + 2000
             }),
+            webhook: !self.webhook.url.trim().is_empty(),
         }
     }
 

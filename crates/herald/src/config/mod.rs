@@ -9,8 +9,10 @@ use serde::Deserialize;
 
 mod derive;
 mod replication;
+mod webhook;
 
 pub use replication::Replication;
+pub use webhook::Webhook;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +31,7 @@ pub struct Config {
     pub digest: DigestCfg,
     pub feed: Feed,
     pub replication: Replication,
+    pub webhook: Webhook,
 }
 
 /// The notification feed (the list behind the bell icon).
@@ -483,6 +486,7 @@ impl Config {
         }
         self.check_durations()?;
         self.check_replication()?;
+        self.check_webhook()?;
         for o in &self.http.cors_origins {
             let ok = o == "*"
                 || ((o.starts_with("http://") || o.starts_with("https://"))
