@@ -338,6 +338,7 @@ async fn once_per_partition_effects_are_fenced_by_term() {
         at_ms: offset as i64,
         event: None,
         raw_hex: Some("00".into()),
+        webhook: None,
     };
     assert!(store.dead_letter_put(&dl(1), at(5)).await.unwrap());
     assert!(!store.dead_letter_put(&dl(2), at(4)).await.unwrap());

@@ -6,6 +6,7 @@
 
 mod infra;
 pub mod netns;
+pub mod receiver;
 #[allow(unused_imports)]
 pub use infra::{RedisCluster, Tmpfs};
 
