@@ -156,12 +156,29 @@ pub struct Preferences {
     pub default: Option<String>,
     /// Kind -> mode.
     pub kinds: Option<std::collections::BTreeMap<String, String>>,
-    /// `{"interval": "hourly"|"daily", "timezone": IANA, "hour": 0-23}`.
+    /// `{"interval": "hourly"|"daily", "timezone": IANA, "hour": 0-23,
+    /// "channel": "inbox"|"webhook"}`: `channel` says where a window's
+    /// summary goes (`webhook`: only to the webhook, not in-app).
     pub digest: Option<serde_json::Value>,
     pub muted_actors: Option<Vec<u64>>,
     pub muted_objects: Option<Vec<String>>,
     /// `{"start": "22:00", "end": "07:00", "timezone": IANA}`.
     pub quiet_hours: Option<serde_json::Value>,
+    /// The webhook channel: `{"enabled": true, "kinds": {"like": false,
+    /// "digest": true}}`. Notifications that go to the inbox are also
+    /// sent to the product's webhook unless turned off here (wholly, or
+    /// per kind; kinds not listed are on). Quiet hours hold it; mutes and
+    /// `off` stop it.
+    pub webhook: Option<WebhookChannel>,
+}
+
+/// The webhook channel of a user's preferences.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookChannel {
+    /// `false`: no webhook call for this user. Default `true`.
+    pub enabled: Option<bool>,
+    /// Kind (or `digest`) -> on (`true`) or off (`false`).
+    pub kinds: Option<std::collections::BTreeMap<String, bool>>,
 }
 
 /// `{"actor": 42}` or `{"object": "post:7"}`.
