@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 
 pub use aggregate::{AggregationConfig, MAX_ACTORS};
 pub use lease::Leases;
-pub use relay::Relay;
+pub use relay::{Relay, RelayOut, RelayOutbox};
 pub use settle::Settlements;
 pub use tracker::{Hold, Tracker};
 
@@ -214,9 +214,8 @@ impl Fanout {
         cfg: FanoutConfig,
         settlements: Arc<Settlements>,
         replicas: Option<Arc<herald_raft::Replicas>>,
+        relay: Option<Arc<Relay>>,
     ) -> Fanout {
-        // Other nodes, when a relay was started for this node.
-        let relay = settlements.relay();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = Vec::new();
         let mut committers = Vec::new();

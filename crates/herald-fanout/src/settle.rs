@@ -27,8 +27,9 @@ const LATER_WRITES: usize = 100_000;
 /// fan-out.
 pub struct Settlements {
     trackers: Vec<Arc<Tracker>>,
-    /// Answers for pushes another node handed over go back through it.
-    relay: std::sync::OnceLock<std::sync::Weak<crate::relay::Relay>>,
+    /// Answers for pushes another node handed over go back on the relay's
+    /// outgoing queue (in a cluster).
+    to_nodes: Option<crate::RelayOut>,
     /// Who owns which partition, in a cluster (alone: this node, all).
     placement: Arc<dyn herald_types::Placement>,
     /// Where notifications nobody took are parked.
@@ -37,11 +38,16 @@ pub struct Settlements {
     later: mpsc::Sender<EdgeAnswer>,
     /// Per partition: why it waits for an operator, if it does.
     blocked: std::sync::Mutex<Vec<Option<String>>>,
-    /// Users whose inbox got parked notifications (alone: this node's edge
-    /// listens and tells their connections to drain; in a cluster the
-    /// relay tells every node holding them).
+    /// Users whose inbox got parked notifications: their connections are
+    /// told to drain (alone: by this node's edge; in a cluster: the relay
+    /// tells every node holding them).
     parked: tokio::sync::broadcast::Sender<herald_types::UserId>,
 }
+
+/// Users announced as parked, waiting for the edge or the relay to poke
+/// them; a listener further behind pokes everyone (alone) or misses some
+/// (counted).
+const PARKED_ANNOUNCEMENTS: usize = 65_536;
 
 /// Most parked notifications written in one pipeline.
 const PARK_BATCH: usize = 512;
@@ -100,6 +106,7 @@ impl Settlements {
         store: Store,
         sinks: crate::sink::Sinks,
         placement: Arc<dyn herald_types::Placement>,
+        to_nodes: Option<crate::RelayOut>,
     ) -> Arc<Settlements> {
         let mut trackers = Vec::new();
         let mut blocked = Vec::new();
@@ -124,7 +131,13 @@ impl Settlements {
             trackers.push(Tracker::new(p, start));
             blocked.push(why);
         }
-        let s = Self::with_trackers(trackers, cfg, store, sinks, placement, log.partitions());
+        let s = Self::with_trackers(
+            trackers,
+            cfg,
+            store,
+            (sinks, placement, to_nodes),
+            log.partitions(),
+        );
         *s.blocked.lock().unwrap_or_else(|e| e.into_inner()) = blocked;
         s
     }
@@ -137,24 +150,34 @@ impl Settlements {
         store: Store,
         sinks: crate::sink::Sinks,
         placement: Arc<dyn herald_types::Placement>,
+        to_nodes: Option<crate::RelayOut>,
         partitions: u32,
     ) -> Arc<Settlements> {
-        Self::with_trackers(Vec::new(), cfg, store, sinks, placement, partitions)
+        Self::with_trackers(
+            Vec::new(),
+            cfg,
+            store,
+            (sinks, placement, to_nodes),
+            partitions,
+        )
     }
 
     fn with_trackers(
         trackers: Vec<Arc<Tracker>>,
         cfg: &FanoutConfig,
         store: Store,
-        sinks: crate::sink::Sinks,
-        placement: Arc<dyn herald_types::Placement>,
+        (sinks, placement, to_nodes): (
+            crate::sink::Sinks,
+            Arc<dyn herald_types::Placement>,
+            Option<crate::RelayOut>,
+        ),
         partitions: u32,
     ) -> Arc<Settlements> {
         let (tx, rx) = mpsc::channel(LATER_WRITES);
-        let (parked, _) = tokio::sync::broadcast::channel(4096);
+        let (parked, _) = tokio::sync::broadcast::channel(PARKED_ANNOUNCEMENTS);
         let s = Arc::new(Settlements {
             trackers,
-            relay: std::sync::OnceLock::new(),
+            to_nodes,
             placement,
             sinks: sinks.clone(),
             later: tx,
@@ -172,8 +195,8 @@ impl Settlements {
         s
     }
 
-    /// Users whose inbox just got notifications nobody acked or took
-    /// (when no relay tells the nodes): an edge subscribes and pokes
+    /// Users whose inbox just got notifications nobody acked or took: the
+    /// edge (alone) or the relay (in a cluster) subscribes and pokes
     /// their connections. A receiver that lags behind should poke all.
     pub fn parked(&self) -> tokio::sync::broadcast::Receiver<herald_types::UserId> {
         self.parked.subscribe()
@@ -202,20 +225,11 @@ impl Settlements {
             .flatten()
     }
 
-    pub(crate) fn set_relay(&self, relay: &Arc<crate::relay::Relay>) {
-        let _ = self.relay.set(Arc::downgrade(relay));
-    }
-
     /// Whether this node owns partition `p` now (always, alone). Only the
     /// owner releases a partition's due buckets, so each happens once
     /// cluster-wide.
     pub(crate) fn owns(&self, p: u32) -> bool {
         self.placement.owner(p) == herald_types::Owner::Local
-    }
-
-    /// The relay to other nodes, if this node is part of a cluster.
-    pub fn relay(&self) -> Option<Arc<crate::relay::Relay>> {
-        self.relay.get().and_then(|w| w.upgrade())
     }
 
     /// An answer about a push another node handed over: sent back there.
@@ -229,8 +243,8 @@ impl Settlements {
             } => r,
             _ => return false,
         };
-        if let Some(relay) = self.relay.get().and_then(|w| w.upgrade()) {
-            relay.answer(r, a);
+        if let Some(out) = &self.to_nodes {
+            out.answer(r, a);
         }
         true
     }
@@ -348,17 +362,8 @@ async fn write_later(
             users.sort_unstable();
             users.dedup();
             // Their connections drain: in a cluster wherever they are now.
-            match s.relay() {
-                Some(r) => {
-                    for u in users {
-                        r.poke_everywhere(u).await;
-                    }
-                }
-                None => {
-                    for u in users {
-                        let _ = s.parked.send(u);
-                    }
-                }
+            for u in users {
+                let _ = s.parked.send(u);
             }
         }
         for w in holds {

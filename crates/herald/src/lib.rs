@@ -195,6 +195,10 @@ pub async fn run(
         herald_webhook::Webhooks::start(store.clone(), w, cfg.log.partitions, placement.clone())
     });
     let sinks = herald_fanout::sink::Sinks::new(store.clone(), prefs.clone(), webhooks.clone());
+    // Several nodes: pushes to users connected elsewhere travel over
+    // Redis pub/sub (one channel per node), answers come back the same
+    // way. Its outgoing queue comes first: settlement sends answers on it.
+    let relay_out = cfg.server.cluster.then(herald_fanout::RelayOut::new);
     let settlements = match &log {
         Some(log) => herald_fanout::Settlements::new(
             log,
@@ -202,12 +206,14 @@ pub async fn run(
             store.clone(),
             sinks,
             placement.clone(),
+            relay_out.as_ref().map(|(out, _)| out.clone()),
         ),
         None => herald_fanout::Settlements::without_log(
             &fanout_cfg,
             store.clone(),
             sinks,
             placement.clone(),
+            relay_out.as_ref().map(|(out, _)| out.clone()),
             cfg.log.partitions,
         ),
     };
@@ -228,39 +234,39 @@ pub async fn run(
         prefs.clone(),
         settlements.clone(),
     );
-    // What fan-out parks for users connected here: their connections
-    // drain it (alone; in a cluster the relay tells every node).
-    tokio::spawn({
-        let mut parked = settlements.parked();
-        let edge = edge.clone();
-        async move {
-            use herald_types::{EdgeCommand, EdgeHandle};
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                match parked.recv().await {
-                    Ok(user) => {
-                        edge.send(EdgeCommand::Poke { user });
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        edge.send(EdgeCommand::PokeAll);
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        }
-    });
-    // Several nodes: pushes to users connected elsewhere travel over
-    // Redis pub/sub (one channel per node), answers come back the same way.
-    let _relay = cfg.server.cluster.then(|| {
-        let r = herald_fanout::Relay::start(
+    let relay = relay_out.map(|out| {
+        herald_fanout::Relay::start(
             store.clone(),
             incarnation,
             Duration::from_millis(cfg.fanout.remote_answer_timeout_ms.max(1000)),
+            out,
             &settlements,
-        );
-        r.set_edge(edge.clone());
-        r
+            edge.clone(),
+        )
     });
+    // What fan-out parks for users connected here: their connections
+    // drain it (alone; in a cluster the relay tells every node).
+    if relay.is_none() {
+        tokio::spawn({
+            let mut parked = settlements.parked();
+            let edge = edge.clone();
+            async move {
+                use herald_types::{EdgeCommand, EdgeHandle};
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match parked.recv().await {
+                        Ok(user) => {
+                            edge.send(EdgeCommand::Poke { user });
+                        }
+                        Err(RecvError::Lagged(_)) => {
+                            edge.send(EdgeCommand::PokeAll);
+                        }
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+    }
     let gateway = log.as_ref().map(|log| {
         let mut gcfg = cfg.gateway_config();
         gcfg.jwt = verifier.clone();
@@ -284,6 +290,7 @@ pub async fn run(
             fanout_cfg,
             settlements,
             replicas.clone(),
+            relay.clone(),
         )
     });
 

@@ -165,3 +165,31 @@ fn drain_all_twice(r: &Arc<Relay>) {
         }
     });
 }
+
+/// Users whose inbox settlement just wrote: every node holding one of
+/// their connections (this one too) is told to drain. Past the
+/// announcement queue's bound some are missed (counted): their
+/// notifications wait in the inbox until the next drain.
+pub(super) async fn poke_parked_loop(
+    relay: Weak<Relay>,
+    mut parked: tokio::sync::broadcast::Receiver<herald_types::UserId>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match parked.recv().await {
+            Ok(user) => {
+                let Some(r) = relay.upgrade() else { return };
+                r.poke_everywhere(user).await;
+            }
+            Err(RecvError::Lagged(n)) => {
+                metrics::counter!("herald_relay_pokes_missed_total").increment(n);
+                tracing::warn!(missed = n, "parked-user announcements overflowed; those users drain on their next connection");
+                // This node's own connections at least drain now.
+                if let Some(r) = relay.upgrade() {
+                    r.to_local(herald_types::EdgeCommand::PokeAll);
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

@@ -64,9 +64,9 @@ pub struct Relay {
     sent: Mutex<HashMap<u64, Sent>>,
     /// Live nodes and their incarnations, refreshed every second.
     alive: RwLock<HashMap<String, u64>>,
-    out: mpsc::Sender<(String, Vec<u8>)>,
+    out: RelayOut,
     settlements: Weak<Settlements>,
-    edge: RwLock<Option<Arc<dyn EdgeHandle>>>,
+    edge: Arc<dyn EdgeHandle>,
     /// When this node's channel last delivered anything (its own pings
     /// included), as an `Instant` since `started`, in ms.
     heard_ms: AtomicU64,
@@ -77,17 +77,67 @@ pub struct Relay {
     started: Instant,
 }
 
+/// The relay's outgoing queue: what this node publishes to others. Made
+/// before the relay, so settlement (which the edge answers to, and which
+/// the relay needs) can send answers back without a handle on the relay.
+#[derive(Clone)]
+pub struct RelayOut {
+    out: mpsc::Sender<(String, Vec<u8>)>,
+}
+
+/// The receiving end of [`RelayOut`], for [`Relay::start`].
+pub struct RelayOutbox(mpsc::Receiver<(String, Vec<u8>)>);
+
+impl RelayOut {
+    /// A queue and its receiving end.
+    pub fn new() -> (RelayOut, RelayOutbox) {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        (RelayOut { out: tx }, RelayOutbox(rx))
+    }
+
+    fn send(&self, node: &str, w: &Wire) -> bool {
+        let Ok(bytes) = rmp_serde::to_vec(w) else {
+            return false;
+        };
+        self.out.try_send((channel(node), bytes)).is_ok()
+    }
+
+    /// Sends the answer for a push another node handed to this one.
+    pub fn answer(&self, r: &RemoteRef, a: &EdgeAnswer) {
+        let outcome = match a {
+            EdgeAnswer::Settled(_) => Outcome::Settled,
+            EdgeAnswer::Failed(_) => Outcome::Failed,
+            EdgeAnswer::Refused { .. } => Outcome::Refused,
+            EdgeAnswer::Hold { .. } => return,
+        };
+        if !self.send(
+            &r.node,
+            &Wire::Answer {
+                push: r.push,
+                outcome,
+            },
+        ) {
+            metrics::counter!("herald_relay_answers_dropped_total").increment(1);
+        }
+    }
+}
+
 impl Relay {
-    /// Starts the relay of this node: its publisher, its subscriber on its
-    /// own channel (sharded pub/sub on Redis Cluster), its liveness
-    /// heartbeat and the sweeper of unanswered pushes.
+    /// Starts the relay of this node: its publisher (of what `out`
+    /// queues), its subscriber on its own channel (sharded pub/sub on
+    /// Redis Cluster) handing what arrives to `edge`, its liveness
+    /// heartbeat, the sweeper of unanswered pushes, and the pokes for
+    /// users whose inbox settlement wrote (wherever they are connected).
     pub fn start(
         store: Store,
         incarnation: u64,
         answer_timeout: Duration,
+        (out, outbox): (RelayOut, RelayOutbox),
         settlements: &Arc<Settlements>,
+        edge: Arc<dyn EdgeHandle>,
     ) -> Arc<Relay> {
-        let (tx, rx) = mpsc::channel(OUTBOX);
+        let rx = outbox.0;
+        let parked = settlements.parked();
         let relay = Arc::new(Relay {
             node: store.node_id().to_string(),
             incarnation,
@@ -96,32 +146,22 @@ impl Relay {
             next: AtomicU64::new(1),
             sent: Mutex::new(HashMap::new()),
             alive: RwLock::new(HashMap::new()),
-            out: tx,
+            out,
             settlements: Arc::downgrade(settlements),
-            edge: RwLock::new(None),
+            edge,
             heard_ms: AtomicU64::new(0),
             resubscribe: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
         });
-        settlements.set_relay(&relay);
         tokio::spawn(publish_loop(relay.store.clone(), rx));
+        tokio::spawn(loops::poke_parked_loop(Arc::downgrade(&relay), parked));
         tokio::spawn(subscribe_loop(Arc::downgrade(&relay)));
         tokio::spawn(heartbeat_loop(Arc::downgrade(&relay)));
         relay
     }
 
-    /// The edge that takes pushes from other nodes.
-    pub fn set_edge(&self, edge: Arc<dyn EdgeHandle>) {
-        if let Ok(mut e) = self.edge.write() {
-            *e = Some(edge);
-        }
-    }
-
     fn send(&self, node: &str, w: &Wire) -> bool {
-        let Ok(bytes) = rmp_serde::to_vec(w) else {
-            return false;
-        };
-        self.out.try_send((channel(node), bytes)).is_ok()
+        self.out.send(node, w)
     }
 
     /// For users this node's edge does not hold: the other live nodes that
@@ -289,25 +329,9 @@ impl Relay {
 
     /// Sends the answer for a push another node handed to this one.
     pub fn answer(&self, r: &RemoteRef, a: &EdgeAnswer) {
-        let outcome = match a {
-            EdgeAnswer::Settled(_) => Outcome::Settled,
-            EdgeAnswer::Failed(_) => Outcome::Failed,
-            EdgeAnswer::Refused { .. } => Outcome::Refused,
-            EdgeAnswer::Hold { .. } => return,
-        };
-        if !self.send(
-            &r.node,
-            &Wire::Answer {
-                push: r.push,
-                outcome,
-            },
-        ) {
-            metrics::counter!("herald_relay_answers_dropped_total").increment(1);
-        }
+        self.out.answer(r, a)
     }
 
-    /// One pub/sub message: a bundle of everything one flush of the sender
-    /// had for this node.
     /// Notes that this node's channel delivered something now.
     fn heard(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
@@ -359,9 +383,7 @@ impl Relay {
             } => self.on_push(from, push, user, &n),
             Wire::Poke { user } => {
                 tracing::debug!(user, "poked by another node");
-                if let Some(edge) = self.edge.read().ok().and_then(|e| e.clone()) {
-                    edge.send(EdgeCommand::Poke { user });
-                }
+                self.edge.send(EdgeCommand::Poke { user });
             }
             Wire::Answer { push, outcome } => self.on_answer(push, outcome),
             Wire::Broadcast { celebrity, n } => {
@@ -392,9 +414,7 @@ impl Relay {
     }
 
     fn to_local(&self, cmd: EdgeCommand) {
-        if let Some(edge) = self.edge.read().ok().and_then(|e| e.clone()) {
-            edge.send(cmd);
-        }
+        self.edge.send(cmd);
     }
 
     fn on_push(&self, from: String, push: u64, user: UserId, n: &[u8]) {
@@ -403,11 +423,8 @@ impl Relay {
             self.answer(&r, &EdgeAnswer::Failed(Settle::None));
             return;
         };
-        let Some(edge) = self.edge.read().ok().and_then(|e| e.clone()) else {
-            return;
-        };
         let settle = Settle::Remote(r.clone());
-        if let Some(a) = edge.send(EdgeCommand::Push { user, n, settle }) {
+        if let Some(a) = self.edge.send(EdgeCommand::Push { user, n, settle }) {
             // Refused here (the user left): the sender stores it.
             self.answer(&r, &a);
         }
