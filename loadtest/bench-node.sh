@@ -3,7 +3,8 @@
 # fresh release herald on 127.0.0.1:7401 (extra HERALD_* settings may be
 # given), then herald-loadgen with <clients> clients at <rate> events/s for
 # <secs> s (SCENARIO=celebrity, reconnect-storm, ... picks a preset;
-# LOADGEN_ARGS adds generator flags, e.g. --prefs). Prints herald's CPU seconds, its counters and the verdict.
+# LOADGEN_ARGS adds generator flags, e.g. --prefs; CONFIG another config file,
+# e.g. an older build's). Prints herald's CPU seconds, its counters and the verdict.
 #
 #   cargo build --release -p herald -p herald-loadgen
 #   loadtest/bench-node.sh 5000 5000 20 [HERALD_LOG__PARTITIONS=2 ...]
@@ -20,7 +21,7 @@ pkill -f "listen 127.0.0.1:7401" || true
 sleep 1
 redis-cli -p 6401 flushall >/dev/null
 rm -rf "$dir/data"
-env HERALD_LOG=warn "$@" target/release/herald --config config/default.toml --listen 127.0.0.1:7401 \
+env HERALD_LOG=warn "$@" target/release/herald --config "${CONFIG:-config/default.toml}" --listen 127.0.0.1:7401 \
     --redis redis://127.0.0.1:6401 --data-dir "$dir/data" >"$dir/herald.out" 2>&1 &
 hp=$!
 sleep 1

@@ -7,6 +7,7 @@ mod floor;
 mod graph;
 mod http;
 mod ingest;
+mod receive;
 mod report;
 mod run;
 mod sample;
@@ -55,6 +56,26 @@ enum Command {
     /// Redis bytes per waiting notification: offline users' inboxes, and a
     /// post to offline followers (Redis `used_memory` before and after).
     Storage(StorageArgs),
+    /// A webhook receiver: counts the notifications Herald's webhook
+    /// sends (answering 200, optionally slowly) and reports their rate.
+    Receive(ReceiveArgs),
+}
+
+#[derive(Args)]
+struct ReceiveArgs {
+    /// Where to listen (a loopback address).
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    listen: SocketAddr,
+    /// Wait this long before answering each request (a slow receiver).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Stop after this many seconds at most.
+    #[arg(long, default_value_t = 120)]
+    duration: u64,
+    /// Stop once this many seconds pass without a request (after the
+    /// first).
+    #[arg(long, default_value_t = 5)]
+    idle: u64,
 }
 
 #[derive(Args)]
@@ -328,6 +349,16 @@ fn main() -> anyhow::Result<()> {
                     a.per_user,
                     a.followers.min(1_000_000),
                 )
+                .await
+            }
+            Command::Receive(a) => {
+                check_loopback(&a.listen)?;
+                receive::run(receive::Plan {
+                    listen: a.listen,
+                    delay: std::time::Duration::from_millis(a.delay_ms.min(600_000)),
+                    secs: a.duration.clamp(1, 3600),
+                    idle: a.idle.max(1),
+                })
                 .await
             }
             Command::Ingest(a) => {

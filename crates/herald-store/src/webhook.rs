@@ -4,7 +4,8 @@
 //! One shard per fan-out partition (`h:{wh:P}:...`, one cluster slot), so
 //! the partition's owner delivers it:
 //! - `items`: hash `user/notification-id` -> the item's JSON (as the
-//!   request carries it). A notification parked twice stays one item.
+//!   request carries it). A notification parked twice stays one item (the
+//!   newest body: an aggregate grows under one id).
 //! - `ready`: items not yet in a request, by the time they were parked.
 //! - `batches`: hash batch id -> its record (`first_ms attempts field...`,
 //!   newline-separated): a request's items are fixed once it is formed,
@@ -24,11 +25,12 @@ fn key(p: u32, what: &str) -> String {
 }
 
 // KEYS: items, ready. ARGV: now, then field, body pairs. Returns how many
-// were new.
+// were new. A body already queued is replaced (an aggregate re-sent with a
+// higher count under its id): its request, formed or not, sends the newest.
 const ENQUEUE: &str = r#"
 local n = 0
 for i = 2, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+  if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
     redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
     n = n + 1
   end
@@ -140,7 +142,7 @@ fn script(cell: &'static OnceLock<redis::Script>, src: &str) -> &'static redis::
 
 impl Store {
     /// Parks items (field, JSON body) in shard `p`'s queue; an item
-    /// already queued stays as it is. Returns how many were new. With
+    /// already queued keeps its place and takes the new body. Returns how many were new. With
     /// `redis.wait_replicas`, returns once replicas hold them.
     pub async fn webhook_enqueue(&self, p: u32, items: &[(String, Vec<u8>)]) -> Result<u64> {
         if items.is_empty() {

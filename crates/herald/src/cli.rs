@@ -111,24 +111,56 @@ pub fn dead_letters_list(t: &Target, limit: usize) -> anyhow::Result<()> {
     }
     let list = v["dead_letters"].as_array().cloned().unwrap_or_default();
     for d in &list {
+        let what = if d["webhook"].is_object() {
+            &d["webhook"]
+        } else {
+            &d["event"]
+        };
         println!(
             "{}\tpartition {}\toffset {}\t{}\t{}",
             d["id"].as_str().unwrap_or("?"),
             d["partition"],
             d["offset"],
             d["reason"].as_str().unwrap_or(""),
-            d["event"]
+            what
         );
     }
     println!("{} shown of {}", list.len(), v["total"]);
     Ok(())
 }
 
-/// Whether `id` has the shape of a dead-letter id, `dl-<partition>-<offset>`.
+/// Whether `id` has the shape of a dead-letter id: `dl-<partition>-<offset>`
+/// (with `@<node>` in a cluster without replication), or a webhook item's
+/// `dl-wh-<user>/<notification id>`.
 fn dead_letter_id(id: &str) -> bool {
+    if let Some(item) = id.strip_prefix("dl-wh-") {
+        return item
+            .split_once('/')
+            .is_some_and(|(u, n)| u.parse::<u64>().is_ok() && !n.is_empty());
+    }
     id.strip_prefix("dl-")
         .and_then(|r| r.split_once('-'))
-        .is_some_and(|(p, o)| p.parse::<u32>().is_ok() && o.parse::<u64>().is_ok())
+        .is_some_and(|(p, o)| {
+            let o = o.split_once('@').map_or(o, |(o, node)| {
+                if node.is_empty() {
+                    ""
+                } else {
+                    o
+                }
+            });
+            p.parse::<u32>().is_ok() && o.parse::<u64>().is_ok()
+        })
+}
+
+#[cfg(test)]
+#[test]
+fn dead_letter_ids_are_recognised() {
+    for ok in ["dl-3-17", "dl-3-17@node-2", "dl-wh-42/n-e-1-5@node-1"] {
+        assert!(dead_letter_id(ok), "{ok}");
+    }
+    for bad in ["dl-x-1", "dl-3-", "dl-3-1@", "dl-wh-x/n", "dl-wh-4/", "17"] {
+        assert!(!dead_letter_id(bad), "{bad}");
+    }
 }
 
 /// `herald dead-letters replay`: appends them to the log again.
@@ -141,7 +173,7 @@ pub fn dead_letters_replay(t: &Target, ids: &[String], all: bool) -> anyhow::Res
     let malformed: Vec<&String> = ids.iter().filter(|i| !dead_letter_id(i)).collect();
     if !malformed.is_empty() {
         bail!(
-            "not dead-letter ids (dl-<partition>-<offset>, as `herald dead-letters list` shows them): {}",
+            "not dead-letter ids (dl-<partition>-<offset> or dl-wh-<user>/<notification id>, as `herald dead-letters list` shows them): {}",
             malformed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
