@@ -141,13 +141,9 @@ fn dead_letter_id(id: &str) -> bool {
     id.strip_prefix("dl-")
         .and_then(|r| r.split_once('-'))
         .is_some_and(|(p, o)| {
-            let o = o.split_once('@').map_or(o, |(o, node)| {
-                if node.is_empty() {
-                    ""
-                } else {
-                    o
-                }
-            });
+            let o = o
+                .split_once('@')
+                .map_or(o, |(o, node)| if node.is_empty() { "" } else { o });
             p.parse::<u32>().is_ok() && o.parse::<u64>().is_ok()
         })
 }

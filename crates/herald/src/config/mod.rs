@@ -5,16 +5,17 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 mod derive;
+mod env;
 mod replication;
 mod webhook;
 
 pub use replication::Replication;
 pub use webhook::Webhook;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: Server,
@@ -35,7 +36,7 @@ pub struct Config {
 }
 
 /// The notification feed (the list behind the bell icon).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Feed {
     /// How long an entry stays listed (days).
@@ -53,13 +54,13 @@ impl Default for Feed {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DigestCfg {
     pub window_override_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Aggregation {
     pub window_ms: u64,
@@ -82,7 +83,7 @@ impl Default for Aggregation {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Prefs {
     /// Entry lifetime in a cluster (at most 1000 ms).
@@ -102,7 +103,7 @@ impl Default for Prefs {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Celebrity {
     pub threshold: u64,
@@ -122,7 +123,7 @@ impl Default for Celebrity {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
     pub listen: String,
@@ -143,7 +144,7 @@ pub struct Server {
 }
 
 /// How users' JWTs are verified (WebSockets, and a user's own routes).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     /// HS256 secret (`websocket.jwt_secret` is the same setting, kept for
@@ -174,7 +175,7 @@ impl Default for Auth {
 }
 
 /// The front door's limits and deadlines.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     pub header_timeout_ms: u64,
@@ -196,7 +197,7 @@ impl Default for Http {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Redis {
     pub url: String,
@@ -209,7 +210,7 @@ pub struct Redis {
     pub wait_replicas: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     pub partitions: u32,
@@ -226,7 +227,7 @@ pub struct Log {
     pub replication_factor: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Gateway {
     pub max_body_bytes: usize,
@@ -242,7 +243,7 @@ pub struct Gateway {
     pub rate_per_actor: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocket {
     pub dev_mode: bool,
@@ -260,7 +261,7 @@ pub struct WebSocket {
     pub cursor_flush_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Fanout {
     pub read_max_bytes: usize,
@@ -397,35 +398,29 @@ impl Config {
         env: impl Iterator<Item = (String, String)>,
         overrides: &[(&str, &str, toml::Value)],
     ) -> anyhow::Result<Config> {
-        let mut table = match std::fs::read_to_string(path) {
-            Ok(s) => s
-                .parse::<toml::Table>()
-                .with_context(|| format!("config file {} is not valid TOML", path.display()))?,
-            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+        let text = match std::fs::read_to_string(path) {
+            Ok(s) => s,
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => {
                 return Err(e).with_context(|| format!("cannot read config {}", path.display()))
             }
         };
-        for (k, v) in env {
-            let Some(rest) = k.strip_prefix("HERALD_") else {
-                continue;
-            };
-            let Some((section, key)) = rest.split_once("__") else {
-                continue;
-            };
-            set(
-                &mut table,
-                &section.to_lowercase(),
-                &key.to_lowercase(),
-                env_value(&v),
-            );
+        // The file alone first: its errors name the line.
+        if let Err(e) = toml::from_str::<Config>(&text) {
+            bail!("config file {}: {e}", path.display());
+        }
+        let mut table = text
+            .parse::<toml::Table>()
+            .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+        for (section, key, v) in env::overrides(env)? {
+            set(&mut table, &section, &key, env_value(&v));
         }
         for (s, k, v) in overrides {
             set(&mut table, s, k, v.clone());
         }
         let cfg: Config = toml::Value::Table(table)
             .try_into()
-            .context("invalid configuration")?;
+            .context("invalid configuration set by a HERALD_* variable or a flag")?;
         cfg.validate()?;
         Ok(cfg)
     }

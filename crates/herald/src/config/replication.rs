@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Config;
 
 /// Who replicates the log, and how fast a lost leader is replaced.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Replication {
     /// The ingest nodes the cluster is made with, this one too:

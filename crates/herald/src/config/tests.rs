@@ -39,7 +39,25 @@ fn unknown_keys_and_bad_values_are_refused() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("c.toml");
     std::fs::write(&p, "[log]\npartitons = 4\n").unwrap();
-    assert!(Config::load(&p, false, std::iter::empty(), &[]).is_err());
+    let e = Config::load(&p, false, std::iter::empty(), &[]).unwrap_err();
+    // The file's errors name the file and the line.
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("c.toml") && e.contains("line 2") && e.contains("partitons"),
+        "{e}"
+    );
+    // A variable's bad value says a variable or flag set it.
+    std::fs::write(&p, "[websocket]\ndev_mode = true\n").unwrap();
+    let env = vec![(
+        "HERALD_WEBSOCKET__HEARTBEAT_MS".to_string(),
+        "soon".to_string(),
+    )];
+    let e = Config::load(&p, false, env.into_iter(), &[]).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("HERALD_") && e.contains("websocket.heartbeat_ms"),
+        "{e}"
+    );
     std::fs::write(
         &p,
         "[log]\ndurability = \"sometimes\"\n[websocket]\ndev_mode = true\n",

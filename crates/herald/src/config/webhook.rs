@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Config;
 
 /// Where and how notifications that went to the inbox are also sent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Webhook {
     /// `http://host[:port]/path`; empty: no webhook.
