@@ -338,7 +338,29 @@ async fn metrics_operators_alert_on_exist_from_the_start() {
         "herald_dead_letters_total 0",
         "herald_fanout_redis_errors_total 0",
         "# TYPE process_cpu_seconds_total counter",
+        "herald_webhook_dead_lettered_total 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing");
     }
+    let build = format!(
+        "herald_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.lines().any(|l| l == build), "{build} missing");
+    // Each answered request is timed by its route template.
+    node.get("/v1/users/7/inbox").await;
+    let (_, m) = node.request("GET", "/metrics", None, &[]).await;
+    let text = m.as_str().map(str::to_string).unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("herald_http_request_seconds_count{")
+                && l.contains("route=\"/v1/users/{id}/inbox\"")
+                && l.contains("method=\"GET\"")
+                && l.contains("status=\"2xx\"")),
+        "no request timing for the inbox route:\n{}",
+        text.lines()
+            .filter(|l| l.contains("http_request"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

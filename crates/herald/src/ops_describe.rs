@@ -236,6 +236,15 @@ pub fn describe() {
         "Open file descriptors (sockets included)."
     );
     g!("process_max_fds", "The open-file limit.");
+    g!(
+        "herald_build_info",
+        "Always 1; its labels say which build runs (version)."
+    );
+    h!(
+        "herald_http_request_seconds",
+        Unit::Seconds,
+        "Time to answer an HTTP request, by route (the path template), method and status class (a WebSocket: until its upgrade)."
+    );
 }
 
 /// Counters present (at 0) from the start, so an alert on them works
@@ -261,6 +270,7 @@ pub fn register_zeroes() {
     ] {
         metrics::counter!(name).increment(0);
     }
+    metrics::gauge!("herald_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// The process's CPU time (user and system) in seconds, from `/proc`.

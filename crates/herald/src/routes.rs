@@ -136,4 +136,30 @@ pub(crate) fn app(
         herald_gateway::ApiError::not_found("no such route; see GET /v1/openapi.json")
     })
     .method_not_allowed_fallback(|| async { method_not_allowed() })
+    .layer(axum::middleware::from_fn(timed))
+}
+
+/// Records each request's time to answer, by route template, method and
+/// status class (`herald_http_request_seconds`).
+async fn timed(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = match resp.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::histogram!("herald_http_request_seconds", "route" => route, "method" => method, "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    resp
 }
