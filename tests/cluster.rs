@@ -76,6 +76,14 @@ async fn a_push_to_a_dead_node_falls_back_to_the_inbox() {
     let mut b = Node::start(&redis, &cluster_env("node-b"));
     let _on_b = Client::connect(&b, 7).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Presence asked of node A counts the device on node B.
+    let (s, v) = a.get("/v1/users/7/presence").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["online"].as_bool(), v["devices"].as_u64()),
+        (Some(true), Some(1)),
+        "{v}"
+    );
     b.kill9();
     // Node A still believes node B alive for a few seconds: its push goes
     // unanswered and lands in the inbox after the answer timeout.

@@ -131,3 +131,36 @@ async fn the_inbox_drains_to_one_connection_and_the_oldest_goes_past_the_cap() {
     let n = second.notification().await;
     assert!(n["event_id"].as_str().is_some(), "{n}");
 }
+
+/// `GET /v1/users/{id}/presence` says whether a user is connected and on
+/// how many devices, as connections open and close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_counts_the_devices_a_user_has_open() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    assert_eq!(presence(&node, 77).await, (false, 0));
+    let phone = Client::connect(&node, 77).await;
+    let laptop = Client::connect(&node, 77).await;
+    assert_eq!(presence(&node, 77).await, (true, 2));
+    phone.close().await;
+    eventually("one device left", || async {
+        (presence(&node, 77).await == (true, 1)).then_some(())
+    })
+    .await;
+    laptop.close().await;
+    eventually("offline", || async {
+        (presence(&node, 77).await == (false, 0)).then_some(())
+    })
+    .await;
+    let (s, v) = node.get("/v1/users/x/presence").await;
+    assert_eq!(s, 400, "{v}");
+}
+
+async fn presence(node: &Node, user: u64) -> (bool, u64) {
+    let (s, v) = node.get(&format!("/v1/users/{user}/presence")).await;
+    assert_eq!(s, 200, "{v}");
+    (
+        v["online"].as_bool().unwrap(),
+        v["devices"].as_u64().unwrap(),
+    )
+}

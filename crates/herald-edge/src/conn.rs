@@ -161,7 +161,12 @@ pub async fn serve(
     // user's inbox after the drain read it then sees the presence and
     // pokes this node (see fan-out's route).
     if edge.cfg.presence {
-        if let Err(e) = edge.store.presence_add(user, edge.cfg.incarnation).await {
+        let devices = edge.conns.get(&user).map_or(1, |d| d.len());
+        if let Err(e) = edge
+            .store
+            .presence_add(user, edge.cfg.incarnation, devices)
+            .await
+        {
             tracing::debug!(user, error = %e, "presence not recorded");
         }
     }
@@ -191,9 +196,17 @@ pub async fn serve(
         edge.unindex(user);
     }
     c.settle_on_close(pending).await;
-    if edge.cfg.presence && last && !edge.conns.contains_key(&user) {
-        if let Err(e) = edge.store.presence_remove(user).await {
-            tracing::debug!(user, error = %e, "presence not cleared");
+    if edge.cfg.presence {
+        let left = edge.conns.get(&user).map_or(0, |d| d.len());
+        let r = if last && left == 0 {
+            edge.store.presence_remove(user).await
+        } else {
+            edge.store
+                .presence_add(user, edge.cfg.incarnation, left.max(1))
+                .await
+        };
+        if let Err(e) = r {
+            tracing::debug!(user, error = %e, "presence not updated");
         }
     }
     edge.finished();

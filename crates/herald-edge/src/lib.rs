@@ -323,6 +323,10 @@ impl Edge {
 }
 
 impl EdgeHandle for Edge {
+    fn devices(&self, user: UserId) -> usize {
+        self.conns.get(&user).map_or(0, |d| d.len())
+    }
+
     fn send(&self, cmd: EdgeCommand) -> Option<EdgeAnswer> {
         match cmd {
             EdgeCommand::Push { user, n, settle } => return self.push(user, n, settle),

@@ -18,6 +18,7 @@ pub mod forward;
 mod http;
 mod import;
 mod prefs;
+mod presence;
 mod routes;
 pub mod schema;
 mod strict;
@@ -39,6 +40,7 @@ pub fn api_doc() -> utoipa::openapi::OpenApi {
         .routes(utoipa_axum::routes!(append::internal_raft))
         .merge(prefs::router())
         .merge(feed::router())
+        .merge(presence::router())
         .merge(admin::router());
     r.split_for_parts().1
 }
@@ -50,6 +52,7 @@ pub fn router(gw: Arc<Gateway>) -> utoipa_axum::router::OpenApiRouter {
         .routes(utoipa_axum::routes!(append::internal_raft))
         .merge(prefs::router())
         .merge(feed::router())
+        .merge(presence::router())
         .merge(admin::router())
         .with_state(gw)
 }
@@ -124,6 +127,8 @@ pub struct Gateway {
     pub prefs: Arc<herald_prefs::PrefsCache>,
     /// Who owns each partition (this node, always, when it is alone).
     pub placement: Arc<dyn herald_types::Placement>,
+    /// This node's edge, when it holds connections (presence, alone).
+    pub edge: Option<Arc<dyn herald_types::EdgeHandle>>,
     /// To the other nodes, in a cluster.
     pub forwarder: Option<Forwarder>,
     /// Replicated partitions: appends go through their Raft groups.
@@ -142,9 +147,11 @@ impl Gateway {
         prefs: Arc<herald_prefs::PrefsCache>,
         placement: Arc<dyn herald_types::Placement>,
         replicas: Option<Arc<herald_raft::Replicas>>,
+        edge: Option<Arc<dyn herald_types::EdgeHandle>>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             replicas,
+            edge,
             forwarder: (!cfg.cluster_key.is_empty())
                 .then(|| Forwarder::new(cfg.cluster_key.clone())),
             placement,

@@ -243,3 +243,12 @@ pub struct NodeSetView {
     /// False when the set already was so (the request changed nothing).
     pub changed: bool,
 }
+
+/// Whether a user is connected now.
+#[derive(Serialize, ToSchema)]
+pub struct Presence {
+    /// At least one WebSocket open.
+    pub online: bool,
+    /// How many (one per device or tab).
+    pub devices: u64,
+}

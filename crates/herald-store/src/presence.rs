@@ -19,13 +19,18 @@ fn alive_key(node: &str) -> String {
 }
 
 impl Store {
-    /// This node holds a connection of `user` (its first one here).
-    pub async fn presence_add(&self, user: UserId, incarnation: u64) -> Result<()> {
+    /// This node holds `devices` connections of `user` (one or more).
+    pub async fn presence_add(&self, user: UserId, incarnation: u64, devices: usize) -> Result<()> {
         let mut p = crate::Batch::new();
         p.cmd("HSET")
             .arg(ukey(user, "nodes"))
             .arg(&self.cfg.node_id)
             .arg(incarnation)
+            .ignore();
+        p.cmd("HSET")
+            .arg(ukey(user, "devs"))
+            .arg(&self.cfg.node_id)
+            .arg(devices)
             .ignore();
         self.run::<()>(&p).await
     }
@@ -37,7 +42,26 @@ impl Store {
             .arg(ukey(user, "nodes"))
             .arg(&self.cfg.node_id)
             .ignore();
+        p.cmd("HDEL")
+            .arg(ukey(user, "devs"))
+            .arg(&self.cfg.node_id)
+            .ignore();
         self.run::<()>(&p).await
+    }
+
+    /// How many connections of `user` the live nodes hold (entries of
+    /// nodes that are gone, or restarted since, are not counted).
+    pub async fn presence_devices(&self, user: UserId) -> Result<u64> {
+        let alive = self.nodes_alive().await?;
+        let mut p = crate::Batch::new();
+        p.cmd("HGETALL").arg(ukey(user, "nodes"));
+        p.cmd("HGETALL").arg(ukey(user, "devs"));
+        let (nodes, devs): (HashMap<String, u64>, HashMap<String, u64>) = self.run(&p).await?;
+        Ok(nodes
+            .iter()
+            .filter(|(node, inc)| alive.get(*node) == Some(*inc))
+            .map(|(node, _)| devs.get(node).copied().unwrap_or(1).max(1))
+            .sum())
     }
 
     /// For each user, the nodes (and incarnations) that say they hold one

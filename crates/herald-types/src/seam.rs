@@ -157,6 +157,11 @@ pub trait EdgeHandle: Send + Sync + 'static {
     /// Handles a command. An answer that is ready at once (a refused push)
     /// is returned; later answers go to the edge's [`Answers`].
     fn send(&self, cmd: EdgeCommand) -> Option<EdgeAnswer>;
+
+    /// How many connections (devices) of `user` this edge holds.
+    fn devices(&self, _user: UserId) -> usize {
+        0
+    }
 }
 
 /// The fan-out side of the seam: where edges send their answers.

@@ -278,6 +278,8 @@ pub async fn run(
             prefs.clone(),
             placement.clone(),
             replicas.clone(),
+            role.holds_connections()
+                .then(|| edge.clone() as Arc<dyn herald_types::EdgeHandle>),
         )
     });
     let mut fanout = log.as_ref().map(|log| {

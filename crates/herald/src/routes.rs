@@ -32,6 +32,7 @@ use crate::{demo, ops, Role};
         (name = "preferences", description = "Modes, digests, quiet hours, mutes"),
         (name = "graph", description = "Follows"),
         (name = "websocket", description = "Live delivery"),
+        (name = "presence", description = "Who is connected now"),
         (name = "operations", description = "Health, readiness, metrics"),
         (name = "admin", description = "Dead letters, quarantine (admin keys)"),
         (name = "cluster", description = "Between nodes only"),
