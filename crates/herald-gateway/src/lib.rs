@@ -139,6 +139,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: GatewayConfig,
         log: Log,
