@@ -587,7 +587,9 @@ pub fn http_blocking(
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, Value)> {
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    // A deadline, not a measure: generous for a machine busy with other
+    // work (a big import takes seconds on a loaded 2-core host).
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));

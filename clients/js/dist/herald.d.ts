@@ -95,6 +95,7 @@ export declare class HeraldClient extends EventTarget {
     private timer;
     private acks;
     private ackTimer;
+    /** Id -> the highest `count` shown (an aggregate grows under one id). */
     private seen;
     private channel;
     private leader;

@@ -35,7 +35,8 @@ export class HeraldClient extends EventTarget {
         this.timer = null;
         this.acks = [];
         this.ackTimer = null;
-        this.seen = new Set();
+        /** Id -> the highest `count` shown (an aggregate grows under one id). */
+        this.seen = new Map();
         this.channel = null;
         this.leader = false;
         this.releaseLock = null;
@@ -282,13 +283,18 @@ export class HeraldClient extends EventTarget {
             case "notification":
             case "digest": {
                 const id = f.id ?? "";
-                // Acked again (the server may not have had the ack), shown once.
+                const count = typeof f.count === "number" ? f.count : 1;
+                // Acked again (the server may not have had the ack), shown once;
+                // an aggregate re-sent with a higher count is shown again (same
+                // id: replace the one shown).
                 this.ack([id]);
-                if (this.seen.has(id))
+                const shown = this.seen.get(id);
+                if (shown !== undefined && count <= shown)
                     return;
-                this.seen.add(id);
+                this.seen.delete(id);
+                this.seen.set(id, count);
                 if (this.seen.size > SEEN_MAX) {
-                    const oldest = this.seen.values().next().value;
+                    const oldest = this.seen.keys().next().value;
                     if (oldest !== undefined)
                         this.seen.delete(oldest);
                 }

@@ -120,7 +120,8 @@ export class HeraldClient extends EventTarget {
   private timer: ReturnType<typeof setTimeout> | null = null;
   private acks: string[] = [];
   private ackTimer: ReturnType<typeof setTimeout> | null = null;
-  private seen = new Set<string>();
+  /** Id -> the highest `count` shown (an aggregate grows under one id). */
+  private seen = new Map<string, number>();
   private channel: BroadcastChannel | null = null;
   private leader = false;
   private releaseLock: (() => void) | null = null;
@@ -344,7 +345,7 @@ export class HeraldClient extends EventTarget {
   }
 
   private onFrame(frame: string | unknown): void {
-    let f: { type?: string; id?: string; code?: string; message?: string };
+    let f: { type?: string; id?: string; count?: number; code?: string; message?: string };
     if (typeof frame === "string") {
       try {
         f = JSON.parse(frame);
@@ -366,12 +367,17 @@ export class HeraldClient extends EventTarget {
       case "notification":
       case "digest": {
         const id = f.id ?? "";
-        // Acked again (the server may not have had the ack), shown once.
+        const count = typeof f.count === "number" ? f.count : 1;
+        // Acked again (the server may not have had the ack), shown once;
+        // an aggregate re-sent with a higher count is shown again (same
+        // id: replace the one shown).
         this.ack([id]);
-        if (this.seen.has(id)) return;
-        this.seen.add(id);
+        const shown = this.seen.get(id);
+        if (shown !== undefined && count <= shown) return;
+        this.seen.delete(id);
+        this.seen.set(id, count);
         if (this.seen.size > SEEN_MAX) {
-          const oldest = this.seen.values().next().value;
+          const oldest = this.seen.keys().next().value;
           if (oldest !== undefined) this.seen.delete(oldest);
         }
         this.broadcast(f.type, f);

@@ -132,6 +132,27 @@ test("preferences and mutes go through the user's helpers", async () => {
   c.stop();
 });
 
+test("an aggregate that grows under its id is shown again with the higher count", async () => {
+  const c = new HeraldClient({ url, user: 36 });
+  const hello = next(c, "hello");
+  c.start();
+  await hello;
+  const seen = [];
+  c.addEventListener("notification", (e) => seen.push(e.detail));
+  // Likes about one object fold: past the first two, one aggregate whose
+  // count grows, re-sent under the same id.
+  for (let a = 1; a <= 3; a++) await post({ kind: "like", actor: 100 + a, recipient: 36, object: "post:agg" });
+  const first = await until("the aggregate", async () => seen.find((n) => n.count >= 3));
+  for (let a = 4; a <= 6; a++) await post({ kind: "like", actor: 100 + a, recipient: 36, object: "post:agg" });
+  const grown = await until("the grown aggregate", async () =>
+    seen.find((n) => n.id === first.id && n.count > first.count));
+  assert.ok(grown.count >= 4, JSON.stringify(grown));
+  // Shown once per count: never twice with the same one.
+  const shown = seen.filter((n) => n.id === first.id).map((n) => n.count);
+  assert.deepEqual(shown, [...new Set(shown)].sort((x, y) => x - y), JSON.stringify(shown));
+  c.stop();
+});
+
 test("backoff keeps trying an unreachable node without throwing", async () => {
   const c = new HeraldClient({ url: "http://127.0.0.1:9", user: 34, backoffInitialMs: 5, backoffMaxMs: 20 });
   const states = [];

@@ -2,8 +2,6 @@
 //! cluster status` (over a running node's HTTP API), `herald
 //! check-config`, `herald token`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -38,66 +36,68 @@ impl Target {
         Ok(Target { addr, key })
     }
 
-    /// One request; returns the status and the JSON body.
+    /// One request (hyper, on a runtime of its own); returns the status
+    /// and the JSON body (or the body as a string when it is not JSON).
     pub fn call(
         &self,
         method: &str,
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
-        let mut s = TcpStream::connect(&self.addr)
-            .with_context(|| format!("cannot reach a node at {}", self.addr))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        s.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the client's runtime")?;
+        rt.block_on(self.call_async(method, path, body))
+    }
+
+    async fn call_async(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        use http_body_util::{BodyExt, Full};
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-            self.addr,
-            body.len()
-        );
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/json");
         if let Some(k) = &self.key {
-            req.push_str(&format!("authorization: Bearer {k}\r\n"));
+            req = req.header("authorization", format!("Bearer {k}"));
         }
-        req.push_str("\r\n");
-        req.push_str(&body);
-        s.write_all(req.as_bytes())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, rest) = text
-            .split_once("\r\n\r\n")
-            .context("malformed HTTP response")?;
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("malformed HTTP status line")?;
-        let chunked = head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked");
-        let body = if chunked {
-            dechunk(rest)
-        } else {
-            rest.to_string()
+        let req = req
+            .body(Full::new(bytes::Bytes::from(body)))
+            .context("request not built")?;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<bytes::Bytes>>();
+        let call = async {
+            let resp = client
+                .request(req)
+                .await
+                .with_context(|| format!("cannot reach a node at {}", self.addr))?;
+            let status = resp.status().as_u16();
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| anyhow::anyhow!("the node's answer was cut short: {e}"))?
+                .to_bytes();
+            let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            });
+            Ok::<_, anyhow::Error>((status, v))
         };
-        let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-        Ok((status, v))
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .with_context(|| format!("no answer from {} within {CALL_TIMEOUT:?}", self.addr))?
     }
 }
 
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((len, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
-}
+/// Longest wait for a node's answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer read.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// `herald dead-letters list`: prints one line per dead letter.
 pub fn dead_letters_list(t: &Target, limit: usize) -> anyhow::Result<()> {
