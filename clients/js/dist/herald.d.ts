@@ -151,3 +151,8 @@ export declare class HeraldError extends Error {
     readonly code: string;
     constructor(status: number, code: string, message: string);
 }
+/**
+ * `JSON.parse`, except that integers past 2^53 (64-bit ids such as
+ * snowflakes) come back as decimal strings instead of losing digits.
+ */
+export declare function parseExact(text: string): any;

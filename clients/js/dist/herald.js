@@ -261,7 +261,7 @@ export class HeraldClient extends EventTarget {
         let f;
         if (typeof frame === "string") {
             try {
-                f = JSON.parse(frame);
+                f = parseExact(frame);
             }
             catch {
                 return;
@@ -366,4 +366,40 @@ function subject(token) {
     catch {
         return undefined;
     }
+}
+/**
+ * `JSON.parse`, except that integers past 2^53 (64-bit ids such as
+ * snowflakes) come back as decimal strings instead of losing digits.
+ */
+export function parseExact(text) {
+    let out = "";
+    let last = 0;
+    let inString = false;
+    for (let k = 0; k < text.length; k++) {
+        const c = text.charCodeAt(k);
+        if (inString) {
+            if (c === 92)
+                k++; // a backslash escapes the next character
+            else if (c === 34)
+                inString = false;
+            continue;
+        }
+        if (c === 34) {
+            inString = true;
+            continue;
+        }
+        const digit = c >= 48 && c <= 57;
+        if (!digit && c !== 45)
+            continue;
+        let end = k + 1;
+        while (end < text.length && /[0-9.eE+-]/.test(text[end]))
+            end++;
+        const token = text.slice(k, end);
+        if (/^-?[0-9]{16,}$/.test(token) && !Number.isSafeInteger(Number(token))) {
+            out += text.slice(last, k) + '"' + token + '"';
+            last = end;
+        }
+        k = end - 1;
+    }
+    return JSON.parse(last === 0 ? text : out + text.slice(last));
 }

@@ -30,22 +30,31 @@ export function decode(bytes) {
         }
         return out;
     };
+    // 64-bit integers past 2^53 (snowflake ids) come as decimal strings:
+    // a number would lose digits.
+    const exact = (v) => v <= BigInt(Number.MAX_SAFE_INTEGER) && v >= BigInt(Number.MIN_SAFE_INTEGER) ? Number(v) : v.toString();
     const u = (n) => {
         need(n);
-        const v = n === 1 ? view.getUint8(at)
-            : n === 2 ? view.getUint16(at)
-                : n === 4 ? view.getUint32(at)
-                    : Number(view.getBigUint64(at));
+        const v = n === 1 ? view.getUint8(at) : n === 2 ? view.getUint16(at) : view.getUint32(at);
         at += n;
         return v;
     };
     const i = (n) => {
         need(n);
-        const v = n === 1 ? view.getInt8(at)
-            : n === 2 ? view.getInt16(at)
-                : n === 4 ? view.getInt32(at)
-                    : Number(view.getBigInt64(at));
+        const v = n === 1 ? view.getInt8(at) : n === 2 ? view.getInt16(at) : view.getInt32(at);
         at += n;
+        return v;
+    };
+    const u64 = () => {
+        need(8);
+        const v = exact(view.getBigUint64(at));
+        at += 8;
+        return v;
+    };
+    const i64 = () => {
+        need(8);
+        const v = exact(view.getBigInt64(at));
+        at += 8;
         return v;
     };
     function value() {
@@ -80,11 +89,11 @@ export function decode(bytes) {
             case 0xcc: return u(1);
             case 0xcd: return u(2);
             case 0xce: return u(4);
-            case 0xcf: return u(8);
+            case 0xcf: return u64();
             case 0xd0: return i(1);
             case 0xd1: return i(2);
             case 0xd2: return i(4);
-            case 0xd3: return i(8);
+            case 0xd3: return i64();
             case 0xd9: return str(u(1));
             case 0xda: return str(u(2));
             case 0xdb: return str(u(4));

@@ -2,7 +2,7 @@
 // `tests/js_client.rs`, which passes its address in HERALD_URL).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { HeraldClient } from "../dist/herald.js";
+import { HeraldClient, parseExact } from "../dist/herald.js";
 
 const url = process.env.HERALD_URL;
 if (!url) throw new Error("HERALD_URL is not set (run through tests/js_client.rs)");
@@ -151,6 +151,31 @@ test("an aggregate that grows under its id is shown again with the higher count"
   const shown = seen.filter((n) => n.id === first.id).map((n) => n.count);
   assert.deepEqual(shown, [...new Set(shown)].sort((x, y) => x - y), JSON.stringify(shown));
   c.stop();
+});
+
+test("ids past 2^53 keep every digit, in JSON and MessagePack frames", async () => {
+  const big = "1152921504606846977"; // 2^60 + 1: a number would read ...7000
+  for (const [user, format] of [[37, "json"], [38, "msgpack"]]) {
+    const c = new HeraldClient({ url, user, format });
+    const hello = next(c, "hello");
+    c.start();
+    await hello;
+    const got = next(c, "notification");
+    // Sent as raw JSON text: JSON.stringify of a number would round it.
+    const r = await fetch(`${url}/v1/events`, {
+      method: "POST", headers: { "content-type": "application/json" },
+      body: `{"kind": "comment", "actor": ${big}, "recipient": ${user}, "object": "post:big", "text": "id ${big}"}`,
+    });
+    assert.equal(r.status, 202, await r.text());
+    const n = await got;
+    assert.equal(n.actor, big, `${format}: ${JSON.stringify(n)}`);
+    assert.deepEqual(n.actors, [big], format);
+    assert.equal(n.text, `id ${big}`, format);
+    c.stop();
+  }
+  // Small numbers stay numbers; digits inside strings are left alone.
+  const v = parseExact('{"a": 12, "b": "9007199254740993", "c": [9007199254740993, -9007199254740993], "d": 1.5e3}');
+  assert.deepEqual(v, { a: 12, b: "9007199254740993", c: ["9007199254740993", "-9007199254740993"], d: 1500 });
 });
 
 test("backoff keeps trying an unreachable node without throwing", async () => {
