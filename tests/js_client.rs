@@ -70,5 +70,8 @@ async fn the_client_tests_pass_against_a_real_node() {
         "client tests failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("# pass 8") && text.contains("# fail 0"), "{text}");
+    assert!(
+        text.contains("# pass 8") && text.contains("# fail 0"),
+        "{text}"
+    );
 }

@@ -139,3 +139,35 @@ async fn every_documented_route_is_served() {
     );
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+/// The Kubernetes pods pass Pod Security "restricted" and name a
+/// versioned image; Prometheus scrapes with the admin key, not with
+/// annotations that would be answered 401.
+#[test]
+fn the_kubernetes_files_are_restricted_and_versioned() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s");
+    for f in ["edge.yaml", "ingest.yaml"] {
+        let text = std::fs::read_to_string(dir.join(f)).expect("manifest");
+        for needed in [
+            "runAsNonRoot: true",
+            "seccompProfile: { type: RuntimeDefault }",
+            "allowPrivilegeEscalation: false",
+            "capabilities: { drop: [\"ALL\"] }",
+            &format!("image: herald:{}", env!("CARGO_PKG_VERSION")),
+        ] {
+            assert!(text.contains(needed), "{f}: no {needed:?}");
+        }
+        assert!(!text.contains(":latest"), "{f}: an unversioned image");
+        assert!(
+            !text.contains("prometheus.io/scrape"),
+            "{f}: scrape annotations cannot send the admin key"
+        );
+    }
+    let monitor = std::fs::read_to_string(dir.join("servicemonitor.yaml")).expect("monitor");
+    assert!(monitor.contains("key: METRICS_TOKEN"), "{monitor}");
+    let secret = std::fs::read_to_string(dir.join("config.yaml")).expect("config");
+    assert!(
+        secret.contains("METRICS_TOKEN:"),
+        "the secret lacks METRICS_TOKEN"
+    );
+}
