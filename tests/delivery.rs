@@ -301,8 +301,8 @@ async fn websocket_auth_is_required_without_dev_mode() {
             ),
         ],
     );
-    let r = tokio_tungstenite::connect_async(node.ws_url(1)).await;
-    assert!(r.is_err(), "?user= must be refused outside dev mode");
+    // ?user= is refused outside dev mode.
+    support::assert_ws_unauthorized(&node.ws_url(1)).await;
     let token = herald_edge_token(9, SECRET);
     let url = format!("ws://{}/v1/ws?token={token}", node.addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
@@ -317,7 +317,7 @@ async fn websocket_auth_is_required_without_dev_mode() {
         node.addr,
         herald_edge_token(9, "wrong")
     );
-    assert!(tokio_tungstenite::connect_async(bad).await.is_err());
+    support::assert_ws_unauthorized(&bad).await;
 }
 
 const SECRET: &str = "a-test-secret-of-forty-characters-000000";

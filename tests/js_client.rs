@@ -48,10 +48,14 @@ fn the_compiled_module_is_up_to_date_with_its_source() {
     let _ = std::fs::remove_dir_all(out);
 }
 
+const JWT_SECRET: &str = "js-client-test-secret-0123456789abcdef";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_tests_pass_against_a_real_node() {
     let redis = Redis::start();
-    let node = Node::start(&redis, &[]);
+    // Development mode (`?user=`) with a JWT secret too: the token tests
+    // mint their own.
+    let node = Node::start(&redis, &[("HERALD_AUTH__JWT_SECRET", JWT_SECRET)]);
     let url = format!("http://{}", node.addr);
     let dir = client_dir();
     let out = tokio::task::spawn_blocking(move || {
@@ -59,6 +63,7 @@ async fn the_client_tests_pass_against_a_real_node() {
             .current_dir(&dir)
             .args(["--experimental-websocket", "--test", "test/"])
             .env("HERALD_URL", url)
+            .env("HERALD_JWT_SECRET", JWT_SECRET)
             .output()
     })
     .await
@@ -71,7 +76,7 @@ async fn the_client_tests_pass_against_a_real_node() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("# pass 8") && text.contains("# fail 0"),
+        text.contains("# pass 10") && text.contains("# fail 0"),
         "{text}"
     );
 }

@@ -760,6 +760,23 @@ impl Client {
 }
 
 /// Polls `f` until it returns Some or `WAIT` passes.
+/// Asserts that a WebSocket to `url` is refused as the contract says: the
+/// handshake completes, then the server closes at once with 1008 and an
+/// `unauthorized: ...` reason.
+pub async fn assert_ws_unauthorized(url: &str) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("the handshake completes");
+    let first = tokio::time::timeout(WAIT, ws.next()).await;
+    match first {
+        Ok(Some(Ok(Message::Close(Some(f))))) => {
+            assert_eq!(u16::from(f.code), 1008, "{url}: {f:?}");
+            assert!(f.reason.starts_with("unauthorized: "), "{url}: {f:?}");
+        }
+        other => panic!("{url}: not refused ({other:?})"),
+    }
+}
+
 pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,

@@ -66,6 +66,14 @@ export interface Options {
     url: string;
     /** A JWT for the user (production). */
     token?: string;
+    /**
+     * Where a fresh JWT comes from (production): called before every
+     * connection, and once more at once when the server refuses a token
+     * (close 1008 `unauthorized: ...`, e.g. expired). A second refusal in a
+     * row emits `error` (`closed_1008`) and stops. Without `user` (or a
+     * static `token`) the tabs of a browser do not share one connection.
+     */
+    getToken?: () => string | Promise<string>;
     /** The user id (development mode only, when the node allows `?user=`). */
     user?: number;
     /** Ack after this many ms, or as soon as `ackBatch` ids wait. */
@@ -87,7 +95,7 @@ export interface Options {
  * (detail: number, after a read through this client).
  */
 export declare class HeraldClient extends EventTarget {
-    readonly options: Required<Omit<Options, "token" | "user">> & Pick<Options, "token" | "user">;
+    readonly options: Required<Omit<Options, "token" | "user" | "getToken">> & Pick<Options, "token" | "user" | "getToken">;
     private ws;
     private state;
     private attempt;
@@ -101,6 +109,8 @@ export declare class HeraldClient extends EventTarget {
     private leader;
     private releaseLock;
     private lastHello;
+    /** The last token was refused; a fresh one is being tried. */
+    private refused;
     constructor(options: Options);
     /** The connection's state. */
     get connectionState(): State;
@@ -135,6 +145,7 @@ export declare class HeraldClient extends EventTarget {
     private http;
     private wsUrl;
     private connect;
+    private open;
     private closed;
     private retry;
     private onFrame;

@@ -41,7 +41,9 @@ export class HeraldClient extends EventTarget {
         this.leader = false;
         this.releaseLock = null;
         this.lastHello = null;
-        if (!options.token && options.user === undefined) {
+        /** The last token was refused; a fresh one is being tried. */
+        this.refused = false;
+        if (!options.token && !options.getToken && options.user === undefined) {
             throw new Error("HeraldClient needs a token, or a user id in development mode");
         }
         this.options = {
@@ -66,7 +68,8 @@ export class HeraldClient extends EventTarget {
             return;
         this.stopped = false;
         const locks = globalThis.navigator?.locks;
-        if (this.options.shareTabs && locks && typeof BroadcastChannel !== "undefined") {
+        const known = this.options.user !== undefined || (this.options.token && !this.options.getToken);
+        if (this.options.shareTabs && known && locks && typeof BroadcastChannel !== "undefined") {
             this.channel = new BroadcastChannel(`herald:${this.identity()}`);
             this.channel.onmessage = (e) => this.onChannel(e.data);
             // Followers ask the leader for its last hello.
@@ -197,6 +200,26 @@ export class HeraldClient extends EventTarget {
         if (this.stopped)
             return;
         this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
+        const get = this.options.getToken;
+        if (!get) {
+            this.open();
+            return;
+        }
+        Promise.resolve()
+            .then(get)
+            .then((token) => {
+            if (this.stopped)
+                return;
+            this.options.token = token;
+            this.open();
+        }, (e) => {
+            this.emit("error", { code: "token_failed", message: String(e) });
+            this.retry();
+        });
+    }
+    open() {
+        if (this.stopped)
+            return;
         let ws;
         try {
             ws =
@@ -241,6 +264,12 @@ export class HeraldClient extends EventTarget {
         this.ackTimer = null;
         // Unsent acks are moot: what was not acked is sent again.
         this.acks = [];
+        // A refused token: one fresh one is tried at once.
+        if (code === 1008 && reason.startsWith("unauthorized") && this.options.getToken && !this.refused) {
+            this.refused = true;
+            this.connect();
+            return;
+        }
         const final = FINAL_CLOSES[code];
         if (final) {
             this.emit("error", { code: `closed_${code}`, message: reason || final });
@@ -276,6 +305,7 @@ export class HeraldClient extends EventTarget {
         switch (f.type) {
             case "hello":
                 this.attempt = 0;
+                this.refused = false;
                 this.lastHello = f;
                 this.setState("open");
                 this.broadcast("hello", f);

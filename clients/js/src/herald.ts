@@ -76,6 +76,14 @@ export interface Options {
   url: string;
   /** A JWT for the user (production). */
   token?: string;
+  /**
+   * Where a fresh JWT comes from (production): called before every
+   * connection, and once more at once when the server refuses a token
+   * (close 1008 `unauthorized: ...`, e.g. expired). A second refusal in a
+   * row emits `error` (`closed_1008`) and stops. Without `user` (or a
+   * static `token`) the tabs of a browser do not share one connection.
+   */
+  getToken?: () => string | Promise<string>;
   /** The user id (development mode only, when the node allows `?user=`). */
   user?: number;
   /** Ack after this many ms, or as soon as `ackBatch` ids wait. */
@@ -112,7 +120,8 @@ type Message =
  * (detail: number, after a read through this client).
  */
 export class HeraldClient extends EventTarget {
-  readonly options: Required<Omit<Options, "token" | "user">> & Pick<Options, "token" | "user">;
+  readonly options: Required<Omit<Options, "token" | "user" | "getToken">> &
+    Pick<Options, "token" | "user" | "getToken">;
   private ws: WebSocket | null = null;
   private state: State = "closed";
   private attempt = 0;
@@ -126,10 +135,12 @@ export class HeraldClient extends EventTarget {
   private leader = false;
   private releaseLock: (() => void) | null = null;
   private lastHello: Hello | null = null;
+  /** The last token was refused; a fresh one is being tried. */
+  private refused = false;
 
   constructor(options: Options) {
     super();
-    if (!options.token && options.user === undefined) {
+    if (!options.token && !options.getToken && options.user === undefined) {
       throw new Error("HeraldClient needs a token, or a user id in development mode");
     }
     this.options = {
@@ -155,7 +166,8 @@ export class HeraldClient extends EventTarget {
     if (!this.stopped) return;
     this.stopped = false;
     const locks = (globalThis as { navigator?: { locks?: LockManager } }).navigator?.locks;
-    if (this.options.shareTabs && locks && typeof BroadcastChannel !== "undefined") {
+    const known = this.options.user !== undefined || (this.options.token && !this.options.getToken);
+    if (this.options.shareTabs && known && locks && typeof BroadcastChannel !== "undefined") {
       this.channel = new BroadcastChannel(`herald:${this.identity()}`);
       this.channel.onmessage = (e: MessageEvent<Message>) => this.onChannel(e.data);
       // Followers ask the leader for its last hello.
@@ -288,6 +300,28 @@ export class HeraldClient extends EventTarget {
   private connect(): void {
     if (this.stopped) return;
     this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
+    const get = this.options.getToken;
+    if (!get) {
+      this.open();
+      return;
+    }
+    Promise.resolve()
+      .then(get)
+      .then(
+        (token) => {
+          if (this.stopped) return;
+          this.options.token = token;
+          this.open();
+        },
+        (e) => {
+          this.emit("error", { code: "token_failed", message: String(e) });
+          this.retry();
+        },
+      );
+  }
+
+  private open(): void {
+    if (this.stopped) return;
     let ws: WebSocket;
     try {
       ws =
@@ -327,6 +361,12 @@ export class HeraldClient extends EventTarget {
     this.ackTimer = null;
     // Unsent acks are moot: what was not acked is sent again.
     this.acks = [];
+    // A refused token: one fresh one is tried at once.
+    if (code === 1008 && reason.startsWith("unauthorized") && this.options.getToken && !this.refused) {
+      this.refused = true;
+      this.connect();
+      return;
+    }
     const final = FINAL_CLOSES[code];
     if (final) {
       this.emit("error", { code: `closed_${code}`, message: reason || final });
@@ -360,6 +400,7 @@ export class HeraldClient extends EventTarget {
     switch (f.type) {
       case "hello":
         this.attempt = 0;
+        this.refused = false;
         this.lastHello = f as Hello;
         this.setState("open");
         this.broadcast("hello", f);

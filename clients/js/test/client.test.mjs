@@ -2,10 +2,21 @@
 // `tests/js_client.rs`, which passes its address in HERALD_URL).
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { HeraldClient, parseExact } from "../dist/herald.js";
 
 const url = process.env.HERALD_URL;
 if (!url) throw new Error("HERALD_URL is not set (run through tests/js_client.rs)");
+
+/** An HS256 JWT for `sub` with the node's secret, expiring in `expS` s. */
+function jwt(sub, expS) {
+  const secret = process.env.HERALD_JWT_SECRET;
+  if (!secret) throw new Error("HERALD_JWT_SECRET is not set");
+  const now = Math.floor(Date.now() / 1000);
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub: String(sub), exp: now + expS, iat: now - 300 })}`;
+  return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
+}
 
 const next = (client, name, ms = 5000) =>
   new Promise((resolve, reject) => {
@@ -176,6 +187,32 @@ test("ids past 2^53 keep every digit, in JSON and MessagePack frames", async () 
   // Small numbers stay numbers; digits inside strings are left alone.
   const v = parseExact('{"a": 12, "b": "9007199254740993", "c": [9007199254740993, -9007199254740993], "d": 1.5e3}');
   assert.deepEqual(v, { a: 12, b: "9007199254740993", c: ["9007199254740993", "-9007199254740993"], d: 1500 });
+});
+
+test("an expired token is refused visibly and getToken's fresh one connects", async () => {
+  const tokens = [jwt(39, -120), jwt(39, 600)];
+  let asked = 0;
+  const c = new HeraldClient({ url, getToken: () => tokens[Math.min(asked++, 1)], shareTabs: false });
+  const errors = [];
+  c.addEventListener("error", (e) => errors.push(e.detail));
+  const hello = next(c, "hello");
+  c.start();
+  assert.equal((await hello).user, 39);
+  assert.equal(asked, 2, "asked once more after the refusal");
+  assert.deepEqual(errors, []);
+  c.stop();
+});
+
+test("a token a fresh one does not cure ends in an error", async () => {
+  let asked = 0;
+  const c = new HeraldClient({ url, getToken: async () => (asked++, jwt(40, -120)), shareTabs: false });
+  const err = next(c, "error");
+  c.start();
+  const e = await err;
+  assert.equal(e.code, "closed_1008", JSON.stringify(e));
+  assert.match(e.message, /^unauthorized: /);
+  assert.equal(asked, 2);
+  await until("closed", async () => c.connectionState === "closed");
 });
 
 test("backoff keeps trying an unreachable node without throwing", async () => {

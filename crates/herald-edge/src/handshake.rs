@@ -39,6 +39,8 @@ pub struct Admission {
 
 /// Close code for a connection over its address's limits.
 const CLOSE_TOO_MANY: u16 = 4029;
+/// Close code for a missing, bad or expired token (policy violation).
+const CLOSE_UNAUTHORIZED: u16 = 1008;
 
 /// The subprotocol that selects MessagePack frames.
 const MSGPACK: &str = "herald.msgpack";
@@ -50,8 +52,8 @@ const MSGPACK: &str = "herald.msgpack";
         ("token" = Option<String>, Query, description = "The user's JWT (or `Authorization: Bearer`)"),
         ("user" = Option<u64>, Query, description = "Development mode only: connect as this user")),
     responses(
-        (status = 101, description = "Upgraded: the server sends `hello`, then notifications"),
-        (status = 401, description = "Missing or bad token"),
+        (status = 101, description = "Upgraded: the server sends `hello`, then notifications; a missing, bad or expired token is upgraded too, then closed at once with 1008 and the reason (`unauthorized: ...`)"),
+        (status = 400, description = "Not a WebSocket upgrade"),
         (status = 503, description = "At the connection limit, shutting down, or not an edge node")))]
 pub(crate) async fn upgrade(
     State(edge): State<Arc<Edge>>,
@@ -83,8 +85,20 @@ pub(crate) async fn upgrade(
     let user = match authenticate(&edge.cfg, &headers, &q) {
         Ok(u) => u,
         Err(e) => {
+            // The handshake completes and the socket closes with 1008 and
+            // the reason: a browser sees an HTTP 401 only as close 1006,
+            // which a client cannot tell from a network failure.
             metrics::counter!("herald_ws_refused_total", "reason" => "auth").increment(1);
-            return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+            let write_timeout = edge.cfg.write_timeout;
+            let reason = format!("unauthorized: {e}");
+            tokio::spawn(async move {
+                if let Some((mut sock, _)) = take_socket(on_upgrade).await {
+                    let bye = wire::close(CLOSE_UNAUTHORIZED, &reason);
+                    let _ = tokio::time::timeout(write_timeout, sock.write_all(&bye)).await;
+                }
+                drop(hold);
+            });
+            return switching(&key, None);
         }
     };
     if *edge.shutdown.borrow() {
