@@ -24,16 +24,23 @@ const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Longest answer body read (only its first bytes are logged).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// `http://` and `https://` (rustls, the Mozilla roots bundled).
 fn client(timeout: Duration) -> HttpClient {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
+    conn.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(conn);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
-        .build(conn)
+        .build(https)
 }
 
 /// A request id, unique across nodes and restarts: `msg_` + 128 random

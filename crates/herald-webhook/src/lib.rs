@@ -43,7 +43,7 @@ pub enum WebhookError {
 /// Webhook settings (`[webhook]`).
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// Where requests go: `http://host[:port]/path`.
+    /// Where requests go: `http(s)://host[:port]/path`.
     pub url: hyper::Uri,
     pub signer: Signer,
     /// Most notifications in one request.
@@ -65,21 +65,12 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
-    /// Checks a URL as the webhook's: `http://` with a host (HTTPS needs a
-    /// TLS-originating proxy on loopback, see `docs/WEBHOOK.md`).
+    /// Checks a URL as the webhook's: `http://` or `https://` with a host.
     pub fn parse_url(url: &str) -> Result<hyper::Uri, WebhookError> {
         let bad = |why: String| WebhookError::Config(format!("webhook.url {url:?}: {why}"));
         let uri: hyper::Uri = url.parse().map_err(|e| bad(format!("not a URL ({e})")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(bad(
-                    "https is not supported by this build: send to a TLS-originating proxy \
-                     on loopback (see docs/WEBHOOK.md)"
-                        .into(),
-                ))
-            }
-            _ => return Err(bad("must start with http://".into())),
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(bad("must start with http:// or https://".into()));
         }
         if uri.host().is_none_or(str::is_empty) {
             return Err(bad("has no host".into()));
@@ -198,4 +189,23 @@ fn item_json(user: UserId, n: &Notification) -> Vec<u8> {
     let _ = n.write_to(WireFormat::Json, &mut out);
     out.push(b'}');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_http_or_https_with_a_host() {
+        for ok in [
+            "http://127.0.0.1:8080/hooks",
+            "https://hooks.example.com/herald",
+        ] {
+            assert!(WebhookConfig::parse_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["ftp://x/y", "127.0.0.1:80/x", "http:///x", "not a url"] {
+            let e = WebhookConfig::parse_url(bad).unwrap_err().to_string();
+            assert!(e.contains("webhook.url"), "{bad}: {e}");
+        }
+    }
 }

@@ -12,7 +12,7 @@ use super::Config;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Webhook {
-    /// `http://host[:port]/path`; empty: no webhook.
+    /// `http(s)://host[:port]/path`; empty: no webhook.
     pub url: String,
     /// `whsec_` + base64 of 24 to 64 random bytes (Standard Webhooks).
     pub secret: String,
