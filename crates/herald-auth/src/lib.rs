@@ -11,6 +11,7 @@
 //! keys do not match are refused.
 
 mod keys;
+mod remote;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -64,6 +65,10 @@ pub struct JwtConfig {
     pub public_key_file: Option<PathBuf>,
     /// A JWKS file (`{"keys": [...]}`), keys picked by `kid`.
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (an identity provider's `.well-known/jwks.json`): fetched
+    /// at start, every 10 minutes, and when a token names an unknown key
+    /// (at most once a minute).
+    pub jwks_url: Option<String>,
     pub audience: Option<String>,
     pub issuer: Option<String>,
     /// Longest allowed `exp - iat` (or `exp - now` without `iat`).
@@ -75,7 +80,10 @@ pub struct JwtConfig {
 impl JwtConfig {
     /// Whether any key is configured.
     pub fn enabled(&self) -> bool {
-        self.secret.is_some() || self.public_key_file.is_some() || self.jwks_file.is_some()
+        self.secret.is_some()
+            || self.public_key_file.is_some()
+            || self.jwks_file.is_some()
+            || self.jwks_url.is_some()
     }
 }
 
@@ -89,12 +97,15 @@ struct Claims {
     nbf: Option<u64>,
 }
 
+/// Keys of a JWKS: (kid, algorithm, key).
+pub(crate) type JwkKeys = Vec<(Option<String>, Algorithm, DecodingKey)>;
+
 /// A JWKS file and when it was read.
 struct Jwks {
     path: PathBuf,
     modified: Option<SystemTime>,
     checked: std::time::Instant,
-    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    keys: JwkKeys,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -113,6 +124,7 @@ pub struct Verifier {
     hs: Option<DecodingKey>,
     pem: Option<(Algorithm, DecodingKey)>,
     jwks: Option<Mutex<Jwks>>,
+    remote: Option<remote::Remote>,
 }
 
 /// How often a JWKS file's modification time is looked at.
@@ -145,7 +157,66 @@ impl Verifier {
             None => None,
             Some(p) => Some(Mutex::new(read_jwks(p)?)),
         };
-        Ok(Verifier { cfg, hs, pem, jwks })
+        let remote = match &cfg.jwks_url {
+            None => None,
+            Some(u) => Some(remote::Remote::new(u)?),
+        };
+        Ok(Verifier {
+            cfg,
+            hs,
+            pem,
+            jwks,
+            remote,
+        })
+    }
+
+    /// Fetches the JWKS URL's keys now (at start: call before serving);
+    /// how many it holds. Without a URL, nothing.
+    pub async fn refresh(&self) -> Result<usize, AuthError> {
+        match &self.remote {
+            Some(r) => r.fetch().await,
+            None => Ok(0),
+        }
+    }
+
+    /// Keeps the JWKS URL's keys fresh: fetched again every 10 minutes
+    /// (a failure keeps the keys in use, logged).
+    pub fn keep_fresh(self: &std::sync::Arc<Self>) {
+        if self.remote.is_none() {
+            return;
+        }
+        let v = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(remote::REFRESH_EVERY).await;
+                let Some(v) = v.upgrade() else { return };
+                match v.refresh().await {
+                    Ok(n) => tracing::debug!(keys = n, "JWKS fetched"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "JWKS not fetched; keeping the keys in use")
+                    }
+                }
+            }
+        });
+    }
+
+    /// [`Verifier::verify`], and when the token names a key the JWKS URL's
+    /// set does not hold: the set fetched again (at most once a minute)
+    /// and the token tried once more (a key the provider just rotated in).
+    pub async fn verify_fresh(&self, token: &str, now_s: u64) -> Result<UserId, AuthError> {
+        match self.verify(token, now_s) {
+            Err(AuthError::UnknownKey(kid)) => match &self.remote {
+                Some(r) if r.may_refetch() => {
+                    match r.fetch().await {
+                        Ok(n) => tracing::info!(keys = n, ?kid, "JWKS fetched for an unknown key"),
+                        Err(e) => tracing::warn!(error = %e, "JWKS not fetched"),
+                    }
+                    self.verify(token, now_s)
+                }
+                _ => Err(AuthError::UnknownKey(kid)),
+            },
+            r => r,
+        }
     }
 
     /// The user a token names, if it is valid now (`now_s`: Unix seconds).
@@ -222,6 +293,18 @@ impl Verifier {
             }
             other => return Err(AuthError::Algorithm(format!("{other:?}"))),
         }
+        if let Some(r) = &self.remote {
+            let keys = r.keys.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, _, key)) = keys
+                .iter()
+                .find(|(k, a, _)| *a == alg && (kid.is_none() || k.as_deref() == kid))
+            {
+                return Ok(key.clone());
+            }
+            if self.jwks.is_none() {
+                return Err(AuthError::UnknownKey(kid.map(String::from)));
+            }
+        }
         let Some(jwks) = &self.jwks else {
             return Err(AuthError::Algorithm(format!("{alg:?}")));
         };
@@ -249,11 +332,10 @@ impl Verifier {
     }
 }
 
-fn read_jwks(path: &std::path::Path) -> Result<Jwks, AuthError> {
-    let bad = |e: String| AuthError::Config(format!("{}: {e}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let set: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+/// The keys of a JWKS document (`{"keys": [...]}`); keys of other types
+/// are skipped.
+pub(crate) fn parse_jwks(text: &str) -> Result<JwkKeys, String> {
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let mut keys = Vec::new();
     for k in &set.keys {
         let alg = match &k.algorithm {
@@ -262,9 +344,16 @@ fn read_jwks(path: &std::path::Path) -> Result<Jwks, AuthError> {
             jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
             _ => continue,
         };
-        let key = DecodingKey::from_jwk(k).map_err(|e| bad(e.to_string()))?;
+        let key = DecodingKey::from_jwk(k).map_err(|e| e.to_string())?;
         keys.push((k.common.key_id.clone(), alg, key));
     }
+    Ok(keys)
+}
+
+fn read_jwks(path: &std::path::Path) -> Result<Jwks, AuthError> {
+    let bad = |e: String| AuthError::Config(format!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let keys = parse_jwks(&text).map_err(bad)?;
     Ok(Jwks {
         path: path.to_path_buf(),
         modified: std::fs::metadata(path).and_then(|m| m.modified()).ok(),

@@ -24,6 +24,7 @@ fn cfg() -> JwtConfig {
         secret: Some(SECRET.into()),
         public_key_file: None,
         jwks_file: None,
+        jwks_url: None,
         audience: None,
         issuer: None,
         max_lifetime: Duration::from_secs(86_400),
@@ -196,4 +197,67 @@ fn minted_tokens_verify_and_weak_secrets_are_named() {
     assert!(weak_secret("change-me-to-a-long-random-secret", 32).is_some());
     assert!(weak_secret("x", 32).is_some());
     assert_eq!(weak_secret(SECRET, 32), None);
+}
+
+/// A JWKS URL on a real local HTTP server: fetched at start; a key
+/// rotated in is fetched when a token names it, at most once a minute.
+#[tokio::test]
+async fn jwks_url_keys_are_fetched_and_refetched_for_an_unknown_key() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let doc = Arc::new(std::sync::Mutex::new(
+        std::fs::read_to_string(keydir().join("jwks1.json")).expect("jwks1"),
+    ));
+    let hits = Arc::new(AtomicUsize::new(0));
+    {
+        let (doc, hits) = (doc.clone(), hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let body = doc.lock().unwrap().clone();
+                hits.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+    }
+    let mut c = cfg();
+    c.secret = None;
+    c.jwks_url = Some(format!("http://{addr}/.well-known/jwks.json"));
+    let v = Verifier::new(c).expect("jwks url");
+    assert_eq!(v.refresh().await, Ok(1));
+    let k1 = sign(Algorithm::RS256, Some("k1"), ok(3));
+    assert_eq!(v.verify_fresh(&k1, NOW).await, Ok(3));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // The provider rotates to k2: a k2 token fetches the set again.
+    *doc.lock().unwrap() = std::fs::read_to_string(keydir().join("jwks2.json")).expect("jwks2");
+    let k2 = sign(Algorithm::RS256, Some("k2"), ok(4));
+    assert_eq!(v.verify_fresh(&k2, NOW).await, Ok(4));
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // Another unknown key within the minute: refused without a fetch.
+    let k9 = sign(Algorithm::RS256, Some("k9"), ok(5));
+    assert_eq!(
+        v.verify_fresh(&k9, NOW).await,
+        Err(AuthError::UnknownKey(Some("k9".into())))
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // A bad URL is named.
+    let mut c = cfg();
+    c.jwks_url = Some("ftp://x".into());
+    let e = Verifier::new(c).unwrap_err();
+    assert!(e.to_string().contains("auth.jwks_url"), "{e}");
 }

@@ -82,7 +82,7 @@ pub(crate) async fn upgrade(
         });
         return switching(&key, None);
     }
-    let user = match authenticate(&edge.cfg, &headers, &q) {
+    let user = match authenticate(&edge.cfg, &headers, &q).await {
         Ok(u) => u,
         Err(e) => {
             // The handshake completes and the socket closes with 1008 and
@@ -199,7 +199,7 @@ async fn take_socket(on: hyper::upgrade::OnUpgrade) -> Option<(TcpStream, Vec<u8
     }
 }
 
-fn authenticate(
+async fn authenticate(
     cfg: &EdgeConfig,
     headers: &HeaderMap,
     q: &std::collections::HashMap<String, String>,
@@ -213,7 +213,7 @@ fn authenticate(
         let Some(v) = &cfg.jwt else {
             return Err(herald_auth::AuthError::NotConfigured);
         };
-        return v.verify(&token, herald_types::now_ms() / 1000);
+        return v.verify_fresh(&token, herald_types::now_ms() / 1000).await;
     }
     if cfg.dev_mode {
         if let Some(u) = q.get("user") {

@@ -226,6 +226,20 @@ pub async fn run(
         )),
         false => None,
     };
+    if let Some(v) = &verifier {
+        // A JWKS URL: its keys before the first connection, then kept
+        // fresh. Unreachable at start: logged; tokens are refused until a
+        // fetch succeeds (every unknown key tries again, once a minute).
+        if !cfg.auth.jwks_url.is_empty() {
+            match v.refresh().await {
+                Ok(n) => tracing::info!(keys = n, url = %cfg.auth.jwks_url, "JWKS fetched"),
+                Err(e) => {
+                    tracing::error!(error = %e, "JWKS not fetched at start; tokens are refused until it is")
+                }
+            }
+        }
+        v.keep_fresh();
+    }
     edge_cfg.jwt = verifier.clone();
     let edge = herald_edge::Edge::new(
         edge_cfg,

@@ -112,6 +112,7 @@ impl Config {
             secret: some(&a.jwt_secret).or_else(|| some(&self.websocket.jwt_secret)),
             public_key_file: some(&a.jwt_public_key_file).map(Into::into),
             jwks_file: some(&a.jwks_file).map(Into::into),
+            jwks_url: some(&a.jwks_url),
             audience: some(&a.audience),
             issuer: some(&a.issuer),
             max_lifetime: Duration::from_secs(a.max_lifetime_s.max(1)),

@@ -154,6 +154,9 @@ pub struct Auth {
     pub jwt_public_key_file: String,
     /// A JWKS file, reloaded when it changes (key rotation).
     pub jwks_file: String,
+    /// A JWKS URL (http or https), fetched at start, every 10 minutes and
+    /// when a token names an unknown key (at most once a minute).
+    pub jwks_url: String,
     pub audience: String,
     pub issuer: String,
     pub max_lifetime_s: u64,
@@ -166,6 +169,7 @@ impl Default for Auth {
             jwt_secret: String::new(),
             jwt_public_key_file: String::new(),
             jwks_file: String::new(),
+            jwks_url: String::new(),
             audience: String::new(),
             issuer: String::new(),
             max_lifetime_s: 86_400,
