@@ -85,7 +85,7 @@ impl Remote {
                 return Err(bad(format!("answered {status}")));
             }
             let text = String::from_utf8(body.to_vec()).map_err(|e| bad(e.to_string()))?;
-            crate::parse_jwks(&text).map_err(|e| bad(e))
+            crate::parse_jwks(&text).map_err(&bad)
         };
         let keys = tokio::time::timeout(FETCH_TIMEOUT, call)
             .await
