@@ -22,6 +22,8 @@ if [ "${1:-}" = "--with-browser" ]; then
     command -v chromium >/dev/null 2>&1 || want+=(chromium)
     command -v node >/dev/null 2>&1 || want+=(nodejs)
     command -v npm >/dev/null 2>&1 || want+=(npm)
+    # promtool: the test suite checks the alert rules and the /metrics text.
+    command -v promtool >/dev/null 2>&1 || want+=(prometheus)
 fi
 if [ "${#want[@]}" -gt 0 ]; then
     echo "installing ${want[*]}..." >&2
@@ -29,7 +31,7 @@ if [ "${#want[@]}" -gt 0 ]; then
     if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq "${want[@]}" >/dev/null
+    $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
 fi
 # A Debian install starts a system Redis on 6379 on some machines; Herald's
 # scripts never rely on it.

@@ -171,3 +171,59 @@ fn the_kubernetes_files_are_restricted_and_versioned() {
         "the secret lacks METRICS_TOKEN"
     );
 }
+
+/// `promtool` (installed by deploy/test.sh) on what operators load: the
+/// alert rules, and a running node's `/metrics` text (types, names, help).
+/// The dashboard has its node and role variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_rules_and_the_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/compose");
+    let promtool = |args: &[&str], stdin: Option<&[u8]>| {
+        use std::io::Write;
+        let mut c = std::process::Command::new("promtool")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool runs (deploy/test.sh installs the prometheus package)");
+        if let Some(b) = stdin {
+            c.stdin.take().expect("stdin").write_all(b).expect("write");
+        }
+        drop(c.stdin.take());
+        c.wait_with_output().expect("promtool")
+    };
+    let rules = root.join("herald-rules.yml");
+    let out = promtool(&["check", "rules", rules.to_str().expect("path")], None);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    node.get("/v1/users/1/inbox").await;
+    let (s, m) = node.request("GET", "/metrics", None, &[]).await;
+    assert_eq!(s, 200);
+    let text = m.as_str().map(str::to_string).unwrap_or_default();
+    assert!(text.contains("herald_build_info"), "{text}");
+    let out = promtool(&["check", "metrics"], Some(text.as_bytes()));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/dashboards/herald.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(vars, ["node", "role"]);
+}
