@@ -227,3 +227,58 @@ async fn promtool_accepts_the_rules_and_the_metrics() {
         .collect();
     assert_eq!(vars, ["node", "role"]);
 }
+
+/// What validators and linters check: unique operation ids, a server,
+/// security declared on every route but the public ones, MessagePack
+/// declared where it is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_passes_what_linters_check() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let (s, doc) = node.get("/v1/openapi.json").await;
+    assert_eq!(s, 200, "{doc}");
+    assert!(
+        doc["servers"].as_array().is_some_and(|s| !s.is_empty()),
+        "no servers"
+    );
+    let public = [
+        "/healthz",
+        "/readyz",
+        "/v1/openapi.json",
+        "/demo",
+        "/demo/herald.js",
+        "/demo/msgpack.js",
+    ];
+    let mut ids = std::collections::BTreeSet::new();
+    let schemes = doc["components"]["securitySchemes"]
+        .as_object()
+        .expect("security schemes");
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(
+                ids.insert(id.clone()),
+                "operationId {id:?} twice ({method} {path})"
+            );
+            if public.contains(&path.as_str()) {
+                continue;
+            }
+            let sec = op["security"].as_array();
+            assert!(
+                sec.is_some_and(|s| !s.is_empty()),
+                "{method} {path} declares no security"
+            );
+            for req in sec.into_iter().flatten() {
+                for name in req.as_object().expect("requirement").keys() {
+                    assert!(
+                        schemes.contains_key(name),
+                        "{method} {path}: unknown scheme {name}"
+                    );
+                }
+            }
+        }
+    }
+    let body = &doc["paths"]["/v1/events"]["post"]["requestBody"]["content"];
+    assert!(body.get("application/msgpack").is_some(), "{body}");
+    assert!(body.get("application/json").is_some(), "{body}");
+}

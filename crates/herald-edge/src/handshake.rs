@@ -54,7 +54,8 @@ const MSGPACK: &str = "herald.msgpack";
     responses(
         (status = 101, description = "Upgraded: the server sends `hello`, then notifications; a missing, bad or expired token is upgraded too, then closed at once with 1008 and the reason (`unauthorized: ...`)"),
         (status = 400, description = "Not a WebSocket upgrade"),
-        (status = 503, description = "At the connection limit, shutting down, or not an edge node")))]
+        (status = 503, description = "At the connection limit, shutting down, or not an edge node")),
+    security(("bearer" = []), ("token" = [])))]
 pub(crate) async fn upgrade(
     State(edge): State<Arc<Edge>>,
     headers: HeaderMap,

@@ -204,7 +204,8 @@ async fn append_here(gw: &Gateway, parts: &[(u32, Vec<Bytes>)]) -> Result<Vec<u6
         (status = 409, description = "`not_owner`: this node does not own a partition now", body = crate::schema::ErrorBody),
         (status = 401, description = "Missing or wrong cluster key", body = crate::schema::ErrorBody),
         (status = 404, description = "Not a cluster node", body = crate::schema::ErrorBody),
-        (status = 503, description = "The log cannot take it", body = crate::schema::ErrorBody)))]
+        (status = 503, description = "The log cannot take it", body = crate::schema::ErrorBody)),
+    security(("cluster_key" = [])))]
 pub(crate) async fn internal_append(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
@@ -263,7 +264,8 @@ pub(crate) async fn internal_append(
         (status = 200, description = "The Raft answer (MessagePack)"),
         (status = 400, description = "Not a Raft message of a partition this node replicates", body = crate::schema::ErrorBody),
         (status = 401, description = "Missing or wrong cluster key", body = crate::schema::ErrorBody),
-        (status = 404, description = "This node replicates no partition", body = crate::schema::ErrorBody)))]
+        (status = 404, description = "This node replicates no partition", body = crate::schema::ErrorBody)),
+    security(("cluster_key" = [])))]
 pub(crate) async fn internal_raft(
     State(gw): State<Arc<Gateway>>,
     axum::extract::Path((partition, op)): axum::extract::Path<(u32, String)>,

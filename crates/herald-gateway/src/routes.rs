@@ -35,7 +35,8 @@ pub fn router() -> OpenApiRouter<Arc<Gateway>> {
 /// Posts one event or a batch; `202` once every event is durable in the
 /// log (all or nothing).
 #[utoipa::path(post, path = "/v1/events", tag = "events",
-    request_body(content = crate::schema::EventsBody, description = "JSON, or MessagePack (`application/msgpack`); at most 4 MiB and 10,000 events"),
+    request_body(description = "JSON, or MessagePack (`application/msgpack`, the same shape); at most 4 MiB and 10,000 events",
+        content((crate::schema::EventsBody = "application/json"), (crate::schema::EventsBody = "application/msgpack"))),
     responses(
         (status = 202, description = "Durable", body = crate::schema::Accepted),
         (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody),

@@ -28,7 +28,7 @@ async fn client_msgpack() -> Response {
 }
 
 /// The demo page (development mode only).
-#[utoipa::path(get, path = "/demo", tag = "operations",
+#[utoipa::path(get, path = "/demo", tag = "operations", operation_id = "demo_page",
     params(("user" = Option<u64>, Query, description = "Connect as this user")),
     responses((status = 200, description = "The page", content_type = "text/html")))]
 async fn page() -> Response {

@@ -196,7 +196,8 @@ fn replication_check(r: &herald_raft::Replicas) -> String {
     responses(
         (status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
         (status = 401, description = "Keys are configured and this is not an admin key"),
-        (status = 403, description = "Not an admin key")))]
+        (status = 403, description = "Not an admin key")),
+    security(("bearer" = [])))]
 async fn render(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Response {
     if !ops.keys.is_empty() {
         let key = headers

@@ -56,6 +56,27 @@ fn base() -> utoipa::openapi::OpenApi {
                 .build(),
         ),
     );
+    c.add_security_scheme(
+        "token",
+        SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Query(
+            utoipa::openapi::security::ApiKeyValue::with_description(
+                "token",
+                "A user's JWT as a query parameter (WebSocket clients that cannot set headers)",
+            ),
+        )),
+    );
+    c.add_security_scheme(
+        "cluster_key",
+        SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+            utoipa::openapi::security::ApiKeyValue::with_description(
+                "x-herald-cluster-key",
+                "server.cluster_key: between the nodes of a cluster only",
+            ),
+        )),
+    );
+    doc.servers = Some(vec![utoipa::openapi::server::Server::new(
+        "http://127.0.0.1:7400",
+    )]);
     doc
 }
 
@@ -67,8 +88,9 @@ async fn openapi_json(State(doc): State<Arc<String>>) -> axum::response::Respons
 }
 
 /// On an ingest node, the WebSocket is elsewhere.
-#[utoipa::path(get, path = "/v1/ws", tag = "websocket",
-    responses((status = 503, description = "`wrong_role`: an ingest node holds no WebSocket; connect to an edge node")))]
+#[utoipa::path(get, path = "/v1/ws", tag = "websocket", operation_id = "websocket_wrong_role",
+    responses((status = 503, description = "`wrong_role`: an ingest node holds no WebSocket; connect to an edge node")),
+    security(("bearer" = []), ("token" = [])))]
 async fn wrong_role() -> herald_gateway::ApiError {
     herald_gateway::ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
