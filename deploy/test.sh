@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 deploy/ensure-deps.sh --with-browser
 # The browser client's compiler (its committed build is checked against it).
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
+# The contracts' reference validators (@asyncapi/parser, swagger-parser).
+(cd tests/validators && npm ci --no-audit --no-fund --loglevel=error)
 export HERALD_REQUIRE_NODE=1
 
 log="$(mktemp)"

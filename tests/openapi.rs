@@ -282,3 +282,31 @@ async fn the_document_passes_what_linters_check() {
     assert!(body.get("application/msgpack").is_some(), "{body}");
     assert!(body.get("application/json").is_some(), "{body}");
 }
+
+/// The reference validators (installed by deploy/test.sh into
+/// tests/validators): `@asyncapi/parser` accepts docs/asyncapi.yaml and
+/// swagger-parser the OpenAPI document a node serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_validators_accept_both_contracts() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[]);
+    let (s, doc) = node.get("/v1/openapi.json").await;
+    assert_eq!(s, 200, "{doc}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let openapi = dir.path().join("openapi.json");
+    std::fs::write(&openapi, doc.to_string()).expect("write");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = std::process::Command::new("node")
+        .current_dir(root.join("tests/validators"))
+        .arg("validate.mjs")
+        .arg(root.join("docs/asyncapi.yaml"))
+        .arg(&openapi)
+        .output()
+        .expect("node runs (deploy/test.sh installs Node.js and the validators)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("valid"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

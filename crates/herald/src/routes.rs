@@ -44,6 +44,13 @@ struct Base;
 fn base() -> utoipa::openapi::OpenApi {
     let mut doc = Base::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    // OpenAPI 3.1 wants the SPDX identifier (or a URL) beside the name.
+    doc.info.license = Some(
+        utoipa::openapi::LicenseBuilder::new()
+            .name("Apache-2.0")
+            .identifier(Some("Apache-2.0"))
+            .build(),
+    );
     let c = doc.components.get_or_insert_with(Default::default);
     c.add_security_scheme(
         "bearer",
