@@ -58,6 +58,19 @@ async fn the_client_tests_pass_against_a_real_node() {
     let node = Node::start(&redis, &[("HERALD_AUTH__JWT_SECRET", JWT_SECRET)]);
     let url = format!("http://{}", node.addr);
     let dir = client_dir();
+    // The typed events under `tsc --strict` (test/types.ts: compiled, not
+    // run; one line must fail to type-check, and does).
+    let tsc = Command::new(dir.join("node_modules/.bin/tsc"))
+        .current_dir(&dir)
+        .args(["-p", "test/tsconfig.json"])
+        .output()
+        .expect("tsc runs (deploy/test.sh installs the client's compiler)");
+    assert!(
+        tsc.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&tsc.stdout),
+        String::from_utf8_lossy(&tsc.stderr)
+    );
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .current_dir(&dir)

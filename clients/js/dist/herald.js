@@ -23,9 +23,16 @@ const SEEN_MAX = 5000;
 /**
  * Events: `notification` and `digest` (detail: the frame), `hello`,
  * `state` (detail: State), `error` (detail: `{code, message}`), `unread`
- * (detail: number, after a read through this client).
+ * (detail: number, after a read through this client). Typed: a listener
+ * added for a known name gets a `CustomEvent` of that event's detail.
  */
 export class HeraldClient extends EventTarget {
+    addEventListener(type, listener, options) {
+        super.addEventListener(type, listener, options);
+    }
+    removeEventListener(type, listener, options) {
+        super.removeEventListener(type, listener, options);
+    }
     constructor(options) {
         super();
         this.ws = null;

@@ -17,18 +17,21 @@ import { decode as decodeMsgPack, encodeAck } from "./msgpack.js";
 
 export type Kind = "like" | "comment" | "mention" | "follow" | "unfollow" | "post";
 
+/** A user id: a number, or a decimal string past 2^53 (no digit lost). */
+export type UserId = number | string;
+
 /** A notification, as the `notification` frame and the feed carry it. */
 export interface Notification {
   type: "notification";
   id: string;
   event_id: string;
   kind: Kind;
-  actor: number;
+  actor: UserId;
   object?: string;
   text?: string;
   ts_ms: number;
   count: number;
-  actors: number[];
+  actors: UserId[];
   /** Feed entries only. */
   read?: boolean;
 }
@@ -37,7 +40,7 @@ export interface DigestItem {
   kind: Kind;
   object?: string;
   count: number;
-  actors: number[];
+  actors: UserId[];
   event_id: string;
 }
 
@@ -54,7 +57,7 @@ export interface Digest {
 
 export interface Hello {
   type: "hello";
-  user: number;
+  user: UserId;
   /** Notifications waiting, sent right after. */
   pending: number;
   /** Waiting notifications the inbox cap dropped since the last connection. */
@@ -114,12 +117,59 @@ type Message =
   | { t: "ack"; ids: string[] }
   | { t: "hello?" };
 
+/** Each event's `detail`. */
+export interface HeraldEventMap {
+  notification: Notification;
+  digest: Digest;
+  hello: Hello;
+  state: State;
+  error: { code: string; message: string };
+  unread: number;
+}
+
 /**
  * Events: `notification` and `digest` (detail: the frame), `hello`,
  * `state` (detail: State), `error` (detail: `{code, message}`), `unread`
- * (detail: number, after a read through this client).
+ * (detail: number, after a read through this client). Typed: a listener
+ * added for a known name gets a `CustomEvent` of that event's detail.
  */
 export class HeraldClient extends EventTarget {
+  addEventListener<K extends keyof HeraldEventMap>(
+    type: K,
+    listener: ((ev: CustomEvent<HeraldEventMap[K]>) => void) | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | ((ev: CustomEvent<never>) => void) | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void {
+    super.addEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
+  }
+
+  removeEventListener<K extends keyof HeraldEventMap>(
+    type: K,
+    listener: ((ev: CustomEvent<HeraldEventMap[K]>) => void) | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | ((ev: CustomEvent<never>) => void) | null,
+    options?: boolean | EventListenerOptions,
+  ): void {
+    super.removeEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
+  }
+
   readonly options: Required<Omit<Options, "token" | "user" | "getToken">> &
     Pick<Options, "token" | "user" | "getToken">;
   private ws: WebSocket | null = null;
