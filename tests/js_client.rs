@@ -74,7 +74,12 @@ async fn the_client_tests_pass_against_a_real_node() {
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .current_dir(&dir)
-            .args(["--experimental-websocket", "--test", "test/"])
+            .args([
+                "--experimental-websocket",
+                "--test",
+                "--test-timeout=60000",
+                "test/",
+            ])
             .env("HERALD_URL", url)
             .env("HERALD_JWT_SECRET", JWT_SECRET)
             .output()
@@ -89,7 +94,7 @@ async fn the_client_tests_pass_against_a_real_node() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("# pass 10") && text.contains("# fail 0"),
+        text.contains("# pass 12") && text.contains("# fail 0"),
         "{text}"
     );
 }

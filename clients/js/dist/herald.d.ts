@@ -90,6 +90,12 @@ export interface Options {
     shareTabs?: boolean;
     /** Every HTTP call fails after this long (default 10 s). */
     timeoutMs?: number;
+    /**
+     * A socket silent this long gets a `ping` frame; still silent as long
+     * again, it is taken for half-dead (a laptop that slept, a NAT that
+     * forgot it), closed and connected again (default 20 s; 0: never).
+     */
+    pingMs?: number;
 }
 /** Each event's `detail`. */
 export interface HeraldEventMap {
@@ -130,6 +136,10 @@ export declare class HeraldClient extends EventTarget {
     private lastHello;
     /** The last token was refused; a fresh one is being tried. */
     private refused;
+    /** When the socket last brought a frame, and the watch on it. */
+    private heardAt;
+    private pingSent;
+    private watch;
     constructor(options: Options);
     /** The connection's state. */
     get connectionState(): State;
@@ -165,6 +175,8 @@ export declare class HeraldClient extends EventTarget {
     private wsUrl;
     private connect;
     private open;
+    /** Pings a silent socket; closes one that stays silent (half-dead). */
+    private watchSocket;
     private closed;
     private retry;
     private onFrame;

@@ -12,7 +12,7 @@
  * No dependencies. The protocol is `docs/asyncapi.yaml`; the HTTP routes
  * are `GET /v1/openapi.json`.
  */
-import { decode as decodeMsgPack, encodeAck } from "./msgpack.js";
+import { decode as decodeMsgPack, encodeAck, encodePing } from "./msgpack.js";
 /** Why the server closed, and whether the client tries again. */
 const FINAL_CLOSES = {
     1008: "unauthorized",
@@ -50,6 +50,10 @@ export class HeraldClient extends EventTarget {
         this.lastHello = null;
         /** The last token was refused; a fresh one is being tried. */
         this.refused = false;
+        /** When the socket last brought a frame, and the watch on it. */
+        this.heardAt = 0;
+        this.pingSent = false;
+        this.watch = null;
         if (!options.token && !options.getToken && options.user === undefined) {
             throw new Error("HeraldClient needs a token, or a user id in development mode");
         }
@@ -60,6 +64,7 @@ export class HeraldClient extends EventTarget {
             backoffMaxMs: 30000,
             shareTabs: true,
             timeoutMs: 10000,
+            pingMs: 20000,
             format: "json",
             ...options,
             url: options.url.replace(/\/+$/, ""),
@@ -98,6 +103,9 @@ export class HeraldClient extends EventTarget {
     /** Closes the connection for good (acks waiting are sent first). */
     stop() {
         this.stopped = true;
+        if (this.watch)
+            clearInterval(this.watch);
+        this.watch = null;
         this.flushAcks();
         if (this.timer)
             clearTimeout(this.timer);
@@ -241,7 +249,12 @@ export class HeraldClient extends EventTarget {
             return;
         }
         this.ws = ws;
+        this.heardAt = Date.now();
+        this.pingSent = false;
+        this.watchSocket(ws);
         ws.onmessage = (m) => {
+            this.heardAt = Date.now();
+            this.pingSent = false;
             if (typeof m.data === "string") {
                 this.onFrame(m.data);
             }
@@ -262,10 +275,36 @@ export class HeraldClient extends EventTarget {
                 this.closed(ws, 1006, "");
         };
     }
+    /** Pings a silent socket; closes one that stays silent (half-dead). */
+    watchSocket(ws) {
+        if (this.watch)
+            clearInterval(this.watch);
+        this.watch = null;
+        const every = this.options.pingMs;
+        if (!every)
+            return;
+        this.watch = setInterval(() => {
+            if (this.ws !== ws || ws.readyState !== 1)
+                return;
+            const silent = Date.now() - this.heardAt;
+            if (silent >= 2 * every && this.pingSent) {
+                this.emit("error", { code: "half_dead", message: `no frame for ${silent} ms; reconnecting` });
+                ws.close(4000, "no answer to ping");
+                this.closed(ws, 1006, "");
+            }
+            else if (silent >= every && !this.pingSent) {
+                this.pingSent = true;
+                ws.send(this.options.format === "msgpack" ? encodePing() : JSON.stringify({ type: "ping" }));
+            }
+        }, Math.max(50, Math.floor(every / 4)));
+    }
     closed(ws, code, reason) {
         if (this.ws !== ws)
             return;
         this.ws = null;
+        if (this.watch)
+            clearInterval(this.watch);
+        this.watch = null;
         if (this.ackTimer)
             clearTimeout(this.ackTimer);
         this.ackTimer = null;

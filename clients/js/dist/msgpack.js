@@ -133,3 +133,8 @@ export function encodeAck(ids) {
         str(id);
     return new Uint8Array(out);
 }
+/** Encodes a ping frame: `{"type": "ping"}`. */
+export function encodePing() {
+    // fixmap(1), fixstr "type", fixstr "ping"
+    return new Uint8Array([0x81, 0xa4, 0x74, 0x79, 0x70, 0x65, 0xa4, 0x70, 0x69, 0x6e, 0x67]);
+}

@@ -13,7 +13,7 @@
  * are `GET /v1/openapi.json`.
  */
 
-import { decode as decodeMsgPack, encodeAck } from "./msgpack.js";
+import { decode as decodeMsgPack, encodeAck, encodePing } from "./msgpack.js";
 
 export type Kind = "like" | "comment" | "mention" | "follow" | "unfollow" | "post";
 
@@ -101,6 +101,12 @@ export interface Options {
   shareTabs?: boolean;
   /** Every HTTP call fails after this long (default 10 s). */
   timeoutMs?: number;
+  /**
+   * A socket silent this long gets a `ping` frame; still silent as long
+   * again, it is taken for half-dead (a laptop that slept, a NAT that
+   * forgot it), closed and connected again (default 20 s; 0: never).
+   */
+  pingMs?: number;
 }
 
 /** Why the server closed, and whether the client tries again. */
@@ -187,6 +193,10 @@ export class HeraldClient extends EventTarget {
   private lastHello: Hello | null = null;
   /** The last token was refused; a fresh one is being tried. */
   private refused = false;
+  /** When the socket last brought a frame, and the watch on it. */
+  private heardAt = 0;
+  private pingSent = false;
+  private watch: ReturnType<typeof setInterval> | null = null;
 
   constructor(options: Options) {
     super();
@@ -200,6 +210,7 @@ export class HeraldClient extends EventTarget {
       backoffMaxMs: 30_000,
       shareTabs: true,
       timeoutMs: 10_000,
+      pingMs: 20_000,
       format: "json",
       ...options,
       url: options.url.replace(/\/+$/, ""),
@@ -238,6 +249,8 @@ export class HeraldClient extends EventTarget {
   /** Closes the connection for good (acks waiting are sent first). */
   stop(): void {
     this.stopped = true;
+    if (this.watch) clearInterval(this.watch);
+    this.watch = null;
     this.flushAcks();
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
@@ -385,7 +398,12 @@ export class HeraldClient extends EventTarget {
       return;
     }
     this.ws = ws;
+    this.heardAt = Date.now();
+    this.pingSent = false;
+    this.watchSocket(ws);
     ws.onmessage = (m: MessageEvent) => {
+      this.heardAt = Date.now();
+      this.pingSent = false;
       if (typeof m.data === "string") {
         this.onFrame(m.data);
       } else if (m.data instanceof ArrayBuffer) {
@@ -404,9 +422,31 @@ export class HeraldClient extends EventTarget {
     };
   }
 
+  /** Pings a silent socket; closes one that stays silent (half-dead). */
+  private watchSocket(ws: WebSocket): void {
+    if (this.watch) clearInterval(this.watch);
+    this.watch = null;
+    const every = this.options.pingMs;
+    if (!every) return;
+    this.watch = setInterval(() => {
+      if (this.ws !== ws || ws.readyState !== 1) return;
+      const silent = Date.now() - this.heardAt;
+      if (silent >= 2 * every && this.pingSent) {
+        this.emit("error", { code: "half_dead", message: `no frame for ${silent} ms; reconnecting` });
+        ws.close(4000, "no answer to ping");
+        this.closed(ws, 1006, "");
+      } else if (silent >= every && !this.pingSent) {
+        this.pingSent = true;
+        ws.send(this.options.format === "msgpack" ? encodePing() : JSON.stringify({ type: "ping" }));
+      }
+    }, Math.max(50, Math.floor(every / 4)));
+  }
+
   private closed(ws: WebSocket, code: number, reason: string): void {
     if (this.ws !== ws) return;
     this.ws = null;
+    if (this.watch) clearInterval(this.watch);
+    this.watch = null;
     if (this.ackTimer) clearTimeout(this.ackTimer);
     this.ackTimer = null;
     // Unsent acks are moot: what was not acked is sent again.

@@ -2,7 +2,8 @@
 // `tests/js_client.rs`, which passes its address in HERALD_URL).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { createHmac } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
+import { createServer } from "node:net";
 import { HeraldClient, parseExact } from "../dist/herald.js";
 
 const url = process.env.HERALD_URL;
@@ -213,6 +214,48 @@ test("a token a fresh one does not cure ends in an error", async () => {
   assert.match(e.message, /^unauthorized: /);
   assert.equal(asked, 2);
   await until("closed", async () => c.connectionState === "closed");
+});
+
+test("an idle socket is pinged and answered, so it stays open", async () => {
+  const c = new HeraldClient({ url, user: 41, pingMs: 150 });
+  const errors = [];
+  c.addEventListener("error", (e) => errors.push(e.detail));
+  const hello = next(c, "hello");
+  c.start();
+  await hello;
+  const ws = c.ws;
+  await new Promise((r) => setTimeout(r, 1200));
+  assert.equal(c.ws, ws, "reconnected although the node answered its pings");
+  assert.deepEqual(errors, []);
+  c.stop();
+});
+
+test("a half-dead socket (upgraded, then silent) is closed and connected again", async () => {
+  // A server that completes the WebSocket handshake and then says nothing.
+  let upgrades = 0;
+  const socks = new Set();
+  const server = createServer((sock) => {
+    socks.add(sock);
+    sock.once("data", (req) => {
+      const key = /sec-websocket-key: *(\S+)/i.exec(req.toString())?.[1] ?? "";
+      const accept = createHash("sha1").update(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
+      upgrades++;
+      sock.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+      sock.on("data", () => {}); // pings read, never answered
+    });
+    sock.on("error", () => {});
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const silent = `http://127.0.0.1:${server.address().port}`;
+  const c = new HeraldClient({ url: silent, user: 42, pingMs: 100, backoffInitialMs: 5, backoffMaxMs: 20 });
+  const err = next(c, "error", 5000);
+  c.start();
+  const e = await err;
+  assert.equal(e.code, "half_dead", JSON.stringify(e));
+  await until("a second connection", async () => upgrades >= 2);
+  c.stop();
+  for (const s of socks) s.destroy();
+  server.close();
 });
 
 test("backoff keeps trying an unreachable node without throwing", async () => {

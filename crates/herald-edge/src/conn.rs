@@ -43,7 +43,7 @@ pub(crate) struct Conn {
     /// The link's frame count at the last heartbeat.
     frames_at_beat: u64,
     /// What is left of the client's allowance of control frames.
-    control: ControlBudget,
+    pub(crate) control: ControlBudget,
 }
 
 /// A token bucket for a client's control frames (ping, pong): refilled at
@@ -51,7 +51,7 @@ pub(crate) struct Conn {
 /// each ping costs the node a pong write, and a flood of them would take a
 /// core from everyone else. Hand-written: 16 bytes in the connection, no
 /// clock or allocation of a rate-limiter crate per connection.
-struct ControlBudget {
+pub(crate) struct ControlBudget {
     tokens: f32,
     at: Instant,
 }
@@ -65,7 +65,7 @@ impl ControlBudget {
     }
 
     /// Takes one frame's token; false when the client is past its rate.
-    fn take(&mut self, rate: u32) -> bool {
+    pub(crate) fn take(&mut self, rate: u32) -> bool {
         if rate == 0 {
             return true;
         }

@@ -40,6 +40,16 @@ struct ErrorFrame<'a> {
     message: &'a str,
 }
 
+/// `{"type": "pong"}`, the answer to a client's ping frame.
+pub fn pong(fmt: WireFormat) -> Bytes {
+    #[derive(Serialize)]
+    struct Pong {
+        #[serde(rename = "type")]
+        ty: &'static str,
+    }
+    encode(&Pong { ty: "pong" }, fmt)
+}
+
 /// A notification frame of the connection's format.
 pub fn notification(n: &Notification, fmt: WireFormat) -> Bytes {
     let mut f = wire::FrameBuf::new(256);
@@ -130,6 +140,9 @@ pub type AckIds<'a> = SmallVec<[Cow<'a, str>; 2]>;
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientFrame<'a> {
     Ack(AckIds<'a>),
+    /// `{"type": "ping"}`: answered `{"type": "pong"}` (browsers cannot
+    /// see WebSocket pings, so a client finds a half-dead socket this way).
+    Ping,
 }
 
 /// Parses a client frame (JSON text or MessagePack binary, whatever the
@@ -144,6 +157,9 @@ pub fn parse(data: &[u8], binary: bool) -> Result<ClientFrame<'_>, String> {
             } else {
                 serde_json::from_slice(data).map_err(|e| format!("not a JSON frame: {e}"))?
             };
+            if f.ty == "ping" && f.ids.is_empty() {
+                return Ok(ClientFrame::Ping);
+            }
             if f.ty != "ack" {
                 return Err(format!("unknown frame type {:?}", f.ty));
             }
@@ -238,7 +254,9 @@ mod tests {
     }
 
     #[test]
-    fn parses_acks_and_refuses_junk() {
+    fn parses_acks_and_pings_and_refuses_junk() {
+        assert_eq!(parse(br#"{"type":"ping"}"#, false), Ok(ClientFrame::Ping));
+        assert!(parse(br#"{"type":"ping","ids":["x"]}"#, false).is_err());
         assert_eq!(
             parse(br#"{"type":"ack","ids":["n-1"]}"#, false),
             Ok(ClientFrame::Ack(smallvec::smallvec![Cow::Borrowed("n-1")]))

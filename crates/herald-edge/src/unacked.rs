@@ -21,6 +21,14 @@ impl Conn {
                 let mut o = self.link.lock();
                 pending::ack(&mut o.unacked, ids, acks, &mut self.cursors);
             }
+            // Within the connection's control-frame budget (past it the
+            // ping is not answered).
+            Ok(ClientFrame::Ping) => {
+                if self.control.take(self.edge.cfg.max_control_per_s) {
+                    let f = frames::pong(self.link.fmt);
+                    self.link.send(&self.edge.metrics, vec![f]);
+                }
+            }
             Err(why) => {
                 metrics::counter!("herald_ws_bad_frames_total").increment(1);
                 let f = frames::error("bad_frame", &why, self.link.fmt);
