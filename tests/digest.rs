@@ -17,19 +17,6 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-async fn put(node: &Node, user: u64, body: serde_json::Value) {
-    let b = body.to_string().into_bytes();
-    let (s, v) = node
-        .request(
-            "PUT",
-            &format!("/v1/users/{user}/preferences"),
-            Some(b),
-            &[("content-type", "application/json")],
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-}
-
 /// Waits until just after the start of a digest window.
 async fn window_start() {
     while now_ms() % WINDOW_MS > 300 {
@@ -45,7 +32,7 @@ async fn digest_mode_likes_arrive_once_as_one_digest_even_across_a_restart() {
         &redis,
         &[("HERALD_DIGEST__WINDOW_OVERRIDE_MS", window.as_str())],
     );
-    put(&node, 20, json!({"kinds": {"like": "digest"}})).await;
+    support::put_prefs(&node, 20, &json!({"kinds": {"like": "digest"}})).await;
     window_start().await;
     for (actor, post) in [(1, "post:a"), (2, "post:a"), (3, "post:b")] {
         node.like(actor, 20, post).await;
@@ -121,10 +108,10 @@ async fn quiet_hours_hold_notifications_and_release_them_in_order() {
     }
     let min = (now_ms() / 60_000) % (24 * 60);
     let hhmm = |m: u64| format!("{:02}:{:02}", (m / 60) % 24, m % 60);
-    put(
+    support::put_prefs(
         &node,
         30,
-        json!({"quiet_hours": {"start": hhmm(min), "end": hhmm(min + 1), "timezone": "UTC"}}),
+        &json!({"quiet_hours": {"start": hhmm(min), "end": hhmm(min + 1), "timezone": "UTC"}}),
     )
     .await;
     let mut c = Client::connect(&node, 30).await;
@@ -169,7 +156,7 @@ async fn digest_mode_followers_get_a_celebrity_post_in_their_digest() {
         .await;
     assert_eq!(s, 200);
     for u in [1000, 1001] {
-        put(&node, u, json!({"kinds": {"post": "digest"}})).await;
+        support::put_prefs(&node, u, &json!({"kinds": {"post": "digest"}})).await;
     }
     window_start().await;
     let mut online_digest = Client::connect(&node, 1000).await;

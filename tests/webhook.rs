@@ -59,19 +59,6 @@ async fn wait_delivered(r: &Receiver, users: &[u64], n: usize, wait: Duration) {
     .await;
 }
 
-async fn put_prefs(node: &Node, user: u64, body: serde_json::Value) {
-    let b = body.to_string().into_bytes();
-    let (s, v) = node
-        .request(
-            "PUT",
-            &format!("/v1/users/{user}/preferences"),
-            Some(b),
-            &[("content-type", "application/json")],
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-}
-
 async fn comment(node: &Node, actor: u64, recipient: u64, object: &str) {
     let (s, v) = node
         .post(
@@ -240,11 +227,11 @@ async fn preferences_turn_the_webhook_off_per_user_and_kind_and_quiet_hours_hold
     let redis = Redis::start();
     let receiver = Receiver::start(Answer::Ok).await;
     let node = start(&redis, &env(&receiver));
-    put_prefs(&node, 600, json!({"webhook": {"enabled": false}})).await;
-    put_prefs(
+    support::put_prefs(&node, 600, &json!({"webhook": {"enabled": false}})).await;
+    support::put_prefs(
         &node,
         601,
-        json!({"webhook": {"kinds": {"comment": false}}}),
+        &json!({"webhook": {"kinds": {"comment": false}}}),
     )
     .await;
     // Quiet from this minute to the next (UTC); leave at least 15 s of it.
@@ -259,10 +246,10 @@ async fn preferences_turn_the_webhook_off_per_user_and_kind_and_quiet_hours_hold
     }
     let min = (now_s() / 60) % (24 * 60);
     let hhmm = |m: u64| format!("{:02}:{:02}", (m / 60) % 24, m % 60);
-    put_prefs(
+    support::put_prefs(
         &node,
         602,
-        json!({"quiet_hours": {"start": hhmm(min), "end": hhmm(min + 1), "timezone": "UTC"}}),
+        &json!({"quiet_hours": {"start": hhmm(min), "end": hhmm(min + 1), "timezone": "UTC"}}),
     )
     .await;
     let quiet_ends = (now_s() / 60 + 1) * 60;
@@ -310,10 +297,10 @@ async fn a_digest_can_go_out_by_webhook_instead_of_in_app() {
         WINDOW_MS.to_string(),
     ));
     let node = start(&redis, &e);
-    put_prefs(
+    support::put_prefs(
         &node,
         700,
-        json!({"kinds": {"like": "digest"}, "digest": {"channel": "webhook"}}),
+        &json!({"kinds": {"like": "digest"}, "digest": {"channel": "webhook"}}),
     )
     .await;
     for a in 1..4 {

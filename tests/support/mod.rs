@@ -760,6 +760,19 @@ impl Client {
 }
 
 /// Polls `f` until it returns Some or `WAIT` passes.
+/// `PUT /v1/users/{user}/preferences` with `body`; must answer 200.
+pub async fn put_prefs(node: &Node, user: u64, body: &Value) {
+    let (s, v) = node
+        .request(
+            "PUT",
+            &format!("/v1/users/{user}/preferences"),
+            Some(body.to_string().into_bytes()),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
 /// Asserts that a WebSocket to `url` is refused as the contract says: the
 /// handshake completes, then the server closes at once with 1008 and an
 /// `unauthorized: ...` reason.

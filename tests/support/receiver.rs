@@ -106,13 +106,14 @@ impl Receiver {
     /// Listens again on the same port.
     pub async fn up(&mut self) {
         self.down();
-        let listener = loop {
-            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
-                Ok(l) => break l,
-                // The aborted server's socket may take a moment to close.
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
+        // The aborted server's socket may take a moment to close.
+        let port = self.port;
+        let listener = super::eventually("the receiver's port free again", || async move {
+            tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
         let state = self.state.clone();
         let app = axum::Router::new()
             .route("/hooks/herald", axum::routing::post(take))

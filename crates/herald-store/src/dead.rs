@@ -57,16 +57,21 @@ impl DeadLetter {
     }
 }
 
+/// A dead letter as stored (JSON).
+fn encode(d: &DeadLetter) -> Result<String> {
+    serde_json::to_string(d).map_err(|e| StoreError::Corrupt {
+        key: DATA.into(),
+        reason: e.to_string(),
+    })
+}
+
 impl Store {
     /// Stores a dead letter (idempotent by id) and trims the oldest past
     /// [`MAX_DEAD_LETTERS`]. `Ok(false)`: refused, a newer leader of the
     /// partition already wrote dead letters (`fence.rs`).
     pub async fn dead_letter_put(&self, d: &DeadLetter, fence: Fence) -> Result<bool> {
         static S: OnceLock<redis::Script> = OnceLock::new();
-        let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt {
-            key: DATA.into(),
-            reason: e.to_string(),
-        })?;
+        let json = encode(d)?;
         let script = S.get_or_init(|| redis::Script::new(&crate::fence::with_check(PUT)));
         let mut inv = script.prepare_invoke();
         inv.key(DATA)
@@ -81,15 +86,7 @@ impl Store {
         let Ok(n) = usize::try_from(n) else {
             return Ok(false);
         };
-        if n > MAX_DEAD_LETTERS {
-            let mut p = crate::Batch::new();
-            p.cmd("ZRANGE")
-                .arg(ORDER)
-                .arg(0)
-                .arg((n - MAX_DEAD_LETTERS - 1) as i64);
-            let (old,): (Vec<String>,) = self.run(&p).await?;
-            self.dead_letter_remove(&old).await?;
-        }
+        self.dead_letters_trim(n).await?;
         Ok(true)
     }
 
@@ -102,24 +99,13 @@ impl Store {
         }
         let mut p = crate::Batch::new();
         for d in list {
-            let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt {
-                key: DATA.into(),
-                reason: e.to_string(),
-            })?;
+            let json = encode(d)?;
             p.cmd("HSET").arg(DATA).arg(&d.id).arg(json).ignore();
             p.cmd("ZADD").arg(ORDER).arg(d.at_ms).arg(&d.id).ignore();
         }
         p.cmd("ZCARD").arg(ORDER);
         let (n,): (usize,) = self.run(&p).await?;
-        if n > MAX_DEAD_LETTERS {
-            let mut p = crate::Batch::new();
-            p.cmd("ZRANGE")
-                .arg(ORDER)
-                .arg(0)
-                .arg((n - MAX_DEAD_LETTERS - 1) as i64);
-            let (old,): (Vec<String>,) = self.run(&p).await?;
-            self.dead_letter_remove(&old).await?;
-        }
+        self.dead_letters_trim(n).await?;
         Ok(())
     }
 
@@ -156,6 +142,21 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Drops the oldest past [`MAX_DEAD_LETTERS`], given how many there
+    /// are (`n`).
+    async fn dead_letters_trim(&self, n: usize) -> Result<()> {
+        if n <= MAX_DEAD_LETTERS {
+            return Ok(());
+        }
+        let mut p = crate::Batch::new();
+        p.cmd("ZRANGE")
+            .arg(ORDER)
+            .arg(0)
+            .arg((n - MAX_DEAD_LETTERS - 1) as i64);
+        let (old,): (Vec<String>,) = self.run(&p).await?;
+        self.dead_letter_remove(&old).await
     }
 
     /// Forgets these dead letters.
