@@ -73,18 +73,32 @@ async fn comment(node: &Node, actor: u64, recipient: u64, object: &str) {
 async fn offline_users_notifications_reach_the_webhook_signed_and_batched() {
     let redis = Redis::start();
     let receiver = Receiver::start(Answer::Ok).await;
-    let node = start(&redis, &env(&receiver));
+    // One request open at a time, so what is parked while one is open
+    // goes out together in the next.
+    let mut env = env(&receiver);
+    env.push(("HERALD_WEBHOOK__MAX_IN_FLIGHT".into(), "1".into()));
+    let node = start(&redis, &env);
     // A connected user who acks: never sent to the webhook.
     let mut online = Client::connect(&node, 3).await;
     comment(&node, 9, 3, "post:seen").await;
     let seen = online.notification().await;
     online.ack(&[seen["id"].as_str().unwrap()]).await;
     online.close().await;
+    // The first request is held open while the rest is parked.
+    receiver.answer(Answer::Slow(Duration::from_secs(2)));
+    comment(&node, 9, 10, "post:10").await;
+    eventually_within("a first request", support::WAIT, || async {
+        (receiver.arrived() > 0).then_some(())
+    })
+    .await;
+    receiver.answer(Answer::Ok);
     // Offline users: every notification reaches the webhook.
-    for u in 10..60u64 {
-        comment(&node, 9, u, &format!("post:{u}")).await;
-    }
-    comment(&node, 9, 3, "post:unseen").await;
+    let events: Vec<_> = (11..60u64)
+        .map(|u| json!({"kind": "comment", "actor": 9, "recipient": u, "object": format!("post:{u}"), "text": "hi"}))
+        .chain([json!({"kind": "comment", "actor": 9, "recipient": 3, "object": "post:unseen", "text": "hi"})])
+        .collect();
+    let (s, v) = node.post("/v1/events", &json!({ "events": events })).await;
+    assert_eq!(s, 202, "{v}");
     let users: Vec<u64> = (10..60).chain([3]).collect();
     wait_delivered(&receiver, &users, 51, support::WAIT).await;
     let all = delivered(&receiver);

@@ -65,6 +65,8 @@ impl Request {
 struct State {
     answer: Answer,
     requests: Vec<Request>,
+    /// Requests that arrived, answered or not yet.
+    arrived: usize,
 }
 
 pub struct Receiver {
@@ -81,6 +83,7 @@ impl Receiver {
             state: Arc::new(Mutex::new(State {
                 answer,
                 requests: Vec::new(),
+                arrived: 0,
             })),
             task: None,
         };
@@ -128,6 +131,11 @@ impl Receiver {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// How many requests arrived so far, answered or still open.
+    pub fn arrived(&self) -> usize {
+        self.state.lock().unwrap().arrived
+    }
+
     /// Every request answered 2xx so far.
     pub fn delivered(&self) -> Vec<Request> {
         self.requests()
@@ -148,7 +156,11 @@ async fn take(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> axum::http::StatusCode {
-    let answer = state.lock().unwrap().answer;
+    let answer = {
+        let mut s = state.lock().unwrap();
+        s.arrived += 1;
+        s.answer
+    };
     let status = match answer {
         Answer::Ok => 200,
         Answer::Status(s) => s,
