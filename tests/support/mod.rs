@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod collector;
 mod infra;
 pub mod netns;
 pub mod receiver;

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use herald_store::Store;
+use herald_types::trace;
 use herald_types::{
     Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, Refusal, Settle, UserId,
 };
@@ -253,6 +254,31 @@ impl Edge {
 impl Edge {
     /// Queues `n` on `user`'s connection, or hands it back.
     fn push(&self, user: UserId, n: Notification, settle: Settle) -> Option<EdgeAnswer> {
+        // Traced (its event was): a span for handing it to the user's
+        // connections here, with what became of it.
+        let mut span = n.trace.as_deref().and_then(|parent| {
+            let mut s = trace::start("herald.push", trace::SpanKind::Producer, Some(parent))?;
+            s.set("herald.user", user as i64);
+            s.set("herald.notification_id", n.id.to_string());
+            Some(s)
+        });
+        let a = self.push_to(user, n, settle);
+        if let Some(s) = &mut span {
+            let outcome = match &a {
+                None => "sent",
+                Some(EdgeAnswer::Refused { why, .. }) => match why {
+                    Refusal::Offline => "offline",
+                    Refusal::Full => "full",
+                    Refusal::Unacked => "unacked",
+                },
+                Some(_) => "other",
+            };
+            s.set("herald.outcome", outcome);
+        }
+        a
+    }
+
+    fn push_to(&self, user: UserId, n: Notification, settle: Settle) -> Option<EdgeAnswer> {
         let refused = |n: Notification, settle: Settle, why: Refusal| {
             Some(EdgeAnswer::Refused {
                 user,

@@ -55,5 +55,6 @@ pub fn build(user: UserId, start_ms: u64, end_ms: u64, items: &[Notification]) -
             window_end_ms: end_ms,
             items: groups,
         })),
+        trace: None,
     }
 }

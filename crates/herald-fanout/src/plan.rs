@@ -8,7 +8,8 @@ use std::sync::Arc;
 use herald_prefs::{Resolved, Route};
 use herald_store::Bucket;
 use herald_types::ids::notification_id;
-use herald_types::{LogEvent, Notification, UserId};
+use herald_types::trace::{self, SpanKind};
+use herald_types::{LogEvent, Notification, TraceContext, UserId};
 
 use crate::Hold;
 
@@ -31,6 +32,10 @@ pub(crate) struct Item {
     pub follower_count: Option<u64>,
     /// A post on the celebrity (pull) path.
     pub celebrity_post: bool,
+    /// Its fan-out span when the event was traced (ends with the item),
+    /// and that span as the parent of each notification's push.
+    pub span: Option<trace::Span>,
+    pub trace: Option<Arc<TraceContext>>,
 }
 
 impl Item {
@@ -41,7 +46,16 @@ impl Item {
         ev: LogEvent,
         hold: Hold,
     ) -> Item {
+        let span = ev.trace.as_ref().and_then(|parent| {
+            let mut s = trace::start("herald.fanout", SpanKind::Consumer, Some(parent))?;
+            s.set("herald.event_id", event_id.clone());
+            s.set("herald.partition", i64::from(hold.rec.partition));
+            s.set("herald.offset", offset as i64);
+            Some(s)
+        });
         Item {
+            trace: span.as_ref().map(|s| Arc::new(s.context())),
+            span,
             offset,
             event_id: event_id.into(),
             dedup,
@@ -72,6 +86,7 @@ pub(crate) fn notification(i: &Item, recipient: UserId) -> Notification {
         actors: i.actors.clone(),
         order: i.ev.accepted_us,
         digest: None,
+        trace: i.trace.clone(),
     }
 }
 
@@ -93,6 +108,22 @@ pub(crate) fn recipients(items: &[Item]) -> Vec<(usize, UserId)> {
         }
     }
     out
+}
+
+/// Records on each traced item's span how many recipients it has.
+pub(crate) fn count_traced(items: &mut [Item], planned: &[(usize, UserId)]) {
+    if items.iter().all(|i| i.span.is_none()) {
+        return;
+    }
+    let mut n = vec![0i64; items.len()];
+    for &(idx, _) in planned {
+        n[idx] += 1;
+    }
+    for (i, n) in items.iter_mut().zip(n) {
+        if let Some(s) = &mut i.span {
+            s.set("herald.recipients", n);
+        }
+    }
 }
 
 /// Where each planned notification goes, preferences applied.
@@ -169,6 +200,7 @@ mod tests {
                 text: None,
                 client_ts_ms: None,
                 accepted_us: 1,
+                trace: None,
             },
             t.begin(offset),
         )

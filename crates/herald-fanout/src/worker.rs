@@ -318,6 +318,7 @@ impl Worker {
         self.apply_follows(items).await?;
         self.celebrity_posts(items).await?;
         let planned = plan::recipients(items);
+        plan::count_traced(items, &planned);
         let prefs = self.preferences(&planned).await?;
         let routed = plan::route(items, &planned, &prefs, herald_types::now_ms());
         self.deliver_now(items, &routed.now).await?;

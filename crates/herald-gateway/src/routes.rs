@@ -37,6 +37,7 @@ pub fn router() -> OpenApiRouter<Arc<Gateway>> {
 #[utoipa::path(post, path = "/v1/events", tag = "events",
     request_body(description = "JSON, or MessagePack (`application/msgpack`, the same shape); at most 4 MiB and 10,000 events",
         content((crate::schema::EventsBody = "application/json"), (crate::schema::EventsBody = "application/msgpack"))),
+    params(("traceparent" = Option<String>, Header, description = "W3C trace context (`00-<trace id>-<span id>-<flags>`). When tracing is on (`telemetry.otlp_endpoint`) and the caller samples, Herald's spans for these events (accepting, fanning out, pushing each notification) join this trace; otherwise ignored.")),
     responses(
         (status = 202, description = "Durable", body = crate::schema::Accepted),
         (status = 400, description = "Invalid input: the field is named", body = crate::schema::ErrorBody), (status = 401, description = "Missing or bad credentials", body = crate::schema::ErrorBody), (status = 403, description = "Credentials without the right", body = crate::schema::ErrorBody),
@@ -60,6 +61,29 @@ async fn post_events(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
 }
 
 async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<String>, ApiError> {
+    // Traced (only when tracing is on): the span ends once the events are
+    // durable or refused; each event's record names it as the parent of
+    // its fan-out.
+    let mut span = herald_types::trace::start_request(
+        "herald.ingest",
+        headers.get("traceparent").and_then(|v| v.to_str().ok()),
+    );
+    let r = accept_traced(gw, headers, body, span.as_ref()).await;
+    if let Some(s) = &mut span {
+        match &r {
+            Ok(ids) => s.set("herald.events", ids.len() as i64),
+            Err(e) => s.fail(e.code),
+        }
+    }
+    r
+}
+
+async fn accept_traced(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+    span: Option<&herald_types::trace::Span>,
+) -> Result<Vec<String>, ApiError> {
     let key = authorize(gw, headers, Scope::Ingest)?;
     if let Some(l) = &gw.key_limiter {
         if l.check_key(&key).is_err() {
@@ -79,9 +103,11 @@ async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<Str
     // Idempotency keys are scoped to the producer's API key.
     let scope = (!key.is_empty()).then(|| ids::producer_scope(&key));
     let start = gw.stamp(events.len() as u64);
+    let trace = span.map(herald_types::trace::Span::context);
     for (i, e) in events.iter_mut().enumerate() {
         e.accepted_us = start + i as u64;
         e.scope.clone_from(&scope);
+        e.trace = trace;
     }
     append(gw, &events).await
 }

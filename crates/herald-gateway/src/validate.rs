@@ -208,6 +208,7 @@ pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
         text: string(&m, "text", MAX_TEXT)?,
         client_ts_ms,
         accepted_us: 0,
+        trace: None,
     })
 }
 

@@ -266,6 +266,7 @@ mod tests {
             actors: vec![9].into(),
             order: 1000,
             digest: None,
+            trace: None,
         }
     }
 

@@ -340,6 +340,7 @@ pub fn decode(
         actors: actors.into(),
         order,
         digest,
+        trace: None,
     })
 }
 

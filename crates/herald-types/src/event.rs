@@ -155,6 +155,10 @@ pub struct LogEvent {
     pub client_ts_ms: Option<i64>,
     /// When the gateway accepted the event (microseconds, monotonic per node).
     pub accepted_us: u64,
+    /// The span that accepted it, when tracing is on and the request was
+    /// traced: fan-out's span for it is that span's child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::TraceContext>,
 }
 
 impl LogEvent {
@@ -239,6 +243,7 @@ mod tests {
             text: None,
             client_ts_ms: None,
             accepted_us: 5,
+            trace: None,
         }
     }
 

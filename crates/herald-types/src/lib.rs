@@ -11,6 +11,7 @@ pub mod ids;
 pub mod notification;
 pub mod placement;
 pub mod seam;
+pub mod trace;
 
 pub use event::{EventKind, Folding, LogEvent, UserId};
 pub use notification::{DigestBody, DigestItem, Notification, WireFormat};
@@ -18,6 +19,7 @@ pub use placement::{Owner, Placement};
 pub use seam::{
     Answers, Bucket, EdgeAnswer, EdgeCommand, EdgeHandle, RecordRef, Refusal, RemoteRef, Settle,
 };
+pub use trace::TraceContext;
 
 /// The one error body of Herald's HTTP API:
 /// `{"error": {"code", "message", "index"?, "field"?}}`. Codes are stable

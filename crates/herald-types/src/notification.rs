@@ -35,6 +35,10 @@ pub struct Notification {
     /// Set for a digest: then the frame is `{"type": "digest", ...}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<Box<DigestBody>>,
+    /// The fan-out span that made it, when its event was traced: the
+    /// push's span is its child. Not part of the wire shape nor stored.
+    #[serde(skip)]
+    pub trace: Option<Arc<crate::TraceContext>>,
 }
 
 /// The body of a `digest` message: one summary of a window.
@@ -207,6 +211,7 @@ mod tests {
             actors: Arc::from([42]),
             order: 99,
             digest: None,
+            trace: None,
         }
     }
 

@@ -11,6 +11,7 @@ mod ops_describe;
 mod replicated;
 mod routes;
 mod starting;
+mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -113,6 +114,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut shutdown = Box::pin(shutdown);
     let metrics = ops::install_metrics();
+    let telemetry = telemetry::install(&cfg)?;
     let role = Role::of(&cfg);
     if let Some(w) = open_warning(&cfg) {
         tracing::warn!("{w}");
@@ -372,6 +374,9 @@ pub async fn run(
     }
     if let Some(log) = log {
         log.close().await.context("closing the log")?;
+    }
+    if let Some(t) = telemetry {
+        t.shutdown().await;
     }
     tracing::info!("shutdown complete");
     Ok(())

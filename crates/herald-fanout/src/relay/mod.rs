@@ -231,6 +231,7 @@ impl Relay {
                 push: *push,
                 user,
                 n: stored.clone(),
+                trace: n.trace.as_deref().copied(),
             };
             if self.send(node, &w) {
                 metrics::counter!("herald_relay_pushes_total").increment(1);
@@ -380,7 +381,8 @@ impl Relay {
                 push,
                 user,
                 n,
-            } => self.on_push(from, push, user, &n),
+                trace,
+            } => self.on_push(from, push, user, &n, trace),
             Wire::Poke { user } => {
                 tracing::debug!(user, "poked by another node");
                 self.edge.send(EdgeCommand::Poke { user });
@@ -417,12 +419,20 @@ impl Relay {
         self.edge.send(cmd);
     }
 
-    fn on_push(&self, from: String, push: u64, user: UserId, n: &[u8]) {
+    fn on_push(
+        &self,
+        from: String,
+        push: u64,
+        user: UserId,
+        n: &[u8],
+        trace: Option<herald_types::TraceContext>,
+    ) {
         let r = Arc::new(RemoteRef { node: from, push });
-        let Ok(n) = Notification::from_storage(n) else {
+        let Ok(mut n) = Notification::from_storage(n) else {
             self.answer(&r, &EdgeAnswer::Failed(Settle::None));
             return;
         };
+        n.trace = trace.map(Arc::new);
         let settle = Settle::Remote(r.clone());
         if let Some(a) = self.edge.send(EdgeCommand::Push { user, n, settle }) {
             // Refused here (the user left): the sender stores it.

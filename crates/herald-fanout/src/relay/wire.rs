@@ -25,6 +25,11 @@ pub(super) enum Wire {
         /// MessagePack `bin`, not an array of numbers.
         #[serde(with = "serde_bytes")]
         n: Vec<u8>,
+        /// The fan-out span that made it, when its event was traced (last,
+        /// and left out when absent, so a node of the version before reads
+        /// the message).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<herald_types::TraceContext>,
     },
     /// `user`'s inbox has new entries.
     Poke { user: UserId },
@@ -116,6 +121,30 @@ fn bundle(batch: &mut Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_push_reads_the_same_with_or_without_its_trace() {
+        let push = |trace| Wire::Push {
+            from: "a".into(),
+            push: 1,
+            user: 2,
+            n: vec![1, 2, 3],
+            trace,
+        };
+        // Without a trace, the message is the four fields of before.
+        let plain = rmp_serde::to_vec(&push(None)).unwrap_or_default();
+        let tc = herald_types::TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        let traced = rmp_serde::to_vec(&push(tc)).unwrap_or_default();
+        assert!(traced.len() > plain.len() + 50);
+        for (bytes, want) in [(plain, None), (traced, tc)] {
+            match rmp_serde::from_slice::<Wire>(&bytes).expect("decodes") {
+                Wire::Push { user, trace, .. } => assert_eq!((user, trace), (2, want)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn a_bundle_reads_back_as_its_messages_in_order() {

@@ -16,6 +16,7 @@ fn comment(id: &str, event_id: &str) -> Notification {
         actors: vec![4_321].into(),
         order: 1_790_000_000_123_456,
         digest: None,
+        trace: None,
     }
 }
 
@@ -114,6 +115,7 @@ proptest! {
             id: id.into(), event_id: event_id.into(), kind: EventKind::ALL[kind], actor,
             object: object.map(Into::into), text: text.map(Into::into), ts_ms,
             count, actors: actors.into(), order, digest: None,
+            trace: None,
         };
         let f = field(&n.id, r);
         let back = id_from_field(&f, r);

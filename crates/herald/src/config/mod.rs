@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 mod derive;
 mod env;
 mod replication;
+mod telemetry;
 mod webhook;
 
 pub use replication::Replication;
+pub use telemetry::Telemetry;
 pub use webhook::Webhook;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -33,6 +35,7 @@ pub struct Config {
     pub feed: Feed,
     pub replication: Replication,
     pub webhook: Webhook,
+    pub telemetry: Telemetry,
 }
 
 /// The notification feed (the list behind the bell icon).
@@ -486,6 +489,7 @@ impl Config {
         self.check_durations()?;
         self.check_replication()?;
         self.check_webhook()?;
+        self.check_telemetry()?;
         for o in &self.http.cors_origins {
             let ok = o == "*"
                 || ((o.starts_with("http://") || o.starts_with("https://"))
