@@ -40,8 +40,9 @@ async fn a_notification_reaches_a_user_on_another_node_and_its_ack_settles_it() 
     let mut on_b = Client::connect(&b, 5).await;
     let mut on_a = Client::connect(&a, 6).await;
     let mut also_on_b = Client::connect(&b, 6).await;
-    // Liveness and presence are refreshed every second.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Presence is written before a connection's hello; liveness is
+    // announced every second.
+    support::cluster_formed(&[&a, &b]).await;
 
     let id = a.like(1, 5, "post:x").await;
     let n = on_b.notification().await;
@@ -75,7 +76,7 @@ async fn a_push_to_a_dead_node_falls_back_to_the_inbox() {
     let a = Node::start(&redis, &cluster_env("node-a"));
     let mut b = Node::start(&redis, &cluster_env("node-b"));
     let _on_b = Client::connect(&b, 7).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    support::cluster_formed(&[&a, &b]).await;
     // Presence asked of node A counts the device on node B.
     let (s, v) = a.get("/v1/users/7/presence").await;
     assert_eq!(s, 200, "{v}");
@@ -113,7 +114,7 @@ async fn a_celebrity_post_reaches_followers_on_every_node() {
     let b = Node::start(&redis, &env_b);
     let mut f_on_b = Client::connect(&b, 21).await;
     let mut f_on_a = Client::connect(&a, 22).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    support::cluster_formed(&[&a, &b]).await;
     // Three follows make CELEB a celebrity (processed on node A).
     for f in [21u64, 22, 23] {
         let (s, v) = a
@@ -131,7 +132,9 @@ async fn a_celebrity_post_reaches_followers_on_every_node() {
         (c["followers"] == 3).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No wait for the switch to reach the edges: fan-out sends every edge
+    // the celebrity change before any later post of CELEB (same partition,
+    // log order; one queue per node).
     let (s, v) = a
         .post(
             "/v1/events",

@@ -35,11 +35,11 @@ fn start(redis: &Redis, id: &str, role: &'static str) -> Node {
 #[test]
 fn an_edge_killed_under_load_loses_nothing() {
     let redis = Redis::start();
-    let _ingest = start(&redis, "ingest-1", "ingest");
+    let ingest = start(&redis, "ingest-1", "ingest");
     let edge1 = start(&redis, "edge-1", "edge");
     let mut edge2 = start(&redis, "edge-2", "edge");
     // The edges see the ingest node's membership.
-    std::thread::sleep(Duration::from_secs(2));
+    support::cluster_formed_at(&[&ingest.addr, &edge1.addr, &edge2.addr]);
     let bin = Path::new(env!("CARGO_BIN_EXE_herald")).with_file_name("herald-loadgen");
     let out = tempfile::tempdir().expect("tempdir");
     let run = Command::new(&bin)
@@ -52,9 +52,16 @@ fn an_edge_killed_under_load_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("herald-loadgen");
-    // Seeding and connecting take a few seconds; kill in the middle of
-    // the traffic.
-    std::thread::sleep(Duration::from_secs(9));
+    // Killed in the middle of the traffic: once notifications flow live
+    // through this edge (seeding and connecting come first).
+    support::eventually_sync(
+        "live traffic through edge-2",
+        Duration::from_secs(120),
+        || {
+            (support::metric_at(&edge2.addr, "herald_notifications_delivered_total")? >= 100.0)
+                .then_some(())
+        },
+    );
     edge2.kill9();
     let done = run.wait_with_output().expect("herald-loadgen output");
     let stdout = String::from_utf8_lossy(&done.stdout).to_string();

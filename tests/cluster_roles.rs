@@ -86,8 +86,9 @@ async fn posts_sent_to_every_node_arrive_once_and_in_order() {
         (c["followers"] == 3).then_some(())
     })
     .await;
-    // Presence and liveness are announced every second.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Presence is written before a connection's hello; liveness is
+    // announced every second.
+    support::cluster_formed(&nodes.iter().collect::<Vec<_>>()).await;
     // Thirty posts, each through the next node; every one is appended by
     // the one owner of the author's partition.
     let mut ids = Vec::new();
@@ -136,7 +137,7 @@ async fn an_edge_node_holds_connections_and_passes_the_rest_to_an_ingest_node() 
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["code"], "wrong_role", "{v}");
     let mut c = Client::connect(&edge, 42).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    support::cluster_formed(&[&ingest, &edge]).await;
     // Events posted to the edge are appended by the ingest node.
     let (s, v) = edge
         .post(
@@ -267,7 +268,7 @@ async fn devices_on_two_edges_both_get_it_and_one_ack_settles_it() {
         .collect();
     let mut phone = Client::connect(&edges[0], 70).await;
     let laptop = Client::connect(&edges[1], 70).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    support::cluster_formed(&[&ingest, &edges[0], &edges[1]]).await;
     let id = ingest.like(9, 70, "post:both").await;
     let n1 = phone.notification().await;
     let mut laptop = laptop;
@@ -283,7 +284,23 @@ async fn devices_on_two_edges_both_get_it_and_one_ack_settles_it() {
     // The laptop closes with the copy unacked: it was read on the phone,
     // so nothing goes to the inbox.
     laptop.close().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Both copies answered (the phone's ack, the laptop's refusal): then
+    // the inbox is read, once anything that was to be parked would be.
+    eventually("both copies answered on the ingest node", || async {
+        let (_, m) = ingest.get("/metrics").await;
+        let answered: f64 = m
+            .as_str()?
+            .lines()
+            .filter(|l| l.starts_with("herald_relay_answers_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (answered >= 2.0).then_some(())
+    })
+    .await;
+    eventually("every record settled", || async {
+        all_settled(&ingest).await.then_some(())
+    })
+    .await;
     let (s, v) = ingest.get("/v1/users/70/inbox?limit=10").await;
     assert_eq!(s, 200);
     assert_eq!(v["notifications"].as_array().map(Vec::len), Some(0), "{v}");
@@ -310,7 +327,7 @@ async fn a_bulk_import_on_one_node_makes_a_celebrity_on_every_node() {
     let a = Node::start(&redis, &env("node-a"));
     let b = Node::start(&redis, &env("node-b"));
     let mut on_b = Client::connect(&b, 31).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    support::cluster_formed(&[&a, &b]).await;
     let (s, v) = a
         .post(
             "/v1/graph/follows",

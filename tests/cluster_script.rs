@@ -75,8 +75,9 @@ fn the_local_cluster_works_as_one() {
                 .to_string()
         })
         .collect();
-    // Liveness is announced every few seconds.
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // Liveness is announced every second.
+    let addrs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    support::cluster_formed_at(&addrs);
     let loadgen = Path::new(env!("CARGO_BIN_EXE_herald")).with_file_name("herald-loadgen");
     let reports = tempfile::tempdir().expect("tempdir");
     let run = Command::new(&loadgen)

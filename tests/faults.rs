@@ -10,7 +10,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::{eventually, Client, Node, Redis, Tmpfs};
@@ -301,7 +300,10 @@ async fn redis_stopped_while_clients_connect_and_disconnect_heals_without_reconn
     assert_eq!(a.hello["pending"], 0, "{}", a.hello);
     // B leaves during the outage, its two notifications unacked.
     b.close().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    support::eventually("the node saw B leave", || async {
+        (support::metric(&node, "herald_connections").await == Some(1.0)).then_some(())
+    })
+    .await;
     redis.resume();
     let resumed = std::time::Instant::now();
     // A gets its inbox without reconnecting.
@@ -486,11 +488,10 @@ async fn idempotency_keys_are_scoped_to_the_producer() {
         &redis,
         &[("HERALD_GATEWAY__API_KEYS", r#"["key-one", "key-two"]"#)],
     );
-    let post = |key: &'static str, text: &'static str| {
-        let body =
-            json!({"id": "order-7", "kind": "comment", "actor": 3, "recipient": 50, "text": text})
-                .to_string()
-                .into_bytes();
+    let post = |key: &'static str, id: &'static str, text: &'static str| {
+        let body = json!({"id": id, "kind": "comment", "actor": 3, "recipient": 50, "text": text})
+            .to_string()
+            .into_bytes();
         let node = &node;
         async move {
             let auth = format!("Bearer {key}");
@@ -508,9 +509,12 @@ async fn idempotency_keys_are_scoped_to_the_producer() {
             assert_eq!(s, 202, "{v}");
         }
     };
-    post("key-one", "first").await;
-    post("key-two", "other producer, same id").await;
-    post("key-one", "retry of the first").await;
+    post("key-one", "order-7", "first").await;
+    post("key-two", "order-7", "other producer, same id").await;
+    post("key-one", "order-7", "retry of the first").await;
+    // After the retry in the same partition's log: once it is in the
+    // inbox, the retry has been decided.
+    post("key-one", "order-8", "sentinel").await;
     let read = || async {
         let (s, v) = node
             .request(
@@ -531,11 +535,12 @@ async fn idempotency_keys_are_scoped_to_the_producer() {
         texts.sort();
         texts
     };
-    eventually("two notifications", || async {
-        (read().await.len() >= 2).then_some(())
+    eventually("the sentinel in the inbox", || async {
+        read().await.contains(&"sentinel".to_string()).then_some(())
     })
     .await;
-    // Give a wrongly accepted third one time to show up.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(read().await, vec!["first", "other producer, same id"]);
+    assert_eq!(
+        read().await,
+        vec!["first", "other producer, same id", "sentinel"]
+    );
 }

@@ -65,7 +65,12 @@ async fn live_notifications_unacked_at_kill9_come_back_after_restart() {
             .then_some(())
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // And until the checkpoint is on disk past them: the lag counts from
+    // the durable position, so it falls from 10 to the 5 unacked.
+    support::eventually("the checkpoint past the acked five", || async {
+        (support::metric(&node, "herald_fanout_lag_records").await == Some(5.0)).then_some(())
+    })
+    .await;
     node.kill9();
     drop(c);
     node.restart();

@@ -816,6 +816,56 @@ where
     }
 }
 
+/// [`eventually_within`] for tests without a runtime.
+pub fn eventually_sync<T>(what: &str, wait: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < wait, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The sum of every sample of metric `name` (any labels) that the node at
+/// `addr` reports, if it answers.
+pub fn metric_at(addr: &str, name: &str) -> Option<f64> {
+    let (_, v) = http_blocking(addr, "GET", "/metrics", None, &[]).ok()?;
+    metric_in(v.as_str()?, name)
+}
+
+/// [`metric_at`] from a runtime.
+pub async fn metric(node: &Node, name: &str) -> Option<f64> {
+    let (_, v) = node.get("/metrics").await;
+    metric_in(v.as_str()?, name)
+}
+
+fn metric_in(text: &str, name: &str) -> Option<f64> {
+    let mut any = false;
+    let sum = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .inspect(|_| any = true)
+        .sum();
+    any.then_some(sum)
+}
+
+/// Waits until each node at `addrs` sees all of them alive.
+pub fn cluster_formed_at(addrs: &[&str]) {
+    let n = addrs.len() as f64;
+    eventually_sync("every node alive on every node", WAIT * 3, || {
+        addrs
+            .iter()
+            .all(|a| metric_at(a, "herald_relay_nodes_alive") == Some(n))
+            .then_some(())
+    })
+}
+
 /// `replication.peers` for nodes `node-1`, `node-2`, ... at `addrs`.
 pub fn peer_list(addrs: &[String]) -> String {
     let list: Vec<String> = addrs
@@ -868,6 +918,21 @@ pub async fn nodes_alive(node: &Node) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("herald_relay_nodes_alive "))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits until every one of `nodes` sees all of them alive (liveness is
+/// announced every second; a push goes only to nodes seen alive).
+pub async fn cluster_formed(nodes: &[&Node]) {
+    let n = nodes.len() as u64;
+    eventually(&format!("{n} nodes alive on every node"), || async {
+        for x in nodes {
+            if nodes_alive(x).await != Some(n) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
 }
 
 /// Ids of notifications waiting in `user`'s inbox, via the public API.

@@ -215,6 +215,10 @@ pub fn describe() {
         "Pushes handed to other nodes (cluster)."
     );
     c!(
+        "herald_relay_answers_total",
+        "Answers received from other nodes to this node's pushes, by outcome (cluster)."
+    );
+    c!(
         "herald_relay_unanswered_total",
         "Pushes to other nodes never answered, written to the inbox (cluster)."
     );

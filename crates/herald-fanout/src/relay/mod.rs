@@ -441,6 +441,12 @@ impl Relay {
     }
 
     fn on_answer(&self, push: u64, outcome: Outcome) {
+        let label = match outcome {
+            Outcome::Settled => "settled",
+            Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
+        };
+        metrics::counter!("herald_relay_answers_total", "outcome" => label).increment(1);
         // The copy answered; with `Settled`, its siblings are done too. A
         // refusal counts only once no sibling is left waiting.
         let sent = {
