@@ -184,7 +184,12 @@ async fn follow_post_unfollow_and_nobody_hears_their_own_action() {
         (c["followers"] == 0).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // And the post after it fanned out (every record behind the durable
+    // position), so the sentinel cannot overtake it.
+    support::eventually("every record processed", || async {
+        (support::metric(&node, "herald_fanout_lag_records").await == Some(0.0)).then_some(())
+    })
+    .await;
     sentinel(&node, &mut f, "post:after-unfollow").await;
 }
 

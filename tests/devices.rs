@@ -23,6 +23,25 @@ async fn all_settled(node: &Node) -> bool {
     !lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))
 }
 
+/// Waits until the node holds `n` connections.
+async fn closed_down_to(node: &Node, n: u64) {
+    eventually(&format!("{n} connections left"), || async {
+        (support::metric(node, "herald_connections").await == Some(n as f64)).then_some(())
+    })
+    .await;
+}
+
+/// Notifications closed connections handed back unacked.
+async fn queued_on_close(node: &Node) -> f64 {
+    let (_, m) = node.get("/metrics").await;
+    m.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_notifications_total{route=\"queued_on_close\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_devices_each_get_it_and_one_ack_settles_it() {
     let redis = Redis::start();
@@ -52,18 +71,19 @@ async fn three_devices_each_get_it_and_one_ack_settles_it() {
     // new connection is not sent it again.
     laptop.close().await;
     tab.close().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The node is done with both (it reports what a closed connection
+    // leaves unacked before it counts the connection gone).
+    closed_down_to(&node, 1).await;
+    assert_eq!(queued_on_close(&node).await, 0.0, "a copy was handed back");
     assert!(
         inbox_ids(&node, 5).await.is_empty(),
         "an acked item went to the inbox"
     );
     let mut again = Client::connect(&node, 5).await;
-    assert!(
-        again
-            .next_within(Duration::from_millis(800))
-            .await
-            .is_none(),
-        "an acked item was sent again"
+    assert_eq!(
+        again.hello["pending"], 0,
+        "an acked item waits to be sent again: {}",
+        again.hello
     );
 
     // Nobody acks: the last copy to go stores it, once.
@@ -73,7 +93,12 @@ async fn three_devices_each_get_it_and_one_ack_settles_it() {
     let n = again.notification().await;
     assert_eq!(n["event_id"], id2.as_str());
     phone.close().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    closed_down_to(&node, 1).await;
+    assert_eq!(
+        queued_on_close(&node).await,
+        0.0,
+        "handed back while a copy was still out"
+    );
     assert!(
         inbox_ids(&node, 5).await.is_empty(),
         "stored while a copy was still out"

@@ -37,8 +37,12 @@ async fn digest_mode_likes_arrive_once_as_one_digest_even_across_a_restart() {
     for (actor, post) in [(1, "post:a"), (2, "post:a"), (3, "post:b")] {
         node.like(actor, 20, post).await;
     }
-    // A crash in the middle of the window.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A crash in the middle of the window, once the three wait in it.
+    support::eventually("three collected for the digest", || async {
+        let n = support::metric(&node, "herald_notifications_total{route=\"waiting\"}").await;
+        (n >= Some(3.0)).then_some(())
+    })
+    .await;
     node.kill9();
     node.restart();
     node.like(4, 20, "post:a").await;

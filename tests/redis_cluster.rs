@@ -236,7 +236,11 @@ async fn a_master_restarted_without_a_replica_is_served_again() {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Killed while traffic flows.
+    support::eventually("events flowing", || async {
+        (support::metric(&node, "herald_events_accepted_total").await? >= 100.0).then_some(())
+    })
+    .await;
     let victim = cluster.master_of("h:{u:2}:ib");
     cluster.nodes[victim].kill9();
     // Requests fail meanwhile; the node keeps trying.
