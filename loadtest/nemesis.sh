@@ -20,7 +20,7 @@ deploy/ensure-deps.sh >&2
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 status=0
-NEMESIS_ROUNDS="$rounds" cargo test -q -p herald --test nemesis -- --nocapture >"$out" 2>&1 || status=$?
+NEMESIS_ROUNDS="$rounds" cargo test -q -p herald --test it nemesis:: -- --nocapture >"$out" 2>&1 || status=$?
 grep -E "^nemesis: " "$out" | sed 's/^nemesis: //'
 if [ "$status" -ne 0 ]; then
     echo "FAILED:" >&2

@@ -3,7 +3,7 @@
 //! and preferences, `/metrics` for admins only, and production refusing
 //! placeholder secrets at start (and in `herald check-config`).
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

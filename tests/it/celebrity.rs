@@ -1,7 +1,7 @@
 //! The celebrity path: one outbox write per post, one push to every
 //! connected follower, a pull for the others, and accounts changing path.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

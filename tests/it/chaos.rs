@@ -3,7 +3,7 @@
 //! Redis once. Fails when any accepted event's notification is lost.
 //! (A longer run is recorded in docs/FAULTS.md.)
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -4,7 +4,7 @@
 //! the first; a user with devices on both nodes gets it on both; a push to
 //! a node that died falls back to the inbox.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

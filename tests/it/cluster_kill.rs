@@ -3,7 +3,7 @@
 //! posts spread over the two edges; one edge dies mid-run, its clients
 //! reconnect to the other, and the verdict is that nothing was lost.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

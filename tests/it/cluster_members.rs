@@ -5,7 +5,7 @@
 //! can be stopped. Posts are accepted throughout and every accepted event
 //! reaches its inbox; bad requests are refused with a clear error.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! ingest node killed with SIGKILL loses nothing: its partitions move to
 //! the live node and come back when it returns.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

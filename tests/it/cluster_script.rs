@@ -5,7 +5,7 @@
 //! (`stop NAME`, `start NAME`), a fourth node joined and the first one
 //! taken out (`join NAME`, `leave NAME`), then `deploy/cluster.sh down`.
 
-mod support;
+use crate::support;
 
 use std::net::TcpListener;
 use std::path::Path;

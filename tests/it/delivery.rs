@@ -1,7 +1,7 @@
 //! Delivery as a user sees it: live pushes, the inbox, acks, redelivery,
 //! the follow graph, de-duplication and bad frames.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

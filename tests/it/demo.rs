@@ -5,7 +5,7 @@
 //! tabs share one connection. Screenshots are kept in
 //! `target/test-artifacts/`.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

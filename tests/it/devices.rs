@@ -4,7 +4,7 @@
 //! one connection only, and past `websocket.max_devices` the oldest closes
 //! with 4000.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Digests and quiet hours: notifications that wait for a time, then arrive
 //! once, in order, even across a restart.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

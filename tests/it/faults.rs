@@ -7,7 +7,7 @@
 //! Each asserts what a user sees: every event answered 202 is delivered,
 //! none twice under different ids, offsets (event ids) are never reused.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 

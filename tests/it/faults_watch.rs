@@ -4,7 +4,7 @@
 //! unwritable checkpoint directory (shown, and the lag counts from what is
 //! durable). Each is visible in `/readyz` while it lasts.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The notification feed (the list behind the bell icon) and the compact
 //! storage under it and the inbox, through the public API and Redis.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 

@@ -4,7 +4,7 @@
 //! address past its connection cap gets `429` on HTTP and close code 4029
 //! on WebSocket.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

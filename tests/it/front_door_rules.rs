@@ -3,7 +3,7 @@
 //! CORS for the configured origins, and a node started while Redis is
 //! down (listening and unready, then ready without a restart).
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

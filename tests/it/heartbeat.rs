@@ -3,7 +3,7 @@
 //! come back is not (both ends are known alive, a ping would only cost
 //! syscalls on both sides).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

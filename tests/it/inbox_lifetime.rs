@@ -1,7 +1,7 @@
 //! An inbox does not keep memory forever: it expires its idle lifetime
 //! after its first entry or its user's last connection, whichever is later.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The HTTP contract: validation, limits, auth, graph import, inbox reads
 //! and the operations endpoints.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use support::{inbox_ids, Client, Node, Redis};

@@ -2,7 +2,7 @@
 //! TypeScript source compiles to, and its own tests (node's test runner,
 //! node's WebSocket) pass against a real node.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::Command;

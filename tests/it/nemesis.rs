@@ -28,7 +28,7 @@
 //! `NEMESIS_ROUNDS` plays the sequence more times (loadtest/nemesis.sh);
 //! each fault's recovery time is printed.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

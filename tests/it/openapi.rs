@@ -5,7 +5,7 @@
 //! which takes path and method from the handler's `#[utoipa::path]` (no
 //! plain axum `.route(` anywhere in the crates).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

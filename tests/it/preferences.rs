@@ -1,7 +1,7 @@
 //! Preferences as a user sets them through the API: mutes (with expiry),
 //! modes per kind, validation, and mutes on the celebrity path.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

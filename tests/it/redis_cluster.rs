@@ -4,7 +4,7 @@
 //! over every master; a master killed under traffic is replaced by its
 //! replica and Herald heals by itself.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

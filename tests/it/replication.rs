@@ -4,7 +4,7 @@
 //! are never handed out twice; a node that comes back empty is refilled;
 //! `GET /v1/admin/cluster` shows who leads what.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

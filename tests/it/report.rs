@@ -4,7 +4,7 @@
 //! the page logs no console error; the screenshot is kept in
 //! `target/test-artifacts/` to look at.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! Crashes and restarts: what was accepted is delivered after them.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use support::{inbox_ids, Client, Node, Redis};

@@ -3,7 +3,7 @@
 //! once a frame has waited past the write timeout, and nothing is lost:
 //! everything arrives when it comes back. Other users are not held up.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

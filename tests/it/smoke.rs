@@ -1,7 +1,7 @@
 //! The load generator's `smoke` scenario against a real node: fails when
 //! any notification is lost or duplicated after an ack.
 
-mod support;
+use crate::support;
 
 use support::{loadgen, summary_row, Node, Redis};
 

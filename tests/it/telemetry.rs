@@ -4,7 +4,7 @@
 //! of the one before and the first the child of the caller's; callers
 //! that do not sample, or send none, make no spans.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use support::collector::Collector;

@@ -5,7 +5,7 @@
 //! pending at a crash sent after the restart, and preferences that turn
 //! the webhook off or hold it in quiet hours.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

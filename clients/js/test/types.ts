@@ -1,4 +1,4 @@
-// Compiled (not run) by tests/js_client.rs with `tsc --strict`: the event
+// Compiled (not run) by tests/it/js_client.rs with `tsc --strict`: the event
 // listeners are typed by event name.
 import { HeraldClient } from "../src/herald.js";
 

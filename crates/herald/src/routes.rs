@@ -2,7 +2,7 @@
 //! (`GET /v1/openapi.json`), generated from the same route declarations:
 //! every route is registered through `utoipa_axum`'s `routes!`, which takes
 //! its path and method from the handler's `#[utoipa::path]`, so a route
-//! cannot be served without being described (`tests/openapi.rs` checks
+//! cannot be served without being described (`tests/it/openapi.rs` checks
 //! both ways against a running node).
 
 use std::sync::Arc;

@@ -1,0 +1,40 @@
+//! Herald's integration tests, one binary: each module is one area,
+//! against real parts (a real `redis-server` and Redis Cluster on free
+//! ports, the real `herald` binary, real sockets, WebSocket clients and a
+//! headless browser, network namespaces for partitions). `support` starts
+//! them. Run one area with `cargo test -p herald --test it <module>::`.
+
+mod support;
+
+mod auth;
+mod celebrity;
+mod chaos;
+mod cluster;
+mod cluster_kill;
+mod cluster_members;
+mod cluster_roles;
+mod cluster_script;
+mod delivery;
+mod demo;
+mod devices;
+mod digest;
+mod faults;
+mod faults_watch;
+mod feed;
+mod front_door;
+mod front_door_rules;
+mod heartbeat;
+mod inbox_lifetime;
+mod ingest;
+mod js_client;
+mod nemesis;
+mod openapi;
+mod preferences;
+mod redis_cluster;
+mod replication;
+mod report;
+mod restart;
+mod slow_consumer;
+mod smoke;
+mod telemetry;
+mod webhook;
