@@ -50,7 +50,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         let (body, accepted, errors) = (body.clone(), accepted.clone(), errors.clone());
         let addr = targets[c % targets.len()].to_string();
         tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut h = crate::stats::hist_up_to(60_000_000);
             let mut conn = Conn::new(&addr);
             let mut due = period.map(|p| start + p.mul_f64(c as f64 / connections as f64));
             while Instant::now() < deadline {

@@ -134,8 +134,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3)
-        .unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
+    hist_up_to(600_000_000)
+}
+
+/// A histogram of values from 1 to `max` at 3 significant figures.
+pub(crate) fn hist_up_to(max: u64) -> Histogram<u64> {
+    // Bounds hdrhistogram always accepts: low 1, high at least 2, 3 figures.
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, max.max(2), 3).expect("constant bounds are valid")
 }
 
 impl Stats {

@@ -4,6 +4,9 @@
 //! headless browser, network namespaces for partitions). `support` starts
 //! them. Run one area with `cargo test -p herald --test it <module>::`.
 
+// Test code: a panic with its message is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 mod auth;

@@ -9,6 +9,9 @@
 //! append-to-readable is from just before `append` to a tailing reader
 //! seeing the record.
 
+// A benchmark: a panic with its message is how it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -2,6 +2,9 @@
 //! entries without records, reads by index, cutting an uncommitted tail,
 //! and all of it surviving a reopen.
 
+// Test code: a panic with its message is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::Bytes;
 use herald_log::{EntryKind, EntryMeta, Log, LogConfig, LogError, NewEntry};
 

@@ -7,6 +7,9 @@
 //! offset consumed), offsets are never reused, a full disk heals by itself
 //! and anything else poisons until the log is reopened.
 
+// Test code: a panic with its message is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -8,6 +8,9 @@
 //! zeroed to what they held at their last sync: what a disk holds when the
 //! kernel never wrote a segment's dirty pages back.
 
+// Test code: a panic with its message is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

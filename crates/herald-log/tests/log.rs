@@ -1,6 +1,9 @@
 //! Behaviour of the log over real files: append, read, restart, recovery,
 //! retention and time lookups.
 
+// Test code: a panic with its message is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::Bytes;
 use herald_log::{Durability, Log, LogConfig, LogError, OnCorruption};
 

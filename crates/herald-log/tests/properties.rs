@@ -2,6 +2,9 @@
 //! restarts and retention. Whatever was acknowledged reads back byte for
 //! byte, in order, at the right offsets (from the retention start on).
 
+// Test code: a panic with its message is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::Bytes;
 use herald_log::{Log, LogConfig};
 use proptest::prelude::*;

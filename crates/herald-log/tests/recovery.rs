@@ -1,5 +1,8 @@
 //! Crash and corruption recovery: torn tails, flipped bytes, SIGKILL.
 
+// Test code: a panic with its message is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -3,6 +3,9 @@
 //! majority at the same offsets everywhere, a leader's loss elects another
 //! that keeps every committed record, and a minority commits nothing.
 
+// Test code: a panic with its message is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

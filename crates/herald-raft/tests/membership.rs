@@ -3,6 +3,9 @@
 //! (Raft membership change), appends go on throughout, and every
 //! acknowledged record is on every replica of its partition afterwards.
 
+// Test code: a panic with its message is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
