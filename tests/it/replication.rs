@@ -375,9 +375,10 @@ async fn once_per_partition_effects_are_fenced_by_term() {
         None
     );
     let inbox: Vec<String> = store
-        .inbox_read(user, None, 10)
+        .inbox_snapshot(user, 10, false)
         .await
         .unwrap()
+        .items
         .iter()
         .map(|n| n.id.to_string())
         .collect();

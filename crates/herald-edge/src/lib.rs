@@ -1,17 +1,18 @@
 //! Herald's WebSocket edge.
 //!
-//! `GET /v1/ws` authenticates (HS256 JWT, or `?user=` in development mode),
-//! registers the connection in a concurrent registry (one connection per
-//! user: a newer one replaces the older), sends `hello`, drains the user's
-//! inbox oldest first, then pushes live notifications handed over by
+//! `GET /v1/ws` authenticates (a JWT: HS256, RS256 or ES256, keys from
+//! config or a JWKS URL; or `?user=` in development mode), registers the
+//! connection in a concurrent registry (up to `max_devices` per user; past
+//! it the oldest goes), sends `hello`, drains the user's inbox oldest first
+//! on one of them, then pushes live notifications handed over by
 //! fan-out through [`EdgeHandle`]. It tracks what was sent and not acked: an ack
 //! of a live notification settles it; an ack of an inbox entry removes it
 //! from Redis; whatever is unacked when the connection ends, or unacked for
 //! `ack_timeout`, is reported to fan-out (`Refused`, `Unacked`), which parks
 //! it: the edge never writes the inbox. A push is written into the
 //! socket by whoever pushes (see `link`); what a socket cannot take waits
-//! in a bounded backlog, and when that is full fan-out writes to the inbox
-//! instead, so a slow consumer never stalls anyone else. The edge never
+//! in a bounded backlog, and when that is full the push is refused and
+//! fan-out parks it, so a slow consumer never stalls anyone else. The edge never
 //! reads the log.
 
 mod celebrity;

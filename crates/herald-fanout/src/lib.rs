@@ -4,11 +4,12 @@
 //! event into notifications (who is told, per kind, as the API contract
 //! says; a post reaches every follower of its actor), de-duplicates by the
 //! client's idempotency key, and routes each notification: live to the
-//! recipient's connection when it is on this node, else to the recipient's
-//! inbox in Redis. Each record gets a settle token ([`herald_types::settle`]);
-//! the checkpoint only moves past a record once every notification made
-//! from it has been acked by its client or written to an inbox, so a crash
-//! re-delivers and never loses.
+//! recipient's connections (on this node, or relayed to the nodes that hold
+//! them), else parked through the sinks (the inbox, and the webhook when
+//! one is set). Each notification carries a [`herald_types::Settle`] naming
+//! its records, counted in the partition's tracker; the checkpoint only
+//! moves past a record once every notification made from it has been acked
+//! by its client or parked, so a crash re-delivers and never loses.
 //!
 //! Celebrities (accounts past `celebrity.enter` followers, until they drop
 //! below `celebrity.exit`) take the pull path: their post is written once to

@@ -1,9 +1,9 @@
 //! Fan-out's side of the seam's answers: every partition's [`Tracker`],
 //! found by the partition a [`RecordRef`] names, and the writes an edge
-//! leaves to fan-out (a push refused after the fact goes to the inbox; a
-//! celebrity post a follower's preferences hold goes to its bucket). Edges
-//! (this node's, or another's over the network) answer here, so the writes
-//! of delivery policy happen on one side.
+//! leaves to fan-out (a push refused, or sent and never acked, is parked
+//! through the sinks; a celebrity post a follower's preferences hold goes
+//! to its bucket). Edges (this node's, or another's over the network)
+//! answer here, so the writes of delivery policy happen on one side.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,9 +4,14 @@
 //! 1. a mute of the actor or of the object (not expired) drops it;
 //! 2. otherwise the mode for its kind (`kinds`), else the user's `default`:
 //!    `realtime` delivers it, `off` drops it, `digest` collects it for the
-//!    user's digest window.
+//!    user's digest window (sent in-app, or only by webhook with
+//!    `digest.channel`);
+//! 3. a realtime one inside the user's quiet hours is held until they end;
+//! 4. parked for a user who was not reached, it also goes to the webhook
+//!    when `webhook.enabled` and its kind allow it.
 //!
-//! Workers and the edge read preferences through [`PrefsCache`]: entries
+//! Fan-out and the edge (for a celebrity's post, per follower) read
+//! preferences through [`PrefsCache`]: entries
 //! live at most `ttl` (1 s by default) and a change made through this node
 //! invalidates its entry at once, so a change is honoured within a second
 //! and the hot path does not read Redis per notification.

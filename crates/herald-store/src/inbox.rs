@@ -12,20 +12,18 @@ use herald_types::{compact, Notification, UserId};
 
 use crate::{ukey, Result, Store, StoreError};
 
-/// Entries of `KEYS[1]` past `ARGV[4]` only: all of them, unsorted, when
+/// Entries of `KEYS[1]`: all of them, unsorted, when
 /// there are at most `ARGV[1]`, else the oldest `ARGV[1]` (sorted), with
 /// the hash's size; the entries come as one MessagePack array
 /// ([`crate::entries::unpack`]). When ARGV[2] is 1 (a hello): also the dropped count of `KEYS[2]` (reset), the
 /// idle lifetime restarted (ARGV[3] s), and the unread count of the feed
-/// `KEYS[3]` within its retention (entries ordered after ARGV[5]), whose
-/// lifetime (ARGV[6] s) starts again.
+/// `KEYS[3]` within its retention (entries ordered after ARGV[4]), whose
+/// lifetime (ARGV[5] s) starts again.
 const SNAPSHOT: &str = r#"
 local all = redis.call('HGETALL', KEYS[1])
-local after = tonumber(ARGV[4])
 local rows = {}
 for i = 1, #all, 2 do
-  local o = struct.unpack('>I8', all[i + 1], 2)
-  if o > after then rows[#rows + 1] = {o, i} end
+  rows[#rows + 1] = {struct.unpack('>I8', all[i + 1], 2), i}
 end
 -- Only a page smaller than what waits needs the order here; otherwise
 -- the caller sorts (cheaper than Lua's comparator calls).
@@ -48,8 +46,8 @@ if ARGV[2] == '1' then
   local ttl = tonumber(ARGV[3])
   if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
   local feed = redis.call('HVALS', KEYS[3])
-  if #feed > 0 then redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6])) end
-  local since = tonumber(ARGV[5])
+  if #feed > 0 then redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5])) end
+  local since = tonumber(ARGV[4])
   for i = 1, #feed do
     local v = feed[i]
     if #v >= 9 and bit.band(string.byte(v, 1), 32) == 0
@@ -174,17 +172,6 @@ impl Store {
         Ok(n)
     }
 
-    /// Up to `limit` notifications waiting for `user`, oldest first,
-    /// strictly after `after` (an order key) when given. Nothing is removed.
-    pub async fn inbox_read(
-        &self,
-        user: UserId,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<Notification>> {
-        Ok(self.snapshot(user, after, limit, false).await?.items)
-    }
-
     /// How many notifications wait for `user`, and the oldest `limit` of
     /// them, in one round trip (what a connection needs to say hello and
     /// drain); with `hello`, also how many the cap dropped since the last
@@ -193,16 +180,6 @@ impl Store {
     pub async fn inbox_snapshot(
         &self,
         user: UserId,
-        limit: usize,
-        hello: bool,
-    ) -> Result<InboxSnapshot> {
-        self.snapshot(user, None, limit, hello).await
-    }
-
-    async fn snapshot(
-        &self,
-        user: UserId,
-        after: Option<u64>,
         limit: usize,
         hello: bool,
     ) -> Result<InboxSnapshot> {
@@ -215,7 +192,6 @@ impl Store {
             .arg(limit.max(1))
             .arg(if hello { "1" } else { "0" })
             .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)))
-            .arg(after.map_or(-1, |a| a as i64))
             .arg(self.feed_since_us())
             .arg(self.cfg.feed_retention.as_secs().max(1));
         let (pending, packed, dropped, unread): (u64, Vec<u8>, u64, u64) =
@@ -259,14 +235,6 @@ impl Store {
         }
         p.add_command(h).ignore();
         self.run::<()>(&p).await
-    }
-
-    /// How many notifications wait for `user`.
-    pub async fn inbox_len(&self, user: UserId) -> Result<u64> {
-        let mut p = crate::Batch::new();
-        p.cmd("HLEN").arg(ukey(user, "ib"));
-        let (n,): (u64,) = self.run(&p).await?;
-        Ok(n)
     }
 
     /// Removes acknowledged notifications from `user`'s inbox.

@@ -7,9 +7,6 @@ use sha2::{Digest, Sha256};
 
 use crate::UserId;
 
-/// The id of the event stored at `offset` of `partition` of this node's
-/// log. `scope` is empty on a single node; in a cluster it is `@<node>`,
-/// since every node keeps its own log and offsets (`e-3-17@node-2`).
 /// A user id written as text (a path segment, a query parameter, a JSON
 /// string): canonical decimal only, the one rule on every input. `"5"`
 /// yes; `"+5"`, `"05"`, `" 5"`, `""` and anything past `u64` no.
@@ -21,6 +18,11 @@ pub fn parse_user(s: &str) -> Option<UserId> {
     canonical.then(|| s.parse().ok()).flatten()
 }
 
+/// The id of the event stored at `offset` of `partition`. `scope` is
+/// empty on a single node and when partitions are replicated (every
+/// replica holds a record at the same offset); in a cluster without
+/// replication it is `@<node>`, since every node keeps its own log and
+/// offsets (`e-3-17@node-2`).
 pub fn event_id(scope: &str, partition: u32, offset: u64) -> String {
     format!("e-{partition}-{offset}{scope}")
 }
