@@ -119,7 +119,7 @@ pub async fn run(
     mut cmds: mpsc::Receiver<Cmd>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = herald_types::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut at = spec.first;
     // This user's receipts, across reconnects.
     let mut ledger = crate::stats::Ledger::default();
@@ -134,12 +134,11 @@ pub async fn run(
                 // Full jitter: thousands of clients do not retry in step.
                 let jitter = (spec.user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64
                     / (1u64 << 24) as f64;
-                tokio::time::sleep(backoff.mul_f64(0.5 + jitter / 2.0)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(backoff.next_wait().mul_f64(0.5 + jitter / 2.0)).await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
+        backoff.reset();
         stats.connects.fetch_add(1, Ordering::Relaxed);
         stats.online.fetch_add(1, Ordering::Relaxed);
         let mut inbox_left = 0u64;

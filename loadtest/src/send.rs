@@ -66,7 +66,7 @@ async fn post(
 ) {
     let n = b.seqs.len() as u64;
     let until = retry_for.map(|d| Instant::now() + d);
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = herald_types::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let why = match conn
             .request("POST", "/v1/events", "application/json", &b.body)
@@ -97,8 +97,7 @@ async fn post(
         stats.http_errors.fetch_add(1, Ordering::Relaxed);
         match until {
             Some(t) if Instant::now() < t => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff.sleep().await;
             }
             _ => {
                 eprintln!("POST /v1/events failed: {why}");

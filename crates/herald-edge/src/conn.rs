@@ -234,8 +234,12 @@ impl Conn {
             Ok(unsynced) => unsynced,
             Err(e) => return e,
         };
-        let mut sync_backoff = SYNC_RETRY_MIN;
-        let sync_retry = tokio::time::sleep(if unsynced { sync_backoff } else { FAR });
+        let mut sync_backoff = herald_types::Backoff::new(SYNC_RETRY_MIN, SYNC_RETRY_MAX);
+        let sync_retry = tokio::time::sleep(if unsynced {
+            sync_backoff.next_wait()
+        } else {
+            FAR
+        });
         tokio::pin!(sync_retry);
         let cfg = self.edge.cfg.clone();
         let link = self.link.clone();
@@ -336,8 +340,8 @@ impl Conn {
                         Ok(false) if unsynced => {}
                         Ok(false) => {
                             unsynced = true;
-                            sync_backoff = SYNC_RETRY_MIN;
-                            sync_retry.as_mut().reset(tokio::time::Instant::now() + sync_backoff);
+                            sync_backoff.reset();
+                            sync_retry.as_mut().reset(tokio::time::Instant::now() + sync_backoff.next_wait());
                         }
                     }
                 }
@@ -346,8 +350,7 @@ impl Conn {
                         Err(e) => return e,
                         Ok(true) => unsynced = false,
                         Ok(false) => {
-                            sync_backoff = (sync_backoff * 2).min(SYNC_RETRY_MAX);
-                            sync_retry.as_mut().reset(tokio::time::Instant::now() + sync_backoff);
+                            sync_retry.as_mut().reset(tokio::time::Instant::now() + sync_backoff.next_wait());
                         }
                     }
                 }

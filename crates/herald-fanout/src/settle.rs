@@ -367,7 +367,7 @@ async fn write_later(
             }
         }
         for w in holds {
-            let mut wait = backoff;
+            let mut wait = herald_types::Backoff::new(backoff, Duration::from_secs(5));
             loop {
                 let r = match &w {
                     EdgeAnswer::Hold {
@@ -392,8 +392,7 @@ async fn write_later(
                     Ok(()) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "a held post's bucket write failed; retrying");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(5));
+                        wait.sleep().await;
                     }
                 }
             }
@@ -412,7 +411,7 @@ async fn park(sinks: &crate::sink::Sinks, refused: &[EdgeAnswer], backoff: Durat
             _ => None,
         })
         .collect();
-    let mut wait = backoff;
+    let mut wait = herald_types::Backoff::new(backoff, Duration::from_secs(5));
     let mut failed = false;
     loop {
         let parking = crate::sink::Parking {
@@ -427,8 +426,7 @@ async fn park(sinks: &crate::sink::Sinks, refused: &[EdgeAnswer], backoff: Durat
                     tracing::warn!(error = %e, notifications = items.len(), "parking notifications in the inbox failed; retrying");
                 }
                 failed = true;
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
+                wait.sleep().await;
             }
         }
     }

@@ -279,7 +279,7 @@ impl Worker {
                     // second of Redis being back.
                     waits += 1;
                     let backoff =
-                        (self.cfg.retry_backoff * (1 << waits.min(5))).min(MAX_RETRY_WAIT);
+                        herald_types::Backoff::nth(self.cfg.retry_backoff, MAX_RETRY_WAIT, waits);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.stop.changed() => {}

@@ -5,6 +5,7 @@
 //! ([`Notification`]), how ids are formed ([`ids`]), and the seam between
 //! fan-out and the edge, with settlement by log position ([`seam`]).
 
+pub mod backoff;
 pub mod compact;
 pub mod event;
 pub mod ids;
@@ -13,6 +14,7 @@ pub mod placement;
 pub mod seam;
 pub mod trace;
 
+pub use backoff::Backoff;
 pub use event::{EventKind, Folding, LogEvent, UserId};
 pub use notification::{DigestBody, DigestItem, Notification, WireFormat};
 pub use placement::{Owner, Placement};

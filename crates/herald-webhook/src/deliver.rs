@@ -150,14 +150,13 @@ async fn send(
 /// Forgets a settled request, retrying while Redis does not answer (its
 /// lease would otherwise send it again: a duplicate under the same id).
 async fn settle(hooks: &Webhooks, b: &WebhookBatch) {
-    let mut wait = Duration::from_millis(100);
+    let mut wait = herald_types::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     for _ in 0..10 {
         match hooks.store.webhook_done(b).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, id = %b.id, "a delivered webhook request could not be marked done; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
+                wait.sleep().await;
             }
         }
     }
@@ -166,11 +165,7 @@ async fn settle(hooks: &Webhooks, b: &WebhookBatch) {
 /// The wait before attempt `attempts + 1`: doubling from `backoff_min`
 /// up to `backoff_max`, a random 50-100% of it.
 pub(crate) fn backoff(min: Duration, max: Duration, attempts: u32) -> Duration {
-    let full = min
-        .saturating_mul(1u32 << attempts.min(20))
-        .min(max)
-        .max(Duration::from_millis(1));
-    full.mul_f64(0.5 + fastrand::f64() * 0.5)
+    herald_types::backoff::jitter(herald_types::Backoff::nth(min, max, attempts))
 }
 
 async fn failed(hooks: &Webhooks, mut b: WebhookBatch, n: u64, why: String) {

@@ -33,10 +33,11 @@ pub(crate) async fn connect_redis<S: Future<Output = ()> + Unpin>(
     shutdown: &mut S,
 ) -> Option<herald_store::Store> {
     let why = Arc::new(std::sync::Mutex::new(String::from("connecting")));
-    let mut wait = FIRST;
+    let mut backoff = herald_types::Backoff::new(FIRST, MOST);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        let wait = backoff.next_wait();
         let r = async {
             let store = herald_store::Store::connect(cfg.store_config()).await?;
             store.load_celebrities(celebrities).await?;
@@ -71,7 +72,6 @@ pub(crate) async fn connect_redis<S: Future<Output = ()> + Unpin>(
                 }
             }
         }
-        wait = (wait * 2).min(MOST);
     }
 }
 

@@ -17,7 +17,8 @@ const SILENT: Duration = Duration::from_secs(4);
 const STALLED: Duration = Duration::from_secs(2);
 
 pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
-    let mut wait = Duration::from_millis(100);
+    // At most a second between tries: pokes are lost while it is down.
+    let mut wait = herald_types::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     let mut again = false;
     loop {
         let Some(node) = relay.upgrade().map(|r| r.node.clone()) else {
@@ -28,7 +29,7 @@ pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
         };
         match store.subscribe(&channel(&node)).await {
             Ok(mut sub) => {
-                wait = Duration::from_millis(100);
+                wait.reset();
                 tracing::info!(node = %node, "relay listening");
                 if again {
                     // Pokes sent while the channel was down are lost.
@@ -85,9 +86,7 @@ pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
             }
             Err(e) => tracing::warn!(error = %e, "relay cannot subscribe; retrying"),
         }
-        tokio::time::sleep(wait).await;
-        // At most a second between tries: pokes are lost while it is down.
-        wait = (wait * 2).min(Duration::from_secs(1));
+        wait.sleep().await;
     }
 }
 

@@ -80,14 +80,14 @@ pub(super) async fn publish_loop(store: Store, mut rx: mpsc::Receiver<(String, V
         // messages (each already encoded), in queue order. Redis and the
         // receiver pay per publish, not per notification.
         let bundles = bundle(&mut batch);
-        let mut wait = Duration::from_millis(50);
+        let mut wait =
+            herald_types::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             match store.publish(&bundles).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "relay publish failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
+                    wait.sleep().await;
                 }
             }
         }
