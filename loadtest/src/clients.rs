@@ -1,6 +1,7 @@
 //! The WebSocket clients: connect, read, ack like a real app, go offline
 //! and come back when told.
 
+use herald_types::sync::Locked;
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -149,67 +150,68 @@ pub async fn run(
         let mut offline_for = None;
         loop {
             tokio::select! {
-                m = ws.next() => {
-                    let Some(Ok(m)) = m else { break };
-                    let data = match &m {
-                        Message::Text(t) => t.as_bytes(),
-                        Message::Binary(b) => &b[..],
-                        _ => continue,
-                    };
-                    let Ok(f) = serde_json::from_slice::<Frame>(data) else { continue };
-                    match &*f.ty {
-                        "hello" => inbox_left = f.pending.unwrap_or(0),
-                        "notification" => {
-                            let from_inbox = inbox_left > 0;
-                            if from_inbox {
-                                inbox_left -= 1;
-                                if inbox_left == 0 {
-                                    if let Ok(mut h) = stats.drains.lock() {
-                                        let _ = h.record(connected_at.elapsed().as_micros().max(1) as u64);
-                                    }
-                                }
-                            }
-                            if let Some(id) = f.id {
-                                if id.starts_with("n-agg-") {
-                                    // A folded burst: it stands for `count`
-                                    // notifications of its kind (and object).
-                                    stats.receive_aggregate(
-                                        &mut ledger,
-                                        spec.user,
-                                        &id,
-                                        f.kind.as_deref().unwrap_or(""),
-                                        f.object.as_deref(),
-                                        f.count.unwrap_or(1),
-                                        from_inbox,
-                                    );
-                                } else {
-                                    if stats.receive(&mut ledger, spec.user, &id, seq_of(f.text.as_deref()), from_inbox) {
-                                        Stats::single(&mut ledger, f.kind.as_deref().unwrap_or(""), f.object.as_deref());
-                                    }
-                                }
-                                acks.push(id.into_owned());
-                                if ack_due.is_none() {
-                                    ack_due = Some(tokio::time::Instant::now() + Duration::from_millis(20));
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                _ = async { tokio::time::sleep_until(ack_due.unwrap_or_else(tokio::time::Instant::now)).await }, if ack_due.is_some() => {
-                    ack_due = None;
-                    if send_acks(&mut ws, &mut ledger, &mut acks).await.is_err() {
-                        break;
-                    }
-                }
-                c = cmds.recv() => {
-                    if let Some(Cmd::Offline(d)) = c {
-                        offline_for = Some(d);
-                    }
-                    break;
-                }
-                _ = stop.changed() => break,
-            }
+                           m = ws.next() => {
+                               let Some(Ok(m)) = m else { break };
+                               let data = match &m {
+                                   Message::Text(t) => t.as_bytes(),
+                                   Message::Binary(b) => &b[..],
+                                   _ => continue,
+                               };
+                               let Ok(f) = serde_json::from_slice::<Frame>(data) else { continue };
+                               match &*f.ty {
+                                   "hello" => inbox_left = f.pending.unwrap_or(0),
+                                   "notification" => {
+                                       let from_inbox = inbox_left > 0;
+                                       if from_inbox {
+                                           inbox_left -= 1;
+                                           if inbox_left == 0 {
+                                               {
+            let mut h = stats.drains.locked();
+                                                   let _ = h.record(connected_at.elapsed().as_micros().max(1) as u64);
+                                               }
+                                           }
+                                       }
+                                       if let Some(id) = f.id {
+                                           if id.starts_with("n-agg-") {
+                                               // A folded burst: it stands for `count`
+                                               // notifications of its kind (and object).
+                                               stats.receive_aggregate(
+                                                   &mut ledger,
+                                                   spec.user,
+                                                   &id,
+                                                   f.kind.as_deref().unwrap_or(""),
+                                                   f.object.as_deref(),
+                                                   f.count.unwrap_or(1),
+                                                   from_inbox,
+                                               );
+                                           } else {
+                                               if stats.receive(&mut ledger, spec.user, &id, seq_of(f.text.as_deref()), from_inbox) {
+                                                   Stats::single(&mut ledger, f.kind.as_deref().unwrap_or(""), f.object.as_deref());
+                                               }
+                                           }
+                                           acks.push(id.into_owned());
+                                           if ack_due.is_none() {
+                                               ack_due = Some(tokio::time::Instant::now() + Duration::from_millis(20));
+                                           }
+                                       }
+                                   }
+                                   _ => {}
+                               }
+                           }
+                           _ = async { tokio::time::sleep_until(ack_due.unwrap_or_else(tokio::time::Instant::now)).await }, if ack_due.is_some() => {
+                               ack_due = None;
+                               if send_acks(&mut ws, &mut ledger, &mut acks).await.is_err() {
+                                   break;
+                               }
+                           }
+                           c = cmds.recv() => {
+                               if let Some(Cmd::Offline(d)) = c {
+                                   offline_for = Some(d);
+                               }
+                               break;
+                           }
+                           _ = stop.changed() => break,
+                       }
         }
         let _ = send_acks(&mut ws, &mut ledger, &mut acks).await;
         // Give the acks a moment to land before closing.

@@ -15,6 +15,7 @@ mod send;
 mod stats;
 mod storage;
 
+use herald_types::sync::Locked;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -518,7 +519,8 @@ async fn run_cmd(mut a: RunArgs) -> anyhow::Result<()> {
         None => (run::run(rs, graph, true, None).await?, None),
     };
     if let Some(h) = &herald {
-        if let Ok(mut h) = h.lock() {
+        {
+            let mut h = h.locked();
             h.stop();
         }
     }

@@ -5,6 +5,7 @@
 //! `--duration` s, or once `--idle` s pass without a request after the
 //! first.
 
+use herald_types::sync::Locked;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,7 +118,8 @@ async fn take(
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let items = v["items"].as_array().cloned().unwrap_or_default();
     let mut dup = 0;
-    if let Ok(mut seen) = c.seen.lock() {
+    {
+        let mut seen = c.seen.locked();
         for i in &items {
             let key = (
                 i["user"].as_u64().unwrap_or(0),

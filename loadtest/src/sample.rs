@@ -2,6 +2,7 @@
 //! delivered so far, clients online, and Herald's CPU and memory (from
 //! `/proc`, when its pid is known).
 
+use herald_types::sync::Locked;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +66,8 @@ pub fn spawn(
                 herald_cpu_pct: cpu_pct,
                 herald_rss_mib: pid.and_then(crate::run::rss_kib).map(|k| k as f64 / 1024.0),
             };
-            if let Ok(mut v) = stats.samples.lock() {
+            {
+                let mut v = stats.samples.locked();
                 v.push(s);
             }
         }

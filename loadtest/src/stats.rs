@@ -1,5 +1,6 @@
 //! What the generator observed, shared by every task.
 
+use herald_types::sync::Locked;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -130,7 +131,7 @@ pub struct Stats {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.locked()
 }
 
 fn hist() -> Histogram<u64> {
@@ -322,16 +323,19 @@ impl Stats {
         } else if seq == CELEBRITY_SEQ {
             // The celebrity post is timed apart from the unrelated traffic.
             self.delivered_live.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut r) = self.celebrity_receipts_us.lock() {
+            {
+                let mut r = self.celebrity_receipts_us.locked();
                 r.push(us);
             }
         } else {
             self.delivered_live.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut h) = self.live.lock() {
+            {
+                let mut h = self.live.locked();
                 let _ = h.record(us.max(1));
             }
             let sec = now.saturating_duration_since(self.start).as_secs() as usize;
-            if let Ok(mut t) = self.timeline.lock() {
+            {
+                let mut t = self.timeline.locked();
                 while t.len() <= sec {
                     t.push(hist());
                 }
@@ -443,9 +447,6 @@ impl Stats {
     }
 
     pub fn p99_ms(&self) -> f64 {
-        self.live
-            .lock()
-            .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
-            .unwrap_or(0.0)
+        self.live.locked().value_at_quantile(0.99) as f64 / 1000.0
     }
 }

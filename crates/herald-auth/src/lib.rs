@@ -13,6 +13,7 @@
 mod keys;
 mod remote;
 
+use herald_types::sync::{Locked, Shared};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -294,7 +295,7 @@ impl Verifier {
             other => return Err(AuthError::Algorithm(format!("{other:?}"))),
         }
         if let Some(r) = &self.remote {
-            let keys = r.keys.read().unwrap_or_else(|p| p.into_inner());
+            let keys = r.keys.reading();
             if let Some((_, _, key)) = keys
                 .iter()
                 .find(|(k, a, _)| *a == alg && (kid.is_none() || k.as_deref() == kid))
@@ -308,7 +309,7 @@ impl Verifier {
         let Some(jwks) = &self.jwks else {
             return Err(AuthError::Algorithm(format!("{alg:?}")));
         };
-        let mut j = jwks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut j = jwks.locked();
         if j.checked.elapsed() >= JWKS_CHECK {
             j.checked = std::time::Instant::now();
             let modified = std::fs::metadata(&j.path).and_then(|m| m.modified()).ok();

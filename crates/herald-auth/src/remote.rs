@@ -3,6 +3,7 @@
 //! (at most once per [`MIN_REFETCH`], so tokens with made-up `kid`s cannot
 //! make Herald hammer the identity provider).
 
+use herald_types::sync::{Locked, Shared};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,7 @@ impl Remote {
 
     /// Whether an unknown key may fetch the set now (and marks it so).
     pub(crate) fn may_refetch(&self) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last.locked();
         if last.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
             return false;
         }
@@ -91,7 +92,7 @@ impl Remote {
             .await
             .map_err(|_| bad(format!("no answer within {FETCH_TIMEOUT:?}")))??;
         let n = keys.len();
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        *self.keys.writing() = keys;
         Ok(n)
     }
 }

@@ -11,6 +11,7 @@
 //!   when it closes the next one becomes primary and drains.
 //! - Past `max_devices` connections the oldest is closed with code 4000.
 
+use herald_types::sync::Locked;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -41,7 +42,7 @@ impl Copies {
     }
 
     fn take(&self) -> Option<Settle> {
-        self.settle.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.settle.locked().take()
     }
 
     /// A copy that was never delivered (its queue was full or closed).

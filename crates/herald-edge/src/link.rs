@@ -10,6 +10,7 @@
 //! task is woken and nothing is copied per frame on the common path. The
 //! lock is never held across an await.
 
+use herald_types::sync::Locked;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,7 +97,7 @@ impl Link {
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Out> {
-        self.out.lock().unwrap_or_else(|p| p.into_inner())
+        self.out.locked()
     }
 
     /// Frames wait for the socket (checked without the lock).

@@ -7,6 +7,7 @@
 //! renewed it): a node cut off from Redis stops appending to a partition
 //! before another node can take it.
 
+use herald_types::sync::Shared;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -91,9 +92,7 @@ impl Leases {
                 return;
             }
         };
-        let Ok(mut s) = self.state.write() else {
-            return;
-        };
+        let mut s = self.state.writing();
         let before = mine(&s.view, &self.holder);
         let after = mine(&view, &self.holder);
         if before != after {
@@ -111,9 +110,7 @@ impl Leases {
             return;
         }
         self.left.store(true, Ordering::Relaxed);
-        if let Ok(mut s) = self.state.write() {
-            s.valid_until = None;
-        }
+        self.state.writing().valid_until = None;
         if let Err(e) = self
             .store
             .lease_round(
@@ -142,9 +139,8 @@ impl Leases {
     /// Whether a round has succeeded in the last `ttl`.
     pub fn fresh(&self) -> bool {
         self.state
-            .read()
-            .ok()
-            .and_then(|s| s.valid_until)
+            .reading()
+            .valid_until
             .is_some_and(|v| v + self.ttl / 3 > Instant::now())
     }
 }
@@ -160,9 +156,7 @@ fn mine(v: &LeaseView, holder: &str) -> Vec<u32> {
 
 impl Placement for Leases {
     fn owner(&self, p: u32) -> Owner {
-        let Ok(s) = self.state.read() else {
-            return Owner::Unknown;
-        };
+        let s = self.state.reading();
         let Some(Some(h)) = s.view.holders.get(p as usize) else {
             return Owner::Unknown;
         };
@@ -187,7 +181,7 @@ impl Placement for Leases {
     }
 
     fn any_ingest(&self) -> Option<String> {
-        let s = self.state.read().ok()?;
+        let s = self.state.reading();
         let m = &s.view.members;
         if m.is_empty() {
             return None;

@@ -5,6 +5,7 @@
 //! to its bucket). Edges (this node's, or another's over the network)
 //! answer here, so the writes of delivery policy happen on one side.
 
+use herald_types::sync::Locked;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,7 +139,7 @@ impl Settlements {
             (sinks, placement, to_nodes),
             log.partitions(),
         );
-        *s.blocked.lock().unwrap_or_else(|e| e.into_inner()) = blocked;
+        *s.blocked.locked() = blocked;
         s
     }
 
@@ -217,12 +218,7 @@ impl Settlements {
 
     /// Why partition `p` waits for an operator, if it does.
     pub(crate) fn blocked(&self, p: u32) -> Option<String> {
-        self.blocked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(p as usize)
-            .cloned()
-            .flatten()
+        self.blocked.locked().get(p as usize).cloned().flatten()
     }
 
     /// Whether this node owns partition `p` now (always, alone). Only the

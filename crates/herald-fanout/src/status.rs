@@ -1,6 +1,7 @@
 //! What each partition's worker (and the feed writer) is stuck on, if
 //! anything, for `/readyz`.
 
+use herald_types::sync::Locked;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ pub struct PartitionStatus {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.locked()
 }
 
 impl PartitionStatus {

@@ -8,6 +8,7 @@
 //! Holds name a record by [`RecordRef`] (partition, offset, attempt), plain
 //! data that can travel with a notification to another node.
 
+use herald_types::sync::Locked;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -214,7 +215,7 @@ impl Tracker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// Starts (or restarts) processing the record at `offset`, with one

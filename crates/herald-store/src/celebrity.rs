@@ -1,6 +1,7 @@
 //! The celebrity (hybrid push/pull) path's state: who is a celebrity, their
 //! outboxes, and how far each follower has read each outbox.
 
+use herald_types::sync::Shared;
 use std::collections::HashSet;
 use std::sync::RwLock;
 
@@ -70,11 +71,11 @@ pub struct CelebritySet {
 
 impl CelebritySet {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Sets> {
-        self.sets.read().unwrap_or_else(|p| p.into_inner())
+        self.sets.reading()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Sets> {
-        self.sets.write().unwrap_or_else(|p| p.into_inner())
+        self.sets.writing()
     }
 
     pub fn is_celebrity(&self, u: UserId) -> bool {

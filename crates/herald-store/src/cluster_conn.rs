@@ -11,6 +11,7 @@
 //! clone of the store. During a real outage the attempt fails and is tried
 //! again at most every [`RETRY_EVERY`].
 
+use herald_types::sync::{Locked, Shared};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -62,10 +63,7 @@ impl ClusterConn {
 
     /// The connection to use now (a cheap handle).
     pub(crate) fn get(&self) -> ClusterConnection {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.reading().clone()
     }
 
     /// Records a call's outcome; may start a rebuild.
@@ -81,7 +79,7 @@ impl ClusterConn {
     pub(crate) fn failed(self: &Arc<Self>) {
         let now = Instant::now();
         let due = {
-            let mut s = self.streak.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = self.streak.locked();
             if s.last.is_none_or(|l| now.duration_since(l) > QUIET) {
                 s.since = Some(now);
             }
@@ -107,8 +105,8 @@ impl ClusterConn {
         tracing::warn!("redis cluster calls keep failing; making a new connection");
         match tokio::time::timeout(self.timeout, self.client.get_async_connection()).await {
             Ok(Ok(c)) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = c;
-                *self.streak.lock().unwrap_or_else(|p| p.into_inner()) = Streak {
+                *self.current.writing() = c;
+                *self.streak.locked() = Streak {
                     rebuilt: Some(Instant::now()),
                     ..Streak::default()
                 };

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod notification;
 pub mod placement;
 pub mod seam;
+pub mod sync;
 pub mod trace;
 
 pub use backoff::Backoff;

@@ -2,6 +2,7 @@
 //! sends them (at most `max_in_flight` at once), settles on `2xx`, retries
 //! with backoff, dead-letters what outlives `retry_for`.
 
+use herald_types::sync::Locked;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -141,7 +142,7 @@ async fn send(
         }
         Err(why) => {
             metrics::counter!("herald_webhook_requests_total", "outcome" => "failed").increment(1);
-            *hooks.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+            *hooks.last_error.locked() = Some(why.clone());
             failed(&hooks, b, n, why).await;
         }
     }

@@ -22,6 +22,7 @@
 mod deliver;
 mod sign;
 
+use herald_types::sync::Locked;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,8 +165,7 @@ impl Webhooks {
         }
         let last = self
             .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .clone()
             .unwrap_or_else(|| "none".into());
         format!(

@@ -17,6 +17,7 @@
 //!   its deadline. Upgraded WebSockets have their own heartbeat and idle
 //!   timeout (the edge's).
 
+use herald_types::sync::Locked;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -117,12 +118,11 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.counts.total.fetch_sub(1, Ordering::Relaxed);
-        if let Ok(mut m) = self.counts.per_ip.lock() {
-            if let Some(n) = m.get_mut(&self.ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(&self.ip);
-                }
+        let mut m = self.counts.per_ip.locked();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
             }
         }
         metrics::gauge!("herald_http_connections").decrement(1.0);
@@ -184,7 +184,7 @@ pub async fn serve(
         }
         let ip = peer.ip();
         let open_here = {
-            let mut m = counts.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = counts.per_ip.locked();
             let n = m.entry(ip).or_insert(0);
             *n += 1;
             *n

@@ -1,6 +1,7 @@
 //! Where a replicated partition lives: with its Raft leader; and the
 //! cluster's node set, kept in Redis and followed by every node.
 
+use herald_types::sync::Shared;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -73,7 +74,7 @@ impl RaftPlacement {
 
     /// The node set this node follows: its epoch and nodes.
     pub fn peers(&self) -> (u64, Vec<PeerAddr>) {
-        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.peers.reading().clone()
     }
 
     /// Takes the node set read from Redis (a newer epoch only).
@@ -84,7 +85,7 @@ impl RaftPlacement {
                 return;
             }
         }
-        let mut cur = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        let mut cur = self.peers.writing();
         if epoch > cur.0 {
             *cur = (epoch, peers);
         }
@@ -117,11 +118,7 @@ async fn probe_loop(p: Weak<RaftPlacement>) {
                     .await,
                 Ok(Ok(_))
             );
-            let was = pl
-                .reachable
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(peer.name.clone(), ok);
+            let was = pl.reachable.writing().insert(peer.name.clone(), ok);
             if was.unwrap_or(true) != ok {
                 tracing::info!(peer = %peer.name, reachable = ok, "ingest peer reachability changed");
             }
@@ -152,7 +149,7 @@ impl Placement for RaftPlacement {
         let (_, peers) = self.peers();
         let n = peers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let reachable = self.reachable.read().unwrap_or_else(|p| p.into_inner());
+        let reachable = self.reachable.reading();
         // The next reachable peer in turn (any, when none answered).
         (0..n)
             .map(|k| (start + k) % n)

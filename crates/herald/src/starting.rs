@@ -6,6 +6,7 @@
 //! 503 naming Redis, anything else `503 unavailable`; each answer closes
 //! its connection, so clients come back to the real router once it runs.
 
+use herald_types::sync::Locked;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,8 +57,7 @@ pub(crate) async fn connect_redis<S: Future<Output = ()> + Unpin>(
             }
             Err(e) => {
                 tracing::warn!(url = %cfg.redis.url, error = %e, retry_in_ms = wait.as_millis() as u64, "redis unreachable at start; serving as unready and retrying");
-                *why.lock().unwrap_or_else(|p| p.into_inner()) =
-                    format!("unreachable: {} (starting, retrying)", e.public_reason());
+                *why.locked() = format!("unreachable: {} (starting, retrying)", e.public_reason());
             }
         }
         let until = tokio::time::Instant::now() + wait;
@@ -78,7 +78,7 @@ pub(crate) async fn connect_redis<S: Future<Output = ()> + Unpin>(
 /// Answers one connection's requests as a node that is not ready yet.
 async fn answer(sock: tokio::net::TcpStream, why: Arc<std::sync::Mutex<String>>) {
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let redis = why.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let redis = why.locked().clone();
         async move { Ok::<_, std::convert::Infallible>(unready(req.uri().path(), &redis)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -9,6 +9,7 @@ mod model;
 
 pub use html::html;
 
+use herald_types::sync::Locked;
 use std::sync::atomic::Ordering;
 
 use serde_json::Value;
@@ -31,13 +32,13 @@ fn ms(us: u64) -> f64 {
 /// The report as its typed shape.
 pub fn report(o: &Outcome, scenario: &str) -> Report {
     let s = &o.stats;
-    let h = s.live.lock().map(|h| h.clone()).ok();
+    let h = Some(s.live.locked().clone());
     let q = |p: f64| {
         h.as_ref()
             .map(|h| ms(h.value_at_quantile(p)))
             .unwrap_or(0.0)
     };
-    let d = s.drains.lock().map(|h| h.clone()).ok();
+    let d = Some(s.drains.locked().clone());
     let dq = |p: f64| {
         d.as_ref()
             .map(|h| ms(h.value_at_quantile(p)))
@@ -49,23 +50,20 @@ pub fn report(o: &Outcome, scenario: &str) -> Report {
     let per_s = |n: u64| (o.send_secs >= 0.5).then(|| n as f64 / o.send_secs);
     let timeline: Vec<Second> = s
         .timeline
-        .lock()
-        .map(|t| {
-            t.iter()
-                .enumerate()
-                .filter(|(_, h)| !h.is_empty())
-                .map(|(i, h)| Second {
-                    t_s: i,
-                    count: h.len(),
-                    p50_ms: ms(h.value_at_quantile(0.5)),
-                    p90_ms: ms(h.value_at_quantile(0.9)),
-                    p99_ms: ms(h.value_at_quantile(0.99)),
-                    p999_ms: ms(h.value_at_quantile(0.999)),
-                    max_ms: ms(h.max()),
-                })
-                .collect()
+        .locked()
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(i, h)| Second {
+            t_s: i,
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
         })
-        .unwrap_or_default();
+        .collect();
     let quantiles = |h: &hdrhistogram::Histogram<u64>| -> Vec<Quantile> {
         PERCENTILES
             .iter()
@@ -81,12 +79,8 @@ pub fn report(o: &Outcome, scenario: &str) -> Report {
         .filter(|h| !h.is_empty())
         .map(quantiles)
         .unwrap_or_default();
-    let samples = s.samples.lock().map(|v| v.clone()).unwrap_or_default();
-    let mut receipts: Vec<u64> = s
-        .celebrity_receipts_us
-        .lock()
-        .map(|v| v.clone())
-        .unwrap_or_default();
+    let samples = s.samples.locked().clone();
+    let mut receipts: Vec<u64> = s.celebrity_receipts_us.locked().clone();
     receipts.sort_unstable();
     // At most 500 points of the receipt curve (every k-th follower).
     let step = (receipts.len() / 500).max(1);

@@ -2,6 +2,7 @@
 //! (made again when it ends or falls silent) and its heartbeat (liveness,
 //! the self-ping, the list of live nodes, the sweep of unanswered pushes).
 
+use herald_types::sync::Shared;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -142,9 +143,7 @@ pub(super) async fn heartbeat_loop(relay: Weak<Relay>) {
         match r.store.nodes_alive().await {
             Ok(a) => {
                 metrics::gauge!("herald_relay_nodes_alive").set(a.len() as f64);
-                if let Ok(mut m) = r.alive.write() {
-                    *m = a;
-                }
+                *r.alive.writing() = a;
             }
             Err(e) => tracing::debug!(error = %e, "node list not read"),
         }

@@ -17,6 +17,7 @@
 //! copy was refused or went unanswered does the notification go to the
 //! inbox.
 
+use herald_types::sync::{Locked, Shared};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -184,7 +185,7 @@ impl Relay {
         alive_only: bool,
     ) -> herald_store::Result<Vec<Vec<String>>> {
         let presence = self.store.presence_of(users).await?;
-        let alive = self.alive.read().map(|a| a.clone()).unwrap_or_default();
+        let alive = self.alive.reading().clone();
         Ok(presence
             .into_iter()
             .map(|nodes| {
@@ -209,7 +210,8 @@ impl Relay {
             .collect();
         let copies: Arc<[u64]> = ids.clone().into();
         let stored = n.to_storage();
-        if let Ok(mut s) = self.sent.lock() {
+        {
+            let mut s = self.sent.locked();
             for (id, node) in ids.iter().zip(nodes) {
                 s.insert(
                     *id,
@@ -236,8 +238,8 @@ impl Relay {
             if self.send(node, &w) {
                 metrics::counter!("herald_relay_pushes_total").increment(1);
                 any = true;
-            } else if let Ok(mut s) = self.sent.lock() {
-                s.remove(push);
+            } else {
+                self.sent.locked().remove(push);
             }
         }
         any
@@ -274,9 +276,11 @@ impl Relay {
         };
         let nodes: Vec<String> = self
             .alive
-            .read()
-            .map(|a| a.keys().filter(|n| **n != self.node).cloned().collect())
-            .unwrap_or_default();
+            .reading()
+            .keys()
+            .filter(|n| **n != self.node)
+            .cloned()
+            .collect();
         for node in nodes {
             if !self.send(&node, &w) {
                 metrics::counter!("herald_relay_broadcasts_dropped_total").increment(1);
@@ -309,9 +313,11 @@ impl Relay {
             Err(e) => {
                 let nodes: Vec<String> = self
                     .alive
-                    .read()
-                    .map(|a| a.keys().filter(|n| **n != self.node).cloned().collect())
-                    .unwrap_or_default();
+                    .reading()
+                    .keys()
+                    .filter(|n| **n != self.node)
+                    .cloned()
+                    .collect();
                 tracing::debug!(error = %e, nodes = nodes.len(), "presence unreadable; poking every node");
                 metrics::counter!("herald_relay_pokes_broadcast_total").increment(1);
                 for node in &nodes {
@@ -450,7 +456,7 @@ impl Relay {
         // The copy answered; with `Settled`, its siblings are done too. A
         // refusal counts only once no sibling is left waiting.
         let sent = {
-            let Ok(mut s) = self.sent.lock() else { return };
+            let mut s = self.sent.locked();
             let Some(sent) = s.remove(&push) else { return };
             let waiting = sent.copies.iter().any(|c| s.contains_key(c));
             if outcome == Outcome::Settled {
@@ -486,20 +492,18 @@ impl Relay {
     /// notification is still waiting.
     fn sweep(&self) {
         let now = Instant::now();
-        let alive = self.alive.read().map(|a| a.clone()).unwrap_or_default();
-        let late: Vec<Sent> = match self.sent.lock() {
-            Ok(mut s) => {
-                let ids: Vec<u64> = s
-                    .iter()
-                    .filter(|(_, v)| v.deadline <= now || !alive.contains_key(&*v.node))
-                    .map(|(k, _)| *k)
-                    .collect();
-                let gone: Vec<Sent> = ids.into_iter().filter_map(|k| s.remove(&k)).collect();
-                gone.into_iter()
-                    .filter(|g| !g.copies.iter().any(|c| s.contains_key(c)))
-                    .collect()
-            }
-            Err(_) => Vec::new(),
+        let alive = self.alive.reading().clone();
+        let late: Vec<Sent> = {
+            let mut s = self.sent.locked();
+            let ids: Vec<u64> = s
+                .iter()
+                .filter(|(_, v)| v.deadline <= now || !alive.contains_key(&*v.node))
+                .map(|(k, _)| *k)
+                .collect();
+            let gone: Vec<Sent> = ids.into_iter().filter_map(|k| s.remove(&k)).collect();
+            gone.into_iter()
+                .filter(|g| !g.copies.iter().any(|c| s.contains_key(c)))
+                .collect()
         };
         if late.is_empty() {
             return;
