@@ -400,6 +400,15 @@ pub fn mint_hs256(
 
 /// Why a secret may not be used in production: a placeholder, or too
 /// short to resist guessing.
+/// The credentials of an `Authorization: Bearer <credentials>` value (the
+/// scheme is case-insensitive, as RFC 7235 says); none for another scheme
+/// or empty credentials.
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, rest) = authorization.trim_start().split_once(' ')?;
+    let token = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 pub fn weak_secret(value: &str, min_len: usize) -> Option<String> {
     let v = value.to_ascii_lowercase();
     if ["change-me", "changeme", "placeholder", "example"]

@@ -261,3 +261,14 @@ async fn jwks_url_keys_are_fetched_and_refetched_for_an_unknown_key() {
     let e = Verifier::new(c).unwrap_err();
     assert!(e.to_string().contains("auth.jwks_url"), "{e}");
 }
+
+#[test]
+fn bearer_credentials_are_read_once_for_every_route() {
+    assert_eq!(crate::bearer("Bearer abc"), Some("abc"));
+    assert_eq!(crate::bearer("bearer  abc "), Some("abc"));
+    assert_eq!(crate::bearer("BEARER abc"), Some("abc"));
+    assert_eq!(crate::bearer("Bearer "), None);
+    assert_eq!(crate::bearer("Basic abc"), None);
+    assert_eq!(crate::bearer("Bearerabc"), None);
+    assert_eq!(crate::bearer(""), None);
+}

@@ -208,8 +208,8 @@ async fn authenticate(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|s| s.trim().to_string());
+        .and_then(herald_auth::bearer)
+        .map(str::to_string);
     if let Some(token) = bearer.or_else(|| q.get("token").cloned()) {
         let Some(v) = &cfg.jwt else {
             return Err(herald_auth::AuthError::NotConfigured);

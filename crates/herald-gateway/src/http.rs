@@ -16,8 +16,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(herald_auth::bearer)
         .ok_or_else(ApiError::unauthorized)
 }
 

@@ -203,8 +203,7 @@ async fn render(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Respo
         let key = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(herald_auth::bearer);
         match key.and_then(|k| ops.keys.scope_of(k)) {
             Some(herald_auth::Scope::Admin) => {}
             Some(_) => {
