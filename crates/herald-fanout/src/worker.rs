@@ -391,7 +391,10 @@ impl Worker {
     /// pipeline; fills each item's `followers` or `follower_count`.
     async fn read_graph(&mut self, items: &mut [Item]) -> Result<(), Halt> {
         let mut ops = Vec::new();
-        for i in items.iter_mut() {
+        // The items that asked a count or a follower read, in the order
+        // asked: the store answers those two, one each.
+        let mut asking = Vec::new();
+        for (idx, i) in items.iter_mut().enumerate() {
             if let (Some(add), Some(followee)) = (i.ev.kind.graph_change(), i.ev.recipient) {
                 let follower = i.ev.actor;
                 ops.push(if add {
@@ -400,11 +403,13 @@ impl Worker {
                     GraphOp::Unfollow { follower, followee }
                 });
                 ops.push(GraphOp::Count(followee));
+                asking.push(idx);
             } else if i.ev.kind.to_followers() {
                 if self.celebrities.is_celebrity(i.ev.actor) {
                     i.celebrity_post = true;
                 } else {
                     ops.push(GraphOp::Followers(i.ev.actor));
+                    asking.push(idx);
                 }
             }
         }
@@ -412,18 +417,11 @@ impl Worker {
             return Ok(());
         }
         let store = self.store.clone();
-        let mut answers = self.retry("graph", || store.graph(&ops)).await?.into_iter();
-        // One answer per count or follower read, in the order asked.
-        for i in items.iter_mut() {
-            let asked = (i.ev.kind.graph_change().is_some() && i.ev.recipient.is_some())
-                || (i.ev.kind.to_followers() && !i.celebrity_post);
-            if !asked {
-                continue;
-            }
-            match answers.next() {
-                Some(GraphAnswer::Count(n)) => i.follower_count = Some(n),
-                Some(GraphAnswer::Followers(l)) => i.followers = Some(l),
-                None => break,
+        let answers = self.retry("graph", || store.graph(&ops)).await?;
+        for (idx, answer) in asking.into_iter().zip(answers) {
+            match answer {
+                GraphAnswer::Count(n) => items[idx].follower_count = Some(n),
+                GraphAnswer::Followers(l) => items[idx].followers = Some(l),
             }
         }
         Ok(())

@@ -252,3 +252,44 @@ pub struct Presence {
     /// How many (one per device or tab).
     pub devices: u64,
 }
+
+impl Kind {
+    /// The kind as the log stores it: an exhaustive match, so a kind
+    /// added to one enum and not the other does not compile.
+    pub fn event_kind(&self) -> herald_types::EventKind {
+        use herald_types::EventKind as K;
+        match self {
+            Kind::Like => K::Like,
+            Kind::Comment => K::Comment,
+            Kind::Mention => K::Mention,
+            Kind::Follow => K::Follow,
+            Kind::Unfollow => K::Unfollow,
+            Kind::Post => K::Post,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented kinds are exactly the kinds the log stores, under
+    /// the same names.
+    #[test]
+    fn the_documented_kinds_are_the_stored_kinds() {
+        let documented = [
+            Kind::Like,
+            Kind::Comment,
+            Kind::Mention,
+            Kind::Follow,
+            Kind::Unfollow,
+            Kind::Post,
+        ];
+        let stored: Vec<_> = documented.iter().map(Kind::event_kind).collect();
+        assert_eq!(stored, herald_types::EventKind::ALL);
+        for k in &documented {
+            let name = serde_json::to_value(k).unwrap();
+            assert_eq!(name, k.event_kind().as_str());
+        }
+    }
+}
