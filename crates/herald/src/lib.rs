@@ -73,27 +73,9 @@ pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
 /// Files kept free for the log, Redis, and everything that is not a client.
 const RESERVED_FILES: usize = 1000;
 
-/// What a node does (`server.role`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Everything: the single-node default.
-    All,
-    /// Gateway, log and fan-out workers; no WebSocket connections.
-    Ingest,
-    /// WebSocket connections only; other HTTP routes are passed on to an
-    /// ingest node.
-    Edge,
-}
+pub use config::Role;
 
 impl Role {
-    pub fn of(cfg: &Config) -> Role {
-        match cfg.server.role.as_str() {
-            "ingest" => Role::Ingest,
-            "edge" => Role::Edge,
-            _ => Role::All,
-        }
-    }
-
     fn has_log(self) -> bool {
         self != Role::Edge
     }
@@ -115,7 +97,7 @@ pub async fn run(
     let mut shutdown = Box::pin(shutdown);
     let metrics = ops::install_metrics();
     let telemetry = telemetry::install(&cfg)?;
-    let role = Role::of(&cfg);
+    let role = cfg.server.role;
     if let Some(w) = open_warning(&cfg) {
         tracing::warn!("{w}");
     }

@@ -38,6 +38,36 @@ pub struct Config {
     pub telemetry: Telemetry,
 }
 
+/// What a node does (`server.role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything: the single-node default.
+    #[default]
+    All,
+    /// Gateway, log and fan-out workers; no WebSocket connections.
+    Ingest,
+    /// WebSocket connections only; other HTTP routes are passed on to an
+    /// ingest node.
+    Edge,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Ingest => "ingest",
+            Role::Edge => "edge",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The notification feed (the list behind the bell icon).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -136,7 +166,7 @@ pub struct Server {
     pub shutdown_timeout_ms: u64,
     pub log_format: String,
     /// `all`, `ingest` (gateway, log, fan-out) or `edge` (WebSockets).
-    pub role: String,
+    pub role: Role,
     /// Where other nodes reach this node's HTTP (`host:port`); default:
     /// the address it listens on.
     pub advertise: String,
@@ -286,7 +316,7 @@ impl Default for Server {
             data_dir: "./data".into(),
             node_id: "node-1".into(),
             cluster: false,
-            role: "all".into(),
+            role: Role::All,
             advertise: String::new(),
             cluster_key: String::new(),
             lease_ttl_ms: 6000,
@@ -503,10 +533,7 @@ impl Config {
         if self.http.per_ip_connections == 0 {
             bail!("http.per_ip_connections must be positive");
         }
-        if !["all", "ingest", "edge"].contains(&self.server.role.as_str()) {
-            bail!("server.role must be all, ingest or edge");
-        }
-        if self.server.role != "all" && !self.server.cluster {
+        if self.server.role != Role::All && !self.server.cluster {
             bail!(
                 "server.role = {} needs server.cluster = true (a role is a part of a cluster)",
                 self.server.role

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
-use super::Config;
+use super::{Config, Role};
 
 /// Who replicates the log, and how fast a lost leader is replaced.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -74,7 +74,7 @@ impl Config {
             heartbeat: Duration::from_millis(r.heartbeat_ms),
             election: Duration::from_millis(r.election_ms),
             commit_timeout: Duration::from_millis(r.commit_timeout_ms),
-            role: self.server.role.clone(),
+            role: self.server.role.as_str().to_string(),
         })
     }
 
@@ -90,7 +90,7 @@ impl Config {
         if !self.server.cluster {
             bail!("log.replication_factor = {f} needs server.cluster = true");
         }
-        if self.server.role == "edge" {
+        if self.server.role == Role::Edge {
             return Ok(());
         }
         let r = &self.replication;
