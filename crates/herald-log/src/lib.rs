@@ -213,6 +213,18 @@ impl Log {
         quarantine::acknowledge(&quarantine::dir(&self.inner.dir))
     }
 
+    /// Sends the writer the command `cmd` makes around a reply channel,
+    /// and waits for its answer.
+    async fn ask<T>(&self, cmd: impl FnOnce(oneshot::Sender<Result<T>>) -> Cmd) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .sender()?
+            .send(cmd(reply))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
     /// Appends `records` to `partition`; returns the offset of the first one
     /// once the append is as durable as the log's mode promises.
     pub async fn append(&self, partition: u32, records: Vec<Bytes>) -> Result<u64> {
@@ -223,13 +235,7 @@ impl Log {
     /// Appends to several partitions in one request (one round of the
     /// writer); returns each part's first offset, in order.
     pub async fn append_many(&self, parts: Vec<(u32, Vec<Bytes>)>) -> Result<Vec<u64>> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .sender()?
-            .send(Cmd::Append { parts, reply })
-            .await
-            .map_err(|_| LogError::Closed)?;
-        rx.await.map_err(|_| LogError::Closed)?
+        self.ask(|reply| Cmd::Append { parts, reply }).await
     }
 
     /// Appends Raft entries to `partition`, each as its own batch (see
@@ -238,17 +244,12 @@ impl Log {
     /// (a follower's copy of the leader's) must continue the log exactly,
     /// else [`LogError::EntryOutOfPlace`].
     pub async fn append_entries(&self, partition: u32, entries: Vec<NewEntry>) -> Result<Vec<u64>> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .sender()?
-            .send(Cmd::AppendEntries {
-                partition,
-                entries,
-                reply,
-            })
-            .await
-            .map_err(|_| LogError::Closed)?;
-        rx.await.map_err(|_| LogError::Closed)?
+        self.ask(|reply| Cmd::AppendEntries {
+            partition,
+            entries,
+            reply,
+        })
+        .await
     }
 
     /// Cuts `partition` back to before its first entry with a Raft index
@@ -256,18 +257,13 @@ impl Log {
     /// The cut is durable when this returns. Only an uncommitted tail may be
     /// cut: readers must not have been given what it removes.
     pub async fn truncate_entries(&self, partition: u32, hint: u64, from_index: u64) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .sender()?
-            .send(Cmd::Truncate {
-                partition,
-                from_offset: hint,
-                from_index,
-                reply,
-            })
-            .await
-            .map_err(|_| LogError::Closed)?;
-        rx.await.map_err(|_| LogError::Closed)?
+        self.ask(|reply| Cmd::Truncate {
+            partition,
+            from_offset: hint,
+            from_index,
+            reply,
+        })
+        .await
     }
 
     /// Reads Raft entries of `partition` with an index at or past
@@ -286,37 +282,19 @@ impl Log {
 
     /// Makes everything appended so far durable, whatever the mode.
     pub async fn flush(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .sender()?
-            .send(Cmd::Flush(tx))
-            .await
-            .map_err(|_| LogError::Closed)?;
-        rx.await.map_err(|_| LogError::Closed)?
+        self.ask(Cmd::Flush).await
     }
 
     /// Applies retention now (it also runs every `retention_check_ms`);
     /// returns how many segments were deleted.
     pub async fn enforce_retention(&self) -> Result<usize> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .sender()?
-            .send(Cmd::Retain(tx))
-            .await
-            .map_err(|_| LogError::Closed)?;
-        rx.await.map_err(|_| LogError::Closed)?
+        self.ask(Cmd::Retain).await
     }
 
     /// Flushes, writes indexes and clean-shutdown markers and stops the
     /// writer. Appends after this fail with [`LogError::Closed`].
     pub async fn close(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .sender()?
-            .send(Cmd::Close(tx))
-            .await
-            .map_err(|_| LogError::Closed)?;
-        let r = rx.await.map_err(|_| LogError::Closed)?;
+        let r = self.ask(Cmd::Close).await;
         let handle = self
             .inner
             .thread
