@@ -13,6 +13,8 @@ pub mod notification;
 pub mod placement;
 pub mod seam;
 pub mod sync;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod trace;
 
 pub use backoff::Backoff;
