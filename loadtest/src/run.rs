@@ -1,5 +1,6 @@
 //! Driving a run: seed, connect, send, churn, wait, verdict.
 
+use herald_types::procfs;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -96,14 +97,6 @@ pub fn si(n: u64) -> String {
     }
 }
 
-/// user+sys CPU of `pid` in clock ticks (see `sample::ticks_per_second`).
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 /// Queues `per_user` likes for every user while they are offline and waits
 /// until Herald has written them all to the inboxes.
 async fn queue_storm(spec: &RunSpec, stats: &Stats) -> anyhow::Result<()> {
@@ -156,16 +149,6 @@ async fn queue_storm(spec: &RunSpec, stats: &Stats) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(())
-}
-
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Bulk-imports the graph through the public API.
@@ -276,7 +259,9 @@ pub async fn run(
     let stats = Arc::new(Stats::new(spec.clients));
     let (stop_tx, stop_rx) = watch::channel(false);
     let sampler = crate::sample::spawn(stats.clone(), spec.herald_pid, stop_rx.clone());
-    let rss_before = spec.herald_pid.and_then(rss_kib);
+    let rss_before = spec
+        .herald_pid
+        .and_then(|p| procfs::rss_kib(procfs::Pid::Other(p)));
     if spec.set_prefs {
         eprintln!("setting preferences for {} users", spec.clients);
         let mut conn = Conn::new(&spec.target.to_string());
@@ -357,7 +342,9 @@ pub async fn run(
         None => None,
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_after = spec.herald_pid.and_then(rss_kib);
+    let rss_after = spec
+        .herald_pid
+        .and_then(|p| procfs::rss_kib(procfs::Pid::Other(p)));
     let rss = rss_before.zip(rss_after);
 
     // Senders: a few keep-alive connections fed with batches.
@@ -368,7 +355,9 @@ pub async fn run(
 
     let mut rng = Rng::new(graph.spec.seed ^ 0xABCD);
     let celebs = graph.celebrities();
-    let cpu0 = spec.herald_pid.and_then(cpu_ticks);
+    let cpu0 = spec
+        .herald_pid
+        .and_then(|p| procfs::cpu_ticks(procfs::Pid::Other(p)));
     let delivered0 = stats.delivered();
     // The celebrity post goes out one second into the traffic (at once
     // without traffic); a task times its last online receipt.
@@ -498,11 +487,13 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let drain_secs = t_drain.elapsed().as_secs_f64();
-    let cpu1 = spec.herald_pid.and_then(cpu_ticks);
+    let cpu1 = spec
+        .herald_pid
+        .and_then(|p| procfs::cpu_ticks(procfs::Pid::Other(p)));
     let delivered = stats.delivered() - delivered0;
     let cpu_us_per_notification = match (cpu0, cpu1) {
         (Some(a), Some(b)) if delivered > 0 => {
-            Some((b - a) as f64 / crate::sample::ticks_per_second() * 1e6 / delivered as f64)
+            Some((b - a) as f64 / procfs::ticks_per_second() * 1e6 / delivered as f64)
         }
         _ => None,
     };

@@ -2,6 +2,7 @@
 //! delivered so far, clients online, and Herald's CPU and memory (from
 //! `/proc`, when its pid is known).
 
+use herald_types::procfs;
 use herald_types::sync::Locked;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,17 +26,6 @@ pub struct Sample {
     pub herald_rss_mib: Option<f64>,
 }
 
-/// Clock ticks per second of `/proc/<pid>/stat` CPU times.
-pub fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf reads a constant; no memory is involved.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
 /// Samples every second until `stop` turns true.
 pub fn spawn(
     stats: Arc<Stats>,
@@ -43,15 +33,15 @@ pub fn spawn(
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let hz = ticks_per_second();
+        let hz = procfs::ticks_per_second();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut last_cpu = pid.and_then(crate::run::cpu_ticks);
+        let mut last_cpu = pid.and_then(|p| procfs::cpu_ticks(procfs::Pid::Other(p)));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            let cpu = pid.and_then(crate::run::cpu_ticks);
+            let cpu = pid.and_then(|p| procfs::cpu_ticks(procfs::Pid::Other(p)));
             let cpu_pct = match (last_cpu, cpu) {
                 (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / hz * 100.0),
                 _ => None,
@@ -64,7 +54,9 @@ pub fn spawn(
                 delivered: stats.delivered(),
                 online: stats.online.load(Ordering::Relaxed),
                 herald_cpu_pct: cpu_pct,
-                herald_rss_mib: pid.and_then(crate::run::rss_kib).map(|k| k as f64 / 1024.0),
+                herald_rss_mib: pid
+                    .and_then(|p| procfs::rss_kib(procfs::Pid::Other(p)))
+                    .map(|k| k as f64 / 1024.0),
             };
             {
                 let mut v = stats.samples.locked();

@@ -11,6 +11,7 @@ pub mod event;
 pub mod ids;
 pub mod notification;
 pub mod placement;
+pub mod procfs;
 pub mod seam;
 pub mod sync;
 #[cfg(feature = "testing")]

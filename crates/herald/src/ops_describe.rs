@@ -1,6 +1,8 @@
 //! Help text for every metric (Prometheus `# HELP`), and the process
 //! metrics people expect beside them (CPU, memory, open files).
 
+use herald_types::procfs;
+
 /// Registers the description of every metric Herald records.
 pub fn describe() {
     use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h, Unit};
@@ -281,30 +283,17 @@ pub fn register_zeroes() {
 /// Rendered as a Prometheus counter by the `/metrics` handler (the metrics
 /// crate's counters are integers).
 pub fn cpu_seconds() -> Option<f64> {
-    // SAFETY: sysconf reads a constant of the system.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 (11 and 12 after ')').
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    Some((t(11) + t(12)) / ticks)
+    let ticks = procfs::cpu_ticks(procfs::Pid::This)?;
+    Some(ticks as f64 / procfs::ticks_per_second())
 }
 
 /// Reads this process's memory and descriptors from `/proc`.
 pub fn sample_process() {
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        if let Some(kb) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        {
-            metrics::gauge!("process_resident_memory_bytes").set(kb * 1024.0);
-        }
+    if let Some(kib) = procfs::rss_kib(procfs::Pid::This) {
+        metrics::gauge!("process_resident_memory_bytes").set(kib as f64 * 1024.0);
     }
-    if let Ok(d) = std::fs::read_dir("/proc/self/fd") {
-        metrics::gauge!("process_open_fds").set(d.count() as f64);
+    if let Some(n) = procfs::open_fds(procfs::Pid::This) {
+        metrics::gauge!("process_open_fds").set(n as f64);
     }
     let mut lim = libc::rlimit {
         rlim_cur: 0,
