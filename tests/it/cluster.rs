@@ -8,29 +8,7 @@ use crate::support;
 
 use std::time::Duration;
 
-use support::{eventually, inbox_ids, Client, Node, Redis};
-
-fn cluster_env(id: &str) -> Vec<(&str, &str)> {
-    vec![
-        ("HERALD_SERVER__CLUSTER", "true"),
-        ("HERALD_SERVER__NODE_ID", id),
-        ("HERALD_SERVER__CLUSTER_KEY", "test-cluster-key"),
-        // A dead node's partitions move after at most this long.
-        ("HERALD_SERVER__LEASE_TTL_MS", "2000"),
-        ("HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS", "2000"),
-    ]
-}
-
-/// Every record of `node` settled (its fan-out checkpoint can pass them).
-async fn all_settled(node: &Node) -> bool {
-    let (_, m) = node.get("/metrics").await;
-    let text = m.as_str().unwrap_or_default().to_string();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("herald_fanout_in_flight_records"))
-        .collect();
-    !lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))
-}
+use support::{all_settled, cluster_env, eventually, inbox_ids, Client, Node, Redis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_reaches_a_user_on_another_node_and_its_ack_settles_it() {

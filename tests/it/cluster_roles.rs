@@ -11,17 +11,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{eventually, Client, Node, Redis};
-
-fn cluster_env(id: &str) -> Vec<(&str, &str)> {
-    vec![
-        ("HERALD_SERVER__CLUSTER", "true"),
-        ("HERALD_SERVER__NODE_ID", id),
-        ("HERALD_SERVER__CLUSTER_KEY", "test-cluster-key"),
-        ("HERALD_SERVER__LEASE_TTL_MS", "2000"),
-        ("HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS", "2000"),
-    ]
-}
+use support::{all_settled, cluster_env, eventually, Client, Node, Redis};
 
 /// `herald_partitions_owned` of `node`.
 async fn owned(node: &Node) -> u64 {
@@ -241,17 +231,6 @@ async fn check(clients: &mut [Client], ids: Vec<String>, seen: &mut HashSet<Stri
     }
 }
 
-/// Every record of `node` settled (its fan-out checkpoint can pass them).
-async fn all_settled(node: &Node) -> bool {
-    let (_, m) = node.get("/metrics").await;
-    let text = m.as_str().unwrap_or_default().to_string();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("herald_fanout_in_flight_records"))
-        .collect();
-    !lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_on_two_edges_both_get_it_and_one_ack_settles_it() {
     let redis = Redis::start();
@@ -287,13 +266,7 @@ async fn devices_on_two_edges_both_get_it_and_one_ack_settles_it() {
     // Both copies answered (the phone's ack, the laptop's refusal): then
     // the inbox is read, once anything that was to be parked would be.
     eventually("both copies answered on the ingest node", || async {
-        let (_, m) = ingest.get("/metrics").await;
-        let answered: f64 = m
-            .as_str()?
-            .lines()
-            .filter(|l| l.starts_with("herald_relay_answers_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let answered = support::metric(&ingest, "herald_relay_answers_total").await?;
         (answered >= 2.0).then_some(())
     })
     .await;

@@ -9,19 +9,8 @@ use crate::support;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::{eventually, inbox_ids, Client, Node, Redis};
+use support::{all_settled, eventually, inbox_ids, Client, Node, Redis};
 use tokio_tungstenite::tungstenite::Message;
-
-/// Every record settled (the fan-out checkpoint can pass them).
-async fn all_settled(node: &Node) -> bool {
-    let (_, m) = node.get("/metrics").await;
-    let text = m.as_str().unwrap_or_default().to_string();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("herald_fanout_in_flight_records"))
-        .collect();
-    !lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))
-}
 
 /// Waits until the node holds `n` connections.
 async fn closed_down_to(node: &Node, n: u64) {
@@ -33,13 +22,12 @@ async fn closed_down_to(node: &Node, n: u64) {
 
 /// Notifications closed connections handed back unacked.
 async fn queued_on_close(node: &Node) -> f64 {
-    let (_, m) = node.get("/metrics").await;
-    m.as_str()
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("herald_notifications_total{route=\"queued_on_close\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    support::metric(
+        node,
+        "herald_notifications_total{route=\"queued_on_close\"}",
+    )
+    .await
+    .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

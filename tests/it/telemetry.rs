@@ -115,13 +115,10 @@ async fn the_trace_crosses_to_the_node_that_holds_the_connection() {
     let collector = Collector::start().await;
     let url = collector.url();
     let env = |id: &'static str| {
-        vec![
-            ("HERALD_SERVER__CLUSTER", "true"),
-            ("HERALD_SERVER__NODE_ID", id),
-            ("HERALD_SERVER__CLUSTER_KEY", "test-cluster-key"),
-            ("HERALD_TELEMETRY__OTLP_ENDPOINT", url.as_str()),
-            ("HERALD_TELEMETRY__EXPORT_INTERVAL_MS", "100"),
-        ]
+        let mut e = support::cluster_env(id);
+        e.push(("HERALD_TELEMETRY__OTLP_ENDPOINT", url.as_str()));
+        e.push(("HERALD_TELEMETRY__EXPORT_INTERVAL_MS", "100"));
+        e
     };
     let a = Node::start(&redis, &env("node-a"));
     let b = Node::start(&redis, &env("node-b"));

@@ -64,10 +64,12 @@ async fn accept(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Vec<Str
     // Traced (only when tracing is on): the span ends once the events are
     // durable or refused; each event's record names it as the parent of
     // its fan-out.
-    let mut span = herald_types::trace::start_request(
-        "herald.ingest",
-        headers.get("traceparent").and_then(|v| v.to_str().ok()),
-    );
+    let mut span = if herald_types::trace::enabled() {
+        let tp = headers.get("traceparent").and_then(|v| v.to_str().ok());
+        herald_types::trace::start_request("herald.ingest", tp)
+    } else {
+        None
+    };
     let r = accept_traced(gw, headers, body, span.as_ref()).await;
     if let Some(s) = &mut span {
         match &r {

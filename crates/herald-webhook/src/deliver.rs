@@ -25,10 +25,13 @@ const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Longest answer body read (only its first bytes are logged).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The node's client for outgoing HTTP: the webhook, and the tracing
+/// exporter.
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// `http://` and `https://` (rustls, the Mozilla roots bundled).
-fn client(timeout: Duration) -> HttpClient {
+/// `http://` and `https://` (rustls, the Mozilla roots bundled); connects
+/// within `timeout` (at most 5 s), keeps idle connections 30 s.
+pub fn https_client(timeout: Duration) -> HttpClient {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
@@ -54,7 +57,7 @@ fn new_id() -> String {
 pub(crate) async fn run(w: Weak<Webhooks>) {
     let Some(first) = w.upgrade() else { return };
     let slots = Arc::new(Semaphore::new(first.cfg.max_in_flight.max(1)));
-    let http = client(first.cfg.timeout);
+    let http = https_client(first.cfg.timeout);
     drop(first);
     loop {
         let Some(hooks) = w.upgrade() else { return };

@@ -30,6 +30,7 @@ use std::time::Duration;
 use herald_store::Store;
 use herald_types::{Notification, Placement, UserId, WireFormat};
 
+pub use deliver::{https_client, HttpClient};
 pub use sign::{Signer, SECRET_PREFIX};
 
 /// Why the webhook cannot be set up, or an item not parked.

@@ -8,9 +8,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use opentelemetry::KeyValue;
 use opentelemetry_http::{HttpError, Request, Response};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
@@ -22,14 +19,12 @@ use crate::config::Config;
 /// Longest collector answer read.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
-type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// The exporter's HTTP client: the SDK calls it from its own thread, so
 /// each request runs on the node's runtime and is awaited from there.
 #[derive(Debug)]
 struct OnRuntime {
     rt: tokio::runtime::Handle,
-    http: Https,
+    http: herald_webhook::HttpClient,
     timeout: Duration,
 }
 
@@ -65,18 +60,9 @@ pub fn install(cfg: &Config) -> anyhow::Result<Option<Telemetry>> {
         return Ok(None);
     };
     let timeout = Duration::from_millis(t.timeout_ms);
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    conn.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
-    conn.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(conn);
     let client = OnRuntime {
         rt: tokio::runtime::Handle::current(),
-        http: Client::builder(TokioExecutor::new()).build(https),
+        http: herald_webhook::https_client(timeout),
         timeout,
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()

@@ -920,6 +920,29 @@ pub async fn nodes_alive(node: &Node) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The settings of cluster node `id` on a shared Redis (a dead node's
+/// partitions and unanswered pushes move after at most 2 s).
+pub fn cluster_env(id: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("HERALD_SERVER__CLUSTER", "true"),
+        ("HERALD_SERVER__NODE_ID", id),
+        ("HERALD_SERVER__CLUSTER_KEY", "test-cluster-key"),
+        ("HERALD_SERVER__LEASE_TTL_MS", "2000"),
+        ("HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS", "2000"),
+    ]
+}
+
+/// Every record of `node` settled (its fan-out checkpoint can pass them).
+pub async fn all_settled(node: &Node) -> bool {
+    let (_, m) = node.get("/metrics").await;
+    let text = m.as_str().unwrap_or_default().to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("herald_fanout_in_flight_records"))
+        .collect();
+    !lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))
+}
+
 /// Waits until every one of `nodes` sees all of them alive (liveness is
 /// announced every second; a push goes only to nodes seen alive).
 pub async fn cluster_formed(nodes: &[&Node]) {
