@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
+
+use crate::report::Fault;
 
 /// What to break and how often.
 #[derive(Debug, Clone)]
@@ -116,7 +117,7 @@ pub async fn run_faults(
     herald: std::sync::Arc<std::sync::Mutex<Herald>>,
     target: SocketAddr,
     duration: Duration,
-) -> anyhow::Result<Vec<Value>> {
+) -> anyhow::Result<Vec<Fault>> {
     let start = Instant::now();
     let mut log = Vec::new();
     let slots = spec.kills + 2;
@@ -154,12 +155,12 @@ pub async fn run_faults(
             "[chaos] herald back after {:.0} ms",
             t.elapsed().as_secs_f64() * 1000.0
         );
-        log.push(json!({
-            "at_s": at.as_secs_f64(),
-            "fault": "herald SIGKILL + restart",
-            "down_ms": t.elapsed().as_millis() as u64,
-            "start_to_serving_ms": up.as_millis() as u64,
-        }));
+        log.push(Fault {
+            at_s: at.as_secs_f64(),
+            fault: "herald SIGKILL + restart",
+            down_ms: t.elapsed().as_millis() as u64,
+            start_to_serving_ms: Some(up.as_millis() as u64),
+        });
     }
     if !redis_done {
         pause_redis(&spec, start, redis_at, &mut log).await;
@@ -167,7 +168,7 @@ pub async fn run_faults(
     Ok(log)
 }
 
-async fn pause_redis(spec: &ChaosSpec, start: Instant, at: Duration, log: &mut Vec<Value>) {
+async fn pause_redis(spec: &ChaosSpec, start: Instant, at: Duration, log: &mut Vec<Fault>) {
     let Some(pid) = spec.redis_pid else { return };
     if let Some(wait) = at.checked_sub(start.elapsed()) {
         tokio::time::sleep(wait).await;
@@ -180,9 +181,10 @@ async fn pause_redis(spec: &ChaosSpec, start: Instant, at: Duration, log: &mut V
     signal(pid, libc::SIGSTOP);
     tokio::time::sleep(spec.redis_pause).await;
     signal(pid, libc::SIGCONT);
-    log.push(json!({
-        "at_s": at.as_secs_f64(),
-        "fault": "redis SIGSTOP",
-        "down_ms": spec.redis_pause.as_millis() as u64,
-    }));
+    log.push(Fault {
+        at_s: at.as_secs_f64(),
+        fault: "redis SIGSTOP",
+        down_ms: spec.redis_pause.as_millis() as u64,
+        start_to_serving_ms: None,
+    });
 }

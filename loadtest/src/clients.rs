@@ -48,7 +48,7 @@ struct Frame<'a> {
 fn seq_of(text: Option<&str>) -> Option<u64> {
     let rest = text?.strip_prefix("lg:")?;
     let (run, seq) = rest.split_once(':')?;
-    if run != crate::run::run_tag() {
+    if run != crate::workload::run_tag() {
         return None;
     }
     seq.parse().ok()

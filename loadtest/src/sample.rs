@@ -8,23 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::stats::Stats;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Sample {
-    pub t_s: f64,
-    pub sent: u64,
-    pub accepted: u64,
-    pub delivered: u64,
-    pub online: u64,
-    /// Herald's CPU over the last second, in % of one core.
-    pub herald_cpu_pct: Option<f64>,
-    pub herald_rss_mib: Option<f64>,
-}
+use crate::stats::{Sample, Stats};
 
 /// Samples every second until `stop` turns true.
 pub fn spawn(

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::http::Conn;
-use crate::run::RunSpec;
 use crate::stats::Stats;
+use crate::workload::RunSpec;
 
 /// One request's body and the sequence numbers of its events.
 pub struct Batch {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 use hdrhistogram::Histogram;
+use serde::Serialize;
 
 /// A foldable event sent to a recipient: (seq, object).
 pub type Foldable = (u64, Option<String>);
@@ -122,12 +123,25 @@ pub struct Stats {
     /// Per-second live latency histograms, for the timeline.
     pub timeline: Mutex<Vec<Histogram<u64>>>,
     /// One sample a second of counters and Herald's CPU and memory.
-    pub samples: Mutex<Vec<crate::sample::Sample>>,
+    pub samples: Mutex<Vec<Sample>>,
     /// Celebrity scenario: each online follower's receipt time (µs after
     /// the post was sent).
     pub celebrity_receipts_us: Mutex<Vec<u64>>,
     /// Time from connect to the last inbox entry received (µs).
     pub drains: Mutex<Histogram<u64>>,
+}
+
+/// One second of a run: the counters so far and Herald's CPU and memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub delivered: u64,
+    pub online: u64,
+    /// Herald's CPU over the last second, in % of one core.
+    pub herald_cpu_pct: Option<f64>,
+    pub herald_rss_mib: Option<f64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -142,8 +142,10 @@ table{border-collapse:collapse;width:100%;margin:1em 0}td,th{padding:.3em .6em;b
 td:first-child,th:first-child{white-space:nowrap;color:#555}figure{margin:1.5em 0}details pre{background:#f6f6f6;padding:1em;overflow:auto}";
 
 /// The whole report page for one run.
-pub fn html(r: &Value) -> String {
-    let verdict = r["verdict"].as_str().unwrap_or("fail");
+pub fn html(r: &super::Report) -> String {
+    let verdict = r.verdict;
+    // The charts draw from the JSON form, as `compare` does from files.
+    let v = serde_json::to_value(r).unwrap_or_default();
     let rows: String = super::rows(r)
         .into_iter()
         .map(|(k, v)| format!("<tr><td>{}</td><td>{}</td></tr>", esc(&k), esc(&v)))
@@ -155,10 +157,10 @@ pub fn html(r: &Value) -> String {
 <div class=\"verdict {verdict}\" data-verdict=\"{verdict}\"><strong>{upper}</strong>: {reason}</div>\
 <table class=\"summary\">{rows}</table>\n{charts}\
 <details><summary>Raw report (JSON)</summary><pre>{raw}</pre></details></body></html>",
-        scenario = esc(r["scenario"].as_str().unwrap_or("")),
+        scenario = esc(&r.scenario),
         upper = verdict.to_uppercase(),
         reason = esc(&super::verdict_reason(r)),
-        charts = run_charts(r),
-        raw = esc(&serde_json::to_string_pretty(r).unwrap_or_default()),
+        charts = run_charts(&v),
+        raw = esc(&serde_json::to_string_pretty(&v).unwrap_or_default()),
     )
 }

@@ -12,8 +12,6 @@ pub use html::html;
 use herald_types::sync::Locked;
 use std::sync::atomic::Ordering;
 
-use serde_json::Value;
-
 pub use model::*;
 
 use crate::run::Outcome;
@@ -156,6 +154,7 @@ pub fn report(o: &Outcome, scenario: &str) -> Report {
         samples,
         drain_percentiles: drains,
         celebrity_receipts: receipts,
+        faults: Vec::new(),
         // At-least-once: under faults a notification may come again with
         // the same id after an ack; only the chaos scenario allows that.
         verdict: if lost == 0 && refused == 0 && (duplicated == 0 || scenario == "chaos") {
@@ -166,180 +165,172 @@ pub fn report(o: &Outcome, scenario: &str) -> Report {
     }
 }
 
-/// The JSON report (the typed [`Report`] as a value, so that a scenario
-/// can add its own sections, such as the chaos run's faults).
-pub fn json_report(o: &Outcome, scenario: &str) -> Value {
-    serde_json::to_value(report(o, scenario)).unwrap_or_default()
-}
-
 /// Why the verdict is what it is, in a few words.
-pub fn verdict_reason(r: &Value) -> String {
-    let n = &r["notifications"];
+pub fn verdict_reason(r: &Report) -> String {
+    let n = &r.notifications;
     let mut why = Vec::new();
-    for (k, label) in [
-        ("lost", "lost"),
-        ("duplicated_after_ack", "duplicated after ack"),
+    for (v, label) in [
+        (n.lost, "lost"),
+        (n.duplicated_after_ack, "duplicated after ack"),
     ] {
-        let v = n[k].as_u64().unwrap_or(0);
         if v > 0 {
             why.push(format!("{v} {label}"));
         }
     }
-    let refused = r["events"]["refused"].as_u64().unwrap_or(0);
-    if refused > 0 {
-        why.push(format!("{refused} events refused"));
+    if r.events.refused > 0 {
+        why.push(format!("{} events refused", r.events.refused));
     }
-    match (r["verdict"].as_str(), why.is_empty()) {
-        (Some("pass"), true) => "nothing lost, refused or duplicated".into(),
-        (Some("pass"), false) => format!("{} (allowed under faults: same ids)", why.join(", ")),
+    match (r.verdict, why.is_empty()) {
+        ("pass", true) => "nothing lost, refused or duplicated".into(),
+        ("pass", false) => format!("{} (allowed under faults: same ids)", why.join(", ")),
         _ => why.join(", "),
     }
 }
 
-fn f1(v: &Value) -> String {
-    v.as_f64().map_or("-".into(), |x| format!("{x:.1}"))
+fn f1(v: f64) -> String {
+    format!("{v:.1}")
 }
 
-fn f2(v: &Value) -> String {
-    v.as_f64().map_or("-".into(), |x| format!("{x:.2}"))
+fn f2(v: f64) -> String {
+    format!("{v:.2}")
+}
+
+/// A rate, or `-` for a run too short to say.
+fn per_s(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.0}"))
 }
 
 /// The figures of a report as (label, value) rows, for the terminal and
-/// the HTML summary table.
-pub fn rows(r: &Value) -> Vec<(String, String)> {
-    let n = &r["notifications"];
-    let l = &r["latency_live_ms"];
-    let e = &r["events"];
-    let mut rows: Vec<(String, String)> = vec![
+/// the HTML summary table: what every run has, then what this one measured.
+pub fn rows(r: &Report) -> Vec<(String, String)> {
+    let mut rows = counted(r);
+    rows.extend(measured(r));
+    rows.extend(r.faults.iter().map(|f| {
+        (
+            format!("fault at {:.1} s", f.at_s),
+            format!("{} (down {} ms)", f.fault, f.down_ms),
+        )
+    }));
+    rows
+}
+
+/// What was sent, delivered, lost, and how fast.
+fn counted(r: &Report) -> Vec<(String, String)> {
+    let (n, l, e) = (&r.notifications, &r.latency_live_ms, &r.events);
+    vec![
         (
             "run".into(),
             format!(
                 "{}, {} clients, {} s sending",
-                r["scenario"].as_str().unwrap_or(""),
-                r["clients"],
-                f1(&r["duration_s"])
+                r.scenario,
+                r.clients,
+                f1(r.duration_s)
             ),
         ),
         (
             "events".into(),
             format!(
                 "sent {}, accepted {} ({}/s), http errors {} (retried), refused {}",
-                e["sent"],
-                e["accepted"],
-                e["accepted_per_s"]
-                    .as_f64()
-                    .map_or("-".into(), |x| format!("{x:.0}")),
-                e["http_errors"],
-                e["refused"]
+                e.sent,
+                e.accepted,
+                per_s(e.accepted_per_s),
+                e.http_errors,
+                e.refused
             ),
         ),
         (
             "notifications".into(),
             format!(
                 "expected {}, live {}, inbox {} ({}/s delivered), in aggregates {}",
-                n["expected"],
-                n["delivered_live"],
-                n["delivered_inbox"],
-                n["delivered_per_s"]
-                    .as_f64()
-                    .map_or("-".into(), |x| format!("{x:.0}")),
-                n["in_aggregates"]
+                n.expected,
+                n.delivered_live,
+                n.delivered_inbox,
+                per_s(n.delivered_per_s),
+                n.in_aggregates
             ),
         ),
-        ("lost".into(), n["lost"].to_string()),
+        ("lost".into(), n.lost.to_string()),
         (
             "duplicated after ack".into(),
-            n["duplicated_after_ack"].to_string(),
+            n.duplicated_after_ack.to_string(),
         ),
-        ("late (> 1 s)".into(), n["late_over_1s"].to_string()),
-        ("unexpected".into(), n["unexpected"].to_string()),
+        ("late (> 1 s)".into(), n.late_over_1s.to_string()),
+        ("unexpected".into(), n.unexpected.to_string()),
         (
             "live latency ms".into(),
             format!(
                 "p50 {}, p90 {}, p99 {}, p99.9 {}, max {} (n = {})",
-                f2(&l["p50"]),
-                f2(&l["p90"]),
-                f2(&l["p99"]),
-                f2(&l["p999"]),
-                f2(&l["max"]),
-                l["count"]
+                f2(l.p50),
+                f2(l.p90),
+                f2(l.p99),
+                f2(l.p999),
+                f2(l.max),
+                l.count
             ),
         ),
-    ];
-    let d = &r["inbox_drain_ms"];
-    if d["count"].as_u64().unwrap_or(0) > 0 {
+    ]
+}
+
+/// The figures only some runs have: drains, memory, CPU, the storm, the
+/// celebrity post.
+fn measured(r: &Report) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    let d = &r.inbox_drain_ms;
+    if d.count > 0 {
         rows.push((
             "inbox drains ms".into(),
             format!(
                 "{} drains (connect to last queued item): p50 {}, p99 {}, max {}",
-                d["count"],
-                f1(&d["p50"]),
-                f1(&d["p99"]),
-                f1(&d["max"])
+                d.count,
+                f1(d.p50),
+                f1(d.p99),
+                f1(d.max)
             ),
         ));
     }
-    if let Some(m) = r["herald_rss_kib"].as_object() {
-        let (before, after) = (
-            m["before_clients"].as_u64().unwrap_or(0),
-            m["after_clients"].as_u64().unwrap_or(0),
-        );
-        let per = if after > before {
-            format!(
-                ": {:.0} bytes per connection",
-                m["per_connection_bytes"].as_f64().unwrap_or(0.0)
-            )
+    if let Some(m) = &r.herald_rss_kib {
+        let per = if m.after_clients > m.before_clients {
+            format!(": {:.0} bytes per connection", m.per_connection_bytes)
         } else {
             " (it fell while clients connected: no per-connection figure)".into()
         };
         rows.push((
             "herald memory".into(),
-            format!("{before} KiB before clients, {after} KiB after{per}"),
+            format!(
+                "{} KiB before clients, {} KiB after{per}",
+                m.before_clients, m.after_clients
+            ),
         ));
     }
-    if let Some(c) = r["herald_cpu_us_per_notification"].as_f64() {
+    if let Some(c) = r.herald_cpu_us_per_notification {
         rows.push((
             "herald CPU".into(),
             format!("{c:.1} us per notification delivered (while sending)"),
         ));
     }
-    if let Some(s) = r["reconnect_storm_s"].as_f64() {
+    if let Some(s) = r.reconnect_storm_s {
         rows.push((
             "reconnect storm".into(),
             format!("all queued notifications drained {s:.2} s after the first connect"),
         ));
     }
-    if let Some(ms) = r["celebrity_last_online_ms"].as_f64() {
+    if let Some(ms) = r.celebrity_last_online_ms {
         rows.push((
             "celebrity post".into(),
             format!("last online follower received it {ms:.1} ms after the send"),
-        ));
-    }
-    for x in r["faults"].as_array().into_iter().flatten() {
-        rows.push((
-            format!("fault at {:.1} s", x["at_s"].as_f64().unwrap_or(0.0)),
-            format!(
-                "{} (down {} ms)",
-                x["fault"].as_str().unwrap_or(""),
-                x["down_ms"]
-            ),
         ));
     }
     rows
 }
 
 /// The terminal summary: one aligned row per figure, then the verdict line.
-pub fn summary(r: &Value) -> String {
+pub fn summary(r: &Report) -> String {
     let rows = rows(r);
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = String::new();
     for (k, v) in rows {
         out.push_str(&format!("{k:<w$}  {v}\n"));
     }
-    out.push_str(&format!(
-        "verdict: {} ({})\n",
-        r["verdict"].as_str().unwrap_or(""),
-        verdict_reason(r)
-    ));
+    out.push_str(&format!("verdict: {} ({})\n", r.verdict, verdict_reason(r)));
     out
 }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::sample::Sample;
+use crate::stats::Sample;
 
 #[derive(Serialize)]
 pub struct Report {
@@ -26,6 +26,9 @@ pub struct Report {
     pub samples: Vec<Sample>,
     pub drain_percentiles: Vec<Quantile>,
     pub celebrity_receipts: Vec<Receipt>,
+    /// The chaos scenario's faults (none in other runs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
     /// `pass` or `fail`.
     pub verdict: &'static str,
 }
@@ -115,4 +118,16 @@ pub struct Quantile {
 pub struct Receipt {
     pub followers: usize,
     pub ms: f64,
+}
+
+/// A fault the chaos scenario caused, and how long the node was down.
+#[derive(Serialize)]
+pub struct Fault {
+    /// Seconds into the traffic.
+    pub at_s: f64,
+    pub fault: &'static str,
+    pub down_ms: u64,
+    /// After a restart: from the process start to serving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_to_serving_ms: Option<u64>,
 }
