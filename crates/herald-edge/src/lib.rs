@@ -25,6 +25,7 @@ mod link;
 mod outbox_cache;
 mod pending;
 mod reader;
+mod scratch;
 mod unacked;
 mod wire;
 

@@ -347,18 +347,14 @@ impl Reader {
     }
 }
 
-thread_local! {
-    /// Where a connection with nothing buffered reads: one per thread, so
-    /// a read costs the connection no allocation and an idle one no memory.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Bytes read at once into the scratch buffer. A read that returns fewer
+/// Bytes read at once into a scratch buffer (`scratch.rs`: one per
+/// thread in use, so a read costs the connection no allocation and an idle
+/// one no memory). A read that returns fewer
 /// has drained the socket (the runtime then waits for readiness without
 /// another `recvfrom`).
 const SCRATCH_LEN: usize = 4096;
 
-/// One read into this thread's scratch buffer, parsed there within the
+/// One read into a scratch buffer of this thread's, parsed there within the
 /// same poll (nothing is held across a wait).
 fn read_direct(
     sock: &mut OwnedReadHalf,
@@ -366,20 +362,20 @@ fn read_direct(
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<Result<Option<Incoming>, ReadError>> {
     use std::task::Poll;
-    SCRATCH.with_borrow_mut(|s| {
-        if s.len() < SCRATCH_LEN {
-            s.resize(SCRATCH_LEN, 0);
-        }
-        let mut rb = tokio::io::ReadBuf::new(&mut s[..]);
+    crate::scratch::with(|s| {
+        // Read into the spare capacity: nothing to zero first, whatever
+        // the buffer last held.
+        s.clear();
+        s.reserve(SCRATCH_LEN);
+        let mut rb = tokio::io::ReadBuf::uninit(&mut s.spare_capacity_mut()[..SCRATCH_LEN]);
         match std::pin::Pin::new(sock).poll_read(cx, &mut rb) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(_)) => Poll::Ready(Err(ReadError::Socket)),
             Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
-                if n == 0 {
+                if rb.filled().is_empty() {
                     return Poll::Ready(Err(ReadError::Eof));
                 }
-                Poll::Ready(parser.take_from(&mut s[..n]))
+                Poll::Ready(parser.take_from(rb.filled_mut()))
             }
         }
     })

@@ -60,17 +60,10 @@ impl FrameBuf {
 /// is copied into a `Bytes` of its own.
 pub(crate) struct Scratch(Vec<u8>, usize);
 
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Scratch buffers above this are not kept for the next frame.
-const SCRATCH_KEEP: usize = 16 * 1024;
-
 impl Scratch {
-    /// This thread's buffer (a fresh one if it is in use), emptied.
+    /// A spare buffer of this thread's (`scratch.rs`), emptied.
     pub fn take() -> Scratch {
-        let mut b = SCRATCH.with_borrow_mut(std::mem::take);
+        let mut b = crate::scratch::take();
         b.clear();
         b.resize(MAX_HEADER, 0);
         Scratch(b, 0)
@@ -98,10 +91,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.0.capacity() <= SCRATCH_KEEP {
-            let b = std::mem::take(&mut self.0);
-            SCRATCH.with_borrow_mut(|s| *s = b);
-        }
+        crate::scratch::give(std::mem::take(&mut self.0));
     }
 }
 
