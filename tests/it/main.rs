@@ -17,6 +17,7 @@ mod cluster_kill;
 mod cluster_members;
 mod cluster_roles;
 mod cluster_script;
+mod data;
 mod delivery;
 mod demo;
 mod devices;

@@ -300,6 +300,7 @@ async fn once_per_partition_effects_are_fenced_by_term() {
         actors: std::sync::Arc::from([7u64]),
         order,
         digest: None,
+        data: None,
         trace: None,
     };
     let at = |term| Fence { partition: 2, term };

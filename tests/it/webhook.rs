@@ -94,7 +94,7 @@ async fn offline_users_notifications_reach_the_webhook_signed_and_batched() {
     receiver.answer(Answer::Ok);
     // Offline users: every notification reaches the webhook.
     let events: Vec<_> = (11..60u64)
-        .map(|u| json!({"kind": "comment", "actor": 9, "recipient": u, "object": format!("post:{u}"), "text": "hi"}))
+        .map(|u| json!({"kind": "comment", "actor": 9, "recipient": u, "object": format!("post:{u}"), "text": "hi", "data": {"url": format!("app://post/{u}")}}))
         .chain([json!({"kind": "comment", "actor": 9, "recipient": 3, "object": "post:unseen", "text": "hi"})])
         .collect();
     let (s, v) = node.post("/v1/events", &json!({ "events": events })).await;
@@ -128,7 +128,16 @@ async fn offline_users_notifications_reach_the_webhook_signed_and_batched() {
             assert_eq!(n["kind"], "comment");
             assert_eq!(n["actor"], 9);
             assert_eq!(n["text"], "hi");
-            assert!(n["object"].as_str().unwrap().starts_with("post:"));
+            let object = n["object"].as_str().unwrap();
+            assert!(object.starts_with("post:"));
+            // The event's data, when it had some (the batch's, to 11..60).
+            if object[5..].parse::<u64>().is_ok_and(|u| u >= 11) {
+                assert_eq!(
+                    n["data"]["url"],
+                    format!("app://{}", object.replace(':', "/")),
+                    "{n}"
+                );
+            }
         }
     }
     // Several notifications per request.

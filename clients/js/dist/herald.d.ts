@@ -24,6 +24,9 @@ export interface Notification {
     actor: UserId;
     object?: string;
     text?: string;
+    /** The event's own data, as the product posted it (an aggregate: its
+     * newest event's). */
+    data?: Record<string, unknown>;
     ts_ms: number;
     count: number;
     actors: UserId[];
@@ -36,6 +39,8 @@ export interface DigestItem {
     count: number;
     actors: UserId[];
     event_id: string;
+    /** The newest event's data. */
+    data?: Record<string, unknown>;
 }
 /** A summary of a digest window. */
 export interface Digest {

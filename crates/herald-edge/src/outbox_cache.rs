@@ -126,6 +126,7 @@ mod tests {
             actors: vec![1].into(),
             order,
             digest: None,
+            data: None,
             trace: None,
         }
     }

@@ -28,6 +28,7 @@ pub fn build(user: UserId, start_ms: u64, end_ms: u64, items: &[Notification]) -
                     }
                 }
                 g.event_id = n.event_id.to_string();
+                g.data = n.data.clone();
             }
             None => groups.push(DigestItem {
                 kind: n.kind,
@@ -35,6 +36,7 @@ pub fn build(user: UserId, start_ms: u64, end_ms: u64, items: &[Notification]) -
                 count: n.count.max(1),
                 actors: n.actors.iter().copied().take(ACTORS).collect(),
                 event_id: n.event_id.to_string(),
+                data: n.data.clone(),
             }),
         }
     }
@@ -55,6 +57,7 @@ pub fn build(user: UserId, start_ms: u64, end_ms: u64, items: &[Notification]) -
             window_end_ms: end_ms,
             items: groups,
         })),
+        data: None,
         trace: None,
     }
 }

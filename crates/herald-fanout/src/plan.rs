@@ -86,6 +86,7 @@ pub(crate) fn notification(i: &Item, recipient: UserId) -> Notification {
         actors: i.actors.clone(),
         order: i.ev.accepted_us,
         digest: None,
+        data: i.ev.data.clone(),
         trace: i.trace.clone(),
     }
 }
@@ -199,6 +200,7 @@ mod tests {
                 object: Some("post:1".into()),
                 text: None,
                 client_ts_ms: None,
+                data: None,
                 accepted_us: 1,
                 trace: None,
             },

@@ -5,23 +5,24 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::sync::Arc;
 
-use herald_types::LogEvent;
+use herald_types::{Data, LogEvent};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 use crate::body::Encoding;
 use crate::error::ApiError;
-use crate::validate::event;
+use crate::validate::{event, Limits};
 
-/// Validates a body of one event or `{"events": [...]}` of at most `max`.
+/// Validates a body of one event or `{"events": [...]}` within `limits`.
 pub(crate) fn events_from(
     bytes: &[u8],
     enc: Encoding,
-    max: usize,
+    limits: Limits,
 ) -> Result<Vec<LogEvent>, ApiError> {
     let why = RefCell::new(None);
-    let seed = Top { max, why: &why };
+    let seed = Top { limits, why: &why };
     let r = match enc {
         Encoding::Json => {
             let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -51,10 +52,18 @@ pub(crate) fn events_from(
     }
 }
 
+macro_rules! refuse_scalars {
+    ($($name:ident: $t:ty),*) => {
+        $(fn $name<E: de::Error>(self, _: $t) -> Result<Self::Value, E> {
+            Err(self.wrong())
+        })*
+    };
+}
+
 use crate::strict::{duplicate, refuse, Strict};
 
 struct Top<'a> {
-    max: usize,
+    limits: Limits,
     why: &'a RefCell<Option<ApiError>>,
 }
 
@@ -74,27 +83,46 @@ impl<'de> Visitor<'de> for Top<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
         let mut single = Map::new();
+        let mut data = None;
         let mut batch = None;
         while let Some(k) = m.next_key::<String>()? {
-            if single.contains_key(&k) || (k == "events" && batch.is_some()) {
+            if single.contains_key(&k)
+                || (k == "events" && batch.is_some())
+                || (k == "data" && data.is_some())
+            {
                 return Err(refuse(self.why, duplicate(&k)));
             }
-            if k == "events" {
-                batch = Some(m.next_value_seed(Events {
-                    max: self.max,
-                    why: self.why,
-                })?);
-            } else {
-                single.insert(k, m.next_value_seed(Strict { why: self.why })?);
+            match k.as_str() {
+                "events" => {
+                    batch = Some(m.next_value_seed(Events {
+                        limits: self.limits,
+                        why: self.why,
+                    })?)
+                }
+                "data" => {
+                    data = Some(m.next_value_seed(DataSeed {
+                        max: self.limits.max_data,
+                        index: None,
+                        why: self.why,
+                    })?)
+                }
+                _ => {
+                    single.insert(k, m.next_value_seed(Strict { why: self.why })?);
+                }
             }
         }
         Ok(match batch {
-            None => event(single).map(|e| vec![e]),
-            Some(b) => match single.keys().next() {
+            None => event(single, data.flatten()).map(|e| vec![e]),
+            Some(b) => match single
+                .keys()
+                .next()
+                .map(String::as_str)
+                .or(data.map(|_| "data"))
+            {
                 None => Ok(b),
                 Some(k) => Err(ApiError::field(
                     "unknown_field",
-                    k.clone(),
+                    k.to_string(),
                     format!("unknown field {k:?} beside \"events\""),
                 )),
             },
@@ -102,16 +130,95 @@ impl<'de> Visitor<'de> for Top<'_> {
     }
 }
 
-macro_rules! refuse_scalars {
-    ($($name:ident: $t:ty),*) => {
-        $(fn $name<E: de::Error>(self, _: $t) -> Result<Self::Value, E> {
-            Err(self.wrong())
-        })*
-    };
+/// An event's `data`, read in its own key order (see
+/// [`crate::validate::data`]); a refusal names the event's index.
+struct DataSeed<'a> {
+    max: usize,
+    index: Option<usize>,
+    why: &'a RefCell<Option<ApiError>>,
+}
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = Option<Arc<Data>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        crate::validate::data(d, self.max).map_err(|e| {
+            let e = match self.index {
+                Some(i) => e.at(i),
+                None => e,
+            };
+            refuse(self.why, e)
+        })
+    }
+}
+
+/// One event of a batch: its fields into a map of values, its `data`
+/// apart, then validated; a refusal names its index.
+struct EventSeed<'a> {
+    max_data: usize,
+    index: usize,
+    why: &'a RefCell<Option<ApiError>>,
+}
+
+impl EventSeed<'_> {
+    fn wrong<E: de::Error>(&self) -> E {
+        refuse(
+            self.why,
+            ApiError::malformed("each event must be an object").at(self.index),
+        )
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = LogEvent;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<LogEvent, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = LogEvent;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<LogEvent, A::Error> {
+        let mut fields = Map::new();
+        let mut data = None;
+        while let Some(k) = m.next_key::<String>()? {
+            if fields.contains_key(&k) || (k == "data" && data.is_some()) {
+                return Err(refuse(self.why, duplicate(&k)));
+            }
+            if k == "data" {
+                data = Some(m.next_value_seed(DataSeed {
+                    max: self.max_data,
+                    index: Some(self.index),
+                    why: self.why,
+                })?);
+            } else {
+                fields.insert(k, m.next_value_seed(Strict { why: self.why })?);
+            }
+        }
+        event(fields, data.flatten()).map_err(|e| refuse(self.why, e.at(self.index)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<LogEvent, A::Error> {
+        Err(self.wrong())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<LogEvent, E> {
+        Err(self.wrong())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<LogEvent, E> {
+        Err(self.wrong())
+    }
+
+    refuse_scalars!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str, visit_bytes: &[u8]);
 }
 
 struct Events<'a> {
-    max: usize,
+    limits: Limits,
     why: &'a RefCell<Option<ApiError>>,
 }
 
@@ -139,23 +246,27 @@ impl<'de> Visitor<'de> for Events<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(s.size_hint().unwrap_or(0).min(self.max));
-        while let Some(v) = s.next_element_seed(Strict { why: self.why })? {
-            let i = out.len();
-            if i == self.max {
-                let e = ApiError::too_large(format!(
-                    "batch of more than {} events exceeds the limit of {}",
-                    self.max, self.max
-                ));
-                return Err(refuse(self.why, e));
-            }
-            let e = match v {
-                Value::Object(m) => event(m).map_err(|e| e.at(i)),
-                _ => Err(ApiError::malformed("each event must be an object").at(i)),
+        let max = self.limits.max_batch;
+        let mut out = Vec::with_capacity(s.size_hint().unwrap_or(0).min(max));
+        loop {
+            let seed = EventSeed {
+                max_data: self.limits.max_data,
+                index: out.len(),
+                why: self.why,
             };
-            match e {
-                Ok(e) => out.push(e),
-                Err(e) => return Err(refuse(self.why, e)),
+            if out.len() == max {
+                // One more element is refused unread.
+                if s.next_element::<de::IgnoredAny>()?.is_some() {
+                    let e = ApiError::too_large(format!(
+                        "batch of more than {max} events exceeds the limit of {max}"
+                    ));
+                    return Err(refuse(self.why, e));
+                }
+                break;
+            }
+            match s.next_element_seed(seed)? {
+                Some(e) => out.push(e),
+                None => break,
             }
         }
         if out.is_empty() {
@@ -180,7 +291,7 @@ impl<'de> Visitor<'de> for Events<'_> {
 mod tests {
     use super::*;
     use crate::body::parse;
-    use crate::validate::events;
+    use crate::validate::tests::events;
     use proptest::prelude::*;
 
     fn both(
@@ -191,7 +302,11 @@ mod tests {
         Result<Vec<LogEvent>, ApiError>,
     ) {
         let tree = parse(b, enc).and_then(|v| events(v, 3));
-        (events_from(b, enc, 3), tree)
+        let limits = Limits {
+            max_batch: 3,
+            max_data: herald_types::data::DEFAULT_MAX_DATA_BYTES,
+        };
+        (events_from(b, enc, limits), tree)
     }
 
     #[test]
@@ -263,8 +378,136 @@ mod tests {
         }
     }
 
+    fn limits(max_data: usize) -> Limits {
+        Limits {
+            max_batch: 3,
+            max_data,
+        }
+    }
+
+    /// `data` keeps its key order and bytes (compact JSON), in a single
+    /// event and in a batch, from JSON and from MessagePack.
+    #[test]
+    fn data_is_kept_in_its_own_order() {
+        let data = r#"{"z":"app://p/7","a":[1,-2,2.5,true,null],"m":{"y":1,"b":"é"}}"#;
+        let one = format!(r#"{{"kind":"like","actor":1,"recipient":2,"data":{data}}}"#);
+        let batch = format!(r#"{{"events":[{one},{{"kind":"follow","actor":1,"recipient":3}}]}}"#);
+        for body in [&one, &batch] {
+            let e = events_from(body.as_bytes(), Encoding::Json, limits(4096)).unwrap();
+            assert_eq!(e[0].data.as_ref().map(|d| d.json()), Some(data), "{body}");
+        }
+        let e = events_from(batch.as_bytes(), Encoding::Json, limits(4096)).unwrap();
+        assert!(e[1].data.is_none());
+        // Whitespace goes; the order stays.
+        let spaced =
+            r#"{"kind": "like", "actor": 1, "recipient": 2, "data": {"b": 1, "a": {"d": [1, 2]}}}"#;
+        let e = events_from(spaced.as_bytes(), Encoding::Json, limits(4096)).unwrap();
+        assert_eq!(
+            e[0].data.as_ref().unwrap().json(),
+            r#"{"b":1,"a":{"d":[1,2]}}"#
+        );
+        // MessagePack: a map in the same order.
+        let d = herald_types::Data::from_json_text(data.into());
+        let mut mp = vec![0x84, 0xa4];
+        mp.extend_from_slice(b"kind");
+        mp.push(0xa4);
+        mp.extend_from_slice(b"like");
+        mp.extend_from_slice(&[0xa5, b'a', b'c', b't', b'o', b'r', 0x01]);
+        mp.extend_from_slice(&[0xa9]);
+        mp.extend_from_slice(b"recipient");
+        mp.push(0x02);
+        mp.extend_from_slice(&[0xa4, b'd', b'a', b't', b'a']);
+        mp.extend_from_slice(d.msgpack());
+        let e = events_from(&mp, Encoding::MsgPack, limits(4096)).unwrap();
+        assert_eq!(e[0].data.as_ref().unwrap().json(), data);
+        // null is no data.
+        let e = events_from(
+            br#"{"kind":"post","actor":1,"data":null}"#,
+            Encoding::Json,
+            limits(10),
+        )
+        .unwrap();
+        assert!(e[0].data.is_none());
+    }
+
+    #[test]
+    fn bad_data_is_refused_naming_the_field_and_index() {
+        for (body, code, index) in [
+            (
+                r#"{"kind":"post","actor":1,"data":[1]}"#,
+                "invalid_field",
+                None,
+            ),
+            (
+                r#"{"kind":"post","actor":1,"data":"x"}"#,
+                "invalid_field",
+                None,
+            ),
+            (
+                r#"{"kind":"post","actor":1,"data":{"a":"0123456789abcdef"}}"#,
+                "invalid_field",
+                None,
+            ),
+            (
+                r#"{"kind":"post","actor":1,"data":{"a":1,"a":2}}"#,
+                "duplicate_key",
+                None,
+            ),
+            (
+                r#"{"kind":"post","actor":1,"data":{"a":{"b":1,"b":2}}}"#,
+                "duplicate_key",
+                None,
+            ),
+            (
+                r#"{"events":[{"kind":"post","actor":1},{"kind":"post","actor":1,"data":5}]}"#,
+                "invalid_field",
+                Some(1),
+            ),
+            (
+                r#"{"events":[{"kind":"post","actor":1}],"data":{}}"#,
+                "unknown_field",
+                None,
+            ),
+            (
+                r#"{"kind":"post","actor":1,"data":{},"data":{}}"#,
+                "duplicate_key",
+                None,
+            ),
+        ] {
+            let max = if body.contains("0123") { 16 } else { 4096 };
+            let e = events_from(body.as_bytes(), Encoding::Json, limits(max)).expect_err(body);
+            assert_eq!((e.code, e.index), (code, index), "{body}: {}", e.message);
+            assert_eq!(e.field.as_deref(), Some("data"), "{body}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any value as an event's data, in JSON and MessagePack: kept
+        /// (an object within the limit) or a clean refusal naming
+        /// `data`, never a panic; what is kept reads back as the value.
+        #[test]
+        fn any_data_is_kept_or_cleanly_refused(v in crate::validate::tests::any_json(), max in 0usize..200) {
+            let body = serde_json::json!({"kind": "post", "actor": 1, "data": v});
+            for enc in [Encoding::Json, Encoding::MsgPack] {
+                let b = match enc {
+                    Encoding::Json => body.to_string().into_bytes(),
+                    Encoding::MsgPack => rmp_serde::to_vec(&body).unwrap_or_default(),
+                };
+                match events_from(&b, enc, limits(max)) {
+                    Ok(e) => match &e[0].data {
+                        Some(d) => {
+                            prop_assert!(d.json().len() <= max);
+                            let back: serde_json::Value = serde_json::from_str(d.json()).unwrap();
+                            prop_assert_eq!(&back, &v);
+                        }
+                        None => prop_assert!(v.is_null()),
+                    },
+                    Err(e) => prop_assert_eq!(e.field.as_deref(), Some("data")),
+                }
+            }
+        }
 
         /// Whatever the body, read as a stream or as a tree: accepted the
         /// same, or refused by both.

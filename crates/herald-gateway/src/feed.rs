@@ -80,25 +80,29 @@ async fn page(
             .feed_page(user, before, limit)
             .await
             .map_err(unavailable)?;
-        let list: Vec<Value> = p
-            .items
-            .iter()
-            .filter_map(|(n, read)| {
-                let mut v: Value =
-                    serde_json::from_slice(&n.encode(herald_types::WireFormat::Json)).ok()?;
-                v["read"] = (*read).into();
-                Some(v)
-            })
-            .collect();
-        Ok(json!({
-            "user": user,
-            "notifications": list,
-            "unread": p.unread,
-            "next": p.next.map(|c| c.encode()),
-        }))
+        let mut out = format!(r#"{{"user":{user},"notifications":["#).into_bytes();
+        for (i, (n, read)) in p.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // The frame, with `read` in front of its closing brace.
+            let _ = n.write_to(herald_types::WireFormat::Json, &mut out);
+            if out.last() == Some(&b'}') {
+                out.pop();
+                out.extend_from_slice(if *read {
+                    b",\"read\":true}"
+                } else {
+                    b",\"read\":false}"
+                });
+            }
+        }
+        let next =
+            serde_json::to_string(&p.next.map(|c| c.encode())).unwrap_or_else(|_| "null".into());
+        out.extend_from_slice(format!(r#"],"unread":{},"next":{next}}}"#, p.unread).as_bytes());
+        Ok(out)
     }
     .await;
-    respond(r)
+    crate::http::respond_written(r)
 }
 
 /// Marks feed entries read; answers the unread count.

@@ -111,6 +111,16 @@ pub(crate) fn respond(r: Result<Value, ApiError>) -> Response {
     }
 }
 
+/// A JSON answer whose body is already written: notifications are spliced
+/// in as their WebSocket frames are, so an event's `data` keeps its bytes
+/// and key order.
+pub(crate) fn respond_written(r: Result<Vec<u8>, ApiError>) -> Response {
+    match r {
+        Ok(b) => ([(axum::http::header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => reject(e),
+    }
+}
+
 pub(crate) fn reject(e: ApiError) -> Response {
     metrics::counter!("herald_gateway_rejected_total", "code" => e.code).increment(1);
     e.into_response()

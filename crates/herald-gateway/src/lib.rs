@@ -64,6 +64,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Most events in one batch.
     pub max_batch: usize,
+    /// Largest event `data`, in bytes of its compact JSON.
+    pub max_data_bytes: usize,
     /// Largest body of `POST /v1/graph/follows` (bytes).
     pub max_import_bytes: usize,
     /// API keys and their scopes; none configured means every route is
@@ -97,6 +99,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             max_body_bytes: 4 * 1024 * 1024,
             max_batch: 10_000,
+            max_data_bytes: herald_types::data::DEFAULT_MAX_DATA_BYTES,
             max_import_bytes: 64 * 1024 * 1024,
             keys: herald_auth::ApiKeys::default(),
             jwt: None,

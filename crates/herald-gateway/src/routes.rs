@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_types::{ids, WireFormat};
-use serde_json::{json, Value};
+use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -94,7 +94,11 @@ async fn accept_traced(
     }
     let enc = encoding(headers)?;
     let bytes = read_limited(headers, body, gw.cfg.max_body_bytes).await?;
-    let mut events = crate::batch::events_from(&bytes, enc, gw.cfg.max_batch)?;
+    let limits = crate::validate::Limits {
+        max_batch: gw.cfg.max_batch,
+        max_data: gw.cfg.max_data_bytes,
+    };
+    let mut events = crate::batch::events_from(&bytes, enc, limits)?;
     if let Some(l) = &gw.actor_limiter {
         for (i, e) in events.iter().enumerate() {
             if l.check_key(&e.actor).is_err() {
@@ -214,14 +218,22 @@ async fn inbox(
             .inbox_snapshot(user, limit, false)
             .await
             .map_err(unavailable)?;
-        let pending = snap.pending;
-        let list: Vec<Value> = snap
-            .items
-            .iter()
-            .filter_map(|n| serde_json::from_slice(&n.encode(WireFormat::Json)).ok())
-            .collect();
-        Ok(json!({"user": user, "pending": pending, "notifications": list}))
+        let mut out = format!(
+            r#"{{"user":{user},"pending":{},"notifications":["#,
+            snap.pending
+        )
+        .into_bytes();
+        for (i, n) in snap.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Writing into a Vec fails only on a serializer error, which
+            // the notification's plain fields do not raise.
+            let _ = n.write_to(WireFormat::Json, &mut out);
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
     }
     .await;
-    respond(r)
+    crate::http::respond_written(r)
 }

@@ -55,6 +55,11 @@ pub struct Event {
     pub text: Option<String>,
     /// Client time (ms); the server's is kept as well.
     pub ts_ms: Option<u64>,
+    /// The product's own data, delivered unchanged in every notification
+    /// of the event (a JSON object, <= `gateway.max_data_bytes`, 4 KiB by
+    /// default, once compact).
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<serde_json::Value>,
 }
 
 /// One event, or a batch (all or nothing).
@@ -104,6 +109,9 @@ pub struct Notification {
     pub actor: u64,
     pub object: Option<String>,
     pub text: Option<String>,
+    /// The event's data, unchanged (an aggregate: its newest event's).
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<serde_json::Value>,
     pub ts_ms: u64,
     /// Events folded into this one (aggregates).
     pub count: u64,

@@ -1,6 +1,11 @@
 //! Turning a request body into validated events, all or nothing.
 
-use herald_types::{EventKind, LogEvent};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use herald_types::data::DataError;
+use herald_types::{Data, EventKind, LogEvent};
+use serde::de::{DeserializeSeed, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::body::user_id;
@@ -12,6 +17,17 @@ pub const MAX_OBJECT: usize = 128;
 pub const MAX_TEXT: usize = 1000;
 pub const MAX_MENTIONS: usize = 100;
 
+/// What a body is held to beyond the fixed limits above (from the
+/// gateway's config).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most events in one batch.
+    pub max_batch: usize,
+    /// Largest `data`, in bytes of its compact JSON.
+    pub max_data: usize,
+}
+
+/// The fields of an event besides `data` (read apart, in its own order).
 const FIELDS: [&str; 8] = [
     "id",
     "kind",
@@ -25,7 +41,8 @@ const FIELDS: [&str; 8] = [
 
 /// Validates a body: one event, or `{"events": [...]}` of at most
 /// `max_batch`. The first bad event rejects the whole body.
-pub fn events(body: Value, max_batch: usize) -> Result<Vec<LogEvent>, ApiError> {
+pub fn events(body: Value, limits: Limits) -> Result<Vec<LogEvent>, ApiError> {
+    let max_batch = limits.max_batch;
     let Value::Object(mut top) = body else {
         return Err(ApiError::malformed(
             "body must be an event object or {\"events\": [...]}",
@@ -62,13 +79,63 @@ pub fn events(body: Value, max_batch: usize) -> Result<Vec<LogEvent>, ApiError> 
         list.into_iter()
             .enumerate()
             .map(|(i, v)| match v {
-                Value::Object(m) => event(m).map_err(|e| e.at(i)),
+                Value::Object(m) => tree_event(m, limits.max_data).map_err(|e| e.at(i)),
                 _ => Err(ApiError::malformed("each event must be an object").at(i)),
             })
             .collect()
     } else {
-        Ok(vec![event(top)?])
+        Ok(vec![tree_event(top, limits.max_data)?])
     }
+}
+
+/// One event object of a value tree, its `data` included.
+fn tree_event(mut m: Map<String, Value>, max_data: usize) -> Result<LogEvent, ApiError> {
+    let data = match m.remove("data") {
+        None => None,
+        Some(v) => data(v, max_data)?,
+    };
+    event(m, data)
+}
+
+/// Reads an event's `data` from any deserializer, in its key order: a
+/// JSON object (or MessagePack map) of at most `max` bytes once compact,
+/// no key twice in one object; `null` is none.
+pub(crate) fn data<'de, D: Deserializer<'de>>(
+    d: D,
+    max: usize,
+) -> Result<Option<Arc<Data>>, ApiError> {
+    let data = match Data::read(d, max) {
+        Ok(None) => return Ok(None),
+        Ok(Some(data)) => data,
+        Err(e @ (DataError::NotObject | DataError::TooLarge(..))) => {
+            return Err(ApiError::field("invalid_field", "data", e.to_string()))
+        }
+        Err(DataError::Invalid(why)) => {
+            return Err(ApiError::field(
+                "invalid_field",
+                "data",
+                format!("data must be a JSON object: {why}"),
+            ))
+        }
+    };
+    // The same rule as every other object in a body: a key given twice is
+    // refused, never "last one wins".
+    let why = RefCell::new(None);
+    let strict = crate::strict::Strict { why: &why };
+    if strict
+        .deserialize(&mut serde_json::Deserializer::from_str(data.json()))
+        .is_err()
+    {
+        let why = why
+            .into_inner()
+            .map_or_else(|| "data is not valid".to_string(), |e| e.message);
+        return Err(ApiError::field(
+            "duplicate_key",
+            "data",
+            format!("in data: {why}"),
+        ));
+    }
+    Ok(Some(Arc::new(data)))
 }
 
 fn string(m: &Map<String, Value>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
@@ -116,8 +183,8 @@ fn missing(field: &str, why: &str) -> ApiError {
     ApiError::field("missing_field", field, format!("{field} is required{why}"))
 }
 
-/// Validates one event object.
-pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
+/// Validates one event object (`data` read apart, by [`data`]).
+pub fn event(m: Map<String, Value>, data: Option<Arc<Data>>) -> Result<LogEvent, ApiError> {
     if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::field(
             "unknown_field",
@@ -207,6 +274,7 @@ pub fn event(m: Map<String, Value>) -> Result<LogEvent, ApiError> {
         object: string(&m, "object", MAX_OBJECT)?,
         text: string(&m, "text", MAX_TEXT)?,
         client_ts_ms,
+        data,
         accepted_us: 0,
         trace: None,
     })
@@ -242,6 +310,17 @@ pub(crate) mod tests {
 
     use super::*;
     use serde_json::json;
+
+    /// The tree validator with the default data limit.
+    pub(crate) fn events(v: Value, max_batch: usize) -> Result<Vec<LogEvent>, ApiError> {
+        super::events(
+            v,
+            Limits {
+                max_batch,
+                max_data: herald_types::data::DEFAULT_MAX_DATA_BYTES,
+            },
+        )
+    }
 
     #[test]
     fn single_and_batch() {

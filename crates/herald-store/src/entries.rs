@@ -6,7 +6,9 @@
 //! of an event) and, per recipient, an entry of 12 bytes or so that names
 //! it. Bodies are immutable; each lives as long as the longest entry that
 //! can name it (the inbox idle lifetime or the feed retention, whichever is
-//! longer, plus a day), and is refreshed whenever it is read.
+//! longer, plus a day), and is refreshed whenever it is read. An event
+//! with `data` shares its body from the first recipient: the data is
+//! stored once however many recipients the event has.
 
 use foldhash::HashMap;
 use std::time::Duration;
@@ -124,7 +126,13 @@ pub(crate) fn encode(items: &[(UserId, &Notification)]) -> (Pairs, Vec<Encoded>)
         // Only fields without the recipient in them name a shareable body.
         if matches!(f.first(), Some(1 | 2)) {
             let c = counts.entry(f.as_slice()).or_default();
-            *c += if n.kind.to_followers() { SHARE_MIN } else { 1 };
+            // A post's recipients come in several pushes, and an event's
+            // data is worth storing once from its first recipient.
+            *c += if n.kind.to_followers() || n.data.is_some() {
+                SHARE_MIN
+            } else {
+                1
+            };
         }
     }
     // Per shared field: its body, and whether it is queued for writing.
@@ -266,6 +274,7 @@ mod tests {
             actors: vec![9].into(),
             order: 1000,
             digest: None,
+            data: None,
             trace: None,
         }
     }
@@ -296,6 +305,16 @@ mod tests {
         let (bodies, entries) = encode(&[(1, &p)]);
         assert_eq!(bodies.len(), 1);
         assert!(compact::shared_name(&entries[0].value).is_some());
+        // So is an event with data, from its first recipient; the data
+        // comes back with the body.
+        let mut d = post("n-e-1-5-1");
+        d.data = Some(std::sync::Arc::new(herald_types::Data::from_json_text(
+            r#"{"url":"app://p/1"}"#.into(),
+        )));
+        let (bodies, entries) = encode(&[(1, &d)]);
+        assert_eq!(bodies.len(), 1);
+        let back = compact::decode(&entries[0].field, &entries[0].value, Some(&bodies[0].1), 1);
+        assert_eq!(back.unwrap(), d);
     }
 
     /// What `cmsgpack.pack` writes for a table of strings.

@@ -71,6 +71,7 @@ fn note(id: &str, order: u64) -> Notification {
         actors: Arc::from([9]),
         order,
         digest: None,
+        data: None,
         trace: None,
     }
 }

@@ -12,13 +12,13 @@
 //! An entry (hash value) is `[flags][order: u64 big-endian][body]`, or, when
 //! the body is shared by many recipients, `[flags | SHARED][order][name]`
 //! where `name` is the shared body's name. A body is `[flags][kind][actor]
-//! [ts delta][object?][text?][count, actors?][event id?][digest?]`, numbers
+//! [ts delta][object?][text?][count, actors?][event id?][digest?][data?]`, numbers
 //! as LEB128 varints and strings length-prefixed. The order sits at a fixed
 //! place so Lua scripts can sort and trim without decoding the rest.
 
 use std::sync::Arc;
 
-use crate::{DigestBody, EventKind, Notification, UserId};
+use crate::{Data, DigestBody, EventKind, Notification, UserId};
 
 const OBJECT: u8 = 1;
 const TEXT: u8 = 1 << 1;
@@ -29,6 +29,8 @@ const EVENT_ID: u8 = 1 << 4;
 pub const READ: u8 = 1 << 5;
 /// The body lives elsewhere, once for every recipient.
 pub const SHARED: u8 = 1 << 6;
+/// The body ends with the event's `data` (compact JSON).
+const DATA: u8 = 1 << 7;
 
 /// Why stored bytes could not be read back.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -159,12 +161,9 @@ fn implied_event_id(f: &[u8]) -> Option<String> {
     Some(s)
 }
 
-/// Whether `event_id` is the one the field implies (no allocation: this
-/// runs for every entry written).
+/// Whether `event_id` is the one the field implies, compared piece by
+/// piece in place (no allocation: this runs for every entry written).
 fn implies_event_id(f: &[u8], event_id: &str) -> bool {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-    }
     let (&F_EVENT, rest) = f.split_first().unwrap_or((&0, &[])) else {
         return false;
     };
@@ -175,11 +174,19 @@ fn implies_event_id(f: &[u8], event_id: &str) -> bool {
     let Ok(scope) = std::str::from_utf8(c.0) else {
         return false;
     };
-    SCRATCH.with_borrow_mut(|s| {
-        s.clear();
-        push_event_id(s, p, o, scope);
-        s == event_id
-    })
+    let mut b = [0; 20];
+    let Some(rest) = event_id
+        .strip_prefix("e-")
+        .and_then(|r| r.strip_prefix(decimal(p, &mut b)))
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_prefix(decimal(o, &mut b)))
+    else {
+        return false;
+    };
+    match rest.strip_prefix('@') {
+        Some(s) => !scope.is_empty() && s == scope,
+        None => scope.is_empty() && rest.is_empty(),
+    }
 }
 
 /// `e-P-O`, or `e-P-O@scope`, appended to `s` (what `format!` would
@@ -261,6 +268,10 @@ fn put_body(n: &Notification, f: &[u8], b: &mut Vec<u8>) -> u8 {
         flags |= DIGEST;
         put_str(b, &rmp_serde::to_vec(d).unwrap_or_default());
     }
+    if let Some(d) = &n.data {
+        flags |= DATA;
+        put_str(b, d.json().as_bytes());
+    }
     flags
 }
 
@@ -328,6 +339,13 @@ pub fn decode(
     } else {
         None
     };
+    let data = if flags & DATA != 0 {
+        let b = c.bytes()?;
+        let json = std::str::from_utf8(b).map_err(|_| CompactError::Utf8)?;
+        Some(Arc::new(Data::from_json_text(json.to_string())))
+    } else {
+        None
+    };
     Ok(Notification {
         id: id.into(),
         event_id,
@@ -340,6 +358,7 @@ pub fn decode(
         actors: actors.into(),
         order,
         digest,
+        data,
         trace: None,
     })
 }

@@ -153,6 +153,13 @@ pub struct LogEvent {
     /// The client's own timestamp, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ts_ms: Option<i64>,
+    /// The product's own `data`, validated, as JSON text.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::data::as_text"
+    )]
+    pub data: Option<std::sync::Arc<crate::Data>>,
     /// When the gateway accepted the event (microseconds, monotonic per node).
     pub accepted_us: u64,
     /// The span that accepted it, when tracing is on and the request was
@@ -242,6 +249,9 @@ mod tests {
             object: None,
             text: None,
             client_ts_ms: None,
+            data: Some(std::sync::Arc::new(crate::Data::from_json_text(
+                r#"{"z":1,"a":2}"#.into(),
+            ))),
             accepted_us: 5,
             trace: None,
         }

@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod compact;
+pub mod data;
 pub mod event;
 pub mod ids;
 pub mod notification;
@@ -14,11 +15,12 @@ pub mod placement;
 pub mod procfs;
 pub mod seam;
 pub mod sync;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace;
 
 pub use backoff::Backoff;
+pub use data::Data;
 pub use event::{EventKind, Folding, LogEvent, UserId};
 pub use notification::{DigestBody, DigestItem, Notification, WireFormat};
 pub use placement::{Owner, Placement};

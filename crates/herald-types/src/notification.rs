@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{EventKind, UserId};
+use crate::{Data, EventKind, UserId};
 
 /// One notification for one recipient. Serialised as the `notification`
 /// object of the WebSocket contract (`type` is added by the encoder).
@@ -35,6 +35,10 @@ pub struct Notification {
     /// Set for a digest: then the frame is `{"type": "digest", ...}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<Box<DigestBody>>,
+    /// The event's `data` (for an aggregate, the newest event's), shared
+    /// by every notification of the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Arc<Data>>,
     /// The fan-out span that made it, when its event was traced: the
     /// push's span is its child. Not part of the wire shape nor stored.
     #[serde(skip)]
@@ -59,6 +63,9 @@ pub struct DigestItem {
     pub actors: Vec<UserId>,
     /// The newest event of the group.
     pub event_id: String,
+    /// The newest event's `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Arc<Data>>,
 }
 
 #[derive(Serialize)]
@@ -101,10 +108,11 @@ pub enum WireFormat {
 impl Notification {
     /// The JSON wire frame as a string.
     pub fn to_json(&self) -> String {
-        match self.digest_frame() {
-            Some(d) => serde_json::to_string(&d).unwrap_or_default(),
-            None => serde_json::to_string(&self.tagged()).unwrap_or_default(),
-        }
+        let mut out = Vec::with_capacity(160);
+        // Writing into a Vec fails only on a serializer error, which plain
+        // fields do not raise.
+        let _ = self.write_to(WireFormat::Json, &mut out);
+        String::from_utf8(out).unwrap_or_default()
     }
 
     fn digest_frame(&self) -> Option<DigestFrame<'_>> {
@@ -134,24 +142,43 @@ impl Notification {
     }
 
     /// Writes the wire frame's payload into `w` (no intermediate buffer);
-    /// an error is only the writer's.
+    /// an error is only the writer's. A notification's `data` goes last,
+    /// spliced in as it is stored (JSON) or as its cached MessagePack.
     pub fn write_to<W: std::io::Write>(
         &self,
         format: WireFormat,
         w: &mut W,
     ) -> std::io::Result<()> {
-        match (format, self.digest_frame()) {
-            (WireFormat::Json, Some(d)) => {
+        match (format, self.digest_frame(), &self.data) {
+            (WireFormat::Json, Some(d), _) => {
                 serde_json::to_writer(w, &d).map_err(std::io::Error::other)
             }
-            (WireFormat::Json, None) => {
+            (WireFormat::Json, None, None) => {
                 serde_json::to_writer(w, &self.tagged()).map_err(std::io::Error::other)
             }
-            (WireFormat::MsgPack, Some(d)) => {
+            (WireFormat::Json, None, Some(data)) => {
+                let mut held = HoldLast { w, last: None };
+                serde_json::to_writer(&mut held, &self.tagged()).map_err(std::io::Error::other)?;
+                // The object's closing brace is held back: the data goes
+                // in front of it.
+                let w = held.w;
+                w.write_all(b",\"data\":")?;
+                w.write_all(data.json().as_bytes())?;
+                w.write_all(b"}")
+            }
+            (WireFormat::MsgPack, Some(d), _) => {
                 rmp_serde::encode::write_named(w, &d).map_err(std::io::Error::other)
             }
-            (WireFormat::MsgPack, None) => {
+            (WireFormat::MsgPack, None, None) => {
                 rmp_serde::encode::write_named(w, &self.tagged()).map_err(std::io::Error::other)
+            }
+            (WireFormat::MsgPack, None, Some(data)) => {
+                let mut one_more = OneMoreField { w, first: true };
+                rmp_serde::encode::write_named(&mut one_more, &self.tagged())
+                    .map_err(std::io::Error::other)?;
+                let w = one_more.w;
+                w.write_all(&[0xa4, b'd', b'a', b't', b'a'])?;
+                w.write_all(data.msgpack())
             }
         }
     }
@@ -160,22 +187,24 @@ impl Notification {
     pub fn encode(&self, format: WireFormat) -> bytes::Bytes {
         match format {
             WireFormat::Json => bytes::Bytes::from(self.to_json()),
-            WireFormat::MsgPack => bytes::Bytes::from(
-                match self.digest_frame() {
-                    Some(d) => rmp_serde::to_vec_named(&d),
-                    None => rmp_serde::to_vec_named(&self.tagged()),
-                }
-                .unwrap_or_default(),
-            ),
+            WireFormat::MsgPack => {
+                let mut out = Vec::with_capacity(128);
+                let _ = self.write_to(WireFormat::MsgPack, &mut out);
+                bytes::Bytes::from(out)
+            }
         }
     }
 
-    /// Compact storage form (inbox payloads): MessagePack with field names,
-    /// plus the ordering key.
+    /// Compact storage form (the relay's pushes, older inbox payloads):
+    /// MessagePack with field names, plus the ordering key; `data` as its
+    /// JSON text (no transcoding either way).
     pub fn to_storage(&self) -> Vec<u8> {
+        let mut n = self.clone();
+        let data = n.data.take();
         rmp_serde::to_vec_named(&Stored {
-            n: self.clone(),
+            n,
             order: self.order,
+            data,
         })
         .unwrap_or_default()
     }
@@ -184,7 +213,65 @@ impl Notification {
         let s: Stored = rmp_serde::from_slice(bytes)?;
         let mut n = s.n;
         n.order = s.order;
+        if s.data.is_some() {
+            n.data = s.data;
+        }
         Ok(n)
+    }
+}
+
+/// Passes everything on but the last byte written (a JSON object's
+/// closing brace), which it drops at the end.
+struct HoldLast<'a, W: std::io::Write> {
+    w: &'a mut W,
+    last: Option<u8>,
+}
+
+impl<W: std::io::Write> std::io::Write for HoldLast<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let Some((&end, rest)) = buf.split_last() else {
+            return Ok(0);
+        };
+        if let Some(b) = self.last.take() {
+            self.w.write_all(&[b])?;
+        }
+        self.w.write_all(rest)?;
+        self.last = Some(end);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// Passes everything on, counting one more entry in the map header that
+/// comes first (a frame of fewer than 15 fields: a fixmap), so one more
+/// key and value can follow.
+struct OneMoreField<'a, W: std::io::Write> {
+    w: &'a mut W,
+    first: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for OneMoreField<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let Some((&head, rest)) = buf.split_first() else {
+            return Ok(0);
+        };
+        if !std::mem::take(&mut self.first) {
+            self.w.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        if !(0x80..0x8f).contains(&head) {
+            return Err(std::io::Error::other("a frame is not a small map"));
+        }
+        self.w.write_all(&[head + 1])?;
+        self.w.write_all(rest)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
     }
 }
 
@@ -192,6 +279,12 @@ impl Notification {
 struct Stored {
     n: Notification,
     order: u64,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::data::as_text"
+    )]
+    data: Option<Arc<Data>>,
 }
 
 #[cfg(test)]
@@ -211,8 +304,44 @@ mod tests {
             actors: Arc::from([42]),
             order: 99,
             digest: None,
+            data: None,
             trace: None,
         }
+    }
+
+    #[test]
+    fn data_goes_into_both_frames_unchanged() {
+        let text = r#"{"url":"app://post/7","emoji":"🎉","n":[1,2.5,null]}"#;
+        let mut with = n();
+        with.data = Some(Arc::new(Data::from_json_text(text.into())));
+        let json = with.encode(WireFormat::Json);
+        let plain = n().encode(WireFormat::Json);
+        assert_eq!(
+            json,
+            format!(
+                "{},\"data\":{text}}}",
+                std::str::from_utf8(&plain[..plain.len() - 1]).unwrap()
+            )
+        );
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["data"]["emoji"], "🎉");
+        let mp = with.encode(WireFormat::MsgPack);
+        let v: serde_json::Value = rmp_serde::from_slice(&mp).unwrap();
+        assert_eq!(v["type"], "notification");
+        assert_eq!(
+            v["data"],
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
+        assert!(mp.ends_with(with.data.as_ref().unwrap().msgpack()));
+        // The HTTP shape (serde's own) and storage carry it too.
+        assert_eq!(
+            serde_json::to_value(&with).unwrap()["data"]["url"],
+            "app://post/7"
+        );
+        assert_eq!(
+            Notification::from_storage(&with.to_storage()).unwrap(),
+            with
+        );
     }
 
     #[test]

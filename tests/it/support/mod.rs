@@ -496,13 +496,25 @@ impl Node {
     /// POSTs `body` over a fresh connection; returns the head (lowercase)
     /// and the body as the node sent them.
     pub fn post_raw(&self, path: &str, body: &Value) -> (String, String) {
+        self.raw(
+            "POST",
+            path,
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+    }
+
+    /// One request with exactly these body bytes over a fresh connection;
+    /// the head (lowercase) and the body as the node sent them.
+    pub fn raw(&self, method: &str, path: &str, ctype: &str, b: &[u8]) -> (String, String) {
         let mut s = TcpStream::connect(&self.addr).expect("connect");
-        let b = body.to_string();
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n\r\n",
             b.len()
         );
-        s.write_all(req.as_bytes()).expect("write");
+        let mut req = head.into_bytes();
+        req.extend_from_slice(b);
+        s.write_all(&req).expect("write");
         let mut raw = Vec::new();
         let _ = s.read_to_end(&mut raw);
         let text = String::from_utf8_lossy(&raw).to_string();
@@ -693,6 +705,30 @@ impl Client {
         assert_eq!(hello["user"], user);
         c.hello = hello;
         c
+    }
+
+    /// The next notification frame as the node sent it (text or binary
+    /// bytes), skipping other frames; None on close or after `WAIT`.
+    pub async fn raw_notification(&mut self) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            let b = match m {
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(_) => return None,
+                _ => continue,
+            };
+            let v: Value = serde_json::from_slice(&b)
+                .or_else(|_| rmp_serde::from_slice(&b))
+                .unwrap_or(Value::Null);
+            if v["type"] == "notification" {
+                return Some(b);
+            }
+        }
     }
 
     /// The next server frame as JSON (MessagePack frames are decoded), or

@@ -14,6 +14,7 @@ fn like(actor: UserId, order: u64) -> Notification {
         actors: vec![actor].into(),
         order,
         digest: None,
+        data: None,
         trace: None,
     }
 }

@@ -16,6 +16,7 @@ fn comment(id: &str, event_id: &str) -> Notification {
         actors: vec![4_321].into(),
         order: 1_790_000_000_123_456,
         digest: None,
+        data: None,
         trace: None,
     }
 }
@@ -81,6 +82,9 @@ fn aggregates_digests_and_odd_times_round_trip() {
             count: 3,
             actors: vec![1, 2],
             event_id: "e-1-99".into(),
+            data: Some(std::sync::Arc::new(crate::Data::from_json_text(
+                r#"{"b":1,"a":"x"}"#.into(),
+            ))),
         }],
     }));
     round_trip(&d, 9);
@@ -110,11 +114,16 @@ proptest! {
         count in any::<u64>(),
         actors in proptest::collection::vec(any::<u64>(), 0..5),
         r in any::<u64>(),
+        data in proptest::option::of(crate::testing::any_json()),
     ) {
+        let data = data.map(|v| {
+            let text = serde_json::json!({"v": v}).to_string();
+            std::sync::Arc::new(crate::Data::from_json_text(text))
+        });
         let n = Notification {
             id: id.into(), event_id: event_id.into(), kind: EventKind::ALL[kind], actor,
             object: object.map(Into::into), text: text.map(Into::into), ts_ms,
-            count, actors: actors.into(), order, digest: None,
+            count, actors: actors.into(), order, digest: None, data,
             trace: None,
         };
         let f = field(&n.id, r);
@@ -159,4 +168,27 @@ proptest! {
         let f = field(&id, r);
         prop_assert_eq!(id_from_field(&f, r), Some(id));
     }
+}
+
+#[test]
+fn an_event_id_is_implied_only_when_it_is_the_one_the_field_spells() {
+    let plain = field("n-e-3-17-77", 77);
+    let scoped = field("n-e-3-17@node-2-77", 77);
+    assert!(implies_event_id(&plain, "e-3-17"));
+    assert!(implies_event_id(&scoped, "e-3-17@node-2"));
+    for other in [
+        "e-3-170",
+        "e-3-1",
+        "e-03-17",
+        "e-3-17@",
+        "e-3-17@node-2",
+        "e3-17",
+        "",
+    ] {
+        assert!(!implies_event_id(&plain, other), "{other}");
+    }
+    for other in ["e-3-17", "e-3-17@node-3", "e-3-17@node-2x", "e-3-17node-2"] {
+        assert!(!implies_event_id(&scoped, other), "{other}");
+    }
+    assert!(!implies_event_id(&field("n-kABCDEF-77", 77), "e-1-1"));
 }

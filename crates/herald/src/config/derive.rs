@@ -61,6 +61,7 @@ impl Config {
         herald_gateway::GatewayConfig {
             max_body_bytes: self.gateway.max_body_bytes,
             max_batch: self.gateway.max_batch,
+            max_data_bytes: self.gateway.max_data_bytes,
             max_import_bytes: self.gateway.max_import_bytes,
             keys: self.api_keys(),
             // Set by the node once the keys are loaded.

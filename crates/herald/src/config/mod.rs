@@ -264,11 +264,16 @@ pub struct Log {
     pub replication_factor: usize,
 }
 
+/// The largest `gateway.max_data_bytes` accepted.
+pub const MAX_DATA_BYTES: usize = 65_536;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Gateway {
     pub max_body_bytes: usize,
     pub max_batch: usize,
+    /// Largest event `data`, in bytes of its compact JSON.
+    pub max_data_bytes: usize,
     pub max_import_bytes: usize,
     pub api_keys: Vec<String>,
     pub read_keys: Vec<String>,
@@ -364,6 +369,7 @@ impl Default for Gateway {
         Gateway {
             max_body_bytes: g.max_body_bytes,
             max_batch: g.max_batch,
+            max_data_bytes: g.max_data_bytes,
             max_import_bytes: g.max_import_bytes,
             api_keys: Vec::new(),
             read_keys: Vec::new(),
@@ -471,6 +477,11 @@ impl Config {
         }
         if self.gateway.max_batch == 0 || self.gateway.max_body_bytes == 0 {
             bail!("gateway.max_batch and gateway.max_body_bytes must be positive");
+        }
+        if !(2..=MAX_DATA_BYTES).contains(&self.gateway.max_data_bytes) {
+            bail!(
+                "gateway.max_data_bytes must be 2 to {MAX_DATA_BYTES} (every waiting notification stores its event's data once)"
+            );
         }
         if self.websocket.max_devices == 0 {
             bail!("websocket.max_devices must be positive");
