@@ -96,6 +96,9 @@ struct StorageArgs {
     /// threshold, so the post is written to each inbox; 0 to skip).
     #[arg(long, default_value_t = 5_000)]
     followers: u64,
+    /// The post carries a `data` object of about this many bytes (0: none).
+    #[arg(long, default_value_t = 0)]
+    data_bytes: usize,
 }
 
 #[derive(Args)]
@@ -258,6 +261,7 @@ fn main() -> anyhow::Result<()> {
                     a.users,
                     a.per_user,
                     a.followers.min(1_000_000),
+                    a.data_bytes.min(65_536),
                 )
                 .await
             }

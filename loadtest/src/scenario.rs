@@ -107,6 +107,10 @@ pub struct RunArgs {
     pub redis_pid: Option<u32>,
     #[arg(long, default_value_t = 3000)]
     pub redis_pause_ms: u64,
+    /// Every event carries a `data` object of about this many bytes
+    /// (0: none; at most the node's `gateway.max_data_bytes`).
+    #[arg(long, default_value_t = 0)]
+    pub data_bytes: usize,
     /// Chaos: SIGKILLs of Herald during the traffic.
     #[arg(long, default_value_t = 3)]
     pub kills: u32,
@@ -256,6 +260,7 @@ fn run_spec(a: &RunArgs, p: &Preset, targets: Vec<SocketAddr>) -> anyhow::Result
         hot_share: a.hot_share.clamp(0.0, 1.0),
         idempotent: chaos || a.failover,
         retry_for: (chaos || a.failover).then_some(Duration::from_secs(60)),
+        data_bytes: a.data_bytes.min(65_536),
     })
 }
 

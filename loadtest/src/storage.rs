@@ -152,6 +152,7 @@ pub async fn run(
     users: u64,
     per_user: u64,
     followers: u64,
+    data_bytes: usize,
 ) -> anyhow::Result<()> {
     let mut conn = Conn::new(target);
     // Users 10,000,000 + i: far from anything a seeded graph uses.
@@ -225,14 +226,14 @@ pub async fn run(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = used_memory(redis).await?;
-    post(
-        &mut conn,
-        &[serde_json::json!({
-            "kind": "post", "actor": author, "object": "post:big",
-            "text": "a post of a hundred bytes, give or take: its body is stored once for all its followers",
-        })],
-    )
-    .await?;
+    let mut big = serde_json::json!({
+        "kind": "post", "actor": author, "object": "post:big",
+        "text": "a post of a hundred bytes, give or take: its body is stored once for all its followers",
+    });
+    if data_bytes > 0 {
+        big["data"] = crate::workload::data_payload(data_bytes, 1);
+    }
+    post(&mut conn, &[big]).await?;
     for f in [0, followers / 2, followers - 1] {
         wait_for(&mut conn, fbase + f, 1).await?;
     }
@@ -245,8 +246,13 @@ pub async fn run(
         }
         after = now;
     }
+    let with = if data_bytes > 0 {
+        format!(" with {data_bytes} bytes of data")
+    } else {
+        String::new()
+    };
     println!(
-        "post: 1 post to {followers} offline followers: redis grew {} bytes, {:.0} bytes per follower (inbox and feed entry)",
+        "post: 1 post{with} to {followers} offline followers: redis grew {} bytes, {:.0} bytes per follower (inbox and feed entry)",
         after.saturating_sub(before),
         after.saturating_sub(before) as f64 / followers as f64
     );

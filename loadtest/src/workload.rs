@@ -67,6 +67,17 @@ pub struct RunSpec {
     /// Retry a refused or failed batch this long before giving up on it
     /// (none: one attempt).
     pub retry_for: Option<Duration>,
+    /// Every event carries `data` of this many bytes (0: none).
+    pub data_bytes: usize,
+}
+
+/// An event's `data` of `bytes` bytes once compact (at least its link):
+/// a deep link naming the event, padded to size.
+pub fn data_payload(bytes: usize, seq: u64) -> Value {
+    let url = format!("app://lg/{seq}");
+    // {"url":"...","pad":"..."}
+    let fixed = r#"{"url":"","pad":""}"#.len() + url.len();
+    json!({"url": url, "pad": "x".repeat(bytes.saturating_sub(fixed))})
 }
 
 /// One event to send, and the clients it should reach.
@@ -156,6 +167,9 @@ impl Workload {
         if self.spec.idempotent {
             ev["id"] = json!(format!("lg-{}-{seq}", run_tag()));
         }
+        if self.spec.data_bytes > 0 {
+            ev["data"] = data_payload(self.spec.data_bytes, seq);
+        }
         ev
     }
 
@@ -243,6 +257,9 @@ fn make_event(rng: &mut Rng, spec: &RunSpec, seq: u64) -> Value {
     let mut ev = pick_event(rng, spec, seq, actor, kind);
     if spec.idempotent {
         ev["id"] = json!(format!("lg-{}-{seq}", run_tag()));
+    }
+    if spec.data_bytes > 0 {
+        ev["data"] = data_payload(spec.data_bytes, seq);
     }
     ev
 }
