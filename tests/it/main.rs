@@ -31,6 +31,7 @@ mod heartbeat;
 mod inbox_lifetime;
 mod ingest;
 mod js_client;
+mod kinds;
 mod nemesis;
 mod openapi;
 mod preferences;

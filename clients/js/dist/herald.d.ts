@@ -12,7 +12,7 @@
  * No dependencies. The protocol is `docs/asyncapi.yaml`; the HTTP routes
  * are `GET /v1/openapi.json`.
  */
-export type Kind = "like" | "comment" | "mention" | "follow" | "unfollow" | "post";
+export type Kind = "like" | "comment" | "mention" | "follow" | "unfollow" | "post" | (string & {});
 /** A user id: a number, or a decimal string past 2^53 (no digit lost). */
 export type UserId = number | string;
 /** A notification, as the `notification` frame and the feed carry it. */

@@ -15,7 +15,15 @@
 
 import { decode as decodeMsgPack, encodeAck, encodePing } from "./msgpack.js";
 
-export type Kind = "like" | "comment" | "mention" | "follow" | "unfollow" | "post";
+export type Kind =
+  | "like"
+  | "comment"
+  | "mention"
+  | "follow"
+  | "unfollow"
+  | "post"
+  // A kind the node's configuration declares ([kinds.<name>]).
+  | (string & {});
 
 /** A user id: a number, or a decimal string past 2^53 (no digit lost). */
 export type UserId = number | string;

@@ -91,21 +91,25 @@ pub(crate) fn notification(i: &Item, recipient: UserId) -> Notification {
     }
 }
 
-/// Who is told about each item (by index): a pushed post's followers but
-/// its actor, else the event's direct recipients. Celebrity posts reach
-/// their followers through the outbox instead.
+/// Who is told about each item (by index), by its kind's rules: its
+/// direct recipients (`recipient`, `mentions`), then, for a kind that
+/// notifies followers, the actor's followers not already told, unless the
+/// actor is a celebrity (their followers pull it from the outbox). Never
+/// the actor.
 pub(crate) fn recipients(items: &[Item]) -> Vec<(usize, UserId)> {
     let mut out = Vec::new();
     for (idx, i) in items.iter().enumerate() {
-        if i.celebrity_post {
+        let direct = i.ev.direct_recipients();
+        out.extend(direct.iter().map(|&u| (idx, u)));
+        if i.celebrity_post || !i.ev.kind.to_followers() {
             continue;
         }
-        if i.ev.kind.to_followers() {
-            if let Some(f) = &i.followers {
-                out.extend(f.iter().filter(|&&u| u != i.ev.actor).map(|&u| (idx, u)));
-            }
-        } else {
-            out.extend(i.ev.direct_recipients().into_iter().map(|u| (idx, u)));
+        if let Some(f) = &i.followers {
+            out.extend(
+                f.iter()
+                    .filter(|&&u| u != i.ev.actor && !direct.contains(&u))
+                    .map(|&u| (idx, u)),
+            );
         }
     }
     out

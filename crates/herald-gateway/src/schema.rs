@@ -27,17 +27,6 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Like,
-    Comment,
-    Mention,
-    Follow,
-    Unfollow,
-    Post,
-}
-
 /// One event. `recipient` is required for like, comment, follow, unfollow;
 /// `mentions` for mention.
 #[derive(Serialize, ToSchema)]
@@ -45,7 +34,10 @@ pub struct Event {
     /// Client idempotency key (<= 128 bytes): the same key again never
     /// produces a second notification.
     pub id: Option<String>,
-    pub kind: Kind,
+    /// A declared kind: built in, `like`, `comment`, `mention`, `follow`,
+    /// `unfollow`, `post`; others as the node's `[kinds.*]` declares.
+    #[schema(example = "like")]
+    pub kind: String,
     pub actor: u64,
     pub recipient: Option<u64>,
     pub mentions: Option<Vec<u64>>,
@@ -105,7 +97,9 @@ pub struct Notification {
     /// Stable: a redelivery carries the same id.
     pub id: String,
     pub event_id: String,
-    pub kind: Kind,
+    /// The event's kind (built in or declared).
+    #[schema(example = "like")]
+    pub kind: String,
     pub actor: u64,
     pub object: Option<String>,
     pub text: Option<String>,
@@ -259,45 +253,4 @@ pub struct Presence {
     pub online: bool,
     /// How many (one per device or tab).
     pub devices: u64,
-}
-
-impl Kind {
-    /// The kind as the log stores it: an exhaustive match, so a kind
-    /// added to one enum and not the other does not compile.
-    pub fn event_kind(&self) -> herald_types::EventKind {
-        use herald_types::EventKind as K;
-        match self {
-            Kind::Like => K::Like,
-            Kind::Comment => K::Comment,
-            Kind::Mention => K::Mention,
-            Kind::Follow => K::Follow,
-            Kind::Unfollow => K::Unfollow,
-            Kind::Post => K::Post,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The documented kinds are exactly the kinds the log stores, under
-    /// the same names.
-    #[test]
-    fn the_documented_kinds_are_the_stored_kinds() {
-        let documented = [
-            Kind::Like,
-            Kind::Comment,
-            Kind::Mention,
-            Kind::Follow,
-            Kind::Unfollow,
-            Kind::Post,
-        ];
-        let stored: Vec<_> = documented.iter().map(Kind::event_kind).collect();
-        assert_eq!(stored, herald_types::EventKind::ALL);
-        for k in &documented {
-            let name = serde_json::to_value(k).unwrap();
-            assert_eq!(name, k.event_kind().as_str());
-        }
-    }
 }

@@ -195,11 +195,13 @@ pub fn event(m: Map<String, Value>, data: Option<Arc<Data>>) -> Result<LogEvent,
     let kind = match m.get("kind") {
         None | Some(Value::Null) => return Err(missing("kind", "")),
         Some(Value::String(s)) => EventKind::parse(s).ok_or_else(|| {
+            let known: Vec<&str> = EventKind::declared().iter().map(|k| k.as_str()).collect();
             ApiError::field(
                 "invalid_field",
                 "kind",
                 format!(
-                    "unknown kind {s:?}; expected like, comment, mention, follow, unfollow or post"
+                    "unknown kind {s:?}; this node declares {}",
+                    known.join(", ")
                 ),
             )
         })?,

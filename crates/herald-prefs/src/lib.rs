@@ -2,7 +2,8 @@
 //!
 //! Resolution, for one notification to one user (documented in docs/API.md):
 //! 1. a mute of the actor or of the object (not expired) drops it;
-//! 2. otherwise the mode for its kind (`kinds`), else the user's `default`:
+//! 2. otherwise the mode for its kind (`kinds`), else the user's `default`
+//!    when it is not `realtime`, else the kind's declared `default_mode`:
 //!    `realtime` delivers it, `off` drops it, `digest` collects it for the
 //!    user's digest window (sent in-app, or only by webhook with
 //!    `digest.channel`);
@@ -131,12 +132,14 @@ impl Resolved {
                 return Decision::Drop("muted_object");
             }
         }
-        let mode = self
-            .prefs
-            .kinds
-            .get(kind.as_str())
-            .copied()
-            .unwrap_or(self.prefs.default);
+        let mode = self.prefs.kinds.get(kind.as_str()).copied().unwrap_or(
+            // The user's own default when they chose one; else the kind's
+            // declared default_mode; else realtime.
+            match (self.prefs.default, kind.rules().default_mode) {
+                (Mode::Realtime, Some(d)) => Mode::from(d),
+                (m, _) => m,
+            },
+        );
         match mode {
             Mode::Realtime => Decision::Deliver,
             Mode::Digest => Decision::Digest,

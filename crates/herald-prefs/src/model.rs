@@ -20,6 +20,16 @@ pub enum Mode {
     Off,
 }
 
+impl From<herald_types::kind::DefaultMode> for Mode {
+    fn from(m: herald_types::kind::DefaultMode) -> Mode {
+        match m {
+            herald_types::kind::DefaultMode::Realtime => Mode::Realtime,
+            herald_types::kind::DefaultMode::Digest => Mode::Digest,
+            herald_types::kind::DefaultMode::Off => Mode::Off,
+        }
+    }
+}
+
 impl Mode {
     fn parse(s: &str) -> Option<Mode> {
         match s {

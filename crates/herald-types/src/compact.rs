@@ -13,8 +13,11 @@
 //! the body is shared by many recipients, `[flags | SHARED][order][name]`
 //! where `name` is the shared body's name. A body is `[flags][kind][actor]
 //! [ts delta][object?][text?][count, actors?][event id?][digest?][data?]`, numbers
-//! as LEB128 varints and strings length-prefixed. The order sits at a fixed
-//! place so Lua scripts can sort and trim without decoding the rest.
+//! as LEB128 varints and strings length-prefixed; `kind` is a built-in
+//! kind's code (0-5), or `0xff` and a declared kind's name, so entries
+//! keep their meaning whatever the configuration declares later. The
+//! order sits at a fixed place so Lua scripts can sort and trim without
+//! decoding the rest.
 
 use std::sync::Arc;
 
@@ -240,7 +243,13 @@ pub fn body(n: &Notification, f: &[u8]) -> Vec<u8> {
 /// Appends the body after its flags byte (already in `b`); the flags.
 fn put_body(n: &Notification, f: &[u8], b: &mut Vec<u8>) -> u8 {
     let mut flags = 0u8;
-    b.push(kind_code(n.kind));
+    match n.kind.code() {
+        Some(c) => b.push(c),
+        None => {
+            b.push(KIND_BY_NAME);
+            put_str(b, n.kind.as_str().as_bytes());
+        }
+    }
     put_var(b, n.actor);
     let ts_delta = (n.ts_ms as i64).wrapping_sub((n.order / 1000) as i64);
     put_var(b, zigzag(ts_delta));
@@ -309,8 +318,13 @@ pub fn decode(
     };
     let id = id_from_field(f, recipient).ok_or(CompactError::Truncated)?;
     let mut c = Cursor(rest);
-    let kind = c.byte()?;
-    let kind = kind_from(kind).ok_or(CompactError::Kind(kind))?;
+    let kind = match c.byte()? {
+        KIND_BY_NAME => {
+            let name = std::str::from_utf8(c.bytes()?).map_err(|_| CompactError::Utf8)?;
+            EventKind::recall(name).ok_or(CompactError::Kind(KIND_BY_NAME))?
+        }
+        k => EventKind::from_code(k).ok_or(CompactError::Kind(k))?,
+    };
     let actor = c.var()?;
     let ts_ms = ((order / 1000) as i64).wrapping_add(unzigzag(c.var()?)) as u64;
     let object = (flags & OBJECT != 0).then(|| c.string()).transpose()?;
@@ -363,13 +377,9 @@ pub fn decode(
     })
 }
 
-fn kind_code(k: EventKind) -> u8 {
-    EventKind::ALL.iter().position(|x| *x == k).unwrap_or(0) as u8
-}
-
-fn kind_from(c: u8) -> Option<EventKind> {
-    EventKind::ALL.get(c as usize).copied()
-}
+/// The kind byte of a declared kind, whose name follows: the six built-in
+/// kinds are 0-5.
+const KIND_BY_NAME: u8 = 0xff;
 
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64

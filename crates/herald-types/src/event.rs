@@ -5,122 +5,7 @@ use serde::{Deserialize, Serialize};
 /// A user id: an unsigned 64-bit integer.
 pub type UserId = u64;
 
-/// The kinds of activity a product posts to Herald.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    Like,
-    Comment,
-    Mention,
-    Follow,
-    Unfollow,
-    Post,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 6] = [
-        EventKind::Like,
-        EventKind::Comment,
-        EventKind::Mention,
-        EventKind::Follow,
-        EventKind::Unfollow,
-        EventKind::Post,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Like => "like",
-            EventKind::Comment => "comment",
-            EventKind::Mention => "mention",
-            EventKind::Follow => "follow",
-            EventKind::Unfollow => "unfollow",
-            EventKind::Post => "post",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<EventKind> {
-        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    // Every rule of a kind lives here, with exhaustive matches: adding a
-    // kind makes the compiler list each place that must decide about it.
-
-    /// Whether this kind needs a `recipient`.
-    pub fn needs_recipient(self) -> bool {
-        match self {
-            EventKind::Like | EventKind::Comment | EventKind::Follow | EventKind::Unfollow => true,
-            EventKind::Mention | EventKind::Post => false,
-        }
-    }
-
-    /// Whether this kind needs a non-empty `mentions`.
-    pub fn needs_mentions(self) -> bool {
-        match self {
-            EventKind::Mention => true,
-            EventKind::Like
-            | EventKind::Comment
-            | EventKind::Follow
-            | EventKind::Unfollow
-            | EventKind::Post => false,
-        }
-    }
-
-    /// What the event does to the follow graph: `Some(true)` adds the edge
-    /// actor -> recipient, `Some(false)` removes it.
-    pub fn graph_change(self) -> Option<bool> {
-        match self {
-            EventKind::Follow => Some(true),
-            EventKind::Unfollow => Some(false),
-            EventKind::Like | EventKind::Comment | EventKind::Mention | EventKind::Post => None,
-        }
-    }
-
-    /// Whether anyone is ever notified of it (an unfollow only changes the
-    /// graph).
-    pub fn notifies(self) -> bool {
-        match self {
-            EventKind::Unfollow => false,
-            EventKind::Like
-            | EventKind::Comment
-            | EventKind::Mention
-            | EventKind::Follow
-            | EventKind::Post => true,
-        }
-    }
-
-    /// Whether its recipients are the actor's followers (else the event's
-    /// direct recipients).
-    pub fn to_followers(self) -> bool {
-        match self {
-            EventKind::Post => true,
-            EventKind::Like
-            | EventKind::Comment
-            | EventKind::Mention
-            | EventKind::Follow
-            | EventKind::Unfollow => false,
-        }
-    }
-
-    /// How bursts of it fold into aggregates.
-    pub fn folding(self) -> Folding {
-        match self {
-            EventKind::Like | EventKind::Comment | EventKind::Mention => Folding::PerObject,
-            EventKind::Follow => Folding::Always,
-            EventKind::Unfollow | EventKind::Post => Folding::Never,
-        }
-    }
-}
-
-/// How notifications of a kind fold ("Ana and 41 others ...").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Folding {
-    /// Bursts about the same object fold (an event without an object
-    /// does not).
-    PerObject,
-    /// Bursts to the same recipient fold.
-    Always,
-    Never,
-}
+pub use crate::kind::{EventKind, Folding, PartitionBy};
 
 /// A validated event, as written to (and read back from) the log.
 ///
@@ -169,43 +54,39 @@ pub struct LogEvent {
 }
 
 impl LogEvent {
-    /// The user whose partition this event belongs to: the recipient for
-    /// direct events, so one worker sees everything for a recipient; the
-    /// actor for posts, so a post and the actor's follows stay in order.
+    /// The user whose partition this event belongs to, by its kind's
+    /// `partition_by`: the recipient (else the first mention, else the
+    /// actor), so one worker sees everything for a recipient; or the actor,
+    /// so a post and the actor's follows stay in order.
     pub fn partition_key(&self) -> UserId {
-        match self.kind {
-            EventKind::Post => self.actor,
-            EventKind::Mention => self.mentions.first().copied().unwrap_or(self.actor),
-            EventKind::Like | EventKind::Comment | EventKind::Follow | EventKind::Unfollow => {
-                self.recipient.unwrap_or(self.actor)
-            }
+        match self.kind.rules().partition_by {
+            PartitionBy::Actor => self.actor,
+            PartitionBy::Recipient => self
+                .recipient
+                .or_else(|| self.mentions.first().copied())
+                .unwrap_or(self.actor),
         }
     }
 
-    /// Who is told about this event, excluding the actor, without duplicates,
-    /// in a stable order. Posts are expanded against the follower store
-    /// elsewhere; this returns the direct recipients only.
+    /// Who is told about this event directly (its kind's `recipient` and
+    /// `mentions` rules), excluding the actor, without duplicates, in a
+    /// stable order. Followers and subscribers are expanded against their
+    /// stores elsewhere.
     pub fn direct_recipients(&self) -> Vec<UserId> {
+        let notify = self.kind.rules().notify;
         let mut out: Vec<UserId> = Vec::new();
         let mut push = |u: UserId| {
             if u != self.actor && !out.contains(&u) {
                 out.push(u);
             }
         };
-        match self.kind {
-            EventKind::Like | EventKind::Follow => {
-                if let Some(r) = self.recipient {
-                    push(r);
-                }
+        if notify.recipient {
+            if let Some(r) = self.recipient {
+                push(r);
             }
-            EventKind::Comment => {
-                if let Some(r) = self.recipient {
-                    push(r);
-                }
-                self.mentions.iter().for_each(|&m| push(m));
-            }
-            EventKind::Mention => self.mentions.iter().for_each(|&m| push(m)),
-            EventKind::Unfollow | EventKind::Post => {}
+        }
+        if notify.mentions {
+            self.mentions.iter().for_each(|&m| push(m));
         }
         out
     }

@@ -10,6 +10,7 @@ pub mod compact;
 pub mod data;
 pub mod event;
 pub mod ids;
+pub mod kind;
 pub mod notification;
 pub mod placement;
 pub mod procfs;
@@ -21,7 +22,8 @@ pub mod trace;
 
 pub use backoff::Backoff;
 pub use data::Data;
-pub use event::{EventKind, Folding, LogEvent, UserId};
+pub use event::{LogEvent, UserId};
+pub use kind::{EventKind, Folding};
 pub use notification::{DigestBody, DigestItem, Notification, WireFormat};
 pub use placement::{Owner, Placement};
 pub use seam::{

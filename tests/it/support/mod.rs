@@ -481,6 +481,11 @@ impl Node {
         self.env.push((key.to_string(), value.to_string()));
     }
 
+    /// Drops a `HERALD_*` override for the next start.
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
     /// Starts the node again on the same data dir and Redis.
     pub fn restart(&mut self) {
         self.spawn();

@@ -65,11 +65,15 @@ impl Default for AggregationConfig {
 type Key = u64;
 
 fn key(r: UserId, kind: EventKind, object: &str) -> Key {
-    Fnv64::default()
-        .bytes(&r.to_le_bytes())
-        .bytes(&[kind as u8])
-        .bytes(object.as_bytes())
-        .finish()
+    let h = Fnv64::default().bytes(&r.to_le_bytes());
+    // A built-in kind by its code, a declared one by its name: the key
+    // (and the aggregate's id made from it) is the same after a restart
+    // whatever order kinds were declared in.
+    let h = match kind.code() {
+        Some(c) => h.bytes(&[c]),
+        None => h.bytes(kind.as_str().as_bytes()),
+    };
+    h.bytes(object.as_bytes()).finish()
 }
 
 /// The first few actors of a window, inline (no allocation per window).

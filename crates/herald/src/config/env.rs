@@ -46,7 +46,8 @@ pub(super) fn overrides(
     vars: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<Vec<(String, String, String)>> {
     let known = known_keys();
-    let is_known = |s: &str, k: &str| known.iter().any(|(a, b)| a == s && b == k);
+    // Any name under `kinds` declares a kind.
+    let is_known = |s: &str, k: &str| s == "kinds" || known.iter().any(|(a, b)| a == s && b == k);
     let mut out = Vec::new();
     for (name, value) in vars {
         let Some(rest) = name.strip_prefix("HERALD_") else {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 mod derive;
 mod env;
+pub mod kinds;
 mod replication;
 mod telemetry;
 mod webhook;
@@ -36,6 +37,8 @@ pub struct Config {
     pub replication: Replication,
     pub webhook: Webhook,
     pub telemetry: Telemetry,
+    /// `[kinds.<name>]`: the kinds of event accepted and their rules.
+    pub kinds: kinds::Kinds,
 }
 
 /// What a node does (`server.role`).
@@ -465,10 +468,12 @@ impl Config {
             .try_into()
             .context("invalid configuration set by a HERALD_* variable or a flag")?;
         cfg.validate()?;
+        cfg.kinds.declare()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.kinds.rules()?;
         if !["always", "interval", "os"].contains(&self.log.durability.as_str()) {
             bail!("log.durability must be always, interval or os");
         }

@@ -153,3 +153,63 @@ fn replication_settings_are_checked_together() {
     assert_eq!(c.id_scope(), "");
     assert_eq!(c.replica_config().expect("peers").peers.len(), 3);
 }
+
+#[test]
+fn kinds_are_declared_in_the_file_or_a_variable_and_bad_ones_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("c.toml");
+    std::fs::write(
+        &p,
+        "[websocket]\ndev_mode = true\n[kinds.cfg_repost]\nnotify = [\"recipient\", \"followers\"]\npartition_by = \"actor\"\ndefault_mode = \"digest\"\n",
+    )
+    .unwrap();
+    let env = vec![(
+        "HERALD_KINDS__CFG_WAVE".to_string(),
+        "{notify = [\"recipient\"], fold = true}".to_string(),
+    )];
+    let c = Config::load(&p, false, env.into_iter(), &[]).unwrap();
+    // The built-in kinds stay, with their rules; the declared ones join.
+    let repost = herald_types::EventKind::parse("cfg_repost").unwrap();
+    assert!(repost.to_followers() && repost.needs_recipient());
+    assert_eq!(
+        repost.rules().default_mode,
+        Some(herald_types::kind::DefaultMode::Digest)
+    );
+    let wave = herald_types::EventKind::parse("cfg_wave").unwrap();
+    assert_eq!(wave.folding(), herald_types::Folding::Always);
+    assert!(herald_types::EventKind::parse("like").is_some());
+    assert!(c.kinds.0.contains_key("cfg_repost"));
+
+    for (text, says) in [
+        ("[kinds.x]\nnotify = [\"everyone\"]\n", "is not recipient"),
+        (
+            "[kinds.x]\nnotify = [\"followers\"]\n",
+            "partition_by = \"actor\"",
+        ),
+        (
+            "[kinds.x]\nnotify = [\"recipient\"]\nfold = \"sometimes\"\n",
+            "fold",
+        ),
+        (
+            "[kinds.x]\nnotify = [\"recipient\"]\ndefault_mode = \"loud\"\n",
+            "default_mode",
+        ),
+        (
+            "[kinds.x]\nnotify = [\"recipient\"]\ncolour = 1\n",
+            "colour",
+        ),
+        (
+            "[kinds.\"Bad Name\"]\nnotify = [\"recipient\"]\n",
+            "Bad Name",
+        ),
+        (
+            "[kinds.x]\nnotify = [\"recipient\"]\ngraph = \"follow\"\naliases = [\"like\"]\n",
+            "built-in",
+        ),
+    ] {
+        std::fs::write(&p, format!("[websocket]\ndev_mode = true\n{text}")).unwrap();
+        let e = Config::load(&p, false, std::iter::empty(), &[]).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains(says), "{text}: {e}");
+    }
+}
