@@ -65,8 +65,8 @@ async fn each_declared_rule_reaches_exactly_its_users() {
         json!({"kind": "repost", "actor": 1, "recipient": 2, "object": "post:5", "data": {"of": "post:5"}}),
     )
     .await;
-    for i in 0..3 {
-        let n = c[i].notification().await;
+    for client in c.iter_mut().take(3) {
+        let n = client.notification().await;
         assert_eq!(
             (n["kind"].as_str(), n["actor"].as_u64()),
             (Some("repost"), Some(1)),
