@@ -33,6 +33,7 @@ mod ingest;
 mod js_client;
 mod kinds;
 mod nemesis;
+mod objects;
 mod openapi;
 mod preferences;
 mod redis_cluster;

@@ -28,6 +28,9 @@ pub(crate) struct Item {
     /// A post on the push path: its actor's followers (read by the graph
     /// stage).
     pub followers: Option<Vec<UserId>>,
+    /// A kind that notifies `subscribers`: its object's subscribers
+    /// (read by the thread stage, before the actor joins them).
+    pub subscribers: Option<Vec<UserId>>,
     /// After a follow or unfollow: the followee's follower count.
     pub follower_count: Option<u64>,
     /// A post on the celebrity (pull) path.
@@ -65,6 +68,7 @@ impl Item {
             ev,
             hold,
             followers: None,
+            subscribers: None,
             follower_count: None,
             celebrity_post: false,
         }
@@ -93,23 +97,31 @@ pub(crate) fn notification(i: &Item, recipient: UserId) -> Notification {
 
 /// Who is told about each item (by index), by its kind's rules: its
 /// direct recipients (`recipient`, `mentions`), then, for a kind that
-/// notifies followers, the actor's followers not already told, unless the
-/// actor is a celebrity (their followers pull it from the outbox). Never
-/// the actor.
+/// notifies followers, the actor's followers not already told (unless the
+/// actor is a celebrity: their followers pull it from the outbox), then,
+/// for a kind that notifies subscribers, its object's subscribers not
+/// already told. Never the actor.
 pub(crate) fn recipients(items: &[Item]) -> Vec<(usize, UserId)> {
     let mut out = Vec::new();
     for (idx, i) in items.iter().enumerate() {
         let direct = i.ev.direct_recipients();
         out.extend(direct.iter().map(|&u| (idx, u)));
-        if i.celebrity_post || !i.ev.kind.to_followers() {
+        let followers = match &i.followers {
+            Some(f) if !i.celebrity_post && i.ev.kind.to_followers() => &f[..],
+            _ => &[],
+        };
+        let subscribers = i.subscribers.as_deref().unwrap_or(&[]);
+        if followers.is_empty() && subscribers.is_empty() {
             continue;
         }
-        if let Some(f) = &i.followers {
-            out.extend(
-                f.iter()
-                    .filter(|&&u| u != i.ev.actor && !direct.contains(&u))
-                    .map(|&u| (idx, u)),
-            );
+        // Each once: the direct recipients first, then followers, then
+        // subscribers (a set, for the large lists).
+        let mut told: std::collections::HashSet<UserId> = direct.iter().copied().collect();
+        told.insert(i.ev.actor);
+        for &u in followers.iter().chain(subscribers) {
+            if told.insert(u) {
+                out.push((idx, u));
+            }
         }
     }
     out

@@ -315,6 +315,7 @@ impl Worker {
     async fn stages(&mut self, items: &mut Vec<Item>) -> Result<(), Halt> {
         self.claim_keys(items).await?;
         self.read_graph(items).await?;
+        self.read_threads(items).await?;
         self.apply_follows(items).await?;
         self.celebrity_posts(items).await?;
         let planned = plan::recipients(items);
@@ -423,6 +424,43 @@ impl Worker {
                 GraphAnswer::Count(n) => items[idx].follower_count = Some(n),
                 GraphAnswer::Followers(l) => items[idx].followers = Some(l),
             }
+        }
+        Ok(())
+    }
+
+    /// Object subscriptions, in log order, one pipeline: the subscribers of
+    /// each item whose kind notifies them, then its actor subscribed when
+    /// its kind says so (a later comment in the batch tells an earlier
+    /// commenter).
+    async fn read_threads(&mut self, items: &mut [Item]) -> Result<(), Halt> {
+        let mut steps = Vec::new();
+        let mut asking = Vec::new();
+        for (idx, i) in items.iter().enumerate() {
+            let rules = i.ev.kind.rules();
+            let Some(object) = i.ev.object.as_deref() else {
+                continue;
+            };
+            let read = rules.notify.subscribers;
+            let subscribe = rules.subscribe_actor.then_some(i.ev.actor);
+            if !read && subscribe.is_none() {
+                continue;
+            }
+            if read {
+                asking.push(idx);
+            }
+            steps.push(herald_store::ThreadStep {
+                object: object.to_string(),
+                read,
+                subscribe,
+            });
+        }
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let pages = self.retry("threads", || store.threads(&steps)).await?;
+        for (idx, page) in asking.into_iter().zip(pages) {
+            items[idx].subscribers = Some(page);
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ mod feed;
 pub mod forward;
 mod http;
 mod import;
+mod objects;
 mod prefs;
 mod presence;
 mod routes;
@@ -41,6 +42,7 @@ pub fn api_doc() -> utoipa::openapi::OpenApi {
         .merge(prefs::router())
         .merge(feed::router())
         .merge(presence::router())
+        .merge(objects::router())
         .merge(admin::router());
     r.split_for_parts().1
 }
@@ -53,6 +55,7 @@ pub fn router(gw: Arc<Gateway>) -> utoipa_axum::router::OpenApiRouter {
         .merge(prefs::router())
         .merge(feed::router())
         .merge(presence::router())
+        .merge(objects::router())
         .merge(admin::router())
         .with_state(gw)
 }

@@ -254,3 +254,24 @@ pub struct Presence {
     /// How many (one per device or tab).
     pub devices: u64,
 }
+
+/// Users to subscribe to or unsubscribe from an object.
+#[derive(Serialize, ToSchema)]
+pub struct Users {
+    /// 1 to 10,000 user ids.
+    pub users: Vec<u64>,
+}
+
+/// An object's subscriber count after a change.
+#[derive(Serialize, ToSchema)]
+pub struct Subscribers {
+    pub subscribers: u64,
+}
+
+/// A page of an object's subscribers, in id order.
+#[derive(Serialize, ToSchema)]
+pub struct SubscriberPage {
+    pub users: Vec<u64>,
+    /// The cursor of the next page; null after the last.
+    pub next: Option<String>,
+}

@@ -252,7 +252,13 @@ pub fn event(m: Map<String, Value>, data: Option<Arc<Data>>) -> Result<LogEvent,
         }
     };
     if kind.needs_mentions() && mentions.is_empty() {
-        return Err(missing("mentions", " for mention"));
+        return Err(missing("mentions", &format!(" for {}", kind.as_str())));
+    }
+    if kind.needs_object() && matches!(m.get("object"), None | Some(Value::Null)) {
+        return Err(missing(
+            "object",
+            &format!(" for {} (its subscribers are told)", kind.as_str()),
+        ));
     }
     let client_ts_ms = match m.get("ts_ms") {
         None | Some(Value::Null) => None,

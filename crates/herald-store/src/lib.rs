@@ -36,6 +36,7 @@
 //! | `h:{dlq}`, `h:{dlq}:order` | hash + sorted set | dead letters by id (JSON), and their ids by time |
 //! | `h:{dlq}:fence`, `h:{u:ID}:fence` | hash | partition -> newest Raft term that wrote dead letters / ID's outbox or released buckets (`fence.rs`) |
 //! | `h:{fanout}:pos` | hash | partition -> `term offset`: a replicated partition's fan-out position |
+//! | `h:os:OBJECT` | sorted set | OBJECT's subscribers: 8-byte big-endian user ids, all scored 0 (paged by range) |
 
 mod batch;
 mod bucket;
@@ -53,6 +54,7 @@ mod nodes;
 mod position;
 mod prefs;
 mod presence;
+mod subscribers;
 mod webhook;
 
 use std::time::Duration;
@@ -73,6 +75,7 @@ pub use nodes::{NodeChange, NodeSet};
 pub use position::Position;
 pub use prefs::StoredPrefs;
 pub use presence::Subscription;
+pub use subscribers::{ThreadStep, MAX_SUBSCRIBER_PAGE};
 pub use webhook::{webhook_field, webhook_rows, webhook_shard, WebhookBatch, MAX_WEBHOOK_BATCH};
 
 /// What the store can fail at.

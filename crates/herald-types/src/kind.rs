@@ -360,9 +360,6 @@ pub fn check(name: &str, r: &KindRules) -> Result<(), KindError> {
     if r.graph.is_some() && (r.notify.followers || r.notify.subscribers) {
         return bad("a follow or unfollow kind notifies its recipient at most");
     }
-    if r.notify.subscribers || r.subscribe_actor {
-        return bad("object subscriptions (notify = [\"subscribers\"], subscribe_actor) are not available in this version");
-    }
     Ok(())
 }
 
@@ -464,6 +461,13 @@ impl EventKind {
     pub fn needs_mentions(self) -> bool {
         let n = self.rules().notify;
         n.mentions && !n.recipient && !n.followers && !n.subscribers
+    }
+
+    /// Whether this kind needs an `object`: its subscribers are told, or
+    /// its actor subscribes to it.
+    pub fn needs_object(self) -> bool {
+        let r = self.rules();
+        r.notify.subscribers || r.subscribe_actor
     }
 
     /// What the event does to the follow graph: `Some(true)` adds the edge

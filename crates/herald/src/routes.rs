@@ -33,6 +33,7 @@ use crate::{demo, ops, Role};
         (name = "graph", description = "Follows"),
         (name = "websocket", description = "Live delivery"),
         (name = "presence", description = "Who is connected now"),
+        (name = "objects", description = "Object subscriptions: who follows a thread"),
         (name = "operations", description = "Health, readiness, metrics"),
         (name = "admin", description = "Dead letters, quarantine (admin keys)"),
         (name = "cluster", description = "Between nodes only"),

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct KindConfig {
     /// Who is told: any of `recipient`, `mentions`, `followers`,
-    /// `subscribers` (none: nobody, as for unfollow).
+    /// `subscribers` (of the event's object; none: nobody, as for
+    /// unfollow).
     #[serde(default)]
     pub notify: Vec<String>,
     /// Whether bursts fold into aggregates: `true` (about the same object;

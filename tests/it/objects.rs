@@ -1,0 +1,172 @@
+//! Object subscriptions (issue 28 item 3): a kind that notifies
+//! `subscribers` tells everyone who follows the thread but the actor, a
+//! kind with `subscribe_actor` makes its actor follow it, a mute of the
+//! object wins, and the API pages the subscribers.
+
+use crate::support;
+
+use serde_json::{json, Value};
+use support::{put_prefs, Client, Node, Redis};
+
+const REPLY: &str = r#"{notify = ["recipient", "subscribers"], subscribe_actor = true}"#;
+
+async fn reply(node: &Node, actor: u64, object: &str) {
+    let (s, v) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "reply", "actor": actor, "recipient": 2, "object": object, "text": format!("reply by {actor}")}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+}
+
+async fn change(node: &Node, method: &str, object: &str, users: &[u64]) -> (u16, Value) {
+    node.request(
+        method,
+        &format!("/v1/objects/{object}/subscribers"),
+        Some(json!({ "users": users }).to_string().into_bytes()),
+        &[("content-type", "application/json")],
+    )
+    .await
+}
+
+/// What `c` got before the sentinel like from user 99 (nothing, when
+/// nothing else was meant for it).
+async fn before_sentinel(node: &Node, c: &mut Client) -> Vec<Value> {
+    let (s, _) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "like", "actor": 99, "recipient": c.user, "object": "post:sentinel"}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let mut before = Vec::new();
+    loop {
+        let n = c.notification().await;
+        if n["object"] == "post:sentinel" {
+            return before;
+        }
+        before.push(n);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_tells_its_subscribers_and_commenters_join_it() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, &[("HERALD_KINDS__REPLY", REPLY)]);
+    let mut c: std::collections::HashMap<u64, Client> = Default::default();
+    for u in [2u64, 3, 4, 5] {
+        c.insert(u, Client::connect(&node, u).await);
+    }
+    let text = |n: &Value| n["text"].as_str().unwrap_or("").to_string();
+
+    // 3 replies: the post's author hears; 3 now follows the thread.
+    reply(&node, 3, "post:9").await;
+    assert_eq!(
+        text(&c.get_mut(&2).unwrap().notification().await),
+        "reply by 3"
+    );
+    // 4 replies: the author and 3 hear, not 4 itself.
+    reply(&node, 4, "post:9").await;
+    assert_eq!(
+        text(&c.get_mut(&2).unwrap().notification().await),
+        "reply by 4"
+    );
+    assert_eq!(
+        text(&c.get_mut(&3).unwrap().notification().await),
+        "reply by 4"
+    );
+    let own = before_sentinel(&node, c.get_mut(&4).unwrap()).await;
+    assert!(
+        own.is_empty(),
+        "the actor heard of their own reply: {own:?}"
+    );
+
+    // The API: 5 subscribed by the product; pages in id order.
+    let (s, v) = change(&node, "PUT", "post:9", &[5]).await;
+    assert_eq!((s, &v["subscribers"]), (200, &json!(3)), "{v}");
+    let (s, v) = node.get("/v1/objects/post:9/subscribers?limit=2").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["users"], json!([3, 4]));
+    let next = v["next"].as_str().expect("a next page").to_string();
+    let (_, v) = node
+        .get(&format!(
+            "/v1/objects/post:9/subscribers?limit=2&cursor={next}"
+        ))
+        .await;
+    assert_eq!(
+        (v["users"].clone(), v["next"].clone()),
+        (json!([5]), Value::Null),
+        "{v}"
+    );
+
+    // 5 mutes the thread: the mute wins. 3 unsubscribes.
+    put_prefs(&node, 5, &json!({"muted_objects": ["post:9"]})).await;
+    let (s, v) = change(&node, "DELETE", "post:9", &[3]).await;
+    assert_eq!((s, &v["subscribers"]), (200, &json!(2)), "{v}");
+    reply(&node, 2, "post:9").await;
+    assert_eq!(
+        text(&c.get_mut(&4).unwrap().notification().await),
+        "reply by 2"
+    );
+    for u in [3u64, 5] {
+        let got = before_sentinel(&node, c.get_mut(&u).unwrap()).await;
+        assert!(got.is_empty(), "user {u} heard of the thread: {got:?}");
+    }
+
+    // Another thread, its object percent-encoded in the path.
+    let (s, v) = change(&node, "PUT", "post%3A10%2Fa%20b", &[3]).await;
+    assert_eq!((s, &v["subscribers"]), (200, &json!(1)), "{v}");
+    reply(&node, 4, "post:10/a b").await;
+    let n = c.get_mut(&3).unwrap().notification().await;
+    assert_eq!(
+        (n["object"].as_str(), text(&n).as_str()),
+        (Some("post:10/a b"), "reply by 4")
+    );
+
+    // Refusals name the field.
+    for (body, field) in [
+        (json!({"users": []}), "users"),
+        (json!({"users": ["x"]}), "users"),
+        (json!({"people": [1]}), "people"),
+    ] {
+        let (s, v) = node
+            .request(
+                "PUT",
+                "/v1/objects/post:9/subscribers",
+                Some(body.to_string().into_bytes()),
+                &[("content-type", "application/json")],
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {v}"
+        );
+    }
+    let long = "o".repeat(129);
+    let (s, v) = node.get(&format!("/v1/objects/{long}/subscribers")).await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("object")),
+        "{v}"
+    );
+    let (s, v) = node.get("/v1/objects/post:9/subscribers?cursor=abc").await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("cursor")),
+        "{v}"
+    );
+    // A reply needs its object.
+    let (s, v) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "reply", "actor": 3, "recipient": 2}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("object")),
+        "{v}"
+    );
+}
