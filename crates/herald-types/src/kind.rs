@@ -624,4 +624,69 @@ mod tests {
         assert!(serde_json::from_str::<EventKind>("\"Not A Kind\"").is_err());
         assert_eq!(serde_json::to_string(&EventKind::Post).unwrap(), "\"post\"");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_rules() -> impl Strategy<Value = KindRules> {
+            (
+                any::<[bool; 4]>(),
+                0..3u8,
+                0..4u8,
+                any::<bool>(),
+                any::<bool>(),
+                0..3u8,
+            )
+                .prop_map(|(n, f, d, actor, sub, g)| KindRules {
+                    notify: Notify {
+                        recipient: n[0],
+                        mentions: n[1],
+                        followers: n[2],
+                        subscribers: n[3],
+                    },
+                    folding: [Folding::PerObject, Folding::Always, Folding::Never][usize::from(f)],
+                    default_mode: [
+                        None,
+                        Some(DefaultMode::Realtime),
+                        Some(DefaultMode::Digest),
+                        Some(DefaultMode::Off),
+                    ][usize::from(d)],
+                    partition_by: if actor {
+                        PartitionBy::Actor
+                    } else {
+                        PartitionBy::Recipient
+                    },
+                    subscribe_actor: sub,
+                    graph: [None, Some(GraphChange::Follow), Some(GraphChange::Unfollow)]
+                        [usize::from(g)],
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// Any rules under any name: declared and read back the same,
+            /// or refused with a reason; never a panic. What a declared
+            /// kind requires follows from whom it tells.
+            #[test]
+            fn any_declaration_is_kept_or_refused(name in "[a-z_0-9A-Z ]{0,40}", rules in any_rules(), n in any::<u32>()) {
+                let name = format!("{name}{n}");
+                match declare(&[(name.clone(), rules.clone())]) {
+                    Ok(()) => {
+                        let k = EventKind::parse(&name).expect("declared");
+                        prop_assert_eq!(k.rules(), &rules);
+                        prop_assert_eq!(k.as_str(), name.as_str());
+                        prop_assert!(!k.needs_recipient() || rules.notify.recipient || rules.graph.is_some());
+                        prop_assert_eq!(k.needs_object(), rules.notify.subscribers || rules.subscribe_actor);
+                        if rules.notify.followers {
+                            prop_assert_eq!(rules.partition_by, PartitionBy::Actor);
+                        }
+                        prop_assert_eq!(k.code(), None);
+                    }
+                    Err(e) => prop_assert!(!e.to_string().is_empty()),
+                }
+            }
+        }
+    }
 }
