@@ -73,6 +73,9 @@ pub async fn run(
     if spec.set_prefs {
         set_preferences(&spec).await?;
     }
+    if spec.thread.is_some() {
+        subscribe_threads(&spec).await?;
+    }
     if spec.storm_queued > 0 {
         queue_storm(&spec, &stats).await?;
     }
@@ -167,6 +170,24 @@ async fn set_preferences(spec: &RunSpec) -> anyhow::Result<()> {
                 "setting preferences failed: {s} {}",
                 String::from_utf8_lossy(&b)
             );
+        }
+    }
+    Ok(())
+}
+
+/// Subscribes each thread's subscribers (`workload::threads`) through the
+/// API (a PUT adds: a node reused by a run with another client count
+/// keeps the earlier subscribers too).
+async fn subscribe_threads(spec: &RunSpec) -> anyhow::Result<()> {
+    let mut conn = Conn::new(&spec.target.to_string());
+    for (object, subs) in workload::threads(spec.clients) {
+        let path = format!("/v1/objects/{object}/subscribers");
+        let body = serde_json::to_vec(&json!({ "users": subs }))?;
+        let (s, b) = conn
+            .request("PUT", &path, "application/json", &body)
+            .await?;
+        if s != 200 {
+            bail!("subscribing {object}: {s} {}", String::from_utf8_lossy(&b));
         }
     }
     Ok(())

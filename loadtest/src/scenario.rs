@@ -111,6 +111,19 @@ pub struct RunArgs {
     /// (0: none; at most the node's `gateway.max_data_bytes`).
     #[arg(long, default_value_t = 0)]
     pub data_bytes: usize,
+    /// Send this share of likes (0 to 1) as `--custom-kind`.
+    #[arg(long, default_value_t = 0.0)]
+    pub custom_share: f64,
+    /// A kind the node declares with `notify = ["recipient"]`.
+    #[arg(long, default_value = "lg_wave")]
+    pub custom_kind: String,
+    /// Send this share of comments (0 to 1) as `--thread-kind` replies in
+    /// ten threads of twenty subscribers each (subscribed first).
+    #[arg(long, default_value_t = 0.0)]
+    pub thread_share: f64,
+    /// A kind the node declares with `notify = ["recipient", "subscribers"]`.
+    #[arg(long, default_value = "lg_reply")]
+    pub thread_kind: String,
     /// Chaos: SIGKILLs of Herald during the traffic.
     #[arg(long, default_value_t = 3)]
     pub kills: u32,
@@ -261,6 +274,10 @@ fn run_spec(a: &RunArgs, p: &Preset, targets: Vec<SocketAddr>) -> anyhow::Result
         idempotent: chaos || a.failover,
         retry_for: (chaos || a.failover).then_some(Duration::from_secs(60)),
         data_bytes: a.data_bytes.min(65_536),
+        custom: (a.custom_share > 0.0)
+            .then(|| (a.custom_kind.clone(), a.custom_share.clamp(0.0, 1.0))),
+        thread: (a.thread_share > 0.0)
+            .then(|| (a.thread_kind.clone(), a.thread_share.clamp(0.0, 1.0))),
     })
 }
 

@@ -69,6 +69,32 @@ pub struct RunSpec {
     pub retry_for: Option<Duration>,
     /// Every event carries `data` of this many bytes (0: none).
     pub data_bytes: usize,
+    /// This share of likes goes as this declared kind (the node declares
+    /// it with `notify = ["recipient"]`).
+    pub custom: Option<(String, f64)>,
+    /// This share of comments goes as this declared kind, a reply in one
+    /// of [`THREADS`] threads whose subscribers hear of it (the node
+    /// declares it with `notify = ["recipient", "subscribers"]`).
+    pub thread: Option<(String, f64)>,
+}
+
+/// Threads of the `--thread-kind` workload, and subscribers of each.
+pub const THREADS: u64 = 10;
+const THREAD_SUBSCRIBERS: u64 = 20;
+
+/// Each thread's object and subscribers (the same for the same clients).
+pub fn threads(clients: u64) -> Vec<(String, Vec<u64>)> {
+    let mut rng = Rng::new(0x7487_ead5 ^ clients);
+    (0..THREADS)
+        .map(|t| {
+            let mut subs: Vec<u64> = (0..THREAD_SUBSCRIBERS)
+                .map(|_| rng.below(clients.max(1)) + 1)
+                .collect();
+            subs.sort_unstable();
+            subs.dedup();
+            (format!("post:thread{t}"), subs)
+        })
+        .collect()
 }
 
 /// An event's `data` of `bytes` bytes once compact (at least its link):
@@ -95,6 +121,7 @@ pub struct Workload {
     rng: Rng,
     spec: RunSpec,
     graph: Arc<Graph>,
+    threads: Vec<(String, Vec<u64>)>,
     celebs: Vec<u64>,
     seq: u64,
     celeb_credit: f64,
@@ -105,6 +132,11 @@ impl Workload {
     pub fn new(spec: &RunSpec, graph: Arc<Graph>) -> Workload {
         Workload {
             rng: Rng::new(graph.spec.seed ^ 0xABCD),
+            threads: if spec.thread.is_some() {
+                threads(spec.clients)
+            } else {
+                Vec::new()
+            },
             spec: spec.clone(),
             celebs: graph.celebrities(),
             graph,
@@ -174,7 +206,24 @@ impl Workload {
     }
 
     fn plan(&self, seq: u64, event: Value, foldable: bool) -> Planned {
-        let recipients = recipients(&self.graph, &event, self.spec.clients);
+        let mut recipients = recipients(&self.graph, &event, self.spec.clients);
+        let kind = event["kind"].as_str().unwrap_or("");
+        let actor = event["actor"].as_u64().unwrap_or(0);
+        let mut tell = |u: u64| {
+            if u != actor && u <= self.spec.clients && !recipients.contains(&u) {
+                recipients.push(u);
+            }
+        };
+        if self.spec.custom.as_ref().is_some_and(|(k, _)| k == kind) {
+            tell(event["recipient"].as_u64().unwrap_or(0));
+        }
+        if self.spec.thread.as_ref().is_some_and(|(k, _)| k == kind) {
+            tell(event["recipient"].as_u64().unwrap_or(0));
+            let object = event["object"].as_str().unwrap_or("");
+            for (_, subs) in self.threads.iter().filter(|(o, _)| o == object) {
+                subs.iter().for_each(|&u| tell(u));
+            }
+        }
         Planned {
             seq,
             event,
@@ -276,11 +325,21 @@ fn pick_event(rng: &mut Rng, spec: &RunSpec, seq: u64, actor: u64, kind: usize) 
     }
     match kind {
         0 => {
-            json!({"kind": "like", "actor": actor, "recipient": other(rng), "object": object, "text": text})
+            let like = match &spec.custom {
+                Some((k, share)) if rng.f64() < *share => k.as_str(),
+                _ => "like",
+            };
+            json!({"kind": like, "actor": actor, "recipient": other(rng), "object": object, "text": text})
         }
-        1 => {
-            json!({"kind": "comment", "actor": actor, "recipient": other(rng), "mentions": [other(rng)], "object": object, "text": text})
-        }
+        1 => match &spec.thread {
+            Some((k, share)) if rng.f64() < *share => {
+                let thread = format!("post:thread{}", rng.below(THREADS));
+                json!({"kind": k, "actor": actor, "recipient": other(rng), "object": thread, "text": text})
+            }
+            _ => {
+                json!({"kind": "comment", "actor": actor, "recipient": other(rng), "mentions": [other(rng)], "object": object, "text": text})
+            }
+        },
         2 => {
             json!({"kind": "mention", "actor": actor, "mentions": [other(rng), other(rng)], "object": object, "text": text})
         }
