@@ -111,7 +111,14 @@ pub(crate) fn recipients(items: &[Item]) -> Vec<(usize, UserId)> {
             _ => &[],
         };
         let subscribers = i.subscribers.as_deref().unwrap_or(&[]);
-        if followers.is_empty() && subscribers.is_empty() {
+        if subscribers.is_empty() {
+            // Followers alone (a post): the direct recipients are few.
+            out.extend(
+                followers
+                    .iter()
+                    .filter(|&&u| u != i.ev.actor && !direct.contains(&u))
+                    .map(|&u| (idx, u)),
+            );
             continue;
         }
         // Each once: the direct recipients first, then followers, then
