@@ -302,8 +302,30 @@ async fn aggregates_and_digests_appear_as_they_were_sent() {
         "one entry for the aggregate, updated in place: {p}"
     );
     // The first two of the window went out on their own, then the
-    // aggregate (aggregation.threshold = 3): three entries, not six.
-    assert_eq!(list.len(), 3, "the burst is not listed like by like: {p}");
+    // aggregate (aggregation.threshold = 3); in the feed the aggregate
+    // replaces them: one entry, not six nor three.
+    assert_eq!(list.len(), 1, "the burst is one item: {p}");
+    assert_eq!(p["unread"], 1, "{p}");
+
+    // Three comments on one post, as the bell icon shows them: one item,
+    // the newest actor first, the newest text.
+    for (actor, text) in [(41u64, "first!"), (42, "nice"), (43, "love this")] {
+        let (s, v) = node
+            .post("/v1/events", &json!({"kind": "comment", "actor": actor, "recipient": 2, "object": "post:7", "text": text}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let p = eventually("one item for the three comments", || async {
+        let p = feed(&node, 2, "").await;
+        (p["notifications"].as_array()?.len() == 1 && p["notifications"][0]["count"] == 3)
+            .then_some(p)
+    })
+    .await;
+    let item = &p["notifications"][0];
+    assert_eq!(item["actors"], json!([43, 42, 41]), "{item}");
+    assert_eq!(item["actor"], 43, "{item}");
+    assert_eq!(item["text"], "love this", "{item}");
+    assert_eq!(p["unread"], 1, "{p}");
 
     // Digest mode: two likes become one digest entry.
     let (s, v) = node

@@ -302,6 +302,7 @@ async fn once_per_partition_effects_are_fenced_by_term() {
         digest: None,
         data: None,
         trace: None,
+        supersedes: None,
     };
     let at = |term| Fence { partition: 2, term };
 

@@ -128,6 +128,7 @@ mod tests {
             digest: None,
             data: None,
             trace: None,
+            supersedes: None,
         }
     }
 

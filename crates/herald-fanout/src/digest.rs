@@ -59,5 +59,6 @@ pub fn build(user: UserId, start_ms: u64, end_ms: u64, items: &[Notification]) -
         })),
         data: None,
         trace: None,
+        supersedes: None,
     }
 }

@@ -92,6 +92,7 @@ pub(crate) fn notification(i: &Item, recipient: UserId) -> Notification {
         digest: None,
         data: i.ev.data.clone(),
         trace: i.trace.clone(),
+        supersedes: None,
     }
 }
 

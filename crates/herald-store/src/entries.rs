@@ -276,6 +276,7 @@ mod tests {
             digest: None,
             data: None,
             trace: None,
+            supersedes: None,
         }
     }
 

@@ -192,6 +192,23 @@ impl Store {
                 }
             }
         }
+        // An aggregate replaces the entries of the notifications it counts
+        // that went out on their own: one item in the feed, not three.
+        for (user, n) in items {
+            let Some(old) = &n.supersedes else { continue };
+            if old.is_empty() {
+                continue;
+            }
+            let key = match seen.get(user) {
+                Some(&i) => users[i].0.clone(),
+                None => ukey(*user, "fd"),
+            };
+            let c = p.cmd("HDEL").arg(&key);
+            for id in old.iter() {
+                c.arg(compact::field(id, *user));
+            }
+            c.ignore();
+        }
         for (key, _, sized) in &users {
             if *sized {
                 p.cmd("HLEN").arg(key);

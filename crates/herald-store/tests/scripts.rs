@@ -73,6 +73,7 @@ fn note(id: &str, order: u64) -> Notification {
         digest: None,
         data: None,
         trace: None,
+        supersedes: None,
     }
 }
 

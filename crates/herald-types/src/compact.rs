@@ -374,6 +374,7 @@ pub fn decode(
         digest,
         data,
         trace: None,
+        supersedes: None,
     })
 }
 

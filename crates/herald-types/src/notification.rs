@@ -43,6 +43,11 @@ pub struct Notification {
     /// push's span is its child. Not part of the wire shape nor stored.
     #[serde(skip)]
     pub trace: Option<Arc<crate::TraceContext>>,
+    /// An aggregate: the ids of the notifications of its window that went
+    /// out on their own, whose feed entries it replaces. Not part of the
+    /// wire shape nor stored.
+    #[serde(skip)]
+    pub supersedes: Option<Arc<[Arc<str>]>>,
 }
 
 /// The body of a `digest` message: one summary of a window.
@@ -306,6 +311,7 @@ mod tests {
             digest: None,
             data: None,
             trace: None,
+            supersedes: None,
         }
     }
 

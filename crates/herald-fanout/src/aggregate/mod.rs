@@ -96,11 +96,18 @@ impl Actors {
     fn as_slice(&self) -> &[UserId] {
         &self.ids[..self.len as usize]
     }
+    /// Puts `a` first (the newest actor leads: "Ana, Bo and 3 others"),
+    /// keeping the `max` newest distinct actors.
     fn add(&mut self, a: UserId, max: usize) {
+        let keep = max.clamp(1, MAX_ACTORS);
         let n = self.len as usize;
-        if n < max.min(MAX_ACTORS) && !self.as_slice().contains(&a) {
-            self.ids[n] = a;
-            self.len += 1;
+        let at = self.as_slice().iter().position(|&x| x == a);
+        // Shift the ones before `a` (or all kept) one place back.
+        let end = at.unwrap_or(n.min(keep - 1));
+        self.ids.copy_within(0..end, 1);
+        self.ids[0] = a;
+        if at.is_none() {
+            self.len = (n + 1).min(keep) as u8;
         }
     }
 }
@@ -118,6 +125,9 @@ struct Window {
     any_object: bool,
     /// Records of the folded notifications (held by the aggregator).
     refs: Vec<RecordRef>,
+    /// Ids of the window's notifications that went out on their own: the
+    /// aggregate supersedes them in the feed.
+    singles: Vec<Arc<str>>,
     dirty: bool,
     last_flush: Option<Instant>,
 }
@@ -212,6 +222,7 @@ impl Aggregator {
             w.count += 1;
             w.actors.add(n.actor, self.cfg.max_actors);
             if w.count < self.cfg.threshold as u64 && !throttled {
+                w.singles.push(n.id.clone());
                 return Some((n, settle));
             }
             w.newest = Some(n);
@@ -243,6 +254,7 @@ impl Aggregator {
             newest: None,
             any_object,
             refs: Vec::new(),
+            singles: Vec::new(),
             dirty: false,
             last_flush: None,
         };
@@ -255,6 +267,7 @@ impl Aggregator {
                 .increment(1);
             None
         } else {
+            w.singles.push(n.id.clone());
             Some((n, settle))
         };
         self.windows.insert(k, w);
@@ -301,9 +314,14 @@ impl Aggregator {
         n.actor = w.actors.as_slice().first().copied().unwrap_or(n.actor);
         n.actors = Arc::from(w.actors.as_slice());
         n.count = w.count;
-        n.text = None;
+        // The newest text stays ("... commented: <the newest comment>"),
+        // unless the window folds across objects.
         if w.any_object {
             n.object = None;
+            n.text = None;
+        }
+        if !w.singles.is_empty() {
+            n.supersedes = Some(Arc::from(&w.singles[..]));
         }
         n.order = w.first_order;
         w.dirty = false;

@@ -16,6 +16,7 @@ fn like(actor: UserId, order: u64) -> Notification {
         digest: None,
         data: None,
         trace: None,
+        supersedes: None,
     }
 }
 
@@ -36,7 +37,10 @@ fn bursts_fold_into_one_growing_aggregate() {
     let out: Vec<Notification> = a.due(t0, false).into_iter().filter_map(|e| e.n).collect();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].count, 100);
-    assert_eq!(out[0].actors[..], [100, 101, 102]);
+    // The newest actors lead; the singles it replaces in the feed are named.
+    assert_eq!(out[0].actors[..], [199, 198, 197]);
+    assert_eq!(out[0].actor, 199);
+    assert_eq!(out[0].supersedes.as_ref().map(|s| s.len()), Some(2));
     let id = out[0].id.clone();
     // More within the window: the same id, a higher count.
     a.offer(9, like(500, 200), Settle::None, t0);

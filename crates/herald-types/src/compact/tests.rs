@@ -18,6 +18,7 @@ fn comment(id: &str, event_id: &str) -> Notification {
         digest: None,
         data: None,
         trace: None,
+        supersedes: None,
     }
 }
 
@@ -125,6 +126,7 @@ proptest! {
             object: object.map(Into::into), text: text.map(Into::into), ts_ms,
             count, actors: actors.into(), order, digest: None, data,
             trace: None,
+            supersedes: None,
         };
         let f = field(&n.id, r);
         let back = id_from_field(&f, r);
