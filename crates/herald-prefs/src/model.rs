@@ -216,8 +216,23 @@ pub struct Document {
     pub muted_objects: Vec<String>,
 }
 
-/// Validates a whole `PUT /v1/users/{id}/preferences` body.
+/// Validates a whole `PUT /v1/users/{id}/preferences` body: every kind it
+/// names must be declared.
 pub fn parse_document(v: &Value) -> Result<Document, Invalid> {
+    parse_with(v, Kinds::Declared)
+}
+
+/// Which kind names a document may hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kinds {
+    /// Declared ones only (a request).
+    Declared,
+    /// Any (a stored document: a kind removed from the configuration
+    /// since must not make the rest of the user's choices unreadable).
+    Any,
+}
+
+fn parse_with(v: &Value, kinds: Kinds) -> Result<Document, Invalid> {
     let m = v
         .as_object()
         .ok_or_else(|| bad("", "body must be a preferences object"))?;
@@ -239,7 +254,7 @@ pub fn parse_document(v: &Value) -> Result<Document, Invalid> {
         prefs.default = mode(d, "default")?;
     }
     if let Some(k) = m.get("kinds") {
-        prefs.kinds = parse_kinds(k)?;
+        prefs.kinds = parse_kinds(k, kinds)?;
     }
     if let Some(d) = m.get("digest") {
         prefs.digest = parse_digest(d)?;
@@ -248,7 +263,7 @@ pub fn parse_document(v: &Value) -> Result<Document, Invalid> {
         prefs.quiet_hours = parse_quiet_hours(q)?;
     }
     if let Some(w) = m.get("webhook") {
-        prefs.webhook = parse_webhook(w)?;
+        prefs.webhook = parse_webhook(w, kinds)?;
     }
     let muted_actors = match m.get("muted_actors") {
         Some(a) => parse_muted_actors(a)?,
@@ -266,7 +281,7 @@ pub fn parse_document(v: &Value) -> Result<Document, Invalid> {
 }
 
 /// `kinds`: kind -> mode, for kinds that notify anyone.
-fn parse_kinds(k: &Value) -> Result<BTreeMap<String, Mode>, Invalid> {
+fn parse_kinds(k: &Value, kinds: Kinds) -> Result<BTreeMap<String, Mode>, Invalid> {
     let k = k
         .as_object()
         .ok_or_else(|| bad("kinds", "must be an object of kind -> mode"))?;
@@ -278,6 +293,9 @@ fn parse_kinds(k: &Value) -> Result<BTreeMap<String, Mode>, Invalid> {
                 return Err(bad(field, format!("{name} is never notified")));
             }
             Some(_) => {
+                out.insert(name.clone(), mode(v, &field)?);
+            }
+            None if kinds == Kinds::Any => {
                 out.insert(name.clone(), mode(v, &field)?);
             }
             None => return Err(bad(field, format!("unknown kind {name:?}"))),
@@ -321,7 +339,7 @@ fn parse_digest(d: &Value) -> Result<Digest, Invalid> {
 
 /// `webhook`: `enabled` (default true) and `kinds` (kind or `digest` ->
 /// true/false).
-fn parse_webhook(w: &Value) -> Result<WebhookPrefs, Invalid> {
+fn parse_webhook(w: &Value, kinds: Kinds) -> Result<WebhookPrefs, Invalid> {
     let w = w
         .as_object()
         .ok_or_else(|| bad("webhook", "must be an object"))?;
@@ -342,7 +360,7 @@ fn parse_webhook(w: &Value) -> Result<WebhookPrefs, Invalid> {
                 Some(kind) if !kind.notifies() => {
                     return Err(bad(field, format!("{name} is never notified")));
                 }
-                None if name != "digest" => {
+                None if name != "digest" && kinds == Kinds::Declared => {
                     return Err(bad(field, format!("unknown kind {name:?}")))
                 }
                 _ => {}
@@ -424,7 +442,7 @@ impl Preferences {
         };
         match serde_json::from_str::<Value>(doc)
             .map_err(|e| e.to_string())
-            .and_then(|v| parse_document(&v).map_err(|e| e.to_string()))
+            .and_then(|v| parse_with(&v, Kinds::Any).map_err(|e| e.to_string()))
         {
             Ok(d) => d.prefs,
             Err(e) => {

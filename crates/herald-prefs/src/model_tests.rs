@@ -88,3 +88,15 @@ fn the_webhook_channel_is_on_unless_turned_off() {
     assert_eq!(mail.digest.channel, DigestChannel::Webhook);
     assert_eq!(Preferences::from_stored(Some(&mail.to_json())), mail);
 }
+
+/// A stored document naming a kind the configuration no longer declares
+/// keeps the user's other choices (a request naming it is refused).
+#[test]
+fn a_removed_kind_in_a_stored_document_keeps_the_rest() {
+    let doc = r#"{"default": "digest", "kinds": {"gone_kind": "off", "like": "realtime"}, "webhook": {"enabled": true, "kinds": {"gone_kind": false}}}"#;
+    let p = Preferences::from_stored(Some(doc));
+    assert_eq!(p.default, Mode::Digest);
+    assert_eq!(p.kinds.get("like"), Some(&Mode::Realtime));
+    let v: Value = serde_json::from_str(doc).unwrap();
+    assert!(parse_document(&v).is_err());
+}
