@@ -335,6 +335,16 @@ impl Worker {
         for r in records {
             let hold = self.tracker.begin(r.offset);
             match LogEvent::decode(&r.payload) {
+                // A kind this node does not declare (removed from its
+                // configuration, or declared only on the node that took
+                // the event): kept as a dead letter, replayable once the
+                // kind is declared here, never dropped silently.
+                Ok(ev) if !ev.kind.is_declared() => {
+                    drop(hold);
+                    metrics::counter!("herald_fanout_undeclared_kind_total").increment(1);
+                    let why = format!("kind {:?} is not declared on this node", ev.kind.as_str());
+                    self.dead_letter(&r, why).await;
+                }
                 Ok(ev) => {
                     // A replayed dead letter keeps the id it first had.
                     let eid = ev

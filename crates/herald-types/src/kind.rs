@@ -434,6 +434,12 @@ impl EventKind {
         def(self.0).map_or(&KindRules::INERT, |d| &d.rules)
     }
 
+    /// Whether this node declares this kind (or it is built in); false
+    /// for a kind only recalled from storage or a record.
+    pub fn is_declared(self) -> bool {
+        def(self.0).is_some_and(|d| d.declared)
+    }
+
     /// Whether this kind is one of the six built in.
     pub fn built_in(self) -> bool {
         usize::from(self.0) < BUILT_IN.len()
