@@ -209,3 +209,55 @@ async fn stored_notifications_read_back_after_a_kind_is_renamed_or_removed() {
     })
     .await;
 }
+
+/// An event accepted under a kind the node no longer declares when it fans
+/// it out (here: removed from the configuration across a restart while
+/// Redis was frozen) is kept as a dead letter, not dropped, and replays
+/// once the kind is declared again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_of_a_kind_no_longer_declared_becomes_a_dead_letter_and_replays() {
+    const WAVE: &str = r#"{notify = ["recipient"]}"#;
+    let redis = Redis::start();
+    let mut node = Node::start(&redis, &[("HERALD_KINDS__WAVE", WAVE)]);
+    // Redis frozen: the event is durable in the log, its fan-out waits.
+    redis.pause();
+    let (s, v) = node
+        .post(
+            "/v1/events",
+            &json!({"kind": "wave", "actor": 1, "recipient": 2}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    node.kill9();
+    node.unset_env("HERALD_KINDS__WAVE");
+    redis.resume();
+    node.restart();
+    let letters = eventually("a dead letter for the wave", || async {
+        let (_, v) = node.get("/v1/admin/dead-letters?limit=10").await;
+        let l = v["dead_letters"].as_array().cloned().unwrap_or_default();
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["event"]["kind"], "wave", "{letters:?}");
+    let why = letters[0]["reason"].as_str().unwrap_or("");
+    assert!(why.contains("not declared"), "{why}");
+    let (s, _) = node.get("/v1/users/2/inbox").await;
+    assert_eq!(s, 200);
+
+    // Declared again: the replay reaches the user.
+    node.stop();
+    node.set_env("HERALD_KINDS__WAVE", WAVE);
+    node.restart();
+    let (s, v) = node
+        .post("/v1/admin/dead-letters/replay", &json!({"all": true}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut c = Client::connect(&node, 2).await;
+    let n = c.notification().await;
+    assert_eq!(
+        (n["kind"].as_str(), n["actor"].as_u64()),
+        (Some("wave"), Some(1)),
+        "{n}"
+    );
+}
