@@ -224,7 +224,7 @@ async fn queue_storm(spec: &RunSpec, stats: &Stats) -> anyhow::Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     for user in [1, spec.clients / 2 + 1, spec.clients] {
-        while pending(&mut conn, user).await? < spec.storm_queued {
+        while crate::storage::pending(&mut conn, user).await? < spec.storm_queued {
             if Instant::now() > deadline {
                 bail!("inboxes never filled");
             }
@@ -233,21 +233,6 @@ async fn queue_storm(spec: &RunSpec, stats: &Stats) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(())
-}
-
-/// How many notifications wait in `user`'s inbox (0 if the answer is not
-/// an inbox page).
-async fn pending(conn: &mut Conn, user: u64) -> anyhow::Result<u64> {
-    let (_, b) = conn
-        .request(
-            "GET",
-            &format!("/v1/users/{user}/inbox?limit=1"),
-            "application/json",
-            b"",
-        )
-        .await?;
-    let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
-    Ok(v["pending"].as_u64().unwrap_or(0))
 }
 
 /// Every client's task and the channel that commands it.

@@ -103,7 +103,7 @@ async fn encoding(addr: &str, user: u64, suffix: &str) -> String {
 }
 
 /// The inbox size of `user`, through the node's API.
-async fn pending(conn: &mut Conn, user: u64) -> anyhow::Result<u64> {
+pub(crate) async fn pending(conn: &mut Conn, user: u64) -> anyhow::Result<u64> {
     let (s, body) = conn
         .request(
             "GET",

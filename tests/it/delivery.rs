@@ -390,13 +390,7 @@ async fn acked_and_folded_notifications_settle_every_record() {
     }
     assert!(done(&counted), "{counted:?}");
     eventually("every record settled", || async {
-        let (_, m) = node.get("/metrics").await;
-        let text = m.as_str().unwrap_or_default().to_string();
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("herald_fanout_in_flight_records"))
-            .collect();
-        (!lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))).then_some(())
+        support::all_settled(&node).await.then_some(())
     })
     .await;
 }

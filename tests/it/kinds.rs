@@ -6,7 +6,7 @@
 use crate::support;
 
 use serde_json::{json, Value};
-use support::{eventually, put_prefs, Client, Node, Redis};
+use support::{before_sentinel, eventually, put_prefs, Client, Node, Redis};
 
 const REPOST: &str = r#"{notify = ["recipient", "followers"], partition_by = "actor"}"#;
 const SHOUT: &str = r#"{notify = ["mentions"], fold = true}"#;
@@ -15,24 +15,6 @@ const NUDGE: &str = r#"{notify = ["recipient"], default_mode = "off"}"#;
 async fn accepted(node: &Node, ev: Value) {
     let (s, v) = node.post("/v1/events", &ev).await;
     assert_eq!(s, 202, "{ev}: {v}");
-}
-
-/// The next notification `c` gets is the sentinel like from user 99: what
-/// came before it (nothing, when the check passes) is returned.
-async fn before_sentinel(node: &Node, c: &mut Client) -> Vec<Value> {
-    accepted(
-        node,
-        json!({"kind": "like", "actor": 99, "recipient": c.user, "object": "post:sentinel"}),
-    )
-    .await;
-    let mut before = Vec::new();
-    loop {
-        let n = c.notification().await;
-        if n["object"] == "post:sentinel" {
-            return before;
-        }
-        before.push(n);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

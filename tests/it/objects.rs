@@ -6,7 +6,7 @@
 use crate::support;
 
 use serde_json::{json, Value};
-use support::{put_prefs, Client, Node, Redis};
+use support::{before_sentinel, put_prefs, Client, Node, Redis};
 
 const REPLY: &str = r#"{notify = ["recipient", "subscribers"], subscribe_actor = true}"#;
 
@@ -28,26 +28,6 @@ async fn change(node: &Node, method: &str, object: &str, users: &[u64]) -> (u16,
         &[("content-type", "application/json")],
     )
     .await
-}
-
-/// What `c` got before the sentinel like from user 99 (nothing, when
-/// nothing else was meant for it).
-async fn before_sentinel(node: &Node, c: &mut Client) -> Vec<Value> {
-    let (s, _) = node
-        .post(
-            "/v1/events",
-            &json!({"kind": "like", "actor": 99, "recipient": c.user, "object": "post:sentinel"}),
-        )
-        .await;
-    assert_eq!(s, 202);
-    let mut before = Vec::new();
-    loop {
-        let n = c.notification().await;
-        if n["object"] == "post:sentinel" {
-            return before;
-        }
-        before.push(n);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

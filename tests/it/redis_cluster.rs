@@ -186,13 +186,7 @@ async fn inbox_writes_wait_for_a_replica_on_each_master() {
         .await;
     }
     support::eventually("every record settled", || async {
-        let (_, m) = node.get("/metrics").await;
-        let text = m.as_str().unwrap_or_default().to_string();
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("herald_fanout_in_flight_records"))
-            .collect();
-        (!lines.is_empty() && lines.iter().all(|l| l.trim_end().ends_with(" 0"))).then_some(())
+        support::all_settled(&node).await.then_some(())
     })
     .await;
     let (s, v) = node.get("/readyz").await;

@@ -973,6 +973,23 @@ pub fn cluster_env(id: &str) -> Vec<(&str, &str)> {
     ]
 }
 
+/// What `c` got before a sentinel like from user 99 (`post:sentinel`)
+/// sent after it: nothing, when nothing else was meant for `c`. A "nothing
+/// happened" check that waits for a later event instead of a fixed time.
+pub async fn before_sentinel(node: &Node, c: &mut Client) -> Vec<Value> {
+    let ev = serde_json::json!({"kind": "like", "actor": 99, "recipient": c.user, "object": "post:sentinel"});
+    let (s, v) = node.post("/v1/events", &ev).await;
+    assert_eq!(s, 202, "{v}");
+    let mut before = Vec::new();
+    loop {
+        let n = c.notification().await;
+        if n["object"] == "post:sentinel" {
+            return before;
+        }
+        before.push(n);
+    }
+}
+
 /// Every record of `node` settled (its fan-out checkpoint can pass them).
 pub async fn all_settled(node: &Node) -> bool {
     let (_, m) = node.get("/metrics").await;
