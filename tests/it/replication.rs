@@ -308,19 +308,19 @@ async fn once_per_partition_effects_are_fenced_by_term() {
 
     // Outbox: term 3 writes, term 2 is refused, term 0 is not checked.
     assert!(store
-        .outbox_push(50, &note("a", 1_000), 10, at(3))
+        .outbox_push(herald_types::Outbox::User(50), &note("a", 1_000), 10, at(3))
         .await
         .unwrap());
     assert!(!store
-        .outbox_push(50, &note("b", 2_000), 10, at(2))
+        .outbox_push(herald_types::Outbox::User(50), &note("b", 2_000), 10, at(2))
         .await
         .unwrap());
     assert!(store
-        .outbox_push(50, &note("c", 3_000), 10, at(0))
+        .outbox_push(herald_types::Outbox::User(50), &note("c", 3_000), 10, at(0))
         .await
         .unwrap());
     let cursor = [OutboxCursor {
-        celebrity: 50,
+        outbox: herald_types::Outbox::User(50),
         seen: None,
     }];
     let ids: Vec<String> = store

@@ -1,18 +1,20 @@
-//! The edge's half of the celebrity path: a local index celebrity ->
-//! connected followers, one encoded frame pushed to all of them in slices
-//! (a task each), and the pull of outboxes when a follower connects.
+//! The edge's half of the pull path (celebrities and hot threads): a local
+//! index outbox -> connected followers (or subscribers), one encoded frame
+//! pushed to all of them but the post's actor in slices (a task each), and
+//! the pull of outboxes when a follower connects.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_types::{Notification, UserId, WireFormat};
+use herald_types::{Notification, Outbox, UserId, WireFormat};
 
 use crate::Edge;
 
-/// A celebrity's post, encoded once in both formats and shared by every
-/// follower's queue.
+/// A post on the pull path, encoded once in both formats and shared by
+/// every follower's queue.
 pub(crate) struct SharedFrame {
-    pub celebrity: UserId,
+    pub outbox: Outbox,
+    actor: UserId,
     pub order: u64,
     pub id: Arc<str>,
     kind: herald_types::EventKind,
@@ -32,16 +34,17 @@ impl SharedFrame {
     }
 }
 
-/// Pushes a celebrity post to every local follower, `broadcast_chunk` at a
-/// time (a task each, so other connections keep their latency).
+/// Pushes a post on the pull path to every local follower (or thread
+/// subscriber) but its actor, `broadcast_chunk` at a time (a task each, so
+/// other connections keep their latency).
 /// A follower whose queue is full is poked to pull it from the outbox.
-pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
+pub(crate) fn broadcast(edge: &Edge, outbox: Outbox, n: Notification) {
     // The post is in Redis already: keep the hot copy in step, whether or
     // not anyone is connected to hear it now.
-    edge.outboxes.append(celebrity, &n);
+    edge.outboxes.append(outbox, &n);
     let followers: Vec<UserId> = edge
         .index
-        .get(&celebrity)
+        .get(&outbox)
         .map(|s| s.iter().copied().collect())
         .unwrap_or_default();
     metrics::counter!("herald_celebrity_broadcasts_total").increment(1);
@@ -49,7 +52,8 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
         return;
     }
     let frame = Arc::new(SharedFrame {
-        celebrity,
+        outbox,
+        actor: n.actor,
         order: n.order,
         id: n.id.clone(),
         kind: n.kind,
@@ -79,7 +83,7 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
                         Ok(prefs) => push_slice(&edge, &frame, &template, now_ms, &slice, prefs),
                         // They will pull it from the outbox (filtered) on connect.
                         Err(e) => {
-                            tracing::warn!(celebrity, error = %e, "preferences unavailable, slice skipped");
+                            tracing::warn!(?outbox, error = %e, "preferences unavailable, slice skipped");
                             0
                         }
                     }
@@ -94,10 +98,10 @@ pub(crate) fn broadcast(edge: &Edge, celebrity: UserId, n: Notification) {
         let took = started.elapsed();
         metrics::histogram!("herald_celebrity_broadcast_seconds").record(took.as_secs_f64());
         tracing::debug!(
-            celebrity,
+            ?outbox,
             pushed,
             ms = took.as_millis() as u64,
-            "celebrity post pushed to local followers"
+            "pull-path post pushed to local followers"
         );
     });
 }
@@ -114,7 +118,12 @@ fn push_slice(
 ) -> u64 {
     let mut pushed = 0u64;
     for (u, p) in slice.iter().zip(prefs) {
-        let route = p.route(frame.kind, frame.celebrity, frame.object.as_deref(), now_ms);
+        // A thread's commenter is among its subscribers: never told of
+        // their own comment.
+        if *u == frame.actor {
+            continue;
+        }
+        let route = p.route(frame.kind, frame.actor, frame.object.as_deref(), now_ms);
         match route {
             herald_prefs::Route::Drop(_) => continue,
             herald_prefs::Route::Wait(bucket, release_ms) => {
@@ -147,25 +156,36 @@ fn push_slice(
     pushed
 }
 
-pub(crate) fn follow_changed(edge: &Edge, follower: UserId, celebrity: UserId, follows: bool) {
+pub(crate) fn follow_changed(edge: &Edge, follower: UserId, outbox: Outbox, follows: bool) {
     if follows {
-        if edge.celebrities.is_celebrity(celebrity) && edge.conns.contains_key(&follower) {
-            edge.index.entry(celebrity).or_default().insert(follower);
+        if edge.celebrities.is_on(outbox) && edge.conns.contains_key(&follower) {
+            edge.index.entry(outbox).or_default().insert(follower);
         }
-    } else if let Some(mut s) = edge.index.get_mut(&celebrity) {
+    } else if let Some(mut s) = edge.index.get_mut(&outbox) {
         s.remove(&follower);
     }
 }
 
-/// A new celebrity: index its followers that are connected here.
-pub(crate) fn celebrity_changed(edge: &Edge, user: UserId, on: bool, followers: &[UserId]) {
+/// An outbox on the pull path: index its followers (a thread's
+/// subscribers) that are connected here.
+pub(crate) fn path_changed(
+    edge: &Edge,
+    outbox: Outbox,
+    object: Option<Arc<str>>,
+    on: bool,
+    followers: &[UserId],
+) {
     // The node's mirror of the set (already current when the change was
     // made here; from another node, it is now).
-    edge.celebrities.set(user, on);
+    if let (Outbox::Thread(t), Some(object)) = (outbox, object) {
+        edge.celebrities.name(t, object);
+    }
+    edge.celebrities.set(outbox, on);
     if !on {
+        edge.index.remove(&outbox);
         return;
     }
-    let mut set = edge.index.entry(user).or_default();
+    let mut set = edge.index.entry(outbox).or_default();
     for f in followers {
         if edge.conns.contains_key(f) {
             set.insert(*f);
@@ -204,37 +224,38 @@ pub(crate) async fn sync_loop(edge: std::sync::Weak<Edge>) {
         };
         seen = Some(v);
         metrics::gauge!("herald_celebrities").set(edge.celebrities.len() as f64);
-        for (user, on) in changed {
-            tracing::info!(
-                user,
-                celebrity = on,
-                "celebrity change picked up from redis"
-            );
+        for (outbox, on) in changed {
+            tracing::info!(?outbox, on, "pull path change picked up from redis");
+            let object = match outbox {
+                Outbox::Thread(t) => edge.celebrities.object_of(t),
+                Outbox::User(_) => None,
+            };
             let followers = if on {
                 let here: Vec<UserId> = edge.conns.iter().map(|c| *c.key()).collect();
-                match edge.store.followers_among(user, &here).await {
+                match edge
+                    .store
+                    .followers_among(outbox, object.as_deref(), &here)
+                    .await
+                {
                     Ok(f) => f,
                     Err(e) => {
                         // Its connected followers are indexed as they
                         // reconnect (the pull path serves them meanwhile).
-                        tracing::warn!(user, error = %e, "followers of a new celebrity not read");
+                        tracing::warn!(?outbox, error = %e, "followers of a new pull-path outbox not read");
                         Vec::new()
                     }
                 }
             } else {
                 Vec::new()
             };
-            celebrity_changed(&edge, user, on, &followers);
-            if !on {
-                edge.index.remove(&user);
-            }
+            path_changed(&edge, outbox, None, on, &followers);
         }
     }
 }
 
 impl Edge {
     /// Loads whole outboxes into the cache, in the background.
-    pub(crate) fn fill_outboxes(&self, celebrities: Vec<UserId>) {
+    pub(crate) fn fill_outboxes(&self, celebrities: Vec<Outbox>) {
         if celebrities.is_empty() {
             return;
         }
@@ -245,7 +266,7 @@ impl Edge {
             let cursors: Vec<herald_store::OutboxCursor> = celebrities
                 .iter()
                 .map(|&c| herald_store::OutboxCursor {
-                    celebrity: c,
+                    outbox: c,
                     seen: None,
                 })
                 .collect();
@@ -270,7 +291,7 @@ impl Edge {
         });
     }
 
-    /// Removes a user who left from every celebrity's follower index.
+    /// Removes a user who left from every outbox's follower index.
     pub(crate) fn unindex(&self, user: UserId) {
         for mut e in self.index.iter_mut() {
             e.value_mut().remove(&user);

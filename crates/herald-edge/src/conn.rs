@@ -35,10 +35,10 @@ pub(crate) struct Conn {
     pub user: UserId,
     pub link: Arc<Link>,
     last_seen: Instant,
-    /// Outbox cursors acked and not yet written to Redis (celebrity, order
+    /// Outbox cursors acked and not yet written to Redis (outbox, order
     /// of the newest entry acked): written at most once per
     /// `cursor_flush` and on close, never once per ack.
-    pub cursors: Vec<(UserId, u64)>,
+    pub cursors: Vec<(herald_types::Outbox, u64)>,
     pub cursors_at: Instant,
     /// The link's frame count at the last heartbeat.
     frames_at_beat: u64,

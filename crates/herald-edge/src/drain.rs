@@ -1,40 +1,43 @@
 //! Draining what waits for a user: the inbox (Redis) and the outboxes of
-//! the celebrities they follow (pull path), merged in acceptance order,
-//! on connect and whenever fan-out pokes the connection.
+//! the celebrities they follow and hot threads they subscribe to (pull
+//! path), merged in acceptance order, on connect and whenever fan-out
+//! pokes the connection.
 
 use herald_store::StoreError;
-use herald_types::{EdgeAnswer, Notification, UserId};
+use herald_types::{EdgeAnswer, Notification, Outbox};
 
 use crate::conn::{Conn, End};
 
-/// Posts pulled from outboxes, with the celebrity each came from.
-pub(crate) type Pulled = Vec<(UserId, Notification)>;
+/// Posts pulled from outboxes, with the outbox each came from.
+pub(crate) type Pulled = Vec<(Outbox, Notification)>;
 
 impl Conn {
-    /// Registers this user in the index of every celebrity it follows, then
-    /// reads their outboxes past its cursors. Registering first means any
-    /// post is either in what is read or broadcast after registration.
+    /// Registers this user in the index of every outbox it reads
+    /// (celebrities followed, hot threads subscribed to), then reads them
+    /// past its cursors. Registering first means any post is either in what
+    /// is read or broadcast after registration.
     ///
     /// An error means Redis did not answer: nothing was read, which is not
     /// the same as nothing waiting.
-    pub(crate) async fn pull_outboxes(
-        &mut self,
-    ) -> Result<Vec<(UserId, Notification)>, StoreError> {
-        let owners = self.edge.celebrities.owners();
-        if owners.is_empty() {
+    pub(crate) async fn pull_outboxes(&mut self) -> Result<Pulled, StoreError> {
+        if self.edge.celebrities.owners().is_empty() {
             return Ok(Vec::new());
         }
-        let mut cursors = self.edge.store.outbox_cursors(self.user, &owners).await?;
+        let mut cursors = self
+            .edge
+            .store
+            .outbox_cursors(self.user, &self.edge.celebrities)
+            .await?;
         // Acks not yet written to Redis count too.
         for c in &mut cursors {
-            if let Some((_, local)) = self.cursors.iter().find(|(x, _)| *x == c.celebrity) {
+            if let Some((_, local)) = self.cursors.iter().find(|(x, _)| *x == c.outbox) {
                 c.seen = Some(c.seen.map_or(*local, |s| s.max(*local)));
             }
         }
         for c in &cursors {
             self.edge
                 .index
-                .entry(c.celebrity)
+                .entry(c.outbox)
                 .or_default()
                 .insert(self.user);
         }
@@ -49,7 +52,11 @@ impl Conn {
         let now_ms = herald_types::now_ms();
         let mut deliver = Vec::new();
         for (c, n) in items {
-            match prefs.route(n.kind, c, n.object.as_deref(), now_ms) {
+            // A thread's commenter reads its outbox too: not their own.
+            if n.actor == self.user {
+                continue;
+            }
+            match prefs.route(n.kind, n.actor, n.object.as_deref(), now_ms) {
                 herald_prefs::Route::Drop(_) => {}
                 herald_prefs::Route::Wait(bucket, release_ms) => {
                     let seen = Some((c, n.order));
@@ -76,15 +83,15 @@ impl Conn {
     ) -> Result<Pulled, StoreError> {
         let limit = self.edge.cfg.drain_limit;
         let cache = &self.edge.outboxes;
-        let mut items: Vec<(UserId, Notification)> = Vec::new();
+        let mut items: Pulled = Vec::new();
         let mut cold = Vec::new();
         let mut filling = Vec::new();
         for c in cursors {
-            match cache.read(c.celebrity, c.seen, limit) {
-                Some(list) => items.extend(list.into_iter().map(|n| (c.celebrity, n))),
+            match cache.read(c.outbox, c.seen, limit) {
+                Some(list) => items.extend(list.into_iter().map(|n| (c.outbox, n))),
                 None => {
-                    if cache.start_fill(c.celebrity) {
-                        filling.push(c.celebrity);
+                    if cache.start_fill(c.outbox) {
+                        filling.push(c.outbox);
                     }
                     cold.push(c.clone());
                 }
@@ -172,12 +179,9 @@ impl Conn {
 }
 
 /// Inbox entries and pulled outbox entries in acceptance order, each with
-/// the celebrity it came from (none for the inbox).
-pub(crate) fn merged(
-    inbox: Vec<Notification>,
-    pulled: Pulled,
-) -> Vec<(Option<UserId>, Notification)> {
-    let mut all: Vec<(Option<UserId>, Notification)> =
+/// the outbox it came from (none for the inbox).
+pub(crate) fn merged(inbox: Vec<Notification>, pulled: Pulled) -> Vec<(Option<Outbox>, Notification)> {
+    let mut all: Vec<(Option<Outbox>, Notification)> =
         inbox.into_iter().map(|n| (None, n)).collect();
     all.extend(pulled.into_iter().map(|(c, n)| (Some(c), n)));
     all.sort_by_key(|(_, n)| n.order);

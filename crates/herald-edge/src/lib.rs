@@ -156,8 +156,9 @@ pub struct Edge {
     pub(crate) store: Store,
     /// Each user's connections here, oldest (the primary) first.
     pub(crate) conns: DashMap<UserId, Vec<ConnHandle>>,
-    /// Celebrity -> its followers connected here.
-    pub(crate) index: DashMap<UserId, std::collections::HashSet<UserId>>,
+    /// Outbox (a celebrity, a hot thread) -> its followers (subscribers)
+    /// connected here.
+    pub(crate) index: DashMap<herald_types::Outbox, std::collections::HashSet<UserId>>,
     pub(crate) celebrities: Arc<herald_store::CelebritySet>,
     pub(crate) prefs: Arc<herald_prefs::PrefsCache>,
     pub(crate) outboxes: outbox_cache::OutboxCache,
@@ -360,17 +361,18 @@ impl EdgeHandle for Edge {
             EdgeCommand::Push { user, n, settle } => return self.push(user, n, settle),
             EdgeCommand::Poke { user } => self.poke(user),
             EdgeCommand::PokeAll => self.poke_all(),
-            EdgeCommand::Broadcast { celebrity, n } => celebrity::broadcast(self, celebrity, n),
+            EdgeCommand::Broadcast { outbox, n } => celebrity::broadcast(self, outbox, n),
             EdgeCommand::FollowChanged {
                 follower,
-                celebrity,
+                outbox,
                 follows,
-            } => celebrity::follow_changed(self, follower, celebrity, follows),
-            EdgeCommand::CelebrityChanged {
-                user,
-                celebrity,
+            } => celebrity::follow_changed(self, follower, outbox, follows),
+            EdgeCommand::PathChanged {
+                outbox,
+                object,
+                on,
                 followers,
-            } => celebrity::celebrity_changed(self, user, celebrity, &followers),
+            } => celebrity::path_changed(self, outbox, object, on, &followers),
         }
         None
     }

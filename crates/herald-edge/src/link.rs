@@ -18,7 +18,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use herald_types::{EdgeAnswer, Notification, Refusal, UserId, WireFormat};
+use herald_types::{EdgeAnswer, Notification, Refusal, WireFormat};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
@@ -162,7 +162,7 @@ impl Link {
                 return true;
             }
             let kind = Kind::Outbox {
-                celebrity: f.celebrity,
+                outbox: f.outbox,
                 order: f.order,
             };
             o.unacked.insert(
@@ -190,7 +190,7 @@ impl Link {
     /// Stored notifications (the inbox, outboxes pulled), oldest first:
     /// those not already pending are recorded and written together.
     /// Returns how many went out.
-    pub fn send_stored(&self, edge: &Edge, items: Vec<(Option<UserId>, Notification)>) -> u64 {
+    pub fn send_stored(&self, edge: &Edge, items: Vec<(Option<herald_types::Outbox>, Notification)>) -> u64 {
         let (sent, wake) = {
             let mut o = self.lock();
             let sent = self.stage_stored(&mut o, edge, items);
@@ -211,7 +211,7 @@ impl Link {
         &self,
         edge: &Edge,
         hello: Bytes,
-        items: Vec<(Option<UserId>, Notification)>,
+        items: Vec<(Option<herald_types::Outbox>, Notification)>,
     ) -> u64 {
         let (sent, wake) = {
             let mut o = self.lock();
@@ -235,7 +235,7 @@ impl Link {
         &self,
         o: &mut Out,
         edge: &Edge,
-        items: Vec<(Option<UserId>, Notification)>,
+        items: Vec<(Option<herald_types::Outbox>, Notification)>,
     ) -> u64 {
         if o.closed {
             return 0;
@@ -245,14 +245,14 @@ impl Link {
         // The page's frames in one buffer: one allocation, one entry.
         let mut page = bytes::BytesMut::with_capacity(256 * items.len());
         let mut scratch = Vec::with_capacity(512);
-        for (celebrity, n) in items {
+        for (outbox, n) in items {
             if o.unacked.contains_key(&*n.id) {
                 continue;
             }
             frames::append_notification(&mut page, &mut scratch, &n, self.fmt);
-            let kind = match celebrity {
-                Some(celebrity) => Kind::Outbox {
-                    celebrity,
+            let kind = match outbox {
+                Some(outbox) => Kind::Outbox {
+                    outbox,
                     order: n.order,
                 },
                 None => Kind::Stored,

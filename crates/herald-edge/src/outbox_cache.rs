@@ -1,4 +1,4 @@
-//! Hot outboxes in memory: a celebrity's recent posts, so the reconnect
+//! Hot outboxes in memory: a celebrity's (or hot thread's) recent posts, so the reconnect
 //! wave after a big post reads them here instead of one Redis round trip
 //! per follower. The cache mirrors the Redis outbox: filled from it once,
 //! then appended by every broadcast (which follows the Redis write) and
@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use herald_types::{Notification, UserId};
+use herald_types::Notification;
 
 #[derive(Default)]
 struct Outbox {
@@ -20,7 +20,7 @@ struct Outbox {
 
 pub(crate) struct OutboxCache {
     cap: usize,
-    map: DashMap<UserId, Outbox>,
+    map: DashMap<herald_types::Outbox, Outbox>,
 }
 
 fn insert_sorted(entries: &mut VecDeque<Arc<Notification>>, n: Arc<Notification>) {
@@ -45,9 +45,9 @@ impl OutboxCache {
         }
     }
 
-    /// A post just written to `celebrity`'s outbox.
-    pub fn append(&self, celebrity: UserId, n: &Notification) {
-        if let Some(mut o) = self.map.get_mut(&celebrity) {
+    /// A post just written to `outbox`.
+    pub fn append(&self, outbox: herald_types::Outbox, n: &Notification) {
+        if let Some(mut o) = self.map.get_mut(&outbox) {
             insert_sorted(&mut o.entries, Arc::new(n.clone()));
             let o = &mut *o;
             while o.entries.len() > self.cap {
@@ -60,11 +60,11 @@ impl OutboxCache {
     /// not cached yet (the caller reads Redis and may `fill`).
     pub fn read(
         &self,
-        celebrity: UserId,
+        outbox: herald_types::Outbox,
         seen: Option<u64>,
         limit: usize,
     ) -> Option<Vec<Notification>> {
-        let o = self.map.get(&celebrity)?;
+        let o = self.map.get(&outbox)?;
         if !o.loaded {
             return None;
         }
@@ -79,10 +79,10 @@ impl OutboxCache {
         )
     }
 
-    /// Marks `celebrity` as being filled; false if someone else is on it.
-    pub fn start_fill(&self, celebrity: UserId) -> bool {
+    /// Marks `outbox` as being filled; false if someone else is on it.
+    pub fn start_fill(&self, outbox: herald_types::Outbox) -> bool {
         let mut fresh = false;
-        self.map.entry(celebrity).or_insert_with(|| {
+        self.map.entry(outbox).or_insert_with(|| {
             fresh = true;
             Outbox::default()
         });
@@ -91,8 +91,8 @@ impl OutboxCache {
 
     /// Completes a fill with the whole Redis outbox, merged with what
     /// broadcasts appended meanwhile.
-    pub fn fill(&self, celebrity: UserId, all: Vec<Notification>) {
-        if let Some(mut o) = self.map.get_mut(&celebrity) {
+    pub fn fill(&self, outbox: herald_types::Outbox, all: Vec<Notification>) {
+        if let Some(mut o) = self.map.get_mut(&outbox) {
             for n in all {
                 insert_sorted(&mut o.entries, Arc::new(n));
             }
@@ -103,8 +103,8 @@ impl OutboxCache {
     }
 
     /// Gives up a fill that failed.
-    pub fn abort_fill(&self, celebrity: UserId) {
-        self.map.remove_if(&celebrity, |_, o| !o.loaded);
+    pub fn abort_fill(&self, outbox: herald_types::Outbox) {
+        self.map.remove_if(&outbox, |_, o| !o.loaded);
     }
 }
 
@@ -112,6 +112,7 @@ impl OutboxCache {
 mod tests {
     use super::*;
     use herald_types::EventKind;
+    const C: herald_types::Outbox = herald_types::Outbox::User(1);
 
     fn post(order: u64) -> Notification {
         Notification {
@@ -135,22 +136,22 @@ mod tests {
     #[test]
     fn fills_merge_with_concurrent_appends_and_trim() {
         let c = OutboxCache::new(3);
-        assert!(c.read(1, None, 10).is_none());
-        assert!(c.start_fill(1));
-        assert!(!c.start_fill(1));
-        c.append(1, &post(5)); // a broadcast during the fill
-        assert!(c.read(1, None, 10).is_none(), "not readable while filling");
-        c.fill(1, vec![post(2), post(3), post(5)]);
+        assert!(c.read(C, None, 10).is_none());
+        assert!(c.start_fill(C));
+        assert!(!c.start_fill(C));
+        c.append(C, &post(5)); // a broadcast during the fill
+        assert!(c.read(C, None, 10).is_none(), "not readable while filling");
+        c.fill(C, vec![post(2), post(3), post(5)]);
         let all: Vec<u64> = c
-            .read(1, None, 10)
+            .read(C, None, 10)
             .unwrap()
             .iter()
             .map(|n| n.order)
             .collect();
         assert_eq!(all, vec![2, 3, 5]);
-        c.append(1, &post(7));
+        c.append(C, &post(7));
         let after: Vec<u64> = c
-            .read(1, Some(3), 10)
+            .read(C, Some(3), 10)
             .unwrap()
             .iter()
             .map(|n| n.order)

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_types::{Notification, Settle, UserId};
+use herald_types::{Notification, Settle};
 
 use crate::Direct;
 
@@ -20,8 +20,12 @@ pub(crate) enum Kind {
     /// From the inbox (or given back and parked there): the ack removes it
     /// there.
     Stored,
-    /// A celebrity's post (outbox): the ack advances the read cursor.
-    Outbox { celebrity: UserId, order: u64 },
+    /// A post pulled or broadcast from an outbox (a celebrity's or a hot
+    /// thread's): the ack advances the read cursor.
+    Outbox {
+        outbox: herald_types::Outbox,
+        order: u64,
+    },
 }
 
 pub(crate) struct Pending {
@@ -43,20 +47,20 @@ pub(crate) struct Acks {
 }
 
 /// Takes `ids` out of the set: what each ack asks for goes to `acks`, and
-/// an outbox entry moves its celebrity's cursor in `cursors`.
+/// an outbox entry moves its outbox's cursor in `cursors`.
 pub(crate) fn ack<'a>(
     set: &mut PendingMap,
     ids: impl IntoIterator<Item = std::borrow::Cow<'a, str>>,
     acks: &mut Acks,
-    cursors: &mut Vec<(UserId, u64)>,
+    cursors: &mut Vec<(herald_types::Outbox, u64)>,
 ) {
     for id in ids {
         match set.remove(&*id).map(|p| p.kind) {
             Some(Kind::Live(d)) => acks.settled.extend(d.settle.acked()),
-            Some(Kind::Outbox { celebrity, order }) => {
-                match cursors.iter_mut().find(|(c, _)| *c == celebrity) {
+            Some(Kind::Outbox { outbox, order }) => {
+                match cursors.iter_mut().find(|(c, _)| *c == outbox) {
                     Some(e) => e.1 = e.1.max(order),
-                    None => cursors.push((celebrity, order)),
+                    None => cursors.push((outbox, order)),
                 }
             }
             Some(Kind::Stored) | None => acks.remove.push(id.into_owned()),

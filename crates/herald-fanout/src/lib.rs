@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 
 pub use aggregate::{AggregationConfig, MAX_ACTORS};
 pub use lease::Leases;
-pub use relay::{Relay, RelayOut, RelayOutbox};
+pub use relay::{EveryEdge, Relay, RelayOut, RelayOutbox};
 pub use settle::Settlements;
 pub use tracker::{Hold, Tracker};
 

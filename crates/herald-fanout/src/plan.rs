@@ -35,6 +35,11 @@ pub(crate) struct Item {
     pub follower_count: Option<u64>,
     /// A post on the celebrity (pull) path.
     pub celebrity_post: bool,
+    /// Its object is a thread on the pull path (more subscribers than the
+    /// celebrity threshold): the thread's id, and those of its direct
+    /// recipients and followers who subscribe to it, sorted (they hear it
+    /// from the thread's outbox, not by push).
+    pub hot_thread: Option<(u64, Vec<UserId>)>,
     /// Its fan-out span when the event was traced (ends with the item),
     /// and that span as the parent of each notification's push.
     pub span: Option<trace::Span>,
@@ -71,6 +76,7 @@ impl Item {
             subscribers: None,
             follower_count: None,
             celebrity_post: false,
+            hot_thread: None,
         }
     }
 }
@@ -101,11 +107,17 @@ pub(crate) fn notification(i: &Item, recipient: UserId) -> Notification {
 /// notifies followers, the actor's followers not already told (unless the
 /// actor is a celebrity: their followers pull it from the outbox), then,
 /// for a kind that notifies subscribers, its object's subscribers not
-/// already told. Never the actor.
+/// already told (unless the thread is on the pull path: its subscribers
+/// pull it, and are not pushed it as recipients or followers either).
+/// Never the actor.
 pub(crate) fn recipients(items: &[Item]) -> Vec<(usize, UserId)> {
     let mut out = Vec::new();
     for (idx, i) in items.iter().enumerate() {
-        let direct = i.ev.direct_recipients();
+        let mut direct = i.ev.direct_recipients();
+        let in_thread = i.hot_thread.as_ref().map(|(_, s)| &s[..]).unwrap_or(&[]);
+        // Sorted (the thread stage sorts it): followers can be many.
+        let pulls = |u: &UserId| in_thread.binary_search(u).is_ok();
+        direct.retain(|u| !pulls(u));
         out.extend(direct.iter().map(|&u| (idx, u)));
         let followers = match &i.followers {
             Some(f) if !i.celebrity_post && i.ev.kind.to_followers() => &f[..],
@@ -118,6 +130,7 @@ pub(crate) fn recipients(items: &[Item]) -> Vec<(usize, UserId)> {
                 followers
                     .iter()
                     .filter(|&&u| u != i.ev.actor && !direct.contains(&u))
+                    .filter(|u| !pulls(u))
                     .map(|&u| (idx, u)),
             );
             continue;

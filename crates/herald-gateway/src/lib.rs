@@ -135,6 +135,9 @@ pub struct Gateway {
     pub placement: Arc<dyn herald_types::Placement>,
     /// This node's edge, when it holds connections (presence, alone).
     pub edge: Option<Arc<dyn herald_types::EdgeHandle>>,
+    /// Every node's edge (this one's and, in a cluster, the others'
+    /// through the relay): told of subscriptions to hot threads.
+    pub every_edge: Arc<dyn herald_types::EdgeHandle>,
     /// To the other nodes, in a cluster.
     pub forwarder: Option<Forwarder>,
     /// Replicated partitions: appends go through their Raft groups.
@@ -155,10 +158,12 @@ impl Gateway {
         placement: Arc<dyn herald_types::Placement>,
         replicas: Option<Arc<herald_raft::Replicas>>,
         edge: Option<Arc<dyn herald_types::EdgeHandle>>,
+        every_edge: Arc<dyn herald_types::EdgeHandle>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             replicas,
             edge,
+            every_edge,
             forwarder: (!cfg.cluster_key.is_empty())
                 .then(|| Forwarder::new(cfg.cluster_key.clone())),
             placement,

@@ -84,11 +84,23 @@ async fn change(
     let users = users(&parse(&bytes, enc)?)?;
     let unavailable = |e: herald_store::StoreError| ApiError::store("subscriber store", e);
     let n = if add {
-        gw.store.subscribe_object(object, &users).await
+        let at = herald_types::now_us();
+        gw.store.subscribe_object(object, &users, at).await
     } else {
         gw.store.unsubscribe_object(object, &users).await
     }
     .map_err(unavailable)?;
+    // A thread on the pull path: every edge indexes (or forgets) those of
+    // them connected to it, so they hear its next post live.
+    if let Some(t) = gw.celebrities.hot_thread(object) {
+        for &follower in &users {
+            gw.every_edge.send(herald_types::EdgeCommand::FollowChanged {
+                follower,
+                outbox: herald_types::Outbox::Thread(t),
+                follows: add,
+            });
+        }
+    }
     Ok(json!({ "subscribers": n }))
 }
 

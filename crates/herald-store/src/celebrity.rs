@@ -1,11 +1,12 @@
-//! The celebrity (hybrid push/pull) path's state: who is a celebrity, their
-//! outboxes, and how far each follower has read each outbox.
+//! The pull path's state (hybrid push/pull): which celebrities and hot
+//! threads are on it, their outboxes, and how far each follower (or
+//! subscriber) has read each outbox.
 
 use herald_types::sync::Shared;
-use std::collections::HashSet;
-use std::sync::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
-use herald_types::{Notification, UserId};
+use herald_types::{Notification, Outbox, UserId};
 
 use crate::{ukey, Result, Store, StoreError};
 
@@ -57,13 +58,19 @@ impl CelebrityPolicy {
 
 #[derive(Debug, Default)]
 struct Sets {
-    current: HashSet<UserId>,
-    owners: HashSet<UserId>,
+    current: HashSet<Outbox>,
+    owners: HashSet<Outbox>,
+    /// Every hot thread's object (those ever hot), both ways.
+    names: HashMap<u64, Arc<str>>,
+    ids: HashMap<Arc<str>, u64>,
 }
 
-/// In-memory mirror of `h:celebrities` and `h:outbox-owners`. The worker
-/// that owns an account's partition is the only writer of its status, so
-/// the mirror on that node is exact for it.
+/// In-memory mirror of `h:celebrities`, `h:outbox-owners` and the hot
+/// threads' names. The worker that owns an account's partition is the only
+/// writer of its status, so the mirror on that node is exact for it; a
+/// thread's status may be changed by any partition's worker (its comments
+/// can be partitioned apart), so a node's view of it is current within the
+/// edge's sync (a second).
 #[derive(Debug, Default)]
 pub struct CelebritySet {
     sets: RwLock<Sets>,
@@ -79,10 +86,27 @@ impl CelebritySet {
     }
 
     pub fn is_celebrity(&self, u: UserId) -> bool {
-        self.read().current.contains(&u)
+        self.read().current.contains(&Outbox::User(u))
     }
 
-    /// Accounts on the celebrity (pull) path now.
+    /// Whether `o` is on the pull path now.
+    pub fn is_on(&self, o: Outbox) -> bool {
+        self.read().current.contains(&o)
+    }
+
+    /// The id of `object`'s thread when it is on the pull path now.
+    pub fn hot_thread(&self, object: &str) -> Option<u64> {
+        let s = self.read();
+        let t = *s.ids.get(object)?;
+        s.current.contains(&Outbox::Thread(t)).then_some(t)
+    }
+
+    /// The object of thread `t` (known once it has been hot).
+    pub fn object_of(&self, t: u64) -> Option<Arc<str>> {
+        self.read().names.get(&t).cloned()
+    }
+
+    /// Outboxes on the pull path now.
     pub fn len(&self) -> usize {
         self.read().current.len()
     }
@@ -91,42 +115,96 @@ impl CelebritySet {
         self.read().current.is_empty()
     }
 
-    /// Accounts that have an outbox (current or former celebrities).
-    pub fn owners(&self) -> Vec<UserId> {
+    /// Outboxes that exist (current or former celebrities and hot threads).
+    pub fn owners(&self) -> Vec<Outbox> {
         self.read().owners.iter().copied().collect()
     }
 
-    pub fn set(&self, u: UserId, on: bool) {
+    pub fn set(&self, o: Outbox, on: bool) {
         let mut s = self.write();
         if on {
-            s.current.insert(u);
-            s.owners.insert(u);
+            s.current.insert(o);
+            s.owners.insert(o);
         } else {
-            s.current.remove(&u);
+            s.current.remove(&o);
         }
+    }
+
+    /// Records thread `t`'s object.
+    pub fn name(&self, t: u64, object: Arc<str>) {
+        let mut s = self.write();
+        s.ids.insert(object.clone(), t);
+        s.names.insert(t, object);
     }
 }
 
 /// One follower's view of one outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxCursor {
-    pub celebrity: UserId,
-    /// Order of the newest entry acked; None: never read.
+    pub outbox: Outbox,
+    /// Order of the newest entry acked (or, for a thread, of the moment
+    /// the follower subscribed, when later); None: never read.
     pub seen: Option<u64>,
 }
 
+/// A set member or hash field naming an outbox: a celebrity's id, or
+/// `t:` and a thread's id.
+pub(crate) fn member(o: Outbox) -> String {
+    match o {
+        Outbox::User(u) => u.to_string(),
+        Outbox::Thread(t) => format!("t:{t}"),
+    }
+}
+
+fn parse_member(m: &str) -> Option<Outbox> {
+    match m.strip_prefix("t:") {
+        Some(t) => t.parse().ok().map(Outbox::Thread),
+        None => m.parse().ok().map(Outbox::User),
+    }
+}
+
+/// An outbox's own key (`h:{u:ID}:what` or `h:{t:ID}:what`).
+pub(crate) fn okey(o: Outbox, what: &str) -> String {
+    match o {
+        Outbox::User(u) => ukey(u, what).to_string(),
+        Outbox::Thread(t) => format!("h:{{t:{t}}}:{what}"),
+    }
+}
+
+// KEYS: object -> id, id -> object, counter (one slot). ARGV: object.
+// Returns the thread's id, given on first use.
+const THREAD_ID: &str = r#"
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if id then return tonumber(id) end
+id = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], ARGV[1], id)
+redis.call('HSET', KEYS[2], id, ARGV[1])
+return id
+"#;
+
+const THREAD_IDS: &str = "h:{threads}:ids";
+const THREAD_NAMES: &str = "h:{threads}:names";
+const THREAD_NEXT: &str = "h:{threads}:next";
+
 impl Store {
-    /// Loads the celebrity sets into `mirror`.
+    /// Loads the celebrity sets and the hot threads' names into `mirror`.
     pub async fn load_celebrities(&self, mirror: &CelebritySet) -> Result<()> {
         let mut p = crate::Batch::new();
         p.cmd("SMEMBERS").arg(CELEBRITIES);
         p.cmd("SMEMBERS").arg(OWNERS);
-        let (current, owners): (Vec<UserId>, Vec<UserId>) = self.run(&p).await?;
+        p.cmd("HGETALL").arg(THREAD_NAMES);
+        let (current, owners, names): (Vec<String>, Vec<String>, HashMap<u64, String>) =
+            self.run(&p).await?;
         let mut s = mirror.write();
-        s.current = current.into_iter().collect();
-        let current_owners: Vec<UserId> = s.current.iter().copied().collect();
-        s.owners = owners.into_iter().collect();
+        s.current = current.iter().filter_map(|m| parse_member(m)).collect();
+        let current_owners: Vec<Outbox> = s.current.iter().copied().collect();
+        s.owners = owners.iter().filter_map(|m| parse_member(m)).collect();
         s.owners.extend(current_owners);
+        for (t, object) in names {
+            let object: Arc<str> = object.into();
+            s.ids.insert(object.clone(), t);
+            s.names.insert(t, object);
+        }
         Ok(())
     }
 
@@ -138,33 +216,53 @@ impl Store {
         Ok(v.unwrap_or(0))
     }
 
-    /// Reloads `mirror` from Redis; returns the accounts whose status the
+    /// Reloads `mirror` from Redis; returns the outboxes whose status the
     /// mirror did not have yet (changed on another node, or by a bulk
     /// import there).
-    pub async fn reload_celebrities(&self, mirror: &CelebritySet) -> Result<Vec<(UserId, bool)>> {
+    pub async fn reload_celebrities(&self, mirror: &CelebritySet) -> Result<Vec<(Outbox, bool)>> {
         let fresh = CelebritySet::default();
         self.load_celebrities(&fresh).await?;
         let (new, old) = (fresh.read(), mirror.read());
-        let mut changed: Vec<(UserId, bool)> = new
+        let mut changed: Vec<(Outbox, bool)> = new
             .current
             .difference(&old.current)
             .map(|u| (*u, true))
             .collect();
         changed.extend(old.current.difference(&new.current).map(|u| (*u, false)));
+        let names: Vec<(u64, Arc<str>)> = new
+            .names
+            .iter()
+            .filter(|(t, _)| !old.names.contains_key(t))
+            .map(|(t, o)| (*t, o.clone()))
+            .collect();
         drop((new, old));
+        for (t, o) in names {
+            mirror.name(t, o);
+        }
         for (u, on) in &changed {
             mirror.set(*u, *on);
         }
         Ok(changed)
     }
 
-    /// Which of `candidates` follow `celebrity` (one `SMISMEMBER` per
-    /// thousand candidates, one round trip).
+    /// Which of `candidates` follow `o` (a celebrity) or subscribe to it
+    /// (a thread, by its object), one round trip.
     pub async fn followers_among(
         &self,
-        celebrity: UserId,
+        o: Outbox,
+        object: Option<&str>,
         candidates: &[UserId],
     ) -> Result<Vec<UserId>> {
+        match (o, object) {
+            (Outbox::User(celebrity), _) => self.follow_among(celebrity, candidates).await,
+            (Outbox::Thread(_), Some(object)) => self.subscribed_among(object, candidates).await,
+            (Outbox::Thread(_), None) => Ok(Vec::new()),
+        }
+    }
+
+    /// Which of `candidates` follow `celebrity` (one `SMISMEMBER` per
+    /// thousand candidates, one round trip).
+    async fn follow_among(&self, celebrity: UserId, candidates: &[UserId]) -> Result<Vec<UserId>> {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
@@ -182,20 +280,36 @@ impl Store {
             .collect())
     }
 
-    /// Records a change of path for `user` (Redis, then the mirror).
-    pub async fn set_celebrity(&self, mirror: &CelebritySet, user: UserId, on: bool) -> Result<()> {
+    /// Records a change of path for `o` (Redis, then the mirror).
+    pub async fn set_celebrity(&self, mirror: &CelebritySet, o: Outbox, on: bool) -> Result<()> {
+        let m = member(o);
         let mut p = crate::Batch::new();
         if on {
-            p.cmd("SADD").arg(CELEBRITIES).arg(user).ignore();
-            p.cmd("SADD").arg(OWNERS).arg(user).ignore();
+            p.cmd("SADD").arg(CELEBRITIES).arg(&m).ignore();
+            p.cmd("SADD").arg(OWNERS).arg(&m).ignore();
         } else {
-            p.cmd("SREM").arg(CELEBRITIES).arg(user).ignore();
+            p.cmd("SREM").arg(CELEBRITIES).arg(&m).ignore();
         }
         p.cmd("INCR").arg(VERSION).ignore();
         self.run::<()>(&p).await?;
-        mirror.set(user, on);
-        tracing::info!(user, celebrity = on, "account changed path");
+        mirror.set(o, on);
+        tracing::info!(outbox = %m, on, "changed path");
         Ok(())
+    }
+
+    /// The id of `object`'s thread (given the first time it becomes hot,
+    /// the same ever after), recorded in `mirror`.
+    pub async fn thread_id(&self, mirror: &CelebritySet, object: &str) -> Result<u64> {
+        static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = S.get_or_init(|| redis::Script::new(THREAD_ID));
+        let mut inv = script.prepare_invoke();
+        inv.key(THREAD_IDS)
+            .key(THREAD_NAMES)
+            .key(THREAD_NEXT)
+            .arg(object);
+        let t: u64 = self.invoke(&inv).await?;
+        mirror.name(t, object.into());
+        Ok(t)
     }
 
     /// Applies `policy` to `users` from their follower counts (after a bulk
@@ -215,7 +329,7 @@ impl Store {
             let counts: Vec<u64> = self.run(&p).await?;
             for (u, n) in chunk.iter().zip(counts) {
                 if let Some(on) = policy.decide(mirror.is_celebrity(*u), n) {
-                    self.set_celebrity(mirror, *u, on).await?;
+                    self.set_celebrity(mirror, Outbox::User(*u), on).await?;
                     changed.push((*u, on));
                 }
             }
@@ -223,14 +337,14 @@ impl Store {
         Ok(changed)
     }
 
-    /// Writes a celebrity's post to its outbox: one script whatever the
-    /// number of followers, kept to `cap` posts. Idempotent (the same post
-    /// twice is one entry).
-    /// `Ok(false)`: refused, a newer leader of the celebrity's partition
+    /// Writes a post to `o`'s outbox: one script whatever the number of
+    /// followers, kept to `cap` posts. Idempotent (the same post twice is
+    /// one entry).
+    /// `Ok(false)`: refused, a newer leader of the writer's partition
     /// already wrote to this outbox (`fence.rs`).
     pub async fn outbox_push(
         &self,
-        celebrity: UserId,
+        o: Outbox,
         n: &Notification,
         cap: usize,
         fence: crate::Fence,
@@ -238,8 +352,8 @@ impl Store {
         static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = S.get_or_init(|| redis::Script::new(&crate::fence::with_check(OUTBOX_PUSH)));
         let mut inv = script.prepare_invoke();
-        inv.key(ukey(celebrity, "outbox"))
-            .key(ukey(celebrity, "fence"))
+        inv.key(okey(o, "outbox"))
+            .key(okey(o, "fence"))
             .arg(fence.partition)
             .arg(fence.term)
             .arg(n.order)
@@ -249,37 +363,91 @@ impl Store {
         Ok(r == 1)
     }
 
-    /// Which of `owners` `user` follows, with how far `user` has read each.
+    /// The outboxes of `mirror` that `user` reads (celebrities followed,
+    /// hot threads subscribed to), with how far `user` has read each.
     pub async fn outbox_cursors(
         &self,
         user: UserId,
-        owners: &[UserId],
+        mirror: &CelebritySet,
     ) -> Result<Vec<OutboxCursor>> {
-        if owners.is_empty() {
+        let mut users = Vec::new();
+        let mut threads: Vec<(u64, Arc<str>)> = Vec::new();
+        for o in mirror.owners() {
+            match o {
+                Outbox::User(u) => users.push(u),
+                // A thread whose object this node does not know yet is
+                // read once the sync has it.
+                Outbox::Thread(t) => threads.extend(mirror.object_of(t).map(|n| (t, n))),
+            }
+        }
+        if users.is_empty() && threads.is_empty() {
             return Ok(Vec::new());
         }
         let mut p = crate::Batch::new();
-        p.cmd("SMISMEMBER").arg(ukey(user, "following")).arg(owners);
-        p.cmd("HMGET").arg(ukey(user, "seen")).arg(owners);
-        let (follows, seen): (Vec<bool>, Vec<Option<u64>>) = self.run(&p).await?;
-        Ok(owners
+        if !users.is_empty() {
+            p.cmd("SMISMEMBER").arg(ukey(user, "following")).arg(&users);
+        }
+        if !threads.is_empty() {
+            p.cmd("HMGET").arg(ukey(user, "threads"));
+            for (_, n) in &threads {
+                p.arg(&**n);
+            }
+        }
+        let all: Vec<Outbox> = users
             .iter()
-            .zip(follows.into_iter().zip(seen))
-            .filter(|(_, (f, _))| *f)
-            .map(|(&c, (_, s))| OutboxCursor {
-                celebrity: c,
-                seen: s,
+            .map(|u| Outbox::User(*u))
+            .chain(threads.iter().map(|(t, _)| Outbox::Thread(*t)))
+            .collect();
+        p.cmd("HMGET").arg(ukey(user, "seen"));
+        for o in &all {
+            p.arg(member(*o));
+        }
+        let mut answers: Vec<redis::Value> = self.run(&p).await?;
+        let bad = |e: redis::ParsingError| StoreError::Corrupt {
+            key: ukey(user, "seen").to_string(),
+            reason: e.to_string(),
+        };
+        let seen: Vec<Option<u64>> = match answers.pop() {
+            Some(v) => redis::from_redis_value(v).map_err(bad)?,
+            None => Vec::new(),
+        };
+        let since: Vec<Option<u64>> = match threads.is_empty() {
+            true => Vec::new(),
+            false => match answers.pop() {
+                Some(v) => redis::from_redis_value(v).map_err(bad)?,
+                None => Vec::new(),
+            },
+        };
+        let follows: Vec<bool> = match answers.pop() {
+            Some(v) => redis::from_redis_value(v).map_err(bad)?,
+            None => Vec::new(),
+        };
+        // Each outbox read with its start: a celebrity followed, a thread
+        // subscribed to (read from the subscription on).
+        let starts = follows
+            .into_iter()
+            .map(|f| f.then_some(None))
+            .chain(since.into_iter().map(|s| s.map(Some)));
+        Ok(all
+            .into_iter()
+            .zip(starts.zip(seen))
+            .filter_map(|(outbox, (start, seen))| {
+                let start = start?;
+                Some(OutboxCursor {
+                    outbox,
+                    seen: seen.max(start),
+                })
             })
             .collect())
     }
 
     /// Outbox entries after each cursor (at most `limit` per outbox), one
-    /// round trip; each with its celebrity.
+    /// round trip; each with its outbox.
     pub async fn outbox_read(
         &self,
         cursors: &[OutboxCursor],
         limit: usize,
-    ) -> Result<Vec<(UserId, Notification)>> {
+    ) -> Result<Vec<(Outbox, Notification)>> {
         if cursors.is_empty() {
             return Ok(Vec::new());
         }
@@ -290,7 +458,7 @@ impl Store {
                 None => "-inf".into(),
             };
             p.cmd("ZRANGEBYSCORE")
-                .arg(ukey(c.celebrity, "outbox"))
+                .arg(okey(c.outbox, "outbox"))
                 .arg(min)
                 .arg("+inf")
                 .arg("LIMIT")
@@ -302,25 +470,25 @@ impl Store {
         for (c, list) in cursors.iter().zip(lists) {
             for bytes in list {
                 let n = Notification::from_storage(&bytes).map_err(|e| StoreError::Corrupt {
-                    key: ukey(c.celebrity, "outbox").to_string(),
+                    key: okey(c.outbox, "outbox"),
                     reason: e.to_string(),
                 })?;
-                out.push((c.celebrity, n));
+                out.push((c.outbox, n));
             }
         }
         Ok(out)
     }
 
-    /// Records how far `user` has read outboxes (celebrity, order).
-    pub async fn outbox_seen(&self, user: UserId, seen: &[(UserId, u64)]) -> Result<()> {
+    /// Records how far `user` has read outboxes (outbox, order).
+    pub async fn outbox_seen(&self, user: UserId, seen: &[(Outbox, u64)]) -> Result<()> {
         if seen.is_empty() {
             return Ok(());
         }
         let mut p = crate::Batch::new();
         let mut h = redis::cmd("HSET");
         h.arg(ukey(user, "seen"));
-        for (c, o) in seen {
-            h.arg(c).arg(o);
+        for (o, at) in seen {
+            h.arg(member(*o)).arg(at);
         }
         p.add_command(h).ignore();
         self.run::<()>(&p).await
@@ -346,6 +514,16 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outbox_members_read_back() {
+        for o in [Outbox::User(7), Outbox::Thread(7), Outbox::User(u64::MAX)] {
+            assert_eq!(parse_member(&member(o)), Some(o));
+        }
+        assert_eq!(parse_member("t:x"), None);
+        assert_eq!(okey(Outbox::Thread(3), "outbox"), "h:{t:3}:outbox");
+        assert_eq!(okey(Outbox::User(3), "outbox"), "h:{u:3}:outbox");
+    }
 
     #[test]
     fn hysteresis_keeps_accounts_from_flapping() {

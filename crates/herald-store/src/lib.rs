@@ -75,7 +75,7 @@ pub use nodes::{NodeChange, NodeSet};
 pub use position::Position;
 pub use prefs::StoredPrefs;
 pub use presence::Subscription;
-pub use subscribers::{ThreadStep, MAX_SUBSCRIBER_PAGE};
+pub use subscribers::{ThreadRead, ThreadStep, MAX_SUBSCRIBER_PAGE};
 pub use webhook::{webhook_field, webhook_rows, webhook_shard, WebhookBatch, MAX_WEBHOOK_BATCH};
 
 /// What the store can fail at.

@@ -1,6 +1,8 @@
 //! Object subscriptions: who follows a thread (`h:os:OBJECT`, a sorted
 //! set of 8-byte big-endian user ids, all scored 0, so it pages in id
-//! order by range and a cursor is the last id of a page).
+//! order by range and a cursor is the last id of a page), and each user's
+//! side of it (`h:{u:ID}:threads`, object -> when they subscribed, in
+//! microseconds: where they start reading a hot thread's outbox).
 
 use herald_types::UserId;
 
@@ -33,39 +35,89 @@ fn user_of(m: &[u8]) -> Result<UserId> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadStep {
     pub object: String,
-    /// Read the object's subscribers (answered in order).
-    pub read: bool,
-    /// Then subscribe this user.
-    pub subscribe: Option<UserId>,
+    /// Read the object's subscribers (answered in order): their count,
+    /// and the list unless the count passes `limit` (or `limit` is 0: a
+    /// thread known to be on the pull path).
+    pub read: Option<u64>,
+    /// Then subscribe this user, from this time (microseconds).
+    pub subscribe: Option<(UserId, u64)>,
+}
+
+/// What a thread step read: the subscribers, or only how many there are
+/// (more than its limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThreadRead {
+    Subscribers(Vec<UserId>),
+    Many(u64),
 }
 
 impl Store {
-    /// Subscribes `users` to `object`; the subscriber count after.
-    pub async fn subscribe_object(&self, object: &str, users: &[UserId]) -> Result<u64> {
-        self.change_subscribers(object, users, "ZADD").await
+    /// Subscribes `users` to `object` from `at_us`; the subscriber count
+    /// after.
+    pub async fn subscribe_object(&self, object: &str, users: &[UserId], at_us: u64) -> Result<u64> {
+        self.change_subscribers(object, users, Some(at_us)).await
     }
 
     /// Unsubscribes `users` from `object`; the subscriber count after.
     pub async fn unsubscribe_object(&self, object: &str, users: &[UserId]) -> Result<u64> {
-        self.change_subscribers(object, users, "ZREM").await
+        self.change_subscribers(object, users, None).await
     }
 
-    async fn change_subscribers(&self, object: &str, users: &[UserId], op: &str) -> Result<u64> {
+    async fn change_subscribers(
+        &self,
+        object: &str,
+        users: &[UserId],
+        at_us: Option<u64>,
+    ) -> Result<u64> {
         let key = object_key(object);
         let mut p = crate::Batch::new();
         if !users.is_empty() {
-            p.cmd(op).arg(&key[..]);
+            p.cmd(if at_us.is_some() { "ZADD" } else { "ZREM" })
+                .arg(&key[..]);
             for u in users {
-                if op == "ZADD" {
+                if at_us.is_some() {
                     p.arg(0);
                 }
                 p.arg(&member(*u)[..]);
             }
             p.ignore();
+            for u in users {
+                match at_us {
+                    Some(at) => p
+                        .cmd("HSET")
+                        .arg(crate::ukey(*u, "threads"))
+                        .arg(object)
+                        .arg(at),
+                    None => p.cmd("HDEL").arg(crate::ukey(*u, "threads")).arg(object),
+                }
+                .ignore();
+            }
         }
         p.cmd("ZCARD").arg(&key[..]);
         let (n,): (u64,) = self.run(&p).await?;
         Ok(n)
+    }
+
+    /// Which of `candidates` subscribe to `object` (one `ZMSCORE` per
+    /// thousand, one round trip).
+    pub async fn subscribed_among(&self, object: &str, candidates: &[UserId]) -> Result<Vec<UserId>> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = object_key(object);
+        let mut p = crate::Batch::new();
+        for chunk in candidates.chunks(1000) {
+            p.cmd("ZMSCORE").arg(&key[..]);
+            for u in chunk {
+                p.arg(&member(*u)[..]);
+            }
+        }
+        let answers: Vec<Vec<Option<f64>>> = self.run(&p).await?;
+        Ok(candidates
+            .chunks(1000)
+            .zip(answers)
+            .flat_map(|(c, a)| c.iter().zip(a).filter(|(_, s)| s.is_some()).map(|(u, _)| *u))
+            .collect())
     }
 
     /// A page of `object`'s subscribers in id order after `after` (none:
@@ -106,35 +158,68 @@ impl Store {
     }
 
     /// Runs thread steps in order in one pipeline: each read answers the
-    /// object's subscribers as they were before the steps after it.
-    pub async fn threads(&self, steps: &[ThreadStep]) -> Result<Vec<Vec<UserId>>> {
+    /// object's subscribers as they were before the steps after it. A read
+    /// is a count and at most `limit + 1` members (never the whole of a
+    /// large thread).
+    pub async fn threads(&self, steps: &[ThreadStep]) -> Result<Vec<ThreadRead>> {
         if steps.is_empty() {
             return Ok(Vec::new());
         }
         let mut p = crate::Batch::new();
-        let mut reads = 0;
+        let mut reads = Vec::new();
         for s in steps {
             let key = object_key(&s.object);
-            if s.read {
-                p.cmd("ZRANGE").arg(&key[..]).arg(0).arg(-1);
-                reads += 1;
+            if let Some(limit) = s.read {
+                p.cmd("ZCARD").arg(&key[..]);
+                if limit > 0 {
+                    p.cmd("ZRANGE").arg(&key[..]).arg(0).arg(limit);
+                }
+                reads.push(limit);
             }
-            if let Some(u) = s.subscribe {
+            if let Some((u, at)) = s.subscribe {
                 p.cmd("ZADD")
                     .arg(&key[..])
                     .arg(0)
                     .arg(&member(u)[..])
                     .ignore();
+                p.cmd("HSET")
+                    .arg(crate::ukey(u, "threads"))
+                    .arg(&s.object)
+                    .arg(at)
+                    .ignore();
             }
         }
-        if reads == 0 {
+        if reads.is_empty() {
             self.run::<()>(&p).await?;
             return Ok(Vec::new());
         }
-        let pages: Vec<Vec<Vec<u8>>> = self.run(&p).await?;
-        pages
-            .iter()
-            .map(|page| page.iter().map(|m| user_of(m)).collect())
-            .collect()
+        let answers: Vec<redis::Value> = self.run(&p).await?;
+        let mut answers = answers.into_iter();
+        let bad = |e: redis::ParsingError| StoreError::Corrupt {
+            key: "h:os:*".into(),
+            reason: e.to_string(),
+        };
+        let mut out = Vec::with_capacity(reads.len());
+        for limit in reads {
+            let count: u64 = match answers.next() {
+                Some(v) => redis::from_redis_value(v).map_err(bad)?,
+                None => 0,
+            };
+            if limit == 0 {
+                out.push(ThreadRead::Many(count));
+                continue;
+            }
+            let page: Vec<Vec<u8>> = match answers.next() {
+                Some(v) => redis::from_redis_value(v).map_err(bad)?,
+                None => Vec::new(),
+            };
+            out.push(match count > limit {
+                true => ThreadRead::Many(count),
+                false => ThreadRead::Subscribers(
+                    page.iter().map(|m| user_of(m)).collect::<Result<_>>()?,
+                ),
+            });
+        }
+        Ok(out)
     }
 }

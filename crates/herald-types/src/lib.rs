@@ -27,7 +27,8 @@ pub use kind::{EventKind, Folding};
 pub use notification::{DigestBody, DigestItem, Notification, WireFormat};
 pub use placement::{Owner, Placement};
 pub use seam::{
-    Answers, Bucket, EdgeAnswer, EdgeCommand, EdgeHandle, RecordRef, Refusal, RemoteRef, Settle,
+    Answers, Bucket, EdgeAnswer, EdgeCommand, EdgeHandle, Outbox, RecordRef, Refusal, RemoteRef,
+    Settle,
 };
 pub use trace::TraceContext;
 

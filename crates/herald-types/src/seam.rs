@@ -90,6 +90,16 @@ pub enum Refusal {
     Unacked,
 }
 
+/// Whose outbox a post on the pull path is in: a celebrity's (an account
+/// past `celebrity.threshold` followers) or a hot thread's (an object past
+/// as many subscribers), by the id Redis gave the thread when it first
+/// became hot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outbox {
+    User(UserId),
+    Thread(u64),
+}
+
 /// What fan-out asks of an edge.
 #[derive(Debug)]
 pub enum EdgeCommand {
@@ -106,20 +116,24 @@ pub enum EdgeCommand {
     /// telling this node (it was taken for dead, or its channel was down):
     /// every connection drains.
     PokeAll,
-    /// A celebrity's post, already durable in its outbox: push it to every
-    /// follower connected here (one id for all, so it is encoded once).
-    Broadcast { celebrity: UserId, n: Notification },
-    /// `follower` started (or stopped) following `celebrity`.
+    /// A post on the pull path, already durable in its outbox: push it to
+    /// every follower (or thread subscriber) connected here but its actor
+    /// (one id for all, so it is encoded once).
+    Broadcast { outbox: Outbox, n: Notification },
+    /// `follower` started (or stopped) following a celebrity, or
+    /// subscribing to a hot thread.
     FollowChanged {
         follower: UserId,
-        celebrity: UserId,
+        outbox: Outbox,
         follows: bool,
     },
-    /// `user` became (or stopped being) a celebrity; `followers` when it
-    /// became one. Sent before any later post of `user` is broadcast.
-    CelebrityChanged {
-        user: UserId,
-        celebrity: bool,
+    /// An outbox's owner moved to (or off) the pull path; `followers` (the
+    /// thread's subscribers) when it moved to it, and a thread's object.
+    /// Sent before any later post of it is broadcast.
+    PathChanged {
+        outbox: Outbox,
+        object: Option<Arc<str>>,
+        on: bool,
         followers: Vec<UserId>,
     },
 }
@@ -147,8 +161,8 @@ pub enum EdgeAnswer {
         bucket: Bucket,
         release_ms: u64,
         n: Notification,
-        /// (celebrity, order) the follower's cursor moves to once held.
-        seen: Option<(UserId, u64)>,
+        /// (outbox, order) the follower's cursor moves to once held.
+        seen: Option<(Outbox, u64)>,
     },
 }
 

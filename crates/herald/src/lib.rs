@@ -278,6 +278,10 @@ pub async fn run(
             replicas.clone(),
             role.holds_connections()
                 .then(|| edge.clone() as Arc<dyn herald_types::EdgeHandle>),
+            Arc::new(herald_fanout::EveryEdge {
+                local: edge.clone(),
+                relay: relay.clone(),
+            }),
         )
     });
     let mut fanout = log.as_ref().map(|log| {

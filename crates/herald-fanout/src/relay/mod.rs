@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use herald_store::Store;
 use herald_types::{
-    Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, RemoteRef, Settle, UserId,
+    Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, Outbox, RemoteRef, Settle, UserId,
 };
 use tokio::sync::mpsc;
 
@@ -250,27 +250,51 @@ impl Relay {
     /// node: one message per node, not per follower.
     pub fn to_every_node(&self, cmd: &EdgeCommand) {
         let w = match cmd {
-            EdgeCommand::Broadcast { celebrity, n } => Wire::Broadcast {
-                celebrity: *celebrity,
-                n: n.to_storage(),
+            EdgeCommand::Broadcast { outbox, n } => match *outbox {
+                Outbox::User(celebrity) => Wire::Broadcast {
+                    celebrity,
+                    n: n.to_storage(),
+                },
+                Outbox::Thread(thread) => Wire::ThreadBroadcast {
+                    thread,
+                    n: n.to_storage(),
+                },
             },
             EdgeCommand::FollowChanged {
                 follower,
-                celebrity,
+                outbox,
                 follows,
-            } => Wire::FollowChanged {
-                follower: *follower,
-                celebrity: *celebrity,
-                follows: *follows,
+            } => match *outbox {
+                Outbox::User(celebrity) => Wire::FollowChanged {
+                    follower: *follower,
+                    celebrity,
+                    follows: *follows,
+                },
+                Outbox::Thread(thread) => Wire::ThreadFollowChanged {
+                    follower: *follower,
+                    thread,
+                    follows: *follows,
+                },
             },
-            EdgeCommand::CelebrityChanged {
-                user,
-                celebrity,
+            EdgeCommand::PathChanged {
+                outbox,
+                object,
+                on,
                 followers,
-            } => Wire::CelebrityChanged {
-                user: *user,
-                celebrity: *celebrity,
-                followers: followers.clone(),
+            } => match (*outbox, object) {
+                (Outbox::User(user), _) => Wire::CelebrityChanged {
+                    user,
+                    celebrity: *on,
+                    followers: followers.clone(),
+                },
+                (Outbox::Thread(thread), Some(object)) => Wire::ThreadChanged {
+                    thread,
+                    object: object.to_string(),
+                    on: *on,
+                    followers: followers.clone(),
+                },
+                // Other nodes learn its object from Redis.
+                (Outbox::Thread(_), None) => return,
             },
             EdgeCommand::Push { .. } | EdgeCommand::Poke { .. } | EdgeCommand::PokeAll => return,
         };
@@ -396,7 +420,14 @@ impl Relay {
             Wire::Answer { push, outcome } => self.on_answer(push, outcome),
             Wire::Broadcast { celebrity, n } => {
                 if let Ok(n) = Notification::from_storage(&n) {
-                    self.to_local(EdgeCommand::Broadcast { celebrity, n });
+                    let outbox = Outbox::User(celebrity);
+                    self.to_local(EdgeCommand::Broadcast { outbox, n });
+                }
+            }
+            Wire::ThreadBroadcast { thread, n } => {
+                if let Ok(n) = Notification::from_storage(&n) {
+                    let outbox = Outbox::Thread(thread);
+                    self.to_local(EdgeCommand::Broadcast { outbox, n });
                 }
             }
             Wire::FollowChanged {
@@ -405,16 +436,37 @@ impl Relay {
                 follows,
             } => self.to_local(EdgeCommand::FollowChanged {
                 follower,
-                celebrity,
+                outbox: Outbox::User(celebrity),
+                follows,
+            }),
+            Wire::ThreadFollowChanged {
+                follower,
+                thread,
+                follows,
+            } => self.to_local(EdgeCommand::FollowChanged {
+                follower,
+                outbox: Outbox::Thread(thread),
                 follows,
             }),
             Wire::CelebrityChanged {
                 user,
                 celebrity,
                 followers,
-            } => self.to_local(EdgeCommand::CelebrityChanged {
-                user,
-                celebrity,
+            } => self.to_local(EdgeCommand::PathChanged {
+                outbox: Outbox::User(user),
+                object: None,
+                on: celebrity,
+                followers,
+            }),
+            Wire::ThreadChanged {
+                thread,
+                object,
+                on,
+                followers,
+            } => self.to_local(EdgeCommand::PathChanged {
+                outbox: Outbox::Thread(thread),
+                object: Some(object.into()),
+                on,
                 followers,
             }),
             Wire::Ping => {}
@@ -516,5 +568,22 @@ impl Relay {
         for sent in late {
             self.conclude(sent, Outcome::Refused);
         }
+    }
+}
+
+/// Every node's edge: this node's, and the others' through the relay (in
+/// a cluster). For what every edge must hear from outside fan-out (a
+/// thread's subscribers changed through the API).
+pub struct EveryEdge {
+    pub local: Arc<dyn EdgeHandle>,
+    pub relay: Option<Arc<Relay>>,
+}
+
+impl EdgeHandle for EveryEdge {
+    fn send(&self, cmd: EdgeCommand) -> Option<EdgeAnswer> {
+        if let Some(relay) = &self.relay {
+            relay.to_every_node(&cmd);
+        }
+        self.local.send(cmd)
     }
 }

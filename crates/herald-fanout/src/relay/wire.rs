@@ -57,6 +57,27 @@ pub(super) enum Wire {
     /// subscription is alive (one that died silently, as a sharded one
     /// does when its Redis master fails over, is made again).
     Ping,
+    // Hot threads' messages come after the others, so the variants a
+    // node of the version before knows keep their place; it ignores these.
+    /// A post to a thread on the pull path.
+    ThreadBroadcast {
+        thread: u64,
+        #[serde(with = "serde_bytes")]
+        n: Vec<u8>,
+    },
+    /// `follower` subscribed to (or left) a thread on the pull path.
+    ThreadFollowChanged {
+        follower: UserId,
+        thread: u64,
+        follows: bool,
+    },
+    /// A thread (its object named) moved to or off the pull path.
+    ThreadChanged {
+        thread: u64,
+        object: String,
+        on: bool,
+        followers: Vec<UserId>,
+    },
 }
 
 pub(super) fn channel(node: &str) -> String {
