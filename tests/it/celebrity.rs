@@ -7,33 +7,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Client, Node, Redis};
+use support::{writes, Client, Node, Redis};
 
 const CELEB: u64 = 1;
-
-const WRITES: [&str; 14] = [
-    "set",
-    "del",
-    "sadd",
-    "srem",
-    "hset",
-    "hdel",
-    "zadd",
-    "zrem",
-    "zpopmin",
-    "zremrangebyrank",
-    "xadd",
-    "lpush",
-    "rpush",
-    "incr",
-];
-
-fn writes(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> u64 {
-    WRITES
-        .iter()
-        .map(|c| after.get(*c).copied().unwrap_or(0) - before.get(*c).copied().unwrap_or(0))
-        .sum()
-}
 
 async fn import(node: &Node, pairs: Vec<[u64; 2]>) {
     for chunk in pairs.chunks(10_000) {

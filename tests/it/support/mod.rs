@@ -1118,3 +1118,31 @@ pub async fn like_anywhere(nodes: &[&Node], actor: u64, recipient: u64) -> Strin
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Redis commands that write (scripts apart).
+pub const WRITES: [&str; 14] = [
+    "set",
+    "del",
+    "sadd",
+    "srem",
+    "hset",
+    "hdel",
+    "zadd",
+    "zrem",
+    "zpopmin",
+    "zremrangebyrank",
+    "xadd",
+    "lpush",
+    "rpush",
+    "incr",
+];
+
+/// Calls of `WRITES` commands between two `Redis::command_calls`.
+pub fn writes(before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+) -> u64 {
+    WRITES
+        .iter()
+        .map(|c| after.get(*c).copied().unwrap_or(0) - before.get(*c).copied().unwrap_or(0))
+        .sum()
+}
