@@ -128,6 +128,72 @@ async fn a_celebrity_post_reaches_followers_on_every_node() {
     assert_eq!(n_a["id"], n_b["id"], "one id for every follower");
 }
 
+async fn subscribe(node: &Node, users: &[u64]) {
+    let body = serde_json::json!({ "users": users })
+        .to_string()
+        .into_bytes();
+    let (s, v) = node
+        .request(
+            "PUT",
+            "/v1/objects/post:t/subscribers",
+            Some(body),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+async fn reply_by(node: &Node, actor: u64) {
+    let ev = serde_json::json!({"kind": "reply", "actor": actor, "object": "post:t", "text": format!("reply by {actor}")});
+    let (s, v) = node.post("/v1/events", &ev).await;
+    assert_eq!(s, 202, "{v}");
+}
+
+/// A hot thread across nodes: its subscribers on either node hear an
+/// event on it live (the path change and the broadcast travel to the other
+/// node), one subscribed through the other node's API while connected
+/// hears the next one live, an offline one pulls them on connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_thread_reaches_subscribers_on_every_node() {
+    let redis = Redis::start();
+    let reply = r#"{notify = ["subscribers"], subscribe_actor = true}"#;
+    let env = |id| {
+        let mut e = cluster_env(id);
+        e.push(("HERALD_CELEBRITY__THRESHOLD", "3"));
+        e.push(("HERALD_KINDS__REPLY", reply));
+        e
+    };
+    let a = Node::start(&redis, &env("node-a"));
+    let b = Node::start(&redis, &env("node-b"));
+    let mut on_b = Client::connect(&b, 21).await;
+    let mut on_a = Client::connect(&a, 22).await;
+    let mut joins_on_b = Client::connect(&b, 24).await;
+    support::cluster_formed(&[&a, &b]).await;
+    let text = |n: serde_json::Value| n["text"].as_str().unwrap_or("").to_string();
+    subscribe(&a, &[21, 22, 23]).await;
+    // Three subscribers: the thread moves to the pull path with this reply.
+    reply_by(&a, 22).await;
+    assert_eq!(text(on_b.notification().await), "reply by 22");
+    // Both nodes know the thread is hot once its broadcast reached them.
+    eventually("both nodes count the thread", || async {
+        let (a_on, b_on) = (
+            support::metric(&a, "herald_celebrities").await,
+            support::metric(&b, "herald_celebrities").await,
+        );
+        (a_on == Some(1.0) && b_on == Some(1.0)).then_some(())
+    })
+    .await;
+    subscribe(&a, &[24]).await;
+    reply_by(&a, 21).await;
+    assert_eq!(text(on_a.notification().await), "reply by 21");
+    assert_eq!(text(joins_on_b.notification().await), "reply by 21");
+    let mut late = Client::connect(&b, 23).await;
+    let got: Vec<String> = late.notifications(2).await.into_iter().map(text).collect();
+    assert_eq!(got, ["reply by 22", "reply by 21"]);
+    let own = support::before_sentinel(&b, &mut on_b).await;
+    assert!(own.is_empty(), "21 heard of its own reply: {own:?}");
+}
+
 /// A node frozen past its liveness lifetime is taken for dead: another node
 /// writes its connected users' notifications to their inboxes. When it
 /// wakes it learns its liveness had lapsed and every connection drains,

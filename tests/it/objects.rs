@@ -203,7 +203,10 @@ async fn a_thread_with_50000_subscribers_takes_the_pull_path_with_o1_writes() {
     let w = support::writes(&before, &after) + scripts(&after) - scripts(&before);
     // The actor joins the thread (two writes), the post goes to the
     // thread's outbox (one script); nothing per subscriber.
-    assert!(w <= 10, "a reply to 50,000 subscribers cost {w} Redis writes");
+    assert!(
+        w <= 10,
+        "a reply to 50,000 subscribers cost {w} Redis writes"
+    );
     assert!(
         ids.iter().all(|id| id.ends_with("-all")),
         "one shared id: {ids:?}"

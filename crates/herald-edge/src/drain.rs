@@ -180,7 +180,10 @@ impl Conn {
 
 /// Inbox entries and pulled outbox entries in acceptance order, each with
 /// the outbox it came from (none for the inbox).
-pub(crate) fn merged(inbox: Vec<Notification>, pulled: Pulled) -> Vec<(Option<Outbox>, Notification)> {
+pub(crate) fn merged(
+    inbox: Vec<Notification>,
+    pulled: Pulled,
+) -> Vec<(Option<Outbox>, Notification)> {
     let mut all: Vec<(Option<Outbox>, Notification)> =
         inbox.into_iter().map(|n| (None, n)).collect();
     all.extend(pulled.into_iter().map(|(c, n)| (Some(c), n)));

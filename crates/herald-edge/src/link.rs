@@ -190,7 +190,11 @@ impl Link {
     /// Stored notifications (the inbox, outboxes pulled), oldest first:
     /// those not already pending are recorded and written together.
     /// Returns how many went out.
-    pub fn send_stored(&self, edge: &Edge, items: Vec<(Option<herald_types::Outbox>, Notification)>) -> u64 {
+    pub fn send_stored(
+        &self,
+        edge: &Edge,
+        items: Vec<(Option<herald_types::Outbox>, Notification)>,
+    ) -> u64 {
         let (sent, wake) = {
             let mut o = self.lock();
             let sent = self.stage_stored(&mut o, edge, items);

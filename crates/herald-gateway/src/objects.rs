@@ -94,11 +94,12 @@ async fn change(
     // them connected to it, so they hear its next post live.
     if let Some(t) = gw.celebrities.hot_thread(object) {
         for &follower in &users {
-            gw.every_edge.send(herald_types::EdgeCommand::FollowChanged {
-                follower,
-                outbox: herald_types::Outbox::Thread(t),
-                follows: add,
-            });
+            gw.every_edge
+                .send(herald_types::EdgeCommand::FollowChanged {
+                    follower,
+                    outbox: herald_types::Outbox::Thread(t),
+                    follows: add,
+                });
         }
     }
     Ok(json!({ "subscribers": n }))

@@ -23,10 +23,12 @@
 //! | `h:{u:ID}:nodes` | hash | node -> incarnation, for each node holding a connection of ID |
 //! | `h:{nodes}:alive:NODE`, `h:{nodes}:list` | string with a TTL, set | which nodes are alive (and their incarnation) |
 //! | `h:dedup:KEY` | string | event id that first claimed a client key, with a TTL |
-//! | `h:celebrities` | set | accounts on the celebrity (pull) path now |
-//! | `h:outbox-owners` | set | accounts that have ever had an outbox |
-//! | `h:{u:ID}:outbox` | sorted set | a celebrity's posts (stored notifications), scored by acceptance time |
-//! | `h:{u:ID}:seen` | hash | celebrity id -> order of the newest outbox entry ID acked |
+//! | `h:celebrities` | set | outboxes on the pull path now: accounts (`ID`) and hot threads (`t:ID`) |
+//! | `h:outbox-owners` | set | outboxes that have ever existed (same members) |
+//! | `h:{u:ID}:outbox`, `h:{t:ID}:outbox` | sorted set | a celebrity's posts / a hot thread's events (stored notifications), scored by acceptance time |
+//! | `h:{u:ID}:seen` | hash | celebrity id or `t:` thread id -> order of the newest outbox entry ID acked |
+//! | `h:{threads}:ids`, `h:{threads}:names`, `h:{threads}:next` | hash, hash, counter | a hot thread's id by object and back, given when it first becomes hot |
+//! | `h:{u:ID}:threads` | hash | object -> when ID subscribed to it (us): where ID starts reading a hot thread |
 //! | `h:{u:ID}:prefs` | string | the preference document (JSON), without mutes |
 //! | `h:{u:ID}:mutes` | hash | `a:<actor>` / `o:<object>` -> until (ms, 0 = forever) |
 //! | `h:{u:ID}:held`, `h:{u:ID}:digest` (+ `:data`) | sorted set + hash | notifications held by quiet hours / collected for a digest |
@@ -34,7 +36,7 @@
 //! | `h:{lease}:p:P` | string with a TTL | the ingest node holding partition P (`node#incarnation`) |
 //! | `h:{lease}:members` | hash | ingest node -> `expiry_ms address` (its membership in the partition group) |
 //! | `h:{dlq}`, `h:{dlq}:order` | hash + sorted set | dead letters by id (JSON), and their ids by time |
-//! | `h:{dlq}:fence`, `h:{u:ID}:fence` | hash | partition -> newest Raft term that wrote dead letters / ID's outbox or released buckets (`fence.rs`) |
+//! | `h:{dlq}:fence`, `h:{u:ID}:fence`, `h:{t:ID}:fence` | hash | partition -> newest Raft term that wrote dead letters / ID's outbox or released buckets / a thread's outbox (`fence.rs`) |
 //! | `h:{fanout}:pos` | hash | partition -> `term offset`: a replicated partition's fan-out position |
 //! | `h:os:OBJECT` | sorted set | OBJECT's subscribers: 8-byte big-endian user ids, all scored 0 (paged by range) |
 

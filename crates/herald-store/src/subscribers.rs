@@ -54,7 +54,12 @@ pub enum ThreadRead {
 impl Store {
     /// Subscribes `users` to `object` from `at_us`; the subscriber count
     /// after.
-    pub async fn subscribe_object(&self, object: &str, users: &[UserId], at_us: u64) -> Result<u64> {
+    pub async fn subscribe_object(
+        &self,
+        object: &str,
+        users: &[UserId],
+        at_us: u64,
+    ) -> Result<u64> {
         self.change_subscribers(object, users, Some(at_us)).await
     }
 
@@ -100,7 +105,11 @@ impl Store {
 
     /// Which of `candidates` subscribe to `object` (one `ZMSCORE` per
     /// thousand, one round trip).
-    pub async fn subscribed_among(&self, object: &str, candidates: &[UserId]) -> Result<Vec<UserId>> {
+    pub async fn subscribed_among(
+        &self,
+        object: &str,
+        candidates: &[UserId],
+    ) -> Result<Vec<UserId>> {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
@@ -116,7 +125,12 @@ impl Store {
         Ok(candidates
             .chunks(1000)
             .zip(answers)
-            .flat_map(|(c, a)| c.iter().zip(a).filter(|(_, s)| s.is_some()).map(|(u, _)| *u))
+            .flat_map(|(c, a)| {
+                c.iter()
+                    .zip(a)
+                    .filter(|(_, s)| s.is_some())
+                    .map(|(u, _)| *u)
+            })
             .collect())
     }
 
@@ -215,9 +229,9 @@ impl Store {
             };
             out.push(match count > limit {
                 true => ThreadRead::Many(count),
-                false => ThreadRead::Subscribers(
-                    page.iter().map(|m| user_of(m)).collect::<Result<_>>()?,
-                ),
+                false => {
+                    ThreadRead::Subscribers(page.iter().map(|m| user_of(m)).collect::<Result<_>>()?)
+                }
             });
         }
         Ok(out)

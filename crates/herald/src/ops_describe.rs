@@ -176,12 +176,16 @@ pub fn describe() {
         "Posts of celebrity accounts (pull path)."
     );
     c!(
+        "herald_thread_posts_total",
+        "Events on hot threads (more subscribers than celebrity.threshold: pull path)."
+    );
+    c!(
         "herald_celebrity_broadcasts_total",
-        "Celebrity posts broadcast to this node's connected followers."
+        "Posts on the pull path (celebrities', hot threads') broadcast to this node's connected followers."
     );
     c!(
         "herald_celebrity_pushes_total",
-        "Frames of celebrity posts pushed to connected followers."
+        "Frames of posts on the pull path pushed to connected followers (or thread subscribers)."
     );
     h!(
         "herald_celebrity_broadcast_seconds",

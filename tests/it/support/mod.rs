@@ -1138,7 +1138,8 @@ pub const WRITES: [&str; 14] = [
 ];
 
 /// Calls of `WRITES` commands between two `Redis::command_calls`.
-pub fn writes(before: &std::collections::HashMap<String, u64>,
+pub fn writes(
+    before: &std::collections::HashMap<String, u64>,
     after: &std::collections::HashMap<String, u64>,
 ) -> u64 {
     WRITES

@@ -74,12 +74,14 @@ impl Worker {
             }
             // A thread on the pull path: its count only; otherwise the
             // list, unless the count reaches the threshold.
-            let read = rules.notify.subscribers.then(|| {
-                match self.celebrities.hot_thread(object) {
-                    Some(_) => 0,
-                    None => self.cfg.celebrity.enter.saturating_sub(1).max(1),
-                }
-            });
+            let read =
+                rules
+                    .notify
+                    .subscribers
+                    .then(|| match self.celebrities.hot_thread(object) {
+                        Some(_) => 0,
+                        None => self.cfg.celebrity.enter.saturating_sub(1).max(1),
+                    });
             if read.is_some() {
                 asking.push(idx);
             }
@@ -175,7 +177,9 @@ impl Worker {
             }
             (None, ThreadRead::Subscribers(l)) => i.subscribers = Some(l),
             // Moved off the pull path (or read as hot): read the list.
-            (None, ThreadRead::Many(_)) => i.subscribers = Some(self.subscribers_of(&object).await?),
+            (None, ThreadRead::Many(_)) => {
+                i.subscribers = Some(self.subscribers_of(&object).await?)
+            }
         }
         Ok(())
     }
@@ -188,10 +192,16 @@ impl Worker {
             read: Some(i64::MAX as u64),
             subscribe: None,
         }];
-        Ok(match self.retry("subscribers", || store.threads(&step)).await?.pop() {
-            Some(ThreadRead::Subscribers(l)) => l,
-            _ => Vec::new(),
-        })
+        Ok(
+            match self
+                .retry("subscribers", || store.threads(&step))
+                .await?
+                .pop()
+            {
+                Some(ThreadRead::Subscribers(l)) => l,
+                _ => Vec::new(),
+            },
+        )
     }
 
     /// Posts on the pull path (a celebrity's; any post to a thread on it):
