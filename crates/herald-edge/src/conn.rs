@@ -327,7 +327,7 @@ impl Conn {
                             None => break None,
                         }
                     };
-                    self.apply_acks(acks).await;
+                    self.apply_acks(acks);
                     if let Some(e) = end {
                         return e;
                     }
