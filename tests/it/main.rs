@@ -25,6 +25,7 @@ mod digest;
 mod faults;
 mod faults_watch;
 mod feed;
+mod feed_pull;
 mod front_door;
 mod front_door_rules;
 mod heartbeat;

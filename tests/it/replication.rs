@@ -322,6 +322,7 @@ async fn once_per_partition_effects_are_fenced_by_term() {
     let cursor = [OutboxCursor {
         outbox: herald_types::Outbox::User(50),
         seen: None,
+        since: None,
     }];
     let ids: Vec<String> = store
         .outbox_read(&cursor, 10)

@@ -254,43 +254,6 @@ pub(crate) async fn sync_loop(edge: std::sync::Weak<Edge>) {
 }
 
 impl Edge {
-    /// Loads whole outboxes into the cache, in the background.
-    pub(crate) fn fill_outboxes(&self, celebrities: Vec<Outbox>) {
-        if celebrities.is_empty() {
-            return;
-        }
-        let Some(edge) = self.me.upgrade() else {
-            return;
-        };
-        tokio::spawn(async move {
-            let cursors: Vec<herald_store::OutboxCursor> = celebrities
-                .iter()
-                .map(|&c| herald_store::OutboxCursor {
-                    outbox: c,
-                    seen: None,
-                })
-                .collect();
-            match edge.store.outbox_read(&cursors, edge.cfg.outbox_cap).await {
-                Ok(list) => {
-                    for c in celebrities {
-                        let mine = list
-                            .iter()
-                            .filter(|(x, _)| *x == c)
-                            .map(|(_, n)| n.clone())
-                            .collect();
-                        edge.outboxes.fill(c, mine);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox cache fill failed");
-                    for c in celebrities {
-                        edge.outboxes.abort_fill(c);
-                    }
-                }
-            }
-        });
-    }
-
     /// Removes a user who left from every outbox's follower index.
     pub(crate) fn unindex(&self, user: UserId) {
         for mut e in self.index.iter_mut() {

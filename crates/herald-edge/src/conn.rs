@@ -389,8 +389,7 @@ impl Conn {
         if !self.edge.is_primary(self.user, self.id) {
             // Another connection of this user here drains the inbox; this
             // one gets live pushes (and the drain if it becomes primary).
-            let unread = self.edge.store.feed_unread(self.user).await;
-            let unread = unread.unwrap_or_default();
+            let unread = self.feed_unread().await.unwrap_or_default();
             let hello = frames::hello(self.user, 0, 0, unread, fmt);
             self.link.open(&self.edge, hello, Vec::new());
             return Ok(false);

@@ -15,41 +15,50 @@ impl Conn {
     /// Registers this user in the index of every outbox it reads
     /// (celebrities followed, hot threads subscribed to), then reads them
     /// past its cursors. Registering first means any post is either in what
-    /// is read or broadcast after registration.
+    /// is read or broadcast after registration. With `hello`, also counts
+    /// the posts of those outboxes the user's feed shows unread.
     ///
     /// An error means Redis did not answer: nothing was read, which is not
     /// the same as nothing waiting.
-    pub(crate) async fn pull_outboxes(&mut self) -> Result<Pulled, StoreError> {
+    pub(crate) async fn pull_outboxes(&mut self, hello: bool) -> Result<(Pulled, u64), StoreError> {
         if self.edge.celebrities.owners().is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
-        let mut cursors = self
+        let mut view = self
             .edge
             .store
-            .outbox_cursors(self.user, &self.edge.celebrities)
+            .outbox_cursors(self.user, &self.edge.celebrities, hello)
             .await?;
         // Acks not yet written to Redis count too.
-        for c in &mut cursors {
+        for c in &mut view.cursors {
             if let Some((_, local)) = self.cursors.iter().find(|(x, _)| *x == c.outbox) {
                 c.seen = Some(c.seen.map_or(*local, |s| s.max(*local)));
             }
         }
-        for c in &cursors {
+        for c in &view.cursors {
             self.edge
                 .index
                 .entry(c.outbox)
                 .or_default()
                 .insert(self.user);
         }
-        let items = self.read_outboxes(&cursors).await?;
-        if items.is_empty() {
-            return Ok(items);
+        let edge = &self.edge;
+        let items = edge
+            .store
+            .outboxes_after(&edge.outboxes, &view.cursors, edge.cfg.drain_limit)
+            .await?;
+        if items.is_empty() && !hello {
+            return Ok((items, 0));
         }
         // The follower's mutes and modes apply to pulled posts too; posts
         // for the digest or after quiet hours are handed to fan-out's side,
         // which puts them in their bucket, then moves the cursor past them.
         let prefs = self.edge.prefs.get(self.user).await?;
         let now_ms = herald_types::now_ms();
+        let unread = match hello {
+            true => self.pulled_unread(&view, &prefs, now_ms).await?,
+            false => 0,
+        };
         let mut deliver = Vec::new();
         for (c, n) in items {
             // A thread's commenter reads its outbox too: not their own.
@@ -71,49 +80,43 @@ impl Conn {
                 herald_prefs::Route::Now => deliver.push((c, n)),
             }
         }
-        Ok(deliver)
+        Ok((deliver, unread))
     }
 
-    /// Posts past each cursor: hot outboxes from memory, the rest from
-    /// Redis in one round trip (the first reader of a cold outbox fills
-    /// the cache in the background).
-    async fn read_outboxes(
+    /// How many posts of `view`'s outboxes the user's feed shows unread.
+    async fn pulled_unread(
         &self,
-        cursors: &[herald_store::OutboxCursor],
-    ) -> Result<Pulled, StoreError> {
-        let limit = self.edge.cfg.drain_limit;
-        let cache = &self.edge.outboxes;
-        let mut items: Pulled = Vec::new();
-        let mut cold = Vec::new();
-        let mut filling = Vec::new();
-        for c in cursors {
-            match cache.read(c.outbox, c.seen, limit) {
-                Some(list) => items.extend(list.into_iter().map(|n| (c.outbox, n))),
-                None => {
-                    if cache.start_fill(c.outbox) {
-                        filling.push(c.outbox);
-                    }
-                    cold.push(c.clone());
-                }
+        view: &herald_store::OutboxView,
+        prefs: &herald_prefs::Resolved,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let keep = |n: &Notification| prefs.in_feed(n, now_ms);
+        let edge = &self.edge;
+        let listed = edge
+            .store
+            .feed_pulled(self.user, view, &edge.outboxes, keep, true)
+            .await?;
+        Ok(listed.len() as u64)
+    }
+
+    /// The feed's unread count for a `hello` without a drain (a second
+    /// connection): the stored entries' and the pulled posts'.
+    pub(crate) async fn feed_unread(&self) -> Result<u64, StoreError> {
+        let edge = &self.edge;
+        let mut unread = edge.store.feed_unread(self.user).await?;
+        if !edge.celebrities.owners().is_empty() {
+            let view = edge
+                .store
+                .outbox_cursors(self.user, &edge.celebrities, true)
+                .await?;
+            if !view.cursors.is_empty() {
+                let prefs = edge.prefs.get(self.user).await?;
+                unread += self
+                    .pulled_unread(&view, &prefs, herald_types::now_ms())
+                    .await?;
             }
         }
-        if !cold.is_empty() {
-            match self.edge.store.outbox_read(&cold, limit).await {
-                Ok(list) => items.extend(list),
-                Err(e) => {
-                    for f in filling {
-                        cache.abort_fill(f);
-                    }
-                    return Err(e);
-                }
-            }
-            self.edge.fill_outboxes(filling);
-        }
-        metrics::counter!("herald_outbox_reads_total", "source" => "cache")
-            .increment((cursors.len() - cold.len()) as u64);
-        metrics::counter!("herald_outbox_reads_total", "source" => "redis")
-            .increment(cold.len() as u64);
-        Ok(items)
+        Ok(unread)
     }
 
     /// Sends inbox entries and pulled outbox entries merged in acceptance
@@ -150,8 +153,13 @@ impl Conn {
                 return None;
             }
         };
-        match self.pull_outboxes().await {
-            Ok(pulled) => Some((snap, pulled)),
+        match self.pull_outboxes(hello).await {
+            Ok((pulled, unread)) => {
+                let mut snap = snap;
+                // The feed's unread count includes the pulled posts.
+                snap.unread += unread;
+                Some((snap, pulled))
+            }
             Err(e) => {
                 tracing::warn!(user = self.user, error = %e, "outbox pull failed; will retry");
                 None

@@ -22,7 +22,6 @@ mod drain;
 mod frames;
 mod handshake;
 mod link;
-mod outbox_cache;
 mod pending;
 mod reader;
 mod scratch;
@@ -161,7 +160,7 @@ pub struct Edge {
     pub(crate) index: DashMap<herald_types::Outbox, std::collections::HashSet<UserId>>,
     pub(crate) celebrities: Arc<herald_store::CelebritySet>,
     pub(crate) prefs: Arc<herald_prefs::PrefsCache>,
-    pub(crate) outboxes: outbox_cache::OutboxCache,
+    pub(crate) outboxes: Arc<herald_store::OutboxCache>,
     /// Self-reference for spawned broadcast tasks.
     pub(crate) me: std::sync::Weak<Edge>,
     next_id: AtomicU64,
@@ -180,12 +179,12 @@ impl Edge {
         celebrities: Arc<herald_store::CelebritySet>,
         prefs: Arc<herald_prefs::PrefsCache>,
         answers: Arc<dyn Answers>,
+        outboxes: Arc<herald_store::OutboxCache>,
     ) -> Arc<Edge> {
         if cfg.dev_mode {
             tracing::warn!("websocket dev mode is on: ?user=<id> is accepted without a token");
         }
         let (shutdown_tx, shutdown) = watch::channel(false);
-        let cfg_outbox_cap = cfg.outbox_cap;
         let edge = Arc::new_cyclic(move |me| Edge {
             metrics: EdgeMetrics::new(),
             cfg,
@@ -193,7 +192,7 @@ impl Edge {
             conns: DashMap::new(),
             index: DashMap::new(),
             celebrities,
-            outboxes: outbox_cache::OutboxCache::new(cfg_outbox_cap),
+            outboxes,
             prefs,
             me: me.clone(),
             next_id: AtomicU64::new(1),

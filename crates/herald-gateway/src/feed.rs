@@ -1,5 +1,7 @@
 //! The notification feed: a user's list of what they were sent, newest
-//! first, with read state and the unread count.
+//! first, with read state and the unread count: the entries stored for
+//! them, merged with the posts of the celebrities they follow and the hot
+//! threads they subscribe to (kept once, in their outboxes).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,11 +77,7 @@ async fn page(
                 )
             })?),
         };
-        let p = gw
-            .store
-            .feed_page(user, before, limit)
-            .await
-            .map_err(unavailable)?;
+        let p = merged_page(&gw, user, before, limit).await?;
         let mut out = format!(r#"{{"user":{user},"notifications":["#).into_bytes();
         for (i, (n, read)) in p.items.iter().enumerate() {
             if i > 0 {
@@ -123,15 +121,96 @@ async fn mark_read(
         let enc = encoding(&headers)?;
         let bytes = read_limited(&headers, body, MAX_READ_BODY).await?;
         let (ids, all) = read_request(&parse(&bytes, enc)?)?;
+        // Pulled posts (one id for all their readers) are marked apart.
+        let pulled: Vec<String> = ids
+            .iter()
+            .filter(|id| id.ends_with("-all"))
+            .cloned()
+            .collect();
+        if all || !pulled.is_empty() {
+            let until = all.then(herald_types::now_us);
+            gw.store
+                .outbox_mark_read(user, &pulled, until)
+                .await
+                .map_err(unavailable)?;
+        }
         let unread = gw
             .store
             .feed_read(user, &ids, all)
             .await
             .map_err(unavailable)?;
-        Ok(json!({"unread": unread}))
+        let (_, pulled_unread) = pulled_posts(&gw, user, true).await?;
+        Ok(json!({"unread": unread + pulled_unread}))
     }
     .await;
     respond(r)
+}
+
+/// The posts of the outboxes `user` reads that their feed lists (only the
+/// unread ones with `unread_only`), and how many are unread.
+async fn pulled_posts(
+    gw: &Gateway,
+    user: u64,
+    unread_only: bool,
+) -> Result<(Vec<(herald_types::Notification, bool)>, u64), ApiError> {
+    if gw.celebrities.owners().is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    let view = gw
+        .store
+        .outbox_cursors(user, &gw.celebrities, true)
+        .await
+        .map_err(unavailable)?;
+    if view.cursors.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    let prefs = gw.prefs.get(user).await.map_err(unavailable)?;
+    let now_ms = herald_types::now_ms();
+    let keep = |n: &herald_types::Notification| prefs.in_feed(n, now_ms);
+    let listed = gw
+        .store
+        .feed_pulled(user, &view, &gw.outboxes, keep, unread_only)
+        .await
+        .map_err(unavailable)?;
+    let unread = listed.iter().filter(|(_, read)| !read).count() as u64;
+    Ok((listed, unread))
+}
+
+/// A page of the stored entries merged with the pulled posts, newest
+/// first; the unread count of both.
+async fn merged_page(
+    gw: &Gateway,
+    user: u64,
+    before: Option<FeedCursor>,
+    limit: usize,
+) -> Result<herald_store::FeedPage, ApiError> {
+    let mut p = gw
+        .store
+        .feed_page(user, before, limit)
+        .await
+        .map_err(unavailable)?;
+    let (pulled, pulled_unread) = pulled_posts(gw, user, false).await?;
+    if pulled.is_empty() {
+        return Ok(p);
+    }
+    p.unread += pulled_unread;
+    let stored_more = p.next.is_some();
+    let have: std::collections::HashSet<std::sync::Arc<str>> =
+        p.items.iter().map(|(n, _)| n.id.clone()).collect();
+    p.items.extend(
+        pulled
+            .into_iter()
+            .filter(|(n, _)| !have.contains(&n.id) && before.is_none_or(|b| FeedCursor::of(n) < b)),
+    );
+    p.items
+        .sort_unstable_by_key(|(n, _)| std::cmp::Reverse(FeedCursor::of(n)));
+    let more = stored_more || p.items.len() > limit;
+    p.items.truncate(limit);
+    p.next = match more {
+        true => p.items.last().map(|(n, _)| FeedCursor::of(n)),
+        false => None,
+    };
+    Ok(p)
 }
 
 /// `{"ids": [...]}` or `{"all": true}`, nothing else.

@@ -130,6 +130,8 @@ pub struct Gateway {
     pub log: Log,
     pub store: Store,
     pub celebrities: Arc<herald_store::CelebritySet>,
+    /// This node's copy of the outboxes read lately (shared with its edge).
+    pub outboxes: Arc<herald_store::OutboxCache>,
     pub prefs: Arc<herald_prefs::PrefsCache>,
     /// Who owns each partition (this node, always, when it is alone).
     pub placement: Arc<dyn herald_types::Placement>,
@@ -159,6 +161,7 @@ impl Gateway {
         replicas: Option<Arc<herald_raft::Replicas>>,
         edge: Option<Arc<dyn herald_types::EdgeHandle>>,
         every_edge: Arc<dyn herald_types::EdgeHandle>,
+        outboxes: Arc<herald_store::OutboxCache>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             replicas,
@@ -173,6 +176,7 @@ impl Gateway {
             log,
             store,
             celebrities,
+            outboxes,
             prefs,
             last_us: AtomicU64::new(0),
         })

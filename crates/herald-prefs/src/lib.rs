@@ -147,6 +147,16 @@ impl Resolved {
         }
     }
 
+    /// Whether a post on the pull path is listed in this user's feed: what
+    /// they would be sent now (not muted, not `off`; a kind in digest mode
+    /// reaches the feed as its digest instead). Counts nothing.
+    pub fn in_feed(&self, n: &herald_types::Notification, now_ms: u64) -> bool {
+        matches!(
+            self.decide(n.kind, n.actor, n.object.as_deref(), now_ms),
+            Decision::Deliver
+        )
+    }
+
     /// The digest window holding `now_ms` (start, end).
     pub fn digest_window(&self, now_ms: u64) -> (u64, u64) {
         self.prefs.digest_window(now_ms, self.digest_override_ms)

@@ -145,7 +145,42 @@ pub struct OutboxCursor {
     /// Order of the newest entry acked (or, for a thread, of the moment
     /// the follower subscribed, when later); None: never read.
     pub seen: Option<u64>,
+    /// When the follower started following (subscribing): the feed lists
+    /// the outbox's posts after it. None: before the account became a
+    /// celebrity (the whole outbox).
+    pub since: Option<u64>,
 }
+
+/// The outboxes a user reads, and, when asked, what of them the user
+/// marked read in their feed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxView {
+    pub cursors: Vec<OutboxCursor>,
+    /// Every post up to this order is read ("mark all read").
+    pub read_all: Option<u64>,
+    /// Posts marked read one by one (hashes of their ids, [`read_mark`]).
+    pub read: HashSet<u64>,
+}
+
+impl OutboxView {
+    /// Whether the feed shows `n` (from an outbox) as read.
+    pub fn is_read(&self, n: &Notification) -> bool {
+        self.read_all.is_some_and(|r| n.order <= r) || self.read.contains(&read_mark(&n.id))
+    }
+}
+
+/// How a pulled post marked read is remembered: a hash of its id.
+pub fn read_mark(id: &str) -> u64 {
+    herald_types::ids::fnv1a64(id.as_bytes())
+}
+
+/// The field of `h:{u:ID}:seen` that says when a follow started.
+fn since_field(o: Outbox) -> String {
+    format!("s:{}", member(o))
+}
+
+/// The field of `h:{u:ID}:seen` holding the "mark all read" order.
+const READ_ALL: &str = "r";
 
 /// A set member or hash field naming an outbox: a celebrity's id, or
 /// `t:` and a thread's id.
@@ -364,12 +399,15 @@ impl Store {
     }
 
     /// The outboxes of `mirror` that `user` reads (celebrities followed,
-    /// hot threads subscribed to), with how far `user` has read each.
+    /// hot threads subscribed to), with how far `user` has read each and
+    /// since when; with `reads`, also what the user marked read in their
+    /// feed. One round trip.
     pub async fn outbox_cursors(
         &self,
         user: UserId,
         mirror: &CelebritySet,
-    ) -> Result<Vec<OutboxCursor>> {
+        reads: bool,
+    ) -> Result<OutboxView> {
         let mut users = Vec::new();
         let mut threads: Vec<(u64, Arc<str>)> = Vec::new();
         for o in mirror.owners() {
@@ -381,7 +419,7 @@ impl Store {
             }
         }
         if users.is_empty() && threads.is_empty() {
-            return Ok(Vec::new());
+            return Ok(OutboxView::default());
         }
         let mut p = crate::Batch::new();
         if !users.is_empty() {
@@ -398,19 +436,43 @@ impl Store {
             .map(|u| Outbox::User(*u))
             .chain(threads.iter().map(|(t, _)| Outbox::Thread(*t)))
             .collect();
+        // Each outbox's read position, then when its follow started, then
+        // the "all read" order.
         p.cmd("HMGET").arg(ukey(user, "seen"));
         for o in &all {
             p.arg(member(*o));
+        }
+        for o in &all {
+            p.arg(since_field(*o));
+        }
+        p.arg(READ_ALL);
+        if reads {
+            p.cmd("SMEMBERS").arg(ukey(user, "fr"));
         }
         let mut answers: Vec<redis::Value> = self.run(&p).await?;
         let bad = |e: redis::ParsingError| StoreError::Corrupt {
             key: ukey(user, "seen").to_string(),
             reason: e.to_string(),
         };
-        let seen: Vec<Option<u64>> = match answers.pop() {
+        let read: HashSet<u64> = match reads {
+            false => HashSet::new(),
+            true => match answers.pop() {
+                Some(v) => {
+                    let marks: Vec<Vec<u8>> = redis::from_redis_value(v).map_err(bad)?;
+                    marks
+                        .iter()
+                        .filter_map(|m| Some(u64::from_be_bytes(m.as_slice().try_into().ok()?)))
+                        .collect()
+                }
+                None => HashSet::new(),
+            },
+        };
+        let mut seen: Vec<Option<u64>> = match answers.pop() {
             Some(v) => redis::from_redis_value(v).map_err(bad)?,
             None => Vec::new(),
         };
+        let read_all = seen.pop().flatten();
+        let since_of: Vec<Option<u64>> = seen.split_off(all.len().min(seen.len()));
         let since: Vec<Option<u64>> = match threads.is_empty() {
             true => Vec::new(),
             false => match answers.pop() {
@@ -428,17 +490,23 @@ impl Store {
             .into_iter()
             .map(|f| f.then_some(None))
             .chain(since.into_iter().map(|s| s.map(Some)));
-        Ok(all
+        let cursors = all
             .into_iter()
-            .zip(starts.zip(seen))
-            .filter_map(|(outbox, (start, seen))| {
+            .zip(starts.zip(seen.into_iter().zip(since_of)))
+            .filter_map(|(outbox, (start, (seen, since)))| {
                 let start = start?;
                 Some(OutboxCursor {
                     outbox,
                     seen: seen.max(start),
+                    since: since.max(start),
                 })
             })
-            .collect())
+            .collect();
+        Ok(OutboxView {
+            cursors,
+            read_all,
+            read,
+        })
     }
 
     /// Outbox entries after each cursor (at most `limit` per outbox), one
@@ -494,19 +562,56 @@ impl Store {
         self.run::<()>(&p).await
     }
 
-    /// A new follower of a celebrity starts reading its outbox from now.
+    /// A new follower of a celebrity starts reading its outbox from now
+    /// (its read position, and where its feed starts listing the posts).
     pub async fn outbox_start(
         &self,
         follower: UserId,
         celebrity: UserId,
         order: u64,
     ) -> Result<()> {
+        let o = Outbox::User(celebrity);
         let mut p = crate::Batch::new();
         p.cmd("HSET")
             .arg(ukey(follower, "seen"))
-            .arg(celebrity)
+            .arg(member(o))
+            .arg(order)
+            .arg(since_field(o))
             .arg(order)
             .ignore();
+        self.run::<()>(&p).await
+    }
+
+    /// Marks pulled posts read in `user`'s feed (by id), or every post up
+    /// to `all_until` (and forgets the single marks it covers). The marks
+    /// live as long as the feed.
+    pub async fn outbox_mark_read(
+        &self,
+        user: UserId,
+        ids: &[String],
+        all_until: Option<u64>,
+    ) -> Result<()> {
+        let key = ukey(user, "fr");
+        let mut p = crate::Batch::new();
+        if let Some(at) = all_until {
+            p.cmd("HSET")
+                .arg(ukey(user, "seen"))
+                .arg(READ_ALL)
+                .arg(at)
+                .ignore();
+            p.cmd("DEL").arg(&key).ignore();
+        }
+        if !ids.is_empty() {
+            p.cmd("SADD").arg(&key);
+            for id in ids {
+                p.arg(&read_mark(id).to_be_bytes()[..]);
+            }
+            p.ignore();
+            p.cmd("EXPIRE")
+                .arg(&key)
+                .arg(self.cfg.feed_retention.as_secs().max(1))
+                .ignore();
+        }
         self.run::<()>(&p).await
     }
 }

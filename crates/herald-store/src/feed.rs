@@ -110,7 +110,7 @@ return excess
 "#;
 
 /// Where a page starts: strictly before this entry (newest first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FeedCursor {
     pub order: u64,
     /// Ties on order are broken by the notification id's field.
@@ -118,6 +118,14 @@ pub struct FeedCursor {
 }
 
 impl FeedCursor {
+    /// The position of `n` in a feed.
+    pub fn of(n: &Notification) -> FeedCursor {
+        FeedCursor {
+            order: n.order,
+            tie: tie(&n.id),
+        }
+    }
+
     /// The cursor's text form (opaque to clients).
     pub fn encode(&self) -> String {
         format!("{}.{}", self.order, self.tie)

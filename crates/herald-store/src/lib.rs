@@ -26,7 +26,8 @@
 //! | `h:celebrities` | set | outboxes on the pull path now: accounts (`ID`) and hot threads (`t:ID`) |
 //! | `h:outbox-owners` | set | outboxes that have ever existed (same members) |
 //! | `h:{u:ID}:outbox`, `h:{t:ID}:outbox` | sorted set | a celebrity's posts / a hot thread's events (stored notifications), scored by acceptance time |
-//! | `h:{u:ID}:seen` | hash | celebrity id or `t:` thread id -> order of the newest outbox entry ID acked |
+//! | `h:{u:ID}:seen` | hash | celebrity id or `t:` thread id -> order of the newest outbox entry ID acked; `s:` and either -> when ID started following it; `r` -> order up to which ID marked every pulled post read |
+//! | `h:{u:ID}:fr` | set | pulled posts ID marked read in its feed one by one (8-byte hashes of their ids), as long as the feed |
 //! | `h:{threads}:ids`, `h:{threads}:names`, `h:{threads}:next` | hash, hash, counter | a hot thread's id by object and back, given when it first becomes hot |
 //! | `h:{u:ID}:threads` | hash | object -> when ID subscribed to it (us): where ID starts reading a hot thread |
 //! | `h:{u:ID}:prefs` | string | the preference document (JSON), without mutes |
@@ -47,12 +48,14 @@ mod cluster_conn;
 mod dead;
 mod entries;
 mod feed;
+mod feed_pull;
 mod fence;
 mod graph;
 mod inbox;
 mod key;
 mod lease;
 mod nodes;
+mod outbox_cache;
 mod position;
 mod prefs;
 mod presence;
@@ -65,7 +68,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use batch::{key_slot, Batch};
 pub use bucket::{Bucket, BucketAdd};
-pub use celebrity::{CelebrityPolicy, CelebritySet, OutboxCursor, DEFAULT_OUTBOX_CAP};
+pub use celebrity::{
+    read_mark, CelebrityPolicy, CelebritySet, OutboxCursor, OutboxView, DEFAULT_OUTBOX_CAP,
+};
 pub use dead::DeadLetter;
 pub use feed::{FeedCursor, FeedPage};
 pub use fence::Fence;
@@ -74,6 +79,7 @@ pub use inbox::InboxSnapshot;
 pub(crate) use key::ukey;
 pub use lease::{LeaseRole, LeaseView};
 pub use nodes::{NodeChange, NodeSet};
+pub use outbox_cache::OutboxCache;
 pub use position::Position;
 pub use prefs::StoredPrefs;
 pub use presence::Subscription;

@@ -225,12 +225,17 @@ pub async fn run(
         v.keep_fresh();
     }
     edge_cfg.jwt = verifier.clone();
+    // The outboxes read lately: the edge's drains and the feed's pages.
+    let outboxes = Arc::new(herald_store::OutboxCache::new(
+        cfg.celebrity.outbox_cap.max(1),
+    ));
     let edge = herald_edge::Edge::new(
         edge_cfg,
         store.clone(),
         celebrities.clone(),
         prefs.clone(),
         settlements.clone(),
+        outboxes.clone(),
     );
     let relay = relay_out.map(|out| {
         herald_fanout::Relay::start(
@@ -282,6 +287,7 @@ pub async fn run(
                 local: edge.clone(),
                 relay: relay.clone(),
             }),
+            outboxes,
         )
     });
     let mut fanout = log.as_ref().map(|log| {

@@ -8,7 +8,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use herald_types::Notification;
+use herald_types::{Notification, Outbox as OutboxId};
+
+use crate::{OutboxCursor, Result, Store};
 
 #[derive(Default)]
 struct Outbox {
@@ -18,9 +20,11 @@ struct Outbox {
     entries: VecDeque<Arc<Notification>>,
 }
 
-pub(crate) struct OutboxCache {
+/// One node's copy of the outboxes read lately (the edge's drains and
+/// the feed's pages share it).
+pub struct OutboxCache {
     cap: usize,
-    map: DashMap<herald_types::Outbox, Outbox>,
+    map: DashMap<OutboxId, Outbox>,
 }
 
 fn insert_sorted(entries: &mut VecDeque<Arc<Notification>>, n: Arc<Notification>) {
@@ -39,6 +43,11 @@ impl OutboxCache {
         }
     }
 
+    /// Posts kept per outbox (the outboxes' own cap).
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
     fn trim(&self, o: &mut Outbox) {
         while o.entries.len() > self.cap {
             o.entries.pop_front();
@@ -46,7 +55,7 @@ impl OutboxCache {
     }
 
     /// A post just written to `outbox`.
-    pub fn append(&self, outbox: herald_types::Outbox, n: &Notification) {
+    pub fn append(&self, outbox: OutboxId, n: &Notification) {
         if let Some(mut o) = self.map.get_mut(&outbox) {
             insert_sorted(&mut o.entries, Arc::new(n.clone()));
             let o = &mut *o;
@@ -60,7 +69,7 @@ impl OutboxCache {
     /// not cached yet (the caller reads Redis and may `fill`).
     pub fn read(
         &self,
-        outbox: herald_types::Outbox,
+        outbox: OutboxId,
         seen: Option<u64>,
         limit: usize,
     ) -> Option<Vec<Notification>> {
@@ -80,7 +89,7 @@ impl OutboxCache {
     }
 
     /// Marks `outbox` as being filled; false if someone else is on it.
-    pub fn start_fill(&self, outbox: herald_types::Outbox) -> bool {
+    pub fn start_fill(&self, outbox: OutboxId) -> bool {
         let mut fresh = false;
         self.map.entry(outbox).or_insert_with(|| {
             fresh = true;
@@ -91,7 +100,7 @@ impl OutboxCache {
 
     /// Completes a fill with the whole Redis outbox, merged with what
     /// broadcasts appended meanwhile.
-    pub fn fill(&self, outbox: herald_types::Outbox, all: Vec<Notification>) {
+    pub fn fill(&self, outbox: OutboxId, all: Vec<Notification>) {
         if let Some(mut o) = self.map.get_mut(&outbox) {
             for n in all {
                 insert_sorted(&mut o.entries, Arc::new(n));
@@ -103,8 +112,89 @@ impl OutboxCache {
     }
 
     /// Gives up a fill that failed.
-    pub fn abort_fill(&self, outbox: herald_types::Outbox) {
+    pub fn abort_fill(&self, outbox: OutboxId) {
         self.map.remove_if(&outbox, |_, o| !o.loaded);
+    }
+}
+
+impl Store {
+    /// Posts past each cursor (at most `limit` per outbox), each with its
+    /// outbox: hot outboxes from `cache`, the rest from Redis in one round
+    /// trip (the first reader of a cold outbox fills the cache in the
+    /// background).
+    pub async fn outboxes_after(
+        &self,
+        cache: &Arc<OutboxCache>,
+        cursors: &[OutboxCursor],
+        limit: usize,
+    ) -> Result<Vec<(OutboxId, Notification)>> {
+        let mut items = Vec::new();
+        let mut cold = Vec::new();
+        let mut filling = Vec::new();
+        for c in cursors {
+            match cache.read(c.outbox, c.seen, limit) {
+                Some(list) => items.extend(list.into_iter().map(|n| (c.outbox, n))),
+                None => {
+                    if cache.start_fill(c.outbox) {
+                        filling.push(c.outbox);
+                    }
+                    cold.push(c.clone());
+                }
+            }
+        }
+        if !cold.is_empty() {
+            match self.outbox_read(&cold, limit).await {
+                Ok(list) => items.extend(list),
+                Err(e) => {
+                    for f in filling {
+                        cache.abort_fill(f);
+                    }
+                    return Err(e);
+                }
+            }
+            self.fill_outboxes(cache, filling);
+        }
+        metrics::counter!("herald_outbox_reads_total", "source" => "cache")
+            .increment((cursors.len() - cold.len()) as u64);
+        metrics::counter!("herald_outbox_reads_total", "source" => "redis")
+            .increment(cold.len() as u64);
+        Ok(items)
+    }
+
+    /// Loads whole outboxes into the cache, in the background.
+    fn fill_outboxes(&self, cache: &Arc<OutboxCache>, outboxes: Vec<OutboxId>) {
+        if outboxes.is_empty() {
+            return;
+        }
+        let (store, cache) = (self.clone(), cache.clone());
+        tokio::spawn(async move {
+            let cursors: Vec<OutboxCursor> = outboxes
+                .iter()
+                .map(|&c| OutboxCursor {
+                    outbox: c,
+                    seen: None,
+                    since: None,
+                })
+                .collect();
+            match store.outbox_read(&cursors, cache.cap).await {
+                Ok(list) => {
+                    for c in outboxes {
+                        let mine = list
+                            .iter()
+                            .filter(|(x, _)| *x == c)
+                            .map(|(_, n)| n.clone())
+                            .collect();
+                        cache.fill(c, mine);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox cache fill failed");
+                    for c in outboxes {
+                        cache.abort_fill(c);
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -112,7 +202,7 @@ impl OutboxCache {
 mod tests {
     use super::*;
     use herald_types::EventKind;
-    const C: herald_types::Outbox = herald_types::Outbox::User(1);
+    const C: OutboxId = OutboxId::User(1);
 
     fn post(order: u64) -> Notification {
         Notification {

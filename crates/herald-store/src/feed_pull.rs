@@ -1,0 +1,62 @@
+//! The pulled half of a feed: posts on the pull path (celebrities a user
+//! follows, hot threads they subscribe to) are never written per follower,
+//! so a feed page lists them from their outboxes (the node's
+//! [`OutboxCache`]), from when the user started following, with the read
+//! state the user gave them (`OutboxView`: "all read" up to an order, or
+//! marks one by one).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use herald_types::{Notification, UserId};
+
+use crate::{OutboxCache, OutboxCursor, OutboxView, Result, Store};
+
+impl Store {
+    /// The posts of `view`'s outboxes that `user`'s feed lists, newest
+    /// first, each with its read state: since the user started following
+    /// (subscribing), within the feed's retention, not the user's own,
+    /// and those `keep` accepts (the user's preferences). A post in two
+    /// outboxes is listed once. With `unread_only`, only the unread ones
+    /// (and nothing before the user's "all read" is even looked at).
+    pub async fn feed_pulled(
+        &self,
+        user: UserId,
+        view: &OutboxView,
+        cache: &Arc<OutboxCache>,
+        keep: impl Fn(&Notification) -> bool,
+        unread_only: bool,
+    ) -> Result<Vec<(Notification, bool)>> {
+        if view.cursors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut since = self.feed_since_us().max(0) as u64;
+        if unread_only {
+            since = since.max(view.read_all.unwrap_or(0));
+        }
+        let cursors: Vec<OutboxCursor> = view
+            .cursors
+            .iter()
+            .map(|c| OutboxCursor {
+                outbox: c.outbox,
+                seen: Some(c.since.unwrap_or(0).max(since)),
+                since: c.since,
+            })
+            .collect();
+        let posts = self.outboxes_after(cache, &cursors, cache.cap()).await?;
+        let mut listed = HashSet::new();
+        let mut out: Vec<(Notification, bool)> = posts
+            .into_iter()
+            .map(|(_, n)| n)
+            .filter(|n| n.actor != user && keep(n))
+            .filter(|n| listed.insert(n.id.clone()))
+            .map(|n| {
+                let read = view.is_read(&n);
+                (n, read)
+            })
+            .filter(|(_, read)| !(unread_only && *read))
+            .collect();
+        out.sort_unstable_by_key(|(n, _)| std::cmp::Reverse(crate::FeedCursor::of(n)));
+        Ok(out)
+    }
+}
