@@ -197,20 +197,27 @@ async fn merged_page(
     let stored_more = p.next.is_some();
     let have: std::collections::HashSet<std::sync::Arc<str>> =
         p.items.iter().map(|(n, _)| n.id.clone()).collect();
-    p.items.extend(
-        pulled
-            .into_iter()
-            .filter(|(n, _)| !have.contains(&n.id) && before.is_none_or(|b| FeedCursor::of(n) < b)),
-    );
+    // Newest first already: the page's share of them is at its front.
+    let mut later = pulled
+        .into_iter()
+        .filter(|(n, _)| !have.contains(&n.id) && before.is_none_or(|b| precedes(n, b)));
+    p.items.extend(later.by_ref().take(limit));
+    let pulled_more = later.next().is_some();
     p.items
-        .sort_unstable_by_key(|(n, _)| std::cmp::Reverse(FeedCursor::of(n)));
-    let more = stored_more || p.items.len() > limit;
+        .sort_by_cached_key(|(n, _)| std::cmp::Reverse(FeedCursor::of(n)));
+    let more = stored_more || pulled_more || p.items.len() > limit;
     p.items.truncate(limit);
     p.next = match more {
         true => p.items.last().map(|(n, _)| FeedCursor::of(n)),
         false => None,
     };
     Ok(p)
+}
+
+/// Whether `n` comes strictly before cursor `b` (older), hashing its id
+/// only on a tie of order.
+fn precedes(n: &herald_types::Notification, b: FeedCursor) -> bool {
+    n.order < b.order || (n.order == b.order && FeedCursor::of(n) < b)
 }
 
 /// `{"ids": [...]}` or `{"all": true}`, nothing else.

@@ -165,7 +165,8 @@ pub struct OutboxView {
 impl OutboxView {
     /// Whether the feed shows `n` (from an outbox) as read.
     pub fn is_read(&self, n: &Notification) -> bool {
-        self.read_all.is_some_and(|r| n.order <= r) || self.read.contains(&read_mark(&n.id))
+        self.read_all.is_some_and(|r| n.order <= r)
+            || (!self.read.is_empty() && self.read.contains(&read_mark(&n.id)))
     }
 }
 

@@ -44,19 +44,31 @@ impl Store {
             })
             .collect();
         let posts = self.outboxes_after(cache, &cursors, cache.cap()).await?;
+        // Only a thread's event can also be in another outbox (a
+        // celebrity's post to a hot thread): ids are compared then only.
+        let shared = view
+            .cursors
+            .iter()
+            .any(|c| matches!(c.outbox, herald_types::Outbox::Thread(_)));
         let mut listed = HashSet::new();
         let mut out: Vec<(Notification, bool)> = posts
             .into_iter()
             .map(|(_, n)| n)
             .filter(|n| n.actor != user && keep(n))
-            .filter(|n| listed.insert(n.id.clone()))
+            .filter(|n| !shared || listed.insert(n.id.clone()))
             .map(|n| {
                 let read = view.is_read(&n);
                 (n, read)
             })
             .filter(|(_, read)| !(unread_only && *read))
             .collect();
-        out.sort_unstable_by_key(|(n, _)| std::cmp::Reverse(crate::FeedCursor::of(n)));
+        // Newest first; the id's hash breaks a tie of order (rare), so it
+        // is computed only then.
+        out.sort_unstable_by(|(a, _), (b, _)| {
+            b.order
+                .cmp(&a.order)
+                .then_with(|| crate::FeedCursor::of(b).cmp(&crate::FeedCursor::of(a)))
+        });
         Ok(out)
     }
 }
