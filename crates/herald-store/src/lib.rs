@@ -55,6 +55,7 @@ mod inbox;
 mod key;
 mod lease;
 mod nodes;
+mod outbox;
 mod outbox_cache;
 mod position;
 mod prefs;
@@ -68,9 +69,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use batch::{key_slot, Batch};
 pub use bucket::{Bucket, BucketAdd};
-pub use celebrity::{
-    read_mark, CelebrityPolicy, CelebritySet, OutboxCursor, OutboxView, DEFAULT_OUTBOX_CAP,
-};
+pub use celebrity::{CelebrityPolicy, CelebritySet, DEFAULT_OUTBOX_CAP};
 pub use dead::DeadLetter;
 pub use feed::{FeedCursor, FeedPage};
 pub use fence::Fence;
@@ -79,6 +78,7 @@ pub use inbox::InboxSnapshot;
 pub(crate) use key::ukey;
 pub use lease::{LeaseRole, LeaseView};
 pub use nodes::{NodeChange, NodeSet};
+pub use outbox::{read_mark, OutboxCursor, OutboxView};
 pub use outbox_cache::OutboxCache;
 pub use position::Position;
 pub use prefs::StoredPrefs;
