@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use herald_store::Store;
 use herald_types::{
-    Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, Outbox, RemoteRef, Settle, UserId,
+    Answers, EdgeAnswer, EdgeCommand, EdgeHandle, Notification, RemoteRef, Settle, UserId,
 };
 use tokio::sync::mpsc;
 
@@ -249,54 +249,8 @@ impl Relay {
     /// broadcast, a follow change, a celebrity change) to every other live
     /// node: one message per node, not per follower.
     pub fn to_every_node(&self, cmd: &EdgeCommand) {
-        let w = match cmd {
-            EdgeCommand::Broadcast { outbox, n } => match *outbox {
-                Outbox::User(celebrity) => Wire::Broadcast {
-                    celebrity,
-                    n: n.to_storage(),
-                },
-                Outbox::Thread(thread) => Wire::ThreadBroadcast {
-                    thread,
-                    n: n.to_storage(),
-                },
-            },
-            EdgeCommand::FollowChanged {
-                follower,
-                outbox,
-                follows,
-            } => match *outbox {
-                Outbox::User(celebrity) => Wire::FollowChanged {
-                    follower: *follower,
-                    celebrity,
-                    follows: *follows,
-                },
-                Outbox::Thread(thread) => Wire::ThreadFollowChanged {
-                    follower: *follower,
-                    thread,
-                    follows: *follows,
-                },
-            },
-            EdgeCommand::PathChanged {
-                outbox,
-                object,
-                on,
-                followers,
-            } => match (*outbox, object) {
-                (Outbox::User(user), _) => Wire::CelebrityChanged {
-                    user,
-                    celebrity: *on,
-                    followers: followers.clone(),
-                },
-                (Outbox::Thread(thread), Some(object)) => Wire::ThreadChanged {
-                    thread,
-                    object: object.to_string(),
-                    on: *on,
-                    followers: followers.clone(),
-                },
-                // Other nodes learn its object from Redis.
-                (Outbox::Thread(_), None) => return,
-            },
-            EdgeCommand::Push { .. } | EdgeCommand::Poke { .. } | EdgeCommand::PokeAll => return,
+        let Some(w) = Wire::for_every_node(cmd) else {
+            return;
         };
         let nodes: Vec<String> = self
             .alive
@@ -418,58 +372,12 @@ impl Relay {
                 self.edge.send(EdgeCommand::Poke { user });
             }
             Wire::Answer { push, outcome } => self.on_answer(push, outcome),
-            Wire::Broadcast { celebrity, n } => {
-                if let Ok(n) = Notification::from_storage(&n) {
-                    let outbox = Outbox::User(celebrity);
-                    self.to_local(EdgeCommand::Broadcast { outbox, n });
-                }
-            }
-            Wire::ThreadBroadcast { thread, n } => {
-                if let Ok(n) = Notification::from_storage(&n) {
-                    let outbox = Outbox::Thread(thread);
-                    self.to_local(EdgeCommand::Broadcast { outbox, n });
-                }
-            }
-            Wire::FollowChanged {
-                follower,
-                celebrity,
-                follows,
-            } => self.to_local(EdgeCommand::FollowChanged {
-                follower,
-                outbox: Outbox::User(celebrity),
-                follows,
-            }),
-            Wire::ThreadFollowChanged {
-                follower,
-                thread,
-                follows,
-            } => self.to_local(EdgeCommand::FollowChanged {
-                follower,
-                outbox: Outbox::Thread(thread),
-                follows,
-            }),
-            Wire::CelebrityChanged {
-                user,
-                celebrity,
-                followers,
-            } => self.to_local(EdgeCommand::PathChanged {
-                outbox: Outbox::User(user),
-                object: None,
-                on: celebrity,
-                followers,
-            }),
-            Wire::ThreadChanged {
-                thread,
-                object,
-                on,
-                followers,
-            } => self.to_local(EdgeCommand::PathChanged {
-                outbox: Outbox::Thread(thread),
-                object: Some(object.into()),
-                on,
-                followers,
-            }),
             Wire::Ping => {}
+            every_node => {
+                if let Some(cmd) = every_node.into_edge_command() {
+                    self.to_local(cmd);
+                }
+            }
         }
     }
 

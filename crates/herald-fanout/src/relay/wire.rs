@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use herald_store::Store;
-use herald_types::UserId;
+use herald_types::{EdgeCommand, Notification, Outbox, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -80,6 +80,123 @@ pub(super) enum Wire {
     },
 }
 
+impl Wire {
+    /// The message carrying a command every node's edge must hear (a post
+    /// on the pull path, a follow or path change); None for the others,
+    /// and for a thread's path change whose object is not known here.
+    pub(super) fn for_every_node(cmd: &EdgeCommand) -> Option<Wire> {
+        Some(match cmd {
+            EdgeCommand::Broadcast { outbox, n } => match *outbox {
+                Outbox::User(celebrity) => Wire::Broadcast {
+                    celebrity,
+                    n: n.to_storage(),
+                },
+                Outbox::Thread(thread) => Wire::ThreadBroadcast {
+                    thread,
+                    n: n.to_storage(),
+                },
+            },
+            EdgeCommand::FollowChanged {
+                follower,
+                outbox,
+                follows,
+            } => match *outbox {
+                Outbox::User(celebrity) => Wire::FollowChanged {
+                    follower: *follower,
+                    celebrity,
+                    follows: *follows,
+                },
+                Outbox::Thread(thread) => Wire::ThreadFollowChanged {
+                    follower: *follower,
+                    thread,
+                    follows: *follows,
+                },
+            },
+            EdgeCommand::PathChanged {
+                outbox,
+                object,
+                on,
+                followers,
+            } => match (*outbox, object) {
+                (Outbox::User(user), _) => Wire::CelebrityChanged {
+                    user,
+                    celebrity: *on,
+                    followers: followers.clone(),
+                },
+                (Outbox::Thread(thread), Some(object)) => Wire::ThreadChanged {
+                    thread,
+                    object: object.to_string(),
+                    on: *on,
+                    followers: followers.clone(),
+                },
+                // Other nodes learn its object from Redis.
+                (Outbox::Thread(_), None) => return None,
+            },
+            EdgeCommand::Push { .. } | EdgeCommand::Poke { .. } | EdgeCommand::PokeAll => {
+                return None
+            }
+        })
+    }
+
+    /// The command a message for every node's edge carries; None for the
+    /// other messages (and a post that cannot be read).
+    pub(super) fn into_edge_command(self) -> Option<EdgeCommand> {
+        let post = |n: &[u8]| Notification::from_storage(n).ok();
+        Some(match self {
+            Wire::Broadcast { celebrity, n } => EdgeCommand::Broadcast {
+                outbox: Outbox::User(celebrity),
+                n: post(&n)?,
+            },
+            Wire::ThreadBroadcast { thread, n } => EdgeCommand::Broadcast {
+                outbox: Outbox::Thread(thread),
+                n: post(&n)?,
+            },
+            Wire::FollowChanged {
+                follower,
+                celebrity,
+                follows,
+            } => EdgeCommand::FollowChanged {
+                follower,
+                outbox: Outbox::User(celebrity),
+                follows,
+            },
+            Wire::ThreadFollowChanged {
+                follower,
+                thread,
+                follows,
+            } => EdgeCommand::FollowChanged {
+                follower,
+                outbox: Outbox::Thread(thread),
+                follows,
+            },
+            Wire::CelebrityChanged {
+                user,
+                celebrity,
+                followers,
+            } => EdgeCommand::PathChanged {
+                outbox: Outbox::User(user),
+                object: None,
+                on: celebrity,
+                followers,
+            },
+            Wire::ThreadChanged {
+                thread,
+                object,
+                on,
+                followers,
+            } => EdgeCommand::PathChanged {
+                outbox: Outbox::Thread(thread),
+                object: Some(object.into()),
+                on,
+                followers,
+            },
+            Wire::Push { .. } | Wire::Poke { .. } | Wire::Answer { .. } | Wire::Ping => {
+                return None
+            }
+        })
+    }
+}
+
 pub(super) fn channel(node: &str) -> String {
     format!("herald:node:{node}")
 }
@@ -142,6 +259,72 @@ fn bundle(batch: &mut Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every command for every node crosses as a message and comes back
+    /// the same, a thread's as a thread's.
+    #[test]
+    fn pull_path_commands_cross_nodes_unchanged() {
+        let followers = vec![4, 5];
+        let cmds = [
+            (Outbox::User(7), Some("post:1")),
+            (Outbox::Thread(3), Some("post:1")),
+        ];
+        for (outbox, object) in cmds {
+            let sent = [
+                EdgeCommand::FollowChanged {
+                    follower: 9,
+                    outbox,
+                    follows: true,
+                },
+                EdgeCommand::PathChanged {
+                    outbox,
+                    object: object.map(Into::into),
+                    on: true,
+                    followers: followers.clone(),
+                },
+            ];
+            for cmd in sent {
+                let w = Wire::for_every_node(&cmd).expect("a message");
+                let bytes = rmp_serde::to_vec(&w).expect("encoded");
+                let back: Wire = rmp_serde::from_slice(&bytes).expect("decoded");
+                let got = back.into_edge_command().expect("a command");
+                match (&cmd, &got) {
+                    (
+                        EdgeCommand::FollowChanged { outbox: a, .. },
+                        EdgeCommand::FollowChanged { outbox: b, .. },
+                    ) => assert_eq!(a, b),
+                    (
+                        EdgeCommand::PathChanged {
+                            outbox: a,
+                            followers: fa,
+                            ..
+                        },
+                        EdgeCommand::PathChanged {
+                            outbox: b,
+                            followers: fb,
+                            object,
+                            ..
+                        },
+                    ) => {
+                        assert_eq!((a, fa), (b, fb));
+                        if let Outbox::Thread(_) = b {
+                            assert_eq!(object.as_deref(), Some("post:1"));
+                        }
+                    }
+                    _ => panic!("{cmd:?} came back as {got:?}"),
+                }
+            }
+        }
+        // A thread's path change without its object stays on this node.
+        let unnamed = EdgeCommand::PathChanged {
+            outbox: Outbox::Thread(3),
+            object: None,
+            on: true,
+            followers,
+        };
+        assert!(Wire::for_every_node(&unnamed).is_none());
+        assert!(Wire::Ping.into_edge_command().is_none());
+    }
 
     #[test]
     fn a_push_reads_the_same_with_or_without_its_trace() {
