@@ -92,11 +92,9 @@ impl Conn {
     ) -> Result<u64, StoreError> {
         let keep = |n: &Notification| prefs.in_feed(n, now_ms);
         let edge = &self.edge;
-        let listed = edge
-            .store
-            .feed_pulled(self.user, view, &edge.outboxes, keep, true)
-            .await?;
-        Ok(listed.len() as u64)
+        edge.store
+            .feed_pulled_unread(self.user, view, &edge.outboxes, keep)
+            .await
     }
 
     /// The feed's unread count for a `hello` without a drain (a second

@@ -139,22 +139,21 @@ async fn mark_read(
             .feed_read(user, &ids, all)
             .await
             .map_err(unavailable)?;
-        let (_, pulled_unread) = pulled_posts(&gw, user, true).await?;
+        let pulled_unread = pulled_unread(&gw, user).await?;
         Ok(json!({"unread": unread + pulled_unread}))
     }
     .await;
     respond(r)
 }
 
-/// The posts of the outboxes `user` reads that their feed lists (only the
-/// unread ones with `unread_only`), and how many are unread.
-async fn pulled_posts(
+/// The outboxes `user` reads, with what they marked read, and their
+/// preferences; None when they read none.
+async fn pulled_view(
     gw: &Gateway,
     user: u64,
-    unread_only: bool,
-) -> Result<(Vec<(herald_types::Notification, bool)>, u64), ApiError> {
+) -> Result<Option<(herald_store::OutboxView, Arc<herald_prefs::Resolved>)>, ApiError> {
     if gw.celebrities.owners().is_empty() {
-        return Ok((Vec::new(), 0));
+        return Ok(None);
     }
     let view = gw
         .store
@@ -162,14 +161,39 @@ async fn pulled_posts(
         .await
         .map_err(unavailable)?;
     if view.cursors.is_empty() {
-        return Ok((Vec::new(), 0));
+        return Ok(None);
     }
     let prefs = gw.prefs.get(user).await.map_err(unavailable)?;
+    Ok(Some((view, prefs)))
+}
+
+/// How many posts of the outboxes `user` reads their feed shows unread.
+async fn pulled_unread(gw: &Gateway, user: u64) -> Result<u64, ApiError> {
+    let Some((view, prefs)) = pulled_view(gw, user).await? else {
+        return Ok(0);
+    };
+    let now_ms = herald_types::now_ms();
+    let keep = |n: &herald_types::Notification| prefs.in_feed(n, now_ms);
+    gw.store
+        .feed_pulled_unread(user, &view, &gw.outboxes, keep)
+        .await
+        .map_err(unavailable)
+}
+
+/// The posts of the outboxes `user` reads that their feed lists, and how
+/// many are unread.
+async fn pulled_posts(
+    gw: &Gateway,
+    user: u64,
+) -> Result<(Vec<(herald_types::Notification, bool)>, u64), ApiError> {
+    let Some((view, prefs)) = pulled_view(gw, user).await? else {
+        return Ok((Vec::new(), 0));
+    };
     let now_ms = herald_types::now_ms();
     let keep = |n: &herald_types::Notification| prefs.in_feed(n, now_ms);
     let listed = gw
         .store
-        .feed_pulled(user, &view, &gw.outboxes, keep, unread_only)
+        .feed_pulled(user, &view, &gw.outboxes, keep)
         .await
         .map_err(unavailable)?;
     let unread = listed.iter().filter(|(_, read)| !read).count() as u64;
@@ -189,7 +213,7 @@ async fn merged_page(
         .feed_page(user, before, limit)
         .await
         .map_err(unavailable)?;
-    let (pulled, pulled_unread) = pulled_posts(gw, user, false).await?;
+    let (pulled, pulled_unread) = pulled_posts(gw, user).await?;
     if pulled.is_empty() {
         return Ok(p);
     }

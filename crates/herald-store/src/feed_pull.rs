@@ -13,27 +13,68 @@ use herald_types::{Notification, UserId};
 use crate::{OutboxCache, OutboxCursor, OutboxView, Result, Store};
 
 impl Store {
+    /// How many of the posts [`Store::feed_pulled`] lists are unread,
+    /// counted where they are (nothing before the user's "all read" is
+    /// looked at, and cached outboxes are not copied): what every `hello`
+    /// of a follower pays.
+    pub async fn feed_pulled_unread(
+        &self,
+        user: UserId,
+        view: &OutboxView,
+        cache: &Arc<OutboxCache>,
+        keep: impl Fn(&Notification) -> bool,
+    ) -> Result<u64> {
+        if view.cursors.is_empty() {
+            return Ok(0);
+        }
+        let since = (self.feed_since_us().max(0) as u64).max(view.read_all.unwrap_or(0));
+        let shared = shares_posts(view);
+        let mut listed = HashSet::new();
+        let mut unread = 0u64;
+        let mut count = |n: &Notification| {
+            if n.actor != user
+                && !view.is_read(n)
+                && keep(n)
+                && (!shared || listed.insert(n.id.clone()))
+            {
+                unread += 1;
+            }
+        };
+        let mut cold = Vec::new();
+        for c in &view.cursors {
+            let after = c.since.unwrap_or(0).max(since);
+            if !cache.visit(c.outbox, after, &mut count) {
+                cold.push(OutboxCursor {
+                    outbox: c.outbox,
+                    seen: Some(after),
+                    since: c.since,
+                });
+            }
+        }
+        if !cold.is_empty() {
+            for (_, n) in self.outboxes_after(cache, &cold, cache.cap()).await? {
+                count(&n);
+            }
+        }
+        Ok(unread)
+    }
+
     /// The posts of `view`'s outboxes that `user`'s feed lists, newest
     /// first, each with its read state: since the user started following
     /// (subscribing), within the feed's retention, not the user's own,
     /// and those `keep` accepts (the user's preferences). A post in two
-    /// outboxes is listed once. With `unread_only`, only the unread ones
-    /// (and nothing before the user's "all read" is even looked at).
+    /// outboxes is listed once.
     pub async fn feed_pulled(
         &self,
         user: UserId,
         view: &OutboxView,
         cache: &Arc<OutboxCache>,
         keep: impl Fn(&Notification) -> bool,
-        unread_only: bool,
     ) -> Result<Vec<(Notification, bool)>> {
         if view.cursors.is_empty() {
             return Ok(Vec::new());
         }
-        let mut since = self.feed_since_us().max(0) as u64;
-        if unread_only {
-            since = since.max(view.read_all.unwrap_or(0));
-        }
+        let since = self.feed_since_us().max(0) as u64;
         let cursors: Vec<OutboxCursor> = view
             .cursors
             .iter()
@@ -44,12 +85,7 @@ impl Store {
             })
             .collect();
         let posts = self.outboxes_after(cache, &cursors, cache.cap()).await?;
-        // Only a thread's event can also be in another outbox (a
-        // celebrity's post to a hot thread): ids are compared then only.
-        let shared = view
-            .cursors
-            .iter()
-            .any(|c| matches!(c.outbox, herald_types::Outbox::Thread(_)));
+        let shared = shares_posts(view);
         let mut listed = HashSet::new();
         let mut out: Vec<(Notification, bool)> = posts
             .into_iter()
@@ -60,7 +96,6 @@ impl Store {
                 let read = view.is_read(&n);
                 (n, read)
             })
-            .filter(|(_, read)| !(unread_only && *read))
             .collect();
         // Newest first; the id's hash breaks a tie of order (rare), so it
         // is computed only then.
@@ -71,4 +106,13 @@ impl Store {
         });
         Ok(out)
     }
+}
+
+/// Whether a post can be in two of `view`'s outboxes: only a thread's
+/// event can (a celebrity's post to a hot thread), so ids are compared
+/// only then.
+fn shares_posts(view: &OutboxView) -> bool {
+    view.cursors
+        .iter()
+        .any(|c| matches!(c.outbox, herald_types::Outbox::Thread(_)))
 }

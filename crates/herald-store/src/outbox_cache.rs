@@ -65,6 +65,22 @@ impl OutboxCache {
         }
     }
 
+    /// Shows `f` every entry after `after`, oldest first, without a copy;
+    /// false when the outbox is not cached yet.
+    pub fn visit(&self, outbox: OutboxId, after: u64, mut f: impl FnMut(&Notification)) -> bool {
+        let Some(o) = self.map.get(&outbox) else {
+            return false;
+        };
+        if !o.loaded {
+            return false;
+        }
+        let start = o.entries.partition_point(|n| n.order <= after);
+        for n in o.entries.range(start..) {
+            f(n);
+        }
+        true
+    }
+
     /// Entries after `seen` (at most `limit`), or None when the outbox is
     /// not cached yet (the caller reads Redis and may `fill`).
     pub fn read(
@@ -247,5 +263,9 @@ mod tests {
             .map(|n| n.order)
             .collect();
         assert_eq!(after, vec![5, 7], "trimmed to 3 and read after the cursor");
+        let mut visited = Vec::new();
+        assert!(c.visit(C, 3, |n| visited.push(n.order)));
+        assert_eq!(visited, vec![5, 7], "visited after the order, oldest first");
+        assert!(!c.visit(OutboxId::Thread(1), 0, |_| {}), "not cached");
     }
 }
