@@ -181,8 +181,10 @@ pub(crate) fn path_changed(
         edge.celebrities.name(t, object);
     }
     edge.celebrities.set(outbox, on);
+    // Moving off keeps the index: a post decided for the pull path before
+    // the change (earlier in the log, broadcast after this message when
+    // the change came in the same batch) still reaches them.
     if !on {
-        edge.index.remove(&outbox);
         return;
     }
     let mut set = edge.index.entry(outbox).or_default();
@@ -249,6 +251,9 @@ pub(crate) async fn sync_loop(edge: std::sync::Weak<Edge>) {
                 Vec::new()
             };
             path_changed(&edge, outbox, None, on, &followers);
+            if !on {
+                edge.index.remove(&outbox);
+            }
         }
     }
 }

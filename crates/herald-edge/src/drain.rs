@@ -93,7 +93,7 @@ impl Conn {
         let keep = |n: &Notification| prefs.in_feed(n, now_ms);
         let edge = &self.edge;
         edge.store
-            .feed_pulled_unread(self.user, view, &edge.outboxes, keep)
+            .feed_pulled_unread(self.user, view, &edge.outboxes, keep, prefs.in_feed_all())
             .await
     }
 

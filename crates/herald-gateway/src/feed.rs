@@ -175,7 +175,7 @@ async fn pulled_unread(gw: &Gateway, user: u64) -> Result<u64, ApiError> {
     let now_ms = herald_types::now_ms();
     let keep = |n: &herald_types::Notification| prefs.in_feed(n, now_ms);
     gw.store
-        .feed_pulled_unread(user, &view, &gw.outboxes, keep)
+        .feed_pulled_unread(user, &view, &gw.outboxes, keep, prefs.in_feed_all())
         .await
         .map_err(unavailable)
 }

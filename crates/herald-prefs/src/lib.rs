@@ -157,6 +157,19 @@ impl Resolved {
         )
     }
 
+    /// Whether [`Resolved::in_feed`] accepts every post: no mutes, every
+    /// kind real-time (the user's default, no kind of their own set, no
+    /// declared kind with a default mode).
+    pub fn in_feed_all(&self) -> bool {
+        self.muted_actors.is_empty()
+            && self.muted_objects.is_empty()
+            && self.prefs.kinds.is_empty()
+            && self.prefs.default == Mode::Realtime
+            && EventKind::declared()
+                .iter()
+                .all(|k| k.rules().default_mode.is_none())
+    }
+
     /// The digest window holding `now_ms` (start, end).
     pub fn digest_window(&self, now_ms: u64) -> (u64, u64) {
         self.prefs.digest_window(now_ms, self.digest_override_ms)

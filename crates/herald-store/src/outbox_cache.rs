@@ -65,6 +65,17 @@ impl OutboxCache {
         }
     }
 
+    /// How many entries come after `after` (a binary search); None when
+    /// the outbox is not cached yet.
+    pub fn count_after(&self, outbox: OutboxId, after: u64) -> Option<u64> {
+        let o = self.map.get(&outbox)?;
+        if !o.loaded {
+            return None;
+        }
+        let start = o.entries.partition_point(|n| n.order <= after);
+        Some((o.entries.len() - start) as u64)
+    }
+
     /// Shows `f` every entry after `after`, oldest first, without a copy;
     /// false when the outbox is not cached yet.
     pub fn visit(&self, outbox: OutboxId, after: u64, mut f: impl FnMut(&Notification)) -> bool {
@@ -267,5 +278,8 @@ mod tests {
         assert!(c.visit(C, 3, |n| visited.push(n.order)));
         assert_eq!(visited, vec![5, 7], "visited after the order, oldest first");
         assert!(!c.visit(OutboxId::Thread(1), 0, |_| {}), "not cached");
+        assert_eq!(c.count_after(C, 3), Some(2));
+        assert_eq!(c.count_after(C, 0), Some(3));
+        assert_eq!(c.count_after(OutboxId::Thread(1), 0), None);
     }
 }
