@@ -47,7 +47,8 @@ impl Conn {
             .store
             .outboxes_after(&edge.outboxes, &view.cursors, edge.cfg.drain_limit)
             .await?;
-        if items.is_empty() && !hello {
+        // Nothing pulled and nothing to count: no preferences read.
+        if items.is_empty() && (!hello || view.cursors.is_empty()) {
             return Ok((items, 0));
         }
         // The follower's mutes and modes apply to pulled posts too; posts
