@@ -21,7 +21,7 @@ impl Conn {
     /// An error means Redis did not answer: nothing was read, which is not
     /// the same as nothing waiting.
     pub(crate) async fn pull_outboxes(&mut self, hello: bool) -> Result<(Pulled, u64), StoreError> {
-        if self.edge.celebrities.owners().is_empty() {
+        if !self.edge.celebrities.has_owners() {
             return Ok((Vec::new(), 0));
         }
         let mut view = self
@@ -103,7 +103,7 @@ impl Conn {
     pub(crate) async fn feed_unread(&self) -> Result<u64, StoreError> {
         let edge = &self.edge;
         let mut unread = edge.store.feed_unread(self.user).await?;
-        if !edge.celebrities.owners().is_empty() {
+        if edge.celebrities.has_owners() {
             let view = edge
                 .store
                 .outbox_cursors(self.user, &edge.celebrities, true)

@@ -152,7 +152,7 @@ async fn pulled_view(
     gw: &Gateway,
     user: u64,
 ) -> Result<Option<(herald_store::OutboxView, Arc<herald_prefs::Resolved>)>, ApiError> {
-    if gw.celebrities.owners().is_empty() {
+    if !gw.celebrities.has_owners() {
         return Ok(None);
     }
     let view = gw

@@ -106,6 +106,11 @@ impl CelebritySet {
         self.read().current.is_empty()
     }
 
+    /// Whether any outbox exists (asked on every connect: no copy).
+    pub fn has_owners(&self) -> bool {
+        !self.read().owners.is_empty()
+    }
+
     /// Outboxes that exist (current or former celebrities and hot threads).
     pub fn owners(&self) -> Vec<Outbox> {
         self.read().owners.iter().copied().collect()
