@@ -327,7 +327,7 @@ impl Conn {
                             None => break None,
                         }
                     };
-                    self.apply_acks(acks);
+                    self.apply_acks(acks).await;
                     if let Some(e) = end {
                         return e;
                     }

@@ -38,17 +38,15 @@ impl Conn {
     }
 
     /// Applies the acks of the frames read together: one answer to
-    /// fan-out for the live ones, one for the stored ones (fan-out's
-    /// settlement removes them from the inbox; the edge writes none).
-    pub(crate) fn apply_acks(&mut self, acks: Acks) {
+    /// fan-out for the live ones, one inbox write for the stored ones.
+    pub(crate) async fn apply_acks(&mut self, acks: Acks) {
         if !acks.settled.is_empty() {
             self.edge.answers.settled(acks.settled);
         }
         if !acks.remove.is_empty() {
-            self.edge.answers.answer(herald_types::EdgeAnswer::Acked {
-                user: self.user,
-                ids: acks.remove,
-            });
+            if let Err(e) = self.edge.store.inbox_remove(self.user, &acks.remove).await {
+                tracing::warn!(user = self.user, error = %e, "ack not applied to inbox; will redeliver");
+            }
         }
     }
 

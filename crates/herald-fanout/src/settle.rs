@@ -289,12 +289,6 @@ impl Settlements {
                     "later writes queue full; the follower pulls the post on its next connect"
                 );
             }
-            EdgeAnswer::Acked { user, .. } => {
-                tracing::warn!(
-                    user,
-                    "later writes queue full; acked inbox entries are sent again on the next drain"
-                );
-            }
             EdgeAnswer::Settled(_) | EdgeAnswer::Failed(_) => {}
         }
     }
@@ -308,9 +302,7 @@ impl Answers for Settlements {
         match a {
             EdgeAnswer::Settled(s) => self.release(&s),
             EdgeAnswer::Failed(s) => self.fail(&s),
-            later @ (EdgeAnswer::Refused { .. }
-            | EdgeAnswer::Hold { .. }
-            | EdgeAnswer::Acked { .. }) => self.later(later),
+            later @ (EdgeAnswer::Refused { .. } | EdgeAnswer::Hold { .. }) => self.later(later),
         }
     }
 
@@ -329,10 +321,8 @@ impl Answers for Settlements {
 /// Writes what edges left to fan-out, retrying while Redis is
 /// unreachable: notifications nobody took or acked to the inbox (up to
 /// [`PARK_BATCH`] in one pipeline, then released and their users' edges
-/// told), inbox entries clients acked out of it (one pipeline), held
-/// posts to their bucket (then the follower's outbox cursor, when given).
-/// The one background writer for everything parked, and the inbox's only
-/// writer besides fan-out's own routing.
+/// told), held posts to their bucket (then the follower's outbox cursor,
+/// when given). The one background writer for everything parked.
 async fn write_later(
     store: Store,
     sinks: crate::sink::Sinks,
@@ -350,15 +340,9 @@ async fn write_later(
                 Err(_) => break,
             }
         }
-        let (refused, rest): (Vec<EdgeAnswer>, Vec<EdgeAnswer>) = batch
+        let (refused, holds): (Vec<EdgeAnswer>, Vec<EdgeAnswer>) = batch
             .drain(..)
             .partition(|w| matches!(w, EdgeAnswer::Refused { .. }));
-        let (acked, holds): (Vec<EdgeAnswer>, Vec<EdgeAnswer>) = rest
-            .into_iter()
-            .partition(|w| matches!(w, EdgeAnswer::Acked { .. }));
-        if !acked.is_empty() {
-            remove_acked(&store, acked, backoff).await;
-        }
         if !refused.is_empty() {
             park(&sinks, &refused, backoff).await;
             let Some(s) = settlements.upgrade() else {
@@ -407,29 +391,6 @@ async fn write_later(
                         wait.sleep().await;
                     }
                 }
-            }
-        }
-    }
-}
-
-/// Removes inbox entries clients acked (one pipeline), retrying with
-/// backoff while Redis does not answer (until then a drain may send them
-/// again: same ids, which clients drop).
-async fn remove_acked(store: &Store, acked: Vec<EdgeAnswer>, backoff: Duration) {
-    let items: Vec<(herald_types::UserId, Vec<String>)> = acked
-        .into_iter()
-        .filter_map(|w| match w {
-            EdgeAnswer::Acked { user, ids } => Some((user, ids)),
-            _ => None,
-        })
-        .collect();
-    let mut wait = herald_types::Backoff::new(backoff, Duration::from_secs(5));
-    loop {
-        match store.inbox_remove_many(&items).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, users = items.len(), "acked inbox entries not removed; retrying");
-                wait.sleep().await;
             }
         }
     }

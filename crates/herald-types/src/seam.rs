@@ -164,9 +164,6 @@ pub enum EdgeAnswer {
         /// (outbox, order) the follower's cursor moves to once held.
         seen: Option<(Outbox, u64)>,
     },
-    /// Entries of `user`'s inbox their client acked: fan-out's settlement,
-    /// the inbox's one writer, removes them (the edge writes no inbox).
-    Acked { user: UserId, ids: Vec<String> },
 }
 
 /// The edge side of the seam.
