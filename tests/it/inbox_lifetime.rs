@@ -1,5 +1,7 @@
-//! An inbox does not keep memory forever: it expires its idle lifetime
-//! after its first entry or its user's last connection, whichever is later.
+//! An inbox's entries leave when acked (removed by fan-out, never sent to
+//! that connection again), and an inbox does not keep memory forever: it
+//! expires its idle lifetime after its first entry or its user's last
+//! connection, whichever is later.
 
 use crate::support;
 
@@ -49,5 +51,65 @@ async fn an_inbox_nobody_comes_back_for_expires() {
     assert!(
         after > before,
         "the connection refreshed the lifetime: {before} ms before, {after} ms after"
+    );
+}
+
+/// Fan-out, not the edge, removes inbox entries a client acked. While that
+/// removal cannot land (Redis refuses HDEL for a while), a drain the
+/// connection makes waits for it instead of sending the acked entries
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_inbox_entries_are_not_sent_again_while_their_removal_waits() {
+    let redis = Redis::start();
+    let node = Node::start(
+        &redis,
+        &[
+            ("HERALD_WEBSOCKET__ACK_TIMEOUT_MS", "500"),
+            ("HERALD_FANOUT__RETRY_BACKOFF_MS", "20"),
+        ],
+    );
+    let user = 12;
+    node.like(1, user, "post:a").await;
+    node.like(2, user, "post:b").await;
+    eventually("both in the inbox", || async {
+        (inbox_ids(&node, user).await.len() == 2).then_some(())
+    })
+    .await;
+    let mut c = Client::connect(&node, user).await;
+    let stored: Vec<String> = c
+        .notifications(2)
+        .await
+        .iter()
+        .map(|n| n["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+
+    // From here their removal fails until HDEL is allowed again.
+    let denied = redis.cmd("ACL SETUSER default -hdel");
+    assert_eq!(denied.as_deref(), Some("+OK\r\n"));
+    c.ack(&[&stored[0], &stored[1]]).await;
+    // A push the client leaves unacked goes back to fan-out after the ack
+    // timeout; fan-out parks it and tells the connection to drain.
+    node.like(3, user, "post:c").await;
+    let live = c.notification().await;
+    assert_eq!(live["object"], "post:c", "{live}");
+    eventually("the unacked push parked", || async {
+        (inbox_ids(&node, user).await.len() == 3).then_some(())
+    })
+    .await;
+    let allowed = redis.cmd("ACL SETUSER default +hdel");
+    assert_eq!(allowed.as_deref(), Some("+OK\r\n"));
+
+    // The acked entries go, and the next notification the client sees is
+    // a new one: the drain sent neither acked entry again (nor the parked
+    // push, which the connection still holds unacked).
+    eventually("the acked entries removed", || async {
+        (inbox_ids(&node, user).await == [live["id"].as_str().unwrap_or_default()]).then_some(())
+    })
+    .await;
+    node.like(4, user, "post:d").await;
+    let next = c.notification().await;
+    assert_eq!(
+        next["object"], "post:d",
+        "an acked entry came again: {next}"
     );
 }

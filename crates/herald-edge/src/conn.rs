@@ -40,6 +40,10 @@ pub(crate) struct Conn {
     /// `cursor_flush` and on close, never once per ack.
     pub cursors: Vec<(herald_types::Outbox, u64)>,
     pub cursors_at: Instant,
+    /// Removals of acked inbox entries fan-out has not confirmed yet: the
+    /// inbox is read again only once they are done (bounded by fan-out's
+    /// removal queue; finished ones are pruned as new ones come).
+    pub removals: Vec<tokio::sync::oneshot::Receiver<()>>,
     /// The link's frame count at the last heartbeat.
     frames_at_beat: u64,
     /// What is left of the client's allowance of control frames.
@@ -178,6 +182,7 @@ pub async fn serve(
         last_seen: Instant::now(),
         cursors: Vec::new(),
         cursors_at: Instant::now(),
+        removals: Vec::new(),
         frames_at_beat: 0,
         control: ControlBudget::new(edge.cfg.max_control_per_s),
     };
@@ -191,6 +196,9 @@ pub async fn serve(
         link.send(&edge.metrics, vec![wire::close(code, reason)]);
         let _ = tokio::time::timeout(edge.cfg.write_timeout, c.write_out()).await;
     }
+    // While registered this connection stays the user's primary here, so
+    // a reconnect drains only once the entries it acked are removed.
+    c.removed().await;
     let last = edge.unregister(user, id);
     if last {
         edge.unindex(user);
@@ -327,7 +335,7 @@ impl Conn {
                             None => break None,
                         }
                     };
-                    self.apply_acks(acks).await;
+                    self.apply_acks(acks);
                     if let Some(e) = end {
                         return e;
                     }

@@ -140,6 +140,7 @@ impl Conn {
         &mut self,
         hello: bool,
     ) -> Option<(herald_store::InboxSnapshot, Pulled)> {
+        self.removed().await;
         let snap = match self
             .edge
             .store

@@ -6,8 +6,9 @@
 //! it the oldest goes), sends `hello`, drains the user's inbox oldest first
 //! on one of them, then pushes live notifications handed over by
 //! fan-out through [`EdgeHandle`]. It tracks what was sent and not acked: an ack
-//! of a live notification settles it; an ack of an inbox entry removes it
-//! from Redis; whatever is unacked when the connection ends, or unacked for
+//! of a live notification settles it; an ack of an inbox entry is reported
+//! (`Acked`) and fan-out removes it (the connection reads the inbox again
+//! only once that is confirmed); whatever is unacked when the connection ends, or unacked for
 //! `ack_timeout`, is reported to fan-out (`Refused`, `Unacked`), which parks
 //! it: the edge never writes the inbox. A push is written into the
 //! socket by whoever pushes (see `link`); what a socket cannot take waits

@@ -1,7 +1,8 @@
 //! When a connection's sent notifications are acked, given back or left:
 //! the acks read, the ack timeout, the cap on unacked and the connection's
 //! end. What the set holds and how each question is answered is in
-//! `pending.rs`; this is the connection's side (locking, Redis, reports).
+//! `pending.rs`; this is the connection's side (locking, reports to
+//! fan-out, waiting for the removal of acked inbox entries).
 
 use std::time::Instant;
 
@@ -10,6 +11,10 @@ use herald_types::{Notification, Settle};
 use crate::conn::Conn;
 use crate::frames::{self, ClientFrame};
 use crate::pending::{self, Acks};
+
+/// Longest a drain waits for fan-out to remove the entries its client
+/// acked (Redis slow or away: the drain itself would fail anyway).
+const REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Conn {
     /// One client frame: an ack's ids are sorted into `acks` (applied by
@@ -38,15 +43,44 @@ impl Conn {
     }
 
     /// Applies the acks of the frames read together: one answer to
-    /// fan-out for the live ones, one inbox write for the stored ones.
-    pub(crate) async fn apply_acks(&mut self, acks: Acks) {
+    /// fan-out for the live ones, one for the stored ones (fan-out removes
+    /// them from the inbox; the edge writes none).
+    pub(crate) fn apply_acks(&mut self, acks: Acks) {
         if !acks.settled.is_empty() {
             self.edge.answers.settled(acks.settled);
         }
         if !acks.remove.is_empty() {
-            if let Err(e) = self.edge.store.inbox_remove(self.user, &acks.remove).await {
-                tracing::warn!(user = self.user, error = %e, "ack not applied to inbox; will redeliver");
-            }
+            self.removals.retain_mut(|r| {
+                matches!(
+                    r.try_recv(),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                )
+            });
+            let (done, removed) = tokio::sync::oneshot::channel();
+            self.removals.push(removed);
+            self.edge.answers.answer(herald_types::EdgeAnswer::Acked {
+                user: self.user,
+                ids: acks.remove,
+                done,
+            });
+        }
+    }
+
+    /// Waits until fan-out removed every inbox entry this connection's
+    /// client acked (before the inbox is read again, so none is sent
+    /// twice), at most [`REMOVAL_WAIT`]: past it the read goes ahead and an
+    /// acked entry may come again (same id, which clients drop).
+    pub(crate) async fn removed(&mut self) {
+        if self.removals.is_empty() {
+            return;
+        }
+        let all = futures_util::future::join_all(self.removals.drain(..));
+        if tokio::time::timeout(REMOVAL_WAIT, all).await.is_err() {
+            metrics::counter!("herald_ws_ack_removal_waits_timed_out_total").increment(1);
+            tracing::warn!(
+                user = self.user,
+                "acked inbox entries not confirmed removed in time; reading the inbox anyway"
+            );
         }
     }
 

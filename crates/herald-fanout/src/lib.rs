@@ -18,6 +18,7 @@
 //! account's status changes only while its own partition processes a follow
 //! or unfollow, so each post takes exactly one path.
 
+mod acked;
 mod aggregate;
 mod dead;
 mod digest;

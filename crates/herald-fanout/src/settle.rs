@@ -2,7 +2,8 @@
 //! found by the partition a [`RecordRef`] names, and the writes an edge
 //! leaves to fan-out (a push refused, or sent and never acked, is parked
 //! through the sinks; a celebrity post a follower's preferences hold goes
-//! to its bucket). Edges (this node's, or another's over the network)
+//! to its bucket; inbox entries clients acked are removed, in a lane of
+//! their own, `acked.rs`). Edges (this node's, or another's over the network)
 //! answer here, so the writes of delivery policy happen on one side.
 
 use herald_types::sync::Locked;
@@ -37,6 +38,8 @@ pub struct Settlements {
     sinks: crate::sink::Sinks,
     /// `Refused` and `Hold` answers waiting for their writes.
     later: mpsc::Sender<EdgeAnswer>,
+    /// Inbox entries clients acked, waiting for their removal.
+    acked: mpsc::Sender<crate::acked::Removal>,
     /// Per partition: why it waits for an operator, if it does.
     blocked: std::sync::Mutex<Vec<Option<String>>>,
     /// Users whose inbox got parked notifications: their connections are
@@ -182,6 +185,7 @@ impl Settlements {
             placement,
             sinks: sinks.clone(),
             later: tx,
+            acked: crate::acked::start(store.clone(), cfg.retry_backoff),
             blocked: std::sync::Mutex::new(Vec::new()),
             parked,
         });
@@ -289,7 +293,7 @@ impl Settlements {
                     "later writes queue full; the follower pulls the post on its next connect"
                 );
             }
-            EdgeAnswer::Settled(_) | EdgeAnswer::Failed(_) => {}
+            EdgeAnswer::Settled(_) | EdgeAnswer::Failed(_) | EdgeAnswer::Acked { .. } => {}
         }
     }
 }
@@ -303,6 +307,9 @@ impl Answers for Settlements {
             EdgeAnswer::Settled(s) => self.release(&s),
             EdgeAnswer::Failed(s) => self.fail(&s),
             later @ (EdgeAnswer::Refused { .. } | EdgeAnswer::Hold { .. }) => self.later(later),
+            EdgeAnswer::Acked { user, ids, done } => {
+                crate::acked::request(&self.acked, crate::acked::Removal { user, ids, done })
+            }
         }
     }
 

@@ -237,9 +237,20 @@ impl Store {
         self.run::<()>(&p).await
     }
 
-    /// Removes acknowledged notifications from `user`'s inbox.
-    pub async fn inbox_remove(&self, user: UserId, ids: &[String]) -> Result<()> {
-        let fields: Vec<Vec<u8>> = ids.iter().map(|id| compact::field(id, user)).collect();
-        self.hdel(&ukey(user, "ib"), &fields).await
+    /// Removes acknowledged notifications from users' inboxes (one
+    /// pipeline for them all).
+    pub async fn inbox_remove_many(&self, acked: &[(UserId, Vec<String>)]) -> Result<()> {
+        if acked.iter().all(|(_, ids)| ids.is_empty()) {
+            return Ok(());
+        }
+        let mut p = crate::Batch::new();
+        for (user, ids) in acked.iter().filter(|(_, ids)| !ids.is_empty()) {
+            p.cmd("HDEL").arg(ukey(*user, "ib"));
+            for id in ids {
+                p.arg(compact::field(id, *user));
+            }
+            p.ignore();
+        }
+        self.run::<()>(&p).await
     }
 }

@@ -109,7 +109,7 @@ async fn the_inbox_pages_oldest_first_caps_and_reports_what_it_dropped() {
     let all = store.inbox_snapshot(USER, 10, false).await.unwrap();
     assert_eq!(ids(&all.items), ["n-2", "n-3", "n-4", "n-5"]);
     store
-        .inbox_remove(USER, &["n-2".into(), "n-4".into(), "n-unknown".into()])
+        .inbox_remove_many(&[(USER, vec!["n-2".into(), "n-4".into(), "n-unknown".into()])])
         .await
         .unwrap();
     let left = store.inbox_snapshot(USER, 10, false).await.unwrap();

@@ -164,6 +164,15 @@ pub enum EdgeAnswer {
         /// (outbox, order) the follower's cursor moves to once held.
         seen: Option<(Outbox, u64)>,
     },
+    /// Entries of `user`'s inbox their client acked: fan-out, the inbox's
+    /// owner, removes them, then answers on `done` (the connection waits
+    /// for it before it reads the inbox again, so it never sends an entry
+    /// its client acked). `done` dropped unanswered: not removed (yet).
+    Acked {
+        user: UserId,
+        ids: Vec<String>,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 /// The edge side of the seam.

@@ -197,8 +197,16 @@ pub fn describe() {
         "Celebrity outbox reads, by source (cache, redis)."
     );
     c!(
-        "herald_spill_overflow_total",
-        "Closed connections' leftovers that the background writer could not take."
+        "herald_inbox_acks_removed_total",
+        "Inbox entries clients acked, removed by fan-out."
+    );
+    c!(
+        "herald_inbox_acks_dropped_total",
+        "Ack frames of inbox entries fan-out's removal queue could not take (their entries are sent again)."
+    );
+    c!(
+        "herald_ws_ack_removal_waits_timed_out_total",
+        "Drains that stopped waiting for fan-out to remove the entries their client acked."
     );
     c!(
         "herald_later_writes_overflow_total",
@@ -272,7 +280,9 @@ pub fn register_zeroes() {
         "herald_fanout_checkpoint_errors_total",
         "herald_fanout_reprocessed_total",
         "herald_fanout_skipped_records_total",
-        "herald_spill_overflow_total",
+        "herald_inbox_acks_removed_total",
+        "herald_inbox_acks_dropped_total",
+        "herald_ws_ack_removal_waits_timed_out_total",
         "herald_later_writes_overflow_total",
         "herald_redis_reconnects_total",
         "herald_events_accepted_total",

@@ -109,7 +109,7 @@ impl RelayOut {
             EdgeAnswer::Settled(_) => Outcome::Settled,
             EdgeAnswer::Failed(_) => Outcome::Failed,
             EdgeAnswer::Refused { .. } => Outcome::Refused,
-            EdgeAnswer::Hold { .. } => return,
+            EdgeAnswer::Hold { .. } | EdgeAnswer::Acked { .. } => return,
         };
         if !self.send(
             &r.node,
