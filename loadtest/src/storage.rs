@@ -194,14 +194,15 @@ pub async fn run(
         after.saturating_sub(before) as f64 / n as f64
     );
     let sample: Vec<u64> = (0..users).map(|u| base + u).collect();
-    let ib = key_bytes(redis, &sample, "ib").await?;
     let fd = key_bytes(redis, &sample, "fd").await?;
+    // A separate inbox hash only exists on versions before one entry per
+    // notification (0 here otherwise).
+    let ib = key_bytes(redis, &sample, "ib").await?;
     println!(
-        "  MEMORY USAGE per user: inbox {ib:.0} bytes ({:.0} per waiting notification, {}), feed {fd:.0} bytes ({:.0} per feed entry, {})",
-        ib / per_user as f64,
-        encoding(redis, base, "ib").await.trim_start_matches('+'),
+        "  MEMORY USAGE per user: entries (inbox and feed) {fd:.0} bytes ({:.0} per waiting notification, {}); separate inbox hash {ib:.0} bytes ({:.0} per waiting notification)",
         fd / per_user as f64,
         encoding(redis, base, "fd").await.trim_start_matches('+'),
+        ib / per_user as f64,
     );
     if followers == 0 {
         return Ok(());

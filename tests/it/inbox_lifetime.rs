@@ -9,13 +9,21 @@ use std::time::Duration;
 
 use support::{eventually, eventually_within, inbox_ids, Client, Node, Redis};
 
+/// With the feed off the user's entries hash lives the inbox's idle
+/// lifetime (with it on, the longer of that and the feed's retention).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbox_nobody_comes_back_for_expires() {
     let redis = Redis::start();
-    let node = Node::start(&redis, &[("HERALD_REDIS__INBOX_IDLE_TTL_S", "5")]);
+    let node = Node::start(
+        &redis,
+        &[
+            ("HERALD_REDIS__INBOX_IDLE_TTL_S", "5"),
+            ("HERALD_FEED__MAX_PER_USER", "0"),
+        ],
+    );
     let pttl = |user: u64| {
         redis
-            .cmd(&format!("PTTL h:{{u:{user}}}:ib"))
+            .cmd(&format!("PTTL h:{{u:{user}}}:fd"))
             .and_then(|t| t.trim().trim_start_matches(':').parse::<i64>().ok())
             .unwrap_or(-2)
     };
@@ -28,7 +36,7 @@ async fn an_inbox_nobody_comes_back_for_expires() {
     assert!((1..=5000).contains(&ttl), "PTTL {ttl}");
     // Nobody comes: it is gone once its lifetime passes.
     eventually_within("the inbox expired", Duration::from_secs(30), || async {
-        (redis.cmd("EXISTS h:{u:9}:ib").as_deref() == Some(":0\r\n")).then_some(())
+        (redis.cmd("EXISTS h:{u:9}:fd").as_deref() == Some(":0\r\n")).then_some(())
     })
     .await;
     assert!(inbox_ids(&node, 9).await.is_empty());
@@ -54,10 +62,10 @@ async fn an_inbox_nobody_comes_back_for_expires() {
     );
 }
 
-/// Fan-out, not the edge, removes inbox entries a client acked. While that
-/// removal cannot land (Redis refuses HDEL for a while), a drain the
-/// connection makes waits for it instead of sending the acked entries
-/// again.
+/// Fan-out, not the edge, marks inbox entries a client acked delivered.
+/// While that cannot land (Redis refuses HGET, which only the ack's script
+/// uses on this path, for a while), a drain the connection makes waits for
+/// it instead of sending the acked entries again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_inbox_entries_are_not_sent_again_while_their_removal_waits() {
     let redis = Redis::start();
@@ -83,8 +91,8 @@ async fn acked_inbox_entries_are_not_sent_again_while_their_removal_waits() {
         .map(|n| n["id"].as_str().unwrap_or_default().to_string())
         .collect();
 
-    // From here their removal fails until HDEL is allowed again.
-    let denied = redis.cmd("ACL SETUSER default -hdel");
+    // From here the ack's script fails until HGET is allowed again.
+    let denied = redis.cmd("ACL SETUSER default -hget");
     assert_eq!(denied.as_deref(), Some("+OK\r\n"));
     c.ack(&[&stored[0], &stored[1]]).await;
     // A push the client leaves unacked goes back to fan-out after the ack
@@ -96,10 +104,10 @@ async fn acked_inbox_entries_are_not_sent_again_while_their_removal_waits() {
         (inbox_ids(&node, user).await.len() == 3).then_some(())
     })
     .await;
-    let allowed = redis.cmd("ACL SETUSER default +hdel");
+    let allowed = redis.cmd("ACL SETUSER default +hget");
     assert_eq!(allowed.as_deref(), Some("+OK\r\n"));
 
-    // The acked entries go, and the next notification the client sees is
+    // The acked entries leave the inbox, and the next notification the client sees is
     // a new one: the drain sent neither acked entry again (nor the parked
     // push, which the connection still holds unacked).
     eventually("the acked entries removed", || async {

@@ -84,9 +84,7 @@ impl Worker {
                 }
                 crate::sink::Parked::Held { .. } => {}
             }
-            if !webhook_only {
-                self.store.feed_add(&refs).await?;
-            }
+            // Parked in the inbox, it is in the feed too (one entry).
             let label = if b == Bucket::Held { "held" } else { "digest" };
             metrics::counter!("herald_buckets_released_total", "bucket" => label).increment(1);
             self.edge.send(herald_types::EdgeCommand::Poke { user });

@@ -133,10 +133,16 @@ impl Batch {
     }
 }
 
-/// The hash slot of a command's key (its first argument after the name);
-/// None for a command without a key.
+/// The hash slot of a command's key (its first argument after the name,
+/// or a script call's first key: `EVALSHA sha numkeys key ...`); None for
+/// a command without a key.
 fn slot_of(c: &Cmd) -> Option<u16> {
-    match c.args_iter().nth(1)? {
+    let mut args = c.args_iter();
+    let at = match args.next()? {
+        redis::Arg::Simple(b"EVALSHA") => 2,
+        _ => 0,
+    };
+    match args.nth(at)? {
         redis::Arg::Simple(key) => Some(key_slot(key)),
         _ => None,
     }

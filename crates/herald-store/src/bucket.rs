@@ -10,14 +10,15 @@ use std::sync::OnceLock;
 
 use crate::{ukey, Fence, Result, Store, StoreError};
 
-// KEYS: inbox, fence. ARGV: partition, term, idle ttl (s, 0 = none), then
-// field, entry pairs. Returns the inbox's size, or -1 when fenced.
+// KEYS: the user's entries hash, fence, the inbox's dropped count. ARGV:
+// partition, term, the hash's lifetime (s, 0: none), inbox cap, the
+// dropped count's lifetime, feed cap, then field, entry (waiting) pairs.
+// Returns how many waiting entries the cap dropped, or -1 when fenced.
 const RELEASE: &str = r#"
 if fenced(KEYS[2], ARGV[1], ARGV[2]) then return -1 end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl, 'NX') end
-return redis.call('HLEN', KEYS[1])
+made(KEYS[1], tonumber(ARGV[3]))
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return cap_waiting(KEYS[1], KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
 "#;
 
 // KEYS: bucket, its data, fence. ARGV: partition, term, ids.
@@ -199,26 +200,27 @@ impl Store {
         let (bodies, entries) = crate::entries::encode(&refs);
         // Bodies are immutable and named by their event: written unfenced.
         self.write_bodies(&bodies).await?;
-        let script = S.get_or_init(|| redis::Script::new(&crate::fence::with_check(RELEASE)));
+        let script = crate::entry_scripts::script(&S, &crate::fence::with_check(RELEASE));
         let mut inv = script.prepare_invoke();
-        inv.key(ukey(user, "ib"))
+        inv.key(ukey(user, "fd"))
             .key(ukey(user, "fence"))
+            .key(ukey(user, "ib:dropped"))
             .arg(fence.partition)
             .arg(fence.term)
-            .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)));
-        for e in &entries {
-            inv.arg(e.field.as_slice()).arg(e.value.as_slice());
+            .arg(self.entries_life_s())
+            .arg(self.cfg.inbox_cap)
+            .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)))
+            .arg(self.cfg.feed_cap);
+        for e in entries {
+            let mut value = e.value;
+            herald_types::compact::set_waiting(&mut value);
+            inv.arg(e.field).arg(value);
         }
-        let size: i64 = self.invoke(&inv).await?;
-        let Ok(size) = u64::try_from(size) else {
+        let dropped: i64 = self.invoke(&inv).await?;
+        let Ok(dropped) = u64::try_from(dropped) else {
             return Ok(None);
         };
-        let dropped = if size > self.cfg.inbox_cap as u64 {
-            self.inbox_trim(user).await?
-        } else {
-            0
-        };
-        self.confirm_replicated(&[ukey(user, "ib").to_string()])
+        self.confirm_replicated(&[ukey(user, "fd").to_string()])
             .await?;
         Ok(Some(dropped))
     }

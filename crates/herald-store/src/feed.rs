@@ -1,62 +1,59 @@
 //! The notification feed: the list behind the bell icon.
 //!
-//! One hash per user (`h:{u:ID}:fd`) of compact entries like the inbox's,
-//! with a read flag in each entry's first byte. Every notification a user
-//! is sent (live or stored, aggregates and digests as they were sent) is
-//! written here at fan-out; an aggregate that grows overwrites its entry
-//! (unread again). The hash holds at most `feed_cap` entries (the oldest go
-//! first, trimmed once it passes the cap by a tenth) and entries older than
-//! `feed_retention` are neither listed nor counted, and are removed when a
-//! page is read; the key itself expires `feed_retention` after it was
-//! created or last read (a page, a hello) or trimmed, whichever is latest.
+//! A user's feed is their entries hash (`h:{u:ID}:fd`, see
+//! `entry_scripts.rs`): one entry per notification they were sent, live
+//! or stored, aggregates and digests as they were sent, with a read flag
+//! in each entry's first byte; the entries still waiting to be delivered
+//! are the user's inbox (`inbox.rs`), the same entries, not a copy. An
+//! aggregate replaces the entries of the notifications it counts (one item
+//! per burst). Delivered entries are kept up to `feed_cap` (the oldest go
+//! first, trimmed once the hash passes the cap by a tenth) and entries
+//! older than `feed_retention` are neither listed nor counted, and are
+//! removed when a page is read unless they still wait; the hash itself
+//! lives [`Store::entries_life_s`] after it was made or last read (a page,
+//! a hello).
 //!
-//! A write is one `HSET`. The first of a batch for a user also sets an
-//! empty marker field (`""`, never a notification's field): `HSET`
-//! answers how many fields were new, so 2 (marker and entry) means this
-//! write created the hash, which then gets its lifetime (one `EXPIRE` per
-//! feed, not per write). The size is read (`HLEN`) on about one write in
-//! `feed_cap / 10`, so the hash passes the cap by about a tenth, rarely
-//! more, before the oldest go. Scripts skip the marker (every entry is at
-//! least 9 bytes; the marker's value is empty). A page is one script call
-//! (plus one for shared bodies it names).
+//! A write is one script call per user in a batch (`FEED_ADD`, pipelined
+//! with the batch's other users): it never overwrites an entry (the same
+//! notification parked meanwhile stays waiting), makes the hash and its
+//! lifetime when new, and trims. A page is one script call (plus one for
+//! shared bodies it names).
 
 use foldhash::HashMap;
-use std::sync::atomic::Ordering;
 
 use herald_types::{compact, Notification, UserId};
 
+use crate::entry_scripts::{script, Call};
 use crate::{ukey, Result, Store};
 
-/// The field that marks a feed as made (empty: no notification's field is).
-const MARKER: &[u8] = b"";
-
-/// Every entry of `KEYS[1]` ordered after ARGV[1] (older ones are
-/// removed), and how many of those are unread; a read renews the feed's
-/// lifetime (ARGV[2] s).
+/// Every entry of `KEYS[1]` ordered after ARGV[1] (older delivered ones
+/// are removed), and how many of those are unread; a read renews the
+/// hash's lifetime (ARGV[2] s, 0: none).
 const PAGE: &str = r#"
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+local life = tonumber(ARGV[2])
+if life > 0 then redis.call('EXPIRE', KEYS[1], life) end
 local all = redis.call('HGETALL', KEYS[1])
 local since = tonumber(ARGV[1])
 local out = {}
 local old = {}
-local unread = 0
+local unseen = 0
 for i = 1, #all, 2 do
   local v = all[i + 1]
   if #v < 9 then
     -- the marker
-  elseif struct.unpack('>I8', v, 2) > since then
+  elseif order(v) > since then
     out[#out + 1] = all[i]
     out[#out + 1] = v
-    if bit.band(string.byte(v, 1), 32) == 0 then unread = unread + 1 end
-  else
+    if unread(v) then unseen = unseen + 1 end
+  elseif not waiting(v) then
     old[#old + 1] = all[i]
   end
 end
 if #old > 0 then redis.call('HDEL', KEYS[1], unpack(old)) end
-return {unread, out}
+return {unseen, out}
 "#;
 
-/// Marks entries read (the fields in ARGV[2..], or every entry when ARGV[1]
+/// Marks entries read (the fields in ARGV[4..], or every entry when ARGV[1]
 /// is 1); returns the unread count of entries ordered after ARGV[3].
 const READ: &str = r#"
 if ARGV[1] == '1' then
@@ -80,33 +77,29 @@ else
   end
 end
 local since = tonumber(ARGV[3])
-local unread = 0
+local unseen = 0
 local vals = redis.call('HVALS', KEYS[1])
 for i = 1, #vals do
   local v = vals[i]
-  if #v >= 9 and bit.band(string.byte(v, 1), 32) == 0 and struct.unpack('>I8', v, 2) > since then
-    unread = unread + 1
+  if #v >= 9 and unread(v) and order(v) > since then
+    unseen = unseen + 1
   end
 end
-return unread
+return unseen
 "#;
 
-/// Drops the oldest entries of `KEYS[1]` until ARGV[1] remain; renews
-/// its lifetime (ARGV[2] s).
-const TRIM: &str = r#"
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-local all = redis.call('HGETALL', KEYS[1])
-local rows = {}
-for i = 1, #all, 2 do
-  if #all[i + 1] >= 9 then
-    rows[#rows + 1] = {struct.unpack('>I8', all[i + 1], 2), all[i]}
-  end
-end
-local excess = #rows - tonumber(ARGV[1])
-if excess <= 0 then return 0 end
-table.sort(rows, function(a, b) return a[1] < b[1] end)
-for k = 1, excess do redis.call('HDEL', KEYS[1], rows[k][2]) end
-return excess
+/// Adds delivered entries to `KEYS[1]` without overwriting any (an entry
+/// already there, waiting or read, stays as it is); first removes the
+/// ARGV[3] fields after it (what an aggregate supersedes). ARGV[1]: the
+/// hash's lifetime when this makes it (s, 0: none); ARGV[2]: `feed_cap`;
+/// then field, entry pairs.
+const FEED_ADD: &str = r#"
+made(KEYS[1], tonumber(ARGV[1]))
+local gone = tonumber(ARGV[3])
+for i = 4, 3 + gone do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 4 + gone, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+trim_delivered(KEYS[1], tonumber(ARGV[2]))
+return 0
 "#;
 
 /// Where a page starts: strictly before this entry (newest first).
@@ -155,6 +148,12 @@ fn tie(id: &str) -> u64 {
     herald_types::ids::fnv1a64(id.as_bytes())
 }
 
+/// The feed writer's script.
+pub(crate) fn feed_add_script() -> &'static redis::Script {
+    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    script(&S, FEED_ADD)
+}
+
 impl Store {
     /// Orders older than this are out of the feed's retention.
     pub(crate) fn feed_since_us(&self) -> i64 {
@@ -162,96 +161,75 @@ impl Store {
         now - self.cfg.feed_retention.as_micros() as i64
     }
 
-    /// Writes notifications to their recipients' feeds in one pipeline
-    /// (bodies shared by many recipients first).
+    /// Writes notifications to their recipients' feeds: one script call
+    /// per recipient, in one pipeline (bodies shared by many recipients
+    /// first). Entries already there are left as they are.
     pub async fn feed_add(&self, items: &[(UserId, &Notification)]) -> Result<()> {
         if items.is_empty() || self.cfg.feed_cap == 0 {
             return Ok(());
         }
         let (bodies, entries) = crate::entries::encode(items);
         self.write_bodies(&bodies).await?;
-        let ttl = self.cfg.feed_retention.as_secs().max(1);
-        let cap = self.cfg.feed_cap as u64;
-        let check_every = (cap / 10).max(1);
-        let mut p = crate::Batch::new();
-        // Per user (in order of appearance): its key, the answer of its
-        // first write (the one with the marker), whether its size is read.
-        let mut seen: HashMap<UserId, usize> = HashMap::default();
-        let mut users: Vec<(crate::key::Key, usize, bool)> = Vec::new();
-        for (k, e) in entries.iter().enumerate() {
-            match seen.get(&e.user) {
-                Some(&i) => {
-                    p.cmd("HSET")
-                        .arg(&users[i].0)
-                        .arg(e.field.as_slice())
-                        .arg(e.value.as_slice());
-                }
-                None => {
-                    let key = ukey(e.user, "fd");
-                    p.cmd("HSET")
-                        .arg(&key)
-                        .arg(MARKER)
-                        .arg(MARKER)
-                        .arg(e.field.as_slice())
-                        .arg(e.value.as_slice());
-                    let n = self.feed_writes.fetch_add(1, Ordering::Relaxed);
-                    seen.insert(e.user, users.len());
-                    users.push((key, k, n.is_multiple_of(check_every)));
-                }
-            }
-        }
-        // An aggregate replaces the entries of the notifications it counts
-        // that went out on their own: one item in the feed, not three.
-        for (user, n) in items {
-            let Some(old) = &n.supersedes else { continue };
-            if old.is_empty() {
-                continue;
-            }
-            let key = match seen.get(user) {
-                Some(&i) => users[i].0.clone(),
-                None => ukey(*user, "fd"),
-            };
-            let c = p.cmd("HDEL").arg(&key);
-            for id in old.iter() {
-                c.arg(compact::field(id, *user));
-            }
-            c.ignore();
-        }
-        for (key, _, sized) in &users {
-            if *sized {
-                p.cmd("HLEN").arg(key);
-            }
-        }
-        let answers: Vec<u64> = self.run(&p).await?;
-        let (written, mut sizes) = {
-            let (w, s) = answers.split_at(entries.len().min(answers.len()));
-            (w, s.iter())
-        };
-        let mut fresh = crate::Batch::new();
-        for (key, first, sized) in &users {
-            // The marker and the entry both new: this write made the feed,
-            // which starts its lifetime now (reads and trims renew it).
-            if written.get(*first) == Some(&2) {
-                fresh.cmd("EXPIRE").arg(key).arg(ttl).ignore();
-            }
-            let size = match sized {
-                true => sizes.next().map_or(0, |n| n.saturating_sub(1)),
-                false => 0,
-            };
-            // Trimmed past a tenth over the cap: one scan per tenth of
-            // the cap's writes, not one per write.
-            if size > cap + (cap / 10).max(1) {
-                static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-                let script = S.get_or_init(|| redis::Script::new(TRIM));
-                let mut inv = script.prepare_invoke();
-                inv.key(key).arg(cap).arg(ttl);
-                let _: u64 = self.invoke(&inv).await?;
-            }
-        }
-        if !fresh.is_empty() {
-            self.run::<()>(&fresh).await?;
-        }
+        let calls = self.entry_calls(items, entries, &[], |c| {
+            c.arg(self.entries_life_s()).arg(self.cfg.feed_cap);
+        });
+        self.run_scripts::<i64>(feed_add_script(), &calls).await?;
         Ok(())
+    }
+
+    /// One script call per user of `items` (in order of appearance): its
+    /// entries hash and its keys named `also`, the arguments `head` writes,
+    /// the count and fields of the entries its aggregates supersede, then
+    /// its (field, entry) pairs.
+    pub(crate) fn entry_calls(
+        &self,
+        items: &[(UserId, &Notification)],
+        entries: Vec<crate::entries::Encoded>,
+        also: &[&str],
+        head: impl Fn(&mut Call),
+    ) -> Vec<Call> {
+        let mut at: HashMap<UserId, usize> = HashMap::default();
+        let mut gone: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut pairs: Vec<Vec<crate::entries::Encoded>> = Vec::new();
+        let mut users: Vec<UserId> = Vec::new();
+        for (user, n) in items {
+            let i = *at.entry(*user).or_insert_with(|| {
+                users.push(*user);
+                gone.push(Vec::new());
+                pairs.push(Vec::new());
+                users.len() - 1
+            });
+            if let Some(old) = &n.supersedes {
+                gone[i].extend(old.iter().map(|id| compact::field(id, *user)));
+            }
+        }
+        for e in entries {
+            if let Some(&i) = at.get(&e.user) {
+                pairs[i].push(e);
+            }
+        }
+        users
+            .into_iter()
+            .zip(gone.into_iter().zip(pairs))
+            .map(|(user, (gone, pairs))| {
+                let mut keys = vec![ukey(user, "fd")];
+                keys.extend(also.iter().map(|k| ukey(user, k)));
+                let mut c = Call {
+                    keys,
+                    args: Vec::with_capacity(4 + gone.len() + 2 * pairs.len()),
+                };
+                head(&mut c);
+                c.arg(gone.len());
+                for f in gone {
+                    c.args.push(f);
+                }
+                for e in pairs {
+                    c.args.push(e.field);
+                    c.args.push(e.value);
+                }
+                c
+            })
+            .collect()
     }
 
     /// A page of `user`'s feed, newest first, strictly before `before`.
@@ -262,12 +240,11 @@ impl Store {
         limit: usize,
     ) -> Result<FeedPage> {
         static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-        let script = S.get_or_init(|| redis::Script::new(PAGE));
         let key = ukey(user, "fd");
-        let mut inv = script.prepare_invoke();
+        let mut inv = script(&S, PAGE).prepare_invoke();
         inv.key(&key)
             .arg(self.feed_since_us())
-            .arg(self.cfg.feed_retention.as_secs().max(1));
+            .arg(self.entries_life_s());
         let (unread, raw): (u64, crate::entries::Pairs) = self.invoke(&inv).await?;
         // Sorted and cut before decoding: only the page's entries are
         // decoded (and their shared bodies read).
@@ -312,8 +289,7 @@ impl Store {
     /// returns the unread count after. Unknown ids are ignored.
     pub async fn feed_read(&self, user: UserId, ids: &[String], all: bool) -> Result<u64> {
         static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-        let script = S.get_or_init(|| redis::Script::new(READ));
-        let mut inv = script.prepare_invoke();
+        let mut inv = script(&S, READ).prepare_invoke();
         inv.key(ukey(user, "fd"))
             .arg(if all { "1" } else { "0" })
             .arg("")

@@ -1,29 +1,53 @@
 //! Inbox queues: what waits for a user who is offline (or has not acked).
 //!
-//! One hash per user (`h:{u:ID}:ib`): the compact field of each
-//! notification id -> its compact entry ([`herald_types::compact`]), whose
-//! first bytes hold the order key, so scripts sort and trim without
-//! decoding. Writes are idempotent (the same notification written twice
-//! stays one entry). Past `inbox_cap` the oldest entries are dropped and
-//! counted for the user's next `hello`. Small inboxes stay in Redis'
-//! listpack encoding: about 70 bytes per waiting comment.
+//! A user's inbox is the entries of their entries hash (`h:{u:ID}:fd`,
+//! shared with the feed: see `entry_scripts.rs`) marked waiting
+//! ([`herald_types::compact::WAITING`]): one stored entry per
+//! notification, not a copy. Parking writes the entry waiting (a delivered
+//! copy of the same notification becomes waiting again); an ack clears
+//! the mark (the entry stays in the feed; with the feed off it goes).
+//! Writes are idempotent. Past `inbox_cap` waiting entries the oldest are
+//! dropped and counted for the user's next `hello`. Entries of the former
+//! inbox hash (`h:{u:ID}:ib`, before one entry per notification) are moved
+//! into the entries hash, waiting, the first time the inbox is read.
 
 use herald_types::{compact, Notification, UserId};
 
+use crate::entry_scripts::{script, Call};
 use crate::{ukey, Result, Store, StoreError};
 
-/// Entries of `KEYS[1]`: all of them, unsorted, when
-/// there are at most `ARGV[1]`, else the oldest `ARGV[1]` (sorted), with
-/// the hash's size; the entries come as one MessagePack array
-/// ([`crate::entries::unpack`]). When ARGV[2] is 1 (a hello): also the dropped count of `KEYS[2]` (reset), the
-/// idle lifetime restarted (ARGV[3] s), and the unread count of the feed
-/// `KEYS[3]` within its retention (entries ordered after ARGV[4]), whose
-/// lifetime (ARGV[5] s) starts again.
+/// The waiting entries of `KEYS[1]`: all of them, unsorted, when there are
+/// at most `ARGV[1]`, else the oldest `ARGV[1]` (sorted), with how many
+/// wait; the entries come as one MessagePack array
+/// ([`crate::entries::unpack`]). Entries of the former inbox hash
+/// `KEYS[3]` are moved in first (waiting; an entry already there keeps
+/// its read flag). When ARGV[2] is 1 (a hello): also the dropped count of
+/// `KEYS[2]` (reset), the hash's lifetime restarted (ARGV[3] s, 0: none),
+/// and, when ARGV[5] is 1 (the feed is on), the unread count of entries
+/// ordered after ARGV[4] (within the feed's retention).
 const SNAPSHOT: &str = r#"
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local old = redis.call('HGETALL', KEYS[3])
+  for i = 1, #old, 2 do
+    local v = redis.call('HGET', KEYS[1], old[i]) or old[i + 1]
+    if #v >= 9 then redis.call('HSET', KEYS[1], old[i], set_waiting(v, true)) end
+  end
+  made(KEYS[1], tonumber(ARGV[3]))
+  redis.call('DEL', KEYS[3])
+end
 local all = redis.call('HGETALL', KEYS[1])
+local hello = ARGV[2] == '1'
+local count = hello and ARGV[5] == '1'
+local since = tonumber(ARGV[4])
 local rows = {}
+local unseen = 0
 for i = 1, #all, 2 do
-  rows[#rows + 1] = {struct.unpack('>I8', all[i + 1], 2), i}
+  local v = all[i + 1]
+  if #v >= 9 then
+    local o = order(v)
+    if waiting(v) then rows[#rows + 1] = {o, i} end
+    if count and unread(v) and o > since then unseen = unseen + 1 end
+  end
 end
 -- Only a page smaller than what waits needs the order here; otherwise
 -- the caller sorts (cheaper than Lua's comparator calls).
@@ -38,45 +62,50 @@ for k = 1, math.min(limit, #rows) do
   out[#out + 1] = all[i + 1]
 end
 local dropped = 0
-local unread = 0
-if ARGV[2] == '1' then
+if hello then
   dropped = tonumber(redis.call('GET', KEYS[2]) or '0')
   if dropped > 0 then redis.call('DEL', KEYS[2]) end
-  -- The user is here: the inbox lives its idle lifetime from now.
-  local ttl = tonumber(ARGV[3])
-  if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
-  local feed = redis.call('HVALS', KEYS[3])
-  if #feed > 0 then redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5])) end
-  local since = tonumber(ARGV[4])
-  for i = 1, #feed do
-    local v = feed[i]
-    if #v >= 9 and bit.band(string.byte(v, 1), 32) == 0
-       and struct.unpack('>I8', v, 2) > since then
-      unread = unread + 1
-    end
-  end
+  -- The user is here: the hash lives its lifetime from now.
+  local life = tonumber(ARGV[3])
+  if life > 0 and #all > 0 then redis.call('EXPIRE', KEYS[1], life) end
 end
 -- The page as one MessagePack string (see `entries::unpack`): one reply
 -- to encode and parse instead of two per entry.
-return {#all / 2, cmsgpack.pack(out), dropped, unread}
+return {#rows, cmsgpack.pack(out), dropped, unseen}
 "#;
 
-/// Drops the oldest entries of `KEYS[1]` until ARGV[1] remain; counts
-/// them in `KEYS[2]` (for the next hello) with a lifetime of ARGV[2] s.
-const TRIM: &str = r#"
-local all = redis.call('HGETALL', KEYS[1])
-local excess = #all / 2 - tonumber(ARGV[1])
-if excess <= 0 then return 0 end
-local rows = {}
-for i = 1, #all, 2 do
-  rows[#rows + 1] = {struct.unpack('>I8', all[i + 1], 2), all[i]}
+/// Parks entries (already marked waiting) in `KEYS[1]`, overwriting a
+/// delivered copy; first removes the ARGV[5] fields after it (what an
+/// aggregate supersedes). ARGV[1]: the hash's lifetime when this makes it
+/// (s, 0: none); ARGV[2]: `inbox_cap`; ARGV[3]: the dropped count's
+/// lifetime (s, 0: none); ARGV[4]: `feed_cap`; then field, entry pairs.
+/// Past the cap the oldest waiting entries stop waiting, counted in
+/// `KEYS[2]`; returns how many.
+const INBOX_ADD: &str = r#"
+made(KEYS[1], tonumber(ARGV[1]))
+local gone = tonumber(ARGV[5])
+for i = 6, 5 + gone do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 6 + gone, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return cap_waiting(KEYS[1], KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+"#;
+
+/// Entries of `KEYS[1]` a client acked (fields ARGV[3..]) are delivered:
+/// their waiting mark is cleared (ARGV[1] = 1: the feed keeps them,
+/// trimmed past `feed_cap` ARGV[2]) or they are removed (the feed is off).
+const ACKED: &str = r#"
+local keep = ARGV[1] == '1'
+for i = 3, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v and #v >= 9 and waiting(v) then
+    if keep then
+      redis.call('HSET', KEYS[1], ARGV[i], set_waiting(v, false))
+    else
+      redis.call('HDEL', KEYS[1], ARGV[i])
+    end
+  end
 end
-table.sort(rows, function(a, b) return a[1] < b[1] end)
-for k = 1, excess do redis.call('HDEL', KEYS[1], rows[k][2]) end
-redis.call('INCRBY', KEYS[2], excess)
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
-return excess
+if keep then trim_delivered(KEYS[1], tonumber(ARGV[2])) end
+return 0
 "#;
 
 /// What a connection reads when it opens.
@@ -92,8 +121,16 @@ pub struct InboxSnapshot {
     pub unread: u64,
 }
 
-fn script(cell: &'static std::sync::OnceLock<redis::Script>, src: &str) -> &'static redis::Script {
-    cell.get_or_init(|| redis::Script::new(src))
+/// The parking script.
+pub(crate) fn inbox_add_script() -> &'static redis::Script {
+    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    script(&S, INBOX_ADD)
+}
+
+/// The script that marks acked entries delivered.
+pub(crate) fn acked_script() -> &'static redis::Script {
+    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    script(&S, ACKED)
 }
 
 impl Store {
@@ -113,63 +150,28 @@ impl Store {
     }
 
     async fn inbox_push_here(&self, items: &[(UserId, &Notification)]) -> Result<u64> {
-        let (bodies, entries) = crate::entries::encode(items);
+        let (bodies, mut entries) = crate::entries::encode(items);
         self.write_bodies(&bodies).await?;
-        let mut p = crate::Batch::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut users: Vec<UserId> = Vec::new();
-        for e in &entries {
-            let k = ukey(e.user, "ib");
-            p.cmd("HSET")
-                .arg(&k)
-                .arg(e.field.as_slice())
-                .arg(e.value.as_slice())
-                .ignore();
-            if seen.insert(e.user) {
-                users.push(e.user);
-            }
+        for e in &mut entries {
+            compact::set_waiting(&mut e.value);
         }
-        for u in &users {
-            let k = ukey(*u, "ib");
-            p.cmd("HLEN").arg(&k);
-            // An inbox lives its idle lifetime from its first entry, or
-            // from its user's last connection (refreshed at hello): a user
-            // who never comes back does not keep memory forever.
-            if let Some(ttl) = self.cfg.inbox_idle_ttl {
-                p.cmd("EXPIRE")
-                    .arg(&k)
-                    .arg(ttl.as_secs().max(1))
-                    .arg("NX")
-                    .ignore();
-            }
-        }
-        let sizes: Vec<u64> = self.run(&p).await?;
-        let cap = self.cfg.inbox_cap as u64;
-        let mut dropped = 0;
-        for (u, size) in users.iter().zip(sizes) {
-            if size > cap {
-                dropped += self.inbox_trim(*u).await?;
-            }
+        let dropped_life = self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1));
+        let calls = self.entry_calls(items, entries, &["ib:dropped"], |c| {
+            c.arg(self.entries_life_s())
+                .arg(self.cfg.inbox_cap)
+                .arg(dropped_life)
+                .arg(self.cfg.feed_cap);
+        });
+        let dropped: Vec<u64> = self.run_scripts(inbox_add_script(), &calls).await?;
+        let dropped = dropped.into_iter().sum();
+        if dropped > 0 {
+            tracing::debug!(dropped, "inboxes over cap, dropped oldest");
         }
         if self.cfg.wait_replicas > 0 {
-            let keys: Vec<String> = users.iter().map(|u| ukey(*u, "ib").to_string()).collect();
+            let keys: Vec<String> = calls.iter().map(|c| c.keys[0].to_string()).collect();
             self.confirm_replicated(&keys).await?;
         }
         Ok(dropped)
-    }
-
-    pub(crate) async fn inbox_trim(&self, user: UserId) -> Result<u64> {
-        static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-        let mut inv = script(&S, TRIM).prepare_invoke();
-        inv.key(ukey(user, "ib"))
-            .key(ukey(user, "ib:dropped"))
-            .arg(self.cfg.inbox_cap)
-            .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)));
-        let n: u64 = self.invoke(&inv).await?;
-        if n > 0 {
-            tracing::debug!(user, dropped = n, "inbox over cap, dropped oldest");
-        }
-        Ok(n)
     }
 
     /// How many notifications wait for `user`, and the oldest `limit` of
@@ -184,16 +186,16 @@ impl Store {
         hello: bool,
     ) -> Result<InboxSnapshot> {
         static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-        let key = ukey(user, "ib");
+        let key = ukey(user, "fd");
         let mut inv = script(&S, SNAPSHOT).prepare_invoke();
         inv.key(&key)
             .key(ukey(user, "ib:dropped"))
-            .key(ukey(user, "fd"))
+            .key(ukey(user, "ib"))
             .arg(limit.max(1))
             .arg(if hello { "1" } else { "0" })
-            .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)))
+            .arg(self.entries_life_s())
             .arg(self.feed_since_us())
-            .arg(self.cfg.feed_retention.as_secs().max(1));
+            .arg(if self.cfg.feed_cap > 0 { "1" } else { "0" });
         let (pending, packed, dropped, unread): (u64, Vec<u8>, u64, u64) =
             self.invoke(&inv).await?;
         let raw = crate::entries::unpack(&packed).map_err(|reason| StoreError::Corrupt {
@@ -237,20 +239,27 @@ impl Store {
         self.run::<()>(&p).await
     }
 
-    /// Removes acknowledged notifications from users' inboxes (one
-    /// pipeline for them all).
+    /// Entries clients acked are delivered: out of their users' inboxes
+    /// (kept in the feed, or removed when it is off); one script call per
+    /// user, in one pipeline.
     pub async fn inbox_remove_many(&self, acked: &[(UserId, Vec<String>)]) -> Result<()> {
-        if acked.iter().all(|(_, ids)| ids.is_empty()) {
-            return Ok(());
-        }
-        let mut p = crate::Batch::new();
-        for (user, ids) in acked.iter().filter(|(_, ids)| !ids.is_empty()) {
-            p.cmd("HDEL").arg(ukey(*user, "ib"));
-            for id in ids {
-                p.arg(compact::field(id, *user));
-            }
-            p.ignore();
-        }
-        self.run::<()>(&p).await
+        let keep = if self.cfg.feed_cap > 0 { "1" } else { "0" };
+        let calls: Vec<Call> = acked
+            .iter()
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(user, ids)| {
+                let mut c = Call {
+                    keys: vec![ukey(*user, "fd")],
+                    args: Vec::with_capacity(2 + ids.len()),
+                };
+                c.arg(keep).arg(self.cfg.feed_cap);
+                for id in ids {
+                    c.args.push(compact::field(id, *user));
+                }
+                c
+            })
+            .collect();
+        self.run_scripts::<i64>(acked_script(), &calls).await?;
+        Ok(())
     }
 }

@@ -8,15 +8,16 @@
 //! |---|---|---|
 //! | `h:{u:ID}:followers` | set | who follows ID |
 //! | `h:{u:ID}:following` | set | whom ID follows |
-//! | `h:{u:ID}:ib` | hash | what waits for ID: compact notification id -> compact entry (order key first) |
-//! | `h:{u:ID}:ib:dropped` | string | entries the cap dropped since the user's last hello |
-//! | `h:{u:ID}:fd` | hash | ID's feed: compact id -> compact entry with a read flag |
+//! | `h:{u:ID}:fd` | hash | ID's entries, one per notification sent: compact id -> compact entry (order key first, with its state: waiting (the inbox) or delivered, read or unread); field `""` marks the hash as made |
+//! | `h:{u:ID}:ib:dropped` | string | waiting entries the inbox cap dropped since the user's last hello |
+//! | `h:{u:ID}:ib` | hash | the inbox of versions before one entry per notification: moved into `fd` (waiting) the first time it is read |
 //! | `h:b:FIELD` | string with a TTL | a body shared by many recipients' entries (one event) |
 //!
-//! The inbox keys expire `redis.inbox_idle_ttl_s` (30 days) after the
-//! inbox's first entry or the user's last connection, whichever is later;
-//! the feed `feed.retention_days` after its last write; a shared body a day
-//! after the longer of the two (each read refreshes it).
+//! The entries hash expires the longer of `redis.inbox_idle_ttl_s` and
+//! `feed.retention_days` (30 days each by default) after it was made or its
+//! user last connected or read their feed (never, with no idle lifetime);
+//! a shared body a day after the longer of the two (each read refreshes
+//! it).
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -47,6 +48,7 @@ mod celebrity;
 mod cluster_conn;
 mod dead;
 mod entries;
+mod entry_scripts;
 mod feed;
 mod feed_pull;
 mod fence;
@@ -268,8 +270,6 @@ pub struct Store {
     /// replicas answer: on the shared one it would stall everything else).
     inbox_conn: Option<Conn>,
     cfg: StoreConfig,
-    /// Feed writes so far: every `feed_cap / 10`-th reads the feed's size.
-    feed_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -283,7 +283,6 @@ impl Store {
             conn,
             inbox_conn,
             cfg,
-            feed_writes: Default::default(),
         })
     }
 
@@ -295,7 +294,6 @@ impl Store {
             conn,
             inbox_conn: None,
             cfg: self.cfg.clone(),
-            feed_writes: self.feed_writes.clone(),
         })
     }
 

@@ -1,7 +1,8 @@
 //! The store's Lua scripts and multi-command steps where they live,
 //! against a real `redis-server` on a free port (no Herald process): the
 //! inbox snapshot (page, order, cap, the hello's dropped count), the feed
-//! page (newest first, cursors, read state), idempotency claims and the
+//! page (newest first, cursors, read state), an inbox from before one
+//! entry per notification, idempotency claims and the
 //! partition lease rounds.
 
 // Test code: a panic with its message is how a test fails.
@@ -119,6 +120,80 @@ async fn the_inbox_pages_oldest_first_caps_and_reports_what_it_dropped() {
     );
     // Another user's inbox is untouched by all of it.
     assert_eq!(store.inbox_snapshot(7, 10, false).await.unwrap().pending, 0);
+}
+
+/// An inbox written by the version before one entry per notification (its
+/// own hash, `h:{u:ID}:ib`, next to a feed copy) is read, moved into the
+/// user's one hash as waiting entries (keeping the feed copy's read mark)
+/// and acked like any other; nothing is lost or doubled.
+#[tokio::test]
+async fn an_inbox_from_before_one_entry_per_notification_survives() {
+    use herald_types::compact;
+    let redis = Redis::start();
+    let store = redis.store(|_| {}).await;
+    let now_us = herald_types::now_us();
+    let old: Vec<Notification> = (1..=3u64)
+        .map(|i| note(&format!("n-old{i}"), now_us - (10 - i) * 1_000_000))
+        .collect();
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut p = redis::pipe();
+    for n in &old {
+        let f = compact::field(&n.id, USER);
+        p.cmd("HSET")
+            .arg(format!("h:{{u:{USER}}}:ib"))
+            .arg(&f)
+            .arg(compact::entry(n, USER));
+    }
+    // The old version's feed copy of the first one, read, and the marker.
+    let mut read = compact::entry(&old[0], USER);
+    read[0] |= compact::READ;
+    p.cmd("HSET")
+        .arg(format!("h:{{u:{USER}}}:fd"))
+        .arg(compact::field(&old[0].id, USER))
+        .arg(read)
+        .arg("")
+        .arg("");
+    let () = p.query_async(&mut c).await.unwrap();
+    // Parked after the upgrade.
+    let new = note("n-new", now_us - 1_000_000);
+    store.inbox_push(&[(USER, &new)]).await.unwrap();
+
+    let snap = store.inbox_snapshot(USER, 10, true).await.unwrap();
+    assert_eq!(snap.pending, 4);
+    assert_eq!(ids(&snap.items), ["n-old1", "n-old2", "n-old3", "n-new"]);
+    assert_eq!(snap.items[1], old[1], "read back whole");
+    assert_eq!(snap.unread, 3, "the first was read in the feed");
+    let gone: bool = redis::cmd("EXISTS")
+        .arg(format!("h:{{u:{USER}}}:ib"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!gone, "the old inbox hash is gone once moved");
+    store
+        .inbox_remove_many(&[(USER, ids(&snap.items))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.inbox_snapshot(USER, 10, false).await.unwrap().pending,
+        0
+    );
+    // Delivered, all four stay in the feed, one entry each.
+    let page = store.feed_page(USER, None, 10).await.unwrap();
+    let listed: Vec<(String, bool)> = page
+        .items
+        .iter()
+        .map(|(n, r)| (n.id.to_string(), *r))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("n-new".to_string(), false),
+            ("n-old3".to_string(), false),
+            ("n-old2".to_string(), false),
+            ("n-old1".to_string(), true),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -17,7 +17,9 @@
 //! kind's code (0-5), or `0xff` and a declared kind's name, so entries
 //! keep their meaning whatever the configuration declares later. The
 //! order sits at a fixed place so Lua scripts can sort and trim without
-//! decoding the rest.
+//! decoding the rest. Orders are microseconds (far below 2^56), so the
+//! order's top byte is free for the entry's state: [`WAITING`] (not yet
+//! delivered: the entry is in the user's inbox as well as their feed).
 
 use std::sync::Arc;
 
@@ -34,6 +36,11 @@ pub const READ: u8 = 1 << 5;
 pub const SHARED: u8 = 1 << 6;
 /// The body ends with the event's `data` (compact JSON).
 const DATA: u8 = 1 << 7;
+/// In the order's top byte (an entry's second byte): the entry waits to
+/// be delivered (the user's inbox); cleared when it is acked.
+pub const WAITING: u8 = 1 << 7;
+/// The bits of an order kept in an entry (the top byte is its state).
+pub const ORDER_MASK: u64 = (1 << 56) - 1;
 
 /// Why stored bytes could not be read back.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -216,7 +223,7 @@ pub fn entry(n: &Notification, recipient: UserId) -> Vec<u8> {
 pub fn entry_in(n: &Notification, f: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(40 + n.text.as_ref().map_or(0, |t| t.len()));
     v.push(0);
-    v.extend_from_slice(&n.order.to_be_bytes());
+    v.extend_from_slice(&(n.order & ORDER_MASK).to_be_bytes());
     v[0] = put_body(n, f, &mut v);
     v
 }
@@ -225,7 +232,7 @@ pub fn entry_in(n: &Notification, f: &[u8]) -> Vec<u8> {
 pub fn shared_entry(order: u64, name: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(9 + name.len());
     v.push(SHARED);
-    v.extend_from_slice(&order.to_be_bytes());
+    v.extend_from_slice(&(order & ORDER_MASK).to_be_bytes());
     v.extend_from_slice(name);
     v
 }
@@ -284,10 +291,22 @@ fn put_body(n: &Notification, f: &[u8], b: &mut Vec<u8>) -> u8 {
     flags
 }
 
-/// The order key of an entry (its first 9 bytes).
+/// The order key of an entry (its first 9 bytes, without the state).
 pub fn order_of(entry: &[u8]) -> Option<u64> {
     let o: [u8; 8] = entry.get(1..9)?.try_into().ok()?;
-    Some(u64::from_be_bytes(o))
+    Some(u64::from_be_bytes(o) & ORDER_MASK)
+}
+
+/// Whether an entry waits to be delivered (is in the user's inbox).
+pub fn is_waiting(entry: &[u8]) -> bool {
+    entry.len() >= 9 && entry[1] & WAITING != 0
+}
+
+/// Marks an entry as waiting to be delivered.
+pub fn set_waiting(entry: &mut [u8]) {
+    if entry.len() >= 9 {
+        entry[1] |= WAITING;
+    }
 }
 
 /// Whether an entry is marked read.

@@ -42,6 +42,7 @@ pub(crate) async fn connect_redis<S: Future<Output = ()> + Unpin>(
         let r = async {
             let store = herald_store::Store::connect(cfg.store_config()).await?;
             store.load_celebrities(celebrities).await?;
+            store.preload_scripts().await?;
             Ok::<_, herald_store::StoreError>(store)
         };
         let outcome = tokio::select! {

@@ -101,6 +101,21 @@ fn read_flag_is_the_first_byte() {
     assert_eq!(&*n.id, "n-e-1-2-3");
 }
 
+#[test]
+fn waiting_is_the_order_top_bit_and_leaves_the_order_alone() {
+    let n = comment("n-e-1-2-3", "e-1-2");
+    for mut e in [entry(&n, 3), shared_entry(n.order, b"name")] {
+        assert!(!is_waiting(&e));
+        set_waiting(&mut e);
+        e[0] |= READ;
+        assert!(is_waiting(&e) && is_read(&e));
+        assert_eq!(order_of(&e), Some(n.order));
+    }
+    let mut e = entry(&n, 3);
+    set_waiting(&mut e);
+    assert_eq!(decode(&field("n-e-1-2-3", 3), &e, None, 3).unwrap(), n);
+}
+
 proptest! {
     #[test]
     fn any_notification_round_trips(
@@ -111,7 +126,7 @@ proptest! {
         object in proptest::option::of("[a-z:0-9]{0,20}"),
         text in proptest::option::of(".{0,40}"),
         ts_ms in any::<u64>(),
-        order in any::<u64>(),
+        order in 0u64..=ORDER_MASK,
         count in any::<u64>(),
         actors in proptest::collection::vec(any::<u64>(), 0..5),
         r in any::<u64>(),

@@ -1,0 +1,183 @@
+//! What every script over a user's entries hash (`h:{u:ID}:fd`) shares:
+//! reading an entry's order and state in Lua, trimming the oldest of one
+//! state, and running one script for many users in one pipeline.
+//!
+//! The hash holds one entry per notification the user was sent
+//! ([`herald_types::compact`]): waiting (the inbox: not yet delivered) or
+//! delivered, each read or unread. Entries are at least 9 bytes; the
+//! marker field (`""`, empty value) says the hash was made.
+
+use redis::Script;
+
+use crate::key::Key;
+use crate::{Result, Store};
+
+/// Lua helpers prepended to every entries script.
+const LIB: &str = r#"
+local function order(v) return struct.unpack('>I7', v, 3) end
+local function waiting(v) return bit.band(string.byte(v, 2), 128) ~= 0 end
+local function unread(v) return bit.band(string.byte(v, 1), 32) == 0 end
+local function set_waiting(v, on)
+  local b = string.byte(v, 2)
+  if on then b = bit.bor(b, 128) else b = bit.band(b, 127) end
+  return string.sub(v, 1, 1) .. string.char(b) .. string.sub(v, 3)
+end
+-- Makes the hash's marker; a hash it made gets its lifetime (s, 0: none).
+local function made(key, life)
+  if redis.call('HSETNX', key, '', '') == 1 and life > 0 then
+    redis.call('EXPIRE', key, life)
+  end
+end
+-- The oldest entries of `all` (an HGETALL) that are waiting (or not)
+-- past `keep`: a list of indexes into `all` (of their fields).
+local function oldest(all, keep, of_waiting)
+  local rows = {}
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    if #v >= 9 and waiting(v) == of_waiting then
+      rows[#rows + 1] = {order(v), i}
+    end
+  end
+  local excess = #rows - keep
+  if excess <= 0 then return {} end
+  table.sort(rows, function(a, b) return a[1] < b[1] end)
+  local out = {}
+  for k = 1, excess do out[k] = rows[k][2] end
+  return out
+end
+-- The oldest waiting entries past `cap` stop waiting: they stay in the
+-- feed as any other, which keeps its newest `feed_cap` (with the feed off,
+-- `feed_cap` 0, they go). Counted in `dropped_key` (lifetime `life` s, 0:
+-- none); returns how many.
+local function cap_waiting(key, dropped_key, cap, life, feed_cap)
+  if redis.call('HLEN', key) - 1 <= cap then return 0 end
+  local all = redis.call('HGETALL', key)
+  local out = oldest(all, cap, true)
+  for _, i in ipairs(out) do
+    if feed_cap > 0 then
+      redis.call('HSET', key, all[i], set_waiting(all[i + 1], false))
+    else
+      redis.call('HDEL', key, all[i])
+    end
+  end
+  if #out > 0 then
+    redis.call('INCRBY', dropped_key, #out)
+    if life > 0 then redis.call('EXPIRE', dropped_key, life) end
+    if feed_cap > 0 then
+      local now = redis.call('HGETALL', key)
+      for _, i in ipairs(oldest(now, feed_cap, false)) do redis.call('HDEL', key, now[i]) end
+    end
+  end
+  return #out
+end
+-- Trims delivered entries past `cap` once the hash passes it by a tenth.
+local function trim_delivered(key, cap)
+  if cap > 0 and redis.call('HLEN', key) - 1 > cap + math.max(math.floor(cap / 10), 1) then
+    local all = redis.call('HGETALL', key)
+    for _, i in ipairs(oldest(all, cap, false)) do redis.call('HDEL', key, all[i]) end
+  end
+end
+"#;
+
+/// A script over entries hashes, with [`LIB`] in front.
+pub(crate) fn script(cell: &'static std::sync::OnceLock<Script>, body: &str) -> &'static Script {
+    cell.get_or_init(|| Script::new(&format!("{LIB}{body}")))
+}
+
+/// One call of a script: its keys (one slot) and arguments.
+#[derive(Default)]
+pub(crate) struct Call {
+    pub keys: Vec<Key>,
+    pub args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    pub(crate) fn arg(&mut self, a: impl redis::ToRedisArgs) -> &mut Call {
+        self.args.extend(a.to_redis_args());
+        self
+    }
+}
+
+impl Store {
+    /// Runs `script` once per call in one pipeline (`EVALSHA`s; on Redis
+    /// Cluster one per slot). When a Redis does not know the script yet
+    /// (restarted or failed over since it was loaded), the script is loaded
+    /// and the pipeline runs again: the scripts run this way are
+    /// idempotent.
+    pub(crate) async fn run_scripts<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        calls: &[Call],
+    ) -> Result<Vec<T>> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = crate::Batch::new();
+        for c in calls {
+            p.cmd("EVALSHA").arg(script.get_hash()).arg(c.keys.len());
+            for k in &c.keys {
+                p.arg(k);
+            }
+            for a in &c.args {
+                p.arg(a.as_slice());
+            }
+        }
+        match self.run::<Vec<T>>(&p).await {
+            Err(crate::StoreError::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                self.load_script(script).await?;
+                self.run(&p).await
+            }
+            r => r,
+        }
+    }
+
+    /// Loads `script` into Redis (every master, on Redis Cluster).
+    pub(crate) async fn load_script(&self, script: &Script) -> Result<()> {
+        let fut = async {
+            match &self.conn {
+                crate::Conn::Single(c) => script.load_async(&mut c.clone()).await,
+                crate::Conn::Cluster(c) => script.load_async(&mut c.get()).await,
+            }
+        };
+        match tokio::time::timeout(self.cfg.timeout, fut).await {
+            Ok(r) => {
+                r?;
+                Ok(())
+            }
+            Err(_) => Err(crate::StoreError::Timeout(self.cfg.timeout)),
+        }
+    }
+
+    /// Loads the scripts run in pipelines (parking, feed writes, acks), so
+    /// their first calls take one round trip; a Redis that forgets them
+    /// later (restarted, failed over) gets them again on first use.
+    pub async fn preload_scripts(&self) -> Result<()> {
+        for s in [
+            crate::feed::feed_add_script(),
+            crate::inbox::inbox_add_script(),
+            crate::inbox::acked_script(),
+        ] {
+            self.load_script(s).await?;
+        }
+        Ok(())
+    }
+
+    /// How long a user's entries hash lives after it is made or the user
+    /// was last here (s; 0: it does not expire): the longer of the inbox's
+    /// idle lifetime and the feed's retention, none when the inbox has no
+    /// idle lifetime (waiting entries are never dropped for time).
+    pub(crate) fn entries_life_s(&self) -> u64 {
+        match self.cfg.inbox_idle_ttl {
+            None => 0,
+            Some(idle) => {
+                let feed = match self.cfg.feed_cap {
+                    0 => 0,
+                    _ => self.cfg.feed_retention.as_secs(),
+                };
+                idle.as_secs().max(feed).max(1)
+            }
+        }
+    }
+}
