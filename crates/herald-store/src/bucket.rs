@@ -16,7 +16,7 @@ use crate::{ukey, Fence, Result, Store, StoreError};
 // Returns how many waiting entries the cap dropped, or -1 when fenced.
 const RELEASE: &str = r#"
 if fenced(KEYS[2], ARGV[1], ARGV[2]) then return -1 end
-made(KEYS[1], tonumber(ARGV[3]))
+live(KEYS[1], tonumber(ARGV[3]))
 for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return cap_waiting(KEYS[1], KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
 "#;

@@ -99,7 +99,6 @@ impl<'a> Reader<'a> {
 
 /// One user's entry, ready to write.
 pub(crate) struct Encoded {
-    pub user: UserId,
     pub field: Vec<u8>,
     pub value: Vec<u8>,
 }
@@ -165,12 +164,8 @@ pub(crate) fn encode(items: &[(UserId, &Notification)]) -> (Pairs, Vec<Encoded>)
         values.push(value);
     }
     drop((counts, bodies));
-    for (((user, _), field), value) in items.iter().zip(fields).zip(values) {
-        out.push(Encoded {
-            user: *user,
-            field,
-            value,
-        });
+    for (field, value) in fields.into_iter().zip(values) {
+        out.push(Encoded { field, value });
     }
     (shared, out)
 }
@@ -295,10 +290,10 @@ mod tests {
             .all(|e| compact::shared_name(&e.value).is_none()));
         let (bodies, entries) = encode(&items);
         assert_eq!(bodies.len(), 1);
-        for e in &entries {
+        for (e, (user, sent)) in entries.iter().zip(&items) {
             assert_eq!(compact::shared_name(&e.value), Some(bodies[0].0.as_slice()));
-            let n = compact::decode(&e.field, &e.value, Some(&bodies[0].1), e.user).unwrap();
-            assert_eq!(n, ns[e.user as usize - 1]);
+            let n = compact::decode(&e.field, &e.value, Some(&bodies[0].1), *user).unwrap();
+            assert_eq!(&n, *sent);
         }
         // A post to followers comes in several pushes: always shared.
         let mut p = post("n-e-1-5-1");

@@ -4,13 +4,75 @@
 //!
 //! The hash holds one entry per notification the user was sent
 //! ([`herald_types::compact`]): waiting (the inbox: not yet delivered) or
-//! delivered, each read or unread. Entries are at least 9 bytes; the
-//! marker field (`""`, empty value) says the hash was made.
+//! delivered, each read or unread. Entries are at least 9 bytes (hashes
+//! written by older versions may hold a marker field `""` with an empty
+//! value, which every script skips).
 
 use redis::Script;
 
 use crate::key::Key;
 use crate::{Result, Store};
+
+/// Slots of [`Recent`] (a direct-mapped table: a user whose slot another
+/// took is simply treated as not seen).
+const RECENT_SLOTS: usize = 1 << 16;
+
+/// After this long a seen user's next write sets its hash's lifetime again
+/// (`EXPIRE ... NX`, a no-op while it has one): a hash that expired or was
+/// emptied meanwhile gets one (hashes live at least a day).
+const RECENT_FOR_S: u32 = 3600;
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    user: u64,
+    writes: u32,
+    at_s: u32,
+}
+
+/// Which users' hashes this process wrote lately, so a feed write is one
+/// command per entry (`HSETNX`) and only now and then also sets the
+/// hash's lifetime (its first write here, then hourly) and reads its size
+/// (every `feed_cap / 10` writes here). Bounded: 65,536 slots of 16 bytes.
+pub(crate) struct Recent {
+    slots: std::sync::Mutex<Vec<Slot>>,
+    start: std::time::Instant,
+}
+
+impl Default for Recent {
+    fn default() -> Recent {
+        Recent {
+            slots: std::sync::Mutex::new(vec![Slot::default(); RECENT_SLOTS]),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Recent {
+    /// Notes `n` writes to `user`'s hash; answers whether to set its
+    /// lifetime and whether to read its size (every `check_every` writes).
+    pub(crate) fn note(&self, user: u64, n: u32, check_every: u32) -> (bool, bool) {
+        use herald_types::sync::Locked;
+        let now = self.start.elapsed().as_secs() as u32;
+        let at = (user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize % RECENT_SLOTS;
+        let mut slots = self.slots.locked();
+        let s = &mut slots[at];
+        // Slot 0 of user 0 looks seen at start: its first write is noted too.
+        if s.user != user || s.at_s == 0 || now.saturating_sub(s.at_s) >= RECENT_FOR_S {
+            *s = Slot {
+                user,
+                writes: 0,
+                at_s: now.max(1),
+            };
+            return (true, true);
+        }
+        s.writes = s.writes.saturating_add(n);
+        if s.writes >= check_every {
+            s.writes = 0;
+            return (false, true);
+        }
+        (false, false)
+    }
+}
 
 /// Lua helpers prepended to every entries script.
 const LIB: &str = r#"
@@ -22,11 +84,9 @@ local function set_waiting(v, on)
   if on then b = bit.bor(b, 128) else b = bit.band(b, 127) end
   return string.sub(v, 1, 1) .. string.char(b) .. string.sub(v, 3)
 end
--- Makes the hash's marker; a hash it made gets its lifetime (s, 0: none).
-local function made(key, life)
-  if redis.call('HSETNX', key, '', '') == 1 and life > 0 then
-    redis.call('EXPIRE', key, life)
-  end
+-- Gives the hash its lifetime (s, 0: none) unless it has one.
+local function live(key, life)
+  if life > 0 then redis.call('EXPIRE', key, life, 'NX') end
 end
 -- The oldest entries of `all` (an HGETALL) that are waiting (or not)
 -- past `keep`: a list of indexes into `all` (of their fields).
@@ -50,7 +110,7 @@ end
 -- `feed_cap` 0, they go). Counted in `dropped_key` (lifetime `life` s, 0:
 -- none); returns how many.
 local function cap_waiting(key, dropped_key, cap, life, feed_cap)
-  if redis.call('HLEN', key) - 1 <= cap then return 0 end
+  if redis.call('HLEN', key) <= cap then return 0 end
   local all = redis.call('HGETALL', key)
   local out = oldest(all, cap, true)
   for _, i in ipairs(out) do
@@ -72,12 +132,61 @@ local function cap_waiting(key, dropped_key, cap, life, feed_cap)
 end
 -- Trims delivered entries past `cap` once the hash passes it by a tenth.
 local function trim_delivered(key, cap)
-  if cap > 0 and redis.call('HLEN', key) - 1 > cap + math.max(math.floor(cap / 10), 1) then
+  if cap > 0 and redis.call('HLEN', key) > cap + math.max(math.floor(cap / 10), 1) then
     local all = redis.call('HGETALL', key)
     for _, i in ipairs(oldest(all, cap, false)) do redis.call('HDEL', key, all[i]) end
   end
 end
 "#;
+
+/// One user's part of a write: the entries its aggregates supersede (their
+/// fields) and its own entries, in order.
+pub(crate) struct UserEntries {
+    pub user: herald_types::UserId,
+    pub gone: Vec<Vec<u8>>,
+    pub entries: Vec<crate::entries::Encoded>,
+}
+
+impl UserEntries {
+    /// Removes what this user's aggregates supersede (one `HDEL`).
+    pub(crate) fn supersede(&self, p: &mut crate::Batch, key: &Key) {
+        if self.gone.is_empty() {
+            return;
+        }
+        p.cmd("HDEL").arg(key);
+        for f in &self.gone {
+            p.arg(f.as_slice());
+        }
+        p.ignore();
+    }
+}
+
+/// `items` and their encoded `entries` (one each, in the same order) per
+/// user, in order of appearance.
+pub(crate) fn by_user(
+    items: &[(herald_types::UserId, &herald_types::Notification)],
+    entries: Vec<crate::entries::Encoded>,
+) -> Vec<UserEntries> {
+    let mut at: foldhash::HashMap<herald_types::UserId, usize> = Default::default();
+    let mut out: Vec<UserEntries> = Vec::new();
+    for ((user, n), e) in items.iter().zip(entries) {
+        let i = *at.entry(*user).or_insert_with(|| {
+            out.push(UserEntries {
+                user: *user,
+                gone: Vec::new(),
+                entries: Vec::new(),
+            });
+            out.len() - 1
+        });
+        if let Some(old) = &n.supersedes {
+            out[i]
+                .gone
+                .extend(old.iter().map(|id| herald_types::compact::field(id, *user)));
+        }
+        out[i].entries.push(e);
+    }
+    out
+}
 
 /// A script over entries hashes, with [`LIB`] in front.
 pub(crate) fn script(cell: &'static std::sync::OnceLock<Script>, body: &str) -> &'static Script {
@@ -150,18 +259,13 @@ impl Store {
         }
     }
 
-    /// Loads the scripts run in pipelines (parking, feed writes, acks), so
-    /// their first calls take one round trip; a Redis that forgets them
-    /// later (restarted, failed over) gets them again on first use.
+    /// Loads the scripts run in pipelines (acks of inbox entries, grown
+    /// aggregates in feeds), so their first calls take one round trip; a
+    /// Redis that forgets them later (restarted, failed over) gets them
+    /// again on first use.
     pub async fn preload_scripts(&self) -> Result<()> {
-        for s in [
-            crate::feed::feed_add_script(),
-            crate::inbox::inbox_add_script(),
-            crate::inbox::acked_script(),
-        ] {
-            self.load_script(s).await?;
-        }
-        Ok(())
+        self.load_script(crate::inbox::acked_script()).await?;
+        self.load_script(crate::feed::feed_set_script()).await
     }
 
     /// How long a user's entries hash lives after it is made or the user
@@ -179,5 +283,27 @@ impl Store {
                 idle.as_secs().max(feed).max(1)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_first_seen_sets_the_lifetime_and_sizes_every_tenth_write() {
+        let r = Recent::default();
+        assert_eq!(r.note(7, 1, 10), (true, true), "first write here");
+        for _ in 0..9 {
+            assert_eq!(r.note(7, 1, 10), (false, false));
+        }
+        assert_eq!(r.note(7, 1, 10), (false, true), "the tenth since");
+        assert_eq!(r.note(0, 1, 10), (true, true), "user 0 is no exception");
+        assert_eq!(r.note(0, 1, 10), (false, false));
+        // Another user taking the slot makes the first one new again.
+        let at = |u: u64| (u.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize % RECENT_SLOTS;
+        let other = (8..).find(|u| at(*u) == at(7)).unwrap_or(7);
+        assert_eq!(r.note(other, 1, 10), (true, true));
+        assert_eq!(r.note(7, 1, 10), (true, true));
     }
 }

@@ -13,17 +13,15 @@
 //! lives [`Store::entries_life_s`] after it was made or last read (a page,
 //! a hello).
 //!
-//! A write is one script call per user in a batch (`FEED_ADD`, pipelined
-//! with the batch's other users): it never overwrites an entry (the same
-//! notification parked meanwhile stays waiting), makes the hash and its
-//! lifetime when new, and trims. A page is one script call (plus one for
-//! shared bodies it names).
-
-use foldhash::HashMap;
+//! A write is one `HSETNX` per entry, pipelined: it never overwrites an
+//! entry (the same notification parked meanwhile stays waiting); now and
+//! then it also sets the hash's lifetime or reads its size (see
+//! [`Store::feed_add`]). A page is one script call (plus one for shared
+//! bodies it names).
 
 use herald_types::{compact, Notification, UserId};
 
-use crate::entry_scripts::{script, Call};
+use crate::entry_scripts::{by_user, script, Call};
 use crate::{ukey, Result, Store};
 
 /// Every entry of `KEYS[1]` ordered after ARGV[1] (older delivered ones
@@ -88,18 +86,36 @@ end
 return unseen
 "#;
 
-/// Adds delivered entries to `KEYS[1]` without overwriting any (an entry
-/// already there, waiting or read, stays as it is); first removes the
-/// ARGV[3] fields after it (what an aggregate supersedes). ARGV[1]: the
-/// hash's lifetime when this makes it (s, 0: none); ARGV[2]: `feed_cap`;
-/// then field, entry pairs.
-const FEED_ADD: &str = r#"
-made(KEYS[1], tonumber(ARGV[1]))
-local gone = tonumber(ARGV[3])
-for i = 4, 3 + gone do redis.call('HDEL', KEYS[1], ARGV[i]) end
-for i = 4 + gone, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
-trim_delivered(KEYS[1], tonumber(ARGV[2]))
+/// Writes aggregates (field, entry pairs after ARGV[1]) over their former
+/// versions in `KEYS[1]` (unread again); one still waiting stays waiting
+/// with its new content. Gives the hash its lifetime (ARGV[1] s, 0: none)
+/// unless it has one.
+const FEED_SET: &str = r#"
+for i = 2, #ARGV, 2 do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v and #v >= 9 and waiting(v) then
+    redis.call('HSET', KEYS[1], ARGV[i], set_waiting(ARGV[i + 1], true))
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+live(KEYS[1], tonumber(ARGV[1]))
 return 0
+"#;
+
+/// The script that writes aggregates over their former versions.
+pub(crate) fn feed_set_script() -> &'static redis::Script {
+    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    script(&S, FEED_SET)
+}
+
+/// Trims the delivered entries of `KEYS[1]` to the newest ARGV[1];
+/// returns how many went.
+const TRIM_DELIVERED: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local out = oldest(all, tonumber(ARGV[1]), false)
+for _, i in ipairs(out) do redis.call('HDEL', KEYS[1], all[i]) end
+return #out
 "#;
 
 /// Where a page starts: strictly before this entry (newest first).
@@ -148,12 +164,6 @@ fn tie(id: &str) -> u64 {
     herald_types::ids::fnv1a64(id.as_bytes())
 }
 
-/// The feed writer's script.
-pub(crate) fn feed_add_script() -> &'static redis::Script {
-    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    script(&S, FEED_ADD)
-}
-
 impl Store {
     /// Orders older than this are out of the feed's retention.
     pub(crate) fn feed_since_us(&self) -> i64 {
@@ -161,75 +171,79 @@ impl Store {
         now - self.cfg.feed_retention.as_micros() as i64
     }
 
-    /// Writes notifications to their recipients' feeds: one script call
-    /// per recipient, in one pipeline (bodies shared by many recipients
-    /// first). Entries already there are left as they are.
+    /// Writes notifications to their recipients' feeds in one pipeline
+    /// (bodies shared by many recipients first): one `HSETNX` per entry,
+    /// which never overwrites an entry (a notification parked meanwhile
+    /// stays waiting). A user's first write here (then hourly) also sets
+    /// the hash's lifetime (`EXPIRE ... NX`), and every `feed_cap / 10`
+    /// writes here read its size, to trim delivered entries past the cap
+    /// by a tenth.
     pub async fn feed_add(&self, items: &[(UserId, &Notification)]) -> Result<()> {
         if items.is_empty() || self.cfg.feed_cap == 0 {
             return Ok(());
         }
         let (bodies, entries) = crate::entries::encode(items);
         self.write_bodies(&bodies).await?;
-        let calls = self.entry_calls(items, entries, &[], |c| {
-            c.arg(self.entries_life_s()).arg(self.cfg.feed_cap);
-        });
-        self.run_scripts::<i64>(feed_add_script(), &calls).await?;
+        let life = self.entries_life_s();
+        let cap = self.cfg.feed_cap as u64;
+        let check_every = (cap / 10).max(1) as u32;
+        let mut p = crate::Batch::new();
+        let mut sized = Vec::new();
+        let mut grown: Vec<Call> = Vec::new();
+        for g in by_user(items, entries) {
+            let key = ukey(g.user, "fd");
+            g.supersede(&mut p, &key);
+            let mut aggregates: Option<Call> = None;
+            for e in &g.entries {
+                // An aggregate's id comes again as it grows: its newest
+                // version replaces the entry (a script keeps it waiting).
+                if compact::is_aggregate_field(&e.field) {
+                    let c = aggregates.get_or_insert_with(|| {
+                        let mut c = Call {
+                            keys: vec![key.clone()],
+                            args: Vec::new(),
+                        };
+                        c.arg(life);
+                        c
+                    });
+                    c.args.push(e.field.clone());
+                    c.args.push(e.value.clone());
+                    continue;
+                }
+                p.cmd("HSETNX")
+                    .arg(&key)
+                    .arg(e.field.as_slice())
+                    .arg(e.value.as_slice())
+                    .ignore();
+            }
+            grown.extend(aggregates);
+            let (expire, size) = self
+                .recent
+                .note(g.user, g.entries.len() as u32, check_every);
+            if expire && life > 0 {
+                p.cmd("EXPIRE").arg(&key).arg(life).arg("NX").ignore();
+            }
+            if size {
+                p.cmd("HLEN").arg(&key);
+                sized.push(key);
+            }
+        }
+        let sizes: Vec<u64> = match p.is_empty() {
+            true => Vec::new(),
+            false => self.run(&p).await?,
+        };
+        self.run_scripts::<i64>(feed_set_script(), &grown).await?;
+        for (key, size) in sized.iter().zip(sizes) {
+            // Past the cap by a tenth (the marker of older versions and
+            // waiting entries count here; the script counts exactly).
+            if size > cap + (cap / 10).max(1) {
+                static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+                let mut inv = script(&S, TRIM_DELIVERED).prepare_invoke();
+                inv.key(key).arg(cap);
+                let _: u64 = self.invoke(&inv).await?;
+            }
+        }
         Ok(())
-    }
-
-    /// One script call per user of `items` (in order of appearance): its
-    /// entries hash and its keys named `also`, the arguments `head` writes,
-    /// the count and fields of the entries its aggregates supersede, then
-    /// its (field, entry) pairs.
-    pub(crate) fn entry_calls(
-        &self,
-        items: &[(UserId, &Notification)],
-        entries: Vec<crate::entries::Encoded>,
-        also: &[&str],
-        head: impl Fn(&mut Call),
-    ) -> Vec<Call> {
-        let mut at: HashMap<UserId, usize> = HashMap::default();
-        let mut gone: Vec<Vec<Vec<u8>>> = Vec::new();
-        let mut pairs: Vec<Vec<crate::entries::Encoded>> = Vec::new();
-        let mut users: Vec<UserId> = Vec::new();
-        for (user, n) in items {
-            let i = *at.entry(*user).or_insert_with(|| {
-                users.push(*user);
-                gone.push(Vec::new());
-                pairs.push(Vec::new());
-                users.len() - 1
-            });
-            if let Some(old) = &n.supersedes {
-                gone[i].extend(old.iter().map(|id| compact::field(id, *user)));
-            }
-        }
-        for e in entries {
-            if let Some(&i) = at.get(&e.user) {
-                pairs[i].push(e);
-            }
-        }
-        users
-            .into_iter()
-            .zip(gone.into_iter().zip(pairs))
-            .map(|(user, (gone, pairs))| {
-                let mut keys = vec![ukey(user, "fd")];
-                keys.extend(also.iter().map(|k| ukey(user, k)));
-                let mut c = Call {
-                    keys,
-                    args: Vec::with_capacity(4 + gone.len() + 2 * pairs.len()),
-                };
-                head(&mut c);
-                c.arg(gone.len());
-                for f in gone {
-                    c.args.push(f);
-                }
-                for e in pairs {
-                    c.args.push(e.field);
-                    c.args.push(e.value);
-                }
-                c
-            })
-            .collect()
     }
 
     /// A page of `user`'s feed, newest first, strictly before `before`.

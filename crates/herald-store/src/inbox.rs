@@ -5,7 +5,9 @@
 //! ([`herald_types::compact::WAITING`]): one stored entry per
 //! notification, not a copy. Parking writes the entry waiting (a delivered
 //! copy of the same notification becomes waiting again); an ack clears
-//! the mark (the entry stays in the feed; with the feed off it goes).
+//! the mark (the entry stays in the feed; with the feed off it goes). A
+//! park is one `HSET` per user, its `HLEN` (the cap) and `EXPIRE ... NX`,
+//! pipelined; a script runs only past the cap.
 //! Writes are idempotent. Past `inbox_cap` waiting entries the oldest are
 //! dropped and counted for the user's next `hello`. Entries of the former
 //! inbox hash (`h:{u:ID}:ib`, before one entry per notification) are moved
@@ -13,7 +15,7 @@
 
 use herald_types::{compact, Notification, UserId};
 
-use crate::entry_scripts::{script, Call};
+use crate::entry_scripts::{by_user, script, Call};
 use crate::{ukey, Result, Store, StoreError};
 
 /// The waiting entries of `KEYS[1]`: all of them, unsorted, when there are
@@ -32,7 +34,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
     local v = redis.call('HGET', KEYS[1], old[i]) or old[i + 1]
     if #v >= 9 then redis.call('HSET', KEYS[1], old[i], set_waiting(v, true)) end
   end
-  made(KEYS[1], tonumber(ARGV[3]))
+  live(KEYS[1], tonumber(ARGV[3]))
   redis.call('DEL', KEYS[3])
 end
 local all = redis.call('HGETALL', KEYS[1])
@@ -74,19 +76,11 @@ end
 return {#rows, cmsgpack.pack(out), dropped, unseen}
 "#;
 
-/// Parks entries (already marked waiting) in `KEYS[1]`, overwriting a
-/// delivered copy; first removes the ARGV[5] fields after it (what an
-/// aggregate supersedes). ARGV[1]: the hash's lifetime when this makes it
-/// (s, 0: none); ARGV[2]: `inbox_cap`; ARGV[3]: the dropped count's
-/// lifetime (s, 0: none); ARGV[4]: `feed_cap`; then field, entry pairs.
-/// Past the cap the oldest waiting entries stop waiting, counted in
-/// `KEYS[2]`; returns how many.
-const INBOX_ADD: &str = r#"
-made(KEYS[1], tonumber(ARGV[1]))
-local gone = tonumber(ARGV[5])
-for i = 6, 5 + gone do redis.call('HDEL', KEYS[1], ARGV[i]) end
-for i = 6 + gone, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return cap_waiting(KEYS[1], KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+/// Past ARGV[1] waiting entries in `KEYS[1]`, the oldest stop waiting
+/// (see `cap_waiting`: ARGV[2] the dropped count's lifetime, ARGV[3]
+/// `feed_cap`), counted in `KEYS[2]`; returns how many.
+const TRIM_WAITING: &str = r#"
+return cap_waiting(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 "#;
 
 /// Entries of `KEYS[1]` a client acked (fields ARGV[3..]) are delivered:
@@ -121,12 +115,6 @@ pub struct InboxSnapshot {
     pub unread: u64,
 }
 
-/// The parking script.
-pub(crate) fn inbox_add_script() -> &'static redis::Script {
-    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    script(&S, INBOX_ADD)
-}
-
 /// The script that marks acked entries delivered.
 pub(crate) fn acked_script() -> &'static redis::Script {
     static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
@@ -155,20 +143,48 @@ impl Store {
         for e in &mut entries {
             compact::set_waiting(&mut e.value);
         }
-        let dropped_life = self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1));
-        let calls = self.entry_calls(items, entries, &["ib:dropped"], |c| {
-            c.arg(self.entries_life_s())
-                .arg(self.cfg.inbox_cap)
-                .arg(dropped_life)
-                .arg(self.cfg.feed_cap);
-        });
-        let dropped: Vec<u64> = self.run_scripts(inbox_add_script(), &calls).await?;
-        let dropped = dropped.into_iter().sum();
-        if dropped > 0 {
-            tracing::debug!(dropped, "inboxes over cap, dropped oldest");
+        let life = self.entries_life_s();
+        let groups = by_user(items, entries);
+        let mut p = crate::Batch::new();
+        for g in &groups {
+            let key = ukey(g.user, "fd");
+            g.supersede(&mut p, &key);
+            // Waiting wins over a delivered copy of the same notification.
+            p.cmd("HSET").arg(&key);
+            for e in &g.entries {
+                p.arg(e.field.as_slice()).arg(e.value.as_slice());
+            }
+            p.ignore();
+            if life > 0 {
+                p.cmd("EXPIRE").arg(&key).arg(life).arg("NX").ignore();
+            }
+            p.cmd("HLEN").arg(&key);
+        }
+        let sizes: Vec<u64> = self.run(&p).await?;
+        let mut dropped = 0;
+        for (g, size) in groups.iter().zip(sizes) {
+            // The size counts delivered entries too: the script counts
+            // the waiting ones.
+            if size > self.cfg.inbox_cap as u64 {
+                static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+                let mut inv = script(&S, TRIM_WAITING).prepare_invoke();
+                inv.key(ukey(g.user, "fd"))
+                    .key(ukey(g.user, "ib:dropped"))
+                    .arg(self.cfg.inbox_cap)
+                    .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)))
+                    .arg(self.cfg.feed_cap);
+                let n: u64 = self.invoke(&inv).await?;
+                if n > 0 {
+                    tracing::debug!(user = g.user, dropped = n, "inbox over cap, dropped oldest");
+                }
+                dropped += n;
+            }
         }
         if self.cfg.wait_replicas > 0 {
-            let keys: Vec<String> = calls.iter().map(|c| c.keys[0].to_string()).collect();
+            let keys: Vec<String> = groups
+                .iter()
+                .map(|g| ukey(g.user, "fd").to_string())
+                .collect();
             self.confirm_replicated(&keys).await?;
         }
         Ok(dropped)

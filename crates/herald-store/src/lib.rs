@@ -270,6 +270,9 @@ pub struct Store {
     /// replicas answer: on the shared one it would stall everything else).
     inbox_conn: Option<Conn>,
     cfg: StoreConfig,
+    /// Users whose entries hash this process wrote lately: what their
+    /// next feed write must also do (set the lifetime, read the size).
+    recent: std::sync::Arc<entry_scripts::Recent>,
 }
 
 impl Store {
@@ -283,6 +286,7 @@ impl Store {
             conn,
             inbox_conn,
             cfg,
+            recent: Default::default(),
         })
     }
 
@@ -294,6 +298,7 @@ impl Store {
             conn,
             inbox_conn: None,
             cfg: self.cfg.clone(),
+            recent: self.recent.clone(),
         })
     }
 

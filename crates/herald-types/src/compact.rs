@@ -64,6 +64,11 @@ const F_KEY: u8 = 2;
 const F_AGG: u8 = 3;
 const F_DIGEST: u8 = 4;
 
+/// Whether a field names an aggregate (whose id is sent again as it grows).
+pub fn is_aggregate_field(f: &[u8]) -> bool {
+    f.first() == Some(&F_AGG)
+}
+
 /// The hash field of notification `id` in `recipient`'s inbox or feed.
 /// Every id maps to a field and back ([`id_from_field`]); the common shapes
 /// take 3 to 17 bytes instead of 12 to 60.
