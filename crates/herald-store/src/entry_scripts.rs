@@ -22,6 +22,10 @@ const RECENT_SLOTS: usize = 1 << 16;
 /// emptied meanwhile gets one (hashes live at least a day).
 const RECENT_FOR_S: u32 = 3600;
 
+/// [`Recent`] tables: the feed writer's and parking's.
+pub(crate) const FEED: usize = 0;
+pub(crate) const PARK: usize = 1;
+
 #[derive(Clone, Copy, Default)]
 struct Slot {
     user: u64,
@@ -29,10 +33,10 @@ struct Slot {
     at_s: u32,
 }
 
-/// Which users' hashes this process wrote lately, so a feed write is one
-/// command per entry (`HSETNX`) and only now and then also sets the
-/// hash's lifetime (its first write here, then hourly) and reads its size
-/// (every `feed_cap / 10` writes here). Bounded: 65,536 slots of 16 bytes.
+/// Which users' hashes this process wrote lately, so a write is one
+/// command and only now and then also sets the hash's lifetime (its first
+/// write here, then hourly) or reads its size (every tenth of the cap's
+/// writes here). Bounded: 65,536 slots of 16 bytes.
 pub(crate) struct Recent {
     slots: std::sync::Mutex<Vec<Slot>>,
     start: std::time::Instant,
@@ -57,20 +61,20 @@ impl Recent {
         let mut slots = self.slots.locked();
         let s = &mut slots[at];
         // Slot 0 of user 0 looks seen at start: its first write is noted too.
-        if s.user != user || s.at_s == 0 || now.saturating_sub(s.at_s) >= RECENT_FOR_S {
+        let fresh = s.user != user || s.at_s == 0 || now.saturating_sub(s.at_s) >= RECENT_FOR_S;
+        if fresh {
             *s = Slot {
                 user,
                 writes: 0,
                 at_s: now.max(1),
             };
-            return (true, true);
         }
         s.writes = s.writes.saturating_add(n);
-        if s.writes >= check_every {
+        let size = s.writes >= check_every;
+        if size {
             s.writes = 0;
-            return (false, true);
         }
-        (false, false)
+        (fresh, size)
     }
 }
 
@@ -293,17 +297,20 @@ mod tests {
     #[test]
     fn a_user_first_seen_sets_the_lifetime_and_sizes_every_tenth_write() {
         let r = Recent::default();
-        assert_eq!(r.note(7, 1, 10), (true, true), "first write here");
-        for _ in 0..9 {
+        assert_eq!(r.note(7, 1, 10), (true, false), "first write here");
+        for _ in 0..8 {
             assert_eq!(r.note(7, 1, 10), (false, false));
         }
-        assert_eq!(r.note(7, 1, 10), (false, true), "the tenth since");
-        assert_eq!(r.note(0, 1, 10), (true, true), "user 0 is no exception");
+        assert_eq!(r.note(7, 1, 10), (false, true), "the tenth write");
+        assert_eq!(r.note(7, 1, 10), (false, false));
+        assert_eq!(r.note(0, 1, 10), (true, false), "user 0 is no exception");
         assert_eq!(r.note(0, 1, 10), (false, false));
         // Another user taking the slot makes the first one new again.
         let at = |u: u64| (u.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize % RECENT_SLOTS;
         let other = (8..).find(|u| at(*u) == at(7)).unwrap_or(7);
-        assert_eq!(r.note(other, 1, 10), (true, true));
-        assert_eq!(r.note(7, 1, 10), (true, true));
+        assert_eq!(r.note(other, 1, 10), (true, false));
+        assert_eq!(r.note(7, 1, 10), (true, false));
+        // Many at once count: a size read when a write passes the tenth.
+        assert_eq!(r.note(7, 12, 10), (false, true));
     }
 }

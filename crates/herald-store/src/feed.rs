@@ -217,9 +217,11 @@ impl Store {
                     .ignore();
             }
             grown.extend(aggregates);
-            let (expire, size) = self
-                .recent
-                .note(g.user, g.entries.len() as u32, check_every);
+            let (expire, size) = self.recent[crate::entry_scripts::FEED].note(
+                g.user,
+                g.entries.len() as u32,
+                check_every,
+            );
             if expire && life > 0 {
                 p.cmd("EXPIRE").arg(&key).arg(life).arg("NX").ignore();
             }
@@ -253,6 +255,10 @@ impl Store {
         before: Option<FeedCursor>,
         limit: usize,
     ) -> Result<FeedPage> {
+        // Feeds off: the hash holds only what waits, which is no feed.
+        if self.cfg.feed_cap == 0 {
+            return Ok(FeedPage::default());
+        }
         static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let key = ukey(user, "fd");
         let mut inv = script(&S, PAGE).prepare_invoke();
@@ -302,6 +308,9 @@ impl Store {
     /// Marks `ids` (or everything, with `all`) read in `user`'s feed;
     /// returns the unread count after. Unknown ids are ignored.
     pub async fn feed_read(&self, user: UserId, ids: &[String], all: bool) -> Result<u64> {
+        if self.cfg.feed_cap == 0 {
+            return Ok(0);
+        }
         static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let mut inv = script(&S, READ).prepare_invoke();
         inv.key(ukey(user, "fd"))

@@ -6,8 +6,10 @@
 //! notification, not a copy. Parking writes the entry waiting (a delivered
 //! copy of the same notification becomes waiting again); an ack clears
 //! the mark (the entry stays in the feed; with the feed off it goes). A
-//! park is one `HSET` per user, its `HLEN` (the cap) and `EXPIRE ... NX`,
-//! pipelined; a script runs only past the cap.
+//! park is one `HSET` per user, pipelined; a user's first park on this
+//! node (then hourly) adds `EXPIRE ... NX` (every park, with the feed
+//! off), and every `inbox_cap / 10` parks here an `HLEN`: an inbox passes
+//! its cap by up to a tenth before a script makes the oldest stop waiting.
 //! Writes are idempotent. Past `inbox_cap` waiting entries the oldest are
 //! dropped and counted for the user's next `hello`. Entries of the former
 //! inbox hash (`h:{u:ID}:ib`, before one entry per notification) are moved
@@ -144,8 +146,11 @@ impl Store {
             compact::set_waiting(&mut e.value);
         }
         let life = self.entries_life_s();
+        let cap = self.cfg.inbox_cap as u64;
+        let check_every = (cap / 10).max(1) as u32;
         let groups = by_user(items, entries);
         let mut p = crate::Batch::new();
+        let mut sized = Vec::new();
         for g in &groups {
             let key = ukey(g.user, "fd");
             g.supersede(&mut p, &key);
@@ -155,27 +160,37 @@ impl Store {
                 p.arg(e.field.as_slice()).arg(e.value.as_slice());
             }
             p.ignore();
-            if life > 0 {
+            // With the feed off, acks remove entries and may empty (so
+            // delete) the hash: every park sets the lifetime then.
+            let (expire, size) = self.recent[crate::entry_scripts::PARK].note(
+                g.user,
+                g.entries.len() as u32,
+                check_every,
+            );
+            if life > 0 && (expire || self.cfg.feed_cap == 0) {
                 p.cmd("EXPIRE").arg(&key).arg(life).arg("NX").ignore();
             }
-            p.cmd("HLEN").arg(&key);
+            if size {
+                p.cmd("HLEN").arg(&key);
+                sized.push(g.user);
+            }
         }
         let sizes: Vec<u64> = self.run(&p).await?;
         let mut dropped = 0;
-        for (g, size) in groups.iter().zip(sizes) {
+        for (user, size) in sized.into_iter().zip(sizes) {
             // The size counts delivered entries too: the script counts
             // the waiting ones.
-            if size > self.cfg.inbox_cap as u64 {
+            if size > cap {
                 static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
                 let mut inv = script(&S, TRIM_WAITING).prepare_invoke();
-                inv.key(ukey(g.user, "fd"))
-                    .key(ukey(g.user, "ib:dropped"))
+                inv.key(ukey(user, "fd"))
+                    .key(ukey(user, "ib:dropped"))
                     .arg(self.cfg.inbox_cap)
                     .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)))
                     .arg(self.cfg.feed_cap);
                 let n: u64 = self.invoke(&inv).await?;
                 if n > 0 {
-                    tracing::debug!(user = g.user, dropped = n, "inbox over cap, dropped oldest");
+                    tracing::debug!(user, dropped = n, "inbox over cap, dropped oldest");
                 }
                 dropped += n;
             }

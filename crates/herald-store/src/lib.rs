@@ -271,8 +271,9 @@ pub struct Store {
     inbox_conn: Option<Conn>,
     cfg: StoreConfig,
     /// Users whose entries hash this process wrote lately: what their
-    /// next feed write must also do (set the lifetime, read the size).
-    recent: std::sync::Arc<entry_scripts::Recent>,
+    /// next feed write (or park) must also do (set the lifetime, read the
+    /// size), one table per path.
+    recent: std::sync::Arc<[entry_scripts::Recent; 2]>,
 }
 
 impl Store {
