@@ -1,6 +1,8 @@
-//! Inbox entries clients acked, removed by fan-out (the inbox's owner;
-//! the edge writes none): one lane of its own, so a removal never waits
-//! behind a mass parking, and many connections' acks share one pipeline.
+//! Inbox entries clients acked, taken out of the inbox by fan-out (the
+//! inbox's owner; the edge writes none): marked delivered in the user's
+//! entries (the feed keeps them) or removed with the feed off. One lane of
+//! its own, so a removal never waits behind a mass parking, and many
+//! connections' acks share one pipeline.
 
 use std::time::Duration;
 

@@ -198,7 +198,7 @@ pub fn describe() {
     );
     c!(
         "herald_inbox_acks_removed_total",
-        "Inbox entries clients acked, removed by fan-out."
+        "Inbox entries clients acked, taken out of the inbox by fan-out (marked delivered)."
     );
     c!(
         "herald_inbox_acks_dropped_total",
