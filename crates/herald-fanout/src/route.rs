@@ -17,7 +17,6 @@ impl Worker {
         let mut release = Vec::new();
         let mut pushed = 0u64;
         let mut feed = Vec::with_capacity(list.len());
-        let mut in_feed: Vec<bool> = Vec::with_capacity(list.len());
         // In a cluster: the other live nodes holding each recipient's
         // connections (one round trip for the batch).
         let holders = self.remote_holders(&list).await;
@@ -32,7 +31,6 @@ impl Worker {
                 // Held for the feed entry before the edge can settle it.
                 self.settlements.retain(&e.settle);
                 feed.push((e.user, n.clone(), e.settle.clone()));
-                in_feed.push(true);
             }
             self.settlements.retain(&e.settle);
             let cmd = EdgeCommand::Push {
@@ -56,10 +54,11 @@ impl Worker {
                         continue;
                     }
                     // Parked, its one entry is written there (waiting):
-                    // the feed writer has nothing to add.
+                    // the feed writer has nothing to add (this one's feed
+                    // item is the last one pushed).
                     if self.feed.on() {
-                        if let Some(f) = in_feed.last_mut() {
-                            *f = false;
+                        if let Some((.., s)) = feed.pop() {
+                            self.settlements.release(&s);
                         }
                     }
                     to_inbox.push((user, n, settle, folded));
@@ -72,16 +71,6 @@ impl Worker {
             }
         }
         metrics::counter!("herald_notifications_total", "route" => "pushed").increment(pushed);
-        let feed: Vec<_> = feed
-            .into_iter()
-            .zip(in_feed)
-            .filter_map(|(f, keep)| {
-                if !keep {
-                    self.settlements.release(&f.2);
-                }
-                keep.then_some(f)
-            })
-            .collect();
         self.feed.write(feed).await;
         let held = Settle::of(&release);
         if !to_inbox.is_empty() {

@@ -209,7 +209,7 @@ impl Store {
             .arg(fence.term)
             .arg(self.entries_life_s())
             .arg(self.cfg.inbox_cap)
-            .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)))
+            .arg(self.dropped_life_s())
             .arg(self.cfg.feed_cap);
         for e in entries {
             let mut value = e.value;

@@ -51,13 +51,18 @@ impl Default for Recent {
     }
 }
 
+/// The slot of `user` (Fibonacci hashing: ids are often sequential).
+fn slot(user: u64) -> usize {
+    (user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize % RECENT_SLOTS
+}
+
 impl Recent {
     /// Notes `n` writes to `user`'s hash; answers whether to set its
     /// lifetime and whether to read its size (every `check_every` writes).
     pub(crate) fn note(&self, user: u64, n: u32, check_every: u32) -> (bool, bool) {
         use herald_types::sync::Locked;
         let now = self.start.elapsed().as_secs() as u32;
-        let at = (user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize % RECENT_SLOTS;
+        let at = slot(user);
         let mut slots = self.slots.locked();
         let s = &mut slots[at];
         // Slot 0 of user 0 looks seen at start: its first write is noted too.
@@ -109,6 +114,11 @@ local function oldest(all, keep, of_waiting)
   for k = 1, excess do out[k] = rows[k][2] end
   return out
 end
+-- Drops the oldest delivered entries of `key` past `keep`.
+local function drop_delivered(key, keep)
+  local all = redis.call('HGETALL', key)
+  for _, i in ipairs(oldest(all, keep, false)) do redis.call('HDEL', key, all[i]) end
+end
 -- The oldest waiting entries past `cap` stop waiting: they stay in the
 -- feed as any other, which keeps its newest `feed_cap` (with the feed off,
 -- `feed_cap` 0, they go). Counted in `dropped_key` (lifetime `life` s, 0:
@@ -127,18 +137,14 @@ local function cap_waiting(key, dropped_key, cap, life, feed_cap)
   if #out > 0 then
     redis.call('INCRBY', dropped_key, #out)
     if life > 0 then redis.call('EXPIRE', dropped_key, life) end
-    if feed_cap > 0 then
-      local now = redis.call('HGETALL', key)
-      for _, i in ipairs(oldest(now, feed_cap, false)) do redis.call('HDEL', key, now[i]) end
-    end
+    if feed_cap > 0 then drop_delivered(key, feed_cap) end
   end
   return #out
 end
 -- Trims delivered entries past `cap` once the hash passes it by a tenth.
 local function trim_delivered(key, cap)
   if cap > 0 and redis.call('HLEN', key) > cap + math.max(math.floor(cap / 10), 1) then
-    local all = redis.call('HGETALL', key)
-    for _, i in ipairs(oldest(all, cap, false)) do redis.call('HDEL', key, all[i]) end
+    drop_delivered(key, cap)
   end
 end
 "#;
@@ -272,6 +278,12 @@ impl Store {
         self.load_script(crate::feed::feed_set_script()).await
     }
 
+    /// How long the count of entries the inbox cap dropped lives (s; 0:
+    /// it does not expire): the inbox's idle lifetime.
+    pub(crate) fn dropped_life_s(&self) -> u64 {
+        self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1))
+    }
+
     /// How long a user's entries hash lives after it is made or the user
     /// was last here (s; 0: it does not expire): the longer of the inbox's
     /// idle lifetime and the feed's retention, none when the inbox has no
@@ -306,8 +318,7 @@ mod tests {
         assert_eq!(r.note(0, 1, 10), (true, false), "user 0 is no exception");
         assert_eq!(r.note(0, 1, 10), (false, false));
         // Another user taking the slot makes the first one new again.
-        let at = |u: u64| (u.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize % RECENT_SLOTS;
-        let other = (8..).find(|u| at(*u) == at(7)).unwrap_or(7);
+        let other = (8..).find(|u| slot(*u) == slot(7)).unwrap_or(7);
         assert_eq!(r.note(other, 1, 10), (true, false));
         assert_eq!(r.note(7, 1, 10), (true, false));
         // Many at once count: a size read when a write passes the tenth.

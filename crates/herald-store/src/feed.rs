@@ -109,13 +109,10 @@ pub(crate) fn feed_set_script() -> &'static redis::Script {
     script(&S, FEED_SET)
 }
 
-/// Trims the delivered entries of `KEYS[1]` to the newest ARGV[1];
-/// returns how many went.
+/// Trims the delivered entries of `KEYS[1]` to the newest ARGV[1].
 const TRIM_DELIVERED: &str = r#"
-local all = redis.call('HGETALL', KEYS[1])
-local out = oldest(all, tonumber(ARGV[1]), false)
-for _, i in ipairs(out) do redis.call('HDEL', KEYS[1], all[i]) end
-return #out
+drop_delivered(KEYS[1], tonumber(ARGV[1]))
+return 0
 "#;
 
 /// Where a page starts: strictly before this entry (newest first).

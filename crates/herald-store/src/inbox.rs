@@ -186,7 +186,7 @@ impl Store {
                 inv.key(ukey(user, "fd"))
                     .key(ukey(user, "ib:dropped"))
                     .arg(self.cfg.inbox_cap)
-                    .arg(self.cfg.inbox_idle_ttl.map_or(0, |t| t.as_secs().max(1)))
+                    .arg(self.dropped_life_s())
                     .arg(self.cfg.feed_cap);
                 let n: u64 = self.invoke(&inv).await?;
                 if n > 0 {
