@@ -51,6 +51,18 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// One command through `redis-cli`, its answer trimmed.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (installed with redis-server)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -232,6 +244,45 @@ async fn the_feed_pages_newest_first_with_cursors_and_read_state() {
     assert_eq!(read, [true, false, false, false, true]);
     assert_eq!(store.feed_read(USER, &[], true).await.unwrap(), 0);
     assert_eq!(store.feed_unread(USER).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn feed_writes_keep_the_cap_and_a_lifetime_after_redis_forgets_their_script() {
+    let redis = Redis::start();
+    let store = redis
+        .store(|c| {
+            c.feed_cap = 10;
+            c.inbox_idle_ttl = Some(Duration::from_secs(3600));
+        })
+        .await;
+    let now_us = herald_types::now_us();
+    let key = format!("h:{{u:{USER}}}:fd");
+    for i in 1..=30u64 {
+        if i % 7 == 1 {
+            // As after a restart or failover of Redis.
+            assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+        }
+        let n = note(&format!("n-c{i}"), now_us - (40 - i) * 1_000_000);
+        store.feed_add(&[(USER, &n)]).await.unwrap();
+        let len: u64 = redis.cli(&["HLEN", &key]).parse().unwrap();
+        assert!(
+            len <= 11,
+            "{len} entries after write {i}: past the cap by more than a tenth"
+        );
+    }
+    let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
+    assert!(ttl > 0, "the hash has a lifetime (TTL {ttl})");
+    let page = store.feed_page(USER, None, 20).await.unwrap();
+    let listed = ids(&page
+        .items
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect::<Vec<_>>());
+    assert!(listed.len() >= 10, "the newest ten are kept: {listed:?}");
+    let newest: Vec<String> = (0..listed.len() as u64)
+        .map(|k| format!("n-c{}", 30 - k))
+        .collect();
+    assert_eq!(listed, newest, "the oldest go first");
 }
 
 #[tokio::test]
