@@ -1,8 +1,9 @@
 //! The store's Lua scripts and multi-command steps where they live,
 //! against a real `redis-server` on a free port (no Herald process): the
 //! inbox snapshot (page, order, cap, the hello's dropped count), the feed
-//! page (newest first, cursors, read state), an inbox from before one
-//! entry per notification, idempotency claims and the
+//! page (newest first, cursors, read state), the feed's cap and lifetime
+//! when Redis forgot its scripts, an inbox from before one entry per
+//! notification, idempotency claims and the
 //! partition lease rounds.
 
 // Test code: a panic with its message is how a test fails.
