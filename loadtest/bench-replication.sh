@@ -6,6 +6,7 @@
 #
 #   loadtest/bench-replication.sh ingest RF [herald-loadgen ingest flags]
 #       e.g. ingest 3 --connections 16 --batch 1000 --duration 8
+#       (with RF > 1 it starts once leadership has settled)
 #   loadtest/bench-replication.sh failover
 #       3 nodes, RF 3: kill -9 the node leading the most partitions; prints
 #       how long until every partition has a live leader again and until a
@@ -91,6 +92,26 @@ stop_all() {
 }
 trap stop_all EXIT
 
+# Waits until every partition has a leader and leadership has not moved
+# for 2 s (a new cluster hands partitions to their preferred leaders in
+# its first seconds; a measurement taken then includes those moves).
+settled() {
+    local t0 last="" same=0 now
+    t0=$(now_ms)
+    while [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
+        now="$(curl -fsS "http://127.0.0.1:$base/v1/admin/cluster" 2>/dev/null | python3 -c "import json,sys; v=json.load(sys.stdin); ls=[p['leader'] or '' for p in v['partitions']]; print(','.join(ls) if all(ls) else '')" 2>/dev/null || true)"
+        if [ -n "$now" ] && [ "$now" = "$last" ]; then
+            same=$((same + 1))
+            [ "$same" -ge 10 ] && return 0
+        else
+            same=0
+        fi
+        last="$now"
+        sleep 0.2
+    done
+    echo "leadership did not settle within 30 s; measuring anyway" >&2
+}
+
 fresh() { stop_all; rm -rf "$dir"; mkdir -p "$dir"; start_redis; }
 
 # A batch of 64 likes to 64 recipients: every partition (of 8) gets some.
@@ -110,6 +131,7 @@ ingest)
     n=1
     [ "$rf" -gt 1 ] && n=$rf
     start_nodes "$n" "$rf"
+    [ "$n" -gt 1 ] && settled
     targets=""
     for i in $(seq 1 "$n"); do targets="$targets${targets:+,}127.0.0.1:$((base + i - 1))"; done
     "$lg" ingest --targets "$targets" "$@"
