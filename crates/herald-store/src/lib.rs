@@ -246,16 +246,27 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
+    /// Resolves once a cluster connection in use now is replaced (never
+    /// on one Redis).
+    fn replaced(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        use futures_util::future::Either;
+        match self {
+            Conn::Cluster(c) => Either::Left(c.replaced()),
+            Conn::Single(_) => Either::Right(std::future::pending()),
+        }
+    }
+
     /// Records a call's outcome (a cluster connection that keeps failing
     /// is made anew).
     fn observe<T>(
         &self,
         r: &std::result::Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+        started: std::time::Instant,
     ) {
         if let Conn::Cluster(c) = self {
             match r {
-                Ok(r) => c.observe(r),
-                Err(_) => c.failed(),
+                Ok(r) => c.observe(r, started),
+                Err(_) => c.failed(started),
             }
         }
     }
@@ -333,6 +344,7 @@ impl Store {
     /// Runs a batch with the store's timeout: one pipeline on one Redis,
     /// one per hash slot on Redis Cluster.
     pub(crate) async fn run<T: redis::FromRedisValue>(&self, batch: &Batch) -> Result<T> {
+        let replaced = self.conn.replaced();
         let fut = async {
             match &self.conn {
                 Conn::Single(c) => {
@@ -342,12 +354,7 @@ impl Store {
                 Conn::Cluster(c) => batch.run_cluster(&c.get()).await,
             }
         };
-        let r = tokio::time::timeout(self.cfg.timeout, fut).await;
-        self.conn.observe(&r);
-        match r {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(StoreError::Timeout(self.cfg.timeout)),
-        }
+        self.call(fut, replaced).await
     }
 
     /// With `wait_replicas`, waits until that many replicas have every write
@@ -393,6 +400,14 @@ impl Store {
                                     Route::new(slot, SlotAddr::Master),
                                 ));
                             let v = c.route_command(wait, route).await?;
+                            // A node that answers with an error (the old
+                            // master, back as a replica: "WAIT cannot be
+                            // used with replica instances") confirmed
+                            // nothing: retried as unreplicated.
+                            if let redis::Value::ServerError(e) = &v {
+                                tracing::debug!(error = ?e, "WAIT refused; the writes count as unconfirmed");
+                                return Ok::<u32, StoreError>(0);
+                            }
                             let got: u32 =
                                 redis::from_redis_value(v).map_err(redis::RedisError::from)?;
                             Ok::<u32, StoreError>(got)
@@ -419,14 +434,36 @@ impl Store {
         &self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T> {
+        let replaced = self.conn.replaced();
         let fut = async {
             match &self.conn {
                 Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
                 Conn::Cluster(c) => inv.invoke_async(&mut c.get()).await,
             }
         };
-        let r = tokio::time::timeout(self.cfg.timeout, fut).await;
-        self.conn.observe(&r);
+        self.call(fut, replaced).await
+    }
+
+    /// Awaits a call with the store's timeout, reporting its outcome to the
+    /// cluster connection; a call on a cluster connection that is replaced
+    /// meanwhile fails at once (transient: retried on the new one).
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+        replaced: impl std::future::Future<Output = ()>,
+    ) -> Result<T> {
+        let started = std::time::Instant::now();
+        let r = tokio::select! {
+            r = tokio::time::timeout(self.cfg.timeout, fut) => r,
+            () = replaced => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the redis cluster connection was replaced",
+                );
+                return Err(StoreError::Redis(e.into()));
+            }
+        };
+        self.conn.observe(&r, started);
         match r {
             Ok(r) => Ok(r?),
             Err(_) => Err(StoreError::Timeout(self.cfg.timeout)),
