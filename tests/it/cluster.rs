@@ -257,3 +257,72 @@ async fn a_push_to_a_node_seen_dead_goes_to_the_inbox_before_the_answer_timeout(
     )
     .await;
 }
+
+/// A push published while its node was not subscribed to its channel
+/// (its subscription dropped, as a network cut or a Redis failover does)
+/// is lost on the way. When that node subscribes again it says so, and
+/// the sender writes the pushes still waiting for its answer to the inbox
+/// at once: the user, connected throughout, gets the notification in
+/// seconds, not after the answer timeout (a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_lost_while_a_node_resubscribes_reaches_its_user_at_once() {
+    let redis = Redis::start();
+    // Node A as its own Redis user, so its pub/sub is not restricted
+    // below; node B as the default user.
+    let ok = redis.cmd("ACL SETUSER node-a on >secret ~* &* +@all");
+    assert_eq!(ok.as_deref(), Some("+OK\r\n"), "{ok:?}");
+    let url_a = format!("redis://node-a:secret@127.0.0.1:{}", redis.port);
+    let mut env_a = cluster_env("node-a");
+    env_a.retain(|(k, _)| *k != "HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS");
+    env_a.push(("HERALD_FANOUT__REMOTE_ANSWER_TIMEOUT_MS", "60000"));
+    let a = Node::start_unready(&url_a, &env_a);
+    a.wait_ready(Duration::from_secs(60));
+    let b = Node::start(&redis, &cluster_env("node-b"));
+    // Users on node B whose partitions (likes go by recipient) are spread
+    // over both nodes: node A fans out some of them.
+    let mut on_b = Vec::new();
+    for user in 1..=8u64 {
+        on_b.push(Client::connect(&b, user).await);
+    }
+    support::cluster_formed(&[&a, &b]).await;
+
+    // The default user may use node A's channel only: Redis drops node
+    // B's subscription to its own and refuses it again.
+    let ok = redis.cmd("ACL SETUSER default resetchannels &herald:node:node-a");
+    assert_eq!(ok.as_deref(), Some("+OK\r\n"), "{ok:?}");
+    eventually("node B's subscription to be gone", || async {
+        let r = redis.cmd("PUBSUB NUMSUB herald:node:node-b")?;
+        r.ends_with(":0\r\n").then_some(())
+    })
+    .await;
+    let pushed = support::metric(&a, "herald_relay_pushes_total")
+        .await
+        .unwrap_or(0.0);
+    let mut ids = Vec::new();
+    for c in &on_b {
+        ids.push(a.like(50, c.user, "post:unheard").await);
+    }
+    eventually("node A to hand one to node B", || async {
+        let now = support::metric(&a, "herald_relay_pushes_total").await?;
+        (now > pushed).then_some(())
+    })
+    .await;
+    // Node B may subscribe again.
+    let ok = redis.cmd("ACL SETUSER default allchannels");
+    assert_eq!(ok.as_deref(), Some("+OK\r\n"), "{ok:?}");
+    for (c, id) in on_b.iter_mut().zip(ids) {
+        let got = loop {
+            let v = c.next_within(Duration::from_secs(30)).await;
+            let v = v.unwrap_or_else(|| {
+                panic!(
+                    "user {} got nothing within 30 s (the answer timeout is 60 s)",
+                    c.user
+                )
+            });
+            if v["type"] == "notification" {
+                break v;
+            }
+        };
+        assert_eq!(got["event_id"], id.as_str(), "user {}: {got}", c.user);
+    }
+}

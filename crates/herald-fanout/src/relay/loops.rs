@@ -33,9 +33,12 @@ pub(super) async fn subscribe_loop(relay: Weak<Relay>) {
                 wait.reset();
                 tracing::info!(node = %node, "relay listening");
                 if again {
-                    // Pokes sent while the channel was down are lost.
+                    // Pokes and pushes sent while the channel was down
+                    // are lost: every connection drains, and the other
+                    // nodes send the pushes still unanswered to the inbox.
                     if let Some(r) = relay.upgrade() {
                         r.to_local(EdgeCommand::PokeAll);
+                        r.announce_listening();
                     }
                 }
                 again = true;

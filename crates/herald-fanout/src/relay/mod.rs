@@ -373,6 +373,7 @@ impl Relay {
             }
             Wire::Answer { push, outcome } => self.on_answer(push, outcome),
             Wire::Ping => {}
+            Wire::Listening { node } => self.on_listening(&node),
             every_node => {
                 if let Some(cmd) = every_node.into_edge_command() {
                     self.to_local(cmd);
@@ -453,18 +454,7 @@ impl Relay {
     fn sweep(&self) {
         let now = Instant::now();
         let alive = self.alive.reading().clone();
-        let late: Vec<Sent> = {
-            let mut s = self.sent.locked();
-            let ids: Vec<u64> = s
-                .iter()
-                .filter(|(_, v)| v.deadline <= now || !alive.contains_key(&*v.node))
-                .map(|(k, _)| *k)
-                .collect();
-            let gone: Vec<Sent> = ids.into_iter().filter_map(|k| s.remove(&k)).collect();
-            gone.into_iter()
-                .filter(|g| !g.copies.iter().any(|c| s.contains_key(c)))
-                .collect()
-        };
+        let late = self.take_sent(|v| v.deadline <= now || !alive.contains_key(&*v.node));
         if late.is_empty() {
             return;
         }
@@ -475,6 +465,61 @@ impl Relay {
         );
         for sent in late {
             self.conclude(sent, Outcome::Refused);
+        }
+    }
+}
+
+impl Relay {
+    /// Removes the pushes waiting for an answer that `which` picks; returns
+    /// those no other copy of the same notification still waits beside.
+    fn take_sent(&self, which: impl Fn(&Sent) -> bool) -> Vec<Sent> {
+        let mut s = self.sent.locked();
+        let ids: Vec<u64> = s
+            .iter()
+            .filter(|(_, v)| which(v))
+            .map(|(k, _)| *k)
+            .collect();
+        let gone: Vec<Sent> = ids.into_iter().filter_map(|k| s.remove(&k)).collect();
+        gone.into_iter()
+            .filter(|g| !g.copies.iter().any(|c| s.contains_key(c)))
+            .collect()
+    }
+
+    /// `node` listens on its channel again: the pushes waiting for its
+    /// answer may have been published while it did not, so they go to the
+    /// inbox now (and the node is poked, so its users drain them). One it
+    /// did deliver may then come twice (at least once).
+    fn on_listening(&self, node: &str) {
+        let late = self.take_sent(|v| &*v.node == node);
+        if late.is_empty() {
+            return;
+        }
+        metrics::counter!("herald_relay_unanswered_total").increment(late.len() as u64);
+        tracing::info!(
+            node,
+            pushes = late.len(),
+            "a node listens again; its unanswered pushes go to the inbox"
+        );
+        for sent in late {
+            self.conclude(sent, Outcome::Refused);
+        }
+    }
+
+    /// Tells every other live node that this one listens again (after its
+    /// subscription broke).
+    fn announce_listening(&self) {
+        let nodes: Vec<String> = self
+            .alive
+            .reading()
+            .keys()
+            .filter(|n| **n != self.node)
+            .cloned()
+            .collect();
+        let w = Wire::Listening {
+            node: self.node.clone(),
+        };
+        for node in nodes {
+            self.send(&node, &w);
         }
     }
 }

@@ -78,6 +78,12 @@ pub(super) enum Wire {
         on: bool,
         followers: Vec<UserId>,
     },
+    /// `node` subscribed to its channel again (after its subscription
+    /// broke: a network cut, a freeze, a Redis failover): what was
+    /// published to it meanwhile is lost, so the pushes still waiting for
+    /// its answer go to the inbox now (its connections drain) rather than
+    /// when they time out. Last, as the hot threads' ones.
+    Listening { node: String },
 }
 
 impl Wire {
@@ -190,9 +196,11 @@ impl Wire {
                 on,
                 followers,
             },
-            Wire::Push { .. } | Wire::Poke { .. } | Wire::Answer { .. } | Wire::Ping => {
-                return None
-            }
+            Wire::Push { .. }
+            | Wire::Poke { .. }
+            | Wire::Answer { .. }
+            | Wire::Ping
+            | Wire::Listening { .. } => return None,
         })
     }
 }
