@@ -252,13 +252,7 @@ impl Relay {
         let Some(w) = Wire::for_every_node(cmd) else {
             return;
         };
-        let nodes: Vec<String> = self
-            .alive
-            .reading()
-            .keys()
-            .filter(|n| **n != self.node)
-            .cloned()
-            .collect();
+        let nodes = self.other_live_nodes();
         for node in nodes {
             if !self.send(&node, &w) {
                 metrics::counter!("herald_relay_broadcasts_dropped_total").increment(1);
@@ -289,13 +283,7 @@ impl Relay {
                 }
             }
             Err(e) => {
-                let nodes: Vec<String> = self
-                    .alive
-                    .reading()
-                    .keys()
-                    .filter(|n| **n != self.node)
-                    .cloned()
-                    .collect();
+                let nodes = self.other_live_nodes();
                 tracing::debug!(error = %e, nodes = nodes.len(), "presence unreadable; poking every node");
                 metrics::counter!("herald_relay_pokes_broadcast_total").increment(1);
                 for node in &nodes {
@@ -505,16 +493,20 @@ impl Relay {
         }
     }
 
-    /// Tells every other live node that this one listens again (after its
-    /// subscription broke).
-    fn announce_listening(&self) {
-        let nodes: Vec<String> = self
-            .alive
+    /// The other nodes this node last read alive.
+    fn other_live_nodes(&self) -> Vec<String> {
+        self.alive
             .reading()
             .keys()
             .filter(|n| **n != self.node)
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Tells every other live node that this one listens again (after its
+    /// subscription broke).
+    fn announce_listening(&self) {
+        let nodes = self.other_live_nodes();
         let w = Wire::Listening {
             node: self.node.clone(),
         };
