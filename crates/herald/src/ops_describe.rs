@@ -234,11 +234,15 @@ pub fn describe() {
     );
     c!(
         "herald_relay_unanswered_total",
-        "Pushes to other nodes never answered, written to the inbox (cluster)."
+        "Pushes to other nodes never answered (the node died, or listened again after its subscription broke), written to the inbox (cluster)."
     );
     c!(
         "herald_relay_answers_dropped_total",
         "Answers to other nodes that could not be queued (cluster)."
+    );
+    c!(
+        "herald_relay_messages_skipped_total",
+        "Messages from other nodes this version cannot read (a newer node's), skipped (cluster)."
     );
     c!(
         "herald_relay_broadcasts_dropped_total",

@@ -334,14 +334,7 @@ impl Relay {
 
     fn on_message(&self, bytes: &[u8]) {
         self.heard();
-        let bundle: Vec<Wire> = match rmp_serde::from_slice(bytes) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable relay message");
-                return;
-            }
-        };
-        for w in bundle {
+        for w in wire::decode_bundle(bytes) {
             self.on_wire(w);
         }
     }

@@ -57,8 +57,9 @@ pub(super) enum Wire {
     /// subscription is alive (one that died silently, as a sharded one
     /// does when its Redis master fails over, is made again).
     Ping,
-    // Hot threads' messages come after the others, so the variants a
-    // node of the version before knows keep their place; it ignores these.
+    // Hot threads' messages come after the others (variants are sent by
+    // name; a bundle holding one a node does not know was lost whole to
+    // nodes older than `decode_bundle`, which skips only that message).
     /// A post to a thread on the pull path.
     ThreadBroadcast {
         thread: u64,
@@ -205,6 +206,50 @@ impl Wire {
     }
 }
 
+/// The messages of one published bundle (a MessagePack array). A message
+/// this version cannot read (a variant a newer node added) is skipped and
+/// counted, the others kept: in a cluster being upgraded one new message
+/// does not cost the pushes and answers published beside it.
+pub(super) fn decode_bundle(bytes: &[u8]) -> Vec<Wire> {
+    use serde::Deserialize;
+    if let Ok(all) = rmp_serde::from_slice::<Vec<Wire>>(bytes) {
+        return all;
+    }
+    let (n, mut rest) = match bytes.split_first() {
+        Some((&b, rest)) if (0x90..=0x9f).contains(&b) => (usize::from(b & 0x0f), rest),
+        Some((0xdc, rest)) if rest.len() >= 2 => (
+            usize::from(u16::from_be_bytes([rest[0], rest[1]])),
+            &rest[2..],
+        ),
+        Some((0xdd, rest)) if rest.len() >= 4 => (
+            u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize,
+            &rest[4..],
+        ),
+        _ => {
+            tracing::warn!("unreadable relay message");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let before = rest;
+        let mut de = rmp_serde::Deserializer::new(&mut rest);
+        if serde::de::IgnoredAny::deserialize(&mut de).is_err() {
+            tracing::warn!("unreadable relay message");
+            break;
+        }
+        let one = &before[..before.len() - rest.len()];
+        match rmp_serde::from_slice::<Wire>(one) {
+            Ok(w) => out.push(w),
+            Err(e) => {
+                metrics::counter!("herald_relay_messages_skipped_total").increment(1);
+                tracing::debug!(error = %e, "a relay message this version does not know; skipped");
+            }
+        }
+    }
+    out
+}
+
 pub(super) fn channel(node: &str) -> String {
     format!("herald:node:{node}")
 }
@@ -267,6 +312,32 @@ fn bundle(batch: &mut Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message of a newer version in a bundle costs only itself.
+    #[test]
+    fn a_bundle_keeps_the_messages_it_knows() {
+        let poke = |user| rmp_serde::to_vec(&Wire::Poke { user }).expect("encoded");
+        let mut unknown = poke(3);
+        // Variants go by name: "Poke" renamed to one no version has yet.
+        assert_eq!(&unknown[..6], b"\x81\xa4Poke", "{unknown:?}");
+        unknown[2..6].copy_from_slice(b"Zzzz");
+        let mut batch = vec![
+            ("c".to_string(), poke(1)),
+            ("c".to_string(), unknown),
+            ("c".to_string(), poke(2)),
+        ];
+        let bundles = bundle(&mut batch);
+        assert_eq!(bundles.len(), 1);
+        let got: Vec<u64> = decode_bundle(&bundles[0].1)
+            .into_iter()
+            .map(|w| match w {
+                Wire::Poke { user } => user,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(got, [1, 2]);
+        assert!(decode_bundle(b"junk").is_empty());
+    }
 
     /// Every command for every node crosses as a message and comes back
     /// the same, a thread's as a thread's.
