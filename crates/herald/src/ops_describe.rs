@@ -267,6 +267,110 @@ pub fn describe() {
         Unit::Seconds,
         "Time to answer an HTTP request, by route (the path template), method and status class (a WebSocket: until its upgrade)."
     );
+    describe_cluster();
+}
+
+/// Help text for the metrics of replicated partitions, fan-out leadership
+/// and the relay between nodes (cluster).
+fn describe_cluster() {
+    use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h, Unit};
+    h!(
+        "herald_raft_commit_seconds",
+        Unit::Seconds,
+        "Time from a batch's proposal to its commit by a majority of the partition's replicas (replicated partitions)."
+    );
+    c!(
+        "herald_raft_not_enough_replicas_total",
+        "Appends answered 503 not_enough_replicas: no majority of the partition's replicas had them within the wait."
+    );
+    g!(
+        "herald_raft_leader",
+        "1 when this node leads the partition (label partition), else 0."
+    );
+    g!(
+        "herald_raft_term",
+        "The partition's current Raft term as this replica sees it (label partition): the fencing token of its leader's effects."
+    );
+    c!(
+        "herald_raft_leader_changes_total",
+        "Times the partition's leader changed, as this replica saw it (label partition)."
+    );
+    g!(
+        "herald_raft_replication_lag_entries",
+        "Entries a follower is behind the leader (labels partition, follower; on the leader)."
+    );
+    g!(
+        "herald_raft_under_replicated_partitions",
+        "Partitions led here with a replica out of sync."
+    );
+    c!(
+        "herald_raft_leadership_handovers_total",
+        "Leaderships handed back to a partition's preferred replica (leadership spread over the nodes)."
+    );
+    c!(
+        "herald_raft_membership_changes_total",
+        "Replica set changes this node made as a leader (label step: learner_added, voters_changed)."
+    );
+    c!(
+        "herald_raft_replicas_opened_total",
+        "Replicas of a partition opened here because the node set placed one here."
+    );
+    c!(
+        "herald_raft_replicas_closed_total",
+        "Replicas of a partition closed here because the node set no longer places one here."
+    );
+    c!(
+        "herald_raft_snapshots_built_total",
+        "Snapshots built (where a replica's log starts, after retention removed older entries)."
+    );
+    c!(
+        "herald_raft_snapshots_installed_total",
+        "Snapshots installed from a leader: this replica's log continues from the leader's start."
+    );
+    c!(
+        "herald_raft_entries_gone_total",
+        "Reads of entries retention had already removed (a follower further behind than the log keeps; it stays out of sync)."
+    );
+    c!(
+        "herald_raft_votes_withheld_total",
+        "Votes refused while this replica was empty and being refilled from its leader."
+    );
+    c!(
+        "herald_fanout_lead_starts_total",
+        "Times this node started a partition's fan-out as its leader."
+    );
+    c!(
+        "herald_fanout_fenced_total",
+        "Effects refused in Redis because a newer leader holds the partition (label effect); this node stops its fan-out of it."
+    );
+    c!(
+        "herald_fanout_position_fenced_total",
+        "Fan-out positions not saved because a newer leader of the partition saved one."
+    );
+    c!(
+        "herald_fanout_parked_total",
+        "Notifications an edge refused (the user no longer connected there, or no answer in time), parked through the sinks (inbox, then webhook)."
+    );
+    c!(
+        "herald_fanout_undeclared_kind_total",
+        "Events of a kind not declared on this node: kept as dead letters (replayable once the kind is declared), not fanned out."
+    );
+    c!(
+        "herald_relay_pokes_broadcast_total",
+        "Parked-user announcements sent to every node because presence could not be read."
+    );
+    c!(
+        "herald_relay_pokes_missed_total",
+        "Parked-user announcements dropped because the queue overflowed (those users drain on their next connection)."
+    );
+    c!(
+        "herald_relay_redis_failovers_total",
+        "Redis Cluster configuration changes (failovers) seen by the relay; every connection drains its inbox after one."
+    );
+    c!(
+        "herald_relay_resubscribed_total",
+        "Times the relay subscribed again (after a failover, or its subscription went silent)."
+    );
 }
 
 /// Counters present (at 0) from the start, so an alert on them works
@@ -320,5 +424,89 @@ pub fn sample_process() {
     // SAFETY: getrlimit writes to a local struct.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
         metrics::gauge!("process_max_fds").set(lim.rlim_cur as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
+
+    /// Collects the names given a description.
+    #[derive(Default)]
+    struct Described(Arc<Mutex<BTreeSet<String>>>);
+
+    impl Described {
+        fn add(&self, k: KeyName) {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(k.as_str().to_string());
+        }
+    }
+
+    impl metrics::Recorder for Described {
+        fn describe_counter(&self, k: KeyName, _: Option<Unit>, _: SharedString) {
+            self.add(k)
+        }
+        fn describe_gauge(&self, k: KeyName, _: Option<Unit>, _: SharedString) {
+            self.add(k)
+        }
+        fn describe_histogram(&self, k: KeyName, _: Option<Unit>, _: SharedString) {
+            self.add(k)
+        }
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// Names recorded with `counter!`, `gauge!` or `histogram!` and a
+    /// literal name in the sources under `dir`.
+    fn recorded(dir: &Path, out: &mut BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                recorded(&path, out);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for mac in ["counter!(", "gauge!(", "histogram!("] {
+                    for (at, _) in text.match_indices(mac) {
+                        let rest = text[at + mac.len()..].trim_start();
+                        if let Some(name) = rest.strip_prefix('"') {
+                            let name: String = name.chars().take_while(|c| *c != '"').collect();
+                            if name.starts_with("herald_") {
+                                out.insert(name);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_metric_herald_records_has_help_text() {
+        let rec = Described::default();
+        let names = rec.0.clone();
+        metrics::with_local_recorder(&rec, super::describe);
+        let described = names.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut used = BTreeSet::new();
+        let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        recorded(&crates, &mut used);
+        assert!(used.len() > 50, "the scan found too few metrics: {used:?}");
+        let missing: Vec<&String> = used.difference(&described).collect();
+        assert!(missing.is_empty(), "metrics without help text: {missing:?}");
     }
 }
