@@ -24,7 +24,10 @@
 //! never left in an inbox while they stay connected); no event id was
 //! handed out twice. Events with and without idempotency keys. After each
 //! fault, once the node is back, a probe event to each connected user
-//! measures how soon it is served (reported; the goal is 1 s).
+//! measures how soon it is served (the goal is 1 s: reported, and checked
+//! when `NEMESIS_SERVED_GOAL_MS` is set, as loadtest/nemesis.sh does; the
+//! short form in CI only reports it, since a CI machine busy with other
+//! work can pause any process past a second).
 //! `NEMESIS_ROUNDS` plays the sequence more times (loadtest/nemesis.sh);
 //! each fault's recovery time is printed.
 
@@ -408,6 +411,17 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    let goal: Option<Duration> = std::env::var("NEMESIS_SERVED_GOAL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
+    // Faults after which a connected user waited longer than the goal.
+    let mut slow: Vec<String> = Vec::new();
+    let mut judge = |what: String, served: Duration| {
+        if goal.is_some_and(|g| served > g) {
+            slow.push(format!("{what}: {served:?}"));
+        }
+    };
     let mut c = start();
     let live = Live::start(&c);
     let targets = Arc::new(Mutex::new(Vec::new()));
@@ -438,6 +452,10 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
         c.nodes[l].wait_ready(Duration::from_secs(60));
         c.set_targets(&targets, None);
         let served = live.probe(&c);
+        judge(
+            format!("round {round}: partition of node-{}", l + 1),
+            served,
+        );
         report.push(format!(
             "round {round}: partition of node-{}: new leaders after {elected:?}; connected users served {served:?} after it was back",
             l + 1
@@ -455,6 +473,7 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
         c.nodes[l].wait_ready(Duration::from_secs(60));
         c.set_targets(&targets, None);
         let served = live.probe(&c);
+        judge(format!("round {round}: SIGSTOP of node-{}", l + 1), served);
         report.push(format!(
             "round {round}: SIGSTOP of node-{}: new leaders after {elected:?}; connected users served {served:?} after it woke",
             l + 1
@@ -475,6 +494,10 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
         c.set_targets(&targets, None);
         let ready = t1.elapsed();
         let served = live.probe(&c);
+        judge(
+            format!("round {round}: SIGKILL and wipe of node-{}", v + 1),
+            served,
+        );
         report.push(format!(
             "round {round}: SIGKILL and wipe of node-{}: new leaders after {elected:?}, back and ready {ready:?} after its restart; connected users served {served:?} after",
             v + 1,
@@ -490,6 +513,10 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
         c.redis.restart(m);
         let healthy = c.redis.wait_healthy(Duration::from_secs(60));
         let served = live.probe(&c);
+        judge(
+            format!("round {round}: SIGKILL of redis master {m}"),
+            served,
+        );
         report.push(format!(
             "round {round}: SIGKILL of redis master {m}: replica took over after {took_over:?}, replicas linked again {healthy:?} later; connected users served {served:?} after"
         ));
@@ -600,10 +627,21 @@ fn every_accepted_event_survives_partitions_freezes_and_wiped_disks() {
             n.keep_files();
         }
     }
+    if let Some(g) = goal {
+        eprintln!(
+            "nemesis: connected users served within {g:?} after {} of {} faults",
+            report.len() - slow.len(),
+            report.len()
+        );
+    }
     assert!(
         lost.is_empty(),
         "{} accepted events never delivered, e.g. {:?}",
         lost.len(),
         lost.first()
+    );
+    assert!(
+        slow.is_empty(),
+        "connected users waited past the goal ({goal:?}) after: {slow:?}"
     );
 }
