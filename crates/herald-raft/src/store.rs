@@ -344,7 +344,8 @@ impl RaftLogStorage<TypeConfig> for PartitionStore {
                 e.log_id.leader_id.node_id,
                 e.log_id.index,
             ));
-            kept.push(e.clone());
+            // The tail's own copy (see `tail::own`).
+            kept.push(crate::tail::own(&e));
             news.push(to_new(e)?);
         }
         if let Some(&(_, _, first)) = metas.first() {

@@ -92,8 +92,21 @@ impl LogEvent {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        // Encoding a plain struct of owned fields into a Vec cannot fail.
-        rmp_serde::to_vec_named(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(256);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends what [`LogEvent::encode`] returns to `out` (a batch's
+    /// events encoded into one buffer: one allocation, not one per event
+    /// and its growth).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        // Encoding a plain struct of owned fields into a Vec cannot fail;
+        // if it did, nothing of it is left (an empty record, as before).
+        if rmp_serde::encode::write_named(out, self).is_err() {
+            out.truncate(start);
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<LogEvent, rmp_serde::decode::Error> {
