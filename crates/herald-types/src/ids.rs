@@ -24,7 +24,17 @@ pub fn parse_user(s: &str) -> Option<UserId> {
 /// replication it is `@<node>`, since every node keeps its own log and
 /// offsets (`e-3-17@node-2`).
 pub fn event_id(scope: &str, partition: u32, offset: u64) -> String {
-    format!("e-{partition}-{offset}{scope}")
+    // Sized once and written without the formatting machinery: every
+    // accepted event gets one.
+    let (mut p, mut o) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (p, o) = (p.format(partition), o.format(offset));
+    let mut id = String::with_capacity(3 + p.len() + o.len() + scope.len());
+    id.push_str("e-");
+    id.push_str(p);
+    id.push('-');
+    id.push_str(o);
+    id.push_str(scope);
+    id
 }
 
 /// Parses an id made by [`event_id`] (the scope is dropped).
