@@ -38,20 +38,12 @@ pub(crate) async fn append(gw: &Gateway, events: &[LogEvent]) -> Result<Vec<Stri
     // allocation per request instead of several per event. Nothing keeps
     // these slices past the request (the log copies them; a replicated
     // partition's in-memory tail keeps a copy of its own).
-    let mut buf = Vec::with_capacity(events.len() * 256);
-    let mut ends = Vec::with_capacity(events.len());
-    for e in events {
-        e.encode_into(&mut buf);
-        ends.push(buf.len());
-    }
-    let buf = Bytes::from(buf);
-    let mut start = 0;
-    for (e, end) in events.iter().zip(ends) {
+    let records = LogEvent::encode_all(events);
+    for (e, r) in events.iter().zip(records) {
         let p = partition_for(e.partition_key(), partitions);
         let g = groups.entry(p).or_default();
         place.push((p, g.len()));
-        g.push(buf.slice(start..end));
-        start = end;
+        g.push(r);
     }
     let mut pending: Vec<(u32, Vec<Bytes>)> = groups.into_iter().collect();
     let mut ids_of: HashMap<u32, Vec<String>> = HashMap::new();

@@ -28,23 +28,8 @@ fn per_event(events: &[LogEvent]) -> usize {
 }
 
 fn one_buffer(events: &[LogEvent]) -> usize {
-    let mut buf = Vec::with_capacity(events.len() * 256);
-    let mut ends = Vec::with_capacity(events.len());
-    for e in events {
-        e.encode_into(&mut buf);
-        ends.push(buf.len());
-    }
-    let buf = Bytes::from(buf);
-    let mut start = 0;
-    let records: Vec<Bytes> = ends
-        .iter()
-        .map(|&end| {
-            let r = buf.slice(start..end);
-            start = end;
-            r
-        })
-        .collect();
-    let mut own = BytesMut::with_capacity(buf.len());
+    let records = LogEvent::encode_all(events);
+    let mut own = BytesMut::with_capacity(records.iter().map(|r| r.len()).sum());
     for r in &records {
         own.extend_from_slice(r);
     }

@@ -109,6 +109,27 @@ impl LogEvent {
         }
     }
 
+    /// Every event's record (what [`LogEvent::encode`] returns), all
+    /// encoded into one buffer and each a slice of it: one allocation for
+    /// a batch instead of several per event.
+    pub fn encode_all(events: &[LogEvent]) -> Vec<bytes::Bytes> {
+        let mut buf = Vec::with_capacity(events.len() * 256);
+        let mut ends = Vec::with_capacity(events.len());
+        for e in events {
+            e.encode_into(&mut buf);
+            ends.push(buf.len());
+        }
+        let mut buf = bytes::Bytes::from(buf);
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let r = buf.split_to(end - start);
+                start = end;
+                r
+            })
+            .collect()
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<LogEvent, rmp_serde::decode::Error> {
         rmp_serde::from_slice(bytes)
     }
@@ -166,6 +187,23 @@ mod tests {
     fn encode_round_trips() {
         let e = ev(EventKind::Comment);
         assert_eq!(LogEvent::decode(&e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn a_batch_encoded_into_one_buffer_gives_each_event_its_own_record() {
+        let mut events = vec![
+            ev(EventKind::Comment),
+            ev(EventKind::Like),
+            ev(EventKind::Follow),
+        ];
+        events[1].text = Some("x".repeat(1000));
+        let records = LogEvent::encode_all(&events);
+        assert_eq!(records.len(), events.len());
+        for (e, r) in events.iter().zip(&records) {
+            assert_eq!(&r[..], &e.encode()[..]);
+            assert_eq!(&LogEvent::decode(r).unwrap(), e);
+        }
+        assert!(LogEvent::encode_all(&[]).is_empty());
     }
 
     #[test]
