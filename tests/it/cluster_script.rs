@@ -10,6 +10,7 @@ use crate::support;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use support::summary_row;
 
@@ -145,7 +146,17 @@ fn the_local_cluster_works_as_one() {
         "{left}\n{}",
         String::from_utf8_lossy(&leave.stderr)
     );
-    let status = script("status");
+    // The nodes left may take a moment to be ready again (leaders
+    // elected where node-1's replicas were): wait for it, with a deadline.
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        let status = script("status");
+        let text = String::from_utf8_lossy(&status.stdout).to_string();
+        if text.matches(" up ready").count() == 3 || t0.elapsed() > Duration::from_secs(60) {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let down = script("down");
     assert!(
         run.status.success(),
