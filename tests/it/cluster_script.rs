@@ -148,6 +148,8 @@ fn the_local_cluster_works_as_one() {
     );
     // The nodes left may take a moment to be ready again (leaders
     // elected where node-1's replicas were): wait for it, with a deadline.
+    // Not `eventually_sync`: past the deadline the test still runs `down`
+    // (no cluster left behind) and then fails on the status it read.
     let t0 = std::time::Instant::now();
     let status = loop {
         let status = script("status");
