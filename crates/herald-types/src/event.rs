@@ -114,20 +114,16 @@ impl LogEvent {
     /// a batch instead of several per event.
     pub fn encode_all(events: &[LogEvent]) -> Vec<bytes::Bytes> {
         let mut buf = Vec::with_capacity(events.len() * 256);
-        let mut ends = Vec::with_capacity(events.len());
-        for e in events {
-            e.encode_into(&mut buf);
-            ends.push(buf.len());
-        }
-        let mut buf = bytes::Bytes::from(buf);
-        let mut start = 0;
-        ends.into_iter()
-            .map(|end| {
-                let r = buf.split_to(end - start);
-                start = end;
-                r
+        let lens: Vec<usize> = events
+            .iter()
+            .map(|e| {
+                let before = buf.len();
+                e.encode_into(&mut buf);
+                buf.len() - before
             })
-            .collect()
+            .collect();
+        let mut buf = bytes::Bytes::from(buf);
+        lens.into_iter().map(|n| buf.split_to(n)).collect()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<LogEvent, rmp_serde::decode::Error> {
